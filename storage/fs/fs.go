@@ -1,0 +1,394 @@
+// Package fs is the embedded default store: objects are files under a root
+// directory, laid out exactly as their keys say, so a chunkbridge directory
+// is also a casync chunk store. Metadata lives in user extended attributes of
+// each file, written before the file becomes visible.
+package fs
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/chunkbridge/chunkbridge/storage"
+)
+
+// tmpDir holds files being written, inside the root so that publishing them
+// is a rename or link on one file system. No key may use it.
+const tmpDir = ".chunkbridge-tmp"
+
+// xattrPrefix namespaces metadata among a file's extended attributes.
+const xattrPrefix = "user.chunkbridge."
+
+// Store keeps objects as files under a root directory.
+type Store struct {
+	root string
+}
+
+var _ storage.Store = (*Store)(nil)
+
+// Open prepares root (creating it if needed) and checks that files can be
+// written there with extended attributes, so that an unusable directory
+// fails at start-up rather than at the first upload.
+func Open(root string) (*Store, error) {
+	abs, err := filepath.Abs(root)
+	if err != nil {
+		return nil, fmt.Errorf("store directory %q: %w", root, err)
+	}
+	if err := os.MkdirAll(filepath.Join(abs, tmpDir), 0o755); err != nil {
+		return nil, fmt.Errorf("store directory %q cannot be created: %w", abs, err)
+	}
+	s := &Store{root: abs}
+	if err := s.probe(); err != nil {
+		return nil, fmt.Errorf("store directory %q is not usable: %w", abs, err)
+	}
+	return s, nil
+}
+
+// Root is the absolute directory the store lives in.
+func (s *Store) Root() string { return s.root }
+
+func (s *Store) probe() error {
+	f, err := os.CreateTemp(filepath.Join(s.root, tmpDir), "probe-*")
+	if err != nil {
+		return fmt.Errorf("cannot create a file: %w", err)
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	if err := unix.Fsetxattr(int(f.Fd()), xattrPrefix+"probe", []byte("1"), 0); err != nil {
+		return fmt.Errorf("the file system does not keep user extended attributes (%w); use ext4, xfs, btrfs or tmpfs, or an s3:// store", err)
+	}
+	return nil
+}
+
+func (s *Store) path(key string) (string, error) {
+	if err := storage.ValidateKey(key); err != nil {
+		return "", err
+	}
+	if key == tmpDir || strings.HasPrefix(key, tmpDir+"/") {
+		return "", fmt.Errorf("%w: %q is reserved", storage.ErrInvalidKey, key)
+	}
+	return filepath.Join(s.root, filepath.FromSlash(key)), nil
+}
+
+// PutIfAbsent writes a temporary file and links it into place; link(2)
+// fails when the target exists, which makes the create atomic and exclusive.
+func (s *Store) PutIfAbsent(ctx context.Context, key string, r io.Reader, size int64, meta storage.Metadata) (bool, error) {
+	dst, err := s.path(key)
+	if err != nil {
+		return false, err
+	}
+	if _, err := os.Lstat(dst); err == nil {
+		return false, nil
+	}
+	tmp, err := s.writeTemp(ctx, r, size, meta)
+	if err != nil {
+		return false, fmt.Errorf("put %s: %w", key, err)
+	}
+	defer os.Remove(tmp)
+	if err := s.mkdirs(filepath.Dir(dst)); err != nil {
+		return false, fmt.Errorf("put %s: %w", key, err)
+	}
+	if err := os.Link(tmp, dst); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return false, nil
+		}
+		return false, fmt.Errorf("put %s: %w", key, classify(err))
+	}
+	if err := syncDir(filepath.Dir(dst)); err != nil {
+		return true, fmt.Errorf("put %s: %w", key, classify(err))
+	}
+	return true, nil
+}
+
+// Put writes a temporary file and renames it over the target.
+func (s *Store) Put(ctx context.Context, key string, r io.Reader, size int64, meta storage.Metadata) error {
+	dst, err := s.path(key)
+	if err != nil {
+		return err
+	}
+	tmp, err := s.writeTemp(ctx, r, size, meta)
+	if err != nil {
+		return fmt.Errorf("put %s: %w", key, err)
+	}
+	if err := s.mkdirs(filepath.Dir(dst)); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("put %s: %w", key, err)
+	}
+	if err := os.Rename(tmp, dst); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("put %s: %w", key, classify(err))
+	}
+	if err := syncDir(filepath.Dir(dst)); err != nil {
+		return fmt.Errorf("put %s: %w", key, classify(err))
+	}
+	return nil
+}
+
+// writeTemp copies exactly size bytes into a new temporary file with its
+// metadata and fsyncs it, returning its path. On error nothing is left.
+func (s *Store) writeTemp(ctx context.Context, r io.Reader, size int64, meta storage.Metadata) (path string, err error) {
+	var rnd [8]byte
+	_, _ = rand.Read(rnd[:])
+	path = filepath.Join(s.root, tmpDir, hex.EncodeToString(rnd[:]))
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return "", classify(err)
+	}
+	defer func() {
+		if cerr := f.Close(); err == nil && cerr != nil {
+			err = classify(cerr)
+		}
+		if err != nil {
+			os.Remove(path)
+		}
+	}()
+	n, err := io.Copy(f, io.LimitReader(ctxReader{ctx, r}, size+1))
+	if err != nil {
+		if ctx.Err() != nil {
+			return "", ctx.Err()
+		}
+		return "", classify(err)
+	}
+	if n != size {
+		return "", fmt.Errorf("%w: read %d bytes, expected %d", storage.ErrSizeMismatch, min(n, size+1), size)
+	}
+	for k, v := range meta {
+		if err := unix.Fsetxattr(int(f.Fd()), xattrPrefix+k, []byte(v), 0); err != nil {
+			return "", fmt.Errorf("metadata %q: %w", k, classify(err))
+		}
+	}
+	if err := f.Sync(); err != nil {
+		return "", classify(err)
+	}
+	return path, nil
+}
+
+// mkdirs creates dir and fsyncs the parent of every directory it creates, so
+// that a published file's directory entry survives a crash.
+func (s *Store) mkdirs(dir string) error {
+	if _, err := os.Stat(dir); err == nil {
+		return nil
+	}
+	if err := s.mkdirs(filepath.Dir(dir)); err != nil {
+		return err
+	}
+	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+		return classify(err)
+	}
+	return classify(syncDir(filepath.Dir(dir)))
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// Get opens the file; the metadata is read from the open descriptor.
+func (s *Store) Get(ctx context.Context, key string) (io.ReadCloser, storage.Info, error) {
+	return s.open(ctx, "get", key)
+}
+
+// Stat reports size, time and metadata.
+func (s *Store) Stat(ctx context.Context, key string) (storage.Info, error) {
+	f, info, err := s.open(ctx, "stat", key)
+	if err != nil {
+		return storage.Info{}, err
+	}
+	f.Close()
+	return info, nil
+}
+
+func (s *Store) open(ctx context.Context, op, key string) (*os.File, storage.Info, error) {
+	path, err := s.path(key)
+	if err != nil {
+		return nil, storage.Info{}, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, storage.Info{}, err
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, storage.Info{}, fmt.Errorf("%s %s: %w", op, key, classify(err))
+	}
+	st, err := f.Stat()
+	if err != nil || st.IsDir() {
+		f.Close()
+		if err == nil {
+			err = fs.ErrNotExist
+		}
+		return nil, storage.Info{}, fmt.Errorf("%s %s: %w", op, key, classify(err))
+	}
+	meta, err := readMeta(int(f.Fd()))
+	if err != nil {
+		f.Close()
+		return nil, storage.Info{}, fmt.Errorf("%s %s: %w", op, key, err)
+	}
+	return f, storage.Info{Key: key, Size: st.Size(), Modified: st.ModTime(), Metadata: meta}, nil
+}
+
+func readMeta(fd int) (storage.Metadata, error) {
+	buf := make([]byte, 1024)
+	n, err := unix.Flistxattr(fd, buf)
+	if errors.Is(err, unix.ERANGE) {
+		if n, err = unix.Flistxattr(fd, nil); err == nil {
+			buf = make([]byte, n)
+			n, err = unix.Flistxattr(fd, buf)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list extended attributes: %w", classify(err))
+	}
+	meta := storage.Metadata{}
+	for _, name := range strings.Split(string(buf[:n]), "\x00") {
+		k, ok := strings.CutPrefix(name, xattrPrefix)
+		if !ok || k == "" {
+			continue
+		}
+		v := make([]byte, 256)
+		vn, err := unix.Fgetxattr(fd, name, v)
+		if errors.Is(err, unix.ERANGE) {
+			if vn, err = unix.Fgetxattr(fd, name, nil); err == nil {
+				v = make([]byte, vn)
+				vn, err = unix.Fgetxattr(fd, name, v)
+			}
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read extended attribute %s: %w", name, classify(err))
+		}
+		meta[k] = string(v[:vn])
+	}
+	return meta, nil
+}
+
+// Delete removes the file; a missing file is fine.
+func (s *Store) Delete(ctx context.Context, key string) error {
+	path, err := s.path(key)
+	if err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("delete %s: %w", key, classify(err))
+	}
+	return nil
+}
+
+// List walks the directory under prefix in key order. Directories sort as
+// their name plus "/", which makes the walk order the lexical order of the
+// full keys, as on S3.
+func (s *Store) List(ctx context.Context, prefix string, fn func(storage.Info) error) error {
+	if err := storage.ValidatePrefix(prefix); err != nil {
+		return err
+	}
+	dirKey, namePrefix := "", prefix
+	if i := strings.LastIndexByte(prefix, '/'); i >= 0 {
+		dirKey, namePrefix = prefix[:i], prefix[i+1:]
+	}
+	err := s.walk(ctx, dirKey, namePrefix, fn)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	return err
+}
+
+func (s *Store) walk(ctx context.Context, dirKey, namePrefix string, fn func(storage.Info) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	entries, err := os.ReadDir(filepath.Join(s.root, filepath.FromSlash(dirKey)))
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		return fmt.Errorf("list %s: %w", dirKey, classify(err))
+	}
+	sortKey := func(e fs.DirEntry) string {
+		if e.IsDir() {
+			return e.Name() + "/"
+		}
+		return e.Name()
+	}
+	slices.SortFunc(entries, func(a, b fs.DirEntry) int { return strings.Compare(sortKey(a), sortKey(b)) })
+	for _, e := range entries {
+		name := e.Name()
+		if !strings.HasPrefix(name, namePrefix) || (dirKey == "" && name == tmpDir) {
+			continue
+		}
+		key := name
+		if dirKey != "" {
+			key = dirKey + "/" + name
+		}
+		if e.IsDir() {
+			if err := s.walk(ctx, key, "", fn); err != nil {
+				return err
+			}
+			continue
+		}
+		if !e.Type().IsRegular() {
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		fi, err := e.Info()
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // deleted while listing
+		}
+		if err != nil {
+			return fmt.Errorf("list %s: %w", key, classify(err))
+		}
+		if err := fn(storage.Info{Key: key, Size: fi.Size(), Modified: fi.ModTime()}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Close has nothing to release.
+func (s *Store) Close() error { return nil }
+
+// classify maps operating-system errors onto the storage sentinels, keeping
+// the original error in the chain.
+func classify(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, fs.ErrNotExist), errors.Is(err, syscall.ENOTDIR):
+		return fmt.Errorf("%w: %w", storage.ErrNotFound, err)
+	case errors.Is(err, fs.ErrPermission), errors.Is(err, syscall.EROFS):
+		return fmt.Errorf("%w: %w", storage.ErrPermission, err)
+	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EIO), errors.Is(err, syscall.EDQUOT):
+		return fmt.Errorf("%w: %w", storage.ErrUnavailable, err)
+	}
+	return err
+}
+
+// ctxReader stops a copy when its context ends.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}

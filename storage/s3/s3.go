@@ -1,0 +1,297 @@
+// Package s3 stores objects in an S3-compatible bucket through minio-go.
+//
+// Every minio-go error is classified onto the storage sentinels before it is
+// wrapped (minio.ToErrorResponse does not unwrap), so callers above storage
+// see storage.ErrNotFound or storage.ErrUnavailable, never minio types.
+package s3
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"syscall"
+
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
+
+	"github.com/chunkbridge/chunkbridge/storage"
+)
+
+// Config locates a bucket.
+type Config struct {
+	// Endpoint is host[:port]; empty means AWS (s3.amazonaws.com).
+	Endpoint string
+	// Bucket is created at Open when it does not exist.
+	Bucket string
+	// Prefix is prepended to every key ("" or "a/b").
+	Prefix string
+	// Region; empty lets the client discover it.
+	Region string
+	// Insecure uses plain HTTP.
+	Insecure bool
+	// AccessKey and SecretKey; when both are empty the client looks in the
+	// environment and AWS configuration files.
+	AccessKey, SecretKey string
+	// MaxRetries bounds minio-go's own retries of one request (default 3),
+	// so that an outage surfaces as ErrUnavailable within seconds.
+	MaxRetries int
+}
+
+// ParseURL reads "s3://bucket[/prefix]".
+func ParseURL(raw string) (bucket, prefix string, err error) {
+	u, err := url.Parse(raw)
+	if err != nil || u.Scheme != "s3" || u.Host == "" {
+		return "", "", fmt.Errorf("store %q: want s3://bucket[/prefix]", raw)
+	}
+	prefix = strings.Trim(u.Path, "/")
+	if prefix != "" {
+		if err := storage.ValidateKey(prefix); err != nil {
+			return "", "", fmt.Errorf("store %q: prefix: %w", raw, err)
+		}
+	}
+	return u.Host, prefix, nil
+}
+
+// Store keeps objects in one bucket under a prefix.
+type Store struct {
+	client *minio.Client
+	bucket string
+	prefix string // "" or ends in "/"
+}
+
+var _ storage.Store = (*Store)(nil)
+
+// Open connects, checks the credentials and creates the bucket if missing.
+func Open(ctx context.Context, cfg Config) (*Store, error) {
+	if cfg.Bucket == "" {
+		return nil, errors.New("s3 store: no bucket given")
+	}
+	endpoint := cfg.Endpoint
+	if endpoint == "" {
+		endpoint = "s3.amazonaws.com"
+	}
+	var creds *credentials.Credentials
+	if cfg.AccessKey != "" || cfg.SecretKey != "" {
+		creds = credentials.NewStaticV4(cfg.AccessKey, cfg.SecretKey, "")
+	} else {
+		creds = credentials.NewChainCredentials([]credentials.Provider{
+			&credentials.EnvAWS{}, &credentials.FileAWSCredentials{}, &credentials.IAM{},
+		})
+	}
+	retries := cfg.MaxRetries
+	if retries <= 0 {
+		retries = 3
+	}
+	client, err := minio.New(endpoint, &minio.Options{
+		Creds:      creds,
+		Secure:     !cfg.Insecure,
+		Region:     cfg.Region,
+		MaxRetries: retries,
+		// Path-style works with every S3 implementation, in-cluster MinIO
+		// included; AWS still accepts it.
+		BucketLookup: minio.BucketLookupPath,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("s3 store %s/%s: %w", endpoint, cfg.Bucket, err)
+	}
+	s := &Store{client: client, bucket: cfg.Bucket}
+	if cfg.Prefix != "" {
+		s.prefix = strings.Trim(cfg.Prefix, "/") + "/"
+	}
+	exists, err := client.BucketExists(ctx, cfg.Bucket)
+	if err != nil {
+		return nil, fmt.Errorf("s3 store %s: bucket %q: %w", endpoint, cfg.Bucket, classify(err))
+	}
+	if !exists {
+		err := client.MakeBucket(ctx, cfg.Bucket, minio.MakeBucketOptions{Region: cfg.Region})
+		if err != nil {
+			code := minio.ToErrorResponse(err).Code
+			if code != "BucketAlreadyOwnedByYou" && code != "BucketAlreadyExists" {
+				return nil, fmt.Errorf("s3 store %s: create bucket %q: %w", endpoint, cfg.Bucket, classify(err))
+			}
+		}
+	}
+	return s, nil
+}
+
+func (s *Store) object(key string) (string, error) {
+	if err := storage.ValidateKey(key); err != nil {
+		return "", err
+	}
+	return s.prefix + key, nil
+}
+
+// PutIfAbsent is a conditional PUT (If-None-Match: *): the bucket itself
+// decides which of several concurrent writers creates the object.
+func (s *Store) PutIfAbsent(ctx context.Context, key string, r io.Reader, size int64, meta storage.Metadata) (bool, error) {
+	name, err := s.object(key)
+	if err != nil {
+		return false, err
+	}
+	opts := putOptions(meta)
+	opts.SetMatchETagExcept("*")
+	_, err = s.client.PutObject(ctx, s.bucket, name, r, size, opts)
+	if err == nil {
+		return true, nil
+	}
+	switch minio.ToErrorResponse(err).Code {
+	case minio.PreconditionFailed:
+		return false, nil
+	case "ConditionalRequestConflict":
+		// AWS: another conditional write of this key is in flight. Whoever
+		// wins, the key now exists or is about to; report "not created" once
+		// it is visible.
+		if _, serr := s.Stat(ctx, key); serr == nil {
+			return false, nil
+		}
+	}
+	return false, fmt.Errorf("put %s: %w", key, classify(err))
+}
+
+// Put replaces the object. S3 makes a PUT visible only when complete.
+func (s *Store) Put(ctx context.Context, key string, r io.Reader, size int64, meta storage.Metadata) error {
+	name, err := s.object(key)
+	if err != nil {
+		return err
+	}
+	if _, err := s.client.PutObject(ctx, s.bucket, name, r, size, putOptions(meta)); err != nil {
+		return fmt.Errorf("put %s: %w", key, classify(err))
+	}
+	return nil
+}
+
+func putOptions(meta storage.Metadata) minio.PutObjectOptions {
+	um := make(map[string]string, len(meta))
+	for k, v := range meta {
+		um[k] = v
+	}
+	return minio.PutObjectOptions{
+		UserMetadata: um,
+		ContentType:  "application/octet-stream",
+		// One PUT per object, however large: multipart uploads are not
+		// conditional on every S3 implementation, and a single PUT is
+		// visible only when complete.
+		DisableMultipart: true,
+	}
+}
+
+// Get issues one GET; minio-go reports a missing object only on the first
+// read or Stat, so Stat is called before the reader is returned.
+func (s *Store) Get(ctx context.Context, key string) (io.ReadCloser, storage.Info, error) {
+	name, err := s.object(key)
+	if err != nil {
+		return nil, storage.Info{}, err
+	}
+	obj, err := s.client.GetObject(ctx, s.bucket, name, minio.GetObjectOptions{})
+	if err != nil {
+		return nil, storage.Info{}, fmt.Errorf("get %s: %w", key, classify(err))
+	}
+	oi, err := obj.Stat()
+	if err != nil {
+		obj.Close()
+		return nil, storage.Info{}, fmt.Errorf("get %s: %w", key, classify(err))
+	}
+	return obj, s.info(key, oi), nil
+}
+
+// Stat is a HEAD request.
+func (s *Store) Stat(ctx context.Context, key string) (storage.Info, error) {
+	name, err := s.object(key)
+	if err != nil {
+		return storage.Info{}, err
+	}
+	oi, err := s.client.StatObject(ctx, s.bucket, name, minio.StatObjectOptions{})
+	if err != nil {
+		return storage.Info{}, fmt.Errorf("stat %s: %w", key, classify(err))
+	}
+	return s.info(key, oi), nil
+}
+
+func (s *Store) info(key string, oi minio.ObjectInfo) storage.Info {
+	meta := storage.Metadata{}
+	for k, v := range oi.UserMetadata {
+		meta[strings.ToLower(k)] = v
+	}
+	return storage.Info{Key: key, Size: oi.Size, Modified: oi.LastModified, Metadata: meta}
+}
+
+// Delete removes the object; S3 treats a missing key as success.
+func (s *Store) Delete(ctx context.Context, key string) error {
+	name, err := s.object(key)
+	if err != nil {
+		return err
+	}
+	if err := s.client.RemoveObject(ctx, s.bucket, name, minio.RemoveObjectOptions{}); err != nil {
+		if minio.ToErrorResponse(err).Code == "NoSuchKey" {
+			return nil
+		}
+		return fmt.Errorf("delete %s: %w", key, classify(err))
+	}
+	return nil
+}
+
+// List pages through ListObjectsV2; S3 returns keys in lexical order.
+func (s *Store) List(ctx context.Context, prefix string, fn func(storage.Info) error) error {
+	if err := storage.ValidatePrefix(prefix); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // stops minio-go's listing goroutine when fn ends early
+	for oi := range s.client.ListObjects(ctx, s.bucket, minio.ListObjectsOptions{Prefix: s.prefix + prefix, Recursive: true}) {
+		if oi.Err != nil {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			return fmt.Errorf("list %s: %w", prefix, classify(oi.Err))
+		}
+		if err := fn(storage.Info{Key: strings.TrimPrefix(oi.Key, s.prefix), Size: oi.Size, Modified: oi.LastModified}); err != nil {
+			return err
+		}
+	}
+	return ctx.Err()
+}
+
+// Close releases idle connections.
+func (s *Store) Close() error { return nil }
+
+// classify maps a minio-go or transport error onto the storage sentinels.
+// Context errors pass through untouched so callers can tell cancellation
+// from an outage.
+func classify(err error) error {
+	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	resp := minio.ToErrorResponse(err)
+	switch resp.Code {
+	case "NoSuchKey", "NotFound":
+		return fmt.Errorf("%w: %w", storage.ErrNotFound, err)
+	case "NoSuchBucket":
+		return fmt.Errorf("%w: bucket %q does not exist: %w", storage.ErrUnavailable, resp.BucketName, err)
+	case "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled", "AccountProblem":
+		return fmt.Errorf("%w: %w", storage.ErrPermission, err)
+	case "SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "XMinioServerNotInitialized", "XMinioStorageFull":
+		return fmt.Errorf("%w: %w", storage.ErrUnavailable, err)
+	}
+	if resp.StatusCode == http.StatusNotFound {
+		return fmt.Errorf("%w: %w", storage.ErrNotFound, err)
+	}
+	if resp.StatusCode == http.StatusForbidden {
+		return fmt.Errorf("%w: %w", storage.ErrPermission, err)
+	}
+	if resp.StatusCode >= 500 {
+		return fmt.Errorf("%w: %w", storage.ErrUnavailable, err)
+	}
+	var netErr net.Error
+	var urlErr *url.Error
+	if minio.IsNetworkOrHostDown(err, false) || errors.As(err, &netErr) || errors.As(err, &urlErr) ||
+		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+		return fmt.Errorf("%w: %w", storage.ErrUnavailable, err)
+	}
+	return err
+}

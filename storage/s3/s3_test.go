@@ -1,0 +1,92 @@
+package s3_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/chunkbridge/chunkbridge/storage"
+	"github.com/chunkbridge/chunkbridge/storage/s3"
+	"github.com/chunkbridge/chunkbridge/storage/s3/miniotest"
+	"github.com/chunkbridge/chunkbridge/storage/storagetest"
+)
+
+func TestMain(m *testing.M) { os.Exit(miniotest.RunMain(m)) }
+
+func open(t *testing.T, cfg s3.Config) *s3.Store {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, err := s3.Open(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func TestConformance(t *testing.T) {
+	srv := miniotest.Shared(t)
+	storagetest.Run(t, func(t *testing.T) storage.Store { return open(t, srv.Config()) })
+}
+
+// The same suite under a key prefix, as with --store s3://bucket/prefix.
+func TestConformanceWithPrefix(t *testing.T) {
+	srv := miniotest.Shared(t)
+	storagetest.Run(t, func(t *testing.T) storage.Store {
+		cfg := srv.Config()
+		cfg.Prefix = "tenant/a"
+		return open(t, cfg)
+	})
+}
+
+func TestParseURL(t *testing.T) {
+	for _, tc := range []struct{ in, bucket, prefix string }{
+		{"s3://b", "b", ""},
+		{"s3://b/", "b", ""},
+		{"s3://b/p/q", "b", "p/q"},
+	} {
+		b, p, err := s3.ParseURL(tc.in)
+		if err != nil || b != tc.bucket || p != tc.prefix {
+			t.Errorf("ParseURL(%q) = %q, %q, %v", tc.in, b, p, err)
+		}
+	}
+	for _, in := range []string{"s3:///x", "http://b", "s3://b/../x"} {
+		if _, _, err := s3.ParseURL(in); err == nil {
+			t.Errorf("ParseURL(%q) succeeded", in)
+		}
+	}
+}
+
+func TestWrongCredentials(t *testing.T) {
+	cfg := miniotest.Shared(t).Config()
+	cfg.SecretKey = "wrong"
+	_, err := s3.Open(t.Context(), cfg)
+	if !errors.Is(err, storage.ErrPermission) {
+		t.Fatalf("Open with a wrong secret = %v, want ErrPermission", err)
+	}
+}
+
+// A stopped server is ErrUnavailable, never NotFound, and the store works
+// again once the server is back.
+func TestOutage(t *testing.T) {
+	srv := miniotest.Start(t)
+	s := open(t, srv.Config())
+	srv.Kill()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if _, err := s.Stat(ctx, "k"); !errors.Is(err, storage.ErrUnavailable) {
+		t.Fatalf("Stat while MinIO is down = %v, want ErrUnavailable", err)
+	}
+	if _, err := s.PutIfAbsent(ctx, "k", nil, 0, nil); !errors.Is(err, storage.ErrUnavailable) {
+		t.Fatalf("PutIfAbsent while MinIO is down = %v, want ErrUnavailable", err)
+	}
+	if err := srv.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Stat(ctx, "k"); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("Stat after restart = %v, want ErrNotFound", err)
+	}
+}
