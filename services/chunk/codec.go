@@ -1,0 +1,123 @@
+package chunk
+
+import (
+	"bytes"
+	"compress/gzip"
+	"crypto/sha256"
+	"crypto/sha512"
+	"fmt"
+	"io"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/ulikunitz/xz"
+
+	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
+	"github.com/chunkbridge/chunkbridge/services/apierr"
+)
+
+// MaxSize is the largest chunk, uncompressed, and the largest payload.
+const MaxSize = 16 << 20
+
+// Algorithm names as recorded in object metadata.
+const (
+	metaAlgorithm = "algorithm"
+	metaSize      = "size"
+	algSHA256     = "sha256"
+	algSHA512_256 = "sha512-256"
+)
+
+// digest hashes data with alg.
+func digest(alg chunkbridgev1.DigestAlgorithm, data []byte) (ID, error) {
+	switch alg {
+	case chunkbridgev1.DigestAlgorithm_DIGEST_ALGORITHM_SHA256:
+		return sha256.Sum256(data), nil
+	case chunkbridgev1.DigestAlgorithm_DIGEST_ALGORITHM_SHA512_256:
+		return sha512.Sum512_256(data), nil
+	}
+	return ID{}, fmt.Errorf("%w: unknown digest algorithm %d (want SHA256 or SHA512_256)", apierr.ErrInvalid, alg)
+}
+
+func algorithmName(alg chunkbridgev1.DigestAlgorithm) string {
+	if alg == chunkbridgev1.DigestAlgorithm_DIGEST_ALGORITHM_SHA256 {
+		return algSHA256
+	}
+	return algSHA512_256
+}
+
+func parseAlgorithm(name string) chunkbridgev1.DigestAlgorithm {
+	switch name {
+	case algSHA256:
+		return chunkbridgev1.DigestAlgorithm_DIGEST_ALGORITHM_SHA256
+	case algSHA512_256:
+		return chunkbridgev1.DigestAlgorithm_DIGEST_ALGORITHM_SHA512_256
+	}
+	return chunkbridgev1.DigestAlgorithm_DIGEST_ALGORITHM_UNSPECIFIED
+}
+
+// codec compresses and decompresses chunk payloads. One instance is shared:
+// the zstd encoder and decoder are safe for concurrent EncodeAll/DecodeAll.
+type codec struct {
+	enc *zstd.Encoder
+	dec *zstd.Decoder
+}
+
+func newCodec() (*codec, error) {
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderCRC(true))
+	if err != nil {
+		return nil, err
+	}
+	dec, err := zstd.NewReader(nil,
+		zstd.WithDecoderMaxMemory(MaxSize),
+		zstd.WithDecodeAllCapLimit(true),
+		zstd.WithDecoderConcurrency(0))
+	if err != nil {
+		return nil, err
+	}
+	return &codec{enc: enc, dec: dec}, nil
+}
+
+// compress returns data as one zstd frame.
+func (c *codec) compress(data []byte) []byte {
+	return c.enc.EncodeAll(data, make([]byte, 0, len(data)/2+64))
+}
+
+// decode returns payload decoded from enc, refusing anything that would
+// exceed MaxSize before it is allocated in full.
+func (c *codec) decode(enc chunkbridgev1.Encoding, payload []byte) ([]byte, error) {
+	switch enc {
+	case chunkbridgev1.Encoding_ENCODING_RAW:
+		return payload, nil
+	case chunkbridgev1.Encoding_ENCODING_ZSTD:
+		// With the cap limit, DecodeAll never grows dst beyond its capacity.
+		out, err := c.dec.DecodeAll(payload, make([]byte, 0, MaxSize))
+		if err != nil {
+			return nil, fmt.Errorf("%w: zstd payload: %v (or it decodes to more than %d bytes)", apierr.ErrInvalid, err, MaxSize)
+		}
+		return out, nil
+	case chunkbridgev1.Encoding_ENCODING_XZ:
+		r, err := xz.NewReader(bytes.NewReader(payload))
+		if err != nil {
+			return nil, fmt.Errorf("%w: xz payload: %v", apierr.ErrInvalid, err)
+		}
+		return readLimited(r, "xz")
+	case chunkbridgev1.Encoding_ENCODING_GZIP:
+		r, err := gzip.NewReader(bytes.NewReader(payload))
+		if err != nil {
+			return nil, fmt.Errorf("%w: gzip payload: %v", apierr.ErrInvalid, err)
+		}
+		return readLimited(r, "gzip")
+	}
+	return nil, fmt.Errorf("%w: unknown encoding %d (want RAW, ZSTD, XZ or GZIP)", apierr.ErrInvalid, enc)
+}
+
+func readLimited(r io.Reader, what string) ([]byte, error) {
+	var buf bytes.Buffer
+	n, err := io.Copy(&buf, io.LimitReader(r, MaxSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s payload: %v", apierr.ErrInvalid, what, err)
+	}
+	if n > MaxSize {
+		return nil, fmt.Errorf("%w: %s payload decodes to more than %d bytes", apierr.ErrInvalid, what, MaxSize)
+	}
+	return buf.Bytes(), nil
+}

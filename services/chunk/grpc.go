@@ -1,0 +1,190 @@
+package chunk
+
+import (
+	"context"
+	"fmt"
+	"io"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+
+	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
+	"github.com/chunkbridge/chunkbridge/services/apierr"
+)
+
+// Server adapts Service to gRPC.
+type Server struct {
+	chunkbridgev1.UnimplementedChunkServiceServer
+	svc *Service
+	// window is how many chunks of one stream are in flight at once: uploads
+	// being verified and stored, or downloads read ahead.
+	window int
+}
+
+// NewServer returns the gRPC ChunkService over svc. window bounds the
+// chunks in flight per stream (default 8).
+func NewServer(svc *Service, window int) *Server {
+	if window <= 0 {
+		window = 8
+	}
+	return &Server{svc: svc, window: window}
+}
+
+func parseIDs(ids []string) ([]ID, error) {
+	if len(ids) > MaxIDsPerCall {
+		return nil, apierr.Status(fmt.Errorf("%w: %d ids in one call, at most %d", apierr.ErrInvalid, len(ids), MaxIDsPerCall))
+	}
+	out := make([]ID, len(ids))
+	for i, s := range ids {
+		id, err := ParseID(s)
+		if err != nil {
+			return nil, apierr.Status(fmt.Errorf("ids[%d]: %w", i, err))
+		}
+		out[i] = id
+	}
+	return out, nil
+}
+
+// FindMissingChunks implements the batched existence check.
+func (s *Server) FindMissingChunks(ctx context.Context, req *chunkbridgev1.FindMissingChunksRequest) (*chunkbridgev1.FindMissingChunksResponse, error) {
+	ids, err := parseIDs(req.GetIds())
+	if err != nil {
+		return nil, err
+	}
+	missing, err := s.svc.FindMissing(ctx, ids)
+	if err != nil {
+		return nil, apierr.Status(err)
+	}
+	resp := &chunkbridgev1.FindMissingChunksResponse{Missing: make([]string, len(missing))}
+	for i, id := range missing {
+		resp.Missing[i] = id.String()
+	}
+	return resp, nil
+}
+
+// StatChunk implements stat.
+func (s *Server) StatChunk(ctx context.Context, req *chunkbridgev1.StatChunkRequest) (*chunkbridgev1.StatChunkResponse, error) {
+	id, err := ParseID(req.GetId())
+	if err != nil {
+		return nil, apierr.Status(err)
+	}
+	info, err := s.svc.Stat(ctx, id)
+	if err != nil {
+		return nil, apierr.Status(err)
+	}
+	return &chunkbridgev1.StatChunkResponse{Chunk: info}, nil
+}
+
+// UploadChunks verifies and stores chunks as they arrive, up to window at a
+// time, and acknowledges each in request order. Receiving stops while the
+// window is full, so a fast client is held back by flow control rather
+// than by the server's memory.
+func (s *Server) UploadChunks(stream grpc.BidiStreamingServer[chunkbridgev1.UploadChunksRequest, chunkbridgev1.UploadChunksResponse]) error {
+	ctx := stream.Context()
+	pending := make(chan chan *chunkbridgev1.UploadChunksResponse, s.window-1)
+	sent := make(chan error, 1)
+	go func() { sent <- sendInOrder(pending, stream.Send) }()
+
+	var recvErr error
+	for {
+		req, err := stream.Recv()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			recvErr = err
+			break
+		}
+		result := make(chan *chunkbridgev1.UploadChunksResponse, 1)
+		select {
+		case pending <- result:
+		case <-ctx.Done():
+			recvErr = ctx.Err()
+		}
+		if recvErr != nil {
+			break
+		}
+		go func() { result <- s.upload(ctx, req) }()
+	}
+	close(pending)
+	if err := <-sent; err != nil {
+		return err
+	}
+	return recvErr
+}
+
+func (s *Server) upload(ctx context.Context, req *chunkbridgev1.UploadChunksRequest) *chunkbridgev1.UploadChunksResponse {
+	resp := &chunkbridgev1.UploadChunksResponse{Id: req.GetId()}
+	id, err := ParseID(req.GetId())
+	if err == nil {
+		resp.Created, err = s.svc.Put(ctx, Upload{ID: id, Algorithm: req.GetAlgorithm(), Encoding: req.GetEncoding(), Data: req.GetData()})
+	}
+	if err != nil {
+		resp.Code, resp.Message = int32(apierr.Code(err)), err.Error()
+	}
+	return resp
+}
+
+// DownloadChunks reads up to window chunks ahead of the one being sent, so
+// a slow object store is paid once per window, not once per chunk, and
+// sends them in request order.
+func (s *Server) DownloadChunks(req *chunkbridgev1.DownloadChunksRequest, stream grpc.ServerStreamingServer[chunkbridgev1.DownloadChunksResponse]) error {
+	ids, err := parseIDs(req.GetIds())
+	if err != nil {
+		return err
+	}
+	var raw bool
+	switch req.GetEncoding() {
+	case chunkbridgev1.Encoding_ENCODING_UNSPECIFIED, chunkbridgev1.Encoding_ENCODING_ZSTD:
+	case chunkbridgev1.Encoding_ENCODING_RAW:
+		raw = true
+	default:
+		return apierr.Status(fmt.Errorf("%w: download encoding %s: want ZSTD (as stored) or RAW", apierr.ErrInvalid, req.GetEncoding()))
+	}
+	ctx, cancel := context.WithCancel(stream.Context())
+	defer cancel()
+	pending := make(chan chan *chunkbridgev1.DownloadChunksResponse, s.window-1)
+	go func() {
+		defer close(pending)
+		for _, id := range ids {
+			result := make(chan *chunkbridgev1.DownloadChunksResponse, 1)
+			select {
+			case pending <- result:
+			case <-ctx.Done():
+				return
+			}
+			go func() { result <- s.download(ctx, id, raw) }()
+		}
+	}()
+	if err := sendInOrder(pending, stream.Send); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return apierr.Status(err)
+	}
+	return nil
+}
+
+func (s *Server) download(ctx context.Context, id ID, raw bool) *chunkbridgev1.DownloadChunksResponse {
+	c, err := s.svc.Get(ctx, id, raw)
+	if err != nil {
+		return &chunkbridgev1.DownloadChunksResponse{Id: id.String(), Code: int32(apierr.Code(err)), Message: err.Error()}
+	}
+	return &chunkbridgev1.DownloadChunksResponse{
+		Id: id.String(), Code: int32(codes.OK), Encoding: c.Encoding, Data: c.Data, Algorithm: c.Algorithm, Size: c.Size,
+	}
+}
+
+// sendInOrder sends each result as it completes, in queue order. After a
+// send fails it keeps draining so that no producer blocks, and returns the
+// error.
+func sendInOrder[T any](pending <-chan chan *T, send func(*T) error) error {
+	var err error
+	for result := range pending {
+		r := <-result
+		if err == nil {
+			err = send(r)
+		}
+	}
+	return err
+}

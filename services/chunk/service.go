@@ -1,0 +1,300 @@
+// Package chunk is the ChunkService: it verifies, compresses, deduplicates,
+// stores and serves content-addressed chunks on a storage.Store.
+//
+// Service holds the logic and knows nothing of gRPC; Server (grpc.go) adapts
+// it to the generated chunkbridgev1.ChunkServiceServer.
+package chunk
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"runtime"
+	"strconv"
+	"sync/atomic"
+
+	"golang.org/x/sync/errgroup"
+
+	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
+	"github.com/chunkbridge/chunkbridge/services/apierr"
+	"github.com/chunkbridge/chunkbridge/storage"
+)
+
+// Config tunes a Service. Zero values take the defaults.
+type Config struct {
+	// MaxConcurrentChunks bounds the chunks being decoded, verified,
+	// compressed, stored or read at once across the process; with the
+	// 16 MiB limit it bounds the service's working memory
+	// (about 3 × 16 MiB per slot). Default: 4 × GOMAXPROCS.
+	MaxConcurrentChunks int
+	// PresenceCacheSize is how many ids known to be stored are remembered
+	// (about 100 bytes each). Default 262 144; negative disables the cache.
+	PresenceCacheSize int
+	// StatConcurrency bounds the parallel existence checks of one
+	// FindMissing call. Default 64.
+	StatConcurrency int
+}
+
+// Service implements the chunk operations.
+type Service struct {
+	store    storage.Store
+	codec    *codec
+	presence *presence
+	slots    chan struct{}
+	statConc int
+	metrics  *Metrics
+
+	written, deduplicated, received atomic.Int64
+}
+
+// New returns a Service on store. metrics may be nil.
+func New(store storage.Store, cfg Config, metrics *Metrics) (*Service, error) {
+	if cfg.MaxConcurrentChunks <= 0 {
+		cfg.MaxConcurrentChunks = 4 * runtime.GOMAXPROCS(0)
+	}
+	if cfg.PresenceCacheSize == 0 {
+		cfg.PresenceCacheSize = 1 << 18
+	}
+	if cfg.StatConcurrency <= 0 {
+		cfg.StatConcurrency = 64
+	}
+	c, err := newCodec()
+	if err != nil {
+		return nil, fmt.Errorf("chunk service: zstd: %w", err)
+	}
+	if metrics == nil {
+		metrics = NewMetrics(nil)
+	}
+	return &Service{
+		store:    store,
+		codec:    c,
+		presence: newPresence(cfg.PresenceCacheSize),
+		slots:    make(chan struct{}, cfg.MaxConcurrentChunks),
+		statConc: cfg.StatConcurrency,
+		metrics:  metrics,
+	}, nil
+}
+
+// acquire takes one of the process-wide work slots.
+func (s *Service) acquire(ctx context.Context) error {
+	select {
+	case s.slots <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (s *Service) release() { <-s.slots }
+
+// Upload is one chunk as a client sends it.
+type Upload struct {
+	ID        ID
+	Algorithm chunkbridgev1.DigestAlgorithm
+	Encoding  chunkbridgev1.Encoding
+	Data      []byte
+}
+
+// Put verifies and stores one chunk. It reports created=false for a chunk
+// that was already stored, in which case nothing was written. A payload
+// that does not decode, or decodes to data that does not hash to the id,
+// is refused and nothing is stored.
+func (s *Service) Put(ctx context.Context, u Upload) (created bool, err error) {
+	defer func() { s.metrics.observeUpload(created, err) }()
+	if len(u.Data) > MaxSize {
+		return false, fmt.Errorf("chunk %s: %w: payload of %d bytes exceeds %d", u.ID, apierr.ErrInvalid, len(u.Data), MaxSize)
+	}
+	if _, err := digest(u.Algorithm, nil); err != nil {
+		return false, fmt.Errorf("chunk %s: %w", u.ID, err)
+	}
+	if err := s.acquire(ctx); err != nil {
+		return false, err
+	}
+	defer s.release()
+
+	data, err := s.codec.decode(u.Encoding, u.Data)
+	if err != nil {
+		return false, fmt.Errorf("chunk %s: %w", u.ID, err)
+	}
+	sum, _ := digest(u.Algorithm, data)
+	if sum != u.ID {
+		return false, fmt.Errorf("chunk %s: %w: the data (%d bytes) hashes to %s with %s",
+			u.ID, apierr.ErrDigestMismatch, len(data), sum, algorithmName(u.Algorithm))
+	}
+	s.received.Add(int64(len(data)))
+	s.metrics.bytesReceived.Add(float64(len(data)))
+	if s.presence.has(u.ID) {
+		s.deduplicated.Add(1)
+		return false, nil
+	}
+	stored := u.Data // an incoming zstd frame is kept as sent, once verified
+	if u.Encoding != chunkbridgev1.Encoding_ENCODING_ZSTD {
+		stored = s.codec.compress(data)
+	}
+	meta := storage.Metadata{metaAlgorithm: algorithmName(u.Algorithm), metaSize: strconv.Itoa(len(data))}
+	created, err = s.store.PutIfAbsent(ctx, u.ID.Key(), bytes.NewReader(stored), int64(len(stored)), meta)
+	if err != nil {
+		return false, fmt.Errorf("chunk %s: %w", u.ID, err)
+	}
+	s.presence.add(u.ID)
+	if created {
+		s.written.Add(1)
+		s.metrics.bytesStored.Add(float64(len(stored)))
+	} else {
+		s.deduplicated.Add(1)
+	}
+	return created, nil
+}
+
+// MaxIDsPerCall bounds the ids of one FindMissing or Download call.
+const MaxIDsPerCall = 100_000
+
+// FindMissing returns the ids the store lacks, in the order given. Ids not
+// in the presence cache are checked in parallel.
+func (s *Service) FindMissing(ctx context.Context, ids []ID) ([]ID, error) {
+	if len(ids) > MaxIDsPerCall {
+		return nil, fmt.Errorf("%w: %d ids in one call, at most %d", apierr.ErrInvalid, len(ids), MaxIDsPerCall)
+	}
+	s.metrics.idsChecked.Add(float64(len(ids)))
+	missing := make([]bool, len(ids))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(s.statConc)
+	for i, id := range ids {
+		if s.presence.has(id) {
+			s.metrics.cacheHits.Inc()
+			continue
+		}
+		g.Go(func() error {
+			_, err := s.store.Stat(gctx, id.Key())
+			switch {
+			case err == nil:
+				s.presence.add(id)
+			case errors.Is(err, storage.ErrNotFound):
+				missing[i] = true
+			default:
+				return fmt.Errorf("check chunk %s: %w", id, err)
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	var out []ID
+	for i, m := range missing {
+		if m {
+			out = append(out, ids[i])
+		}
+	}
+	return out, nil
+}
+
+// Chunk is a stored chunk as read back.
+type Chunk struct {
+	ID        ID
+	Algorithm chunkbridgev1.DigestAlgorithm
+	Size      int64 // uncompressed
+	Encoding  chunkbridgev1.Encoding
+	Data      []byte
+}
+
+// Get reads one chunk as stored (zstd), or decoded and re-verified when raw
+// is true.
+func (s *Service) Get(ctx context.Context, id ID, raw bool) (Chunk, error) {
+	if err := s.acquire(ctx); err != nil {
+		return Chunk{}, err
+	}
+	defer s.release()
+	rc, info, err := s.store.Get(ctx, id.Key())
+	if err != nil {
+		return Chunk{}, fmt.Errorf("chunk %s: %w", id, err)
+	}
+	defer rc.Close()
+	// The object size is checked before the buffer is allocated.
+	if info.Size > MaxSize+MaxSize/8 {
+		return Chunk{}, fmt.Errorf("chunk %s: %w: stored object is %d bytes, more than any valid chunk", id, apierr.ErrDigestMismatch, info.Size)
+	}
+	stored := make([]byte, info.Size)
+	if _, err := io.ReadFull(rc, stored); err != nil {
+		return Chunk{}, fmt.Errorf("chunk %s: read: %w", id, readErr(err))
+	}
+	c := Chunk{ID: id, Algorithm: parseAlgorithm(info.Metadata[metaAlgorithm]), Encoding: chunkbridgev1.Encoding_ENCODING_ZSTD, Data: stored}
+	c.Size, _ = strconv.ParseInt(info.Metadata[metaSize], 10, 64)
+	s.metrics.bytesServed.Add(float64(len(stored)))
+	if !raw && c.Algorithm != chunkbridgev1.DigestAlgorithm_DIGEST_ALGORITHM_UNSPECIFIED && c.Size > 0 {
+		return c, nil
+	}
+	// Raw data was asked for, or the metadata is missing (a chunk placed by
+	// casync itself): decode, and learn the algorithm by hashing.
+	data, err := s.codec.decode(chunkbridgev1.Encoding_ENCODING_ZSTD, stored)
+	if err != nil {
+		return Chunk{}, fmt.Errorf("chunk %s: %w: stored data does not decode: %v", id, apierr.ErrDigestMismatch, err)
+	}
+	if err := verify(id, &c, data); err != nil {
+		return Chunk{}, err
+	}
+	if raw {
+		c.Encoding, c.Data = chunkbridgev1.Encoding_ENCODING_RAW, data
+	}
+	return c, nil
+}
+
+// verify checks data against id with the recorded algorithm, or finds the
+// algorithm when none is recorded.
+func verify(id ID, c *Chunk, data []byte) error {
+	c.Size = int64(len(data))
+	algs := []chunkbridgev1.DigestAlgorithm{c.Algorithm}
+	if c.Algorithm == chunkbridgev1.DigestAlgorithm_DIGEST_ALGORITHM_UNSPECIFIED {
+		algs = []chunkbridgev1.DigestAlgorithm{chunkbridgev1.DigestAlgorithm_DIGEST_ALGORITHM_SHA512_256, chunkbridgev1.DigestAlgorithm_DIGEST_ALGORITHM_SHA256}
+	}
+	for _, alg := range algs {
+		if sum, _ := digest(alg, data); sum == id {
+			c.Algorithm = alg
+			return nil
+		}
+	}
+	return fmt.Errorf("chunk %s: %w: stored data no longer hashes to its id", id, apierr.ErrDigestMismatch)
+}
+
+// readErr keeps a truncated object from looking like a clean end of file.
+func readErr(err error) error {
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return fmt.Errorf("%w: object shorter than its listed size: %w", storage.ErrUnavailable, err)
+	}
+	return err
+}
+
+// Stat describes a stored chunk.
+func (s *Service) Stat(ctx context.Context, id ID) (*chunkbridgev1.ChunkInfo, error) {
+	info, err := s.store.Stat(ctx, id.Key())
+	if err != nil {
+		return nil, fmt.Errorf("chunk %s: %w", id, err)
+	}
+	alg := parseAlgorithm(info.Metadata[metaAlgorithm])
+	size, _ := strconv.ParseInt(info.Metadata[metaSize], 10, 64)
+	if alg == chunkbridgev1.DigestAlgorithm_DIGEST_ALGORITHM_UNSPECIFIED || size <= 0 {
+		c, err := s.Get(ctx, id, false)
+		if err != nil {
+			return nil, err
+		}
+		alg, size = c.Algorithm, c.Size
+	}
+	s.presence.add(id)
+	return &chunkbridgev1.ChunkInfo{Id: id.String(), Algorithm: alg, Size: size, StoredSize: info.Size}, nil
+}
+
+// Counters are what this process has done since it started.
+type Counters struct {
+	Written, Deduplicated, BytesReceived int64
+}
+
+// Counters reports the upload counters.
+func (s *Service) Counters() Counters {
+	return Counters{Written: s.written.Load(), Deduplicated: s.deduplicated.Load(), BytesReceived: s.received.Load()}
+}
+
+// Forget drops id from the presence cache; garbage collection calls it
+// before deleting a chunk.
+func (s *Service) Forget(id ID) { s.presence.forget(id) }
