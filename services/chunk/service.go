@@ -209,7 +209,7 @@ func (s *Service) Get(ctx context.Context, id ID, raw bool) (Chunk, error) {
 	defer s.release()
 	rc, info, err := s.store.Get(ctx, id.Key())
 	if err != nil {
-		return Chunk{}, fmt.Errorf("chunk %s: %w", id, err)
+		return Chunk{}, storeErr(id, err)
 	}
 	defer rc.Close()
 	// The object size is checked before the buffer is allocated.
@@ -258,6 +258,14 @@ func verify(id ID, c *Chunk, data []byte) error {
 	return fmt.Errorf("chunk %s: %w: stored data no longer hashes to its id", id, apierr.ErrDigestMismatch)
 }
 
+// storeErr names the chunk; a missing chunk needs no more words.
+func storeErr(id ID, err error) error {
+	if errors.Is(err, storage.ErrNotFound) {
+		return fmt.Errorf("chunk %s: %w", id, apierr.ErrNotFound)
+	}
+	return fmt.Errorf("chunk %s: %w", id, err)
+}
+
 // readErr keeps a truncated object from looking like a clean end of file.
 func readErr(err error) error {
 	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
@@ -270,7 +278,7 @@ func readErr(err error) error {
 func (s *Service) Stat(ctx context.Context, id ID) (*chunkbridgev1.ChunkInfo, error) {
 	info, err := s.store.Stat(ctx, id.Key())
 	if err != nil {
-		return nil, fmt.Errorf("chunk %s: %w", id, err)
+		return nil, storeErr(id, err)
 	}
 	alg := parseAlgorithm(info.Metadata[metaAlgorithm])
 	size, _ := strconv.ParseInt(info.Metadata[metaSize], 10, 64)

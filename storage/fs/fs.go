@@ -371,7 +371,9 @@ func classify(err error) error {
 	case err == nil:
 		return nil
 	case errors.Is(err, fs.ErrNotExist), errors.Is(err, syscall.ENOTDIR):
-		return fmt.Errorf("%w: %w", storage.ErrNotFound, err)
+		// The path adds nothing to the key the caller already names, and
+		// would show the server's directory layout to clients.
+		return storage.ErrNotFound
 	case errors.Is(err, fs.ErrPermission), errors.Is(err, syscall.EROFS):
 		return fmt.Errorf("%w: %w", storage.ErrPermission, err)
 	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EIO), errors.Is(err, syscall.EDQUOT):

@@ -1,0 +1,75 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+)
+
+// envPrefix is the prefix of the environment variables that stand in for
+// flags not given on the command line.
+const envPrefix = "CHUNKBRIDGE_"
+
+// envName is the variable for a flag: --s3-endpoint is CHUNKBRIDGE_S3_ENDPOINT.
+func envName(flagName string) string {
+	return envPrefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// parseFlags parses args, then fills every flag not set on the command line
+// from its environment variable, and warns about CHUNKBRIDGE_ variables
+// that match no flag (a typo in a manifest would otherwise pass silently).
+func parseFlags(fs *flag.FlagSet, args []string, log *slog.Logger, ignoreEnv ...string) error {
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	known := map[string]bool{}
+	for _, name := range ignoreEnv {
+		known[name] = true
+	}
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		name := envName(f.Name)
+		known[name] = true
+		v, ok := os.LookupEnv(name)
+		if !ok || set[f.Name] || err != nil {
+			return
+		}
+		if e := fs.Set(f.Name, v); e != nil {
+			err = fmt.Errorf("environment %s=%q: %w", name, v, e)
+		}
+	})
+	if err != nil {
+		return err
+	}
+	for _, kv := range os.Environ() {
+		name, _, _ := strings.Cut(kv, "=")
+		if strings.HasPrefix(name, envPrefix) && !known[name] {
+			log.Warn("environment variable matches no flag of this command; ignored", "var", name)
+		}
+	}
+	return nil
+}
+
+// newLogger writes JSON or text records to w at the given level.
+func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want json or text", format)
+}

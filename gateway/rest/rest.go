@@ -1,0 +1,88 @@
+// Package rest is the HTTP edge: the grpc-gateway routes of the services,
+// the OpenAPI document, Prometheus metrics and health endpoints. It talks to
+// the services only through a gRPC connection, so it runs the same in one
+// process with them or as its own deployment.
+package rest
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
+)
+
+// Options choose what the handler serves.
+type Options struct {
+	// API mounts the REST routes and /openapi.json; without it only the
+	// operational endpoints (/metrics, /healthz, /readyz) are served.
+	API bool
+	// Gatherer provides /metrics.
+	Gatherer prometheus.Gatherer
+	Log      *slog.Logger
+}
+
+// NewHandler returns the HTTP handler over conn.
+func NewHandler(ctx context.Context, conn *grpc.ClientConn, opts Options) (http.Handler, error) {
+	mux := http.NewServeMux()
+	health := healthpb.NewHealthClient(conn)
+
+	// Liveness: the process answers. Restarting it would not fix storage.
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		fmt.Fprintln(w, "ok")
+	})
+	// Readiness: the services behind conn report SERVING, which they do
+	// only while storage is reachable.
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
+		defer cancel()
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		resp, err := health.Check(ctx, &healthpb.HealthCheckRequest{})
+		switch {
+		case err != nil:
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintf(w, "not ready: chunk service health check failed: %v\n", err)
+		case resp.GetStatus() != healthpb.HealthCheckResponse_SERVING:
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintf(w, "not ready: chunk service is %s (storage unreachable?)\n", resp.GetStatus())
+		default:
+			fmt.Fprintln(w, "ready")
+		}
+	})
+	if opts.Gatherer != nil {
+		mux.Handle("GET /metrics", promhttp.HandlerFor(opts.Gatherer, promhttp.HandlerOpts{}))
+	}
+	if !opts.API {
+		return mux, nil
+	}
+
+	mux.HandleFunc("GET /openapi.json", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Write(chunkbridgev1.OpenAPI)
+	})
+	gw := runtime.NewServeMux(
+		runtime.WithMarshalerOption(runtime.MIMEWildcard, &runtime.JSONPb{
+			// Empty lists are written as [] so clients need no special case.
+			MarshalOptions:   protojson.MarshalOptions{EmitUnpopulated: true},
+			UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: true},
+		}),
+	)
+	if err := chunkbridgev1.RegisterChunkServiceHandler(ctx, gw, conn); err != nil {
+		return nil, fmt.Errorf("register ChunkService routes: %w", err)
+	}
+	if err := chunkbridgev1.RegisterAdminServiceHandler(ctx, gw, conn); err != nil {
+		return nil, fmt.Errorf("register AdminService routes: %w", err)
+	}
+	mux.Handle("/v1/", gw)
+	return mux, nil
+}
