@@ -7,6 +7,7 @@ import (
 	"crypto/sha512"
 	"fmt"
 	"io"
+	"sync"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/ulikunitz/xz"
@@ -88,8 +89,7 @@ func (c *codec) decode(enc chunkbridgev1.Encoding, payload []byte) ([]byte, erro
 	case chunkbridgev1.Encoding_ENCODING_RAW:
 		return payload, nil
 	case chunkbridgev1.Encoding_ENCODING_ZSTD:
-		// With the cap limit, DecodeAll never grows dst beyond its capacity.
-		out, err := c.dec.DecodeAll(payload, make([]byte, 0, MaxSize))
+		out, err := c.decodeZstd(payload)
 		if err != nil {
 			return nil, fmt.Errorf("%w: zstd payload: %v (or it decodes to more than %d bytes)", apierr.ErrInvalid, err, MaxSize)
 		}
@@ -108,6 +108,33 @@ func (c *codec) decode(enc chunkbridgev1.Encoding, payload []byte) ([]byte, erro
 		return readLimited(r, "gzip")
 	}
 	return nil, fmt.Errorf("%w: unknown encoding %d (want RAW, ZSTD, XZ or GZIP)", apierr.ErrInvalid, enc)
+}
+
+// scratch holds MaxSize decode buffers for frames that do not declare their
+// size, so a 64 KiB chunk does not cost a fresh 16 MiB allocation.
+var scratch = sync.Pool{New: func() any { b := make([]byte, 0, MaxSize); return &b }}
+
+// decodeZstd decodes into a buffer of exactly the declared content size
+// when the frame header has one (checked against MaxSize before any
+// allocation), otherwise into a pooled MaxSize buffer that is copied out.
+// With the cap limit DecodeAll never grows its buffer, so the output is
+// bounded either way.
+func (c *codec) decodeZstd(payload []byte) ([]byte, error) {
+	var h zstd.Header
+	if h.Decode(payload) == nil && h.HasFCS && h.FrameContentSize <= MaxSize {
+		out, err := c.dec.DecodeAll(payload, make([]byte, 0, h.FrameContentSize))
+		if err == nil {
+			return out, nil
+		}
+		// Several frames, or a header that lies: take the general path.
+	}
+	buf := scratch.Get().(*[]byte)
+	defer scratch.Put(buf)
+	out, err := c.dec.DecodeAll(payload, (*buf)[:0])
+	if err != nil {
+		return nil, err
+	}
+	return append(make([]byte, 0, len(out)), out...), nil
 }
 
 func readLimited(r io.Reader, what string) ([]byte, error) {
