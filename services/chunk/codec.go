@@ -77,9 +77,10 @@ func newCodec() (*codec, error) {
 	return &codec{enc: enc, dec: dec}, nil
 }
 
-// compress returns data as one zstd frame.
+// compress returns data as one zstd frame. The buffer is sized for the
+// worst case so that incompressible data never regrows (and copies) it.
 func (c *codec) compress(data []byte) []byte {
-	return c.enc.EncodeAll(data, make([]byte, 0, len(data)/2+64))
+	return c.enc.EncodeAll(data, make([]byte, 0, c.enc.MaxEncodedSize(len(data))))
 }
 
 // decode returns payload decoded from enc, refusing anything that would
