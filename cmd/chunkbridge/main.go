@@ -10,14 +10,19 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"strings"
 	"syscall"
 )
 
 const usage = `chunkbridge: a deduplicated chunk store on S3 that speaks casync and PMXBCKUP
 
 Usage:
-  chunkbridge serve all      everything in one process (the embedded default)
-  chunkbridge serve chunk    ChunkService and AdminService over gRPC
+  chunkbridge serve all             everything in one process (the embedded default)
+  chunkbridge serve chunk           chunk, catalog and admin services over gRPC
+  chunkbridge serve casync-gateway  casync's protocol over TCP, in front of a chunk service
+  chunkbridge casync-remote ...     casync's protocol on stdin/stdout: what ssh runs as the remote casync
+  chunkbridge casync-ssh HOST ...   a CASYNC_SSH_PATH that relays casync's session to a casync gateway
   chunkbridge version
 
 Run "chunkbridge serve all -h" for the flags. Every flag can also be set
@@ -29,7 +34,15 @@ var version = "dev"
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	args := os.Args[1:]
+	// casync takes CASYNC_SSH_PATH and CASYNC_REMOTE_PATH as one word each,
+	// so a symlink named chunkbridge-casync-ssh or chunkbridge-casync-remote
+	// runs that command.
+	switch name := filepath.Base(os.Args[0]); name {
+	case "chunkbridge-casync-ssh", "chunkbridge-casync-remote":
+		args = append([]string{strings.TrimPrefix(name, "chunkbridge-")}, args...)
+	}
+	err := run(ctx, args, os.Stdout, os.Stderr)
 	stop()
 	if err != nil {
 		if !errors.Is(err, flag.ErrHelp) {
@@ -47,13 +60,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	switch args[0] {
 	case "serve":
 		if len(args) < 2 {
-			return fmt.Errorf("serve: which service? want one of: all, chunk")
+			return fmt.Errorf("serve: which service? want one of: all, chunk, casync-gateway")
 		}
-		switch args[1] {
-		case "all", "chunk":
+		if _, ok := modes[args[1]]; ok {
 			return serve(ctx, args[1], args[2:], stderr)
 		}
-		return fmt.Errorf("serve %s: unknown service; want one of: all, chunk", args[1])
+		return fmt.Errorf("serve %s: unknown service; want one of: all, chunk, casync-gateway", args[1])
+	case "casync-remote":
+		return casyncRemote(ctx, args[1:], stderr)
+	case "casync-ssh":
+		return casyncSSH(ctx, args[1:], stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "chunkbridge", version)
 		return nil

@@ -47,11 +47,11 @@ func TestMain(m *testing.M) {
 
 // process is a running chunkbridge.
 type process struct {
-	cmd        *exec.Cmd
-	grpc, http string
-	exited     chan struct{}
-	mu         sync.Mutex
-	log        strings.Builder
+	cmd                *exec.Cmd
+	grpc, http, casync string
+	exited             chan struct{}
+	mu                 sync.Mutex
+	log                strings.Builder
 }
 
 func (p *process) logs() string {
@@ -67,7 +67,13 @@ func start(t *testing.T, env []string, args ...string) *process {
 	if testing.Short() {
 		t.Skip("runs the chunkbridge binary")
 	}
-	args = append(args, "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0")
+	args = append(args, "--http-listen", "127.0.0.1:0")
+	if len(args) > 1 && (args[1] == "all" || args[1] == "chunk") {
+		args = append(args, "--grpc-listen", "127.0.0.1:0")
+	}
+	if len(args) > 1 && (args[1] == "all" || args[1] == "casync-gateway") {
+		args = append(args, "--casync-listen", "127.0.0.1:0")
+	}
 	p := &process{cmd: exec.Command(binary, args...), exited: make(chan struct{})}
 	p.cmd.Env = append(os.Environ(), env...)
 	p.cmd.Dir = t.TempDir()
@@ -78,7 +84,7 @@ func start(t *testing.T, env []string, args ...string) *process {
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	listening := make(chan [2]string, 1)
+	listening := make(chan [3]string, 1)
 	go func() {
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
@@ -86,9 +92,9 @@ func start(t *testing.T, env []string, args ...string) *process {
 			p.mu.Lock()
 			p.log.WriteString(line + "\n")
 			p.mu.Unlock()
-			var rec struct{ Msg, GRPC, HTTP string }
+			var rec struct{ Msg, GRPC, HTTP, Casync string }
 			if json.Unmarshal([]byte(line), &rec) == nil && rec.Msg == "listening" {
-				listening <- [2]string{rec.GRPC, rec.HTTP}
+				listening <- [3]string{rec.GRPC, rec.HTTP, rec.Casync}
 			}
 		}
 		p.cmd.Wait()
@@ -96,7 +102,7 @@ func start(t *testing.T, env []string, args ...string) *process {
 	}()
 	select {
 	case addrs := <-listening:
-		p.grpc, p.http = addrs[0], addrs[1]
+		p.grpc, p.http, p.casync = addrs[0], addrs[1], addrs[2]
 	case <-p.exited:
 		t.Fatalf("chunkbridge exited before listening:\n%s", p.logs())
 	case <-time.After(60 * time.Second):

@@ -22,48 +22,74 @@ import (
 	"google.golang.org/grpc/test/bufconn"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
+	"github.com/chunkbridge/chunkbridge/gateway/casync"
 	"github.com/chunkbridge/chunkbridge/gateway/rest"
 	"github.com/chunkbridge/chunkbridge/services/admin"
+	"github.com/chunkbridge/chunkbridge/services/catalog"
 	"github.com/chunkbridge/chunkbridge/services/chunk"
 	"github.com/chunkbridge/chunkbridge/services/readiness"
 )
 
+// What each "serve" mode runs.
+type parts struct {
+	services bool // chunk, catalog and admin gRPC services on a store
+	rest     bool // REST routes, OpenAPI, casync HTTP store
+	casync   bool // casync gateway over TCP
+}
+
+var modes = map[string]parts{
+	"all":            {services: true, rest: true, casync: true},
+	"chunk":          {services: true},
+	"casync-gateway": {casync: true},
+}
+
 type serveFlags struct {
 	storeFlags
 	grpcListen, httpListen string
+	casyncListen           string
+	chunkService           string
 	maxConcurrentChunks    int
 	streamWindow           int
 	presenceCache          int
+	spoolDir               string
 	healthInterval         time.Duration
 	shutdownTimeout        time.Duration
 	logFormat, logLevel    string
 }
 
-func (f *serveFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&f.store, "store", "./data", "where chunks live: a directory, or s3://bucket[/prefix]")
-	fs.StringVar(&f.s3Endpoint, "s3-endpoint", "", "S3 endpoint host[:port] (default AWS); credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
-	fs.StringVar(&f.s3Region, "s3-region", "", "S3 region (default: discovered)")
-	fs.BoolVar(&f.s3Insecure, "s3-insecure", false, "talk to the S3 endpoint over plain HTTP")
-	fs.StringVar(&f.grpcListen, "grpc-listen", "127.0.0.1:9090", "address of the gRPC services (chunk, admin, health, reflection)")
-	fs.StringVar(&f.httpListen, "http-listen", "127.0.0.1:8080", "address of REST, /openapi.json, /metrics, /healthz and /readyz")
-	fs.IntVar(&f.maxConcurrentChunks, "max-concurrent-chunks", 0, "chunks verified, compressed or stored at once across the process; bounds memory to about 48 MiB each (default 4 × CPUs)")
-	fs.IntVar(&f.streamWindow, "stream-window", 8, "chunks in flight per upload or download stream")
-	fs.IntVar(&f.presenceCache, "presence-cache", 1<<18, "ids of stored chunks remembered to answer existence checks without storage (about 100 bytes each; 0 disables)")
-	fs.DurationVar(&f.healthInterval, "health-interval", 2*time.Second, "how often storage reachability is probed for health")
-	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 20*time.Second, "how long in-flight calls may finish after SIGTERM")
+func (f *serveFlags) register(fs *flag.FlagSet, p parts) {
+	if p.services {
+		fs.StringVar(&f.store, "store", "./data", "where chunks live: a directory, or s3://bucket[/prefix]")
+		fs.StringVar(&f.s3Endpoint, "s3-endpoint", "", "S3 endpoint host[:port] (default AWS); credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+		fs.StringVar(&f.s3Region, "s3-region", "", "S3 region (default: discovered)")
+		fs.BoolVar(&f.s3Insecure, "s3-insecure", false, "talk to the S3 endpoint over plain HTTP")
+		fs.StringVar(&f.grpcListen, "grpc-listen", "127.0.0.1:9090", "address of the gRPC services (chunk, catalog, admin, health, reflection)")
+		fs.IntVar(&f.maxConcurrentChunks, "max-concurrent-chunks", 0, "chunks verified, compressed or stored at once across the process; bounds memory to about 48 MiB each (default 4 × CPUs)")
+		fs.IntVar(&f.streamWindow, "stream-window", 16, "chunks in flight per upload or download stream")
+		fs.IntVar(&f.presenceCache, "presence-cache", 1<<18, "ids of stored chunks remembered to answer existence checks without storage (about 100 bytes each; 0 disables)")
+		fs.StringVar(&f.spoolDir, "spool-dir", "", "where arriving indexes are validated before publication (default: the system temporary directory)")
+		fs.DurationVar(&f.healthInterval, "health-interval", 2*time.Second, "how often storage reachability is probed for health")
+	} else {
+		fs.StringVar(&f.chunkService, "chunk-service", "127.0.0.1:9090", "address of the chunk service (gRPC)")
+	}
+	if p.casync {
+		fs.StringVar(&f.casyncListen, "casync-listen", "127.0.0.1:8473", "address of the casync gateway (caprotocol over TCP, after a preamble)")
+	}
+	fs.StringVar(&f.httpListen, "http-listen", "127.0.0.1:8080", "address of /metrics, /healthz and /readyz (and REST, /openapi.json and the casync HTTP store where served)")
+	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 20*time.Second, "how long in-flight calls and sessions may finish after SIGTERM")
 	fs.StringVar(&f.logFormat, "log-format", "json", "log format: json or text")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 }
 
-// serve runs "serve chunk" (the gRPC services, with operational HTTP
-// endpoints) or "serve all" (the same plus the REST gateway).
+// serve runs the parts of one mode until ctx ends, then shuts them down in
+// order: health NOT_SERVING, stop accepting, let in-flight work finish.
 func serve(ctx context.Context, mode string, args []string, stderr io.Writer) error {
+	p := modes[mode]
 	var f serveFlags
 	fs := flag.NewFlagSet("chunkbridge serve "+mode, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	f.register(fs)
-	bootLog := slog.New(slog.NewJSONHandler(stderr, nil))
-	if err := parseFlags(fs, args, bootLog); err != nil {
+	f.register(fs, p)
+	if err := parseFlags(fs, args, slog.New(slog.NewJSONHandler(stderr, nil))); err != nil {
 		return err
 	}
 	log, err := newLogger(stderr, f.logFormat, f.logLevel)
@@ -71,90 +97,85 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 		return err
 	}
 	log = log.With("service", "chunkbridge", "mode", mode)
-	presence := f.presenceCache
-	if presence == 0 {
-		presence = -1
-	}
-
-	store, err := openStore(ctx, f.storeFlags)
-	if err != nil {
-		return err
-	}
-	defer store.Close()
-	log.Info("store opened", "store", f.store)
-
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	chunks, err := chunk.New(store, chunk.Config{MaxConcurrentChunks: f.maxConcurrentChunks, PresenceCacheSize: presence}, chunk.NewMetrics(reg))
-	if err != nil {
-		return err
-	}
 
-	grpcSrv, grpcMetrics := newGRPCServer(log, reg)
-	chunkbridgev1.RegisterChunkServiceServer(grpcSrv, chunk.NewServer(chunks, f.streamWindow))
-	chunkbridgev1.RegisterAdminServiceServer(grpcSrv, admin.New(store, chunks, 10*time.Second))
-	healthSrv := health.NewServer()
-	healthpb.RegisterHealthServer(grpcSrv, healthSrv)
-	reflection.Register(grpcSrv)
-	grpcMetrics.InitializeMetrics(grpcSrv)
-	monitor := readiness.New(store, healthSrv, []string{
-		chunkbridgev1.ChunkService_ServiceDesc.ServiceName,
-		chunkbridgev1.AdminService_ServiceDesc.ServiceName,
-	}, f.healthInterval, log)
-
-	grpcLis, err := net.Listen("tcp", f.grpcListen)
-	if err != nil {
-		return fmt.Errorf("--grpc-listen %s: %w", f.grpcListen, err)
+	var (
+		g, gctx   = errgroup.WithContext(ctx)
+		conn      *grpc.ClientConn
+		listening = []any{"http", ""}
+		shutdown  []func(context.Context)
+	)
+	if p.services {
+		svc, err := startServices(ctx, f, log, reg)
+		if err != nil {
+			return err
+		}
+		defer svc.store.Close()
+		listening = append(listening, "grpc", svc.lis.Addr().String())
+		g.Go(func() error { return svc.grpc.Serve(svc.lis) })
+		g.Go(func() error { return svc.grpc.Serve(svc.loop) })
+		g.Go(func() error { svc.monitor.Run(gctx); return nil })
+		shutdown = append(shutdown, svc.stop)
+		// The other parts reach the services through real gRPC, as they
+		// do as separate deployments; in one process over an in-memory pipe.
+		conn, err = grpc.NewClient("passthrough:///chunkbridge",
+			grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return svc.loop.DialContext(ctx) }),
+			grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMessage), grpc.MaxCallSendMsgSize(maxMessage)))
+	} else {
+		conn, err = dialChunkService(f.chunkService)
 	}
-	httpLis, err := net.Listen("tcp", f.httpListen)
-	if err != nil {
-		grpcLis.Close()
-		return fmt.Errorf("--http-listen %s: %w", f.httpListen, err)
-	}
-	// The HTTP side reaches the services through real gRPC, as it does when
-	// it runs as its own deployment; in one process over an in-memory pipe.
-	loop := bufconn.Listen(1 << 20)
-	conn, err := grpc.NewClient("passthrough:///chunkbridge",
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return loop.DialContext(ctx) }),
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMessage), grpc.MaxCallSendMsgSize(maxMessage)))
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
-	handler, err := rest.NewHandler(ctx, conn, rest.Options{API: mode == "all", Gatherer: reg, Log: log})
+	chunks := chunkbridgev1.NewChunkServiceClient(conn)
+	cat := chunkbridgev1.NewCatalogServiceClient(conn)
+
+	if p.casync {
+		ln, err := net.Listen("tcp", f.casyncListen)
+		if err != nil {
+			return fmt.Errorf("--casync-listen %s: %w", f.casyncListen, err)
+		}
+		srv := &casync.Server{Handler: &casync.Handler{Chunks: chunks, Catalog: cat, Log: log.With("gateway", "casync")}}
+		listening = append(listening, "casync", ln.Addr().String())
+		g.Go(func() error {
+			if err := srv.Serve(ln); !errors.Is(err, casync.ErrServerClosed) {
+				return fmt.Errorf("casync gateway: %w", err)
+			}
+			return nil
+		})
+		// Sessions end before the services they use.
+		shutdown = append([]func(context.Context){func(ctx context.Context) { srv.Shutdown(ctx) }}, shutdown...)
+	}
+
+	handler, err := rest.NewHandler(ctx, conn, rest.Options{API: p.rest, Gatherer: reg, Log: log})
 	if err != nil {
 		return err
 	}
+	httpLis, err := net.Listen("tcp", f.httpListen)
+	if err != nil {
+		return fmt.Errorf("--http-listen %s: %w", f.httpListen, err)
+	}
+	listening[1] = httpLis.Addr().String()
 	httpSrv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
-
-	log.Info("listening", "grpc", grpcLis.Addr().String(), "http", httpLis.Addr().String(), "rest", mode == "all")
-	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return grpcSrv.Serve(grpcLis) })
-	g.Go(func() error { return grpcSrv.Serve(loop) })
 	g.Go(func() error {
 		if err := httpSrv.Serve(httpLis); !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("http server: %w", err)
 		}
 		return nil
 	})
-	g.Go(func() error { monitor.Run(gctx); return nil })
+	shutdown = append([]func(context.Context){func(ctx context.Context) { httpSrv.Shutdown(ctx) }}, shutdown...)
+
+	log.Info("listening", listening...)
 	g.Go(func() error {
 		<-gctx.Done()
 		log.Info("shutting down", "timeout", f.shutdownTimeout)
-		// Report NOT_SERVING first so balancers stop sending new work, then
-		// let in-flight calls finish within the timeout.
-		healthSrv.Shutdown()
 		sctx, cancel := context.WithTimeout(context.Background(), f.shutdownTimeout)
 		defer cancel()
-		httpSrv.Shutdown(sctx)
-		done := make(chan struct{})
-		go func() { grpcSrv.GracefulStop(); close(done) }()
-		select {
-		case <-done:
-		case <-sctx.Done():
-			log.Warn("shutdown timeout: cancelling calls still running")
-			grpcSrv.Stop()
+		for _, stop := range shutdown {
+			stop(sctx)
 		}
 		return nil
 	})
@@ -164,4 +185,84 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 		return nil
 	}
 	return err
+}
+
+type services struct {
+	store   interface{ Close() error }
+	grpc    *grpc.Server
+	lis     net.Listener
+	loop    *bufconn.Listener
+	health  *health.Server
+	monitor *readiness.Monitor
+	log     *slog.Logger
+}
+
+// startServices opens the store and builds the gRPC server with the chunk,
+// catalog, admin, health and reflection services.
+func startServices(ctx context.Context, f serveFlags, log *slog.Logger, reg *prometheus.Registry) (*services, error) {
+	store, err := openStore(ctx, f.storeFlags)
+	if err != nil {
+		return nil, err
+	}
+	log.Info("store opened", "store", f.store)
+	presence := f.presenceCache
+	if presence == 0 {
+		presence = -1
+	}
+	chunks, err := chunk.New(store, chunk.Config{MaxConcurrentChunks: f.maxConcurrentChunks, PresenceCacheSize: presence}, chunk.NewMetrics(reg))
+	if err != nil {
+		store.Close()
+		return nil, err
+	}
+	cat, err := catalog.New(store, chunks, catalog.Config{SpoolDir: f.spoolDir})
+	if err != nil {
+		store.Close()
+		return nil, err
+	}
+	srv, grpcMetrics := newGRPCServer(log, reg)
+	chunkbridgev1.RegisterChunkServiceServer(srv, chunk.NewServer(chunks, f.streamWindow))
+	chunkbridgev1.RegisterCatalogServiceServer(srv, cat)
+	chunkbridgev1.RegisterAdminServiceServer(srv, admin.New(store, chunks, 10*time.Second))
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(srv, hs)
+	reflection.Register(srv)
+	grpcMetrics.InitializeMetrics(srv)
+	monitor := readiness.New(store, hs, []string{
+		chunkbridgev1.ChunkService_ServiceDesc.ServiceName,
+		chunkbridgev1.CatalogService_ServiceDesc.ServiceName,
+		chunkbridgev1.AdminService_ServiceDesc.ServiceName,
+	}, f.healthInterval, log)
+	lis, err := net.Listen("tcp", f.grpcListen)
+	if err != nil {
+		store.Close()
+		return nil, fmt.Errorf("--grpc-listen %s: %w", f.grpcListen, err)
+	}
+	return &services{store: store, grpc: srv, lis: lis, loop: bufconn.Listen(1 << 20), health: hs, monitor: monitor, log: log}, nil
+}
+
+// stop reports NOT_SERVING so balancers stop sending work, then lets
+// in-flight calls finish within the deadline.
+func (s *services) stop(ctx context.Context) {
+	s.health.Shutdown()
+	done := make(chan struct{})
+	go func() { s.grpc.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		s.log.Warn("shutdown timeout: cancelling calls still running")
+		s.grpc.Stop()
+	}
+}
+
+// dialChunkService connects to a remote chunk service. The connection is
+// lazy: a gateway starts while the chunk service is still coming up, and
+// /readyz says when it is reachable.
+func dialChunkService(addr string) (*grpc.ClientConn, error) {
+	conn, err := grpc.NewClient(addr,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMessage), grpc.MaxCallSendMsgSize(maxMessage)))
+	if err != nil {
+		return nil, fmt.Errorf("--chunk-service %s: %w", addr, err)
+	}
+	return conn, nil
 }

@@ -1,5 +1,5 @@
 // Package rest is the HTTP edge: the grpc-gateway routes of the services,
-// the OpenAPI document, Prometheus metrics and health endpoints. It talks to
+// the OpenAPI document, casync's HTTP store (under /casync/), Prometheus metrics and health endpoints. It talks to
 // the services only through a gRPC connection, so it runs the same in one
 // process with them or as its own deployment.
 package rest
@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
+	"github.com/chunkbridge/chunkbridge/gateway/casync"
 )
 
 // Options choose what the handler serves.
@@ -80,9 +81,17 @@ func NewHandler(ctx context.Context, conn *grpc.ClientConn, opts Options) (http.
 	if err := chunkbridgev1.RegisterChunkServiceHandler(ctx, gw, conn); err != nil {
 		return nil, fmt.Errorf("register ChunkService routes: %w", err)
 	}
+	if err := chunkbridgev1.RegisterCatalogServiceHandler(ctx, gw, conn); err != nil {
+		return nil, fmt.Errorf("register CatalogService routes: %w", err)
+	}
 	if err := chunkbridgev1.RegisterAdminServiceHandler(ctx, gw, conn); err != nil {
 		return nil, fmt.Errorf("register AdminService routes: %w", err)
 	}
 	mux.Handle("/v1/", gw)
+	mux.Handle("/casync/", http.StripPrefix("/casync", &casync.HTTPStore{
+		Chunks:  chunkbridgev1.NewChunkServiceClient(conn),
+		Catalog: chunkbridgev1.NewCatalogServiceClient(conn),
+		Log:     opts.Log,
+	}))
 	return mux, nil
 }

@@ -28,6 +28,9 @@ var (
 	ErrNotFound = errors.New("not found")
 	// ErrExists: the named thing exists and may not be replaced.
 	ErrExists = errors.New("already exists")
+	// ErrMissingChunks: an index or snapshot references chunks the store
+	// lacks; the client must upload them first.
+	ErrMissingChunks = errors.New("missing chunks")
 )
 
 // Code classifies err.
@@ -47,6 +50,8 @@ func Code(err error) codes.Code {
 		return codes.NotFound
 	case errors.Is(err, ErrExists):
 		return codes.AlreadyExists
+	case errors.Is(err, ErrMissingChunks):
+		return codes.FailedPrecondition
 	case errors.Is(err, storage.ErrUnavailable):
 		return codes.Unavailable
 	case errors.Is(err, storage.ErrPermission):

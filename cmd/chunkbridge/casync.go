@@ -1,0 +1,105 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+
+	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
+	"github.com/chunkbridge/chunkbridge/gateway/casync"
+)
+
+// casyncRemote speaks caprotocol on stdin and stdout: ssh runs it as the
+// remote casync (CASYNC_REMOTE_PATH="chunkbridge casync-remote"). Its argv is
+// [--chunk-service ADDR] followed by casync's remote argv, with or without
+// casync's --log-level/--rate-limit-bps options.
+func casyncRemote(ctx context.Context, argv []string, stderr io.Writer) error {
+	addr := os.Getenv(envName("chunk-service"))
+	if addr == "" {
+		addr = "127.0.0.1:9090"
+	}
+	var rest []string
+	for i := 0; i < len(argv); i++ {
+		switch w := argv[i]; {
+		case w == "--chunk-service" && i+1 < len(argv):
+			addr = argv[i+1]
+			i++
+		case strings.HasPrefix(w, "--chunk-service="):
+			addr = strings.TrimPrefix(w, "--chunk-service=")
+		default:
+			rest = append(rest, w)
+		}
+	}
+	level := slog.LevelWarn // stderr goes back to the user's terminal through ssh
+	if l := os.Getenv(envName("log-level")); l != "" {
+		level.UnmarshalText([]byte(l))
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	args, err := casync.ParseArgs(rest)
+	if err != nil {
+		return fmt.Errorf("casync-remote: %w", err)
+	}
+	conn, err := dialChunkService(addr)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	h := &casync.Handler{
+		Chunks:  chunkbridgev1.NewChunkServiceClient(conn),
+		Catalog: chunkbridgev1.NewCatalogServiceClient(conn),
+		Log:     log,
+	}
+	if err := h.Serve(ctx, casync.StdioConn{In: os.Stdin, Out: os.Stdout}, args); err != nil {
+		return fmt.Errorf("casync-remote %s: %w", strings.Join(rest, " "), err)
+	}
+	return nil
+}
+
+// casyncSSH is a drop-in for ssh as casync calls it (CASYNC_SSH_PATH):
+// `HOST casync [opts] pull|push ARCHIVE INDEX STORE`. Instead of running the
+// command on HOST it connects to the casync gateway at
+// $CHUNKBRIDGE_CASYNC_ADDR (or HOST:8473), sends the command as the
+// preamble, and relays bytes both ways until both directions are done.
+func casyncSSH(_ context.Context, argv []string, stderr io.Writer) error {
+	if len(argv) < 2 {
+		return errors.New("casync-ssh: want HOST COMMAND…, as casync calls ssh")
+	}
+	host := argv[0]
+	if i := strings.LastIndexByte(host, '@'); i >= 0 {
+		host = host[i+1:]
+	}
+	addr := os.Getenv("CHUNKBRIDGE_CASYNC_ADDR")
+	if addr == "" {
+		addr = net.JoinHostPort(host, "8473")
+	}
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("casync-ssh: connect to the casync gateway at %s (set CHUNKBRIDGE_CASYNC_ADDR): %w", addr, err)
+	}
+	defer c.Close()
+	if err := casync.WritePreamble(c, argv[1:]); err != nil {
+		return fmt.Errorf("casync-ssh: %w", err)
+	}
+	// casync hands us non-blocking pipes; os.File handles them through the
+	// runtime poller, so plain copies work.
+	up := make(chan struct{})
+	go func() {
+		io.Copy(c, os.Stdin)
+		c.(*net.TCPConn).CloseWrite()
+		close(up)
+	}()
+	_, err = io.Copy(os.Stdout, c)
+	os.Stdout.Close()
+	// Keep relaying the client's output until it closes: after an ABORT the
+	// gateway drains, and the client must read the ABORT, not hit EPIPE.
+	<-up
+	if err != nil {
+		return fmt.Errorf("casync-ssh: relay from %s: %w", addr, err)
+	}
+	return nil
+}

@@ -1,0 +1,40 @@
+package casync
+
+import (
+	"errors"
+	"io"
+
+	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
+	"github.com/chunkbridge/chunkbridge/services/catalog/caindex"
+)
+
+// maxIndexSize bounds an index arriving over caprotocol; the catalog
+// applies its own limit when it stores it.
+const maxIndexSize = 1 << 30
+
+// scanIndexIDs reads a casync index from r as it arrives, reporting its
+// digest algorithm once the header is read and then each chunk id.
+func scanIndexIDs(r io.Reader, onHeader func(chunkbridgev1.DigestAlgorithm), onID func(id) error) error {
+	rd := caindex.NewReader(r, maxIndexSize)
+	h, err := rd.Header()
+	if err != nil {
+		return err
+	}
+	alg := chunkbridgev1.DigestAlgorithm_DIGEST_ALGORITHM_SHA512_256
+	if h.Digest() == caindex.SHA256 {
+		alg = chunkbridgev1.DigestAlgorithm_DIGEST_ALGORITHM_SHA256
+	}
+	onHeader(alg)
+	for {
+		e, err := rd.Next()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if err := onID(e.ID); err != nil {
+			return err
+		}
+	}
+}

@@ -1,0 +1,299 @@
+package catalog
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
+	"github.com/chunkbridge/chunkbridge/services/apierr"
+	"github.com/chunkbridge/chunkbridge/services/chunk"
+	"github.com/chunkbridge/chunkbridge/storage"
+)
+
+// Metadata kept with each index object, so listing and stat need not
+// parse the index.
+const (
+	metaChunks      = "chunks"
+	metaContentSize = "content-size"
+	metaAlgorithm   = "algorithm"
+	metaCreated     = "created"
+)
+
+// existenceBatch is how many distinct chunk ids are checked per call.
+const existenceBatch = 10_000
+
+// PutIndex spools the index to a local file (so a large index is never
+// held in memory), validates it, checks that every chunk it references is
+// stored, and only then publishes it under indexes/<name>.
+func (s *Server) PutIndex(stream grpc.ClientStreamingServer[chunkbridgev1.PutIndexRequest, chunkbridgev1.PutIndexResponse]) error {
+	ctx := stream.Context()
+	first, err := stream.Recv()
+	if err != nil {
+		return apierr.Status(fmt.Errorf("put index: %w", err))
+	}
+	name, err := writableIndexName(first.GetName())
+	if err != nil {
+		return apierr.Status(err)
+	}
+	f, err := os.CreateTemp(s.cfg.SpoolDir, "index-*")
+	if err != nil {
+		return apierr.Status(fmt.Errorf("put index %s: spool: %w", name, err))
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	size, err := s.spool(stream, first, f)
+	if err != nil {
+		return apierr.Status(fmt.Errorf("put index %s: %w", name, err))
+	}
+	info, err := s.publishIndex(ctx, name, f, size)
+	if err != nil {
+		return apierr.Status(err)
+	}
+	return stream.SendAndClose(&chunkbridgev1.PutIndexResponse{Index: info})
+}
+
+// spool copies the stream's data into f, refusing more than MaxIndexSize.
+func (s *Server) spool(stream grpc.ClientStreamingServer[chunkbridgev1.PutIndexRequest, chunkbridgev1.PutIndexResponse], first *chunkbridgev1.PutIndexRequest, f *os.File) (int64, error) {
+	var size int64
+	for msg := first; ; {
+		size += int64(len(msg.GetData()))
+		if size > s.cfg.MaxIndexSize {
+			return 0, fmt.Errorf("%w: index larger than %d bytes", apierr.ErrInvalid, s.cfg.MaxIndexSize)
+		}
+		if _, err := f.Write(msg.GetData()); err != nil {
+			return 0, fmt.Errorf("spool: %w", err)
+		}
+		var err error
+		msg, err = stream.Recv()
+		if err == io.EOF {
+			return size, nil
+		}
+		if err != nil {
+			return 0, err
+		}
+	}
+}
+
+// PublishIndex validates the size bytes of f as a casync index and
+// stores it under name; the casync gateway and HTTP store use it too.
+func (s *Server) publishIndex(ctx context.Context, name string, f *os.File, size int64) (*chunkbridgev1.IndexInfo, error) {
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return nil, fmt.Errorf("put index %s: %w", name, err)
+	}
+	seen := map[chunk.ID]struct{}{}
+	var batch []chunk.ID
+	var missing []chunk.ID
+	var nMissing int
+	check := func() error {
+		m, err := s.chunks.FindMissing(ctx, batch)
+		if err != nil {
+			return err
+		}
+		nMissing += len(m)
+		if len(missing) < 5 {
+			missing = append(missing, m[:min(len(m), 5-len(missing))]...)
+		}
+		batch = batch[:0]
+		return nil
+	}
+	sum, err := scanIndex(io.LimitReader(f, size), size, func(id chunk.ID) error {
+		if _, ok := seen[id]; ok {
+			return nil
+		}
+		seen[id] = struct{}{}
+		batch = append(batch, id)
+		if len(batch) == existenceBatch {
+			return check()
+		}
+		return nil
+	})
+	if err == nil && len(batch) > 0 {
+		err = check()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("put index %s: %w", name, err)
+	}
+	if nMissing > 0 {
+		ids := make([]string, len(missing))
+		for i, id := range missing {
+			ids[i] = id.String()
+		}
+		return nil, fmt.Errorf("put index %s: %w: it references %d chunks the store lacks (first: %s); upload them first",
+			name, apierr.ErrMissingChunks, nMissing, strings.Join(ids, ", "))
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return nil, fmt.Errorf("put index %s: %w", name, err)
+	}
+	created := time.Now().UTC()
+	meta := storage.Metadata{
+		metaChunks:      strconv.FormatInt(sum.chunks, 10),
+		metaContentSize: strconv.FormatInt(sum.contentSize, 10),
+		metaAlgorithm:   strconv.Itoa(int(sum.algorithm)),
+		metaCreated:     created.Format(time.RFC3339Nano),
+	}
+	if err := s.store.Put(ctx, indexPrefix+name, io.LimitReader(f, size), size, meta); err != nil {
+		return nil, fmt.Errorf("put index %s: %w", name, err)
+	}
+	return indexInfo(name, storage.Info{Size: size, Metadata: meta}), nil
+}
+
+func indexInfo(name string, i storage.Info) *chunkbridgev1.IndexInfo {
+	info := &chunkbridgev1.IndexInfo{Name: name, Size: i.Size}
+	info.ChunkCount, _ = strconv.ParseInt(i.Metadata[metaChunks], 10, 64)
+	info.ContentSize, _ = strconv.ParseInt(i.Metadata[metaContentSize], 10, 64)
+	alg, _ := strconv.Atoi(i.Metadata[metaAlgorithm])
+	info.Algorithm = chunkbridgev1.DigestAlgorithm(alg)
+	created, err := time.Parse(time.RFC3339Nano, i.Metadata[metaCreated])
+	if err != nil {
+		created = i.Modified
+	}
+	info.Created = timestamppb.New(created)
+	return info
+}
+
+// GetIndex streams the stored index in 1 MiB pieces.
+func (s *Server) GetIndex(req *chunkbridgev1.GetIndexRequest, stream grpc.ServerStreamingServer[chunkbridgev1.GetIndexResponse]) error {
+	name, err := IndexName(req.GetName())
+	if err != nil {
+		return apierr.Status(err)
+	}
+	if strings.HasPrefix(name, snapshotPrefix) {
+		return s.getSnapshotAsIndex(name, stream)
+	}
+	rc, _, err := s.store.Get(stream.Context(), indexPrefix+name)
+	if err != nil {
+		return apierr.Status(notFound("index", name, err))
+	}
+	defer rc.Close()
+	buf := make([]byte, 1<<20)
+	for {
+		n, err := io.ReadFull(rc, buf)
+		if n > 0 {
+			if err := stream.Send(&chunkbridgev1.GetIndexResponse{Data: buf[:n]}); err != nil {
+				return err
+			}
+		}
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			return nil
+		}
+		if err != nil {
+			return apierr.Status(fmt.Errorf("get index %s: %w", name, err))
+		}
+	}
+}
+
+// getSnapshotAsIndex serves a PMXBCKUP snapshot file as a casync blob
+// index; it arrives with the PMXBCKUP catalog.
+func (s *Server) getSnapshotAsIndex(name string, _ grpc.ServerStreamingServer[chunkbridgev1.GetIndexResponse]) error {
+	return apierr.Status(fmt.Errorf("index %s: %w", name, apierr.ErrNotFound))
+}
+
+// StatIndex describes an index from its stored metadata.
+func (s *Server) StatIndex(ctx context.Context, req *chunkbridgev1.StatIndexRequest) (*chunkbridgev1.StatIndexResponse, error) {
+	name, err := IndexName(req.GetName())
+	if err != nil {
+		return nil, apierr.Status(err)
+	}
+	i, err := s.store.Stat(ctx, indexPrefix+name)
+	if err != nil {
+		return nil, apierr.Status(notFound("index", name, err))
+	}
+	return &chunkbridgev1.StatIndexResponse{Index: indexInfo(name, i)}, nil
+}
+
+// ListIndexes lists one page of indexes in name order, with their
+// metadata fetched in parallel.
+func (s *Server) ListIndexes(ctx context.Context, req *chunkbridgev1.ListIndexesRequest) (*chunkbridgev1.ListIndexesResponse, error) {
+	size := int(req.GetPageSize())
+	switch {
+	case size <= 0:
+		size = 1000
+	case size > 10_000:
+		size = 10_000
+	}
+	prefix := indexPrefix + strings.TrimLeft(req.GetPrefix(), "/")
+	if err := storage.ValidatePrefix(prefix); err != nil {
+		return nil, apierr.Status(fmt.Errorf("%w: prefix %q", apierr.ErrInvalid, req.GetPrefix()))
+	}
+	errFull := errors.New("page full")
+	var names []string
+	more := false
+	err := s.store.List(ctx, prefix, func(i storage.Info) error {
+		name := strings.TrimPrefix(i.Key, indexPrefix)
+		if name <= req.GetPageToken() {
+			return nil
+		}
+		if len(names) == size {
+			more = true
+			return errFull
+		}
+		names = append(names, name)
+		return nil
+	})
+	if err != nil && !errors.Is(err, errFull) {
+		return nil, apierr.Status(fmt.Errorf("list indexes: %w", err))
+	}
+	resp := &chunkbridgev1.ListIndexesResponse{Indexes: make([]*chunkbridgev1.IndexInfo, len(names))}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(32)
+	for i, name := range names {
+		g.Go(func() error {
+			st, err := s.store.Stat(gctx, indexPrefix+name)
+			if errors.Is(err, storage.ErrNotFound) { // deleted meanwhile
+				return nil
+			}
+			if err != nil {
+				return fmt.Errorf("list indexes: %s: %w", name, err)
+			}
+			resp.Indexes[i] = indexInfo(name, st)
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, apierr.Status(err)
+	}
+	kept := resp.Indexes[:0]
+	for _, info := range resp.Indexes {
+		if info != nil {
+			kept = append(kept, info)
+		}
+	}
+	resp.Indexes = kept
+	if more && len(names) > 0 {
+		resp.NextPageToken = names[len(names)-1]
+	}
+	return resp, nil
+}
+
+// DeleteIndex removes an index; NotFound when there is none.
+func (s *Server) DeleteIndex(ctx context.Context, req *chunkbridgev1.DeleteIndexRequest) (*chunkbridgev1.DeleteIndexResponse, error) {
+	name, err := writableIndexName(req.GetName())
+	if err != nil {
+		return nil, apierr.Status(err)
+	}
+	if _, err := s.store.Stat(ctx, indexPrefix+name); err != nil {
+		return nil, apierr.Status(notFound("index", name, err))
+	}
+	if err := s.store.Delete(ctx, indexPrefix+name); err != nil {
+		return nil, apierr.Status(fmt.Errorf("delete index %s: %w", name, err))
+	}
+	return &chunkbridgev1.DeleteIndexResponse{}, nil
+}
+
+// notFound names what is missing without the storage details.
+func notFound(what, name string, err error) error {
+	if errors.Is(err, storage.ErrNotFound) {
+		return fmt.Errorf("%s %s: %w", what, name, apierr.ErrNotFound)
+	}
+	return fmt.Errorf("%s %s: %w", what, name, err)
+}
