@@ -3,9 +3,11 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io/fs"
 	"math/rand/v2"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -223,6 +225,39 @@ func TestCasyncOverTCP(t *testing.T) {
 			if !strings.Contains(list, name) {
 				t.Fatalf("casync list lacks %s:\n%s", name, list)
 			}
+		}
+	})
+
+	t.Run("REST indexes", func(t *testing.T) {
+		get := func(method, path string) (int, string) {
+			req, _ := http.NewRequest(method, "http://"+p.http+path, nil)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			return resp.StatusCode, readAll(t, resp.Body)
+		}
+		code, body := get("GET", "/v1/indexes?prefix=images/")
+		var list struct{ Indexes []struct{ Name, ChunkCount, Algorithm string } }
+		json.Unmarshal([]byte(body), &list)
+		if code != 200 || len(list.Indexes) != 7 || list.Indexes[0].Name != "images/again.caibx" {
+			t.Fatalf("GET /v1/indexes = %d %s", code, body)
+		}
+		code, body = get("GET", "/v1/indexes/images/again.caibx")
+		var info struct{ Name, ChunkCount, ContentSize, Algorithm, Created string }
+		json.Unmarshal([]byte(body), &info)
+		if code != 200 || info.ContentSize != "6291456" || info.Algorithm != "DIGEST_ALGORITHM_SHA256" || info.Created == "" {
+			t.Fatalf("GET /v1/indexes/images/again.caibx = %d %s", code, body)
+		}
+		if code, body = get("DELETE", "/v1/indexes/images/sha256-gzip.caibx"); code != 200 {
+			t.Fatalf("DELETE = %d %s", code, body)
+		}
+		if code, _ = get("GET", "/v1/indexes/images/sha256-gzip.caibx"); code != 404 {
+			t.Fatalf("GET after DELETE = %d, want 404", code)
+		}
+		if code, _ = get("GET", "/casync/indexes/images/sha256-gzip.caibx"); code != 404 {
+			t.Fatalf("casync HTTP GET after DELETE = %d, want 404", code)
 		}
 	})
 
