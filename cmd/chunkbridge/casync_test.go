@@ -239,7 +239,9 @@ func TestCasyncOverTCP(t *testing.T) {
 			return resp.StatusCode, readAll(t, resp.Body)
 		}
 		code, body := get("GET", "/v1/indexes?prefix=images/")
-		var list struct{ Indexes []struct{ Name, ChunkCount, Algorithm string } }
+		var list struct {
+			Indexes []struct{ Name, ChunkCount, Algorithm string }
+		}
 		json.Unmarshal([]byte(body), &list)
 		if code != 200 || len(list.Indexes) != 7 || list.Indexes[0].Name != "images/again.caibx" {
 			t.Fatalf("GET /v1/indexes = %d %s", code, body)
