@@ -42,6 +42,7 @@ test-short: ## Unit tests only: no MinIO, no subprocesses
 .PHONY: bench
 bench: $(BIN)/minio ## Chunk service put/get MB/s on fs and MinIO, as ratios to the single-core SHA-256 + zstd limit
 	go test -run '^$$' -bench . -benchtime $(BENCH_TIME) -count 1 ./services/chunk/ | tee .tmp/bench.txt
+	go test -run '^$$' -bench Casync -benchtime 1x -timeout 60m ./cmd/chunkbridge/ | tee -a .tmp/bench.txt
 
 .PHONY: fuzz
 fuzz: ## Fuzz every decoder for FUZZ_TIME each (default 30s)

@@ -89,11 +89,11 @@ func casyncSSH(_ context.Context, argv []string, stderr io.Writer) error {
 	// runtime poller, so plain copies work.
 	up := make(chan struct{})
 	go func() {
-		io.Copy(c, os.Stdin)
+		io.CopyBuffer(c, os.Stdin, make([]byte, 1<<20))
 		c.(*net.TCPConn).CloseWrite()
 		close(up)
 	}()
-	_, err = io.Copy(os.Stdout, c)
+	_, err = io.CopyBuffer(os.Stdout, c, make([]byte, 1<<20))
 	os.Stdout.Close()
 	// Keep relaying the client's output until it closes: after an ABORT the
 	// gateway drains, and the client must read the ABORT, not hit EPIPE.

@@ -83,7 +83,7 @@ func (c *casyncEnv) run(args ...string) string {
 
 // blob writes n bytes of random data with repeated regions, so that some
 // chunks occur more than once.
-func blob(t *testing.T, seed uint64, n int) string {
+func blob(t testing.TB, seed uint64, n int) string {
 	t.Helper()
 	rng := rand.New(rand.NewPCG(seed, 7))
 	data := make([]byte, n)
@@ -100,7 +100,7 @@ func blob(t *testing.T, seed uint64, n int) string {
 	return path
 }
 
-func sameFile(t *testing.T, a, b string) {
+func sameFile(t testing.TB, a, b string) {
 	t.Helper()
 	x, err := os.ReadFile(a)
 	if err != nil {

@@ -40,7 +40,9 @@ func TestMain(m *testing.M) {
 			fmt.Fprintf(os.Stderr, "build chunkbridge: %v\n%s", err, out)
 			return 1
 		}
-		return miniotest.RunMain(m)
+		code := miniotest.RunMain(m)
+		printCasyncTable()
+		return code
 	}()
 	os.Exit(code)
 }
@@ -62,7 +64,7 @@ func (p *process) logs() string {
 
 // start runs the binary with args (plus loopback listeners on free ports)
 // and returns once it logs its listening addresses.
-func start(t *testing.T, env []string, args ...string) *process {
+func start(t testing.TB, env []string, args ...string) *process {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("runs the chunkbridge binary")
@@ -114,7 +116,7 @@ func start(t *testing.T, env []string, args ...string) *process {
 }
 
 // stop sends SIGTERM and expects a clean exit.
-func (p *process) stop(t *testing.T) {
+func (p *process) stop(t testing.TB) {
 	select {
 	case <-p.exited:
 		return
@@ -132,7 +134,7 @@ func (p *process) stop(t *testing.T) {
 	}
 }
 
-func (p *process) conn(t *testing.T) *grpc.ClientConn {
+func (p *process) conn(t testing.TB) *grpc.ClientConn {
 	t.Helper()
 	conn, err := grpc.NewClient(p.grpc,
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
@@ -146,7 +148,7 @@ func (p *process) conn(t *testing.T) *grpc.ClientConn {
 
 // waitHealth blocks until the health of the whole server is want, using
 // the Watch stream (pushes on every change).
-func waitHealth(t *testing.T, conn *grpc.ClientConn, want healthpb.HealthCheckResponse_ServingStatus) {
+func waitHealth(t testing.TB, conn *grpc.ClientConn, want healthpb.HealthCheckResponse_ServingStatus) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
