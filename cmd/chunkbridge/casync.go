@@ -44,7 +44,15 @@ func casyncRemote(ctx context.Context, argv []string, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("casync-remote: %w", err)
 	}
-	conn, err := dialChunkService(addr)
+	var sec securityFlags
+	sec.tokenFile = os.Getenv(envName("auth-token-file"))
+	sec.chunkServiceTLS = os.Getenv(envName("chunk-service-tls")) == "true"
+	sec.chunkServiceCA = os.Getenv(envName("chunk-service-ca"))
+	token, err := sec.loadToken()
+	if err != nil {
+		return err
+	}
+	conn, err := dialChunkService(addr, sec, token)
 	if err != nil {
 		return err
 	}

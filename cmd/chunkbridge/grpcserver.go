@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"log/slog"
 	"strings"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 
@@ -23,7 +25,7 @@ const maxMessage = chunk.MaxSize + 1<<20
 // newGRPCServer builds a server with the interceptor chain every service
 // shares: logging outermost, then metrics, then panic recovery next to the
 // handler so that a panic is logged and counted as Internal.
-func newGRPCServer(log *slog.Logger, reg prometheus.Registerer) (*grpc.Server, *grpcprom.ServerMetrics) {
+func newGRPCServer(log *slog.Logger, reg prometheus.Registerer, token string, tlsConfig *tls.Config) (*grpc.Server, *grpcprom.ServerMetrics) {
 	metrics := grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram())
 	reg.MustRegister(metrics)
 	panics := prometheus.NewCounter(prometheus.CounterOpts{
@@ -36,16 +38,20 @@ func newGRPCServer(log *slog.Logger, reg prometheus.Registerer) (*grpc.Server, *
 		log.ErrorContext(ctx, "panic in gRPC handler", "panic", p)
 		return status.Error(codes.Internal, "internal error")
 	})
-	srv := grpc.NewServer(
+	authUnary, authStream := tokenInterceptors(token)
+	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(maxMessage),
 		grpc.MaxSendMsgSize(maxMessage),
 		// Spread long-lived client connections over replicas behind a
 		// Kubernetes Service.
 		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionAge: 30 * time.Minute, MaxConnectionAgeGrace: time.Minute}),
-		grpc.ChainUnaryInterceptor(unaryLog(log), metrics.UnaryServerInterceptor(), recovery.UnaryServerInterceptor(onPanic)),
-		grpc.ChainStreamInterceptor(streamLog(log), metrics.StreamServerInterceptor(), recovery.StreamServerInterceptor(onPanic)),
-	)
-	return srv, metrics
+		grpc.ChainUnaryInterceptor(unaryLog(log), metrics.UnaryServerInterceptor(), authUnary, recovery.UnaryServerInterceptor(onPanic)),
+		grpc.ChainStreamInterceptor(streamLog(log), metrics.StreamServerInterceptor(), authStream, recovery.StreamServerInterceptor(onPanic)),
+	}
+	if tlsConfig != nil {
+		opts = append(opts, grpc.Creds(credentials.NewTLS(tlsConfig)))
+	}
+	return grpc.NewServer(opts...), metrics
 }
 
 // quiet methods are polled by probes and not worth a log line each.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -41,10 +43,12 @@ var modes = map[string]parts{
 	"all":            {services: true, rest: true, casync: true},
 	"chunk":          {services: true},
 	"casync-gateway": {casync: true},
+	"rest-gateway":   {rest: true},
 }
 
 type serveFlags struct {
 	storeFlags
+	securityFlags
 	grpcListen, httpListen string
 	casyncListen           string
 	chunkService           string
@@ -71,7 +75,13 @@ func (f *serveFlags) register(fs *flag.FlagSet, p parts) {
 		fs.DurationVar(&f.healthInterval, "health-interval", 2*time.Second, "how often storage reachability is probed for health")
 	} else {
 		fs.StringVar(&f.chunkService, "chunk-service", "127.0.0.1:9090", "address of the chunk service (gRPC)")
+		fs.BoolVar(&f.chunkServiceTLS, "chunk-service-tls", false, "connect to the chunk service over TLS")
+		fs.StringVar(&f.chunkServiceCA, "chunk-service-ca", "", "PEM file of the CA that signed the chunk service's certificate (default: system roots)")
+		fs.StringVar(&f.chunkServiceName, "chunk-service-server-name", "", "name to verify in the chunk service's certificate (default: from --chunk-service)")
 	}
+	fs.StringVar(&f.tokenFile, "auth-token-file", "", "file holding a bearer token that every REST and gRPC call must carry (health and metrics stay open); gateways also send it to the chunk service")
+	fs.StringVar(&f.tlsCert, "tls-cert", "", "PEM certificate: serve HTTP and gRPC over TLS")
+	fs.StringVar(&f.tlsKey, "tls-key", "", "PEM private key for --tls-cert")
 	if p.casync {
 		fs.StringVar(&f.casyncListen, "casync-listen", "127.0.0.1:8473", "address of the casync gateway (caprotocol over TCP, after a preamble)")
 	}
@@ -97,6 +107,14 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 		return err
 	}
 	log = log.With("service", "chunkbridge", "mode", mode)
+	token, err := f.loadToken()
+	if err != nil {
+		return err
+	}
+	tlsConfig, err := f.serverTLS()
+	if err != nil {
+		return err
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
@@ -107,7 +125,7 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 		shutdown  []func(context.Context)
 	)
 	if p.services {
-		svc, err := startServices(ctx, f, log, reg)
+		svc, err := startServices(ctx, f, log, reg, token, tlsConfig)
 		if err != nil {
 			return err
 		}
@@ -119,12 +137,23 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 		shutdown = append(shutdown, svc.stop)
 		// The other parts reach the services through real gRPC, as they
 		// do as separate deployments; in one process over an in-memory pipe.
-		conn, err = grpc.NewClient("passthrough:///chunkbridge",
+		loopCreds := insecure.NewCredentials()
+		if tlsConfig != nil {
+			// The server speaks TLS on every listener; this one is an
+			// in-memory pipe inside the process, so there is nothing to verify.
+			loopCreds = credentials.NewTLS(&tls.Config{InsecureSkipVerify: true})
+		}
+		opts := []grpc.DialOption{
 			grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return svc.loop.DialContext(ctx) }),
-			grpc.WithTransportCredentials(insecure.NewCredentials()),
-			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMessage), grpc.MaxCallSendMsgSize(maxMessage)))
+			grpc.WithTransportCredentials(loopCreds),
+			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMessage), grpc.MaxCallSendMsgSize(maxMessage)),
+		}
+		if token != "" {
+			opts = append(opts, grpc.WithPerRPCCredentials(bearer(token)))
+		}
+		conn, err = grpc.NewClient("passthrough:///chunkbridge", opts...)
 	} else {
-		conn, err = dialChunkService(f.chunkService)
+		conn, err = dialChunkService(f.chunkService, f.securityFlags, token)
 	}
 	if err != nil {
 		return err
@@ -159,9 +188,13 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 		return fmt.Errorf("--http-listen %s: %w", f.httpListen, err)
 	}
 	listening[1] = httpLis.Addr().String()
-	httpSrv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
+	httpSrv := &http.Server{Handler: requireToken(token, handler), ReadHeaderTimeout: 10 * time.Second, TLSConfig: tlsConfig}
 	g.Go(func() error {
-		if err := httpSrv.Serve(httpLis); !errors.Is(err, http.ErrServerClosed) {
+		serveHTTP := httpSrv.Serve
+		if tlsConfig != nil {
+			serveHTTP = func(l net.Listener) error { return httpSrv.ServeTLS(l, "", "") }
+		}
+		if err := serveHTTP(httpLis); !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("http server: %w", err)
 		}
 		return nil
@@ -199,7 +232,7 @@ type services struct {
 
 // startServices opens the store and builds the gRPC server with the chunk,
 // catalog, admin, health and reflection services.
-func startServices(ctx context.Context, f serveFlags, log *slog.Logger, reg *prometheus.Registry) (*services, error) {
+func startServices(ctx context.Context, f serveFlags, log *slog.Logger, reg *prometheus.Registry, token string, tlsConfig *tls.Config) (*services, error) {
 	store, err := openStore(ctx, f.storeFlags)
 	if err != nil {
 		return nil, err
@@ -219,7 +252,7 @@ func startServices(ctx context.Context, f serveFlags, log *slog.Logger, reg *pro
 		store.Close()
 		return nil, err
 	}
-	srv, grpcMetrics := newGRPCServer(log, reg)
+	srv, grpcMetrics := newGRPCServer(log, reg, token, tlsConfig)
 	chunkbridgev1.RegisterChunkServiceServer(srv, chunk.NewServer(chunks, f.streamWindow))
 	chunkbridgev1.RegisterCatalogServiceServer(srv, cat)
 	chunkbridgev1.RegisterAdminServiceServer(srv, admin.New(store, chunks, 10*time.Second))
@@ -257,10 +290,19 @@ func (s *services) stop(ctx context.Context) {
 // dialChunkService connects to a remote chunk service. The connection is
 // lazy: a gateway starts while the chunk service is still coming up, and
 // /readyz says when it is reachable.
-func dialChunkService(addr string) (*grpc.ClientConn, error) {
-	conn, err := grpc.NewClient(addr,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMessage), grpc.MaxCallSendMsgSize(maxMessage)))
+func dialChunkService(addr string, sec securityFlags, token string) (*grpc.ClientConn, error) {
+	creds, err := sec.clientCredentials()
+	if err != nil {
+		return nil, err
+	}
+	opts := []grpc.DialOption{
+		grpc.WithTransportCredentials(creds),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMessage), grpc.MaxCallSendMsgSize(maxMessage)),
+	}
+	if token != "" {
+		opts = append(opts, grpc.WithPerRPCCredentials(bearer(token)))
+	}
+	conn, err := grpc.NewClient(addr, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("--chunk-service %s: %w", addr, err)
 	}
