@@ -141,4 +141,3 @@ func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]strin
 // RequireTransportSecurity is false: the in-process loop and plain
 // in-cluster connections carry the token too; TLS is the operator's choice.
 func (b bearer) RequireTransportSecurity() bool { return false }
-
