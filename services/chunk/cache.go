@@ -5,15 +5,20 @@ import (
 	"sync"
 )
 
-// presence remembers ids known to be stored, up to a fixed count, evicting
-// the least recently used. Only presence is cached: absence changes with
-// every upload. Chunks are removed only by garbage collection, which must
-// call Forget.
+// presence remembers ids known to be stored, with their uncompressed size
+// when known (0 if not), up to a fixed count, evicting the least recently
+// used. Only presence is cached: absence changes with every upload. Chunks
+// are removed only by garbage collection, which must call Forget.
 type presence struct {
 	mu    sync.Mutex
 	max   int
-	order *list.List // front = most recent; values are ID
+	order *list.List // front = most recent; values are entry
 	items map[ID]*list.Element
+}
+
+type entry struct {
+	id   ID
+	size int64
 }
 
 func newPresence(max int) *presence {
@@ -21,33 +26,45 @@ func newPresence(max int) *presence {
 }
 
 func (p *presence) has(id ID) bool {
+	_, ok := p.lookup(id)
+	return ok
+}
+
+// lookup reports whether id is known to be stored, and its size (0 when
+// not known).
+func (p *presence) lookup(id ID) (int64, bool) {
 	if p.max <= 0 {
-		return false
+		return 0, false
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	e, ok := p.items[id]
-	if ok {
-		p.order.MoveToFront(e)
+	if !ok {
+		return 0, false
 	}
-	return ok
+	p.order.MoveToFront(e)
+	return e.Value.(entry).size, true
 }
 
-func (p *presence) add(id ID) {
+// add records id as stored; size 0 means unknown and keeps a known size.
+func (p *presence) add(id ID, size int64) {
 	if p.max <= 0 {
 		return
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if e, ok := p.items[id]; ok {
+		if size > 0 {
+			e.Value = entry{id, size}
+		}
 		p.order.MoveToFront(e)
 		return
 	}
-	p.items[id] = p.order.PushFront(id)
+	p.items[id] = p.order.PushFront(entry{id, size})
 	for p.order.Len() > p.max {
 		last := p.order.Back()
 		p.order.Remove(last)
-		delete(p.items, last.Value.(ID))
+		delete(p.items, last.Value.(entry).id)
 	}
 }
 

@@ -138,7 +138,7 @@ func (s *Service) Put(ctx context.Context, u Upload) (created bool, err error) {
 	if err != nil {
 		return false, fmt.Errorf("chunk %s: %w", u.ID, err)
 	}
-	s.presence.add(u.ID)
+	s.presence.add(u.ID, int64(len(data)))
 	if created {
 		s.written.Add(1)
 		s.metrics.bytesStored.Add(float64(len(stored)))
@@ -170,7 +170,7 @@ func (s *Service) FindMissing(ctx context.Context, ids []ID) ([]ID, error) {
 			_, err := s.store.Stat(gctx, id.Key())
 			switch {
 			case err == nil:
-				s.presence.add(id)
+				s.presence.add(id, 0)
 			case errors.Is(err, storage.ErrNotFound):
 				missing[i] = true
 			default:
@@ -189,6 +189,38 @@ func (s *Service) FindMissing(ctx context.Context, ids []ID) ([]ID, error) {
 		}
 	}
 	return out, nil
+}
+
+// Sizes returns the uncompressed size of each chunk, or -1 for a chunk the
+// store lacks, in the order given. Sizes known from uploads and earlier
+// stats come from the presence cache; the rest are read from storage
+// metadata in parallel.
+func (s *Service) Sizes(ctx context.Context, ids []ID) ([]int64, error) {
+	if len(ids) > MaxIDsPerCall {
+		return nil, fmt.Errorf("%w: %d ids in one call, at most %d", apierr.ErrInvalid, len(ids), MaxIDsPerCall)
+	}
+	sizes := make([]int64, len(ids))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(s.statConc)
+	for i, id := range ids {
+		if size, ok := s.presence.lookup(id); ok && size > 0 {
+			sizes[i] = size
+			continue
+		}
+		g.Go(func() error {
+			info, err := s.Stat(gctx, id)
+			switch {
+			case err == nil:
+				sizes[i] = info.Size
+			case errors.Is(err, apierr.ErrNotFound):
+				sizes[i] = -1
+			default:
+				return err
+			}
+			return nil
+		})
+	}
+	return sizes, g.Wait()
 }
 
 // Chunk is a stored chunk as read back.
@@ -289,7 +321,7 @@ func (s *Service) Stat(ctx context.Context, id ID) (*chunkbridgev1.ChunkInfo, er
 		}
 		alg, size = c.Algorithm, c.Size
 	}
-	s.presence.add(id)
+	s.presence.add(id, size)
 	return &chunkbridgev1.ChunkInfo{Id: id.String(), Algorithm: alg, Size: size, StoredSize: info.Size}, nil
 }
 

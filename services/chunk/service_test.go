@@ -440,3 +440,16 @@ func mustID(t testing.TB, s string) chunk.ID {
 	}
 	return id
 }
+
+func TestSizes(t *testing.T) {
+	for _, cache := range []int{0, -1} {
+		f := newFixture(t, chunk.Config{PresenceCacheSize: cache})
+		data := randomData(t, 12345)
+		id := idOf(sha256Alg, data)
+		f.upload(t, &chunkbridgev1.UploadChunksRequest{Id: id, Algorithm: sha256Alg, Encoding: rawEnc, Data: data})
+		sizes, err := f.svc.Sizes(t.Context(), []chunk.ID{mustID(t, id), mustID(t, idOf(sha256Alg, []byte("absent")))})
+		if err != nil || len(sizes) != 2 || sizes[0] != 12345 || sizes[1] != -1 {
+			t.Fatalf("cache %d: Sizes = %v, %v; want [12345 -1]", cache, sizes, err)
+		}
+	}
+}
