@@ -1,0 +1,175 @@
+package wire
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// readBufferSize is the Reader's read-ahead: enough to take many small
+// packets per read; bufio passes larger body reads straight through.
+const readBufferSize = 64 << 10
+
+// sizeRule is what a packet type's body length must satisfy, checked from
+// the header alone, before the body is allocated.
+type sizeRule struct {
+	min, max int
+	unit     int    // if > 0, (length - min) % unit == 0
+	what     string // the body's shape, for error messages
+}
+
+var sizeRules = [...]sizeRule{
+	TypeHello:             {12, 12, 0, "magic and version"},
+	TypeOk:                {0, 0, 0, "empty"},
+	TypeError:             {1, MaxBodySize, 0, "error id and optional reason"},
+	TypeGetHashList:       {2, 2 + 0xffff, 0, "name_length and name"},
+	TypeHashListPart:      {0, MaxBodySize, DigestSize, "32-byte digests"},
+	TypeDownloadChunks:    {DigestSize, MaxBodySize, DigestSize, "one or more 32-byte digests"},
+	TypeChunk:             {8 + DigestSize + 1, MaxBodySize, 0, "offset, digest and at least 1 data byte"},
+	TypeUploadChunk:       {DigestSize + 1, MaxBodySize, 0, "digest and at least 1 data byte"},
+	TypeCreateBackup:      {createBackupFixed, createBackupFixed + 2*0xff, 0, "24-byte fixed part, id and name"},
+	TypeBackupCreated:     {2, 2 + 0xffff, 0, "path_length and path"},
+	TypeBackupDataFixed:   {entrySize, MaxBodySize, entrySize, "one or more 40-byte index+digest records"},
+	TypeBackupDataDynamic: {entrySize, MaxBodySize, entrySize, "one or more 40-byte offset+digest records"},
+	TypeBackupFinished:    {0, 0, 0, "empty"},
+}
+
+var decoders = [...]func(id uint8, body []byte) (Packet, *BodyError){
+	TypeHello:       decodeHello,
+	TypeOk:          func(id uint8, _ []byte) (Packet, *BodyError) { return &Ok{ID: id}, nil },
+	TypeError:       decodeError,
+	TypeGetHashList: decodeGetHashList,
+	TypeHashListPart: func(id uint8, b []byte) (Packet, *BodyError) {
+		return &HashListPart{ID: id, Digests: decodeDigests(b)}, nil
+	},
+	TypeDownloadChunks: func(id uint8, b []byte) (Packet, *BodyError) {
+		return &DownloadChunks{ID: id, Digests: decodeDigests(b)}, nil
+	},
+	TypeChunk:             decodeChunk,
+	TypeUploadChunk:       decodeUploadChunk,
+	TypeCreateBackup:      decodeCreateBackup,
+	TypeBackupCreated:     decodeBackupCreated,
+	TypeBackupDataFixed:   decodeBackupDataFixed,
+	TypeBackupDataDynamic: decodeBackupDataDynamic,
+	TypeBackupFinished:    func(id uint8, _ []byte) (Packet, *BodyError) { return &BackupFinished{ID: id}, nil },
+}
+
+// Reader decodes packets from a byte stream. It reads ahead, so it must be
+// the only reader of the stream. It is not safe for concurrent use.
+type Reader struct {
+	r   *bufio.Reader
+	max uint32
+	off int64 // stream offset of the next packet
+	hdr [HeaderSize]byte
+	err error // sticky *FrameError or io.EOF
+}
+
+// NewReader returns a Reader of r with the limit MaxPacketSize.
+func NewReader(r io.Reader) *Reader {
+	br, ok := r.(*bufio.Reader)
+	if !ok || br.Size() < readBufferSize {
+		br = bufio.NewReaderSize(r, readBufferSize)
+	}
+	return &Reader{r: br, max: MaxPacketSize}
+}
+
+// SetMaxPacketSize lowers the largest packet, header included, that the
+// Reader accepts; a longer one is a framing error. Values are clamped to
+// HeaderSize..MaxPacketSize.
+func (r *Reader) SetMaxPacketSize(n int) {
+	r.max = uint32(min(max(n, HeaderSize), MaxPacketSize))
+}
+
+// ReadPacket reads and decodes the next packet.
+//
+// At a clean end of stream between packets it returns io.EOF. If the stream
+// cannot be framed it returns a *FrameError, and the same error from then
+// on. If only the body is bad it returns a *BodyError; the packet has been
+// consumed and the next call reads the next packet. Every length is checked
+// before anything is allocated: a body is allocated only once its header
+// passed the packet limit and its type's size rule.
+//
+// A decoded packet owns all its memory, including Data and Digests.
+func (r *Reader) ReadPacket() (Packet, error) {
+	if r.err != nil {
+		return nil, r.err
+	}
+	start := r.off
+	n, err := io.ReadFull(r.r, r.hdr[:])
+	r.off += int64(n)
+	if err != nil {
+		if err == io.EOF {
+			r.err = io.EOF
+			return nil, io.EOF
+		}
+		return nil, r.fail(&FrameError{Offset: start, Reason: fmt.Sprintf("stream ended or failed %d bytes into a packet header", n), Err: err})
+	}
+	id, t, length := r.hdr[0], Type(r.hdr[1]), binary.LittleEndian.Uint32(r.hdr[2:])
+	fe := func(reason string, err error) error {
+		return r.fail(&FrameError{Offset: start, ID: id, Type: t, Length: length, HaveHeader: true, Reason: reason, Err: err})
+	}
+	switch {
+	case length < HeaderSize:
+		return nil, fe(fmt.Sprintf("length %d is less than the %d-byte header it includes", length, HeaderSize), nil)
+	case length > r.max:
+		return nil, fe(fmt.Sprintf("length %d exceeds the %d-byte packet limit", length, r.max), nil)
+	case t > maxType:
+		return nil, fe(fmt.Sprintf("unknown packet type %d (known: 0..%d)", uint8(t), uint8(maxType)), nil)
+	}
+	size := int(length) - HeaderSize
+
+	if e := sizeRules[t].check(id, t, size); e != nil {
+		// The header is sound, so skip the body without allocating it and
+		// stay in sync.
+		m, err := r.r.Discard(size)
+		r.off += int64(m)
+		if err != nil {
+			return nil, fe(fmt.Sprintf("stream ended or failed %d bytes into a %d-byte body", m, size), unexpected(err))
+		}
+		return nil, e
+	}
+
+	body := make([]byte, size)
+	m, err := io.ReadFull(r.r, body)
+	r.off += int64(m)
+	if err != nil {
+		return nil, fe(fmt.Sprintf("stream ended or failed %d bytes into a %d-byte body", m, size), unexpected(err))
+	}
+	p, e := decoders[t](id, body)
+	if e != nil {
+		return nil, e
+	}
+	return p, nil
+}
+
+// Offset returns the stream offset of the next packet: the number of bytes
+// consumed so far.
+func (r *Reader) Offset() int64 { return r.off }
+
+func (r *Reader) fail(e *FrameError) error {
+	r.err = e
+	return e
+}
+
+func unexpected(err error) error {
+	if errors.Is(err, io.EOF) {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+func (s sizeRule) check(id uint8, t Type, n int) *BodyError {
+	switch {
+	case s.min == s.max && n != s.min:
+		return bodyErr(id, t, "body", 0, "%d bytes, want exactly %d (%s)", n, s.min, s.what)
+	case n < s.min:
+		return bodyErr(id, t, "body", 0, "%d bytes, want at least %d (%s)", n, s.min, s.what)
+	case n > s.max:
+		return bodyErr(id, t, "body", 0, "%d bytes, want at most %d (%s)", n, s.max, s.what)
+	case s.unit > 0 && (n-s.min)%s.unit != 0:
+		return bodyErr(id, t, "body", 0, "%d bytes, not a whole number of records (%s)", n, s.what)
+	}
+	return nil
+}
