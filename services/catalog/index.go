@@ -1,6 +1,7 @@
 package catalog
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -16,6 +17,8 @@ import (
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
 	"github.com/chunkbridge/chunkbridge/services/apierr"
+	"github.com/chunkbridge/chunkbridge/services/catalog/caindex"
+	"github.com/chunkbridge/chunkbridge/services/catalog/pbsindex"
 	"github.com/chunkbridge/chunkbridge/services/chunk"
 	"github.com/chunkbridge/chunkbridge/storage"
 )
@@ -193,9 +196,91 @@ func (s *Server) GetIndex(req *chunkbridgev1.GetIndexRequest, stream grpc.Server
 }
 
 // getSnapshotAsIndex serves a PMXBCKUP snapshot file as a casync blob
-// index; it arrives with the PMXBCKUP catalog.
-func (s *Server) getSnapshotAsIndex(name string, _ grpc.ServerStreamingServer[chunkbridgev1.GetIndexResponse]) error {
-	return apierr.Status(fmt.Errorf("index %s: %w", name, apierr.ErrNotFound))
+// index: snapshots/<type>/<id>/<time>/<file>.caibx names <file>.fidx or
+// <file>.didx of that snapshot. Its chunk ids are SHA-256, so the header
+// says so, and fixed files become equal-sized entries.
+func (s *Server) getSnapshotAsIndex(name string, stream grpc.ServerStreamingServer[chunkbridgev1.GetIndexResponse]) error {
+	ctx := stream.Context()
+	base, ok := strings.CutSuffix(strings.TrimPrefix(name, snapshotPrefix), ".caibx")
+	if !ok {
+		return apierr.Status(fmt.Errorf("%w: index %s: a snapshot file is served as a blob index (.caibx)", apierr.ErrInvalid, name))
+	}
+	var (
+		f   *pbsindex.Fixed
+		d   *pbsindex.Dynamic
+		err error
+	)
+	for _, ext := range []string{".fidx", ".didx"} {
+		var p snapshotPath
+		if p, err = parseSnapshotPath(base+ext, false); err != nil {
+			return apierr.Status(fmt.Errorf("index %s: %w", name, err))
+		}
+		f, d, err = s.readSnapshotFile(ctx, p)
+		if !errors.Is(err, apierr.ErrNotFound) {
+			break
+		}
+	}
+	if err != nil {
+		return apierr.Status(notFound("index", name, err))
+	}
+	var buf bytes.Buffer
+	if err := blobIndex(&buf, f, d); err != nil {
+		return apierr.Status(fmt.Errorf("index %s: %w", name, err))
+	}
+	for data := buf.Bytes(); len(data) > 0; {
+		n := min(len(data), 1<<20)
+		if err := stream.Send(&chunkbridgev1.GetIndexResponse{Data: data[:n]}); err != nil {
+			return err
+		}
+		data = data[n:]
+	}
+	return nil
+}
+
+// blobIndex writes a snapshot file as a casync blob index.
+func blobIndex(w io.Writer, f *pbsindex.Fixed, d *pbsindex.Dynamic) error {
+	type entry struct {
+		id   [32]byte
+		size uint64
+	}
+	var entries []entry
+	var maxSize uint64
+	if f != nil {
+		for i, dg := range f.Digests {
+			size := f.ChunkSize
+			if i == len(f.Digests)-1 {
+				size = f.Size - uint64(i)*f.ChunkSize
+			}
+			entries = append(entries, entry{dg, size})
+		}
+		maxSize = f.ChunkSize
+	} else {
+		var start uint64
+		for _, e := range d.Entries {
+			entries = append(entries, entry{e.Digest, e.End - start})
+			maxSize = max(maxSize, e.End-start)
+			start = e.End
+		}
+	}
+	maxSize = max(maxSize, 1)
+	avg := maxSize
+	if len(entries) > 0 && f == nil {
+		avg = max(1, min(maxSize, d.Size()/uint64(len(entries))))
+	}
+	h, err := caindex.BlobHeader(caindex.SHA256, 1, avg, maxSize)
+	if err != nil {
+		return err
+	}
+	cw, err := caindex.NewWriter(w, h)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if err := cw.Add(e.id, e.size); err != nil {
+			return err
+		}
+	}
+	return cw.Close()
 }
 
 // StatIndex describes an index from its stored metadata.

@@ -1,0 +1,573 @@
+package catalog
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
+	"github.com/chunkbridge/chunkbridge/services/apierr"
+	"github.com/chunkbridge/chunkbridge/services/catalog/pbsindex"
+	"github.com/chunkbridge/chunkbridge/services/chunk"
+	"github.com/chunkbridge/chunkbridge/storage"
+)
+
+// Snapshot paths are <type>/<backup id>/<UTC time>/<file>.fidx|.didx under
+// snapshots/ in the store.
+const (
+	snapshotTimeLayout = "2006-01-02T15:04:05Z"
+	// maxChunkSize is the largest fixed chunk. DESIGN §7.5 says 16 MiB − 38
+	// (what fits an UploadChunk packet), but a Chunk packet of DownloadChunks
+	// carries 8 more bytes, so a chunk that large could be stored and never
+	// restored: the limit is what fits both.
+	maxChunkSize = 16<<20 - 46
+	// maxEntries bounds one snapshot file (kept in memory while written):
+	// 16 Mi entries, 64 TiB of image at 4 MiB or 1 TiB of stream at 64 KiB.
+	maxEntries = pbsindex.DefaultMaxEntries
+	// entryBatch is how many entries are checked against the store at once.
+	entryBatch = 4096
+	// latest stands for the newest snapshot in a path given to
+	// ReadSnapshotDigests: host/web-01/latest/root.pxar.didx.
+	latest = "latest"
+	// Metadata of snapshot files.
+	metaFixed     = "fixed"
+	metaChunkSize = "chunk-size"
+)
+
+var (
+	backupIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`)
+	backupTypes     = map[string]bool{"vm": true, "ct": true, "host": true}
+)
+
+func checkType(t string) error {
+	if !backupTypes[t] {
+		return fmt.Errorf("%w: backup type %q: want vm, ct or host", apierr.ErrInvalid, t)
+	}
+	return nil
+}
+
+func checkBackupID(id string) error {
+	if len(id) > 255 || !backupIDPattern.MatchString(id) {
+		return fmt.Errorf("%w: backup id %q: want [A-Za-z0-9][A-Za-z0-9_.-]*, at most 255 bytes", apierr.ErrInvalid, id)
+	}
+	return nil
+}
+
+func checkFileName(name string) error {
+	if name == "" || len(name) > 255 || name == "." || name == ".." || strings.ContainsAny(name, "/\\\x00") {
+		return fmt.Errorf("%w: file name %q: want 1 to 255 bytes without \"/\"", apierr.ErrInvalid, name)
+	}
+	for _, c := range []byte(name) {
+		if c < 0x20 {
+			return fmt.Errorf("%w: file name %q contains a control character", apierr.ErrInvalid, name)
+		}
+	}
+	return nil
+}
+
+// snapshotPath is a parsed <type>/<id>/<time>/<file> path.
+type snapshotPath struct {
+	typ, id, time, file string
+}
+
+func (p snapshotPath) dir() string    { return p.typ + "/" + p.id + "/" + p.time }
+func (p snapshotPath) String() string { return p.dir() + "/" + p.file }
+func (p snapshotPath) key() string    { return snapshotPrefix + p.String() }
+
+// parseSnapshotPath checks a store-relative snapshot file path. The time
+// may be "latest" when allowLatest is set.
+func parseSnapshotPath(path string, allowLatest bool) (snapshotPath, error) {
+	parts := strings.Split(strings.TrimPrefix(path, "/"), "/")
+	if len(parts) != 4 {
+		return snapshotPath{}, fmt.Errorf("%w: snapshot path %q: want <type>/<id>/<time>/<file>", apierr.ErrInvalid, path)
+	}
+	p := snapshotPath{parts[0], parts[1], parts[2], parts[3]}
+	if err := errors.Join(checkType(p.typ), checkBackupID(p.id), checkFileName(p.file)); err != nil {
+		return p, err
+	}
+	if !strings.HasSuffix(p.file, ".fidx") && !strings.HasSuffix(p.file, ".didx") {
+		return p, fmt.Errorf("%w: snapshot file %q: want a .fidx or .didx name", apierr.ErrInvalid, p.file)
+	}
+	if p.time == latest && allowLatest {
+		return p, nil
+	}
+	if _, err := time.Parse(snapshotTimeLayout, p.time); err != nil {
+		return p, fmt.Errorf("%w: snapshot time %q: want RFC 3339 UTC like 2019-03-06T09:06:52Z", apierr.ErrInvalid, p.time)
+	}
+	return p, nil
+}
+
+// snapshotWriter accumulates one snapshot file.
+type snapshotWriter struct {
+	s       *Server
+	create  *chunkbridgev1.WriteSnapshotFileRequest_Create
+	path    snapshotPath
+	fixed   *pbsindex.Fixed
+	filled  []bool
+	nFilled int
+	dynamic *pbsindex.Dynamic
+	pending []*chunkbridgev1.WriteSnapshotFileRequest_Entry
+	refused int
+	send    func(*chunkbridgev1.WriteSnapshotFileResponse) error
+}
+
+// WriteSnapshotFile implements the Create, Entries…, Commit conversation.
+func (s *Server) WriteSnapshotFile(stream grpc.BidiStreamingServer[chunkbridgev1.WriteSnapshotFileRequest, chunkbridgev1.WriteSnapshotFileResponse]) error {
+	ctx := stream.Context()
+	first, err := stream.Recv()
+	if err != nil {
+		return apierr.Status(fmt.Errorf("write snapshot file: %w", err))
+	}
+	create := first.GetCreate()
+	if create == nil {
+		return apierr.Status(fmt.Errorf("%w: write snapshot file: the first message must be Create", apierr.ErrInvalid))
+	}
+	w, err := s.newSnapshotWriter(ctx, create)
+	if err != nil {
+		return apierr.Status(err)
+	}
+	w.send = stream.Send
+	if err := stream.Send(&chunkbridgev1.WriteSnapshotFileResponse{Step: &chunkbridgev1.WriteSnapshotFileResponse_Created_{
+		Created: &chunkbridgev1.WriteSnapshotFileResponse_Created{Path: w.path.String(), Time: timestamppb.New(mustTime(w.path.time))},
+	}}); err != nil {
+		return err
+	}
+	for {
+		msg, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			// No Commit: the file is abandoned and nothing is visible.
+			return apierr.Status(fmt.Errorf("%w: snapshot file %s: stream ended without Commit; nothing was published", apierr.ErrInvalid, w.path))
+		}
+		if err != nil {
+			return err
+		}
+		switch step := msg.GetStep().(type) {
+		case *chunkbridgev1.WriteSnapshotFileRequest_Entries_:
+			for _, e := range step.Entries.GetEntries() {
+				w.pending = append(w.pending, e)
+				if len(w.pending) == entryBatch {
+					if err := w.flush(ctx); err != nil {
+						return apierr.Status(err)
+					}
+				}
+			}
+		case *chunkbridgev1.WriteSnapshotFileRequest_Commit_:
+			info, err := w.commit(ctx)
+			if err != nil {
+				return apierr.Status(err)
+			}
+			return stream.Send(&chunkbridgev1.WriteSnapshotFileResponse{Step: &chunkbridgev1.WriteSnapshotFileResponse_Committed_{
+				Committed: &chunkbridgev1.WriteSnapshotFileResponse_Committed{File: info},
+			}})
+		default:
+			return apierr.Status(fmt.Errorf("%w: snapshot file %s: Create may come only once", apierr.ErrInvalid, w.path))
+		}
+	}
+}
+
+func mustTime(s string) time.Time {
+	t, _ := time.Parse(snapshotTimeLayout, s)
+	return t
+}
+
+func (s *Server) newSnapshotWriter(ctx context.Context, c *chunkbridgev1.WriteSnapshotFileRequest_Create) (*snapshotWriter, error) {
+	if err := errors.Join(checkType(c.GetType()), checkBackupID(c.GetBackupId()), checkFileName(c.GetName())); err != nil {
+		return nil, err
+	}
+	t := time.Now()
+	if c.GetTime() != nil {
+		t = c.GetTime().AsTime()
+	}
+	ext := ".didx"
+	if c.GetFixed() {
+		ext = ".fidx"
+	}
+	w := &snapshotWriter{s: s, create: c, path: snapshotPath{c.GetType(), c.GetBackupId(), t.UTC().Format(snapshotTimeLayout), c.GetName() + ext}}
+	now := uint64(time.Now().Unix())
+	if c.GetFixed() {
+		if c.GetChunkSize() < 1 || c.GetChunkSize() > maxChunkSize {
+			return nil, fmt.Errorf("%w: snapshot file %s: fixed chunk size %d: want 1 to %d", apierr.ErrInvalid, w.path, c.GetChunkSize(), maxChunkSize)
+		}
+		if c.GetFileSize() < 0 {
+			return nil, fmt.Errorf("%w: snapshot file %s: file size %d", apierr.ErrInvalid, w.path, c.GetFileSize())
+		}
+		slots, _ := pbsindex.FixedSlots(uint64(c.GetFileSize()), uint64(c.GetChunkSize()))
+		if slots > maxEntries {
+			return nil, fmt.Errorf("%w: snapshot file %s: %d slots, at most %d; use a larger chunk size", apierr.ErrInvalid, w.path, slots, maxEntries)
+		}
+		w.fixed = &pbsindex.Fixed{UUID: pbsindex.NewUUID(), CTime: now, Size: uint64(c.GetFileSize()), ChunkSize: uint64(c.GetChunkSize()), Digests: make([]pbsindex.Digest, slots)}
+		w.filled = make([]bool, slots)
+	} else {
+		if c.GetFileSize() != 0 {
+			return nil, fmt.Errorf("%w: snapshot file %s: a dynamic file has file size 0, not %d", apierr.ErrInvalid, w.path, c.GetFileSize())
+		}
+		w.dynamic = &pbsindex.Dynamic{UUID: pbsindex.NewUUID(), CTime: now}
+	}
+	// A snapshot file is written once. EXCL also refuses a snapshot that
+	// has any file already.
+	prefix := snapshotPrefix + w.path.dir() + "/"
+	if c.GetExclusive() {
+		exists := false
+		errStop := errors.New("stop")
+		err := s.store.List(ctx, prefix, func(storage.Info) error { exists = true; return errStop })
+		if err != nil && !errors.Is(err, errStop) {
+			return nil, fmt.Errorf("snapshot %s: %w", w.path.dir(), err)
+		}
+		if exists {
+			return nil, fmt.Errorf("snapshot %s: %w (exclusive create)", w.path.dir(), apierr.ErrExists)
+		}
+	} else if _, err := s.store.Stat(ctx, w.path.key()); err == nil {
+		return nil, fmt.Errorf("snapshot file %s: %w", w.path, apierr.ErrExists)
+	} else if !errors.Is(err, storage.ErrNotFound) {
+		return nil, fmt.Errorf("snapshot file %s: %w", w.path, err)
+	}
+	return w, nil
+}
+
+// refuse reports an unusable entry; the stream goes on, Commit will fail.
+func (w *snapshotWriter) refuse(code codes.Code, digest, format string, args ...any) error {
+	w.refused++
+	return w.send(&chunkbridgev1.WriteSnapshotFileResponse{Step: &chunkbridgev1.WriteSnapshotFileResponse_Refused{
+		Refused: &chunkbridgev1.WriteSnapshotFileResponse_EntryRefused{
+			Code: int32(code), Digest: digest, Message: fmt.Sprintf("snapshot file %s: ", w.path) + fmt.Sprintf(format, args...),
+		},
+	}})
+}
+
+// flush checks the pending entries against the store (existence and size)
+// and places them.
+func (w *snapshotWriter) flush(ctx context.Context) error {
+	batch := w.pending
+	w.pending = w.pending[:0:0]
+	ids := make([]chunk.ID, 0, len(batch))
+	valid := make([]bool, len(batch))
+	for i, e := range batch {
+		id, err := chunk.ParseID(e.GetDigest())
+		if err != nil {
+			if err := w.refuse(codes.InvalidArgument, e.GetDigest(), "digest %q is not 64 hex characters", e.GetDigest()); err != nil {
+				return err
+			}
+			continue
+		}
+		valid[i] = true
+		ids = append(ids, id)
+	}
+	sizes, err := w.s.chunks.Sizes(ctx, ids)
+	if err != nil {
+		return fmt.Errorf("snapshot file %s: %w", w.path, err)
+	}
+	k := 0
+	for i, e := range batch {
+		if !valid[i] {
+			continue
+		}
+		id, size := ids[k], sizes[k]
+		k++
+		if size < 0 {
+			if err := w.refuse(codes.FailedPrecondition, e.GetDigest(), "chunk %s is not stored; upload it first", id); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := w.place(e, id, size); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (w *snapshotWriter) place(e *chunkbridgev1.WriteSnapshotFileRequest_Entry, id chunk.ID, size int64) error {
+	if f := w.fixed; f != nil {
+		slot := e.GetSlot()
+		if slot < 0 || slot >= int64(len(f.Digests)) {
+			return w.refuse(codes.InvalidArgument, e.GetDigest(), "slot %d out of range: the file has %d slots", slot, len(f.Digests))
+		}
+		want := int64(f.ChunkSize)
+		if slot == int64(len(f.Digests))-1 {
+			want = int64(f.Size) - slot*int64(f.ChunkSize)
+		}
+		if size != want {
+			return w.refuse(codes.InvalidArgument, e.GetDigest(), "slot %d needs a chunk of %d bytes, chunk %s has %d", slot, want, id, size)
+		}
+		if !w.filled[slot] {
+			w.filled[slot] = true
+			w.nFilled++
+		}
+		f.Digests[slot] = pbsindex.Digest(id)
+		return nil
+	}
+	d := w.dynamic
+	start := d.Size()
+	if e.GetOffset() != int64(start) {
+		return w.refuse(codes.InvalidArgument, e.GetDigest(), "offset %d is not contiguous: the previous chunks end at %d", e.GetOffset(), start)
+	}
+	if len(d.Entries) == maxEntries {
+		return w.refuse(codes.InvalidArgument, e.GetDigest(), "more than %d chunks", maxEntries)
+	}
+	d.Entries = append(d.Entries, pbsindex.DynamicEntry{End: start + uint64(size), Digest: pbsindex.Digest(id)})
+	return nil
+}
+
+// commit publishes the file if every entry was accepted and, for a fixed
+// file, every slot is filled.
+func (w *snapshotWriter) commit(ctx context.Context) (*chunkbridgev1.SnapshotFileInfo, error) {
+	if err := w.flush(ctx); err != nil {
+		return nil, err
+	}
+	if w.refused > 0 {
+		return nil, fmt.Errorf("%w: snapshot file %s: %d entries were refused; nothing was published", apierr.ErrInvalid, w.path, w.refused)
+	}
+	var buf bytes.Buffer
+	meta := storage.Metadata{metaCreated: time.Now().UTC().Format(time.RFC3339Nano)}
+	if f := w.fixed; f != nil {
+		if w.nFilled != len(f.Digests) {
+			return nil, fmt.Errorf("%w: snapshot file %s: %d of %d slots are filled; nothing was published", apierr.ErrInvalid, w.path, w.nFilled, len(f.Digests))
+		}
+		if err := pbsindex.WriteFixed(&buf, f); err != nil {
+			return nil, fmt.Errorf("snapshot file %s: %w", w.path, err)
+		}
+		meta[metaFixed], meta[metaChunkSize] = "true", strconv.FormatUint(f.ChunkSize, 10)
+		meta[metaChunks], meta[metaContentSize] = strconv.Itoa(len(f.Digests)), strconv.FormatUint(f.Size, 10)
+	} else {
+		if err := pbsindex.WriteDynamic(&buf, w.dynamic); err != nil {
+			return nil, fmt.Errorf("snapshot file %s: %w", w.path, err)
+		}
+		meta[metaFixed] = "false"
+		meta[metaChunks], meta[metaContentSize] = strconv.Itoa(len(w.dynamic.Entries)), strconv.FormatUint(w.dynamic.Size(), 10)
+	}
+	size := int64(buf.Len())
+	if err := w.s.store.Put(ctx, w.path.key(), &buf, size, meta); err != nil {
+		return nil, fmt.Errorf("snapshot file %s: %w", w.path, err)
+	}
+	return fileInfo(w.path, storage.Info{Size: size, Metadata: meta}), nil
+}
+
+func fileInfo(p snapshotPath, i storage.Info) *chunkbridgev1.SnapshotFileInfo {
+	info := &chunkbridgev1.SnapshotFileInfo{Path: p.String(), Name: p.file, Size: i.Size, Fixed: i.Metadata[metaFixed] == "true"}
+	info.ContentSize, _ = strconv.ParseInt(i.Metadata[metaContentSize], 10, 64)
+	info.ChunkCount, _ = strconv.ParseInt(i.Metadata[metaChunks], 10, 64)
+	info.ChunkSize, _ = strconv.ParseInt(i.Metadata[metaChunkSize], 10, 64)
+	return info
+}
+
+// resolve turns a path whose time is "latest" into the newest snapshot
+// that has the file.
+func (s *Server) resolve(ctx context.Context, p snapshotPath) (snapshotPath, error) {
+	if p.time != latest {
+		return p, nil
+	}
+	var newest string
+	err := s.store.List(ctx, snapshotPrefix+p.typ+"/"+p.id+"/", func(i storage.Info) error {
+		parts := strings.Split(strings.TrimPrefix(i.Key, snapshotPrefix), "/")
+		if len(parts) == 4 && parts[3] == p.file && parts[2] > newest {
+			newest = parts[2]
+		}
+		return nil
+	})
+	if err != nil {
+		return p, fmt.Errorf("snapshot file %s: %w", p, err)
+	}
+	if newest == "" {
+		return p, fmt.Errorf("snapshot file %s: no snapshot of %s/%s has it: %w", p.file, p.typ, p.id, apierr.ErrNotFound)
+	}
+	p.time = newest
+	return p, nil
+}
+
+// readSnapshotFile loads and parses a snapshot file.
+func (s *Server) readSnapshotFile(ctx context.Context, p snapshotPath) (*pbsindex.Fixed, *pbsindex.Dynamic, error) {
+	rc, _, err := s.store.Get(ctx, p.key())
+	if err != nil {
+		return nil, nil, notFound("snapshot file", p.String(), err)
+	}
+	defer rc.Close()
+	if strings.HasSuffix(p.file, ".fidx") {
+		f, err := pbsindex.ReadFixed(rc, maxEntries)
+		if err != nil {
+			return nil, nil, fmt.Errorf("snapshot file %s: %w", p, err)
+		}
+		return f, nil, nil
+	}
+	d, err := pbsindex.ReadDynamic(rc, maxEntries)
+	if err != nil {
+		return nil, nil, fmt.Errorf("snapshot file %s: %w", p, err)
+	}
+	return nil, d, nil
+}
+
+// ReadSnapshotDigests streams a snapshot file's digests in index order,
+// duplicates included.
+func (s *Server) ReadSnapshotDigests(req *chunkbridgev1.ReadSnapshotDigestsRequest, stream grpc.ServerStreamingServer[chunkbridgev1.ReadSnapshotDigestsResponse]) error {
+	ctx := stream.Context()
+	p, err := parseSnapshotPath(req.GetPath(), true)
+	if err == nil {
+		p, err = s.resolve(ctx, p)
+	}
+	if err != nil {
+		return apierr.Status(err)
+	}
+	f, d, err := s.readSnapshotFile(ctx, p)
+	if err != nil {
+		return apierr.Status(err)
+	}
+	var digests []pbsindex.Digest
+	if f != nil {
+		digests = f.Digests
+	} else {
+		digests = make([]pbsindex.Digest, len(d.Entries))
+		for i, e := range d.Entries {
+			digests[i] = e.Digest
+		}
+	}
+	const per = 4096
+	for off := 0; off < len(digests); off += per {
+		resp := &chunkbridgev1.ReadSnapshotDigestsResponse{}
+		for _, dg := range digests[off:min(off+per, len(digests))] {
+			resp.Digests = append(resp.Digests, hex.EncodeToString(dg[:]))
+		}
+		if err := stream.Send(resp); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ListSnapshots groups the snapshot files by snapshot, newest first within
+// a backup id.
+func (s *Server) ListSnapshots(ctx context.Context, req *chunkbridgev1.ListSnapshotsRequest) (*chunkbridgev1.ListSnapshotsResponse, error) {
+	prefix := snapshotPrefix
+	if req.GetType() != "" {
+		if err := checkType(req.GetType()); err != nil {
+			return nil, apierr.Status(err)
+		}
+		prefix += req.GetType() + "/"
+		if req.GetBackupId() != "" {
+			if err := checkBackupID(req.GetBackupId()); err != nil {
+				return nil, apierr.Status(err)
+			}
+			prefix += req.GetBackupId() + "/"
+		}
+	}
+	snaps, err := s.snapshots(ctx, prefix, req.GetBackupId())
+	if err != nil {
+		return nil, apierr.Status(err)
+	}
+	return &chunkbridgev1.ListSnapshotsResponse{Snapshots: snaps}, nil
+}
+
+// snapshots lists the files under prefix (only of backup id onlyID if set)
+// and describes them from their metadata, fetched in parallel.
+func (s *Server) snapshots(ctx context.Context, prefix, onlyID string) ([]*chunkbridgev1.Snapshot, error) {
+	var paths []snapshotPath
+	err := s.store.List(ctx, prefix, func(i storage.Info) error {
+		p, err := parseSnapshotPath(strings.TrimPrefix(i.Key, snapshotPrefix), false)
+		if err == nil && (onlyID == "" || p.id == onlyID) {
+			paths = append(paths, p)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list snapshots: %w", err)
+	}
+	infos := make([]*chunkbridgev1.SnapshotFileInfo, len(paths))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(32)
+	for i, p := range paths {
+		g.Go(func() error {
+			st, err := s.store.Stat(gctx, p.key())
+			if errors.Is(err, storage.ErrNotFound) {
+				return nil
+			}
+			if err != nil {
+				return fmt.Errorf("list snapshots: %s: %w", p, err)
+			}
+			infos[i] = fileInfo(p, st)
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	byDir := map[string]*chunkbridgev1.Snapshot{}
+	var out []*chunkbridgev1.Snapshot
+	for i, p := range paths {
+		if infos[i] == nil {
+			continue
+		}
+		snap := byDir[p.dir()]
+		if snap == nil {
+			snap = &chunkbridgev1.Snapshot{Type: p.typ, BackupId: p.id, Time: timestamppb.New(mustTime(p.time))}
+			byDir[p.dir()] = snap
+			out = append(out, snap)
+		}
+		snap.Files = append(snap.Files, infos[i])
+	}
+	sort.SliceStable(out, func(i, j int) bool {
+		a, b := out[i], out[j]
+		if a.Type != b.Type || a.BackupId != b.BackupId {
+			return a.Type+"/"+a.BackupId < b.Type+"/"+b.BackupId
+		}
+		return a.Time.AsTime().After(b.Time.AsTime())
+	})
+	return out, nil
+}
+
+func snapshotDir(typ, id, t string) (string, error) {
+	if err := errors.Join(checkType(typ), checkBackupID(id)); err != nil {
+		return "", err
+	}
+	if _, err := time.Parse(snapshotTimeLayout, t); err != nil {
+		return "", fmt.Errorf("%w: snapshot time %q: want RFC 3339 UTC like 2019-03-06T09:06:52Z", apierr.ErrInvalid, t)
+	}
+	return typ + "/" + id + "/" + t, nil
+}
+
+// GetSnapshot describes one snapshot.
+func (s *Server) GetSnapshot(ctx context.Context, req *chunkbridgev1.GetSnapshotRequest) (*chunkbridgev1.GetSnapshotResponse, error) {
+	dir, err := snapshotDir(req.GetType(), req.GetBackupId(), req.GetTime())
+	if err != nil {
+		return nil, apierr.Status(err)
+	}
+	snaps, err := s.snapshots(ctx, snapshotPrefix+dir+"/", "")
+	if err != nil {
+		return nil, apierr.Status(err)
+	}
+	if len(snaps) == 0 {
+		return nil, apierr.Status(fmt.Errorf("snapshot %s: %w", dir, apierr.ErrNotFound))
+	}
+	return &chunkbridgev1.GetSnapshotResponse{Snapshot: snaps[0]}, nil
+}
+
+// DeleteSnapshot removes a snapshot's files.
+func (s *Server) DeleteSnapshot(ctx context.Context, req *chunkbridgev1.DeleteSnapshotRequest) (*chunkbridgev1.DeleteSnapshotResponse, error) {
+	dir, err := snapshotDir(req.GetType(), req.GetBackupId(), req.GetTime())
+	if err != nil {
+		return nil, apierr.Status(err)
+	}
+	var keys []string
+	if err := s.store.List(ctx, snapshotPrefix+dir+"/", func(i storage.Info) error { keys = append(keys, i.Key); return nil }); err != nil {
+		return nil, apierr.Status(fmt.Errorf("delete snapshot %s: %w", dir, err))
+	}
+	if len(keys) == 0 {
+		return nil, apierr.Status(fmt.Errorf("snapshot %s: %w", dir, apierr.ErrNotFound))
+	}
+	for _, k := range keys {
+		if err := s.store.Delete(ctx, k); err != nil {
+			return nil, apierr.Status(fmt.Errorf("delete snapshot %s: %w", dir, err))
+		}
+	}
+	return &chunkbridgev1.DeleteSnapshotResponse{}, nil
+}
