@@ -22,6 +22,7 @@ Usage:
   chunkbridge serve chunk           chunk, catalog and admin services over gRPC
   chunkbridge serve casync-gateway  casync's protocol over TCP, in front of a chunk service
   chunkbridge serve rest-gateway    REST, OpenAPI and the casync HTTP store, in front of a chunk service
+  chunkbridge serve pmx-gateway     PMXBCKUP over TCP (optional TLS), in front of a chunk service
   chunkbridge casync-remote ...     casync's protocol on stdin/stdout: what ssh runs as the remote casync
   chunkbridge casync-ssh HOST ...   a CASYNC_SSH_PATH that relays casync's session to a casync gateway
   chunkbridge version
@@ -61,7 +62,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	switch args[0] {
 	case "serve":
 		if len(args) < 2 {
-			return fmt.Errorf("serve: which service? want one of: all, chunk, casync-gateway, rest-gateway")
+			return fmt.Errorf("serve: which service? want one of: all, chunk, casync-gateway, rest-gateway, pmx-gateway")
 		}
 		if _, ok := modes[args[1]]; ok {
 			return serve(ctx, args[1], args[2:], stderr)

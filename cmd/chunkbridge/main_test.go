@@ -49,11 +49,11 @@ func TestMain(m *testing.M) {
 
 // process is a running chunkbridge.
 type process struct {
-	cmd                *exec.Cmd
-	grpc, http, casync string
-	exited             chan struct{}
-	mu                 sync.Mutex
-	log                strings.Builder
+	cmd                     *exec.Cmd
+	grpc, http, casync, pmx string
+	exited                  chan struct{}
+	mu                      sync.Mutex
+	log                     strings.Builder
 }
 
 func (p *process) logs() string {
@@ -76,6 +76,9 @@ func start(t testing.TB, env []string, args ...string) *process {
 	if len(args) > 1 && (args[1] == "all" || args[1] == "casync-gateway") {
 		args = append(args, "--casync-listen", "127.0.0.1:0")
 	}
+	if len(args) > 1 && (args[1] == "all" || args[1] == "pmx-gateway") {
+		args = append(args, "--pmx-listen", "127.0.0.1:0")
+	}
 	p := &process{cmd: exec.Command(binary, args...), exited: make(chan struct{})}
 	p.cmd.Env = append(os.Environ(), env...)
 	p.cmd.Dir = t.TempDir()
@@ -86,7 +89,7 @@ func start(t testing.TB, env []string, args ...string) *process {
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	listening := make(chan [3]string, 1)
+	listening := make(chan [4]string, 1)
 	go func() {
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
@@ -94,9 +97,9 @@ func start(t testing.TB, env []string, args ...string) *process {
 			p.mu.Lock()
 			p.log.WriteString(line + "\n")
 			p.mu.Unlock()
-			var rec struct{ Msg, GRPC, HTTP, Casync string }
+			var rec struct{ Msg, GRPC, HTTP, Casync, PMX string }
 			if json.Unmarshal([]byte(line), &rec) == nil && rec.Msg == "listening" {
-				listening <- [3]string{rec.GRPC, rec.HTTP, rec.Casync}
+				listening <- [4]string{rec.GRPC, rec.HTTP, rec.Casync, rec.PMX}
 			}
 		}
 		p.cmd.Wait()
@@ -104,7 +107,7 @@ func start(t testing.TB, env []string, args ...string) *process {
 	}()
 	select {
 	case addrs := <-listening:
-		p.grpc, p.http, p.casync = addrs[0], addrs[1], addrs[2]
+		p.grpc, p.http, p.casync, p.pmx = addrs[0], addrs[1], addrs[2], addrs[3]
 	case <-p.exited:
 		t.Fatalf("chunkbridge exited before listening:\n%s", p.logs())
 	case <-time.After(60 * time.Second):

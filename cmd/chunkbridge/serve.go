@@ -25,6 +25,7 @@ import (
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
 	"github.com/chunkbridge/chunkbridge/gateway/casync"
+	"github.com/chunkbridge/chunkbridge/gateway/pmx"
 	"github.com/chunkbridge/chunkbridge/gateway/rest"
 	"github.com/chunkbridge/chunkbridge/services/admin"
 	"github.com/chunkbridge/chunkbridge/services/catalog"
@@ -37,13 +38,15 @@ type parts struct {
 	services bool // chunk, catalog and admin gRPC services on a store
 	rest     bool // REST routes, OpenAPI, casync HTTP store
 	casync   bool // casync gateway over TCP
+	pmx      bool // PMXBCKUP gateway over TCP (optional TLS)
 }
 
 var modes = map[string]parts{
-	"all":            {services: true, rest: true, casync: true},
+	"all":            {services: true, rest: true, casync: true, pmx: true},
 	"chunk":          {services: true},
 	"casync-gateway": {casync: true},
 	"rest-gateway":   {rest: true},
+	"pmx-gateway":    {pmx: true},
 }
 
 type serveFlags struct {
@@ -51,6 +54,8 @@ type serveFlags struct {
 	securityFlags
 	grpcListen, httpListen string
 	casyncListen           string
+	pmxListen              string
+	pmxTLSCert, pmxTLSKey  string
 	chunkService           string
 	maxConcurrentChunks    int
 	streamWindow           int
@@ -84,6 +89,11 @@ func (f *serveFlags) register(fs *flag.FlagSet, p parts) {
 	fs.StringVar(&f.tlsKey, "tls-key", "", "PEM private key for --tls-cert")
 	if p.casync {
 		fs.StringVar(&f.casyncListen, "casync-listen", "127.0.0.1:8473", "address of the casync gateway (caprotocol over TCP, after a preamble)")
+	}
+	if p.pmx {
+		fs.StringVar(&f.pmxListen, "pmx-listen", "127.0.0.1:8007", "address of the PMXBCKUP gateway")
+		fs.StringVar(&f.pmxTLSCert, "pmx-tls-cert", "", "PEM certificate: PMXBCKUP over TLS (default: --tls-cert)")
+		fs.StringVar(&f.pmxTLSKey, "pmx-tls-key", "", "PEM private key for --pmx-tls-cert (default: --tls-key)")
 	}
 	fs.StringVar(&f.httpListen, "http-listen", "127.0.0.1:8080", "address of /metrics, /healthz and /readyz (and REST, /openapi.json and the casync HTTP store where served)")
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 20*time.Second, "how long in-flight calls and sessions may finish after SIGTERM")
@@ -176,6 +186,28 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 			return nil
 		})
 		// Sessions end before the services they use.
+		shutdown = append([]func(context.Context){func(ctx context.Context) { srv.Shutdown(ctx) }}, shutdown...)
+	}
+
+	if p.pmx {
+		pmxTLS := tlsConfig
+		if f.pmxTLSCert != "" || f.pmxTLSKey != "" {
+			if pmxTLS, err = (securityFlags{tlsCert: f.pmxTLSCert, tlsKey: f.pmxTLSKey}).serverTLS(); err != nil {
+				return fmt.Errorf("--pmx-tls-cert/--pmx-tls-key: %w", err)
+			}
+		}
+		ln, err := net.Listen("tcp", f.pmxListen)
+		if err != nil {
+			return fmt.Errorf("--pmx-listen %s: %w", f.pmxListen, err)
+		}
+		srv := &pmx.Server{Chunks: chunks, Catalog: cat, Log: log.With("gateway", "pmx"), TLS: pmxTLS}
+		listening = append(listening, "pmx", ln.Addr().String())
+		g.Go(func() error {
+			if err := srv.Serve(ln); !errors.Is(err, pmx.ErrServerClosed) {
+				return fmt.Errorf("pmx gateway: %w", err)
+			}
+			return nil
+		})
 		shutdown = append([]func(context.Context){func(ctx context.Context) { srv.Shutdown(ctx) }}, shutdown...)
 	}
 

@@ -1,0 +1,367 @@
+package pmx_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/test/bufconn"
+
+	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
+	"github.com/chunkbridge/chunkbridge/gateway/pmx"
+	"github.com/chunkbridge/chunkbridge/gateway/pmx/wire"
+	"github.com/chunkbridge/chunkbridge/services/catalog"
+	"github.com/chunkbridge/chunkbridge/services/chunk"
+	"github.com/chunkbridge/chunkbridge/storage/memory"
+)
+
+type harness struct {
+	addr    string
+	catalog chunkbridgev1.CatalogServiceClient
+}
+
+func newHarness(t *testing.T) *harness {
+	t.Helper()
+	store := memory.New()
+	svc, err := chunk.New(store, chunk.Config{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cat, err := catalog.New(store, svc, catalog.Config{SpoolDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	chunkbridgev1.RegisterChunkServiceServer(gs, chunk.NewServer(svc, 0))
+	chunkbridgev1.RegisterCatalogServiceServer(gs, cat)
+	lis := bufconn.Listen(1 << 20)
+	go gs.Serve(lis)
+	t.Cleanup(gs.Stop)
+	conn, err := grpc.NewClient("passthrough:///test",
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(32<<20), grpc.MaxCallSendMsgSize(32<<20)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	srv := &pmx.Server{Chunks: chunkbridgev1.NewChunkServiceClient(conn), Catalog: chunkbridgev1.NewCatalogServiceClient(conn)}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+	})
+	return &harness{addr: ln.Addr().String(), catalog: srv.Catalog}
+}
+
+type client struct {
+	t    *testing.T
+	conn net.Conn
+	r    *wire.Reader
+}
+
+// dial connects and checks the server's Hello comes first.
+func (h *harness) dial(t *testing.T) *client {
+	t.Helper()
+	c, err := net.Dial("tcp", h.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	cl := &client{t: t, conn: c, r: wire.NewReader(c)}
+	if hello, ok := cl.next().(*wire.Hello); !ok || hello.ID != 0 || hello.Version != wire.Version {
+		t.Fatalf("first packet is not Hello(0, 1)")
+	}
+	return cl
+}
+
+func (c *client) send(ps ...wire.Packet) {
+	c.t.Helper()
+	var b []byte
+	for _, p := range ps {
+		b = p.Encode(b)
+	}
+	if _, err := c.conn.Write(b); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+func (c *client) next() wire.Packet {
+	c.t.Helper()
+	p, err := c.r.ReadPacket()
+	if err != nil {
+		c.t.Fatalf("read: %v", err)
+	}
+	return p
+}
+
+func (c *client) expectOk(id uint8) {
+	c.t.Helper()
+	switch p := c.next().(type) {
+	case *wire.Ok:
+		if p.ID != id {
+			c.t.Fatalf("Ok for id %d, want %d", p.ID, id)
+		}
+	case *wire.Error:
+		c.t.Fatalf("Error(%d, %v, %q), want Ok(%d)", p.ID, p.Code, p.Reason, id)
+	default:
+		c.t.Fatalf("%T, want Ok(%d)", p, id)
+	}
+}
+
+func (c *client) expectError(id uint8, code wire.ErrorID, says string) {
+	c.t.Helper()
+	p, ok := c.next().(*wire.Error)
+	if !ok || p.ID != id || p.Code != code || !strings.Contains(p.Reason, says) {
+		c.t.Fatalf("got %+v, want Error(%d, %v) mentioning %q", p, id, code, says)
+	}
+}
+
+// expectClosed checks the server closed the connection.
+func (c *client) expectClosed() {
+	c.t.Helper()
+	for {
+		_, err := c.r.ReadPacket()
+		if errors.Is(err, io.EOF) || (err != nil && !wire.IsFatal(err)) {
+			return
+		}
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			c.t.Fatal("connection still open")
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+func chunkOf(b []byte) (wire.Digest, *wire.UploadChunk) {
+	d := wire.Digest(sha256.Sum256(b))
+	return d, &wire.UploadChunk{Digest: d, Data: b}
+}
+
+func (c *client) upload(id uint8, data []byte) wire.Digest {
+	c.t.Helper()
+	d, up := chunkOf(data)
+	up.ID = id
+	c.send(up)
+	c.expectOk(id)
+	return d
+}
+
+func (c *client) create(p *wire.CreateBackup) string {
+	c.t.Helper()
+	c.send(p)
+	switch r := c.next().(type) {
+	case *wire.BackupCreated:
+		return r.Path
+	case *wire.Error:
+		c.t.Fatalf("CreateBackup: Error %q", r.Reason)
+	}
+	c.t.Fatal("CreateBackup: no BackupCreated")
+	return ""
+}
+
+const ts = 1795600000 // 2026-11-25T...
+
+func TestFixedBackupHashListAndDownload(t *testing.T) {
+	h := newHarness(t)
+	c := h.dial(t)
+	a, b := bytes.Repeat([]byte("a"), 4096), []byte("tail")
+	da, db := c.upload(1, a), c.upload(1, b) // ids are reused
+	path := c.create(&wire.CreateBackup{ID: 2, BackupType: wire.BackupVM, Timestamp: ts, Flags: wire.FlagExcl, ChunkSize: 4096, FileSize: 4096*2 + 4, BackupID: "100", Name: "disk.img"})
+	if !strings.HasPrefix(path, "vm/100/") || !strings.HasSuffix(path, "/disk.img.fidx") {
+		t.Fatalf("BackupCreated path %q", path)
+	}
+	c.send(&wire.BackupDataFixed{ID: 2, Entries: []wire.FixedEntry{{Index: 2, Digest: db}}},
+		&wire.BackupDataFixed{ID: 2, Entries: []wire.FixedEntry{{Index: 0, Digest: da}, {Index: 1, Digest: da}}},
+		&wire.BackupFinished{ID: 2})
+	c.expectOk(2)
+
+	c.send(&wire.GetHashList{ID: 3, Name: path})
+	var got []wire.Digest
+	for {
+		part, ok := c.next().(*wire.HashListPart)
+		if !ok || part.ID != 3 {
+			t.Fatal("want HashListPart(3)")
+		}
+		if len(part.Digests) == 0 {
+			break
+		}
+		got = append(got, part.Digests...)
+	}
+	if len(got) != 3 || got[0] != da || got[1] != da || got[2] != db {
+		t.Fatalf("hash list = %v", got)
+	}
+
+	missing := wire.Digest(sha256.Sum256([]byte("missing")))
+	c.send(&wire.DownloadChunks{ID: 4, Digests: []wire.Digest{db, da, missing, da}})
+	for i, want := range [][]byte{b, a} {
+		ch, ok := c.next().(*wire.Chunk)
+		if !ok || ch.ID != 4 || ch.Offset != uint64(i) || !bytes.Equal(ch.Data, want) {
+			t.Fatalf("Chunk %d: %+v", i, ch)
+		}
+	}
+	c.expectError(4, wire.ErrorGeneric, "not found")
+	// Nothing more for that request: the next reply is for the next request.
+	c.upload(5, []byte("after"))
+}
+
+func TestDynamicBackupAndBadInput(t *testing.T) {
+	h := newHarness(t)
+	c := h.dial(t)
+	x, y := []byte("first chunk"), []byte("second")
+	dx, dy := c.upload(1, x), c.upload(1, y)
+	_, bad := chunkOf([]byte("data"))
+	bad.ID, bad.Data = 6, []byte("other")
+	c.send(bad)
+	c.expectError(6, wire.ErrorGeneric, "hashes to")
+	c.upload(6, []byte("still serving"))
+
+	path := c.create(&wire.CreateBackup{ID: 2, BackupType: wire.BackupHost, Timestamp: ts, Flags: wire.FlagExcl | wire.FlagDynamicChunks, BackupID: "web-01", Name: "root.pxar"})
+	c.send(&wire.BackupDataDynamic{ID: 2, Entries: []wire.DynamicEntry{{Offset: 0, Digest: dx}, {Offset: uint64(len(x)), Digest: dy}}}, &wire.BackupFinished{ID: 2})
+	c.expectOk(2)
+
+	for _, tc := range []struct {
+		name string
+		send []wire.Packet
+		id   uint8
+		says string
+	}{
+		{"unknown stream", []wire.Packet{&wire.BackupFinished{ID: 9}}, 9, "no open backup file"},
+		{"missing hash list", []wire.Packet{&wire.GetHashList{ID: 7, Name: "host/web-01/2000-01-01T00:00:00Z/x.didx"}}, 7, "not found"},
+		{"traversal in hash list", []wire.Packet{&wire.GetHashList{ID: 7, Name: "../../etc/x.didx"}}, 7, "backup type"},
+	} {
+		c.send(tc.send...)
+		c.expectError(tc.id, wire.ErrorGeneric, tc.says)
+	}
+
+	// EXCL on a snapshot another connection made is refused; on the
+	// connection that made it, a second file may join it.
+	c2 := h.dial(t)
+	c2.send(&wire.CreateBackup{ID: 3, BackupType: wire.BackupHost, Timestamp: ts, Flags: wire.FlagExcl | wire.FlagDynamicChunks, BackupID: "web-01", Name: "other"})
+	c2.expectError(3, wire.ErrorGeneric, "exists")
+	c.create(&wire.CreateBackup{ID: 3, BackupType: wire.BackupHost, Timestamp: ts, Flags: wire.FlagExcl | wire.FlagDynamicChunks, BackupID: "web-01", Name: "other"})
+	c.send(&wire.BackupDataDynamic{ID: 3, Entries: []wire.DynamicEntry{{Offset: 0, Digest: dy}}}, &wire.BackupFinished{ID: 3})
+	c.expectOk(3)
+
+	// Refused entries are Errors on the stream id, then Finish fails.
+	other := uint64(ts + 60)
+	c.create(&wire.CreateBackup{ID: 4, BackupType: wire.BackupHost, Timestamp: other, Flags: wire.FlagDynamicChunks, BackupID: "web-01", Name: "gap"})
+	c.send(&wire.BackupDataDynamic{ID: 4, Entries: []wire.DynamicEntry{{Offset: 0, Digest: dx}, {Offset: 1, Digest: dy}}}, &wire.BackupFinished{ID: 4})
+	c.expectError(4, wire.ErrorGeneric, "not contiguous")
+	c.expectError(4, wire.ErrorGeneric, "refused")
+	c.create(&wire.CreateBackup{ID: 4, BackupType: wire.BackupVM, Timestamp: other, ChunkSize: 11, FileSize: 22, BackupID: "5", Name: "img"})
+	c.send(&wire.BackupDataFixed{ID: 4, Entries: []wire.FixedEntry{{Index: 5, Digest: dx}}}, &wire.BackupFinished{ID: 4})
+	c.expectError(4, wire.ErrorGeneric, "out of range")
+	c.expectError(4, wire.ErrorGeneric, "refused")
+	c.create(&wire.CreateBackup{ID: 4, BackupType: wire.BackupVM, Timestamp: other + 1, ChunkSize: 11, FileSize: 22, BackupID: "5", Name: "img"})
+	c.send(&wire.BackupDataFixed{ID: 4, Entries: []wire.FixedEntry{{Index: 0, Digest: dx}}}, &wire.BackupFinished{ID: 4})
+	c.expectError(4, wire.ErrorGeneric, "1 of 2 slots")
+	c.create(&wire.CreateBackup{ID: 4, BackupType: wire.BackupVM, Timestamp: other + 2, ChunkSize: 11, FileSize: 11, BackupID: "5", Name: "img"})
+	c.send(&wire.BackupDataFixed{ID: 4, Entries: []wire.FixedEntry{{Index: 0, Digest: wire.Digest(sha256.Sum256([]byte("never uploaded")))}}}, &wire.BackupFinished{ID: 4})
+	c.expectError(4, wire.ErrorGeneric, "not stored")
+	c.expectError(4, wire.ErrorGeneric, "refused")
+
+	// Bad bodies: answered, connection kept. A backup id like ../x is
+	// refused by the codec as a body error.
+	raw := (&wire.CreateBackup{ID: 8, BackupType: wire.BackupVM, Timestamp: ts, ChunkSize: 1, FileSize: 1, BackupID: "ab", Name: "n"}).Encode(nil)
+	copy(raw[6+24:], "..") // the id becomes ".."
+	c.conn.Write(raw)
+	c.expectError(8, wire.ErrorGeneric, "")
+	c.upload(1, []byte("still serving after bad bodies"))
+
+	snaps, err := h.catalog.ListSnapshots(t.Context(), &chunkbridgev1.ListSnapshotsRequest{})
+	if err != nil || len(snaps.Snapshots) != 1 || len(snaps.Snapshots[0].Files) != 2 || snaps.Snapshots[0].Files[1].Path != path {
+		t.Fatalf("snapshots after refusals: %v %v; want only %s", snaps, err, path)
+	}
+}
+
+func TestFramingErrorsCloseTheConnection(t *testing.T) {
+	h := newHarness(t)
+	for _, tc := range []struct {
+		name string
+		raw  []byte
+	}{
+		{"length below 6", []byte{1, 7, 5, 0, 0, 0}},
+		{"length above 16 MiB", binary.LittleEndian.AppendUint32([]byte{1, 7}, 16<<20+1)},
+		{"unknown type", []byte{1, 99, 6, 0, 0, 0}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := h.dial(t)
+			c.conn.Write(tc.raw)
+			c.expectClosed()
+		})
+	}
+	// Others are still served.
+	h.dial(t).upload(1, []byte("ok"))
+}
+
+func TestHashListBusy(t *testing.T) {
+	h := newHarness(t)
+	c := h.dial(t)
+	d := c.upload(1, []byte("x"))
+	const slots = 200_000
+	path := c.create(&wire.CreateBackup{ID: 2, BackupType: wire.BackupCT, Timestamp: ts, ChunkSize: 1, FileSize: slots, BackupID: "big", Name: "img"})
+	entries := make([]wire.FixedEntry, 0, 50_000)
+	for i := range slots {
+		entries = append(entries, wire.FixedEntry{Index: uint64(i), Digest: d})
+		if len(entries) == cap(entries) {
+			c.send(&wire.BackupDataFixed{ID: 2, Entries: entries})
+			entries = entries[:0]
+		}
+	}
+	c.send(&wire.BackupFinished{ID: 2})
+	c.expectOk(2)
+	c.send(&wire.GetHashList{ID: 3, Name: path}, &wire.GetHashList{ID: 4, Name: path})
+	busy, n := false, 0
+	for done := false; !done; {
+		switch p := c.next().(type) {
+		case *wire.Error:
+			if p.ID != 4 || p.Code != wire.ErrorBusy {
+				t.Fatalf("Error %+v", p)
+			}
+			busy = true
+		case *wire.HashListPart:
+			n += len(p.Digests)
+			done = len(p.Digests) == 0
+		}
+	}
+	if !busy || n != slots {
+		t.Fatalf("busy=%v, %d digests; want Busy for the second list and %d digests", busy, n, slots)
+	}
+}
+
+// A connection dropped in the middle of a backup leaves no snapshot file.
+func TestDroppedConnectionLeavesNothing(t *testing.T) {
+	h := newHarness(t)
+	c := h.dial(t)
+	d := c.upload(1, []byte("chunk"))
+	c.create(&wire.CreateBackup{ID: 2, BackupType: wire.BackupHost, Timestamp: ts, Flags: wire.FlagDynamicChunks, BackupID: "h", Name: "s"})
+	c.send(&wire.BackupDataDynamic{ID: 2, Entries: []wire.DynamicEntry{{Offset: 0, Digest: d}}})
+	c.conn.Close()
+	// A second client completes its own backup; the first left nothing.
+	c2 := h.dial(t)
+	c2.create(&wire.CreateBackup{ID: 2, BackupType: wire.BackupHost, Timestamp: ts + 1, Flags: wire.FlagDynamicChunks, BackupID: "h", Name: "s"})
+	c2.send(&wire.BackupDataDynamic{ID: 2, Entries: []wire.DynamicEntry{{Offset: 0, Digest: d}}}, &wire.BackupFinished{ID: 2})
+	c2.expectOk(2)
+	snaps, err := h.catalog.ListSnapshots(t.Context(), &chunkbridgev1.ListSnapshotsRequest{})
+	if err != nil || len(snaps.Snapshots) != 1 {
+		t.Fatalf("snapshots = %v, %v; want only the completed one", snaps, err)
+	}
+}
