@@ -51,9 +51,9 @@ type conn struct {
 	uploadsSent int64
 	uploadsDone int64
 	acked       *sync.Cond
-	hashList    bool                   // a GetHashList is being answered
-	streams     map[uint8]*fileStream  // open backup files by stream id
-	created     map[string]bool        // snapshots this connection created
+	hashList    bool                  // a GetHashList is being answered
+	streams     map[uint8]*fileStream // open backup files by stream id
+	created     map[string]bool       // snapshots this connection created
 	fatal       error
 }
 

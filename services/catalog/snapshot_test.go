@@ -191,12 +191,12 @@ func TestSnapshotRefusals(t *testing.T) {
 		return &Create{Type: "ct", BackupId: "7", Time: at("2026-01-01T00:00:00Z"), Name: name}
 	}
 	for _, tc := range []struct {
-		name    string
-		create  *Create
-		entries []*Entry
+		name     string
+		create   *Create
+		entries  []*Entry
 		atCreate codes.Code // refused at Create
-		entry   codes.Code // refused entry
-		says    string
+		entry    codes.Code // refused entry
+		says     string
 	}{
 		{name: "id with ..", create: &Create{Type: "vm", BackupId: "../x", Name: "a", Fixed: true, ChunkSize: 1}, atCreate: codes.InvalidArgument, says: "backup id"},
 		{name: "name with /", create: &Create{Type: "vm", BackupId: "1", Name: "a/b", Fixed: true, ChunkSize: 1}, atCreate: codes.InvalidArgument, says: "file name"},
