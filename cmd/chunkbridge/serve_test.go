@@ -13,6 +13,8 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
+	"os"
+	"os/exec"
 	"strings"
 	"sync"
 	"testing"
@@ -342,6 +344,32 @@ func healthy(ctx context.Context, conn *grpc.ClientConn) <-chan struct{} {
 		}
 	}()
 	return ch
+}
+
+func TestS3MakeBucket(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the chunkbridge binary")
+	}
+	srv := miniotest.Shared(t)
+	bucket := miniotest.NewBucketName()
+	cmd := exec.Command(binary, "s3", "mkbucket", "s3://"+bucket, "--s3-endpoint", srv.Endpoint, "--s3-insecure")
+	cmd.Env = append(os.Environ(), minioEnv(srv)...)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("s3 mkbucket: %v\n%s", err, out)
+	}
+	cfg := srv.Config()
+	cfg.Bucket = bucket
+	st, err := s3.Open(t.Context(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	// An unreachable endpoint fails with the reason.
+	cmd = exec.Command(binary, "s3", "mkbucket", "s3://"+bucket, "--s3-endpoint", "127.0.0.1:1", "--s3-insecure")
+	cmd.Env = append(os.Environ(), minioEnv(srv)...)
+	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "unavailable") {
+		t.Fatalf("s3 mkbucket against a closed port: %v %s", err, out)
+	}
 }
 
 func TestServeAllREST(t *testing.T) {
