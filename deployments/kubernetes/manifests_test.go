@@ -1,0 +1,312 @@
+package kubernetes
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	autoscalingv2 "k8s.io/api/autoscaling/v2"
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
+)
+
+// renderings lists every kustomization that can be built on its own, with
+// what differs between them. TestEveryOverlayIsChecked keeps it complete.
+var renderings = map[string]struct {
+	pol policy
+	// secrets: the Secrets the pods reference, all of which must be
+	// created outside Git where the rendering does not carry them.
+	secrets []string
+}{
+	"base": {
+		secrets: []string{"chunkbridge-s3"},
+	},
+	"overlays/dev": {
+		pol: policy{secretsInRender: true},
+	},
+	"overlays/production": {
+		pol:     policy{imageTag: regexp.MustCompile(`^v\d+\.\d+\.\d+$`)},
+		secrets: []string{"chunkbridge-rest-token", "chunkbridge-s3"},
+	},
+}
+
+func TestManifests(t *testing.T) {
+	for dir, r := range renderings {
+		t.Run(dir, func(t *testing.T) {
+			t.Parallel()
+			problems, secrets := check(renderObjects(t, dir), r.pol)
+			for _, p := range problems {
+				t.Error(p)
+			}
+			if !r.pol.secretsInRender && !slices.Equal(secrets, r.secrets) {
+				t.Errorf("referenced Secrets %v, want %v (update README.md and this test together)", secrets, r.secrets)
+			}
+		})
+	}
+}
+
+// The Secrets production expects are documented for whoever creates them.
+func TestReadmeNamesProductionSecrets(t *testing.T) {
+	readme, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range renderings["overlays/production"].secrets {
+		if !bytes.Contains(readme, []byte(s)) {
+			t.Errorf("README.md does not mention the Secret %s", s)
+		}
+	}
+}
+
+func TestEveryOverlayIsChecked(t *testing.T) {
+	dirs, err := filepath.Glob("overlays/*/kustomization.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range dirs {
+		if _, ok := renderings[filepath.Dir(d)]; !ok {
+			t.Errorf("%s is not in renderings: add it with its policy", filepath.Dir(d))
+		}
+	}
+}
+
+// A misspelt field must fail decoding, not vanish.
+func TestStrictDecodeRejectsUnknownFields(t *testing.T) {
+	docs, err := render("overlays/dev")
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := slices.IndexFunc(docs, func(d document) bool { return d.id == "Deployment/chunk" })
+	if i < 0 {
+		t.Fatal("no Deployment/chunk rendered")
+	}
+	for _, typo := range []struct{ from, to string }{
+		{"readinessProbe:", "readinesProbe:"},                         // unknown field
+		{"runAsNonRoot: true", "runAsNonRoot: \"true\""},              // wrong type
+		{"terminationGracePeriodSeconds:", "terminationGracePeriod:"}, // unknown field
+	} {
+		doc := docs[i]
+		if !bytes.Contains(doc.yaml, []byte(typo.from)) {
+			t.Fatalf("rendered chunk Deployment has no %q", typo.from)
+		}
+		doc.yaml = bytes.Replace(doc.yaml, []byte(typo.from), []byte(typo.to), 1)
+		if _, err := decode([]document{doc}); err == nil {
+			t.Errorf("%s → %s: decoded without error", typo.from, typo.to)
+		} else {
+			t.Logf("%s → %s: %v", typo.from, typo.to, err)
+		}
+	}
+}
+
+// Each mutation breaks one rule in an otherwise clean dev rendering; the
+// checker must name it.
+func TestCheckerCatchesViolations(t *testing.T) {
+	clean := renderObjects(t, "overlays/dev")
+	pol := renderings["overlays/dev"].pol
+	if problems, _ := check(clean, pol); len(problems) > 0 {
+		t.Fatalf("dev rendering is not clean: %v", problems)
+	}
+	cases := []struct {
+		name   string
+		mutate func(objs []runtime.Object) []runtime.Object
+		want   string // in one of the problems
+	}{
+		{"no memory limit", func(objs []runtime.Object) []runtime.Object {
+			delete(container(t, objs, "chunk").Resources.Limits, corev1.ResourceMemory)
+			return objs
+		}, "no memory limits"},
+		{"latest tag", func(objs []runtime.Object) []runtime.Object {
+			container(t, objs, "casync-gateway").Image = "chunkbridge:latest"
+			return objs
+		}, "uses :latest"},
+		{"untagged image", func(objs []runtime.Object) []runtime.Object {
+			container(t, objs, "pmx-gateway").Image = "chunkbridge"
+			return objs
+		}, "has no tag"},
+		{"root user", func(objs []runtime.Object) []runtime.Object {
+			deployment(t, objs, "rest-gateway").Spec.Template.Spec.SecurityContext.RunAsUser = ptr.To[int64](0)
+			return objs
+		}, "runAsUser must be 65532"},
+		{"privilege escalation", func(objs []runtime.Object) []runtime.Object {
+			container(t, objs, "chunk").SecurityContext.AllowPrivilegeEscalation = ptr.To(true)
+			return objs
+		}, "allowPrivilegeEscalation must be false"},
+		{"writable root filesystem", func(objs []runtime.Object) []runtime.Object {
+			container(t, objs, "pmx-gateway").SecurityContext.ReadOnlyRootFilesystem = nil
+			return objs
+		}, "readOnlyRootFilesystem must be true"},
+		{"chunk readiness over HTTP", func(objs []runtime.Object) []runtime.Object {
+			container(t, objs, "chunk").ReadinessProbe.ProbeHandler = corev1.ProbeHandler{
+				HTTPGet: &corev1.HTTPGetAction{Path: "/readyz", Port: intstr.FromString("http")}}
+			return objs
+		}, "readiness probe must be a native grpc probe"},
+		{"chunk liveness on storage health", func(objs []runtime.Object) []runtime.Object {
+			container(t, objs, "chunk").LivenessProbe.ProbeHandler = corev1.ProbeHandler{
+				GRPC: &corev1.GRPCAction{Port: 9090}}
+			return objs
+		}, "would restart every replica"},
+		{"gateway without readiness", func(objs []runtime.Object) []runtime.Object {
+			container(t, objs, "casync-gateway").ReadinessProbe = nil
+			return objs
+		}, "no readiness probe"},
+		{"listen port not declared", func(objs []runtime.Object) []runtime.Object {
+			replaceArg(t, container(t, objs, "casync-gateway"), "--casync-listen=", "--casync-listen=0.0.0.0:9999")
+			return objs
+		}, "port 9999 is not a containerPort"},
+		{"listen on loopback", func(objs []runtime.Object) []runtime.Object {
+			replaceArg(t, container(t, objs, "rest-gateway"), "--http-listen=", "--http-listen=127.0.0.1:8080")
+			return objs
+		}, "cannot reach a loopback address"},
+		{"listen flag dropped", func(objs []runtime.Object) []runtime.Object {
+			ctr := container(t, objs, "chunk")
+			ctr.Args = slices.DeleteFunc(ctr.Args, func(a string) bool { return strings.HasPrefix(a, "--grpc-listen") })
+			return objs
+		}, "--grpc-listen not set"},
+		{"wrong chunk service address", func(objs []runtime.Object) []runtime.Object {
+			replaceArg(t, container(t, objs, "pmx-gateway"), "--chunk-service=", "--chunk-service=chunk:8080")
+			return objs
+		}, "but the chunk service's gRPC listens on 9090"},
+		{"Service targets an undeclared port", func(objs []runtime.Object) []runtime.Object {
+			svc := find[*corev1.Service](t, objs, "pmx-gateway")
+			svc.Spec.Ports[0].TargetPort = intstr.FromString("pmx")
+			return objs
+		}, "targetPort pmx is not a containerPort"},
+		{"Service selects nothing", func(objs []runtime.Object) []runtime.Object {
+			find[*corev1.Service](t, objs, "chunk").Spec.Selector["app.kubernetes.io/component"] = "chunks"
+			return objs
+		}, "matches 0 workloads"},
+		{"NetworkPolicy admits every pod on 9090", func(objs []runtime.Object) []runtime.Object {
+			np := find[*networkingv1.NetworkPolicy](t, objs, "chunk")
+			np.Spec.Ingress[0].From = append(np.Spec.Ingress[0].From, networkingv1.NetworkPolicyPeer{PodSelector: &metav1.LabelSelector{}})
+			return objs
+		}, "also admits Deployment/chunk on port 9090"},
+		{"NetworkPolicy forgets a gateway", func(objs []runtime.Object) []runtime.Object {
+			np := find[*networkingv1.NetworkPolicy](t, objs, "chunk")
+			np.Spec.Ingress[0].From = np.Spec.Ingress[0].From[:2]
+			return objs
+		}, "Deployment/rest-gateway: no NetworkPolicy rule lets it reach"},
+		{"NetworkPolicy rule without ports", func(objs []runtime.Object) []runtime.Object {
+			find[*networkingv1.NetworkPolicy](t, objs, "chunk").Spec.Ingress[1].Ports = nil
+			return objs
+		}, "ingress[1]: podSelector map[] also admits"},
+		{"gateway without HPA", func(objs []runtime.Object) []runtime.Object {
+			return slices.DeleteFunc(objs, func(o runtime.Object) bool {
+				h, ok := o.(*autoscalingv2.HorizontalPodAutoscaler)
+				return ok && h.Name == "pmx-gateway"
+			})
+		}, "Deployment/pmx-gateway: no HorizontalPodAutoscaler targets it"},
+		{"gateway without PDB", func(objs []runtime.Object) []runtime.Object {
+			return slices.DeleteFunc(objs, func(o runtime.Object) bool {
+				return kindName(o) == "PodDisruptionBudget/casync-gateway"
+			})
+		}, "Deployment/casync-gateway: no PodDisruptionBudget"},
+		{"Secret lacks a key", func(objs []runtime.Object) []runtime.Object {
+			for _, o := range objs {
+				if s, ok := o.(*corev1.Secret); ok {
+					delete(s.Data, "AWS_SECRET_ACCESS_KEY")
+				}
+			}
+			return objs
+		}, `has no key "AWS_SECRET_ACCESS_KEY"`},
+		{"grace period too short", func(objs []runtime.Object) []runtime.Object {
+			deployment(t, objs, "chunk").Spec.Template.Spec.TerminationGracePeriodSeconds = ptr.To[int64](20)
+			return objs
+		}, "terminationGracePeriodSeconds (20s) must exceed preStop sleep + --shutdown-timeout (25s)"},
+		{"no /tmp emptyDir", func(objs []runtime.Object) []runtime.Object {
+			container(t, objs, "chunk").VolumeMounts = nil
+			return objs
+		}, "needs an emptyDir mounted at /tmp"},
+		{"mkbucket makes another bucket", func(objs []runtime.Object) []runtime.Object {
+			replaceArg(t, container(t, objs, "mkbucket"), "s3://", "s3://other")
+			return objs
+		}, `makes bucket "other"`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			objs := make([]runtime.Object, len(clean))
+			for i, o := range clean {
+				objs[i] = o.DeepCopyObject()
+			}
+			problems, _ := check(tc.mutate(objs), pol)
+			for _, p := range problems {
+				if strings.Contains(p, tc.want) {
+					t.Logf("caught: %s", p)
+					return
+				}
+			}
+			t.Errorf("no problem mentions %q; got %q", tc.want, problems)
+		})
+	}
+}
+
+// --- helpers to find and change rendered objects --------------------------
+
+// kindName is "Kind/name", as the strict decoder keeps apiVersion and kind.
+func kindName(o runtime.Object) string {
+	m, err := meta.Accessor(o)
+	if err != nil {
+		return ""
+	}
+	return o.GetObjectKind().GroupVersionKind().Kind + "/" + m.GetName()
+}
+
+func find[T runtime.Object](t *testing.T, objs []runtime.Object, name string) T {
+	t.Helper()
+	for _, o := range objs {
+		if v, ok := o.(T); ok {
+			if m, err := meta.Accessor(o); err == nil && m.GetName() == name {
+				return v
+			}
+		}
+	}
+	var zero T
+	t.Fatalf("no %T %q rendered", zero, name)
+	return zero
+}
+
+func deployment(t *testing.T, objs []runtime.Object, name string) *appsv1.Deployment {
+	return find[*appsv1.Deployment](t, objs, name)
+}
+
+// container returns the first container of the workload called name.
+func container(t *testing.T, objs []runtime.Object, name string) *corev1.Container {
+	t.Helper()
+	for _, o := range objs {
+		if m, err := meta.Accessor(o); err != nil || m.GetName() != name {
+			continue
+		}
+		switch w := o.(type) {
+		case *appsv1.Deployment:
+			return &w.Spec.Template.Spec.Containers[0]
+		case *appsv1.StatefulSet:
+			return &w.Spec.Template.Spec.Containers[0]
+		case *batchv1.Job:
+			return &w.Spec.Template.Spec.Containers[0]
+		}
+	}
+	t.Fatalf("no workload %q rendered", name)
+	return nil
+}
+
+// replaceArg replaces the first argument starting with prefix.
+func replaceArg(t *testing.T, ctr *corev1.Container, prefix, with string) {
+	t.Helper()
+	for i, a := range ctr.Args {
+		if strings.HasPrefix(a, prefix) {
+			ctr.Args[i] = with
+			return
+		}
+	}
+	t.Fatalf("container %s has no argument %s…", ctr.Name, prefix)
+}
