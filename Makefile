@@ -47,8 +47,14 @@ run: build ## Run every service in one process on ./data (gRPC 127.0.0.1:9090, H
 	./bin/chunkbridge serve all --log-format text
 
 .PHONY: test
-test: $(BIN)/minio ## Run all tests; S3 tests use a real MinIO (built on first use)
+test: $(BIN)/minio ## All tests: unit, integration on real MinIO and casync, manifests, and the container e2e suite
 	go test -race -count=1 -timeout 20m $(GO_TEST_FLAGS) ./...
+	cd deployments/kubernetes && go test -count=1 -timeout 10m $(GO_TEST_FLAGS) ./...
+	$(MAKE) e2e
+
+.PHONY: e2e
+e2e: images ## The end-to-end suite: every service as its own container (needs Docker and casync)
+	cd e2e && go test -count=1 -timeout 20m $(GO_TEST_FLAGS) ./...
 
 .PHONY: test-short
 test-short: ## Unit tests only: no MinIO, no subprocesses
@@ -79,6 +85,8 @@ checkgenerate: generate ## Fail when the committed generated code is stale
 .PHONY: lint
 lint: $(BUF) ## go vet, gofmt, buf lint and buf format
 	go vet ./...
+	cd deployments/kubernetes && go vet ./...
+	cd e2e && go vet ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' | grep -v '^api/') | tee /dev/stderr)" || { echo "gofmt: files above need formatting" >&2; exit 1; }
 	$(BUF) lint
 	$(BUF) format -d --exit-code

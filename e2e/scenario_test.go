@@ -1,0 +1,242 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+)
+
+// system is the whole deployment on one machine: MinIO, the chunk service
+// and the three gateways, each its own container.
+type system struct {
+	minio, chunk, casync, pmx, rest *service
+	casyncAddr, pmxAddr             string
+}
+
+func container0(t *testing.T, spec corev1.PodSpec, name string) corev1.Container {
+	t.Helper()
+	if len(spec.Containers) == 0 {
+		t.Fatalf("%s has no container", name)
+	}
+	return spec.Containers[0]
+}
+
+func startSystem(t *testing.T) *system {
+	m := loadManifests(t)
+	port := map[string]string{}
+	for _, n := range []string{"minio", "grpc", "chunk-http", "casync", "casync-http", "pmx", "pmx-http", "rest-http"} {
+		port[n] = freePort(t)
+	}
+	cluster := map[string]string{
+		"chunk:9090":      "127.0.0.1:" + port["grpc"],
+		"minio:9000":      "127.0.0.1:" + port["minio"],
+		"0.0.0.0:9090":    "127.0.0.1:" + port["grpc"],
+		"0.0.0.0:8473":    "127.0.0.1:" + port["casync"],
+		"0.0.0.0:8007":    "127.0.0.1:" + port["pmx"],
+		"--address=:9000": "--address=127.0.0.1:" + port["minio"],
+	}
+	withHTTP := func(name string) map[string]string {
+		r := map[string]string{"0.0.0.0:8080": "127.0.0.1:" + port[name]}
+		for k, v := range cluster {
+			r[k] = v
+		}
+		return r
+	}
+	envOf := func(c corev1.Container, replace map[string]string) map[string]string {
+		env := m.env(t, c)
+		for k, v := range env {
+			env[k] = rewrite([]string{v}, replace)[0]
+		}
+		return env
+	}
+	s := &system{casyncAddr: "127.0.0.1:" + port["casync"], pmxAddr: "127.0.0.1:" + port["pmx"]}
+
+	mc := container0(t, m.sts["minio"].Spec.Template.Spec, "minio")
+	data := t.TempDir()
+	s.minio = run(t, "minio", minioImage, rewrite(mc.Args, cluster), envOf(mc, cluster), "/minio/health/ready", port["minio"], data+":/data")
+
+	cc := container0(t, m.deployments["chunk"].Spec.Template.Spec, "chunk")
+	s.chunk = run(t, "chunk", image, rewrite(cc.Args, withHTTP("chunk-http")), envOf(cc, cluster), "/readyz", port["chunk-http"])
+	gw := func(name, httpPort string) *service {
+		c := container0(t, m.deployments[name].Spec.Template.Spec, name)
+		return run(t, name, image, rewrite(c.Args, withHTTP(httpPort)), envOf(c, cluster), "/readyz", port[httpPort])
+	}
+	s.casync = gw("casync-gateway", "casync-http")
+	s.pmx = gw("pmx-gateway", "pmx-http")
+	s.rest = gw("rest-gateway", "rest-http")
+	return s
+}
+
+func randomFile(t *testing.T, n int) string {
+	t.Helper()
+	b := make([]byte, n)
+	rand.Read(b[:n/2])
+	copy(b[n/2:], b[:n/2]) // repeated halves: some chunks repeat
+	p := filepath.Join(t.TempDir(), "data")
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func same(t *testing.T, a, b string) {
+	t.Helper()
+	x, _ := os.ReadFile(a)
+	y, err := os.ReadFile(b)
+	if err != nil || !bytes.Equal(x, y) {
+		t.Fatalf("%s differs from %s (%v)", b, a, err)
+	}
+}
+
+// command runs a client command and returns its output.
+func command(t *testing.T, env []string, name string, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Dir = t.TempDir()
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out.String())
+	}
+	return out.String()
+}
+
+func (s *system) casyncEnv(t *testing.T) []string {
+	shim := filepath.Join(t.TempDir(), "chunkbridge-casync-ssh")
+	if err := os.Symlink(hostBinary, shim); err != nil {
+		t.Fatal(err)
+	}
+	return []string{"CASYNC_SSH_PATH=" + shim, "CHUNKBRIDGE_CASYNC_ADDR=" + s.casyncAddr}
+}
+
+func getJSON(t *testing.T, url string, v any) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		t.Fatalf("GET %s = %d %s", url, resp.StatusCode, body)
+	}
+	if v != nil {
+		if err := json.Unmarshal(body, v); err != nil {
+			t.Fatalf("GET %s: %v", url, err)
+		}
+	}
+}
+
+var snapshotLine = regexp.MustCompile(`snapshot (\S+\.(?:fidx|didx))`)
+
+func TestSystem(t *testing.T) {
+	requireDocker(t)
+	if _, err := exec.LookPath("casync"); err != nil && os.Getenv("CI") != "" {
+		t.Fatal("CI needs casync")
+	} else if err != nil {
+		t.Skip("casync is not installed")
+	}
+	s := startSystem(t)
+	env := s.casyncEnv(t)
+	rest := "http://" + s.rest.http
+	src := randomFile(t, 8<<20)
+
+	t.Run("casync through the TCP gateway", func(t *testing.T) {
+		command(t, env, "casync", "make", "srv:/e2e/a.caibx", src)
+		out := filepath.Join(t.TempDir(), "out")
+		command(t, env, "casync", "extract", "srv:/e2e/a.caibx", out)
+		same(t, src, out)
+	})
+	t.Run("casync over HTTP", func(t *testing.T) {
+		out := filepath.Join(t.TempDir(), "out")
+		command(t, nil, "casync", "extract", "--store="+rest+"/casync/chunks", rest+"/casync/indexes/e2e/a.caibx", out)
+		same(t, src, out)
+	})
+	var snapshot string
+	t.Run("PMXBCKUP backup and restore", func(t *testing.T) {
+		out := command(t, nil, hostBinary, "pmx", "backup", "--server", s.pmxAddr, "--type", "host", "--id", "e2e", "--name", "data.img", "--fixed", src)
+		m := snapshotLine.FindStringSubmatch(out)
+		if m == nil {
+			t.Fatalf("backup printed no snapshot path:\n%s", out)
+		}
+		snapshot = m[1]
+		restored := filepath.Join(t.TempDir(), "restored")
+		command(t, nil, hostBinary, "pmx", "restore", "--server", s.pmxAddr, snapshot, restored)
+		same(t, src, restored)
+	})
+	t.Run("REST", func(t *testing.T) {
+		var idx struct{ Indexes []struct{ Name string } }
+		getJSON(t, rest+"/v1/indexes", &idx)
+		if len(idx.Indexes) != 1 || idx.Indexes[0].Name != "e2e/a.caibx" {
+			t.Fatalf("indexes = %+v", idx)
+		}
+		var snaps struct {
+			Snapshots []struct{ Files []struct{ Path string } }
+		}
+		getJSON(t, rest+"/v1/snapshots", &snaps)
+		if len(snaps.Snapshots) != 1 || snaps.Snapshots[0].Files[0].Path != snapshot {
+			t.Fatalf("snapshots = %+v, want %s", snaps, snapshot)
+		}
+		var stats struct{ ChunkCount string }
+		getJSON(t, rest+"/v1/stats", &stats)
+		if stats.ChunkCount == "" || stats.ChunkCount == "0" {
+			t.Fatalf("stats = %+v", stats)
+		}
+		getJSON(t, rest+"/openapi.json", nil)
+	})
+	t.Run("MinIO restart", func(t *testing.T) {
+		ctx := context.Background()
+		stop := 10 * time.Second
+		if err := s.minio.ctr.Stop(ctx, &stop); err != nil {
+			t.Fatal(err)
+		}
+		waitReady(t, "http://"+s.chunk.http+"/readyz", http.StatusServiceUnavailable)
+		waitReady(t, "http://"+s.casync.http+"/readyz", http.StatusServiceUnavailable)
+		if err := s.minio.ctr.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		waitReady(t, "http://"+s.chunk.http+"/readyz", http.StatusOK)
+		// Nothing acknowledged before the outage is lost, and new pushes work.
+		out := filepath.Join(t.TempDir(), "out")
+		command(t, env, "casync", "extract", "srv:/e2e/a.caibx", out)
+		same(t, src, out)
+		command(t, env, "casync", "make", "srv:/e2e/b.caibx", src)
+	})
+	t.Run("chunk service restart under running gateways", func(t *testing.T) {
+		ctx := context.Background()
+		stop := 10 * time.Second
+		if err := s.chunk.ctr.Stop(ctx, &stop); err != nil {
+			t.Fatal(err)
+		}
+		for _, gw := range []*service{s.casync, s.pmx, s.rest} {
+			waitReady(t, "http://"+gw.http+"/readyz", http.StatusServiceUnavailable)
+		}
+		if err := s.chunk.ctr.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		for _, gw := range []*service{s.casync, s.pmx, s.rest} {
+			waitReady(t, "http://"+gw.http+"/readyz", http.StatusOK)
+		}
+		out := filepath.Join(t.TempDir(), "out")
+		command(t, env, "casync", "extract", "srv:/e2e/b.caibx", out)
+		same(t, src, out)
+		restored := filepath.Join(t.TempDir(), "restored")
+		command(t, nil, hostBinary, "pmx", "restore", "--server", s.pmxAddr, snapshot, restored)
+		same(t, src, restored)
+	})
+}
