@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"context"
 	"errors"
+
+	"github.com/chunkbridge/chunkbridge/gateway/tcpserver"
 	"io"
 	"net"
 	"os"
@@ -12,7 +14,7 @@ import (
 )
 
 // ErrServerClosed is returned by Serve after Shutdown.
-var ErrServerClosed = errors.New("casync gateway closed")
+var ErrServerClosed = tcpserver.ErrServerClosed
 
 // Server accepts caprotocol sessions over TCP. Each connection starts with a
 // preamble (see WritePreamble) carrying casync's remote argv.
@@ -21,61 +23,27 @@ type Server struct {
 	// PreambleTimeout bounds the wait for the preamble (default 30s).
 	PreambleTimeout time.Duration
 
-	mu       sync.Mutex
-	ln       net.Listener
-	conns    map[net.Conn]struct{}
-	closing  bool
-	sessions sync.WaitGroup
+	once sync.Once
+	tcp  tcpserver.Server
 }
+
+func (srv *Server) init() { srv.once.Do(func() { srv.tcp.Handle = srv.handle }) }
 
 // Serve accepts connections until Shutdown. One session failing never
 // affects another.
 func (srv *Server) Serve(ln net.Listener) error {
-	srv.mu.Lock()
-	if srv.closing {
-		srv.mu.Unlock()
-		return ErrServerClosed
-	}
-	srv.ln = ln
-	if srv.conns == nil {
-		srv.conns = map[net.Conn]struct{}{}
-	}
-	srv.mu.Unlock()
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			srv.mu.Lock()
-			closing := srv.closing
-			srv.mu.Unlock()
-			if closing {
-				return ErrServerClosed
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
-			}
-			return err
-		}
-		srv.mu.Lock()
-		if srv.closing {
-			srv.mu.Unlock()
-			c.Close()
-			return ErrServerClosed
-		}
-		srv.conns[c] = struct{}{}
-		srv.sessions.Add(1)
-		srv.mu.Unlock()
-		go srv.handle(c)
-	}
+	srv.init()
+	return srv.tcp.Serve(ln)
+}
+
+// Shutdown stops accepting, waits for sessions to end until ctx ends, then
+// closes the remaining connections.
+func (srv *Server) Shutdown(ctx context.Context) error {
+	srv.init()
+	return srv.tcp.Shutdown(ctx)
 }
 
 func (srv *Server) handle(c net.Conn) {
-	defer func() {
-		srv.mu.Lock()
-		delete(srv.conns, c)
-		srv.mu.Unlock()
-		srv.sessions.Done()
-	}()
 	log := srv.Handler.Log
 	timeout := srv.PreambleTimeout
 	if timeout <= 0 {
@@ -89,7 +57,6 @@ func (srv *Server) handle(c net.Conn) {
 		if log != nil {
 			log.Warn("casync connection refused", "remote", c.RemoteAddr().String(), "err", err)
 		}
-		c.Close()
 		return
 	}
 	conn := &tcpConn{Conn: c, r: br}
@@ -105,31 +72,6 @@ func (srv *Server) handle(c net.Conn) {
 		return
 	}
 	srv.Handler.Serve(context.Background(), conn, args)
-}
-
-// Shutdown stops accepting, then waits for sessions to end until ctx ends,
-// then closes the remaining connections.
-func (srv *Server) Shutdown(ctx context.Context) error {
-	srv.mu.Lock()
-	srv.closing = true
-	if srv.ln != nil {
-		srv.ln.Close()
-	}
-	srv.mu.Unlock()
-	done := make(chan struct{})
-	go func() { srv.sessions.Wait(); close(done) }()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-	}
-	srv.mu.Lock()
-	for c := range srv.conns {
-		c.Close()
-	}
-	srv.mu.Unlock()
-	<-done
-	return ctx.Err()
 }
 
 // tcpConn reads through the buffer that held the preamble.

@@ -13,11 +13,8 @@ import (
 	"time"
 
 	"github.com/klauspost/compress/zstd"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
-	"google.golang.org/grpc/test/bufconn"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
 	"github.com/chunkbridge/chunkbridge/gateway/casync"
@@ -25,6 +22,7 @@ import (
 	"github.com/chunkbridge/chunkbridge/services/catalog"
 	"github.com/chunkbridge/chunkbridge/services/catalog/caindex"
 	"github.com/chunkbridge/chunkbridge/services/chunk"
+	"github.com/chunkbridge/chunkbridge/services/servicetest"
 	"github.com/chunkbridge/chunkbridge/storage/memory"
 )
 
@@ -37,31 +35,10 @@ type harness struct {
 
 func newHarness(t *testing.T) *harness {
 	t.Helper()
-	store := memory.New()
-	svc, err := chunk.New(store, chunk.Config{}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cat, err := catalog.New(store, svc, catalog.Config{SpoolDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	gs := grpc.NewServer()
-	chunkbridgev1.RegisterChunkServiceServer(gs, chunk.NewServer(svc, 0))
-	chunkbridgev1.RegisterCatalogServiceServer(gs, cat)
-	lis := bufconn.Listen(1 << 20)
-	go gs.Serve(lis)
-	t.Cleanup(gs.Stop)
-	conn, err := grpc.NewClient("passthrough:///test",
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
-		grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
+	svcs := servicetest.Start(t, memory.New(), chunk.Config{}, catalog.Config{})
 	h := &casync.Handler{
-		Chunks:       chunkbridgev1.NewChunkServiceClient(conn),
-		Catalog:      chunkbridgev1.NewCatalogServiceClient(conn),
+		Chunks:       svcs.ChunkClient(),
+		Catalog:      svcs.CatalogClient(),
 		DrainTimeout: 2 * time.Second,
 	}
 	srv := &casync.Server{Handler: h}

@@ -9,15 +9,16 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
-	"errors"
 	"log/slog"
 	"net"
 	"sync"
 	"time"
+
+	"github.com/chunkbridge/chunkbridge/gateway/tcpserver"
 )
 
 // ErrServerClosed is returned by Serve after Shutdown.
-var ErrServerClosed = errors.New("pmx gateway closed")
+var ErrServerClosed = tcpserver.ErrServerClosed
 
 // Server accepts PMXBCKUP connections.
 type Server struct {
@@ -27,88 +28,31 @@ type Server struct {
 	// TLS, when set, wraps every connection.
 	TLS *tls.Config
 
-	mu      sync.Mutex
-	ln      net.Listener
-	conns   map[net.Conn]struct{}
-	closing bool
-	wg      sync.WaitGroup
+	once sync.Once
+	tcp  tcpserver.Server
+}
+
+func (s *Server) init() {
+	s.once.Do(func() {
+		s.tcp.Handle = s.serveConn
+		if s.TLS != nil {
+			s.tcp.Wrap = func(c net.Conn) net.Conn { return tls.Server(c, s.TLS) }
+		}
+	})
 }
 
 // Serve accepts connections until Shutdown; each runs independently, and a
 // bad one never affects another.
 func (s *Server) Serve(ln net.Listener) error {
-	s.mu.Lock()
-	if s.closing {
-		s.mu.Unlock()
-		return ErrServerClosed
-	}
-	s.ln = ln
-	if s.conns == nil {
-		s.conns = map[net.Conn]struct{}{}
-	}
-	s.mu.Unlock()
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			s.mu.Lock()
-			closing := s.closing
-			s.mu.Unlock()
-			if closing {
-				return ErrServerClosed
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
-			}
-			return err
-		}
-		if s.TLS != nil {
-			c = tls.Server(c, s.TLS)
-		}
-		s.mu.Lock()
-		if s.closing {
-			s.mu.Unlock()
-			c.Close()
-			return ErrServerClosed
-		}
-		s.conns[c] = struct{}{}
-		s.wg.Add(1)
-		s.mu.Unlock()
-		go func() {
-			defer func() {
-				s.mu.Lock()
-				delete(s.conns, c)
-				s.mu.Unlock()
-				s.wg.Done()
-			}()
-			s.serveConn(c)
-		}()
-	}
+	s.init()
+	return s.tcp.Serve(ln)
 }
 
 // Shutdown stops accepting and waits for connections until ctx ends, then
 // closes them (their unfinished files are never published).
 func (s *Server) Shutdown(ctx context.Context) error {
-	s.mu.Lock()
-	s.closing = true
-	if s.ln != nil {
-		s.ln.Close()
-	}
-	s.mu.Unlock()
-	done := make(chan struct{})
-	go func() { s.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-	}
-	s.mu.Lock()
-	for c := range s.conns {
-		c.Close()
-	}
-	s.mu.Unlock()
-	<-done
-	return ctx.Err()
+	s.init()
+	return s.tcp.Shutdown(ctx)
 }
 
 func (s *Server) serveConn(c net.Conn) {

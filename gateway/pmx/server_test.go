@@ -12,15 +12,12 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/test/bufconn"
-
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
 	"github.com/chunkbridge/chunkbridge/gateway/pmx"
 	"github.com/chunkbridge/chunkbridge/gateway/pmx/wire"
 	"github.com/chunkbridge/chunkbridge/services/catalog"
 	"github.com/chunkbridge/chunkbridge/services/chunk"
+	"github.com/chunkbridge/chunkbridge/services/servicetest"
 	"github.com/chunkbridge/chunkbridge/storage/memory"
 )
 
@@ -31,30 +28,8 @@ type harness struct {
 
 func newHarness(t *testing.T) *harness {
 	t.Helper()
-	store := memory.New()
-	svc, err := chunk.New(store, chunk.Config{}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cat, err := catalog.New(store, svc, catalog.Config{SpoolDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	gs := grpc.NewServer()
-	chunkbridgev1.RegisterChunkServiceServer(gs, chunk.NewServer(svc, 0))
-	chunkbridgev1.RegisterCatalogServiceServer(gs, cat)
-	lis := bufconn.Listen(1 << 20)
-	go gs.Serve(lis)
-	t.Cleanup(gs.Stop)
-	conn, err := grpc.NewClient("passthrough:///test",
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(32<<20), grpc.MaxCallSendMsgSize(32<<20)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	srv := &pmx.Server{Chunks: chunkbridgev1.NewChunkServiceClient(conn), Catalog: chunkbridgev1.NewCatalogServiceClient(conn)}
+	svcs := servicetest.Start(t, memory.New(), chunk.Config{}, catalog.Config{})
+	srv := &pmx.Server{Chunks: svcs.ChunkClient(), Catalog: svcs.CatalogClient()}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -2,24 +2,20 @@ package catalog_test
 
 import (
 	"bytes"
-	"context"
 	"crypto/sha256"
 	"fmt"
 	"io"
-	"net"
 	"strings"
 	"testing"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
-	"google.golang.org/grpc/test/bufconn"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
 	"github.com/chunkbridge/chunkbridge/services/catalog"
 	"github.com/chunkbridge/chunkbridge/services/catalog/caindex"
 	"github.com/chunkbridge/chunkbridge/services/chunk"
+	"github.com/chunkbridge/chunkbridge/services/servicetest"
 	"github.com/chunkbridge/chunkbridge/storage/memory"
 )
 
@@ -30,29 +26,8 @@ type fixture struct {
 
 func newFixture(t *testing.T, cfg catalog.Config) *fixture {
 	t.Helper()
-	store := memory.New()
-	svc, err := chunk.New(store, chunk.Config{}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.SpoolDir = t.TempDir()
-	cat, err := catalog.New(store, svc, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	gs := grpc.NewServer()
-	chunkbridgev1.RegisterCatalogServiceServer(gs, cat)
-	lis := bufconn.Listen(1 << 20)
-	go gs.Serve(lis)
-	t.Cleanup(gs.Stop)
-	conn, err := grpc.NewClient("passthrough:///test",
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
-		grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return &fixture{chunks: svc, catalog: chunkbridgev1.NewCatalogServiceClient(conn)}
+	svcs := servicetest.Start(t, memory.New(), chunk.Config{}, cfg)
+	return &fixture{chunks: svcs.Chunks, catalog: svcs.CatalogClient()}
 }
 
 // index builds an index of n chunks of seed; stored chooses which chunks

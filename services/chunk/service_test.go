@@ -10,7 +10,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
-	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -18,14 +17,13 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/ulikunitz/xz"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
-	"google.golang.org/grpc/test/bufconn"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
+	"github.com/chunkbridge/chunkbridge/services/catalog"
 	"github.com/chunkbridge/chunkbridge/services/chunk"
+	"github.com/chunkbridge/chunkbridge/services/servicetest"
 	"github.com/chunkbridge/chunkbridge/storage"
 	"github.com/chunkbridge/chunkbridge/storage/memory"
 )
@@ -75,24 +73,8 @@ type fixture struct {
 func newFixture(t *testing.T, cfg chunk.Config) *fixture {
 	t.Helper()
 	st := &countingStore{Store: memory.New()}
-	svc, err := chunk.New(st, cfg, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lis := bufconn.Listen(1 << 20)
-	srv := grpc.NewServer(grpc.MaxRecvMsgSize(chunk.MaxSize+(1<<20)), grpc.MaxSendMsgSize(chunk.MaxSize+(1<<20)))
-	chunkbridgev1.RegisterChunkServiceServer(srv, chunk.NewServer(svc, 0))
-	go srv.Serve(lis)
-	t.Cleanup(srv.Stop)
-	conn, err := grpc.NewClient("passthrough:///bufnet",
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(chunk.MaxSize+(1<<20)), grpc.MaxCallSendMsgSize(chunk.MaxSize+(1<<20))))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return &fixture{store: st, svc: svc, client: chunkbridgev1.NewChunkServiceClient(conn)}
+	svcs := servicetest.Start(t, st, cfg, catalog.Config{})
+	return &fixture{store: st, svc: svcs.Chunks, client: svcs.ChunkClient()}
 }
 
 func randomData(t testing.TB, n int) []byte {
