@@ -263,6 +263,20 @@ func TestCasyncOverTCP(t *testing.T) {
 		}
 	})
 
+	t.Run("gateway metrics", func(t *testing.T) {
+		resp, err := http.Get("http://" + p.http + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body := readAll(t, resp.Body)
+		resp.Body.Close()
+		for _, series := range []string{`chunkbridge_casync_sessions_total{result="ok",verb="push"}`, `chunkbridge_casync_chunks_total{direction="received"}`, `chunkbridge_casync_chunks_total{direction="sent"}`} {
+			if !strings.Contains(body, series) {
+				t.Errorf("/metrics lacks %s", series)
+			}
+		}
+	})
+
 	t.Run("extract over HTTP", func(t *testing.T) {
 		out := filepath.Join(t.TempDir(), "out")
 		base := "http://" + p.http + "/casync"

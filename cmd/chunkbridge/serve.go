@@ -177,7 +177,7 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 		if err != nil {
 			return fmt.Errorf("--casync-listen %s: %w", f.casyncListen, err)
 		}
-		srv := &casync.Server{Handler: &casync.Handler{Chunks: chunks, Catalog: cat, Log: log.With("gateway", "casync")}}
+		srv := &casync.Server{Handler: &casync.Handler{Chunks: chunks, Catalog: cat, Log: log.With("gateway", "casync"), Metrics: casync.NewMetrics(reg)}}
 		listening = append(listening, "casync", ln.Addr().String())
 		g.Go(func() error {
 			if err := srv.Serve(ln); !errors.Is(err, casync.ErrServerClosed) {
@@ -200,7 +200,7 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 		if err != nil {
 			return fmt.Errorf("--pmx-listen %s: %w", f.pmxListen, err)
 		}
-		srv := &pmx.Server{Chunks: chunks, Catalog: cat, Log: log.With("gateway", "pmx"), TLS: pmxTLS}
+		srv := &pmx.Server{Chunks: chunks, Catalog: cat, Log: log.With("gateway", "pmx"), TLS: pmxTLS, Metrics: pmx.NewMetrics(reg)}
 		listening = append(listening, "pmx", ln.Addr().String())
 		g.Go(func() error {
 			if err := srv.Serve(ln); !errors.Is(err, pmx.ErrServerClosed) {

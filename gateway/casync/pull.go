@@ -133,8 +133,10 @@ func (s *session) fetch(q *requestQueue) {
 					return
 				}
 				m = &caproto.Chunk{Flags: caproto.ChunkCompressed, ID: batch[i], Data: resp.GetData()}
+				s.h.Metrics.chunk("sent", len(resp.GetData()))
 			case codes.NotFound:
 				m = &caproto.Missing{ID: batch[i]}
+				s.h.Metrics.chunk("missing", 0)
 			default:
 				s.fail(status.Error(codes.Code(resp.GetCode()), resp.GetMessage()))
 				return

@@ -141,6 +141,7 @@ func (s *session) push() error {
 			if err := upload.Send(req); err != nil {
 				return fmt.Errorf("upload chunk %x: %w", m.ID, err)
 			}
+			s.h.Metrics.chunk("received", len(m.Data))
 		case *caproto.Missing:
 			return abortf(syscall.ENOENT, "the client lacks chunk %x that its own index references", m.ID)
 		case *caproto.Goodbye:

@@ -35,6 +35,8 @@ type Handler struct {
 	// BatchSize is how many requested chunks one DownloadChunks call
 	// fetches (default 256).
 	BatchSize int
+	// Metrics may be nil.
+	Metrics *Metrics
 }
 
 // Conn is one caprotocol byte stream: a TCP connection, or stdin and stdout.
@@ -146,6 +148,7 @@ func (h *Handler) Serve(ctx context.Context, conn Conn, args Args) error {
 	s.mu.Lock()
 	failed := s.failed
 	s.mu.Unlock()
+	h.Metrics.session(verb(args), failed)
 	if failed != nil {
 		// Read until the client, having read the ABORT, closes; a client
 		// still writing would otherwise fail with EPIPE first.

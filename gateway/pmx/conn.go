@@ -81,6 +81,9 @@ func (c *conn) send(p wire.Packet) bool {
 // sendError answers id with an Error and a reason (DESIGN §7.4).
 func (c *conn) sendError(id uint8, code wire.ErrorID, err error) {
 	c.log.Info("request refused", "id", id, "err", err)
+	if c.srv.Metrics != nil {
+		c.srv.Metrics.errors.Inc()
+	}
 	c.send(&wire.Error{ID: id, Code: code, Reason: reason(err)})
 }
 
@@ -142,6 +145,7 @@ func (c *conn) run() error {
 		if c.ctx.Err() != nil {
 			return c.ctx.Err()
 		}
+		c.srv.Metrics.packet(p)
 		switch p := p.(type) {
 		case *wire.UploadChunk:
 			c.uploadChunk(p)
@@ -476,8 +480,12 @@ func (c *conn) downloadChunks(p *wire.DownloadChunks) {
 		if err == nil && len(resp.GetData()) > wire.MaxChunkData {
 			err = fmt.Errorf("chunk %s: %d bytes do not fit a Chunk packet", resp.GetId(), len(resp.GetData()))
 		}
-		if err == nil && !c.send(&wire.Chunk{ID: p.ID, Offset: uint64(i), Digest: p.Digests[i], Data: resp.GetData()}) {
-			return
+		if err == nil {
+			chunk := &wire.Chunk{ID: p.ID, Offset: uint64(i), Digest: p.Digests[i], Data: resp.GetData()}
+			c.srv.Metrics.packet(chunk)
+			if !c.send(chunk) {
+				return
+			}
 		}
 	}
 	if err != nil {

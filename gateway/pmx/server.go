@@ -27,6 +27,8 @@ type Server struct {
 	Log     *slog.Logger
 	// TLS, when set, wraps every connection.
 	TLS *tls.Config
+	// Metrics may be nil.
+	Metrics *Metrics
 
 	once sync.Once
 	tcp  tcpserver.Server
@@ -70,6 +72,9 @@ func (s *Server) serveConn(c net.Conn) {
 		created: map[string]bool{},
 	}
 	cn.acked = sync.NewCond(&cn.mu)
+	if s.Metrics != nil {
+		s.Metrics.connections.Inc()
+	}
 	go cn.writer(bufio.NewWriterSize(c, 256<<10))
 	err := cn.run()
 	cn.finish(err)
