@@ -13,6 +13,7 @@ import (
 
 	"github.com/chunkbridge/chunkbridge/gateway/pmx"
 	"github.com/chunkbridge/chunkbridge/gateway/pmx/chunker"
+	"github.com/chunkbridge/chunkbridge/gateway/pmx/pmxtest"
 	"github.com/chunkbridge/chunkbridge/gateway/pmx/wire"
 )
 
@@ -56,13 +57,13 @@ func casyncDigests(t *testing.T, data []byte) []wire.Digest {
 
 var snapTime = time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC)
 
-func backup(t *testing.T, p *memPeer, c *pmx.Client, opts pmx.BackupOptions) *pmx.BackupSummary {
+func backup(t *testing.T, p *pmxtest.Peer, c *pmx.Client, opts pmx.BackupOptions) *pmx.BackupSummary {
 	t.Helper()
 	sum, err := pmx.Backup(ctxT(t), c, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := p.file(sum.Path); !ok {
+	if _, ok := p.File(sum.Path); !ok {
 		t.Fatalf("summary names %s, which the peer did not publish", sum.Path)
 	}
 	return sum
@@ -83,8 +84,8 @@ func restore(t *testing.T, c *pmx.Client, path string) []byte {
 
 func TestBackupFixedSizes(t *testing.T) {
 	const cs = 1000
-	p := newMemPeer(t)
-	c := p.dial(t)
+	p := pmxtest.NewPeer(t)
+	c := p.Dial(t)
 	for i, size := range []int{0, 1, cs - 1, cs, cs + 1, 3*cs + 5} {
 		t.Run(fmt.Sprint(size), func(t *testing.T) {
 			data := randomBytes(uint64(size), size)
@@ -95,7 +96,7 @@ func TestBackupFixedSizes(t *testing.T) {
 			if want := fmt.Sprintf("vm/100/%s/disk.img.fidx", snapTime.Add(time.Duration(i)*time.Second).Format(time.RFC3339)); sum.Path != want {
 				t.Fatalf("Path = %q, want %q", sum.Path, want)
 			}
-			got, _ := p.file(sum.Path)
+			got, _ := p.File(sum.Path)
 			want := fixedDigests(data, cs)
 			if fmt.Sprint(got) != fmt.Sprint(want) {
 				t.Fatalf("index has %d digests %v, want %d %v", len(got), got, len(want), want)
@@ -111,12 +112,12 @@ func TestBackupFixedSizes(t *testing.T) {
 }
 
 func TestBackupFixedDefaultChunkSize(t *testing.T) {
-	p := newMemPeer(t)
-	c := p.dial(t)
+	p := pmxtest.NewPeer(t)
+	c := p.Dial(t)
 	data := randomBytes(7, 2*pmx.DefaultFixedChunkSize+123)
 	sum := backup(t, p, c, pmx.BackupOptions{Type: wire.BackupVM, ID: "100", Name: "disk.img", Fixed: true,
 		Input: bytes.NewReader(data), Size: int64(len(data)), Time: snapTime})
-	got, _ := p.file(sum.Path)
+	got, _ := p.File(sum.Path)
 	if want := fixedDigests(data, pmx.DefaultFixedChunkSize); fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("index %v, want %v", got, want)
 	}
@@ -126,8 +127,8 @@ func TestBackupFixedDefaultChunkSize(t *testing.T) {
 }
 
 func TestBackupDynamicMatchesCasyncChunks(t *testing.T) {
-	p := newMemPeer(t)
-	c := p.dial(t)
+	p := pmxtest.NewPeer(t)
+	c := p.Dial(t)
 	data := randomBytes(1, 3<<20+17)
 	var progress []pmx.Stats
 	sum := backup(t, p, c, pmx.BackupOptions{Type: wire.BackupHost, ID: "web-01", Name: "root.pxar",
@@ -135,7 +136,7 @@ func TestBackupDynamicMatchesCasyncChunks(t *testing.T) {
 	if sum.Path != "host/web-01/2026-11-25T10:00:00Z/root.pxar.didx" {
 		t.Fatalf("Path = %q", sum.Path)
 	}
-	got, _ := p.file(sum.Path)
+	got, _ := p.File(sum.Path)
 	want := casyncDigests(t, data)
 	if len(want) < 20 {
 		t.Fatalf("only %d chunks: the test data is too small", len(want))
@@ -161,21 +162,21 @@ func TestBackupDynamicMatchesCasyncChunks(t *testing.T) {
 
 func TestBackupIncrementalFixed(t *testing.T) {
 	const cs = 4096
-	p := newMemPeer(t)
-	c := p.dial(t)
+	p := pmxtest.NewPeer(t)
+	c := p.Dial(t)
 	data := randomBytes(2, 20*cs)
 	opts := func(i int) pmx.BackupOptions {
 		return pmx.BackupOptions{Type: wire.BackupVM, ID: "100", Name: "disk.img", Fixed: true, ChunkSize: cs,
 			Input: bytes.NewReader(data), Size: int64(len(data)), Time: snapTime.Add(time.Duration(i) * time.Second)}
 	}
 	first := backup(t, p, c, opts(0))
-	if first.NewChunks != 20 || p.uploadCount() != 20 || first.Base != "" {
-		t.Fatalf("first backup: %+v, %d uploads; want 20 new chunks, full", first, p.uploadCount())
+	if first.NewChunks != 20 || p.Uploads() != 20 || first.Base != "" {
+		t.Fatalf("first backup: %+v, %d uploads; want 20 new chunks, full", first, p.Uploads())
 	}
 	copy(data[3*cs:], "changed")
 	copy(data[17*cs+100:], "changed too")
 	second := backup(t, p, c, opts(1))
-	if n := p.uploadCount() - 20; n != 2 {
+	if n := p.Uploads() - 20; n != 2 {
 		t.Fatalf("second backup uploaded %d chunks, want exactly the 2 changed ones", n)
 	}
 	if second.NewChunks != 2 || second.ReusedChunks != 18 || second.BaseChunks != 20 ||
@@ -189,7 +190,7 @@ func TestBackupIncrementalFixed(t *testing.T) {
 		t.Fatal("restore of the incremental backup differs")
 	}
 	// The first snapshot is intact.
-	got, _ := p.file(first.Path)
+	got, _ := p.File(first.Path)
 	if len(got) != 20 {
 		t.Fatalf("first snapshot has %d digests", len(got))
 	}
@@ -197,32 +198,32 @@ func TestBackupIncrementalFixed(t *testing.T) {
 
 func TestBackupDedupWithinRun(t *testing.T) {
 	const cs = 1000
-	p := newMemPeer(t)
-	c := p.dial(t)
+	p := pmxtest.NewPeer(t)
+	c := p.Dial(t)
 	data := make([]byte, 10*cs+1) // ten equal blocks and a short one
 	sum := backup(t, p, c, pmx.BackupOptions{Type: wire.BackupVM, ID: "1", Name: "zero.img", Fixed: true, ChunkSize: cs,
 		Input: bytes.NewReader(data), Size: int64(len(data)), Time: snapTime})
-	if p.uploadCount() != 2 || sum.NewChunks != 2 || sum.ReusedChunks != 9 {
-		t.Fatalf("%d uploads, summary %+v; want 2 uploads, 9 reused", p.uploadCount(), sum)
+	if p.Uploads() != 2 || sum.NewChunks != 2 || sum.ReusedChunks != 9 {
+		t.Fatalf("%d uploads, summary %+v; want 2 uploads, 9 reused", p.Uploads(), sum)
 	}
 }
 
 func TestBackupIncrementalDynamic(t *testing.T) {
-	p := newMemPeer(t)
-	c := p.dial(t)
+	p := pmxtest.NewPeer(t)
+	c := p.Dial(t)
 	data := randomBytes(3, 2<<20)
 	opts := func(i int, data []byte) pmx.BackupOptions {
 		return pmx.BackupOptions{Type: wire.BackupCT, ID: "200", Name: "root.pxar",
 			Input: bytes.NewReader(data), Size: int64(len(data)), Time: snapTime.Add(time.Duration(i) * time.Second)}
 	}
 	first := backup(t, p, c, opts(0, data))
-	n0 := p.uploadCount()
+	n0 := p.Uploads()
 	if int64(n0) != first.NewChunks {
 		t.Fatalf("%d uploads, summary says %d new", n0, first.NewChunks)
 	}
 	same := backup(t, p, c, opts(1, data))
-	if p.uploadCount() != n0 || same.NewChunks != 0 || same.ReusedChunks != first.Chunks {
-		t.Fatalf("unchanged data: %d uploads, summary %+v; want none", p.uploadCount()-n0, same)
+	if p.Uploads() != n0 || same.NewChunks != 0 || same.ReusedChunks != first.Chunks {
+		t.Fatalf("unchanged data: %d uploads, summary %+v; want none", p.Uploads()-n0, same)
 	}
 	if !strings.Contains(same.String(), "dedup ∞") {
 		t.Fatalf("summary line %q", same.String())
@@ -241,7 +242,7 @@ func TestBackupIncrementalDynamic(t *testing.T) {
 			fresh++
 		}
 	}
-	if n := p.uploadCount() - n0; n != fresh || third.NewChunks != int64(fresh) || fresh == 0 || fresh > 3 {
+	if n := p.Uploads() - n0; n != fresh || third.NewChunks != int64(fresh) || fresh == 0 || fresh > 3 {
 		t.Fatalf("after an insertion: %d uploads, summary %d new; want exactly the %d changed chunks", n, third.NewChunks, fresh)
 	}
 	if !bytes.Equal(restore(t, c, third.Path), edited) {
@@ -254,8 +255,8 @@ func TestBackupIncrementalDynamic(t *testing.T) {
 }
 
 func TestBackupFixedNeedsExactSize(t *testing.T) {
-	p := newMemPeer(t)
-	c := p.dial(t)
+	p := pmxtest.NewPeer(t)
+	c := p.Dial(t)
 	data := randomBytes(4, 5000)
 	for _, tc := range []struct {
 		size int64
@@ -271,8 +272,8 @@ func TestBackupFixedNeedsExactSize(t *testing.T) {
 			t.Fatalf("size %d: %v, want an error with %q", tc.size, err, tc.want)
 		}
 	}
-	for path := range p.files {
-		t.Fatalf("a failed backup published %s", path)
+	if files := p.Files(); len(files) != 0 {
+		t.Fatalf("a failed backup published %v", files)
 	}
 }
 
@@ -288,21 +289,21 @@ func (r *failingReader) Read(b []byte) (int, error) {
 }
 
 func TestBackupReadErrorPublishesNothing(t *testing.T) {
-	p := newMemPeer(t)
-	c := p.dial(t)
+	p := pmxtest.NewPeer(t)
+	c := p.Dial(t)
 	_, err := pmx.Backup(ctxT(t), c, pmx.BackupOptions{Type: wire.BackupHost, ID: "h", Name: "f",
 		Input: &failingReader{n: 1 << 20}, Size: -1, Time: snapTime})
 	if err == nil || !strings.Contains(err.Error(), "disk on fire") {
 		t.Fatalf("Backup: %v", err)
 	}
-	if len(p.files) != 0 {
+	if len(p.Files()) != 0 {
 		t.Fatal("a failed backup published a file")
 	}
 }
 
 func TestRestoreMissingSnapshot(t *testing.T) {
-	p := newMemPeer(t)
-	c := p.dial(t)
+	p := pmxtest.NewPeer(t)
+	c := p.Dial(t)
 	_, err := pmx.Restore(ctxT(t), c, "host/h/2026-01-01T00:00:00Z/nope.didx", io.Discard, nil)
 	if !errors.Is(err, pmx.ErrNotFound) {
 		t.Fatalf("Restore: %v", err)

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/chunkbridge/chunkbridge/gateway/pmx"
+	"github.com/chunkbridge/chunkbridge/gateway/pmx/pmxtest"
 	"github.com/chunkbridge/chunkbridge/gateway/pmx/wire"
 )
 
@@ -222,8 +223,8 @@ func TestIDsReusedOnlyAfterFinalReply(t *testing.T) {
 }
 
 func TestManyTransactions(t *testing.T) {
-	p := newMemPeer(t)
-	c := p.dial(t)
+	p := pmxtest.NewPeer(t)
+	c := p.Dial(t)
 	ctx := ctxT(t)
 	for i := range 1000 {
 		data, d := chunkOf(i)
@@ -234,11 +235,11 @@ func TestManyTransactions(t *testing.T) {
 	if err := c.Wait(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if n := p.uploadCount(); n != 1000 {
+	if n := p.Uploads(); n != 1000 {
 		t.Fatalf("peer got %d uploads, want 1000", n)
 	}
 	// Hash lists, sequential: 300 more transactions.
-	ds := p.put("host/a/2026-01-01T00:00:00Z/x.didx", []byte("one"), []byte("two"))
+	ds := p.Put("host/a/2026-01-01T00:00:00Z/x.didx", []byte("one"), []byte("two"))
 	for range 300 {
 		got, err := c.HashList(ctx, "host/a/2026-01-01T00:00:00Z/x.didx")
 		if err != nil || len(got) != len(ds) {
@@ -248,8 +249,8 @@ func TestManyTransactions(t *testing.T) {
 }
 
 func TestUploadDigestMismatch(t *testing.T) {
-	p := newMemPeer(t)
-	c := p.dial(t)
+	p := pmxtest.NewPeer(t)
+	c := p.Dial(t)
 	ctx := ctxT(t)
 	data, _ := chunkOf(1)
 	_, wrong := chunkOf(2)
@@ -303,8 +304,8 @@ func TestUploadFailsFastAfterRefusal(t *testing.T) {
 }
 
 func TestHashList(t *testing.T) {
-	p := newMemPeer(t)
-	c := p.dial(t)
+	p := pmxtest.NewPeer(t)
+	c := p.Dial(t)
 	ctx := ctxT(t)
 	var chunks [][]byte
 	for i := range 10 {
@@ -313,7 +314,7 @@ func TestHashList(t *testing.T) {
 	}
 	chunks = append(chunks, chunks[2]) // duplicates are listed
 	path := "vm/100/2026-01-01T00:00:00Z/drive-scsi0.img.fidx"
-	want := p.put(path, chunks...)
+	want := p.Put(path, chunks...)
 	got, err := c.HashList(ctx, path) // 3 digests per part, then the empty part
 	if err != nil {
 		t.Fatal(err)
@@ -322,7 +323,7 @@ func TestHashList(t *testing.T) {
 		t.Fatalf("HashList = %v, want %v", got, want)
 	}
 
-	p.put("vm/100/2026-01-01T00:00:01Z/empty.fidx")
+	p.Put("vm/100/2026-01-01T00:00:01Z/empty.fidx")
 	if got, err := c.HashList(ctx, "vm/100/2026-01-01T00:00:01Z/empty.fidx"); err != nil || got == nil || len(got) != 0 {
 		t.Fatalf("HashList of an empty file = %v, %v; want an empty list", got, err)
 	}
@@ -333,9 +334,7 @@ func TestHashList(t *testing.T) {
 		t.Fatalf("HashList of a missing file: %v, want ErrNotFound naming it", err)
 	}
 
-	p.mu.Lock()
-	p.busy = true
-	p.mu.Unlock()
+	p.SetBusy(true)
 	_, err = c.HashList(ctx, path)
 	if !errors.Is(err, pmx.ErrBusy) || errors.Is(err, pmx.ErrNotFound) {
 		t.Fatalf("HashList while busy: %v, want ErrBusy", err)
@@ -343,15 +342,15 @@ func TestHashList(t *testing.T) {
 }
 
 func TestDownload(t *testing.T) {
-	p := newMemPeer(t)
-	c := p.dial(t)
+	p := pmxtest.NewPeer(t)
+	c := p.Dial(t)
 	ctx := ctxT(t)
 	var chunks [][]byte
 	for i := range 1000 { // several requests
 		data, _ := chunkOf(i)
 		chunks = append(chunks, data)
 	}
-	ds := p.put("host/h/2026-01-01T00:00:00Z/f.didx", chunks...)
+	ds := p.Put("host/h/2026-01-01T00:00:00Z/f.didx", chunks...)
 	var got bytes.Buffer
 	next := 0
 	err := c.Download(ctx, ds, func(i int, data []byte) error {
@@ -371,23 +370,21 @@ func TestDownload(t *testing.T) {
 }
 
 func TestDownloadRejectsCorruptChunk(t *testing.T) {
-	p := newMemPeer(t)
-	c := p.dial(t)
+	p := pmxtest.NewPeer(t)
+	c := p.Dial(t)
 	ctx := ctxT(t)
 	var chunks [][]byte
 	for i := range 8 {
 		data, _ := chunkOf(i)
 		chunks = append(chunks, data)
 	}
-	ds := p.put("host/h/2026-01-01T00:00:00Z/f.didx", chunks...)
-	p.mu.Lock()
-	p.corrupt = func(d wire.Digest, data []byte) []byte {
+	ds := p.Put("host/h/2026-01-01T00:00:00Z/f.didx", chunks...)
+	p.SetCorrupt(func(d wire.Digest, data []byte) []byte {
 		if d == ds[5] {
 			data[0] ^= 1
 		}
 		return data
-	}
-	p.mu.Unlock()
+	})
 	var handed []int
 	err := c.Download(ctx, ds, func(i int, data []byte) error {
 		handed = append(handed, i)
@@ -400,9 +397,7 @@ func TestDownloadRejectsCorruptChunk(t *testing.T) {
 		t.Fatalf("handed out %v, want only the chunks before the corrupt one", handed)
 	}
 	// The client stays usable: the request's remaining chunks are drained.
-	p.mu.Lock()
-	p.corrupt = nil
-	p.mu.Unlock()
+	p.SetCorrupt(nil)
 	n := 0
 	if err := c.Download(ctx, ds, func(int, []byte) error { n++; return nil }); err != nil || n != len(ds) {
 		t.Fatalf("Download after a refused chunk: %v, %d chunks", err, n)
@@ -410,11 +405,11 @@ func TestDownloadRejectsCorruptChunk(t *testing.T) {
 }
 
 func TestDownloadMissingChunk(t *testing.T) {
-	p := newMemPeer(t)
-	c := p.dial(t)
+	p := pmxtest.NewPeer(t)
+	c := p.Dial(t)
 	ctx := ctxT(t)
 	a, da := chunkOf(1)
-	p.put("x", a)
+	p.Put("x", a)
 	_, missing := chunkOf(2)
 	var handed []int
 	err := c.Download(ctx, []wire.Digest{da, missing, da}, func(i int, _ []byte) error {
@@ -448,8 +443,8 @@ func TestDownloadServerSendsWrongOffset(t *testing.T) {
 }
 
 func TestStreamRefusedEntry(t *testing.T) {
-	p := newMemPeer(t)
-	c := p.dial(t)
+	p := pmxtest.NewPeer(t)
+	c := p.Dial(t)
 	ctx := ctxT(t)
 	st, err := c.CreateBackup(ctx, pmx.BackupSpec{Type: wire.BackupVM, ID: "100", Name: "disk.img",
 		Time: time.Unix(1e9, 0), Fixed: true, ChunkSize: 4, FileSize: 8, Exclusive: true})
@@ -467,7 +462,7 @@ func TestStreamRefusedEntry(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "not stored") {
 		t.Fatalf("Finish after a refused entry: %v", err)
 	}
-	if _, ok := p.file(st.Path()); ok {
+	if _, ok := p.File(st.Path()); ok {
 		t.Fatal("a file with a refused entry was published")
 	}
 	// EXCL: the snapshot exists now.

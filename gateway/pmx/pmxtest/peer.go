@@ -1,10 +1,15 @@
-package pmx_test
+// Package pmxtest provides an in-memory PMXBCKUP peer for tests of clients:
+// it follows DESIGN.md §7 closely enough to back up, list and restore
+// through it, without the chunk service or storage, and has hooks for
+// faults. It is not the gateway server (gateway/pmx's server is).
+package pmxtest
 
 import (
 	"context"
 	"crypto/sha256"
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -14,11 +19,11 @@ import (
 	"github.com/chunkbridge/chunkbridge/gateway/pmx/wire"
 )
 
-// memPeer is an in-memory PMXBCKUP server with DESIGN §7's semantics, to
-// test the client against: it verifies uploads, checks entries, publishes
-// files on BackupFinished, answers hash lists (with "latest") and
-// downloads. Fault hooks let tests corrupt its answers.
-type memPeer struct {
+// Peer is an in-memory PMXBCKUP server on a loopback port: it verifies
+// uploads, checks file entries (slot range, contiguity, chunk stored),
+// publishes files on BackupFinished, honours EXCL, answers hash lists
+// (with "latest") and downloads. Its methods are safe for concurrent use.
+type Peer struct {
 	t  testing.TB
 	ln net.Listener
 
@@ -36,19 +41,30 @@ type memPeer struct {
 	corrupt func(d wire.Digest, data []byte) []byte
 }
 
-func newMemPeer(t testing.TB) *memPeer {
+// NewPeer starts a Peer, stopped at the end of the test.
+func NewPeer(t testing.TB) *Peer {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &memPeer{
+	p := &Peer{
 		t: t, ln: ln, partSize: 3,
 		chunks: map[wire.Digest][]byte{}, files: map[string][]wire.Digest{},
 		latest: map[string]string{}, dirs: map[string]bool{},
 	}
 	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	var connMu sync.Mutex
+	conns := map[net.Conn]bool{}
+	t.Cleanup(func() {
+		ln.Close()
+		connMu.Lock()
+		for c := range conns {
+			c.Close()
+		}
+		connMu.Unlock()
+		wg.Wait()
+	})
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -57,6 +73,9 @@ func newMemPeer(t testing.TB) *memPeer {
 			if err != nil {
 				return
 			}
+			connMu.Lock()
+			conns[c] = true
+			connMu.Unlock()
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
@@ -68,8 +87,11 @@ func newMemPeer(t testing.TB) *memPeer {
 	return p
 }
 
-// dial returns a client of the peer, closed at the end of the test.
-func (p *memPeer) dial(t testing.TB) *pmx.Client {
+// Addr returns the peer's "host:port".
+func (p *Peer) Addr() string { return p.ln.Addr().String() }
+
+// Dial returns a client of the peer, closed at the end of the test.
+func (p *Peer) Dial(t testing.TB) *pmx.Client {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -81,21 +103,57 @@ func (p *memPeer) dial(t testing.TB) *pmx.Client {
 	return c
 }
 
-func (p *memPeer) uploadCount() int {
+// Uploads returns the number of UploadChunk packets received so far.
+func (p *Peer) Uploads() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.uploads
 }
 
-func (p *memPeer) file(path string) ([]wire.Digest, bool) {
+// File returns the digests of a published file.
+func (p *Peer) File(path string) ([]wire.Digest, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	ds, ok := p.files[path]
 	return ds, ok
 }
 
-// put stores chunks and publishes a file of them under path.
-func (p *memPeer) put(path string, chunks ...[]byte) []wire.Digest {
+// Files returns the paths of the published files, sorted.
+func (p *Peer) Files() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var paths []string
+	for path := range p.files {
+		paths = append(paths, path)
+	}
+	slices.Sort(paths)
+	return paths
+}
+
+// SetPartSize sets the number of digests per HashListPart (default 3).
+func (p *Peer) SetPartSize(n int) {
+	p.mu.Lock()
+	p.partSize = n
+	p.mu.Unlock()
+}
+
+// SetBusy makes every GetHashList fail with Error(Busy), or not.
+func (p *Peer) SetBusy(busy bool) {
+	p.mu.Lock()
+	p.busy = busy
+	p.mu.Unlock()
+}
+
+// SetCorrupt installs f, which may change the data of a chunk (a copy)
+// before a DownloadChunks reply carries it; nil removes it.
+func (p *Peer) SetCorrupt(f func(d wire.Digest, data []byte) []byte) {
+	p.mu.Lock()
+	p.corrupt = f
+	p.mu.Unlock()
+}
+
+// Put stores chunks and publishes a file of them under path.
+func (p *Peer) Put(path string, chunks ...[]byte) []wire.Digest {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	var ds []wire.Digest
@@ -118,7 +176,7 @@ type memStream struct {
 	refused bool
 }
 
-func (p *memPeer) serve(conn net.Conn) {
+func (p *Peer) serve(conn net.Conn) {
 	r, w := wire.NewReader(conn), wire.NewWriter(conn)
 	w.WritePacket(&wire.Hello{ID: 0, Version: wire.Version})
 	w.Flush()
@@ -130,7 +188,7 @@ func (p *memPeer) serve(conn net.Conn) {
 		}
 		for _, reply := range p.handle(pkt, streams) {
 			if err := w.WritePacket(reply); err != nil {
-				p.t.Errorf("memPeer: writing %s: %v", reply.PacketType(), err)
+				p.t.Errorf("pmxtest: writing %s: %v", reply.PacketType(), err)
 				return
 			}
 		}
@@ -144,7 +202,7 @@ func generic(id uint8, format string, args ...any) wire.Packet {
 	return &wire.Error{ID: id, Code: wire.ErrorGeneric, Reason: fmt.Sprintf(format, args...)}
 }
 
-func (p *memPeer) handle(pkt wire.Packet, streams map[uint8]*memStream) []wire.Packet {
+func (p *Peer) handle(pkt wire.Packet, streams map[uint8]*memStream) []wire.Packet {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	id := pkt.PacketID()
@@ -158,7 +216,7 @@ func (p *memPeer) handle(pkt wire.Packet, streams map[uint8]*memStream) []wire.P
 		return []wire.Packet{&wire.Ok{ID: id}}
 	case *wire.CreateBackup:
 		if streams[id] != nil {
-			p.t.Errorf("memPeer: CreateBackup with id %d, which is an open stream", id)
+			p.t.Errorf("pmxtest: CreateBackup with id %d, which is an open stream", id)
 		}
 		path := q.Path()
 		dir := path[:strings.LastIndexByte(path, '/')]
@@ -219,7 +277,9 @@ func (p *memPeer) handle(pkt wire.Packet, streams map[uint8]*memStream) []wire.P
 			}
 		}
 		p.files[s.path] = s.digests
-		p.latest[s.key] = s.path
+		if old := p.latest[s.key]; s.path > old { // same key: RFC 3339 UTC sorts by time
+			p.latest[s.key] = s.path
+		}
 		return []wire.Packet{&wire.Ok{ID: id}}
 	case *wire.GetHashList:
 		if p.busy {
@@ -254,7 +314,7 @@ func (p *memPeer) handle(pkt wire.Packet, streams map[uint8]*memStream) []wire.P
 		}
 		return out
 	default:
-		p.t.Errorf("memPeer: unexpected %s", pkt.PacketType())
+		p.t.Errorf("pmxtest: unexpected %s", pkt.PacketType())
 	}
 	return nil
 }
