@@ -71,7 +71,9 @@ const ProgressInterval = 200 * time.Millisecond
 // ReadAhead, never the input's size.
 //
 // On error nothing is published, but the server still holds the open file:
-// close the Client, which discards it.
+// close the Client, which discards it. If ctx ends while a read of the input
+// blocks, Backup returns at once and that read finishes in the background;
+// do not use the input afterwards.
 func Backup(ctx context.Context, c *Client, opts BackupOptions) (*BackupSummary, error) {
 	start := time.Now()
 	if err := opts.normalize(); err != nil {

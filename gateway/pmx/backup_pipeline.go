@@ -40,9 +40,9 @@ func (r *backupRun) pipeline(ctx context.Context, src chunkSource, maxChunk int,
 	workers := runtime.GOMAXPROCS(0)
 	jobs := make(chan *backupJob, nbuf)  // in input order, to the sender
 	hashq := make(chan *backupJob, nbuf) // to the hashers
-	ctx, cancel := context.WithCancelCause(ctx)
+	pctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	g, gctx := errgroup.WithContext(ctx)
+	g, gctx := errgroup.WithContext(pctx)
 	g.Go(func() error {
 		defer close(jobs)
 		defer close(hashq)
@@ -73,25 +73,33 @@ func (r *backupRun) pipeline(ctx context.Context, src chunkSource, maxChunk int,
 		})
 	}
 	err := r.send(gctx, jobs, pool)
-	if err != nil {
-		// Stop the reader, which may wait for a buffer, and let it finish.
+	if err != nil && (ctx.Err() != nil || gctx.Err() == nil) {
+		// The sender failed, or the caller gave up. Stop the reader and
+		// return now: it may be blocked reading the input, which nothing
+		// can interrupt. It stops at its next buffer, in the background;
+		// its channels have room for everything it can still send.
 		cancel(err)
-		for range jobs {
-		}
+		return err
 	}
-	// The reader's error comes first: when it fails, the sender sees
-	// either the end of the jobs or the cancelled context.
-	if gerr := g.Wait(); gerr != nil {
-		return gerr
-	}
-	return err
+	// The jobs ended, or the reader failed (gctx ended with its error,
+	// which Wait returns).
+	return g.Wait()
 }
 
 // send takes the jobs in input order: a chunk not known yet is uploaded,
 // and every chunk gets its index entry.
 func (r *backupRun) send(ctx context.Context, jobs <-chan *backupJob, pool *bufPool) error {
 	var index uint64
-	for j := range jobs {
+	for {
+		var j *backupJob
+		select {
+		case j = <-jobs:
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
+		if j == nil {
+			return nil // the reader is done
+		}
 		select {
 		case <-j.hashed:
 		case <-ctx.Done():
@@ -123,7 +131,6 @@ func (r *backupRun) send(ctx context.Context, jobs <-chan *backupJob, pool *bufP
 		r.stats.BytesRead += n
 		r.report(false)
 	}
-	return nil
 }
 
 // report calls Progress if ProgressInterval has passed, or if final.

@@ -2,6 +2,7 @@ package pmx_test
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -307,5 +308,60 @@ func TestRestoreMissingSnapshot(t *testing.T) {
 	_, err := pmx.Restore(ctxT(t), c, "host/h/2026-01-01T00:00:00Z/nope.didx", io.Discard, nil)
 	if !errors.Is(err, pmx.ErrNotFound) {
 		t.Fatalf("Restore: %v", err)
+	}
+}
+
+func TestBackupRefusesBadID(t *testing.T) {
+	p := pmxtest.NewPeer(t)
+	c := p.Dial(t)
+	_, err := pmx.Backup(ctxT(t), c, pmx.BackupOptions{Type: wire.BackupHost, ID: "../etc", Name: "f",
+		Input: strings.NewReader("x"), Size: -1, Time: snapTime})
+	if err == nil || !strings.Contains(err.Error(), `backup id "../etc"`) {
+		t.Fatalf("Backup with a bad id: %v", err)
+	}
+	if c.Err() != nil {
+		t.Fatalf("a refused request ended the connection: %v", c.Err())
+	}
+}
+
+// blockingReader returns some data, then blocks until closed.
+type blockingReader struct {
+	n       int
+	release chan struct{}
+}
+
+func (r *blockingReader) Read(b []byte) (int, error) {
+	if r.n > 0 {
+		n := min(len(b), r.n)
+		r.n -= n
+		return n, nil
+	}
+	<-r.release
+	return 0, io.EOF
+}
+
+func TestBackupCancelled(t *testing.T) {
+	p := pmxtest.NewPeer(t)
+	c := p.Dial(t)
+	ctx, cancel := context.WithCancel(ctxT(t))
+	in := &blockingReader{n: 1 << 20, release: make(chan struct{})}
+	defer close(in.release)
+	done := make(chan error, 1)
+	go func() {
+		_, err := pmx.Backup(ctx, c, pmx.BackupOptions{Type: wire.BackupHost, ID: "h", Name: "f", Input: in, Size: -1, Time: snapTime})
+		done <- err
+	}()
+	time.Sleep(100 * time.Millisecond)
+	cancel()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("Backup after cancel: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Backup did not return after its context was cancelled")
+	}
+	if len(p.Files()) != 0 {
+		t.Fatal("a cancelled backup published a file")
 	}
 }

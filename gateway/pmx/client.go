@@ -265,18 +265,6 @@ func (c *Client) start(ctx context.Context, h handler) (uint8, error) {
 	return id, nil
 }
 
-// abandon frees an id whose request was never sent.
-func (c *Client) abandon(id uint8) {
-	c.mu.Lock()
-	if c.closed {
-		c.mu.Unlock()
-		return
-	}
-	c.pending[id] = nil
-	c.mu.Unlock()
-	c.ids <- id
-}
-
 // send writes p, and flushes unless more packets follow at once (flush
 // false), in which case a later send or the buffer limit flushes it. A
 // write that fails, or that ctx interrupts, ends the connection: part of a
@@ -331,24 +319,22 @@ func (c *Client) flush(ctx context.Context) error {
 	return nil
 }
 
-// request allocates an id for h, sends the packet mk builds with it, and
-// flushes. h.fail is called exactly once if the request fails: here if it
-// was never sent (h was then never visible to the reader), else by the
-// reader when the connection ends.
+// request checks the packet mk builds, allocates an id for h, sends the
+// packet with that id, and flushes. h.fail is called exactly once if the
+// request fails: here if it was never sent (h was then never visible to
+// the reader), else by the reader when the connection ends.
 func (c *Client) request(ctx context.Context, h handler, mk func(id uint8) wire.Packet) (uint8, error) {
+	if err := mk(0).Validate(); err != nil {
+		err = fmt.Errorf("pmx: %w", err)
+		h.fail(err)
+		return 0, err
+	}
 	id, err := c.start(ctx, h)
 	if err != nil {
 		h.fail(err)
 		return 0, err
 	}
-	p := mk(id)
-	if err := p.Validate(); err != nil {
-		c.abandon(id)
-		err = fmt.Errorf("pmx: %w", err)
-		h.fail(err)
-		return 0, err
-	}
-	if err := c.send(ctx, p, true); err != nil {
+	if err := c.send(ctx, mk(id), true); err != nil {
 		return 0, err // the connection has ended: the reader fails h
 	}
 	return id, nil

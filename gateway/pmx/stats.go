@@ -8,7 +8,8 @@ import (
 
 // Stats is a backup's progress.
 type Stats struct {
-	// Total is the input's size, or -1 if unknown.
+	// Total is the input's size, or -1 if unknown (a dynamic backup of a
+	// stream).
 	Total int64
 	// BytesRead is the input chunked and indexed so far.
 	BytesRead int64
@@ -44,11 +45,8 @@ func (s Stats) Rate() float64 { return rate(s.BytesRead, s.Elapsed) }
 // "512.0 MiB of 1.0 GiB (50%), 243 MB/s, 8192 chunks, 60 new, dedup 136.5x".
 func (s Stats) String() string {
 	done := FormatSize(s.BytesRead)
-	if s.Total >= 0 {
-		pct := 100.0
-		if s.Total > 0 {
-			pct = 100 * float64(s.BytesRead) / float64(s.Total)
-		}
+	if s.Total > 0 && s.Total >= s.BytesRead {
+		pct := 100 * float64(s.BytesRead) / float64(s.Total)
 		done = fmt.Sprintf("%s of %s (%.0f%%)", done, FormatSize(s.Total), pct)
 	}
 	return fmt.Sprintf("%s, %s, %d chunks, %d new, dedup %s", done, FormatRate(s.Rate()), s.Chunks, s.NewChunks, formatRatio(s.DedupRatio()))
