@@ -24,6 +24,7 @@ Usage:
   chunkbridge serve rest-gateway    REST, OpenAPI and the casync HTTP store, in front of a chunk service
   chunkbridge casync-remote ...     casync's protocol on stdin/stdout: what ssh runs as the remote casync
   chunkbridge casync-ssh HOST ...   a CASYNC_SSH_PATH that relays casync's session to a casync gateway
+  chunkbridge pmx backup|restore|hashes|list ...  the PMXBCKUP client ("chunkbridge pmx help")
   chunkbridge version
 
 Run "chunkbridge serve all -h" for the flags. Every flag can also be set
@@ -71,6 +72,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return casyncRemote(ctx, args[1:], stderr)
 	case "casync-ssh":
 		return casyncSSH(ctx, args[1:], stderr)
+	case "pmx":
+		return pmxMain(ctx, args[1:], stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "chunkbridge", version)
 		return nil
