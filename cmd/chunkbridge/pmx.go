@@ -215,8 +215,10 @@ func splitArgs(fs *flag.FlagSet, args []string) (flags, pos []string) {
 // sizeFlag is a byte count written as 4194304, 4096K, 4M, 4MiB, 1G.
 type sizeFlag int64
 
+// String returns the size in bytes.
 func (s *sizeFlag) String() string { return strconv.FormatInt(int64(*s), 10) }
 
+// Set parses a size such as 4M; see parseSize.
 func (s *sizeFlag) Set(v string) error {
 	n, err := parseSize(v)
 	if err != nil {

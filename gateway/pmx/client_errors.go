@@ -29,6 +29,7 @@ type ServerError struct {
 	kind error // a sentinel this error also matches, e.g. ErrNotFound
 }
 
+// Error says what was refused, with the code and the reason.
 func (e *ServerError) Error() string {
 	s := fmt.Sprintf("pmx: server refused %s: error %s", e.Request, e.Code)
 	if e.Reason != "" {
