@@ -25,6 +25,7 @@ Usage:
   chunkbridge serve pmx-gateway     PMXBCKUP over TCP (optional TLS), in front of a chunk service
   chunkbridge casync-remote ...     casync's protocol on stdin/stdout: what ssh runs as the remote casync
   chunkbridge casync-ssh HOST ...   a CASYNC_SSH_PATH that relays casync's session to a casync gateway
+  chunkbridge pmx backup|restore|hashes|list ...  the PMXBCKUP client ("chunkbridge pmx help")
   chunkbridge s3 mkbucket s3://B    create the bucket if missing (for a Kubernetes Job)
   chunkbridge version
 
@@ -73,6 +74,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return casyncRemote(ctx, args[1:], stderr)
 	case "casync-ssh":
 		return casyncSSH(ctx, args[1:], stderr)
+	case "pmx":
+		return pmxMain(ctx, args[1:], stdout, stderr)
 	case "s3":
 		return s3Command(ctx, args[1:], stdout, stderr)
 	case "version", "--version":

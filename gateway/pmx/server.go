@@ -1,8 +1,3 @@
-// Package pmx is the PMXBCKUP gateway: the early Proxmox Backup binary
-// protocol (packets of gateway/pmx/wire) in front of the chunk service and
-// the catalog, with the original's gaps closed as DESIGN §7 decides. It
-// holds no data: chunks go to ChunkService, index entries to the catalog,
-// which publishes a file only when BackupFinished commits it.
 package pmx
 
 import (

@@ -125,14 +125,14 @@ func (c *client) expectClosed() {
 	}
 }
 
-func chunkOf(b []byte) (wire.Digest, *wire.UploadChunk) {
+func uploadOf(b []byte) (wire.Digest, *wire.UploadChunk) {
 	d := wire.Digest(sha256.Sum256(b))
 	return d, &wire.UploadChunk{Digest: d, Data: b}
 }
 
 func (c *client) upload(id uint8, data []byte) wire.Digest {
 	c.t.Helper()
-	d, up := chunkOf(data)
+	d, up := uploadOf(data)
 	up.ID = id
 	c.send(up)
 	c.expectOk(id)
@@ -202,7 +202,7 @@ func TestDynamicBackupAndBadInput(t *testing.T) {
 	c := h.dial(t)
 	x, y := []byte("first chunk"), []byte("second")
 	dx, dy := c.upload(1, x), c.upload(1, y)
-	_, bad := chunkOf([]byte("data"))
+	_, bad := uploadOf([]byte("data"))
 	bad.ID, bad.Data = 6, []byte("other")
 	c.send(bad)
 	c.expectError(6, wire.ErrorGeneric, "hashes to")

@@ -1,0 +1,281 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/chunkbridge/chunkbridge/gateway/pmx"
+)
+
+const pmxUsage = `Usage:
+  chunkbridge pmx backup  --server HOST:PORT --type vm|ct|host --id ID [--name NAME]
+                          [--fixed [--chunk-size N]] [--tls] [--tls-ca FILE] FILE|-
+  chunkbridge pmx restore --server HOST:PORT [--tls] [--tls-ca FILE] SNAPSHOT_PATH OUT|-
+  chunkbridge pmx hashes  --server HOST:PORT [--tls] [--tls-ca FILE] SNAPSHOT_PATH
+  chunkbridge pmx list    [--api http://HOST:8080 | --server HOST:PORT] [--type T] [--id ID]
+
+backup   stores FILE (or stdin, -) as a new snapshot file <type>/<id>/<time>/<name>.didx,
+         cut by casync's chunker; with --fixed as <name>.fidx in equal blocks (disk
+         images; needs a file or block device, not stdin). Only chunks that the newest
+         snapshot of the same file lacks are uploaded. Prints the snapshot path.
+restore  writes a snapshot file's content to OUT (or stdout, -), verifying every chunk;
+         OUT appears only when complete. The time may be "latest":
+         host/web-01/latest/root.pxar.didx.
+hashes   prints a snapshot file's chunk digests, one per line, in order.
+list     lists snapshot files through the REST API (default: port 8080 on the host of
+         --server).
+
+Every flag can also be set with an environment variable: --server is
+CHUNKBRIDGE_SERVER, --tls-ca is CHUNKBRIDGE_TLS_CA.
+`
+
+// pmxMain runs `chunkbridge pmx ...`, the PMXBCKUP client.
+func pmxMain(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, pmxUsage)
+		return flag.ErrHelp
+	}
+	switch args[0] {
+	case "backup":
+		return pmxBackup(ctx, args[1:], stdout, stderr)
+	case "restore":
+		return pmxRestore(ctx, args[1:], stdout, stderr)
+	case "hashes":
+		return pmxHashes(ctx, args[1:], stdout, stderr)
+	case "list":
+		return pmxList(ctx, args[1:], stdout, stderr)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, pmxUsage)
+		return nil
+	}
+	return fmt.Errorf("pmx %s: unknown command; want backup, restore, hashes or list", args[0])
+}
+
+// pmxDefaultPort is the PMXBCKUP gateway's port (--pmx-listen).
+const pmxDefaultPort = "8007"
+
+// pmxConnFlags are the flags of a connection to the PMXBCKUP gateway.
+type pmxConnFlags struct {
+	server         string
+	tls            bool
+	tlsCA          string
+	connectTimeout time.Duration
+}
+
+func (f *pmxConnFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.server, "server", "127.0.0.1:"+pmxDefaultPort, "the PMXBCKUP gateway, HOST[:PORT] (port "+pmxDefaultPort+" if omitted)")
+	fs.BoolVar(&f.tls, "tls", false, "connect over TLS")
+	fs.StringVar(&f.tlsCA, "tls-ca", "", "PEM file of the CA that signed the gateway's certificate (default: system roots); implies --tls")
+	fs.DurationVar(&f.connectTimeout, "connect-timeout", 15*time.Second, "how long to wait for the connection and the server's Hello")
+}
+
+// addr returns --server with the default port added if it has none.
+func (f *pmxConnFlags) addr() string { return withDefaultPort(f.server, pmxDefaultPort) }
+
+func withDefaultPort(hostport, port string) string {
+	if _, _, err := net.SplitHostPort(hostport); err == nil {
+		return hostport
+	}
+	return net.JoinHostPort(strings.Trim(hostport, "[]"), port)
+}
+
+func (f *pmxConnFlags) tlsConfig() (*tls.Config, error) {
+	if !f.tls && f.tlsCA == "" {
+		return nil, nil
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if f.tlsCA != "" {
+		pem, err := os.ReadFile(f.tlsCA)
+		if err != nil {
+			return nil, fmt.Errorf("--tls-ca: %w", err)
+		}
+		cfg.RootCAs = x509.NewCertPool()
+		if !cfg.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--tls-ca %s: no PEM certificate found", f.tlsCA)
+		}
+	}
+	return cfg, nil
+}
+
+// dial connects to the gateway, with a hint in the error for the usual
+// causes.
+func (f *pmxConnFlags) dial(ctx context.Context) (*pmx.Client, error) {
+	cfg, err := f.tlsConfig()
+	if err != nil {
+		return nil, err
+	}
+	dctx, cancel := context.WithTimeout(ctx, f.connectTimeout)
+	defer cancel()
+	c, err := pmx.Dial(dctx, f.addr(), cfg)
+	if err != nil {
+		hint := "is `chunkbridge serve pmx-gateway` running there? Set --server or CHUNKBRIDGE_SERVER"
+		if cfg == nil {
+			hint += "; add --tls if the gateway uses TLS"
+		}
+		return nil, fmt.Errorf("%w (%s)", err, hint)
+	}
+	return c, nil
+}
+
+// pmxEnvNames are the variables of every pmx flag: parseFlags does not warn
+// about one that belongs to another pmx command.
+func pmxEnvNames() []string {
+	var names []string
+	for _, f := range []string{"server", "tls", "tls-ca", "connect-timeout", "type", "id", "name", "fixed", "chunk-size", "api"} {
+		names = append(names, envName(f))
+	}
+	return names
+}
+
+// parsePMXFlags parses args, in which flags may come before or after the
+// positional arguments, fills unset flags from the environment, and
+// returns the positional arguments; there must be want of them.
+func parsePMXFlags(fs *flag.FlagSet, args []string, stderr io.Writer, want int, what string) ([]string, error) {
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: %s\n\nFlags (any order, before or after the arguments):\n", pmxSynopsis(fs.Name()))
+		fs.PrintDefaults()
+	}
+	flags, pos := splitArgs(fs, args)
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	if err := parseFlags(fs, flags, log, pmxEnvNames()...); err != nil {
+		return nil, err
+	}
+	if len(pos) != want {
+		return nil, fmt.Errorf("%s: want %s, got %d arguments (see chunkbridge pmx help)", fs.Name(), what, len(pos))
+	}
+	return pos, nil
+}
+
+// pmxSynopsis returns the usage line of "pmx <command>" from pmxUsage.
+func pmxSynopsis(name string) string {
+	var lines []string
+	for _, l := range strings.Split(pmxUsage, "\n")[1:] {
+		l = strings.TrimSpace(l)
+		if l == "" {
+			break
+		}
+		if strings.HasPrefix(l, "chunkbridge ") {
+			lines = append(lines, l)
+		} else if len(lines) > 0 {
+			lines[len(lines)-1] += " " + l
+		}
+	}
+	for _, l := range lines {
+		if strings.HasPrefix(l, "chunkbridge "+name+" ") {
+			return strings.Join(strings.Fields(l), " ")
+		}
+	}
+	return "chunkbridge " + name
+}
+
+// splitArgs separates flags (with their values) from positional arguments,
+// so that both `backup --id x FILE` and `backup FILE --id x` work. "-" is
+// positional; after "--" everything is.
+func splitArgs(fs *flag.FlagSet, args []string) (flags, pos []string) {
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		switch {
+		case a == "--":
+			return flags, append(pos, args[i+1:]...)
+		case a == "-" || !strings.HasPrefix(a, "-"):
+			pos = append(pos, a)
+			continue
+		}
+		flags = append(flags, a)
+		name := strings.TrimLeft(a, "-")
+		if strings.Contains(name, "=") {
+			continue
+		}
+		f := fs.Lookup(name)
+		if f == nil {
+			continue // Parse reports it
+		}
+		if b, ok := f.Value.(interface{ IsBoolFlag() bool }); ok && b.IsBoolFlag() {
+			continue
+		}
+		if i+1 < len(args) {
+			i++
+			flags = append(flags, args[i])
+		}
+	}
+	return flags, pos
+}
+
+// sizeFlag is a byte count written as 4194304, 4096K, 4M, 4MiB, 1G.
+type sizeFlag int64
+
+// String returns the size in bytes.
+func (s *sizeFlag) String() string { return strconv.FormatInt(int64(*s), 10) }
+
+// Set parses a size such as 4M; see parseSize.
+func (s *sizeFlag) Set(v string) error {
+	n, err := parseSize(v)
+	if err != nil {
+		return err
+	}
+	*s = sizeFlag(n)
+	return nil
+}
+
+func parseSize(v string) (int64, error) {
+	t := strings.TrimSpace(v)
+	num := strings.TrimRight(t, "KMGiBkmgb")
+	unit := strings.ToUpper(strings.TrimSuffix(strings.TrimSuffix(t[len(num):], "B"), "b"))
+	shift := map[string]uint{"": 0, "K": 10, "KI": 10, "M": 20, "MI": 20, "G": 30, "GI": 30}
+	s, ok := shift[unit]
+	n, err := strconv.ParseInt(strings.TrimSpace(num), 10, 64)
+	if !ok || err != nil || n < 0 || n > (1<<62)>>s {
+		return 0, fmt.Errorf("%q is not a size; want bytes, optionally with K, M or G (KiB, MiB, GiB)", v)
+	}
+	return n << s, nil
+}
+
+// isTerminal reports whether w is a terminal, where a progress line makes
+// sense.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0 && os.Getenv("TERM") != "dumb"
+}
+
+// progressLine redraws one status line on a terminal at most 4 times a
+// second; elsewhere it prints nothing.
+type progressLine struct {
+	w     io.Writer
+	on    bool
+	shown bool
+	last  time.Time
+}
+
+func newProgressLine(w io.Writer) *progressLine { return &progressLine{w: w, on: isTerminal(w)} }
+
+func (p *progressLine) show(s string) {
+	if !p.on || time.Since(p.last) < 250*time.Millisecond {
+		return
+	}
+	p.last = time.Now()
+	p.shown = true
+	fmt.Fprintf(p.w, "\r%s\x1b[K", s)
+}
+
+// clear removes the line before the summary is printed.
+func (p *progressLine) clear() {
+	if p.shown {
+		fmt.Fprint(p.w, "\r\x1b[K")
+		p.shown = false
+	}
+}

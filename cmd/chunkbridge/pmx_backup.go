@@ -1,0 +1,126 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/chunkbridge/chunkbridge/gateway/pmx"
+	"github.com/chunkbridge/chunkbridge/gateway/pmx/wire"
+)
+
+// pmxBackup runs `chunkbridge pmx backup`.
+func pmxBackup(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("pmx backup", flag.ContinueOnError)
+	var cf pmxConnFlags
+	cf.register(fs)
+	typ := fs.String("type", "", "backup type: vm, ct or host (required)")
+	id := fs.String("id", "", "backup id, e.g. web-01 or 100: [A-Za-z0-9][A-Za-z0-9_.-]* (required)")
+	name := fs.String("name", "", `file name in the snapshot, without .fidx/.didx (default: the input's base name, or "stdin" for -)`)
+	fixed := fs.Bool("fixed", false, "cut the input in equal blocks (a disk image: .fidx) instead of content-defined chunks (.didx)")
+	chunkSize := sizeFlag(pmx.DefaultFixedChunkSize)
+	fs.Var(&chunkSize, "chunk-size", "block size with --fixed, e.g. 4M or 65536")
+	pos, err := parsePMXFlags(fs, args, stderr, 1, "one input: FILE, or - for stdin")
+	if err != nil {
+		return err
+	}
+	bt, err := wire.ParseBackupType(*typ)
+	if err != nil {
+		return fmt.Errorf("pmx backup: --type %q: want vm, ct or host", *typ)
+	}
+	if *id == "" {
+		return errors.New("pmx backup: --id is required, e.g. --id web-01")
+	}
+	if *name == "" {
+		*name = "stdin"
+		if pos[0] != "-" {
+			*name = filepath.Base(pos[0])
+		}
+	}
+	if !*fixed && isFlagSet(fs, "chunk-size") {
+		return errors.New("pmx backup: --chunk-size applies to --fixed backups only; dynamic backups use casync's 16/64/256 KiB chunker")
+	}
+	in, size, closeIn, err := openBackupInput(pos[0])
+	if err != nil {
+		return fmt.Errorf("pmx backup: %w", err)
+	}
+	defer closeIn()
+	if *fixed && size < 0 {
+		return fmt.Errorf("pmx backup: --fixed needs the input's size, which goes into the index, and %s has none: "+
+			"back up a file or block device, or leave out --fixed for a dynamic backup", describeInput(pos[0]))
+	}
+
+	c, err := cf.dial(ctx)
+	if err != nil {
+		return fmt.Errorf("pmx backup: %w", err)
+	}
+	defer c.Close()
+	bar := newProgressLine(stderr)
+	sum, err := pmx.Backup(ctx, c, pmx.BackupOptions{
+		Type: bt, ID: *id, Name: *name, Fixed: *fixed, ChunkSize: int(chunkSize),
+		Input: in, Size: size,
+		Progress: func(s pmx.Stats) { bar.show(s.String()) },
+	})
+	bar.clear()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, sum.String())
+	return nil
+}
+
+// openBackupInput opens FILE or stdin ("-") and finds its size: a regular
+// file's length, a block device's capacity, or -1 for a stream.
+func openBackupInput(name string) (io.Reader, int64, func(), error) {
+	if name == "-" {
+		return os.Stdin, -1, func() {}, nil
+	}
+	f, err := os.Open(name)
+	if err != nil {
+		return nil, 0, nil, err
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, 0, nil, err
+	}
+	closeF := func() { f.Close() }
+	mode := st.Mode()
+	switch {
+	case mode.IsRegular():
+		return f, st.Size(), closeF, nil
+	case mode.IsDir():
+		f.Close()
+		return nil, 0, nil, fmt.Errorf("%s is a directory; back up an archive of it, e.g. tar -cf - %s | chunkbridge pmx backup ... -", name, name)
+	case mode&os.ModeDevice != 0 && mode&os.ModeCharDevice == 0: // block device
+		size, err := f.Seek(0, io.SeekEnd)
+		if err == nil {
+			_, err = f.Seek(0, io.SeekStart)
+		}
+		if err != nil {
+			f.Close()
+			return nil, 0, nil, fmt.Errorf("finding the size of block device %s: %w", name, err)
+		}
+		return f, size, closeF, nil
+	}
+	return f, -1, closeF, nil // a pipe, a character device: a stream
+}
+
+func describeInput(name string) string {
+	if name == "-" {
+		return "stdin"
+	}
+	return name + " (not a regular file or block device)"
+}
+
+// isFlagSet reports whether the flag was given on the command line or by
+// its environment variable.
+func isFlagSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
+}

@@ -1,0 +1,117 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+
+	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
+	"github.com/chunkbridge/chunkbridge/gateway/pmx"
+)
+
+// restDefaultPort is the REST gateway's port (--http-listen).
+const restDefaultPort = "8080"
+
+// maxListResponse bounds the snapshot list read from the REST API.
+const maxListResponse = 256 << 20
+
+// pmxList runs `chunkbridge pmx list`. PMXBCKUP has no packet to list
+// snapshots, so it asks the REST API: GET /v1/snapshots.
+func pmxList(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("pmx list", flag.ContinueOnError)
+	var cf pmxConnFlags
+	fs.StringVar(&cf.server, "server", "127.0.0.1:"+pmxDefaultPort, "the PMXBCKUP gateway, HOST[:PORT], whose host --api defaults to")
+	api := fs.String("api", "", "the REST API, http[s]://HOST[:PORT] (default: http://<host of --server>:"+restDefaultPort+")")
+	typ := fs.String("type", "", "only snapshots of this type: vm, ct or host")
+	id := fs.String("id", "", "only snapshots of this backup id")
+	if _, err := parsePMXFlags(fs, args, stderr, 0, "no arguments"); err != nil {
+		return err
+	}
+	base := *api
+	if base == "" {
+		host, _, _ := net.SplitHostPort(cf.addr())
+		base = "http://" + net.JoinHostPort(host, restDefaultPort)
+	}
+	resp, err := listSnapshots(ctx, base, *typ, *id)
+	if err != nil {
+		return fmt.Errorf("pmx list: %w", err)
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+	n := 0
+	for _, s := range resp.GetSnapshots() {
+		for _, f := range s.GetFiles() {
+			kind := "dynamic"
+			if f.GetFixed() {
+				kind = "fixed"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%d chunks\t%s\n", f.GetPath(), pmx.FormatSize(f.GetContentSize()), f.GetChunkCount(), kind)
+			n++
+		}
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if n == 0 {
+		fmt.Fprintln(stderr, "pmx list: no snapshot files match")
+	}
+	return nil
+}
+
+// listSnapshots asks base's REST API for the snapshots of a type and
+// backup id (either may be empty for all).
+func listSnapshots(ctx context.Context, base, typ, id string) (*chunkbridgev1.ListSnapshotsResponse, error) {
+	u, err := url.Parse(base)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("--api %q: want http://HOST[:PORT] or https://HOST[:PORT]", base)
+	}
+	q := url.Values{}
+	if typ != "" {
+		q.Set("type", typ)
+	}
+	if id != "" {
+		q.Set("backupId", id)
+	}
+	u.Path = strings.TrimSuffix(u.Path, "/") + "/v1/snapshots"
+	u.RawQuery = q.Encode()
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("%w (is the REST gateway running there? Set --api or CHUNKBRIDGE_API)", err)
+	}
+	defer res.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(res.Body, maxListResponse))
+	if err != nil {
+		return nil, fmt.Errorf("GET %s: reading the response: %w", u, err)
+	}
+	if res.StatusCode != http.StatusOK {
+		var e struct{ Message string }
+		msg := strings.TrimSpace(string(body))
+		if json.Unmarshal(body, &e) == nil && e.Message != "" {
+			msg = e.Message
+		}
+		if len(msg) > 500 {
+			msg = msg[:500] + "…"
+		}
+		return nil, fmt.Errorf("GET %s: %s: %s", u, res.Status, msg)
+	}
+	var out chunkbridgev1.ListSnapshotsResponse
+	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(body, &out); err != nil {
+		return nil, fmt.Errorf("GET %s: not a snapshot list (is --api the REST gateway?): %w", u, err)
+	}
+	return &out, nil
+}

@@ -1,0 +1,231 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"flag"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chunkbridge/chunkbridge/gateway/pmx"
+	"github.com/chunkbridge/chunkbridge/gateway/pmx/pmxtest"
+)
+
+func pmxRun(t *testing.T, args ...string) (string, string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var stdout, stderr bytes.Buffer
+	err := run(ctx, append([]string{"pmx"}, args...), &stdout, &stderr)
+	return stdout.String(), stderr.String(), err
+}
+
+func writeRandomFile(t *testing.T, name string, n int) []byte {
+	t.Helper()
+	data := make([]byte, n)
+	rand.NewChaCha8([32]byte{byte(n)}).Read(data)
+	if err := os.WriteFile(name, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+var summaryLine = regexp.MustCompile(`^snapshot (\S+): \S+ \S+ in [0-9.]+ s \(.*\), (\d+) chunks, (\d+) new, dedup \S+\n$`)
+
+func TestPMXBackupRestoreHashes(t *testing.T) {
+	peer := pmxtest.NewPeer(t)
+	dir := t.TempDir()
+	in := filepath.Join(dir, "root.pxar")
+	data := writeRandomFile(t, in, 1<<20+5)
+
+	// Flags after the file, the server from the environment.
+	t.Setenv("CHUNKBRIDGE_SERVER", peer.Addr())
+	stdout, stderr, err := pmxRun(t, "backup", in, "--type", "host", "--id", "web-01")
+	if err != nil {
+		t.Fatalf("backup: %v\n%s", err, stderr)
+	}
+	m := summaryLine.FindStringSubmatch(stdout)
+	if m == nil {
+		t.Fatalf("backup printed %q, want the summary line", stdout)
+	}
+	path := m[1]
+	if !regexp.MustCompile(`^host/web-01/\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ/root\.pxar\.didx$`).MatchString(path) {
+		t.Fatalf("snapshot path %q", path)
+	}
+	if files := peer.Files(); len(files) != 1 || files[0] != path {
+		t.Fatalf("peer published %v, summary says %s", files, path)
+	}
+	if stderr != "" {
+		t.Fatalf("backup wrote to stderr (not a terminal): %q", stderr)
+	}
+
+	out := filepath.Join(dir, "restored")
+	stdout, stderr, err = pmxRun(t, "restore", path, out)
+	if err != nil {
+		t.Fatalf("restore: %v\n%s", err, stderr)
+	}
+	if got, _ := os.ReadFile(out); !bytes.Equal(got, data) {
+		t.Fatal("restored file differs")
+	}
+	if !strings.HasPrefix(stdout, "restored "+path+": 1.0 MiB in ") {
+		t.Fatalf("restore printed %q", stdout)
+	}
+
+	stdout, _, err = pmxRun(t, "hashes", "host/web-01/latest/root.pxar.didx")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ds, _ := peer.File(path)
+	var want strings.Builder
+	for _, d := range ds {
+		fmt.Fprintln(&want, d)
+	}
+	if stdout != want.String() {
+		t.Fatalf("hashes printed\n%s\nwant\n%s", stdout, want.String())
+	}
+}
+
+func TestPMXBackupFixedFromStdinRefused(t *testing.T) {
+	peer := pmxtest.NewPeer(t)
+	_, _, err := pmxRun(t, "backup", "--server", peer.Addr(), "--type", "vm", "--id", "100", "--fixed", "-")
+	if err == nil || !strings.Contains(err.Error(), "--fixed needs the input's size") || !strings.Contains(err.Error(), "stdin") {
+		t.Fatalf("fixed backup of stdin: %v", err)
+	}
+}
+
+func TestPMXBackupFixedFile(t *testing.T) {
+	peer := pmxtest.NewPeer(t)
+	dir := t.TempDir()
+	in := filepath.Join(dir, "disk.img")
+	data := writeRandomFile(t, in, 3*65536+1)
+	stdout, stderr, err := pmxRun(t, "backup", "--server", peer.Addr(), "--type", "vm", "--id", "100",
+		"--fixed", "--chunk-size", "64K", "--name", "drive-scsi0.img", in)
+	if err != nil {
+		t.Fatalf("backup: %v\n%s", err, stderr)
+	}
+	m := summaryLine.FindStringSubmatch(stdout)
+	if m == nil || !strings.HasSuffix(m[1], "/drive-scsi0.img.fidx") || m[2] != "4" {
+		t.Fatalf("backup printed %q", stdout)
+	}
+	ds, _ := peer.File(m[1])
+	if len(ds) != 4 || ds[3] != sha256.Sum256(data[3*65536:]) {
+		t.Fatalf("index %v", ds)
+	}
+}
+
+func TestPMXRestoreFailureLeavesNoFile(t *testing.T) {
+	peer := pmxtest.NewPeer(t)
+	dir := t.TempDir()
+	out := filepath.Join(dir, "out.img")
+	_, _, err := pmxRun(t, "restore", "--server", peer.Addr(), "vm/1/2026-01-01T00:00:00Z/nope.fidx", out)
+	if err == nil || !strings.Contains(err.Error(), "nope.fidx") || !strings.Contains(err.Error(), "pmx list") {
+		t.Fatalf("restore of a missing snapshot: %v", err)
+	}
+	// A chunk that fails verification half-way.
+	a, b := []byte("first chunk"), []byte("second chunk")
+	ds := peer.Put("vm/1/2026-01-01T00:00:00Z/disk.fidx", a, b)
+	peer.SetCorrupt(func(d pmx.Digest, data []byte) []byte {
+		if d == ds[1] {
+			data[0] ^= 1
+		}
+		return data
+	})
+	_, _, err = pmxRun(t, "restore", "--server", peer.Addr(), "vm/1/2026-01-01T00:00:00Z/disk.fidx", out)
+	if err == nil || !strings.Contains(err.Error(), ds[1].String()) {
+		t.Fatalf("restore of a corrupt chunk: %v", err)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+		t.Fatalf("a failed restore left %v", entries)
+	}
+}
+
+func TestPMXConnectError(t *testing.T) {
+	_, _, err := pmxRun(t, "hashes", "--server", "127.0.0.1:1", "x")
+	if err == nil || !strings.Contains(err.Error(), "127.0.0.1:1") || !strings.Contains(err.Error(), "--server") {
+		t.Fatalf("hashes with nothing listening: %v", err)
+	}
+}
+
+func TestPMXList(t *testing.T) {
+	var query string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/v1/snapshots" {
+			http.NotFound(w, r)
+			return
+		}
+		query = r.URL.RawQuery
+		// As grpc-gateway marshals it: camelCase, int64 as strings.
+		fmt.Fprint(w, `{"snapshots":[{"type":"host","backupId":"web-01","time":"2026-11-25T10:00:00Z","files":[
+			{"path":"host/web-01/2026-11-25T10:00:00Z/root.pxar.didx","name":"root.pxar.didx","fixed":false,
+			 "contentSize":"1073741824","chunkCount":"16384","chunkSize":"0","size":"659456","unknownField":1}]},
+			{"type":"host","backupId":"web-01","time":"2026-11-24T10:00:00Z","files":[
+			{"path":"host/web-01/2026-11-24T10:00:00Z/disk.img.fidx","name":"disk.img.fidx","fixed":true,
+			 "contentSize":"4194304","chunkCount":"1","chunkSize":"4194304","size":"4128"}]}]}`)
+	}))
+	defer srv.Close()
+	stdout, _, err := pmxRun(t, "list", "--api", srv.URL, "--type", "host", "--id", "web-01")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if query != "backupId=web-01&type=host" {
+		t.Fatalf("query %q", query)
+	}
+	want := "host/web-01/2026-11-25T10:00:00Z/root.pxar.didx  1.0 GiB  16384 chunks  dynamic\n" +
+		"host/web-01/2026-11-24T10:00:00Z/disk.img.fidx   4.0 MiB  1 chunks      fixed\n"
+	if stdout != want {
+		t.Fatalf("list printed\n%q\nwant\n%q", stdout, want)
+	}
+
+	// --api defaults to port 8080 on --server's host; a refusal names it.
+	_, _, err = pmxRun(t, "list", "--server", "127.0.0.1:8007")
+	if err == nil || !strings.Contains(err.Error(), "http://127.0.0.1:8080/v1/snapshots") {
+		t.Logf("(a REST gateway may be listening on 127.0.0.1:8080)")
+		if err != nil {
+			t.Fatalf("list with the default --api: %v", err)
+		}
+	}
+	_, _, err = pmxRun(t, "list", "--api", srv.URL+"/nowhere")
+	if err == nil || !strings.Contains(err.Error(), "404") {
+		t.Fatalf("list from a wrong URL: %v", err)
+	}
+}
+
+func TestSplitArgs(t *testing.T) {
+	fs := flag.NewFlagSet("x", flag.ContinueOnError)
+	fs.String("server", "", "")
+	fs.Bool("fixed", false, "")
+	flags, pos := splitArgs(fs, []string{"a", "--server", "s:1", "--fixed", "-", "--server=t", "-fixed=false", "--", "--b"})
+	if fmt.Sprint(flags) != "[--server s:1 --fixed --server=t -fixed=false]" || fmt.Sprint(pos) != "[a - --b]" {
+		t.Fatalf("flags %q, positional %q", flags, pos)
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]int64{"4194304": 4 << 20, "4M": 4 << 20, "4MiB": 4 << 20, "64K": 64 << 10, "64k": 64 << 10, "1G": 1 << 30, "100B": 100} {
+		if got, err := parseSize(in); err != nil || got != want {
+			t.Errorf("parseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "x", "4X", "-1", "1T", "99999999999G"} {
+		if _, err := parseSize(in); err == nil {
+			t.Errorf("parseSize(%q) succeeded", in)
+		}
+	}
+}
+
+func TestWithDefaultPort(t *testing.T) {
+	for in, want := range map[string]string{"h": "h:8007", "h:1": "h:1", "::1": "[::1]:8007", "[::1]": "[::1]:8007", "[::1]:9": "[::1]:9"} {
+		if got := withDefaultPort(in, "8007"); got != want {
+			t.Errorf("withDefaultPort(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
