@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/chunkbridge/chunkbridge/gateway/pmx"
 	"github.com/chunkbridge/chunkbridge/gateway/pmx/wire"
@@ -24,6 +25,7 @@ func pmxBackup(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fixed := fs.Bool("fixed", false, "cut the input in equal blocks (a disk image: .fidx) instead of content-defined chunks (.didx)")
 	chunkSize := sizeFlag(pmx.DefaultFixedChunkSize)
 	fs.Var(&chunkSize, "chunk-size", "block size with --fixed, e.g. 4M or 65536")
+	at := fs.String("time", "", "snapshot time, RFC 3339 (default: now); e.g. to import an older backup")
 	pos, err := parsePMXFlags(fs, args, stderr, 1, "one input: FILE, or - for stdin")
 	if err != nil {
 		return err
@@ -60,9 +62,15 @@ func pmxBackup(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	defer c.Close()
 	bar := newProgressLine(stderr)
+	var when time.Time
+	if *at != "" {
+		if when, err = time.Parse(time.RFC3339, *at); err != nil {
+			return fmt.Errorf("backup: --time %q: want RFC 3339, e.g. 2026-11-25T10:00:00Z", *at)
+		}
+	}
 	sum, err := pmx.Backup(ctx, c, pmx.BackupOptions{
 		Type: bt, ID: *id, Name: *name, Fixed: *fixed, ChunkSize: int(chunkSize),
-		Input: in, Size: size,
+		Input: in, Size: size, Time: when,
 		Progress: func(s pmx.Stats) { bar.show(s.String()) },
 	})
 	bar.clear()

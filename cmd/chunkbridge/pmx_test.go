@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -93,8 +94,11 @@ func pmxScenario(t *testing.T, p *process) {
 	t.Run("fixed images of awkward sizes", func(t *testing.T) {
 		for i, size := range []int{0, 1, 3<<20 + 123} {
 			data := randomBytes(uint64(i), size)
-			snap := backup(t, p, nil, "--type", "vm", "--id", "100", "--name", "disk"+string(rune('a'+i))+".img", "--fixed", "--chunk-size", "1048576", writeFile(t, data))
-			if !strings.HasPrefix(snap, "vm/100/") || !strings.HasSuffix(snap, ".img.fidx") {
+			// One backup id each: two backups of one id in the same second
+			// are the same snapshot, which EXCL refuses.
+			id := fmt.Sprint(100 + i)
+			snap := backup(t, p, nil, "--type", "vm", "--id", id, "--name", "disk.img", "--fixed", "--chunk-size", "1048576", writeFile(t, data))
+			if !strings.HasPrefix(snap, "vm/"+id+"/") || !strings.HasSuffix(snap, "/disk.img.fidx") {
 				t.Fatalf("snapshot path %q", snap)
 			}
 			if got := restore(t, p, snap); !bytes.Equal(got, data) {
@@ -106,7 +110,7 @@ func pmxScenario(t *testing.T, p *process) {
 	stream := randomBytes(42, 6<<20)
 	var first string
 	t.Run("dynamic stream from stdin", func(t *testing.T) {
-		first = backup(t, p, stream, "--type", "host", "--id", "web-01", "--name", "root.pxar", "-")
+		first = backup(t, p, stream, "--type", "host", "--id", "web-01", "--name", "root.pxar", "--time", "2026-11-24T10:00:00Z", "-")
 		if !strings.HasSuffix(first, "/root.pxar.didx") {
 			t.Fatalf("snapshot path %q", first)
 		}
@@ -119,9 +123,7 @@ func pmxScenario(t *testing.T, p *process) {
 		changed := bytes.Clone(stream)
 		copy(changed[3<<20:], randomBytes(7, 1000)) // one region of 1000 bytes
 		before := chunksWritten(t, p)
-		// The next second, so the snapshot time differs from the first.
-		time.Sleep(1100 * time.Millisecond)
-		second := backup(t, p, changed, "--type", "host", "--id", "web-01", "--name", "root.pxar", "-")
+		second := backup(t, p, changed, "--type", "host", "--id", "web-01", "--name", "root.pxar", "--time", "2026-11-25T10:00:00Z", "-")
 		n := chunksWritten(t, p) - before
 		if second == first || n < 1 || n > 3 {
 			t.Fatalf("incremental backup wrote %d new chunks (want 1 to 3: only those around the change)", n)
