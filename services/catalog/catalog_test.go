@@ -26,6 +26,8 @@ import (
 type fixture struct {
 	chunks  *chunk.Service
 	catalog chunkbridgev1.CatalogServiceClient
+	store   *memory.Store
+	server  *catalog.Server
 }
 
 func newFixture(t *testing.T, cfg catalog.Config) *fixture {
@@ -52,7 +54,7 @@ func newFixture(t *testing.T, cfg catalog.Config) *fixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	return &fixture{chunks: svc, catalog: chunkbridgev1.NewCatalogServiceClient(conn)}
+	return &fixture{chunks: svc, catalog: chunkbridgev1.NewCatalogServiceClient(conn), store: store, server: cat}
 }
 
 // index builds an index of n chunks of seed; stored chooses which chunks
