@@ -39,6 +39,10 @@ type Config struct {
 	MarkWorkers int
 	// VerifyWorkers read chunks back in parallel (default 4).
 	VerifyWorkers int
+	// RetryBackoff is the first wait before verification reads a chunk
+	// again that storage could not serve; the second is four times as long
+	// (default 250ms).
+	RetryBackoff time.Duration
 	// DeleteBatch is how many chunks one GC delete batch removes (default
 	// 1000, the S3 DeleteObjects maximum).
 	DeleteBatch int
@@ -95,6 +99,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.VerifyWorkers <= 0 {
 		cfg.VerifyWorkers = 4
+	}
+	if cfg.RetryBackoff <= 0 {
+		cfg.RetryBackoff = 250 * time.Millisecond
 	}
 	if cfg.DeleteBatch <= 0 {
 		cfg.DeleteBatch = 1000

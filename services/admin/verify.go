@@ -35,7 +35,7 @@ const (
 	// run: an outage, reported with where to resume.
 	unavailableStreak = 20
 	// unavailableRetries more attempts are made on a chunk storage could
-	// not serve, after 250 ms and 1 s.
+	// not serve, after RetryBackoff (250 ms) and four times that.
 	unavailableRetries = 2
 )
 
@@ -256,14 +256,15 @@ type chunkPage struct {
 }
 
 // walk lists the prefixes in id order (listing runs ahead of reading) and
-// reads the sampled chunks back, VerifyWorkers at a time. It returns the
-// highest id up to which every chunk was handled, and whether the whole
-// range was covered.
-func (v *verifyRun) walk(ctx context.Context) (through chunk.ID, complete bool, err error) {
+// reads the sampled chunks back, VerifyWorkers at a time, without waiting
+// at prefix boundaries. It returns the highest id up to which every chunk
+// was handled, and whether the whole range was covered.
+func (v *verifyRun) walk(ctx context.Context) (chunk.ID, bool, error) {
 	first := 0
+	tr := &tracker{v: v, pending: map[int64]trackedItem{}}
 	if v.resume != nil {
 		first = int(v.resume[0])
-		through = *v.resume
+		tr.through = *v.resume
 	}
 	lctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -289,69 +290,122 @@ func (v *verifyRun) walk(ctx context.Context) (through chunk.ID, complete bool, 
 			}
 		}
 	}()
+
+	sem := make(chan struct{}, v.s.cfg.VerifyWorkers)
+	var (
+		wg     sync.WaitGroup
+		errMu  sync.Mutex
+		runErr error
+		seq    int64
+	)
+	fail := func(err error) {
+		errMu.Lock()
+		if runErr == nil {
+			runErr = err
+		}
+		errMu.Unlock()
+		v.stopped.Store(true)
+	}
+pages:
 	for pg := range pages {
 		if pg.err != nil {
 			if ctx.Err() != nil {
-				return through, false, ctx.Err()
-			}
-			if errors.Is(pg.err, storage.ErrUnavailable) {
+				fail(ctx.Err())
+			} else if errors.Is(pg.err, storage.ErrUnavailable) {
 				v.stop(fmt.Sprintf("listing %s: %v", chunkPrefixes[pg.prefix], pg.err))
-				break
+			} else {
+				fail(pg.err)
 			}
-			return through, false, pg.err
-		}
-		if v.shouldStop() {
 			break
 		}
 		v.listed.Add(int64(len(pg.entries)))
 		for _, e := range pg.entries {
 			v.refs.see(e.id)
 		}
-		done := make([]atomic.Bool, len(pg.entries))
-		g, gctx := errgroup.WithContext(ctx)
-		g.SetLimit(v.s.cfg.VerifyWorkers)
-		for i, e := range pg.entries {
+		for _, e := range pg.entries {
 			if v.shouldStop() {
-				break
+				break pages
 			}
+			n := seq
+			seq++
 			if v.sample < 1 && rand.Float64() >= v.sample {
-				done[i].Store(true)
+				tr.finish(n, trackedItem{id: e.id, prefixEnd: -1})
 				continue
 			}
-			g.Go(func() error {
-				if err := v.check(gctx, e); err != nil {
-					return err
+			select {
+			case sem <- struct{}{}:
+			case <-ctx.Done():
+				fail(ctx.Err())
+				break pages
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer func() { <-sem }()
+				if err := v.check(ctx, e); err != nil {
+					fail(err)
+					return
 				}
-				done[i].Store(true)
-				return nil
-			})
+				tr.finish(n, trackedItem{id: e.id, prefixEnd: -1})
+			}()
 		}
-		if err := g.Wait(); err != nil {
-			return through, false, err
+		// The end of the prefix counts once everything before it is done.
+		tr.finish(seq, trackedItem{prefixEnd: pg.prefix})
+		seq++
+	}
+	wg.Wait()
+	if runErr != nil {
+		return tr.through, false, runErr
+	}
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	return tr.through, tr.reachedEnd && !v.stopped.Load(), nil
+}
+
+// trackedItem is a chunk, or the end of a prefix (prefixEnd ≥ 0).
+type trackedItem struct {
+	id        chunk.ID
+	prefixEnd int
+}
+
+// tracker turns completions in any order into the highest point up to
+// which everything is done: the resume point.
+type tracker struct {
+	v          *verifyRun
+	mu         sync.Mutex
+	next       int64
+	pending    map[int64]trackedItem
+	through    chunk.ID
+	reachedEnd bool
+}
+
+func (tr *tracker) finish(seq int64, it trackedItem) {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	tr.pending[seq] = it
+	for {
+		it, ok := tr.pending[tr.next]
+		if !ok {
+			return
 		}
-		n := 0
-		for n < len(done) && done[n].Load() {
-			n++
+		delete(tr.pending, tr.next)
+		tr.next++
+		if it.prefixEnd < 0 {
+			tr.through = it.id
+			tr.v.mu.Lock()
+			tr.v.lastID = it.id.String()
+			tr.v.mu.Unlock()
+			continue
 		}
-		if n > 0 {
-			through = pg.entries[n-1].id
-			v.mu.Lock()
-			v.lastID = through.String()
-			v.mu.Unlock()
+		tr.through = chunk.ID{byte(it.prefixEnd)}
+		for i := 1; i < len(tr.through); i++ {
+			tr.through[i] = 0xff
 		}
-		if n < len(done) {
-			break // stopped within the page
-		}
-		through = chunk.ID{byte(pg.prefix)}
-		for i := 1; i < len(through); i++ {
-			through[i] = 0xff
-		}
-		v.prefixesDone.Add(1)
-		if pg.prefix == len(chunkPrefixes)-1 {
-			complete = !v.stopped.Load()
+		tr.v.prefixesDone.Add(1)
+		if it.prefixEnd == len(chunkPrefixes)-1 {
+			tr.reachedEnd = true
 		}
 	}
-	return through, complete && !v.stopped.Load(), ctx.Err()
 }
 
 // check reads one chunk back: chunk.Service.Get with raw=true decodes it
@@ -384,7 +438,7 @@ func (v *verifyRun) check(ctx context.Context, e listedChunk) error {
 		case errors.Is(err, storage.ErrUnavailable):
 			if attempt < unavailableRetries {
 				select {
-				case <-time.After(250 * time.Millisecond << (2 * attempt)):
+				case <-time.After(v.s.cfg.RetryBackoff << (2 * attempt)):
 					continue
 				case <-ctx.Done():
 					return ctx.Err()
