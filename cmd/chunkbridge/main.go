@@ -25,7 +25,17 @@ Usage:
   chunkbridge serve pmx-gateway     PMXBCKUP over TCP (optional TLS), in front of a chunk service
   chunkbridge casync-remote ...     casync's protocol on stdin/stdout: what ssh runs as the remote casync
   chunkbridge casync-ssh HOST ...   a CASYNC_SSH_PATH that relays casync's session to a casync gateway
+  chunkbridge gc [--grace 24h] [--dry-run]
+                                    delete the chunks no index or snapshot references
+  chunkbridge verify [--sample F] [--rate-limit R] [--resume-after ID]
+                                    read chunks back, re-hash them, check every reference (exit 1 on damage)
+  chunkbridge prune --keep-last N [--keep-daily N ...] [--type T --id ID] [--dry-run]
+                                    apply a retention policy to PMXBCKUP snapshots
+  chunkbridge stats                 what the store holds: chunks, bytes, dedup ratio, indexes, snapshots
   chunkbridge version
+
+The admin commands talk to the AdminService at --chunk-service (default
+127.0.0.1:9090); run "chunkbridge gc -h" for their flags.
 
 Run "chunkbridge serve all -h" for the flags. Every flag can also be set
 with an environment variable: --grpc-listen is CHUNKBRIDGE_GRPC_LISTEN.
@@ -46,6 +56,13 @@ func main() {
 	}
 	err := run(ctx, args, os.Stdout, os.Stderr)
 	stop()
+	var exit *exitError
+	if errors.As(err, &exit) {
+		if exit.msg != "" {
+			fmt.Fprintln(os.Stderr, "chunkbridge:", exit.msg)
+		}
+		os.Exit(exit.code)
+	}
 	if err != nil {
 		if !errors.Is(err, flag.ErrHelp) {
 			fmt.Fprintln(os.Stderr, "chunkbridge:", err)
@@ -72,6 +89,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return casyncRemote(ctx, args[1:], stderr)
 	case "casync-ssh":
 		return casyncSSH(ctx, args[1:], stderr)
+	case "gc":
+		return adminGC(ctx, args[1:], stdout, stderr)
+	case "verify":
+		return adminVerify(ctx, args[1:], stdout, stderr)
+	case "prune":
+		return adminPrune(ctx, args[1:], stdout, stderr)
+	case "stats":
+		return adminStats(ctx, args[1:], stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "chunkbridge", version)
 		return nil

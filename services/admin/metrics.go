@@ -92,7 +92,7 @@ func (c *storeCollector) Collect(ch chan<- prometheus.Metric) {
 		c.s.refreshSoon()
 	}
 	if counts == nil {
-		return
+		return // nothing counted yet: the count just started
 	}
 	d := storeDescs
 	gauge := func(desc *prometheus.Desc, v float64) {

@@ -22,6 +22,7 @@ type storeCounts struct {
 	at                              time.Time
 	chunks, stored, logical, noSize int64
 	catalog                         catalog.Summary
+	stale                           bool // chunks were deleted since
 }
 
 func (c *storeCounts) dedupRatio() float64 {
@@ -58,10 +59,21 @@ func (c *statsCache) set(v *storeCounts) {
 	c.mu.Unlock()
 }
 
-// invalidate makes the next request count again (after a GC deleted).
-func (c *statsCache) invalidate() { c.set(nil) }
+// invalidate makes the next request count again (after a GC deleted);
+// the metrics go on showing the old figures until then.
+func (c *statsCache) invalidate() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.last != nil {
+		stale := *c.last
+		stale.stale = true
+		c.last = &stale
+	}
+}
 
-func (s *Server) fresh(c *storeCounts) bool { return c != nil && time.Since(c.at) <= s.cfg.StatsTTL }
+func (s *Server) fresh(c *storeCounts) bool {
+	return c != nil && !c.stale && time.Since(c.at) <= s.cfg.StatsTTL
+}
 
 // counts returns a count no older than the TTL, counting if needed.
 func (s *Server) counts(ctx context.Context) (*storeCounts, error) {

@@ -541,6 +541,7 @@ func (v *verifyRun) resolveReferrers(ctx context.Context) {
 	defer v.mu.Unlock()
 	kept := v.problems[:0]
 	for _, p := range v.problems {
+		slices.Sort(p.ReferencedBy)
 		if p.Kind == chunkbridgev1.Problem_KIND_MISSING && len(p.ReferencedBy) == 0 {
 			v.counts[p.Kind]--
 			continue
