@@ -216,7 +216,7 @@ wait:
 			if st.Phase == "mark" {
 				progress.show("gc: marking: %d index files read", p.GetIndexFiles())
 			} else {
-				progress.show("gc: sweeping: %d/256 prefixes, %d chunks scanned, %d deleted (%s)", st.PrefixesDone, p.GetChunksScanned(), p.GetChunksDeleted(), bytesText(p.GetBytesDeleted()))
+				progress.show("gc: sweeping: %d/%d prefixes, %d chunks scanned, %d deleted (%s)", st.PrefixesDone, st.PrefixesTotal, p.GetChunksScanned(), p.GetChunksDeleted(), bytesText(p.GetBytesDeleted()))
 			}
 		}
 	}
@@ -286,7 +286,7 @@ func adminVerify(ctx context.Context, args []string, stdout, stderr io.Writer) e
 			return rpcError("verify", err)
 		}
 		if p := resp.GetProgress(); p != nil {
-			progress.show("verify: %d/256 prefixes, %d chunks read (%s), %d problems", p.PrefixesDone, p.ChunksVerified, bytesText(p.BytesRead), p.Problems)
+			progress.show("verify: %d/%d prefixes, %d chunks read (%s), %d problems", p.PrefixesDone, p.PrefixesTotal, p.ChunksVerified, bytesText(p.BytesRead), p.Problems)
 		}
 		r = resp.GetReport()
 	}

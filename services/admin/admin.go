@@ -5,6 +5,7 @@ package admin
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
@@ -32,9 +33,12 @@ type Config struct {
 	// DefaultGrace is the GC grace period when a request gives none
 	// (default 24h).
 	DefaultGrace time.Duration
-	// Workers list chunk prefixes in parallel in GC, verification and
-	// statistics (default 16).
+	// Workers list chunk prefixes in parallel in GC and statistics
+	// (default 16).
 	Workers int
+	// ListPrefixes is 16 (default) or 256: how finely the chunk id space is
+	// divided for listing (see prefixes).
+	ListPrefixes int
 	// MarkWorkers read indexes in parallel (default 8).
 	MarkWorkers int
 	// VerifyWorkers read chunks back in parallel (default 4).
@@ -63,12 +67,13 @@ type Hooks struct {
 // Server implements chunkbridgev1.AdminServiceServer.
 type Server struct {
 	chunkbridgev1.UnimplementedAdminServiceServer
-	store   storage.Store
-	chunks  *chunk.Service
-	catalog *catalog.Server
-	log     *slog.Logger
-	cfg     Config
-	metrics *metrics
+	store    storage.Store
+	chunks   *chunk.Service
+	catalog  *catalog.Server
+	log      *slog.Logger
+	cfg      Config
+	metrics  *metrics
+	prefixes prefixes
 
 	stats statsCache
 
@@ -94,6 +99,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Workers <= 0 {
 		cfg.Workers = 16
 	}
+	if cfg.ListPrefixes != 256 {
+		cfg.ListPrefixes = 16
+	}
 	if cfg.MarkWorkers <= 0 {
 		cfg.MarkWorkers = 8
 	}
@@ -106,25 +114,53 @@ func New(cfg Config) (*Server, error) {
 	if cfg.DeleteBatch <= 0 {
 		cfg.DeleteBatch = 1000
 	}
-	s := &Server{store: cfg.Store, chunks: cfg.Chunks, catalog: cfg.Catalog, log: cfg.Log, cfg: cfg}
+	s := &Server{store: cfg.Store, chunks: cfg.Chunks, catalog: cfg.Catalog, log: cfg.Log, cfg: cfg, prefixes: newPrefixes(cfg.ListPrefixes)}
 	s.metrics = newMetrics(cfg.Registerer, s)
 	return s, nil
 }
 
-// chunkPrefixes are the 256 listing prefixes chunks/00 … chunks/ff that
-// GC, verification and statistics work through in parallel; each holds the
-// chunks whose id starts with that byte.
-var chunkPrefixes = func() []string {
-	p := make([]string, 256)
-	for i := range p {
-		p[i] = "chunks/" + hexByte(byte(i))
+// prefixes divides the chunk id space into listing prefixes that GC,
+// verification and statistics work through in parallel: 16 (chunks/0 …
+// chunks/f) or 256 (chunks/00 … chunks/ff). Listing a prefix of chunks/
+// costs one pass over the chunks/ directory on a directory store and a
+// share of the pages on S3, so 16 prefixes list a directory store 7× faster
+// than 256 and S3 as fast, as long as Workers ≤ 16.
+type prefixes struct {
+	keys []string
+	hex  int // hex digits per prefix: 1 or 2
+}
+
+func newPrefixes(n int) prefixes {
+	p := prefixes{hex: 1}
+	if n == 256 {
+		p.hex = 2
+	}
+	for i := range 1 << (4 * p.hex) {
+		p.keys = append(p.keys, "chunks/"+fmt.Sprintf("%0*x", p.hex, i))
 	}
 	return p
-}()
+}
 
-func hexByte(b byte) string {
-	const digits = "0123456789abcdef"
-	return string([]byte{digits[b>>4], digits[b&15]})
+// of is the prefix that holds id.
+func (p prefixes) of(id chunk.ID) int {
+	if p.hex == 1 {
+		return int(id[0] >> 4)
+	}
+	return int(id[0])
+}
+
+// last is the highest id prefix i can hold.
+func (p prefixes) last(i int) chunk.ID {
+	var id chunk.ID
+	for j := range id {
+		id[j] = 0xff
+	}
+	if p.hex == 1 {
+		id[0] = byte(i<<4) | 0x0f
+	} else {
+		id[0] = byte(i)
+	}
+	return id
 }
 
 // chunkID reads the id of a chunk key chunks/<4 hex>/<64 hex>.cacnk;

@@ -89,6 +89,7 @@ func (s *Server) GetGCStatus(context.Context, *chunkbridgev1.GetGCStatusRequest)
 		resp.Phase, _ = p.phase.Load().(string)
 		resp.Progress = p.report(0, time.Since(p.started))
 		resp.PrefixesDone = p.prefixesDone.Load()
+		resp.PrefixesTotal = int32(len(s.prefixes.keys))
 	}
 	return resp, nil
 }
@@ -207,7 +208,7 @@ type candidate struct {
 func (s *Server) sweep(ctx context.Context, run *gcguard.Run, refs *refSet, p *gcProgress) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(s.cfg.Workers)
-	for _, prefix := range chunkPrefixes {
+	for _, prefix := range s.prefixes.keys {
 		g.Go(func() error {
 			var batch []candidate
 			err := s.store.List(gctx, prefix, func(i storage.Info) error {

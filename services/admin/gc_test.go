@@ -16,6 +16,7 @@ import (
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
 	"github.com/chunkbridge/chunkbridge/services/admin"
 	"github.com/chunkbridge/chunkbridge/services/chunk"
+	"github.com/chunkbridge/chunkbridge/storage"
 )
 
 // Two casync indexes and a PMXBCKUP snapshot share chunks; a third index
@@ -23,9 +24,16 @@ import (
 // exactly the chunks only it used, plus chunks nothing ever referenced;
 // everything still referenced stays and reads back.
 func TestGCRemovesExactlyTheUnreferenced(t *testing.T) {
-	for _, st := range stores {
+	for _, st := range append(stores[:len(stores):len(stores)], struct {
+		name string
+		open func(testing.TB) storage.Store
+	}{"memory-256-prefixes", memoryStore}) {
 		t.Run(st.name, func(t *testing.T) {
-			e := newEnv(t, st.open(t), admin.Config{})
+			cfg := admin.Config{}
+			if strings.HasSuffix(st.name, "256-prefixes") {
+				cfg.ListPrefixes = 256
+			}
+			e := newEnv(t, st.open(t), cfg)
 			shared := makeBlobs(1, 10, 1024, sha256Alg)
 			aOnly := makeBlobs(2, 7, 1024, sha256Alg)
 			bOnly := makeBlobs(3, 5, 1024, sha256Alg)

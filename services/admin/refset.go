@@ -7,9 +7,9 @@ import (
 )
 
 // refSet is the set of chunk ids referenced by the published files,
-// sharded by the first byte of the id, which is also the unit of the
-// parallel chunk listing: a sweep worker meets one shard at a time. Each
-// id also records whether the listing saw it in the store.
+// sharded by the first byte of the id so that parallel marking and sweep
+// workers (each on its own listing prefix) seldom meet on a lock. Each id
+// also records whether the listing saw it in the store.
 type refSet struct {
 	shards [256]refShard
 }

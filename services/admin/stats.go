@@ -124,7 +124,7 @@ func (s *Server) count(ctx context.Context) (*storeCounts, error) {
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(s.cfg.Workers)
-	for _, prefix := range chunkPrefixes {
+	for _, prefix := range s.prefixes.keys {
 		g.Go(func() error {
 			var need []storage.Info
 			err := list(gctx, prefix, func(i storage.Info) error {

@@ -152,7 +152,7 @@ func (v *verifyRun) progress() *chunkbridgev1.VerifyProgress {
 	}
 	return &chunkbridgev1.VerifyProgress{
 		ChunksListed: v.listed.Load(), ChunksVerified: v.verified.Load(), BytesRead: v.bytesRead.Load(),
-		Problems: n, LastId: v.lastID, PrefixesDone: v.prefixesDone.Load(),
+		Problems: n, LastId: v.lastID, PrefixesDone: v.prefixesDone.Load(), PrefixesTotal: int32(len(v.s.prefixes.keys)),
 	}
 }
 
@@ -263,7 +263,7 @@ func (v *verifyRun) walk(ctx context.Context) (chunk.ID, bool, error) {
 	first := 0
 	tr := &tracker{v: v, pending: map[int64]trackedItem{}}
 	if v.resume != nil {
-		first = int(v.resume[0])
+		first = v.s.prefixes.of(*v.resume)
 		tr.through = *v.resume
 	}
 	lctx, cancel := context.WithCancel(ctx)
@@ -271,9 +271,9 @@ func (v *verifyRun) walk(ctx context.Context) (chunk.ID, bool, error) {
 	pages := make(chan chunkPage, 2)
 	go func() {
 		defer close(pages)
-		for p := first; p < len(chunkPrefixes); p++ {
+		for p := first; p < len(v.s.prefixes.keys); p++ {
 			var pg = chunkPage{prefix: p}
-			pg.err = v.s.store.List(lctx, chunkPrefixes[p], func(i storage.Info) error {
+			pg.err = v.s.store.List(lctx, v.s.prefixes.keys[p], func(i storage.Info) error {
 				id, ok := chunkID(i.Key)
 				if ok && (v.resume == nil || bytes.Compare(id[:], v.resume[:]) > 0) {
 					pg.entries = append(pg.entries, listedChunk{id, i.Size})
@@ -312,7 +312,7 @@ pages:
 			if ctx.Err() != nil {
 				fail(ctx.Err())
 			} else if errors.Is(pg.err, storage.ErrUnavailable) {
-				v.stop(fmt.Sprintf("listing %s: %v", chunkPrefixes[pg.prefix], pg.err))
+				v.stop(fmt.Sprintf("listing %s: %v", v.s.prefixes.keys[pg.prefix], pg.err))
 			} else {
 				fail(pg.err)
 			}
@@ -397,12 +397,9 @@ func (tr *tracker) finish(seq int64, it trackedItem) {
 			tr.v.mu.Unlock()
 			continue
 		}
-		tr.through = chunk.ID{byte(it.prefixEnd)}
-		for i := 1; i < len(tr.through); i++ {
-			tr.through[i] = 0xff
-		}
+		tr.through = tr.v.s.prefixes.last(it.prefixEnd)
 		tr.v.prefixesDone.Add(1)
-		if it.prefixEnd == len(chunkPrefixes)-1 {
+		if it.prefixEnd == len(tr.v.s.prefixes.keys)-1 {
 			tr.reachedEnd = true
 		}
 	}

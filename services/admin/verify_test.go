@@ -158,9 +158,15 @@ func TestVerifyTransientErrorsAreNotCorruption(t *testing.T) {
 	}
 }
 
-// Resume, sample, rate limit and max duration.
+// Resume, sample, rate limit and max duration, with either prefix split.
 func TestVerifyResumeSampleAndLimits(t *testing.T) {
-	e := newEnv(t, memoryStore(t), admin.Config{VerifyWorkers: 2})
+	for _, n := range []int{16, 256} {
+		t.Run(fmt.Sprint(n), func(t *testing.T) { testVerifyResumeSampleAndLimits(t, n) })
+	}
+}
+
+func testVerifyResumeSampleAndLimits(t *testing.T, prefixes int) {
+	e := newEnv(t, memoryStore(t), admin.Config{VerifyWorkers: 2, ListPrefixes: prefixes})
 	blobs := makeBlobs(1, 200, 256, sha256Alg)
 	e.upload(t, blobs)
 	slices.SortFunc(blobs, func(a, b blob) int { return bytes.Compare(a.id[:], b.id[:]) })

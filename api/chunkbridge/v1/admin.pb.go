@@ -621,10 +621,11 @@ type GetGCStatusResponse struct {
 	Phase string `protobuf:"bytes,2,opt,name=phase,proto3" json:"phase,omitempty"`
 	// Its counts so far.
 	Progress *GCReport `protobuf:"bytes,3,opt,name=progress,proto3" json:"progress,omitempty"`
-	// Chunk prefixes (of 256) swept so far.
+	// Chunk id prefixes swept so far, of prefixes_total.
 	PrefixesDone int32 `protobuf:"varint,4,opt,name=prefixes_done,json=prefixesDone,proto3" json:"prefixes_done,omitempty"`
 	// The report of the last collection this process finished, if any.
 	Last          *GCReport `protobuf:"bytes,5,opt,name=last,proto3" json:"last,omitempty"`
+	PrefixesTotal int32     `protobuf:"varint,6,opt,name=prefixes_total,json=prefixesTotal,proto3" json:"prefixes_total,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -692,6 +693,13 @@ func (x *GetGCStatusResponse) GetLast() *GCReport {
 		return x.Last
 	}
 	return nil
+}
+
+func (x *GetGCStatusResponse) GetPrefixesTotal() int32 {
+	if x != nil {
+		return x.PrefixesTotal
+	}
+	return 0
 }
 
 type VerifyRequest struct {
@@ -864,8 +872,9 @@ type VerifyProgress struct {
 	Problems int64 `protobuf:"varint,4,opt,name=problems,proto3" json:"problems,omitempty"`
 	// Every chunk up to this id has been handled.
 	LastId string `protobuf:"bytes,5,opt,name=last_id,json=lastId,proto3" json:"last_id,omitempty"`
-	// Chunk prefixes (of 256) done.
+	// Chunk id prefixes done, of prefixes_total.
 	PrefixesDone  int32 `protobuf:"varint,6,opt,name=prefixes_done,json=prefixesDone,proto3" json:"prefixes_done,omitempty"`
+	PrefixesTotal int32 `protobuf:"varint,7,opt,name=prefixes_total,json=prefixesTotal,proto3" json:"prefixes_total,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -938,6 +947,13 @@ func (x *VerifyProgress) GetLastId() string {
 func (x *VerifyProgress) GetPrefixesDone() int32 {
 	if x != nil {
 		return x.PrefixesDone
+	}
+	return 0
+}
+
+func (x *VerifyProgress) GetPrefixesTotal() int32 {
+	if x != nil {
+		return x.PrefixesTotal
 	}
 	return 0
 }
@@ -1558,13 +1574,14 @@ const file_chunkbridge_v1_admin_proto_rawDesc = "" +
 	"\rchunks_recent\x18\x0e \x01(\x03R\fchunksRecent\x12)\n" +
 	"\x10chunks_protected\x18\x0f \x01(\x03R\x0fchunksProtected\x12-\n" +
 	"\x12referenced_missing\x18\x10 \x01(\x03R\x11referencedMissing\"\x14\n" +
-	"\x12GetGCStatusRequest\"\xce\x01\n" +
+	"\x12GetGCStatusRequest\"\xf5\x01\n" +
 	"\x13GetGCStatusResponse\x12\x18\n" +
 	"\arunning\x18\x01 \x01(\bR\arunning\x12\x14\n" +
 	"\x05phase\x18\x02 \x01(\tR\x05phase\x124\n" +
 	"\bprogress\x18\x03 \x01(\v2\x18.chunkbridge.v1.GCReportR\bprogress\x12#\n" +
 	"\rprefixes_done\x18\x04 \x01(\x05R\fprefixesDone\x12,\n" +
-	"\x04last\x18\x05 \x01(\v2\x18.chunkbridge.v1.GCReportR\x04last\"\xa7\x01\n" +
+	"\x04last\x18\x05 \x01(\v2\x18.chunkbridge.v1.GCReportR\x04last\x12%\n" +
+	"\x0eprefixes_total\x18\x06 \x01(\x05R\rprefixesTotal\"\xa7\x01\n" +
 	"\rVerifyRequest\x12\x16\n" +
 	"\x06sample\x18\x01 \x01(\x01R\x06sample\x12\x1d\n" +
 	"\n" +
@@ -1574,7 +1591,7 @@ const file_chunkbridge_v1_admin_proto_rawDesc = "" +
 	"\x0eVerifyResponse\x12<\n" +
 	"\bprogress\x18\x01 \x01(\v2\x1e.chunkbridge.v1.VerifyProgressH\x00R\bprogress\x126\n" +
 	"\x06report\x18\x02 \x01(\v2\x1c.chunkbridge.v1.VerifyReportH\x00R\x06reportB\b\n" +
-	"\x06result\"\xd7\x01\n" +
+	"\x06result\"\xfe\x01\n" +
 	"\x0eVerifyProgress\x12#\n" +
 	"\rchunks_listed\x18\x01 \x01(\x03R\fchunksListed\x12'\n" +
 	"\x0fchunks_verified\x18\x02 \x01(\x03R\x0echunksVerified\x12\x1d\n" +
@@ -1582,7 +1599,8 @@ const file_chunkbridge_v1_admin_proto_rawDesc = "" +
 	"bytes_read\x18\x03 \x01(\x03R\tbytesRead\x12\x1a\n" +
 	"\bproblems\x18\x04 \x01(\x03R\bproblems\x12\x17\n" +
 	"\alast_id\x18\x05 \x01(\tR\x06lastId\x12#\n" +
-	"\rprefixes_done\x18\x06 \x01(\x05R\fprefixesDone\"\xba\x02\n" +
+	"\rprefixes_done\x18\x06 \x01(\x05R\fprefixesDone\x12%\n" +
+	"\x0eprefixes_total\x18\a \x01(\x05R\rprefixesTotal\"\xba\x02\n" +
 	"\aProblem\x120\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x1c.chunkbridge.v1.Problem.KindR\x04kind\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x14\n" +
