@@ -104,3 +104,37 @@ func ValidatePrefix(prefix string) error {
 	}
 	return ValidateKey(strings.TrimSuffix(prefix, "/"))
 }
+
+// BatchDeleter is implemented by stores that remove many objects in one
+// request (S3 DeleteObjects). Use DeleteBatch, which falls back to Delete.
+type BatchDeleter interface {
+	// DeleteBatch removes the objects under keys; a missing key is not an
+	// error. On error some of the objects may be gone and others not; the
+	// error names the keys that could not be deleted.
+	DeleteBatch(ctx context.Context, keys []string) error
+}
+
+// DeleteBatch removes keys from s, in one or a few requests when s is a
+// BatchDeleter and one Delete at a time otherwise. A missing key is not an
+// error.
+func DeleteBatch(ctx context.Context, s Store, keys []string) error {
+	if b, ok := s.(BatchDeleter); ok {
+		return b.DeleteBatch(ctx, keys)
+	}
+	for _, k := range keys {
+		if err := s.Delete(ctx, k); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// MetadataLister is implemented by stores whose listing can carry each
+// object's metadata at no extra request (MinIO's ListObjects extension).
+type MetadataLister interface {
+	// ListWithMetadata is List with Info.Metadata filled in where the
+	// backend returned it. Metadata is nil for an object the backend said
+	// nothing about (an S3 service without the extension): the caller
+	// falls back to Stat.
+	ListWithMetadata(ctx context.Context, prefix string, fn func(Info) error) error
+}

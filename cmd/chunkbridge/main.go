@@ -27,7 +27,17 @@ Usage:
   chunkbridge casync-ssh HOST ...   a CASYNC_SSH_PATH that relays casync's session to a casync gateway
   chunkbridge pmx backup|restore|hashes|list ...  the PMXBCKUP client ("chunkbridge pmx help")
   chunkbridge s3 mkbucket s3://B    create the bucket if missing (for a Kubernetes Job)
+  chunkbridge gc [--grace 24h] [--dry-run]
+                                    delete the chunks no index or snapshot references
+  chunkbridge verify [--sample F] [--rate-limit R] [--resume-after ID]
+                                    read chunks back, re-hash them, check every reference (exit 1 on damage)
+  chunkbridge prune --keep-last N [--keep-daily N ...] [--type T --id ID] [--dry-run]
+                                    apply a retention policy to PMXBCKUP snapshots
+  chunkbridge stats                 what the store holds: chunks, bytes, dedup ratio, indexes, snapshots
   chunkbridge version
+
+The admin commands talk to the AdminService at --chunk-service (default
+127.0.0.1:9090); run "chunkbridge gc -h" for their flags.
 
 Run "chunkbridge serve all -h" for the flags. Every flag can also be set
 with an environment variable: --grpc-listen is CHUNKBRIDGE_GRPC_LISTEN.
@@ -48,6 +58,13 @@ func main() {
 	}
 	err := run(ctx, args, os.Stdout, os.Stderr)
 	stop()
+	var exit *exitError
+	if errors.As(err, &exit) {
+		if exit.msg != "" {
+			fmt.Fprintln(os.Stderr, "chunkbridge:", exit.msg)
+		}
+		os.Exit(exit.code)
+	}
 	if err != nil {
 		if !errors.Is(err, flag.ErrHelp) {
 			fmt.Fprintln(os.Stderr, "chunkbridge:", err)
@@ -78,6 +95,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return pmxMain(ctx, args[1:], stdout, stderr)
 	case "s3":
 		return s3Command(ctx, args[1:], stdout, stderr)
+	case "gc":
+		return adminGC(ctx, args[1:], stdout, stderr)
+	case "verify":
+		return adminVerify(ctx, args[1:], stdout, stderr)
+	case "prune":
+		return adminPrune(ctx, args[1:], stdout, stderr)
+	case "stats":
+		return adminStats(ctx, args[1:], stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "chunkbridge", version)
 		return nil

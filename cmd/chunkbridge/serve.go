@@ -62,6 +62,7 @@ type serveFlags struct {
 	presenceCache          int
 	spoolDir               string
 	healthInterval         time.Duration
+	statsTTL               time.Duration
 	shutdownTimeout        time.Duration
 	logFormat, logLevel    string
 }
@@ -78,6 +79,7 @@ func (f *serveFlags) register(fs *flag.FlagSet, p parts) {
 		fs.IntVar(&f.presenceCache, "presence-cache", 1<<18, "ids of stored chunks remembered to answer existence checks without storage (about 100 bytes each; 0 disables)")
 		fs.StringVar(&f.spoolDir, "spool-dir", "", "where arriving indexes are validated before publication (default: the system temporary directory)")
 		fs.DurationVar(&f.healthInterval, "health-interval", 2*time.Second, "how often storage reachability is probed for health")
+		fs.DurationVar(&f.statsTTL, "stats-ttl", 10*time.Second, "how long store counts (stats, store metrics) are reused; counting lists every chunk, so raise it for large stores")
 	} else {
 		fs.StringVar(&f.chunkService, "chunk-service", "127.0.0.1:9090", "address of the chunk service (gRPC)")
 		fs.BoolVar(&f.chunkServiceTLS, "chunk-service-tls", false, "connect to the chunk service over TLS")
@@ -287,7 +289,12 @@ func startServices(ctx context.Context, f serveFlags, log *slog.Logger, reg *pro
 	srv, grpcMetrics := newGRPCServer(log, reg, token, tlsConfig)
 	chunkbridgev1.RegisterChunkServiceServer(srv, chunk.NewServer(chunks, f.streamWindow))
 	chunkbridgev1.RegisterCatalogServiceServer(srv, cat)
-	chunkbridgev1.RegisterAdminServiceServer(srv, admin.New(store, chunks, 10*time.Second))
+	adm, err := admin.New(admin.Config{Store: store, Chunks: chunks, Catalog: cat, Log: log, Registerer: reg, StatsTTL: f.statsTTL})
+	if err != nil {
+		store.Close()
+		return nil, err
+	}
+	chunkbridgev1.RegisterAdminServiceServer(srv, adm)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(srv, hs)
 	reflection.Register(srv)

@@ -31,6 +31,11 @@ var (
 	// ErrMissingChunks: an index or snapshot references chunks the store
 	// lacks; the client must upload them first.
 	ErrMissingChunks = errors.New("missing chunks")
+	// ErrCorrupt: stored data (an index, a snapshot file) does not parse.
+	ErrCorrupt = errors.New("stored data is corrupt")
+	// ErrBusy: a conflicting operation is running (a second garbage
+	// collection); retry once it has finished.
+	ErrBusy = errors.New("busy")
 )
 
 // Code classifies err.
@@ -42,7 +47,7 @@ func Code(err error) codes.Code {
 		return codes.Canceled
 	case errors.Is(err, context.DeadlineExceeded):
 		return codes.DeadlineExceeded
-	case errors.Is(err, ErrDigestMismatch):
+	case errors.Is(err, ErrDigestMismatch), errors.Is(err, ErrCorrupt):
 		return codes.DataLoss
 	case errors.Is(err, ErrInvalid), errors.Is(err, storage.ErrInvalidKey):
 		return codes.InvalidArgument
@@ -52,6 +57,8 @@ func Code(err error) codes.Code {
 		return codes.AlreadyExists
 	case errors.Is(err, ErrMissingChunks):
 		return codes.FailedPrecondition
+	case errors.Is(err, ErrBusy):
+		return codes.Aborted
 	case errors.Is(err, storage.ErrUnavailable):
 		return codes.Unavailable
 	case errors.Is(err, storage.ErrPermission):

@@ -9,6 +9,7 @@ import (
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
 	"github.com/chunkbridge/chunkbridge/services/chunk"
+	"github.com/chunkbridge/chunkbridge/services/gcguard"
 	"github.com/chunkbridge/chunkbridge/storage"
 )
 
@@ -20,6 +21,10 @@ type Config struct {
 	// SpoolDir holds indexes while they arrive and are validated (default
 	// the system temporary directory). Nothing there outlives a call.
 	SpoolDir string
+	// Guard is where commits register the chunks they reference with a
+	// garbage collection running in this process (default: a new one,
+	// which the AdminService finds through Server.Guard).
+	Guard *gcguard.Guard
 }
 
 // Server implements chunkbridgev1.CatalogServiceServer.
@@ -28,6 +33,7 @@ type Server struct {
 	store  storage.Store
 	chunks *chunk.Service
 	cfg    Config
+	guard  *gcguard.Guard
 }
 
 // New returns the catalog over store; chunks answers existence checks.
@@ -41,5 +47,12 @@ func New(store storage.Store, chunks *chunk.Service, cfg Config) (*Server, error
 	if err := os.MkdirAll(cfg.SpoolDir, 0o700); err != nil {
 		return nil, fmt.Errorf("catalog spool directory %s: %w", cfg.SpoolDir, err)
 	}
-	return &Server{store: store, chunks: chunks, cfg: cfg}, nil
+	if cfg.Guard == nil {
+		cfg.Guard = gcguard.New()
+	}
+	return &Server{store: store, chunks: chunks, cfg: cfg, guard: cfg.Guard}, nil
 }
+
+// Guard is the guard the catalog's commits register with; garbage
+// collection in this process must use the same one.
+func (s *Server) Guard() *gcguard.Guard { return s.guard }

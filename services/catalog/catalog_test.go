@@ -22,12 +22,15 @@ import (
 type fixture struct {
 	chunks  *chunk.Service
 	catalog chunkbridgev1.CatalogServiceClient
+	store   *memory.Store
+	server  *catalog.Server
 }
 
 func newFixture(t *testing.T, cfg catalog.Config) *fixture {
 	t.Helper()
-	svcs := servicetest.Start(t, memory.New(), chunk.Config{}, cfg)
-	return &fixture{chunks: svcs.Chunks, catalog: svcs.CatalogClient()}
+	store := memory.New()
+	svcs := servicetest.Start(t, store, chunk.Config{}, cfg)
+	return &fixture{chunks: svcs.Chunks, catalog: svcs.CatalogClient(), store: store, server: svcs.Catalog}
 }
 
 // index builds an index of n chunks of seed; stored chooses which chunks

@@ -20,6 +20,7 @@ import (
 	"github.com/chunkbridge/chunkbridge/services/catalog/caindex"
 	"github.com/chunkbridge/chunkbridge/services/catalog/pbsindex"
 	"github.com/chunkbridge/chunkbridge/services/chunk"
+	"github.com/chunkbridge/chunkbridge/services/gcguard"
 	"github.com/chunkbridge/chunkbridge/storage"
 )
 
@@ -93,7 +94,10 @@ func (s *Server) publishIndex(ctx context.Context, name string, f *os.File, size
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return nil, fmt.Errorf("put index %s: %w", name, err)
 	}
-	seen := map[chunk.ID]struct{}{}
+	// The ticket comes before the existence checks: a GC delete after it
+	// makes the commit re-check (see gcguard).
+	ticket := s.guard.Ticket()
+	seen := gcguard.IDs{}
 	var batch []chunk.ID
 	var missing []chunk.ID
 	var nMissing int
@@ -133,6 +137,13 @@ func (s *Server) publishIndex(ctx context.Context, name string, f *os.File, size
 		}
 		return nil, fmt.Errorf("put index %s: %w: it references %d chunks the store lacks (first: %s); upload them first",
 			name, apierr.ErrMissingChunks, nMissing, strings.Join(ids, ", "))
+	}
+	commit, recheck := s.guard.Commit(ticket, seen)
+	defer commit.Done()
+	if recheck {
+		if err := s.recheck(ctx, seen); err != nil {
+			return nil, fmt.Errorf("put index %s: %w", name, err)
+		}
 	}
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return nil, fmt.Errorf("put index %s: %w", name, err)

@@ -22,6 +22,7 @@ import (
 	"github.com/chunkbridge/chunkbridge/services/apierr"
 	"github.com/chunkbridge/chunkbridge/services/catalog/pbsindex"
 	"github.com/chunkbridge/chunkbridge/services/chunk"
+	"github.com/chunkbridge/chunkbridge/services/gcguard"
 	"github.com/chunkbridge/chunkbridge/storage"
 )
 
@@ -121,6 +122,7 @@ type snapshotWriter struct {
 	dynamic *pbsindex.Dynamic
 	pending []*chunkbridgev1.WriteSnapshotFileRequest_Entry
 	refused int
+	ticket  gcguard.Ticket // taken before the first entry was checked
 	send    func(*chunkbridgev1.WriteSnapshotFileResponse) error
 }
 
@@ -195,7 +197,7 @@ func (s *Server) newSnapshotWriter(ctx context.Context, c *chunkbridgev1.WriteSn
 	if c.GetFixed() {
 		ext = ".fidx"
 	}
-	w := &snapshotWriter{s: s, create: c, path: snapshotPath{c.GetType(), c.GetBackupId(), t.UTC().Format(snapshotTimeLayout), c.GetName() + ext}}
+	w := &snapshotWriter{s: s, create: c, path: snapshotPath{c.GetType(), c.GetBackupId(), t.UTC().Format(snapshotTimeLayout), c.GetName() + ext}, ticket: s.guard.Ticket()}
 	now := uint64(time.Now().Unix())
 	if c.GetFixed() {
 		if c.GetChunkSize() < 1 || c.GetChunkSize() > maxChunkSize {
@@ -348,11 +350,34 @@ func (w *snapshotWriter) commit(ctx context.Context) (*chunkbridgev1.SnapshotFil
 		meta[metaFixed] = "false"
 		meta[metaChunks], meta[metaContentSize] = strconv.Itoa(len(w.dynamic.Entries)), strconv.FormatUint(w.dynamic.Size(), 10)
 	}
+	ids := w.ids()
+	commit, recheck := w.s.guard.Commit(w.ticket, ids)
+	defer commit.Done()
+	if recheck {
+		if err := w.s.recheck(ctx, ids); err != nil {
+			return nil, fmt.Errorf("snapshot file %s: %w", w.path, err)
+		}
+	}
 	size := int64(buf.Len())
 	if err := w.s.store.Put(ctx, w.path.key(), &buf, size, meta); err != nil {
 		return nil, fmt.Errorf("snapshot file %s: %w", w.path, err)
 	}
 	return fileInfo(w.path, storage.Info{Size: size, Metadata: meta}), nil
+}
+
+// ids is the set of chunks the file references.
+func (w *snapshotWriter) ids() gcguard.IDs {
+	ids := gcguard.IDs{}
+	if f := w.fixed; f != nil {
+		for _, d := range f.Digests {
+			ids[chunk.ID(d)] = struct{}{}
+		}
+	} else {
+		for _, e := range w.dynamic.Entries {
+			ids[chunk.ID(e.Digest)] = struct{}{}
+		}
+	}
+	return ids
 }
 
 func fileInfo(p snapshotPath, i storage.Info) *chunkbridgev1.SnapshotFileInfo {

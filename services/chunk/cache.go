@@ -9,9 +9,16 @@ import (
 // when known (0 if not), up to a fixed count, evicting the least recently
 // used. Only presence is cached: absence changes with every upload. Chunks
 // are removed only by garbage collection, which must call Forget.
+//
+// Every forget advances a generation. Callers read the generation before
+// they ask storage whether a chunk exists and pass it to add, which drops
+// the entry if any forget happened in between: an answer storage gave
+// before a chunk was deleted can never be cached after the deletion's
+// Forget, however the goroutines interleave.
 type presence struct {
 	mu    sync.Mutex
 	max   int
+	gen   uint64
 	order *list.List // front = most recent; values are entry
 	items map[ID]*list.Element
 }
@@ -46,13 +53,25 @@ func (p *presence) lookup(id ID) (int64, bool) {
 	return e.Value.(entry).size, true
 }
 
+// generation is read before asking storage; see add.
+func (p *presence) generation() uint64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.gen
+}
+
 // add records id as stored; size 0 means unknown and keeps a known size.
-func (p *presence) add(id ID, size int64) {
+// gen is the generation read before storage was asked: if anything was
+// forgotten since, the answer may be stale and nothing is recorded.
+func (p *presence) add(id ID, size int64, gen uint64) {
 	if p.max <= 0 {
 		return
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if gen != p.gen {
+		return
+	}
 	if e, ok := p.items[id]; ok {
 		if size > 0 {
 			e.Value = entry{id, size}
@@ -71,6 +90,7 @@ func (p *presence) add(id ID, size int64) {
 func (p *presence) forget(id ID) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.gen++
 	if e, ok := p.items[id]; ok {
 		p.order.Remove(e)
 		delete(p.items, id)

@@ -134,11 +134,12 @@ func (s *Service) Put(ctx context.Context, u Upload) (created bool, err error) {
 		stored = s.codec.compress(data)
 	}
 	meta := storage.Metadata{metaAlgorithm: algorithmName(u.Algorithm), metaSize: strconv.Itoa(len(data))}
+	gen := s.presence.generation()
 	created, err = s.store.PutIfAbsent(ctx, u.ID.Key(), bytes.NewReader(stored), int64(len(stored)), meta)
 	if err != nil {
 		return false, fmt.Errorf("chunk %s: %w", u.ID, err)
 	}
-	s.presence.add(u.ID, int64(len(data)))
+	s.presence.add(u.ID, int64(len(data)), gen)
 	if created {
 		s.written.Add(1)
 		s.metrics.bytesStored.Add(float64(len(stored)))
@@ -167,10 +168,11 @@ func (s *Service) FindMissing(ctx context.Context, ids []ID) ([]ID, error) {
 			continue
 		}
 		g.Go(func() error {
+			gen := s.presence.generation()
 			_, err := s.store.Stat(gctx, id.Key())
 			switch {
 			case err == nil:
-				s.presence.add(id, 0)
+				s.presence.add(id, 0, gen)
 			case errors.Is(err, storage.ErrNotFound):
 				missing[i] = true
 			default:
@@ -308,6 +310,7 @@ func readErr(err error) error {
 
 // Stat describes a stored chunk.
 func (s *Service) Stat(ctx context.Context, id ID) (*chunkbridgev1.ChunkInfo, error) {
+	gen := s.presence.generation()
 	info, err := s.store.Stat(ctx, id.Key())
 	if err != nil {
 		return nil, storeErr(id, err)
@@ -321,7 +324,7 @@ func (s *Service) Stat(ctx context.Context, id ID) (*chunkbridgev1.ChunkInfo, er
 		}
 		alg, size = c.Algorithm, c.Size
 	}
-	s.presence.add(id, size)
+	s.presence.add(id, size, gen)
 	return &chunkbridgev1.ChunkInfo{Id: id.String(), Algorithm: alg, Size: size, StoredSize: info.Size}, nil
 }
 
@@ -336,5 +339,7 @@ func (s *Service) Counters() Counters {
 }
 
 // Forget drops id from the presence cache; garbage collection calls it
-// before deleting a chunk.
+// before deleting a chunk, and again once it is deleted. An existence
+// answer storage gave before a Forget is never cached after it (see
+// presence), so after the second Forget the cache cannot claim the chunk.
 func (s *Service) Forget(id ID) { s.presence.forget(id) }

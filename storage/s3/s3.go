@@ -64,7 +64,11 @@ type Store struct {
 	prefix string // "" or ends in "/"
 }
 
-var _ storage.Store = (*Store)(nil)
+var (
+	_ storage.Store          = (*Store)(nil)
+	_ storage.BatchDeleter   = (*Store)(nil)
+	_ storage.MetadataLister = (*Store)(nil)
+)
 
 // Open connects, checks the credentials and creates the bucket if missing.
 func Open(ctx context.Context, cfg Config) (*Store, error) {
@@ -235,21 +239,86 @@ func (s *Store) Delete(ctx context.Context, key string) error {
 	return nil
 }
 
+// DeleteBatch removes keys with multi-object DeleteObjects requests of up
+// to 1000 keys each (minio-go splits larger batches).
+func (s *Store) DeleteBatch(ctx context.Context, keys []string) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	names := make([]string, len(keys))
+	for i, k := range keys {
+		name, err := s.object(k)
+		if err != nil {
+			return err
+		}
+		names[i] = name
+	}
+	objects := make(chan minio.ObjectInfo)
+	go func() {
+		defer close(objects)
+		for _, name := range names {
+			select {
+			case objects <- minio.ObjectInfo{Key: name}:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	var failed []string
+	var first error
+	for r := range s.client.RemoveObjectsWithResult(ctx, s.bucket, objects, minio.RemoveObjectsOptions{}) {
+		if r.Err == nil || minio.ToErrorResponse(r.Err).Code == "NoSuchKey" {
+			continue
+		}
+		if first == nil {
+			first = r.Err
+		}
+		failed = append(failed, strings.TrimPrefix(r.ObjectName, s.prefix))
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if first != nil {
+		shown := failed[:min(len(failed), 5)]
+		return fmt.Errorf("delete %d objects, %d failed (first: %s): %w", len(keys), len(failed), strings.Join(shown, ", "), classify(first))
+	}
+	return nil
+}
+
 // List pages through ListObjectsV2; S3 returns keys in lexical order.
 func (s *Store) List(ctx context.Context, prefix string, fn func(storage.Info) error) error {
+	return s.list(ctx, prefix, false, fn)
+}
+
+// ListWithMetadata asks for the objects' metadata in the listing, which
+// MinIO returns; other S3 services ignore the request and Info.Metadata
+// stays nil.
+func (s *Store) ListWithMetadata(ctx context.Context, prefix string, fn func(storage.Info) error) error {
+	return s.list(ctx, prefix, true, fn)
+}
+
+func (s *Store) list(ctx context.Context, prefix string, withMeta bool, fn func(storage.Info) error) error {
 	if err := storage.ValidatePrefix(prefix); err != nil {
 		return err
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel() // stops minio-go's listing goroutine when fn ends early
-	for oi := range s.client.ListObjects(ctx, s.bucket, minio.ListObjectsOptions{Prefix: s.prefix + prefix, Recursive: true}) {
+	opts := minio.ListObjectsOptions{Prefix: s.prefix + prefix, Recursive: true, WithMetadata: withMeta}
+	for oi := range s.client.ListObjects(ctx, s.bucket, opts) {
 		if oi.Err != nil {
 			if err := ctx.Err(); err != nil {
 				return err
 			}
 			return fmt.Errorf("list %s: %w", prefix, classify(oi.Err))
 		}
-		if err := fn(storage.Info{Key: strings.TrimPrefix(oi.Key, s.prefix), Size: oi.Size, Modified: oi.LastModified}); err != nil {
+		info := storage.Info{Key: strings.TrimPrefix(oi.Key, s.prefix), Size: oi.Size, Modified: oi.LastModified}
+		if withMeta && oi.UserMetadataStripped != nil {
+			info.Metadata = storage.Metadata{}
+			for k, v := range oi.UserMetadataStripped {
+				info.Metadata[strings.ToLower(k)] = v
+			}
+		}
+		if err := fn(info); err != nil {
 			return err
 		}
 	}

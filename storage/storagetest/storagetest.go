@@ -35,6 +35,8 @@ func Run(t *testing.T, newStore func(t *testing.T) storage.Store) {
 	t.Run("ListManyKeys", func(t *testing.T) { testListMany(t, newStore(t)) })
 	t.Run("ListOrderAndPrefix", func(t *testing.T) { testListOrder(t, newStore(t)) })
 	t.Run("ContextCancellation", func(t *testing.T) { testCancel(t, newStore(t)) })
+	t.Run("DeleteBatch", func(t *testing.T) { testDeleteBatch(t, newStore(t)) })
+	t.Run("ListWithMetadata", func(t *testing.T) { testListWithMetadata(t, newStore(t)) })
 }
 
 func random(t testing.TB, n int) []byte {
@@ -366,5 +368,75 @@ func testCancel(t *testing.T, s storage.Store) {
 	}
 	if seen >= 30 {
 		t.Fatalf("List went on to all %d keys after cancellation", seen)
+	}
+}
+
+// testDeleteBatch covers storage.DeleteBatch: the store's own batched delete
+// when it has one (more keys than one S3 DeleteObjects request takes), the
+// one-by-one fallback otherwise.
+func testDeleteBatch(t *testing.T, s storage.Store) {
+	ctx := context.Background()
+	const n = 1050
+	var keys []string
+	var g errgroup.Group
+	g.SetLimit(16)
+	for i := range n {
+		k := fmt.Sprintf("batch/%02x/%06d", i%5, i)
+		keys = append(keys, k)
+		g.Go(func() error {
+			_, err := s.PutIfAbsent(ctx, k, bytes.NewReader([]byte("x")), 1, nil)
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	put(t, s, "batch-kept", []byte("kept"), nil)
+	put(t, s, "batch/kept", []byte("kept"), nil)
+	// Missing keys among them are not an error.
+	doomed := append(slices.Clone(keys), "batch/never-written", "batch/zz/missing")
+	if err := storage.DeleteBatch(ctx, s, doomed); err != nil {
+		t.Fatalf("DeleteBatch(%d keys): %v", len(doomed), err)
+	}
+	var left []string
+	if err := s.List(ctx, "batch", func(i storage.Info) error { left = append(left, i.Key); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"batch-kept", "batch/kept"}; !slices.Equal(left, want) {
+		t.Fatalf("after DeleteBatch %d keys remain (%v…), want %v", len(left), left[:min(len(left), 5)], want)
+	}
+	if err := storage.DeleteBatch(ctx, s, nil); err != nil {
+		t.Fatalf("DeleteBatch(nothing) = %v", err)
+	}
+	if err := storage.DeleteBatch(ctx, s, []string{"batch/kept", "../escape"}); !errors.Is(err, storage.ErrInvalidKey) {
+		t.Fatalf("DeleteBatch with an invalid key = %v, want ErrInvalidKey", err)
+	}
+	// The key can be created again.
+	put(t, s, keys[0], []byte("again"), nil)
+}
+
+// testListWithMetadata: a MetadataLister lists what List lists, and any
+// metadata it returns is the object's.
+func testListWithMetadata(t *testing.T, s storage.Store) {
+	ml, ok := s.(storage.MetadataLister)
+	if !ok {
+		t.Skip("the store has no metadata listing")
+	}
+	ctx := context.Background()
+	put(t, s, "meta/a", []byte("a"), storage.Metadata{"algorithm": "sha256", "size": "12"})
+	put(t, s, "meta/b", []byte("bb"), nil)
+	put(t, s, "metaz", []byte("z"), storage.Metadata{"size": "1"})
+	var got []storage.Info
+	if err := ml.ListWithMetadata(ctx, "meta/", func(i storage.Info) error { got = append(got, i); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got[0].Key != "meta/a" || got[1].Key != "meta/b" || got[0].Size != 1 || got[1].Size != 2 {
+		t.Fatalf("ListWithMetadata(meta/) = %+v", got)
+	}
+	if m := got[0].Metadata; m != nil && (m["algorithm"] != "sha256" || m["size"] != "12") {
+		t.Fatalf("listed metadata of meta/a = %v", m)
+	}
+	if m := got[1].Metadata; len(m) != 0 {
+		t.Fatalf("listed metadata of meta/b (none written) = %v", m)
 	}
 }

@@ -9,6 +9,8 @@ package chunkbridgev1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -20,6 +22,71 @@ const (
 	// Verify that runtime/protoimpl is sufficiently up-to-date.
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
+
+type Problem_Kind int32
+
+const (
+	Problem_KIND_UNSPECIFIED Problem_Kind = 0
+	// Stored data does not decode or no longer hashes to its id (DATA_LOSS).
+	Problem_KIND_CORRUPT Problem_Kind = 1
+	// Referenced by an index or snapshot file but not in the store.
+	Problem_KIND_MISSING Problem_Kind = 2
+	// Could not be read for a reason that will not pass by itself
+	// (permissions, a malformed object).
+	Problem_KIND_UNREADABLE Problem_Kind = 3
+	// Could not be read because storage was unavailable: not evidence of
+	// damage; verify again later.
+	Problem_KIND_UNAVAILABLE Problem_Kind = 4
+	// An index or snapshot file that does not parse.
+	Problem_KIND_INDEX_CORRUPT Problem_Kind = 5
+)
+
+// Enum value maps for Problem_Kind.
+var (
+	Problem_Kind_name = map[int32]string{
+		0: "KIND_UNSPECIFIED",
+		1: "KIND_CORRUPT",
+		2: "KIND_MISSING",
+		3: "KIND_UNREADABLE",
+		4: "KIND_UNAVAILABLE",
+		5: "KIND_INDEX_CORRUPT",
+	}
+	Problem_Kind_value = map[string]int32{
+		"KIND_UNSPECIFIED":   0,
+		"KIND_CORRUPT":       1,
+		"KIND_MISSING":       2,
+		"KIND_UNREADABLE":    3,
+		"KIND_UNAVAILABLE":   4,
+		"KIND_INDEX_CORRUPT": 5,
+	}
+)
+
+func (x Problem_Kind) Enum() *Problem_Kind {
+	p := new(Problem_Kind)
+	*p = x
+	return p
+}
+
+func (x Problem_Kind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Problem_Kind) Descriptor() protoreflect.EnumDescriptor {
+	return file_chunkbridge_v1_admin_proto_enumTypes[0].Descriptor()
+}
+
+func (Problem_Kind) Type() protoreflect.EnumType {
+	return &file_chunkbridge_v1_admin_proto_enumTypes[0]
+}
+
+func (x Problem_Kind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Problem_Kind.Descriptor instead.
+func (Problem_Kind) EnumDescriptor() ([]byte, []int) {
+	return file_chunkbridge_v1_admin_proto_rawDescGZIP(), []int{10, 0}
+}
 
 type GetStatsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -69,11 +136,30 @@ type GetStatsResponse struct {
 	ChunksDeduplicated int64 `protobuf:"varint,4,opt,name=chunks_deduplicated,json=chunksDeduplicated,proto3" json:"chunks_deduplicated,omitempty"`
 	// Uncompressed bytes of all accepted uploads since start.
 	BytesReceived int64 `protobuf:"varint,5,opt,name=bytes_received,json=bytesReceived,proto3" json:"bytes_received,omitempty"`
-	// Unix time (seconds) at which chunk_count and stored_bytes were counted;
-	// counts are cached briefly because counting lists the whole store.
-	CountedAt     int64 `protobuf:"varint,6,opt,name=counted_at,json=countedAt,proto3" json:"counted_at,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// Unix time (seconds) at which the store was counted; counts are cached
+	// briefly because counting lists the whole store.
+	CountedAt int64 `protobuf:"varint,6,opt,name=counted_at,json=countedAt,proto3" json:"counted_at,omitempty"`
+	// Uncompressed bytes of the stored chunks.
+	LogicalBytes int64 `protobuf:"varint,7,opt,name=logical_bytes,json=logicalBytes,proto3" json:"logical_bytes,omitempty"`
+	// Bytes the indexes and snapshot files describe (the sum of their
+	// content sizes): what clients would store without deduplication.
+	ReferencedBytes int64 `protobuf:"varint,8,opt,name=referenced_bytes,json=referencedBytes,proto3" json:"referenced_bytes,omitempty"`
+	// referenced_bytes / logical_bytes: how many times each stored byte is
+	// used. 0 when nothing is stored.
+	DedupRatio float64 `protobuf:"fixed64,9,opt,name=dedup_ratio,json=dedupRatio,proto3" json:"dedup_ratio,omitempty"`
+	// logical_bytes / stored_bytes. 0 when nothing is stored.
+	CompressionRatio float64 `protobuf:"fixed64,10,opt,name=compression_ratio,json=compressionRatio,proto3" json:"compression_ratio,omitempty"`
+	// casync indexes in the catalog.
+	CasyncIndexes int64 `protobuf:"varint,11,opt,name=casync_indexes,json=casyncIndexes,proto3" json:"casync_indexes,omitempty"`
+	// PMXBCKUP snapshots, their files, and backup groups (type and id).
+	Snapshots     int64 `protobuf:"varint,12,opt,name=snapshots,proto3" json:"snapshots,omitempty"`
+	SnapshotFiles int64 `protobuf:"varint,13,opt,name=snapshot_files,json=snapshotFiles,proto3" json:"snapshot_files,omitempty"`
+	BackupGroups  int64 `protobuf:"varint,14,opt,name=backup_groups,json=backupGroups,proto3" json:"backup_groups,omitempty"`
+	// Stored chunks whose uncompressed size is not recorded (placed in the
+	// store by casync itself) and had to be read to be counted.
+	ChunksWithoutSize int64 `protobuf:"varint,15,opt,name=chunks_without_size,json=chunksWithoutSize,proto3" json:"chunks_without_size,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *GetStatsResponse) Reset() {
@@ -148,12 +234,1300 @@ func (x *GetStatsResponse) GetCountedAt() int64 {
 	return 0
 }
 
+func (x *GetStatsResponse) GetLogicalBytes() int64 {
+	if x != nil {
+		return x.LogicalBytes
+	}
+	return 0
+}
+
+func (x *GetStatsResponse) GetReferencedBytes() int64 {
+	if x != nil {
+		return x.ReferencedBytes
+	}
+	return 0
+}
+
+func (x *GetStatsResponse) GetDedupRatio() float64 {
+	if x != nil {
+		return x.DedupRatio
+	}
+	return 0
+}
+
+func (x *GetStatsResponse) GetCompressionRatio() float64 {
+	if x != nil {
+		return x.CompressionRatio
+	}
+	return 0
+}
+
+func (x *GetStatsResponse) GetCasyncIndexes() int64 {
+	if x != nil {
+		return x.CasyncIndexes
+	}
+	return 0
+}
+
+func (x *GetStatsResponse) GetSnapshots() int64 {
+	if x != nil {
+		return x.Snapshots
+	}
+	return 0
+}
+
+func (x *GetStatsResponse) GetSnapshotFiles() int64 {
+	if x != nil {
+		return x.SnapshotFiles
+	}
+	return 0
+}
+
+func (x *GetStatsResponse) GetBackupGroups() int64 {
+	if x != nil {
+		return x.BackupGroups
+	}
+	return 0
+}
+
+func (x *GetStatsResponse) GetChunksWithoutSize() int64 {
+	if x != nil {
+		return x.ChunksWithoutSize
+	}
+	return 0
+}
+
+type RunGCRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Unreferenced chunks written less than this long before the collection
+	// started are kept: the time a backup session may take between uploading
+	// a chunk and committing the index that references it. Unset: 24 hours.
+	Grace *durationpb.Duration `protobuf:"bytes,1,opt,name=grace,proto3" json:"grace,omitempty"`
+	// Report what would be deleted; delete nothing.
+	DryRun        bool `protobuf:"varint,2,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RunGCRequest) Reset() {
+	*x = RunGCRequest{}
+	mi := &file_chunkbridge_v1_admin_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RunGCRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RunGCRequest) ProtoMessage() {}
+
+func (x *RunGCRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chunkbridge_v1_admin_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RunGCRequest.ProtoReflect.Descriptor instead.
+func (*RunGCRequest) Descriptor() ([]byte, []int) {
+	return file_chunkbridge_v1_admin_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *RunGCRequest) GetGrace() *durationpb.Duration {
+	if x != nil {
+		return x.Grace
+	}
+	return nil
+}
+
+func (x *RunGCRequest) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
+type RunGCResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Report        *GCReport              `protobuf:"bytes,1,opt,name=report,proto3" json:"report,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RunGCResponse) Reset() {
+	*x = RunGCResponse{}
+	mi := &file_chunkbridge_v1_admin_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RunGCResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RunGCResponse) ProtoMessage() {}
+
+func (x *RunGCResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chunkbridge_v1_admin_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RunGCResponse.ProtoReflect.Descriptor instead.
+func (*RunGCResponse) Descriptor() ([]byte, []int) {
+	return file_chunkbridge_v1_admin_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *RunGCResponse) GetReport() *GCReport {
+	if x != nil {
+		return x.Report
+	}
+	return nil
+}
+
+// GCReport is what one collection found and did.
+type GCReport struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// When the collection started, on the store's clock.
+	Started *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=started,proto3" json:"started,omitempty"`
+	// Unreferenced chunks written before this time were deleted:
+	// started - grace.
+	Cutoff   *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=cutoff,proto3" json:"cutoff,omitempty"`
+	Duration *durationpb.Duration   `protobuf:"bytes,3,opt,name=duration,proto3" json:"duration,omitempty"`
+	DryRun   bool                   `protobuf:"varint,4,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	// casync indexes and snapshot files read to mark referenced chunks.
+	IndexFiles int64 `protobuf:"varint,5,opt,name=index_files,json=indexFiles,proto3" json:"index_files,omitempty"`
+	// Distinct chunk ids they reference.
+	ReferencedChunks int64 `protobuf:"varint,6,opt,name=referenced_chunks,json=referencedChunks,proto3" json:"referenced_chunks,omitempty"`
+	// Every chunk listed in the store, and its stored bytes.
+	ChunksScanned int64 `protobuf:"varint,7,opt,name=chunks_scanned,json=chunksScanned,proto3" json:"chunks_scanned,omitempty"`
+	BytesScanned  int64 `protobuf:"varint,8,opt,name=bytes_scanned,json=bytesScanned,proto3" json:"bytes_scanned,omitempty"`
+	// Chunks kept, for any reason below, and their stored bytes.
+	ChunksKept int64 `protobuf:"varint,9,opt,name=chunks_kept,json=chunksKept,proto3" json:"chunks_kept,omitempty"`
+	BytesKept  int64 `protobuf:"varint,10,opt,name=bytes_kept,json=bytesKept,proto3" json:"bytes_kept,omitempty"`
+	// Chunks deleted (in a dry run: that would be deleted), and their stored
+	// bytes.
+	ChunksDeleted int64 `protobuf:"varint,11,opt,name=chunks_deleted,json=chunksDeleted,proto3" json:"chunks_deleted,omitempty"`
+	BytesDeleted  int64 `protobuf:"varint,12,opt,name=bytes_deleted,json=bytesDeleted,proto3" json:"bytes_deleted,omitempty"`
+	// Kept because referenced by an index or snapshot file.
+	ChunksReferenced int64 `protobuf:"varint,13,opt,name=chunks_referenced,json=chunksReferenced,proto3" json:"chunks_referenced,omitempty"`
+	// Unreferenced, but written after the cutoff.
+	ChunksRecent int64 `protobuf:"varint,14,opt,name=chunks_recent,json=chunksRecent,proto3" json:"chunks_recent,omitempty"`
+	// Unreferenced when marked, then referenced by an index or snapshot file
+	// committed during the collection.
+	ChunksProtected int64 `protobuf:"varint,15,opt,name=chunks_protected,json=chunksProtected,proto3" json:"chunks_protected,omitempty"`
+	// Referenced chunks that are not in the store (Verify names them).
+	ReferencedMissing int64 `protobuf:"varint,16,opt,name=referenced_missing,json=referencedMissing,proto3" json:"referenced_missing,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *GCReport) Reset() {
+	*x = GCReport{}
+	mi := &file_chunkbridge_v1_admin_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GCReport) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GCReport) ProtoMessage() {}
+
+func (x *GCReport) ProtoReflect() protoreflect.Message {
+	mi := &file_chunkbridge_v1_admin_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GCReport.ProtoReflect.Descriptor instead.
+func (*GCReport) Descriptor() ([]byte, []int) {
+	return file_chunkbridge_v1_admin_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *GCReport) GetStarted() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Started
+	}
+	return nil
+}
+
+func (x *GCReport) GetCutoff() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Cutoff
+	}
+	return nil
+}
+
+func (x *GCReport) GetDuration() *durationpb.Duration {
+	if x != nil {
+		return x.Duration
+	}
+	return nil
+}
+
+func (x *GCReport) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
+func (x *GCReport) GetIndexFiles() int64 {
+	if x != nil {
+		return x.IndexFiles
+	}
+	return 0
+}
+
+func (x *GCReport) GetReferencedChunks() int64 {
+	if x != nil {
+		return x.ReferencedChunks
+	}
+	return 0
+}
+
+func (x *GCReport) GetChunksScanned() int64 {
+	if x != nil {
+		return x.ChunksScanned
+	}
+	return 0
+}
+
+func (x *GCReport) GetBytesScanned() int64 {
+	if x != nil {
+		return x.BytesScanned
+	}
+	return 0
+}
+
+func (x *GCReport) GetChunksKept() int64 {
+	if x != nil {
+		return x.ChunksKept
+	}
+	return 0
+}
+
+func (x *GCReport) GetBytesKept() int64 {
+	if x != nil {
+		return x.BytesKept
+	}
+	return 0
+}
+
+func (x *GCReport) GetChunksDeleted() int64 {
+	if x != nil {
+		return x.ChunksDeleted
+	}
+	return 0
+}
+
+func (x *GCReport) GetBytesDeleted() int64 {
+	if x != nil {
+		return x.BytesDeleted
+	}
+	return 0
+}
+
+func (x *GCReport) GetChunksReferenced() int64 {
+	if x != nil {
+		return x.ChunksReferenced
+	}
+	return 0
+}
+
+func (x *GCReport) GetChunksRecent() int64 {
+	if x != nil {
+		return x.ChunksRecent
+	}
+	return 0
+}
+
+func (x *GCReport) GetChunksProtected() int64 {
+	if x != nil {
+		return x.ChunksProtected
+	}
+	return 0
+}
+
+func (x *GCReport) GetReferencedMissing() int64 {
+	if x != nil {
+		return x.ReferencedMissing
+	}
+	return 0
+}
+
+type GetGCStatusRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetGCStatusRequest) Reset() {
+	*x = GetGCStatusRequest{}
+	mi := &file_chunkbridge_v1_admin_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetGCStatusRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetGCStatusRequest) ProtoMessage() {}
+
+func (x *GetGCStatusRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chunkbridge_v1_admin_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetGCStatusRequest.ProtoReflect.Descriptor instead.
+func (*GetGCStatusRequest) Descriptor() ([]byte, []int) {
+	return file_chunkbridge_v1_admin_proto_rawDescGZIP(), []int{5}
+}
+
+type GetGCStatusResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A collection is running in this process.
+	Running bool `protobuf:"varint,1,opt,name=running,proto3" json:"running,omitempty"`
+	// Its phase: "mark" (reading indexes) or "sweep" (listing and deleting
+	// chunks).
+	Phase string `protobuf:"bytes,2,opt,name=phase,proto3" json:"phase,omitempty"`
+	// Its counts so far.
+	Progress *GCReport `protobuf:"bytes,3,opt,name=progress,proto3" json:"progress,omitempty"`
+	// Chunk id prefixes swept so far, of prefixes_total.
+	PrefixesDone int32 `protobuf:"varint,4,opt,name=prefixes_done,json=prefixesDone,proto3" json:"prefixes_done,omitempty"`
+	// The report of the last collection this process finished, if any.
+	Last          *GCReport `protobuf:"bytes,5,opt,name=last,proto3" json:"last,omitempty"`
+	PrefixesTotal int32     `protobuf:"varint,6,opt,name=prefixes_total,json=prefixesTotal,proto3" json:"prefixes_total,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetGCStatusResponse) Reset() {
+	*x = GetGCStatusResponse{}
+	mi := &file_chunkbridge_v1_admin_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetGCStatusResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetGCStatusResponse) ProtoMessage() {}
+
+func (x *GetGCStatusResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chunkbridge_v1_admin_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetGCStatusResponse.ProtoReflect.Descriptor instead.
+func (*GetGCStatusResponse) Descriptor() ([]byte, []int) {
+	return file_chunkbridge_v1_admin_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *GetGCStatusResponse) GetRunning() bool {
+	if x != nil {
+		return x.Running
+	}
+	return false
+}
+
+func (x *GetGCStatusResponse) GetPhase() string {
+	if x != nil {
+		return x.Phase
+	}
+	return ""
+}
+
+func (x *GetGCStatusResponse) GetProgress() *GCReport {
+	if x != nil {
+		return x.Progress
+	}
+	return nil
+}
+
+func (x *GetGCStatusResponse) GetPrefixesDone() int32 {
+	if x != nil {
+		return x.PrefixesDone
+	}
+	return 0
+}
+
+func (x *GetGCStatusResponse) GetLast() *GCReport {
+	if x != nil {
+		return x.Last
+	}
+	return nil
+}
+
+func (x *GetGCStatusResponse) GetPrefixesTotal() int32 {
+	if x != nil {
+		return x.PrefixesTotal
+	}
+	return 0
+}
+
+type VerifyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Fraction of the stored chunks to read, chosen at random, in (0, 1];
+	// 0 means all of them. The existence check of referenced chunks is
+	// always complete.
+	Sample float64 `protobuf:"fixed64,1,opt,name=sample,proto3" json:"sample,omitempty"`
+	// Stored (compressed) bytes read per second at most; 0 for no limit.
+	RateLimit int64 `protobuf:"varint,2,opt,name=rate_limit,json=rateLimit,proto3" json:"rate_limit,omitempty"`
+	// Only chunks whose id sorts after this one (64 hex characters): the
+	// last_id of an earlier, unfinished run.
+	ResumeAfter string `protobuf:"bytes,3,opt,name=resume_after,json=resumeAfter,proto3" json:"resume_after,omitempty"`
+	// Stop after this long and report where to resume; unset for no limit.
+	MaxDuration   *durationpb.Duration `protobuf:"bytes,4,opt,name=max_duration,json=maxDuration,proto3" json:"max_duration,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VerifyRequest) Reset() {
+	*x = VerifyRequest{}
+	mi := &file_chunkbridge_v1_admin_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VerifyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VerifyRequest) ProtoMessage() {}
+
+func (x *VerifyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chunkbridge_v1_admin_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VerifyRequest.ProtoReflect.Descriptor instead.
+func (*VerifyRequest) Descriptor() ([]byte, []int) {
+	return file_chunkbridge_v1_admin_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *VerifyRequest) GetSample() float64 {
+	if x != nil {
+		return x.Sample
+	}
+	return 0
+}
+
+func (x *VerifyRequest) GetRateLimit() int64 {
+	if x != nil {
+		return x.RateLimit
+	}
+	return 0
+}
+
+func (x *VerifyRequest) GetResumeAfter() string {
+	if x != nil {
+		return x.ResumeAfter
+	}
+	return ""
+}
+
+func (x *VerifyRequest) GetMaxDuration() *durationpb.Duration {
+	if x != nil {
+		return x.MaxDuration
+	}
+	return nil
+}
+
+type VerifyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Result:
+	//
+	//	*VerifyResponse_Progress
+	//	*VerifyResponse_Report
+	Result        isVerifyResponse_Result `protobuf_oneof:"result"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VerifyResponse) Reset() {
+	*x = VerifyResponse{}
+	mi := &file_chunkbridge_v1_admin_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VerifyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VerifyResponse) ProtoMessage() {}
+
+func (x *VerifyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chunkbridge_v1_admin_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VerifyResponse.ProtoReflect.Descriptor instead.
+func (*VerifyResponse) Descriptor() ([]byte, []int) {
+	return file_chunkbridge_v1_admin_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *VerifyResponse) GetResult() isVerifyResponse_Result {
+	if x != nil {
+		return x.Result
+	}
+	return nil
+}
+
+func (x *VerifyResponse) GetProgress() *VerifyProgress {
+	if x != nil {
+		if x, ok := x.Result.(*VerifyResponse_Progress); ok {
+			return x.Progress
+		}
+	}
+	return nil
+}
+
+func (x *VerifyResponse) GetReport() *VerifyReport {
+	if x != nil {
+		if x, ok := x.Result.(*VerifyResponse_Report); ok {
+			return x.Report
+		}
+	}
+	return nil
+}
+
+type isVerifyResponse_Result interface {
+	isVerifyResponse_Result()
+}
+
+type VerifyResponse_Progress struct {
+	// Sent about once a second.
+	Progress *VerifyProgress `protobuf:"bytes,1,opt,name=progress,proto3,oneof"`
+}
+
+type VerifyResponse_Report struct {
+	// Sent once, last.
+	Report *VerifyReport `protobuf:"bytes,2,opt,name=report,proto3,oneof"`
+}
+
+func (*VerifyResponse_Progress) isVerifyResponse_Result() {}
+
+func (*VerifyResponse_Report) isVerifyResponse_Result() {}
+
+type VerifyProgress struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Chunks listed so far, and how many of them were read back.
+	ChunksListed   int64 `protobuf:"varint,1,opt,name=chunks_listed,json=chunksListed,proto3" json:"chunks_listed,omitempty"`
+	ChunksVerified int64 `protobuf:"varint,2,opt,name=chunks_verified,json=chunksVerified,proto3" json:"chunks_verified,omitempty"`
+	// Stored bytes read so far.
+	BytesRead int64 `protobuf:"varint,3,opt,name=bytes_read,json=bytesRead,proto3" json:"bytes_read,omitempty"`
+	// Problems found so far.
+	Problems int64 `protobuf:"varint,4,opt,name=problems,proto3" json:"problems,omitempty"`
+	// Every chunk up to this id has been handled.
+	LastId string `protobuf:"bytes,5,opt,name=last_id,json=lastId,proto3" json:"last_id,omitempty"`
+	// Chunk id prefixes done, of prefixes_total.
+	PrefixesDone  int32 `protobuf:"varint,6,opt,name=prefixes_done,json=prefixesDone,proto3" json:"prefixes_done,omitempty"`
+	PrefixesTotal int32 `protobuf:"varint,7,opt,name=prefixes_total,json=prefixesTotal,proto3" json:"prefixes_total,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VerifyProgress) Reset() {
+	*x = VerifyProgress{}
+	mi := &file_chunkbridge_v1_admin_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VerifyProgress) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VerifyProgress) ProtoMessage() {}
+
+func (x *VerifyProgress) ProtoReflect() protoreflect.Message {
+	mi := &file_chunkbridge_v1_admin_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VerifyProgress.ProtoReflect.Descriptor instead.
+func (*VerifyProgress) Descriptor() ([]byte, []int) {
+	return file_chunkbridge_v1_admin_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *VerifyProgress) GetChunksListed() int64 {
+	if x != nil {
+		return x.ChunksListed
+	}
+	return 0
+}
+
+func (x *VerifyProgress) GetChunksVerified() int64 {
+	if x != nil {
+		return x.ChunksVerified
+	}
+	return 0
+}
+
+func (x *VerifyProgress) GetBytesRead() int64 {
+	if x != nil {
+		return x.BytesRead
+	}
+	return 0
+}
+
+func (x *VerifyProgress) GetProblems() int64 {
+	if x != nil {
+		return x.Problems
+	}
+	return 0
+}
+
+func (x *VerifyProgress) GetLastId() string {
+	if x != nil {
+		return x.LastId
+	}
+	return ""
+}
+
+func (x *VerifyProgress) GetPrefixesDone() int32 {
+	if x != nil {
+		return x.PrefixesDone
+	}
+	return 0
+}
+
+func (x *VerifyProgress) GetPrefixesTotal() int32 {
+	if x != nil {
+		return x.PrefixesTotal
+	}
+	return 0
+}
+
+// Problem is one chunk or index file that failed verification.
+type Problem struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Kind  Problem_Kind           `protobuf:"varint,1,opt,name=kind,proto3,enum=chunkbridge.v1.Problem_Kind" json:"kind,omitempty"`
+	// The chunk id (64 hex), or empty for an index problem.
+	Id string `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	// The index or snapshot file, for an index problem.
+	Index string `protobuf:"bytes,3,opt,name=index,proto3" json:"index,omitempty"`
+	// What went wrong.
+	Message string `protobuf:"bytes,4,opt,name=message,proto3" json:"message,omitempty"`
+	// The gRPC code the failure had (DATA_LOSS, NOT_FOUND, UNAVAILABLE, …).
+	Code string `protobuf:"bytes,5,opt,name=code,proto3" json:"code,omitempty"`
+	// Store keys of the indexes and snapshot files that reference the chunk
+	// (indexes/<name>, snapshots/<type>/<id>/<time>/<file>), at most 100;
+	// empty for a chunk nothing references.
+	ReferencedBy  []string `protobuf:"bytes,6,rep,name=referenced_by,json=referencedBy,proto3" json:"referenced_by,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Problem) Reset() {
+	*x = Problem{}
+	mi := &file_chunkbridge_v1_admin_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Problem) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Problem) ProtoMessage() {}
+
+func (x *Problem) ProtoReflect() protoreflect.Message {
+	mi := &file_chunkbridge_v1_admin_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Problem.ProtoReflect.Descriptor instead.
+func (*Problem) Descriptor() ([]byte, []int) {
+	return file_chunkbridge_v1_admin_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *Problem) GetKind() Problem_Kind {
+	if x != nil {
+		return x.Kind
+	}
+	return Problem_KIND_UNSPECIFIED
+}
+
+func (x *Problem) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Problem) GetIndex() string {
+	if x != nil {
+		return x.Index
+	}
+	return ""
+}
+
+func (x *Problem) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *Problem) GetCode() string {
+	if x != nil {
+		return x.Code
+	}
+	return ""
+}
+
+func (x *Problem) GetReferencedBy() []string {
+	if x != nil {
+		return x.ReferencedBy
+	}
+	return nil
+}
+
+type VerifyReport struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Started  *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=started,proto3" json:"started,omitempty"`
+	Duration *durationpb.Duration   `protobuf:"bytes,2,opt,name=duration,proto3" json:"duration,omitempty"`
+	// The request's sample fraction (1 when all were read).
+	Sample float64 `protobuf:"fixed64,3,opt,name=sample,proto3" json:"sample,omitempty"`
+	// casync indexes and snapshot files read, and the distinct chunks they
+	// reference.
+	IndexFiles       int64 `protobuf:"varint,4,opt,name=index_files,json=indexFiles,proto3" json:"index_files,omitempty"`
+	ReferencedChunks int64 `protobuf:"varint,5,opt,name=referenced_chunks,json=referencedChunks,proto3" json:"referenced_chunks,omitempty"`
+	// Chunks listed (after resume_after), read back, and bytes read.
+	ChunksListed   int64 `protobuf:"varint,6,opt,name=chunks_listed,json=chunksListed,proto3" json:"chunks_listed,omitempty"`
+	ChunksVerified int64 `protobuf:"varint,7,opt,name=chunks_verified,json=chunksVerified,proto3" json:"chunks_verified,omitempty"`
+	BytesRead      int64 `protobuf:"varint,8,opt,name=bytes_read,json=bytesRead,proto3" json:"bytes_read,omitempty"`
+	// Uncompressed bytes of the chunks read back.
+	LogicalBytesRead int64 `protobuf:"varint,9,opt,name=logical_bytes_read,json=logicalBytesRead,proto3" json:"logical_bytes_read,omitempty"`
+	// Counts by kind.
+	Corrupt        int64 `protobuf:"varint,10,opt,name=corrupt,proto3" json:"corrupt,omitempty"`
+	Missing        int64 `protobuf:"varint,11,opt,name=missing,proto3" json:"missing,omitempty"`
+	Unreadable     int64 `protobuf:"varint,12,opt,name=unreadable,proto3" json:"unreadable,omitempty"`
+	Unavailable    int64 `protobuf:"varint,13,opt,name=unavailable,proto3" json:"unavailable,omitempty"`
+	IndexesCorrupt int64 `protobuf:"varint,14,opt,name=indexes_corrupt,json=indexesCorrupt,proto3" json:"indexes_corrupt,omitempty"`
+	// Every problem (up to 10 000), chunks in id order.
+	Problems []*Problem `protobuf:"bytes,15,rep,name=problems,proto3" json:"problems,omitempty"`
+	// Every chunk id up to this one was handled; pass it as resume_after to
+	// continue an unfinished run. Empty if none was.
+	LastId string `protobuf:"bytes,16,opt,name=last_id,json=lastId,proto3" json:"last_id,omitempty"`
+	// The whole id range was covered; false when the run stopped early.
+	Complete bool `protobuf:"varint,17,opt,name=complete,proto3" json:"complete,omitempty"`
+	// Why it stopped early.
+	StoppedReason string `protobuf:"bytes,18,opt,name=stopped_reason,json=stoppedReason,proto3" json:"stopped_reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VerifyReport) Reset() {
+	*x = VerifyReport{}
+	mi := &file_chunkbridge_v1_admin_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VerifyReport) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VerifyReport) ProtoMessage() {}
+
+func (x *VerifyReport) ProtoReflect() protoreflect.Message {
+	mi := &file_chunkbridge_v1_admin_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VerifyReport.ProtoReflect.Descriptor instead.
+func (*VerifyReport) Descriptor() ([]byte, []int) {
+	return file_chunkbridge_v1_admin_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *VerifyReport) GetStarted() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Started
+	}
+	return nil
+}
+
+func (x *VerifyReport) GetDuration() *durationpb.Duration {
+	if x != nil {
+		return x.Duration
+	}
+	return nil
+}
+
+func (x *VerifyReport) GetSample() float64 {
+	if x != nil {
+		return x.Sample
+	}
+	return 0
+}
+
+func (x *VerifyReport) GetIndexFiles() int64 {
+	if x != nil {
+		return x.IndexFiles
+	}
+	return 0
+}
+
+func (x *VerifyReport) GetReferencedChunks() int64 {
+	if x != nil {
+		return x.ReferencedChunks
+	}
+	return 0
+}
+
+func (x *VerifyReport) GetChunksListed() int64 {
+	if x != nil {
+		return x.ChunksListed
+	}
+	return 0
+}
+
+func (x *VerifyReport) GetChunksVerified() int64 {
+	if x != nil {
+		return x.ChunksVerified
+	}
+	return 0
+}
+
+func (x *VerifyReport) GetBytesRead() int64 {
+	if x != nil {
+		return x.BytesRead
+	}
+	return 0
+}
+
+func (x *VerifyReport) GetLogicalBytesRead() int64 {
+	if x != nil {
+		return x.LogicalBytesRead
+	}
+	return 0
+}
+
+func (x *VerifyReport) GetCorrupt() int64 {
+	if x != nil {
+		return x.Corrupt
+	}
+	return 0
+}
+
+func (x *VerifyReport) GetMissing() int64 {
+	if x != nil {
+		return x.Missing
+	}
+	return 0
+}
+
+func (x *VerifyReport) GetUnreadable() int64 {
+	if x != nil {
+		return x.Unreadable
+	}
+	return 0
+}
+
+func (x *VerifyReport) GetUnavailable() int64 {
+	if x != nil {
+		return x.Unavailable
+	}
+	return 0
+}
+
+func (x *VerifyReport) GetIndexesCorrupt() int64 {
+	if x != nil {
+		return x.IndexesCorrupt
+	}
+	return 0
+}
+
+func (x *VerifyReport) GetProblems() []*Problem {
+	if x != nil {
+		return x.Problems
+	}
+	return nil
+}
+
+func (x *VerifyReport) GetLastId() string {
+	if x != nil {
+		return x.LastId
+	}
+	return ""
+}
+
+func (x *VerifyReport) GetComplete() bool {
+	if x != nil {
+		return x.Complete
+	}
+	return false
+}
+
+func (x *VerifyReport) GetStoppedReason() string {
+	if x != nil {
+		return x.StoppedReason
+	}
+	return ""
+}
+
+type PruneRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Keep the newest N snapshots.
+	KeepLast int32 `protobuf:"varint,1,opt,name=keep_last,json=keepLast,proto3" json:"keep_last,omitempty"`
+	// Keep the newest snapshot of each of the last N hours, days, ISO weeks,
+	// months and years that have snapshots (UTC), among those the rules
+	// before did not already cover.
+	KeepHourly  int32 `protobuf:"varint,2,opt,name=keep_hourly,json=keepHourly,proto3" json:"keep_hourly,omitempty"`
+	KeepDaily   int32 `protobuf:"varint,3,opt,name=keep_daily,json=keepDaily,proto3" json:"keep_daily,omitempty"`
+	KeepWeekly  int32 `protobuf:"varint,4,opt,name=keep_weekly,json=keepWeekly,proto3" json:"keep_weekly,omitempty"`
+	KeepMonthly int32 `protobuf:"varint,5,opt,name=keep_monthly,json=keepMonthly,proto3" json:"keep_monthly,omitempty"`
+	KeepYearly  int32 `protobuf:"varint,6,opt,name=keep_yearly,json=keepYearly,proto3" json:"keep_yearly,omitempty"`
+	// Only this backup type ("vm", "ct", "host"), and within it only this
+	// backup id; empty for all.
+	Type     string `protobuf:"bytes,7,opt,name=type,proto3" json:"type,omitempty"`
+	BackupId string `protobuf:"bytes,8,opt,name=backup_id,json=backupId,proto3" json:"backup_id,omitempty"`
+	// Decide and report; delete nothing.
+	DryRun        bool `protobuf:"varint,9,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PruneRequest) Reset() {
+	*x = PruneRequest{}
+	mi := &file_chunkbridge_v1_admin_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PruneRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PruneRequest) ProtoMessage() {}
+
+func (x *PruneRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chunkbridge_v1_admin_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PruneRequest.ProtoReflect.Descriptor instead.
+func (*PruneRequest) Descriptor() ([]byte, []int) {
+	return file_chunkbridge_v1_admin_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *PruneRequest) GetKeepLast() int32 {
+	if x != nil {
+		return x.KeepLast
+	}
+	return 0
+}
+
+func (x *PruneRequest) GetKeepHourly() int32 {
+	if x != nil {
+		return x.KeepHourly
+	}
+	return 0
+}
+
+func (x *PruneRequest) GetKeepDaily() int32 {
+	if x != nil {
+		return x.KeepDaily
+	}
+	return 0
+}
+
+func (x *PruneRequest) GetKeepWeekly() int32 {
+	if x != nil {
+		return x.KeepWeekly
+	}
+	return 0
+}
+
+func (x *PruneRequest) GetKeepMonthly() int32 {
+	if x != nil {
+		return x.KeepMonthly
+	}
+	return 0
+}
+
+func (x *PruneRequest) GetKeepYearly() int32 {
+	if x != nil {
+		return x.KeepYearly
+	}
+	return 0
+}
+
+func (x *PruneRequest) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *PruneRequest) GetBackupId() string {
+	if x != nil {
+		return x.BackupId
+	}
+	return ""
+}
+
+func (x *PruneRequest) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
+type PruneResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Every snapshot considered, by group, newest first.
+	Decisions []*PruneDecision `protobuf:"bytes,1,rep,name=decisions,proto3" json:"decisions,omitempty"`
+	Kept      int32            `protobuf:"varint,2,opt,name=kept,proto3" json:"kept,omitempty"`
+	Removed   int32            `protobuf:"varint,3,opt,name=removed,proto3" json:"removed,omitempty"`
+	// Deletions that failed (each decision says which).
+	Failed        int32 `protobuf:"varint,4,opt,name=failed,proto3" json:"failed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PruneResponse) Reset() {
+	*x = PruneResponse{}
+	mi := &file_chunkbridge_v1_admin_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PruneResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PruneResponse) ProtoMessage() {}
+
+func (x *PruneResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chunkbridge_v1_admin_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PruneResponse.ProtoReflect.Descriptor instead.
+func (*PruneResponse) Descriptor() ([]byte, []int) {
+	return file_chunkbridge_v1_admin_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *PruneResponse) GetDecisions() []*PruneDecision {
+	if x != nil {
+		return x.Decisions
+	}
+	return nil
+}
+
+func (x *PruneResponse) GetKept() int32 {
+	if x != nil {
+		return x.Kept
+	}
+	return 0
+}
+
+func (x *PruneResponse) GetRemoved() int32 {
+	if x != nil {
+		return x.Removed
+	}
+	return 0
+}
+
+func (x *PruneResponse) GetFailed() int32 {
+	if x != nil {
+		return x.Failed
+	}
+	return 0
+}
+
+type PruneDecision struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Type     string                 `protobuf:"bytes,1,opt,name=type,proto3" json:"type,omitempty"`
+	BackupId string                 `protobuf:"bytes,2,opt,name=backup_id,json=backupId,proto3" json:"backup_id,omitempty"`
+	Time     *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=time,proto3" json:"time,omitempty"`
+	Keep     bool                   `protobuf:"varint,4,opt,name=keep,proto3" json:"keep,omitempty"`
+	// Which rule kept it and for which period ("keep-daily 2026-11-24"), or
+	// why none did.
+	Reason string `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
+	// The snapshot was deleted (false in a dry run and for kept snapshots).
+	Removed bool `protobuf:"varint,6,opt,name=removed,proto3" json:"removed,omitempty"`
+	// Why the deletion failed, if it did.
+	Error         string `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PruneDecision) Reset() {
+	*x = PruneDecision{}
+	mi := &file_chunkbridge_v1_admin_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PruneDecision) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PruneDecision) ProtoMessage() {}
+
+func (x *PruneDecision) ProtoReflect() protoreflect.Message {
+	mi := &file_chunkbridge_v1_admin_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PruneDecision.ProtoReflect.Descriptor instead.
+func (*PruneDecision) Descriptor() ([]byte, []int) {
+	return file_chunkbridge_v1_admin_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *PruneDecision) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *PruneDecision) GetBackupId() string {
+	if x != nil {
+		return x.BackupId
+	}
+	return ""
+}
+
+func (x *PruneDecision) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *PruneDecision) GetKeep() bool {
+	if x != nil {
+		return x.Keep
+	}
+	return false
+}
+
+func (x *PruneDecision) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *PruneDecision) GetRemoved() bool {
+	if x != nil {
+		return x.Removed
+	}
+	return false
+}
+
+func (x *PruneDecision) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
 var File_chunkbridge_v1_admin_proto protoreflect.FileDescriptor
 
 const file_chunkbridge_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x1achunkbridge/v1/admin.proto\x12\x0echunkbridge.v1\"\x11\n" +
-	"\x0fGetStatsRequest\"\xf4\x01\n" +
+	"\x1achunkbridge/v1/admin.proto\x12\x0echunkbridge.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x11\n" +
+	"\x0fGetStatsRequest\"\xd3\x04\n" +
 	"\x10GetStatsResponse\x12\x1f\n" +
 	"\vchunk_count\x18\x01 \x01(\x03R\n" +
 	"chunkCount\x12!\n" +
@@ -162,9 +1536,142 @@ const file_chunkbridge_v1_admin_proto_rawDesc = "" +
 	"\x13chunks_deduplicated\x18\x04 \x01(\x03R\x12chunksDeduplicated\x12%\n" +
 	"\x0ebytes_received\x18\x05 \x01(\x03R\rbytesReceived\x12\x1d\n" +
 	"\n" +
-	"counted_at\x18\x06 \x01(\x03R\tcountedAt2]\n" +
+	"counted_at\x18\x06 \x01(\x03R\tcountedAt\x12#\n" +
+	"\rlogical_bytes\x18\a \x01(\x03R\flogicalBytes\x12)\n" +
+	"\x10referenced_bytes\x18\b \x01(\x03R\x0freferencedBytes\x12\x1f\n" +
+	"\vdedup_ratio\x18\t \x01(\x01R\n" +
+	"dedupRatio\x12+\n" +
+	"\x11compression_ratio\x18\n" +
+	" \x01(\x01R\x10compressionRatio\x12%\n" +
+	"\x0ecasync_indexes\x18\v \x01(\x03R\rcasyncIndexes\x12\x1c\n" +
+	"\tsnapshots\x18\f \x01(\x03R\tsnapshots\x12%\n" +
+	"\x0esnapshot_files\x18\r \x01(\x03R\rsnapshotFiles\x12#\n" +
+	"\rbackup_groups\x18\x0e \x01(\x03R\fbackupGroups\x12.\n" +
+	"\x13chunks_without_size\x18\x0f \x01(\x03R\x11chunksWithoutSize\"X\n" +
+	"\fRunGCRequest\x12/\n" +
+	"\x05grace\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x05grace\x12\x17\n" +
+	"\adry_run\x18\x02 \x01(\bR\x06dryRun\"A\n" +
+	"\rRunGCResponse\x120\n" +
+	"\x06report\x18\x01 \x01(\v2\x18.chunkbridge.v1.GCReportR\x06report\"\x96\x05\n" +
+	"\bGCReport\x124\n" +
+	"\astarted\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\astarted\x122\n" +
+	"\x06cutoff\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x06cutoff\x125\n" +
+	"\bduration\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\bduration\x12\x17\n" +
+	"\adry_run\x18\x04 \x01(\bR\x06dryRun\x12\x1f\n" +
+	"\vindex_files\x18\x05 \x01(\x03R\n" +
+	"indexFiles\x12+\n" +
+	"\x11referenced_chunks\x18\x06 \x01(\x03R\x10referencedChunks\x12%\n" +
+	"\x0echunks_scanned\x18\a \x01(\x03R\rchunksScanned\x12#\n" +
+	"\rbytes_scanned\x18\b \x01(\x03R\fbytesScanned\x12\x1f\n" +
+	"\vchunks_kept\x18\t \x01(\x03R\n" +
+	"chunksKept\x12\x1d\n" +
+	"\n" +
+	"bytes_kept\x18\n" +
+	" \x01(\x03R\tbytesKept\x12%\n" +
+	"\x0echunks_deleted\x18\v \x01(\x03R\rchunksDeleted\x12#\n" +
+	"\rbytes_deleted\x18\f \x01(\x03R\fbytesDeleted\x12+\n" +
+	"\x11chunks_referenced\x18\r \x01(\x03R\x10chunksReferenced\x12#\n" +
+	"\rchunks_recent\x18\x0e \x01(\x03R\fchunksRecent\x12)\n" +
+	"\x10chunks_protected\x18\x0f \x01(\x03R\x0fchunksProtected\x12-\n" +
+	"\x12referenced_missing\x18\x10 \x01(\x03R\x11referencedMissing\"\x14\n" +
+	"\x12GetGCStatusRequest\"\xf5\x01\n" +
+	"\x13GetGCStatusResponse\x12\x18\n" +
+	"\arunning\x18\x01 \x01(\bR\arunning\x12\x14\n" +
+	"\x05phase\x18\x02 \x01(\tR\x05phase\x124\n" +
+	"\bprogress\x18\x03 \x01(\v2\x18.chunkbridge.v1.GCReportR\bprogress\x12#\n" +
+	"\rprefixes_done\x18\x04 \x01(\x05R\fprefixesDone\x12,\n" +
+	"\x04last\x18\x05 \x01(\v2\x18.chunkbridge.v1.GCReportR\x04last\x12%\n" +
+	"\x0eprefixes_total\x18\x06 \x01(\x05R\rprefixesTotal\"\xa7\x01\n" +
+	"\rVerifyRequest\x12\x16\n" +
+	"\x06sample\x18\x01 \x01(\x01R\x06sample\x12\x1d\n" +
+	"\n" +
+	"rate_limit\x18\x02 \x01(\x03R\trateLimit\x12!\n" +
+	"\fresume_after\x18\x03 \x01(\tR\vresumeAfter\x12<\n" +
+	"\fmax_duration\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\vmaxDuration\"\x90\x01\n" +
+	"\x0eVerifyResponse\x12<\n" +
+	"\bprogress\x18\x01 \x01(\v2\x1e.chunkbridge.v1.VerifyProgressH\x00R\bprogress\x126\n" +
+	"\x06report\x18\x02 \x01(\v2\x1c.chunkbridge.v1.VerifyReportH\x00R\x06reportB\b\n" +
+	"\x06result\"\xfe\x01\n" +
+	"\x0eVerifyProgress\x12#\n" +
+	"\rchunks_listed\x18\x01 \x01(\x03R\fchunksListed\x12'\n" +
+	"\x0fchunks_verified\x18\x02 \x01(\x03R\x0echunksVerified\x12\x1d\n" +
+	"\n" +
+	"bytes_read\x18\x03 \x01(\x03R\tbytesRead\x12\x1a\n" +
+	"\bproblems\x18\x04 \x01(\x03R\bproblems\x12\x17\n" +
+	"\alast_id\x18\x05 \x01(\tR\x06lastId\x12#\n" +
+	"\rprefixes_done\x18\x06 \x01(\x05R\fprefixesDone\x12%\n" +
+	"\x0eprefixes_total\x18\a \x01(\x05R\rprefixesTotal\"\xba\x02\n" +
+	"\aProblem\x120\n" +
+	"\x04kind\x18\x01 \x01(\x0e2\x1c.chunkbridge.v1.Problem.KindR\x04kind\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\x12\x14\n" +
+	"\x05index\x18\x03 \x01(\tR\x05index\x12\x18\n" +
+	"\amessage\x18\x04 \x01(\tR\amessage\x12\x12\n" +
+	"\x04code\x18\x05 \x01(\tR\x04code\x12#\n" +
+	"\rreferenced_by\x18\x06 \x03(\tR\freferencedBy\"\x83\x01\n" +
+	"\x04Kind\x12\x14\n" +
+	"\x10KIND_UNSPECIFIED\x10\x00\x12\x10\n" +
+	"\fKIND_CORRUPT\x10\x01\x12\x10\n" +
+	"\fKIND_MISSING\x10\x02\x12\x13\n" +
+	"\x0fKIND_UNREADABLE\x10\x03\x12\x14\n" +
+	"\x10KIND_UNAVAILABLE\x10\x04\x12\x16\n" +
+	"\x12KIND_INDEX_CORRUPT\x10\x05\"\xac\x05\n" +
+	"\fVerifyReport\x124\n" +
+	"\astarted\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\astarted\x125\n" +
+	"\bduration\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\bduration\x12\x16\n" +
+	"\x06sample\x18\x03 \x01(\x01R\x06sample\x12\x1f\n" +
+	"\vindex_files\x18\x04 \x01(\x03R\n" +
+	"indexFiles\x12+\n" +
+	"\x11referenced_chunks\x18\x05 \x01(\x03R\x10referencedChunks\x12#\n" +
+	"\rchunks_listed\x18\x06 \x01(\x03R\fchunksListed\x12'\n" +
+	"\x0fchunks_verified\x18\a \x01(\x03R\x0echunksVerified\x12\x1d\n" +
+	"\n" +
+	"bytes_read\x18\b \x01(\x03R\tbytesRead\x12,\n" +
+	"\x12logical_bytes_read\x18\t \x01(\x03R\x10logicalBytesRead\x12\x18\n" +
+	"\acorrupt\x18\n" +
+	" \x01(\x03R\acorrupt\x12\x18\n" +
+	"\amissing\x18\v \x01(\x03R\amissing\x12\x1e\n" +
+	"\n" +
+	"unreadable\x18\f \x01(\x03R\n" +
+	"unreadable\x12 \n" +
+	"\vunavailable\x18\r \x01(\x03R\vunavailable\x12'\n" +
+	"\x0findexes_corrupt\x18\x0e \x01(\x03R\x0eindexesCorrupt\x123\n" +
+	"\bproblems\x18\x0f \x03(\v2\x17.chunkbridge.v1.ProblemR\bproblems\x12\x17\n" +
+	"\alast_id\x18\x10 \x01(\tR\x06lastId\x12\x1a\n" +
+	"\bcomplete\x18\x11 \x01(\bR\bcomplete\x12%\n" +
+	"\x0estopped_reason\x18\x12 \x01(\tR\rstoppedReason\"\x9a\x02\n" +
+	"\fPruneRequest\x12\x1b\n" +
+	"\tkeep_last\x18\x01 \x01(\x05R\bkeepLast\x12\x1f\n" +
+	"\vkeep_hourly\x18\x02 \x01(\x05R\n" +
+	"keepHourly\x12\x1d\n" +
+	"\n" +
+	"keep_daily\x18\x03 \x01(\x05R\tkeepDaily\x12\x1f\n" +
+	"\vkeep_weekly\x18\x04 \x01(\x05R\n" +
+	"keepWeekly\x12!\n" +
+	"\fkeep_monthly\x18\x05 \x01(\x05R\vkeepMonthly\x12\x1f\n" +
+	"\vkeep_yearly\x18\x06 \x01(\x05R\n" +
+	"keepYearly\x12\x12\n" +
+	"\x04type\x18\a \x01(\tR\x04type\x12\x1b\n" +
+	"\tbackup_id\x18\b \x01(\tR\bbackupId\x12\x17\n" +
+	"\adry_run\x18\t \x01(\bR\x06dryRun\"\x92\x01\n" +
+	"\rPruneResponse\x12;\n" +
+	"\tdecisions\x18\x01 \x03(\v2\x1d.chunkbridge.v1.PruneDecisionR\tdecisions\x12\x12\n" +
+	"\x04kept\x18\x02 \x01(\x05R\x04kept\x12\x18\n" +
+	"\aremoved\x18\x03 \x01(\x05R\aremoved\x12\x16\n" +
+	"\x06failed\x18\x04 \x01(\x05R\x06failed\"\xcc\x01\n" +
+	"\rPruneDecision\x12\x12\n" +
+	"\x04type\x18\x01 \x01(\tR\x04type\x12\x1b\n" +
+	"\tbackup_id\x18\x02 \x01(\tR\bbackupId\x12.\n" +
+	"\x04time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x12\n" +
+	"\x04keep\x18\x04 \x01(\bR\x04keep\x12\x16\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\x12\x18\n" +
+	"\aremoved\x18\x06 \x01(\bR\aremoved\x12\x14\n" +
+	"\x05error\x18\a \x01(\tR\x05error2\x8c\x03\n" +
 	"\fAdminService\x12M\n" +
-	"\bGetStats\x12\x1f.chunkbridge.v1.GetStatsRequest\x1a .chunkbridge.v1.GetStatsResponseBEZCgithub.com/chunkbridge/chunkbridge/api/chunkbridge/v1;chunkbridgev1b\x06proto3"
+	"\bGetStats\x12\x1f.chunkbridge.v1.GetStatsRequest\x1a .chunkbridge.v1.GetStatsResponse\x12D\n" +
+	"\x05RunGC\x12\x1c.chunkbridge.v1.RunGCRequest\x1a\x1d.chunkbridge.v1.RunGCResponse\x12V\n" +
+	"\vGetGCStatus\x12\".chunkbridge.v1.GetGCStatusRequest\x1a#.chunkbridge.v1.GetGCStatusResponse\x12I\n" +
+	"\x06Verify\x12\x1d.chunkbridge.v1.VerifyRequest\x1a\x1e.chunkbridge.v1.VerifyResponse0\x01\x12D\n" +
+	"\x05Prune\x12\x1c.chunkbridge.v1.PruneRequest\x1a\x1d.chunkbridge.v1.PruneResponseBEZCgithub.com/chunkbridge/chunkbridge/api/chunkbridge/v1;chunkbridgev1b\x06proto3"
 
 var (
 	file_chunkbridge_v1_admin_proto_rawDescOnce sync.Once
@@ -178,19 +1685,60 @@ func file_chunkbridge_v1_admin_proto_rawDescGZIP() []byte {
 	return file_chunkbridge_v1_admin_proto_rawDescData
 }
 
-var file_chunkbridge_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
+var file_chunkbridge_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_chunkbridge_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_chunkbridge_v1_admin_proto_goTypes = []any{
-	(*GetStatsRequest)(nil),  // 0: chunkbridge.v1.GetStatsRequest
-	(*GetStatsResponse)(nil), // 1: chunkbridge.v1.GetStatsResponse
+	(Problem_Kind)(0),             // 0: chunkbridge.v1.Problem.Kind
+	(*GetStatsRequest)(nil),       // 1: chunkbridge.v1.GetStatsRequest
+	(*GetStatsResponse)(nil),      // 2: chunkbridge.v1.GetStatsResponse
+	(*RunGCRequest)(nil),          // 3: chunkbridge.v1.RunGCRequest
+	(*RunGCResponse)(nil),         // 4: chunkbridge.v1.RunGCResponse
+	(*GCReport)(nil),              // 5: chunkbridge.v1.GCReport
+	(*GetGCStatusRequest)(nil),    // 6: chunkbridge.v1.GetGCStatusRequest
+	(*GetGCStatusResponse)(nil),   // 7: chunkbridge.v1.GetGCStatusResponse
+	(*VerifyRequest)(nil),         // 8: chunkbridge.v1.VerifyRequest
+	(*VerifyResponse)(nil),        // 9: chunkbridge.v1.VerifyResponse
+	(*VerifyProgress)(nil),        // 10: chunkbridge.v1.VerifyProgress
+	(*Problem)(nil),               // 11: chunkbridge.v1.Problem
+	(*VerifyReport)(nil),          // 12: chunkbridge.v1.VerifyReport
+	(*PruneRequest)(nil),          // 13: chunkbridge.v1.PruneRequest
+	(*PruneResponse)(nil),         // 14: chunkbridge.v1.PruneResponse
+	(*PruneDecision)(nil),         // 15: chunkbridge.v1.PruneDecision
+	(*durationpb.Duration)(nil),   // 16: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 17: google.protobuf.Timestamp
 }
 var file_chunkbridge_v1_admin_proto_depIdxs = []int32{
-	0, // 0: chunkbridge.v1.AdminService.GetStats:input_type -> chunkbridge.v1.GetStatsRequest
-	1, // 1: chunkbridge.v1.AdminService.GetStats:output_type -> chunkbridge.v1.GetStatsResponse
-	1, // [1:2] is the sub-list for method output_type
-	0, // [0:1] is the sub-list for method input_type
-	0, // [0:0] is the sub-list for extension type_name
-	0, // [0:0] is the sub-list for extension extendee
-	0, // [0:0] is the sub-list for field type_name
+	16, // 0: chunkbridge.v1.RunGCRequest.grace:type_name -> google.protobuf.Duration
+	5,  // 1: chunkbridge.v1.RunGCResponse.report:type_name -> chunkbridge.v1.GCReport
+	17, // 2: chunkbridge.v1.GCReport.started:type_name -> google.protobuf.Timestamp
+	17, // 3: chunkbridge.v1.GCReport.cutoff:type_name -> google.protobuf.Timestamp
+	16, // 4: chunkbridge.v1.GCReport.duration:type_name -> google.protobuf.Duration
+	5,  // 5: chunkbridge.v1.GetGCStatusResponse.progress:type_name -> chunkbridge.v1.GCReport
+	5,  // 6: chunkbridge.v1.GetGCStatusResponse.last:type_name -> chunkbridge.v1.GCReport
+	16, // 7: chunkbridge.v1.VerifyRequest.max_duration:type_name -> google.protobuf.Duration
+	10, // 8: chunkbridge.v1.VerifyResponse.progress:type_name -> chunkbridge.v1.VerifyProgress
+	12, // 9: chunkbridge.v1.VerifyResponse.report:type_name -> chunkbridge.v1.VerifyReport
+	0,  // 10: chunkbridge.v1.Problem.kind:type_name -> chunkbridge.v1.Problem.Kind
+	17, // 11: chunkbridge.v1.VerifyReport.started:type_name -> google.protobuf.Timestamp
+	16, // 12: chunkbridge.v1.VerifyReport.duration:type_name -> google.protobuf.Duration
+	11, // 13: chunkbridge.v1.VerifyReport.problems:type_name -> chunkbridge.v1.Problem
+	15, // 14: chunkbridge.v1.PruneResponse.decisions:type_name -> chunkbridge.v1.PruneDecision
+	17, // 15: chunkbridge.v1.PruneDecision.time:type_name -> google.protobuf.Timestamp
+	1,  // 16: chunkbridge.v1.AdminService.GetStats:input_type -> chunkbridge.v1.GetStatsRequest
+	3,  // 17: chunkbridge.v1.AdminService.RunGC:input_type -> chunkbridge.v1.RunGCRequest
+	6,  // 18: chunkbridge.v1.AdminService.GetGCStatus:input_type -> chunkbridge.v1.GetGCStatusRequest
+	8,  // 19: chunkbridge.v1.AdminService.Verify:input_type -> chunkbridge.v1.VerifyRequest
+	13, // 20: chunkbridge.v1.AdminService.Prune:input_type -> chunkbridge.v1.PruneRequest
+	2,  // 21: chunkbridge.v1.AdminService.GetStats:output_type -> chunkbridge.v1.GetStatsResponse
+	4,  // 22: chunkbridge.v1.AdminService.RunGC:output_type -> chunkbridge.v1.RunGCResponse
+	7,  // 23: chunkbridge.v1.AdminService.GetGCStatus:output_type -> chunkbridge.v1.GetGCStatusResponse
+	9,  // 24: chunkbridge.v1.AdminService.Verify:output_type -> chunkbridge.v1.VerifyResponse
+	14, // 25: chunkbridge.v1.AdminService.Prune:output_type -> chunkbridge.v1.PruneResponse
+	21, // [21:26] is the sub-list for method output_type
+	16, // [16:21] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_chunkbridge_v1_admin_proto_init() }
@@ -198,18 +1746,23 @@ func file_chunkbridge_v1_admin_proto_init() {
 	if File_chunkbridge_v1_admin_proto != nil {
 		return
 	}
+	file_chunkbridge_v1_admin_proto_msgTypes[8].OneofWrappers = []any{
+		(*VerifyResponse_Progress)(nil),
+		(*VerifyResponse_Report)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chunkbridge_v1_admin_proto_rawDesc), len(file_chunkbridge_v1_admin_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   2,
+			NumEnums:      1,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_chunkbridge_v1_admin_proto_goTypes,
 		DependencyIndexes: file_chunkbridge_v1_admin_proto_depIdxs,
+		EnumInfos:         file_chunkbridge_v1_admin_proto_enumTypes,
 		MessageInfos:      file_chunkbridge_v1_admin_proto_msgTypes,
 	}.Build()
 	File_chunkbridge_v1_admin_proto = out.File

@@ -19,7 +19,11 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	AdminService_GetStats_FullMethodName = "/chunkbridge.v1.AdminService/GetStats"
+	AdminService_GetStats_FullMethodName    = "/chunkbridge.v1.AdminService/GetStats"
+	AdminService_RunGC_FullMethodName       = "/chunkbridge.v1.AdminService/RunGC"
+	AdminService_GetGCStatus_FullMethodName = "/chunkbridge.v1.AdminService/GetGCStatus"
+	AdminService_Verify_FullMethodName      = "/chunkbridge.v1.AdminService/Verify"
+	AdminService_Prune_FullMethodName       = "/chunkbridge.v1.AdminService/Prune"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -30,6 +34,28 @@ const (
 type AdminServiceClient interface {
 	// GetStats counts what the store holds and what this process has done.
 	GetStats(ctx context.Context, in *GetStatsRequest, opts ...grpc.CallOption) (*GetStatsResponse, error)
+	// RunGC deletes the chunks that no casync index and no snapshot file
+	// references and that were written longer than the grace period before
+	// the collection started. Chunks written after it started are never
+	// deleted, and an index or snapshot file committed through this process
+	// while it runs keeps its chunks. One collection at a time per process
+	// (ABORTED otherwise); with several chunk-service replicas, run it on one.
+	RunGC(ctx context.Context, in *RunGCRequest, opts ...grpc.CallOption) (*RunGCResponse, error)
+	// GetGCStatus reports the progress of the running collection and the
+	// report of the last one this process finished.
+	GetGCStatus(ctx context.Context, in *GetGCStatusRequest, opts ...grpc.CallOption) (*GetGCStatusResponse, error)
+	// Verify reads stored chunks back, decompresses and re-hashes them with
+	// their recorded algorithm, and checks that every chunk an index or
+	// snapshot file references exists. It streams progress about once a
+	// second and ends with a report listing every problem with the files
+	// that reference the chunk. A storage outage is reported as UNAVAILABLE,
+	// never as corruption.
+	Verify(ctx context.Context, in *VerifyRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[VerifyResponse], error)
+	// Prune applies a retention policy to PMXBCKUP snapshots, per backup
+	// group (type and backup id), with Proxmox Backup Server's keep-*
+	// rules, and deletes the snapshots no rule keeps (unless dry_run). The
+	// chunks they alone used go at the next garbage collection.
+	Prune(ctx context.Context, in *PruneRequest, opts ...grpc.CallOption) (*PruneResponse, error)
 }
 
 type adminServiceClient struct {
@@ -50,6 +76,55 @@ func (c *adminServiceClient) GetStats(ctx context.Context, in *GetStatsRequest, 
 	return out, nil
 }
 
+func (c *adminServiceClient) RunGC(ctx context.Context, in *RunGCRequest, opts ...grpc.CallOption) (*RunGCResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RunGCResponse)
+	err := c.cc.Invoke(ctx, AdminService_RunGC_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) GetGCStatus(ctx context.Context, in *GetGCStatusRequest, opts ...grpc.CallOption) (*GetGCStatusResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetGCStatusResponse)
+	err := c.cc.Invoke(ctx, AdminService_GetGCStatus_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) Verify(ctx context.Context, in *VerifyRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[VerifyResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &AdminService_ServiceDesc.Streams[0], AdminService_Verify_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[VerifyRequest, VerifyResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AdminService_VerifyClient = grpc.ServerStreamingClient[VerifyResponse]
+
+func (c *adminServiceClient) Prune(ctx context.Context, in *PruneRequest, opts ...grpc.CallOption) (*PruneResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PruneResponse)
+	err := c.cc.Invoke(ctx, AdminService_Prune_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -58,6 +133,28 @@ func (c *adminServiceClient) GetStats(ctx context.Context, in *GetStatsRequest, 
 type AdminServiceServer interface {
 	// GetStats counts what the store holds and what this process has done.
 	GetStats(context.Context, *GetStatsRequest) (*GetStatsResponse, error)
+	// RunGC deletes the chunks that no casync index and no snapshot file
+	// references and that were written longer than the grace period before
+	// the collection started. Chunks written after it started are never
+	// deleted, and an index or snapshot file committed through this process
+	// while it runs keeps its chunks. One collection at a time per process
+	// (ABORTED otherwise); with several chunk-service replicas, run it on one.
+	RunGC(context.Context, *RunGCRequest) (*RunGCResponse, error)
+	// GetGCStatus reports the progress of the running collection and the
+	// report of the last one this process finished.
+	GetGCStatus(context.Context, *GetGCStatusRequest) (*GetGCStatusResponse, error)
+	// Verify reads stored chunks back, decompresses and re-hashes them with
+	// their recorded algorithm, and checks that every chunk an index or
+	// snapshot file references exists. It streams progress about once a
+	// second and ends with a report listing every problem with the files
+	// that reference the chunk. A storage outage is reported as UNAVAILABLE,
+	// never as corruption.
+	Verify(*VerifyRequest, grpc.ServerStreamingServer[VerifyResponse]) error
+	// Prune applies a retention policy to PMXBCKUP snapshots, per backup
+	// group (type and backup id), with Proxmox Backup Server's keep-*
+	// rules, and deletes the snapshots no rule keeps (unless dry_run). The
+	// chunks they alone used go at the next garbage collection.
+	Prune(context.Context, *PruneRequest) (*PruneResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -70,6 +167,18 @@ type UnimplementedAdminServiceServer struct{}
 
 func (UnimplementedAdminServiceServer) GetStats(context.Context, *GetStatsRequest) (*GetStatsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetStats not implemented")
+}
+func (UnimplementedAdminServiceServer) RunGC(context.Context, *RunGCRequest) (*RunGCResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RunGC not implemented")
+}
+func (UnimplementedAdminServiceServer) GetGCStatus(context.Context, *GetGCStatusRequest) (*GetGCStatusResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetGCStatus not implemented")
+}
+func (UnimplementedAdminServiceServer) Verify(*VerifyRequest, grpc.ServerStreamingServer[VerifyResponse]) error {
+	return status.Error(codes.Unimplemented, "method Verify not implemented")
+}
+func (UnimplementedAdminServiceServer) Prune(context.Context, *PruneRequest) (*PruneResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Prune not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -110,6 +219,71 @@ func _AdminService_GetStats_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_RunGC_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RunGCRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).RunGC(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_RunGC_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).RunGC(ctx, req.(*RunGCRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_GetGCStatus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetGCStatusRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).GetGCStatus(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_GetGCStatus_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).GetGCStatus(ctx, req.(*GetGCStatusRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_Verify_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(VerifyRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(AdminServiceServer).Verify(m, &grpc.GenericServerStream[VerifyRequest, VerifyResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AdminService_VerifyServer = grpc.ServerStreamingServer[VerifyResponse]
+
+func _AdminService_Prune_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PruneRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).Prune(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_Prune_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).Prune(ctx, req.(*PruneRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -121,7 +295,25 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "GetStats",
 			Handler:    _AdminService_GetStats_Handler,
 		},
+		{
+			MethodName: "RunGC",
+			Handler:    _AdminService_RunGC_Handler,
+		},
+		{
+			MethodName: "GetGCStatus",
+			Handler:    _AdminService_GetGCStatus_Handler,
+		},
+		{
+			MethodName: "Prune",
+			Handler:    _AdminService_Prune_Handler,
+		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Verify",
+			Handler:       _AdminService_Verify_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "chunkbridge/v1/admin.proto",
 }

@@ -56,6 +56,7 @@ func FuzzParseFixed(f *testing.F) {
 		b := expand(c, fixedUsed, padAt, pad)
 		idx, err := pbsindex.ParseFixed(b)
 		ridx, rerr := pbsindex.ReadFixed(bytes.NewReader(b), 1<<16)
+		agreeWithScan(t, b, pbsindex.KindFixed, func() []pbsindex.Digest { return ridx.Digests }, rerr)
 		if err != nil {
 			var fe *pbsindex.FormatError
 			if !errors.As(err, &fe) {
@@ -101,6 +102,13 @@ func FuzzParseDynamic(f *testing.F) {
 		b := expand(c, dynamicUsed, padAt, pad)
 		idx, err := pbsindex.ParseDynamic(b)
 		ridx, rerr := pbsindex.ReadDynamic(bytes.NewReader(b), 1<<16)
+		agreeWithScan(t, b, pbsindex.KindDynamic, func() []pbsindex.Digest {
+			var ds []pbsindex.Digest
+			for _, e := range ridx.Entries {
+				ds = append(ds, e.Digest)
+			}
+			return ds
+		}, rerr)
 		if err != nil {
 			var fe *pbsindex.FormatError
 			if !errors.As(err, &fe) {

@@ -22,6 +22,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
+
 	"github.com/chunkbridge/chunkbridge/storage/s3"
 )
 
@@ -206,7 +209,7 @@ func (s *Server) run() error {
 		cancel()
 		if err == nil {
 			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
+			if resp.StatusCode == http.StatusOK && s.answersS3() {
 				return nil
 			}
 		}
@@ -217,6 +220,19 @@ func (s *Server) run() error {
 	}
 	s.Kill()
 	return fmt.Errorf("MinIO at %s not ready within 60s", s.Endpoint)
+}
+
+// answersS3 reports whether a signed S3 call succeeds: the health probe can
+// say ready while S3 calls still fail with XMinioServerNotInitialized.
+func (s *Server) answersS3() bool {
+	c, err := minio.New(s.Endpoint, &minio.Options{Creds: credentials.NewStaticV4(AccessKey, SecretKey, ""), MaxRetries: 1})
+	if err != nil {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_, err = c.ListBuckets(ctx)
+	return err == nil
 }
 
 func tail(b []byte) string {

@@ -1,0 +1,297 @@
+package admin
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
+	"github.com/chunkbridge/chunkbridge/services/apierr"
+	"github.com/chunkbridge/chunkbridge/services/catalog"
+	"github.com/chunkbridge/chunkbridge/services/chunk"
+	"github.com/chunkbridge/chunkbridge/services/gcguard"
+	"github.com/chunkbridge/chunkbridge/storage"
+)
+
+// clockKey is a small object GC writes at its start to read the time on
+// the store's own clock, the clock every chunk's modification time comes
+// from: a skewed server clock can then not make a new chunk look old.
+const clockKey = "admin/gc-clock"
+
+// gcProgress is the running collection's counters.
+type gcProgress struct {
+	phase                                   atomic.Value // string
+	started, cutoff                         time.Time
+	dryRun                                  bool
+	indexFiles, referenced                  atomic.Int64
+	scanned, scannedBytes                   atomic.Int64
+	deleted, deletedBytes                   atomic.Int64
+	keptReferenced, keptRecent, keptProtect atomic.Int64
+	keptBytes                               atomic.Int64
+	prefixesDone                            atomic.Int32
+}
+
+func (p *gcProgress) report(missing int64, took time.Duration) *chunkbridgev1.GCReport {
+	return &chunkbridgev1.GCReport{
+		Started:           timestamppb.New(p.started),
+		Cutoff:            timestamppb.New(p.cutoff),
+		Duration:          durationpb.New(took),
+		DryRun:            p.dryRun,
+		IndexFiles:        p.indexFiles.Load(),
+		ReferencedChunks:  p.referenced.Load(),
+		ChunksScanned:     p.scanned.Load(),
+		BytesScanned:      p.scannedBytes.Load(),
+		ChunksKept:        p.keptReferenced.Load() + p.keptRecent.Load() + p.keptProtect.Load(),
+		BytesKept:         p.keptBytes.Load(),
+		ChunksDeleted:     p.deleted.Load(),
+		BytesDeleted:      p.deletedBytes.Load(),
+		ChunksReferenced:  p.keptReferenced.Load(),
+		ChunksRecent:      p.keptRecent.Load(),
+		ChunksProtected:   p.keptProtect.Load(),
+		ReferencedMissing: missing,
+	}
+}
+
+// RunGC marks and sweeps; see the proto and the README for the safety
+// argument.
+func (s *Server) RunGC(ctx context.Context, req *chunkbridgev1.RunGCRequest) (*chunkbridgev1.RunGCResponse, error) {
+	grace := s.cfg.DefaultGrace
+	if req.GetGrace() != nil {
+		if err := req.GetGrace().CheckValid(); err != nil {
+			return nil, apierr.Status(fmt.Errorf("%w: grace: %v", apierr.ErrInvalid, err))
+		}
+		grace = req.GetGrace().AsDuration()
+		if grace < 0 {
+			return nil, apierr.Status(fmt.Errorf("%w: grace %s is negative", apierr.ErrInvalid, grace))
+		}
+	}
+	report, err := s.collect(ctx, grace, req.GetDryRun())
+	if err != nil {
+		return nil, apierr.Status(err)
+	}
+	return &chunkbridgev1.RunGCResponse{Report: report}, nil
+}
+
+// GetGCStatus reports the running collection and the last finished one.
+func (s *Server) GetGCStatus(context.Context, *chunkbridgev1.GetGCStatusRequest) (*chunkbridgev1.GetGCStatusResponse, error) {
+	s.gcMu.Lock()
+	defer s.gcMu.Unlock()
+	resp := &chunkbridgev1.GetGCStatusResponse{Last: s.lastGC}
+	if p := s.gcStatus; p != nil {
+		resp.Running = true
+		resp.Phase, _ = p.phase.Load().(string)
+		resp.Progress = p.report(0, time.Since(p.started))
+		resp.PrefixesDone = p.prefixesDone.Load()
+		resp.PrefixesTotal = int32(len(s.prefixes.keys))
+	}
+	return resp, nil
+}
+
+// collect is one garbage collection.
+func (s *Server) collect(ctx context.Context, grace time.Duration, dryRun bool) (*chunkbridgev1.GCReport, error) {
+	run, err := s.catalog.Guard().Begin()
+	if errors.Is(err, gcguard.ErrRunning) {
+		return nil, fmt.Errorf("%w: %v", apierr.ErrBusy, err)
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer run.End()
+	began := time.Now()
+	s.metrics.gcRunning.Set(1)
+	defer s.metrics.gcRunning.Set(0)
+
+	// Everything published before Begin is visible to the listing below;
+	// everything committed from now on registers with run.
+	start, err := s.storeClock(ctx)
+	if err != nil {
+		s.metrics.gcRuns.WithLabelValues("error").Inc()
+		return nil, fmt.Errorf("garbage collection: read the store's clock: %w", err)
+	}
+	p := &gcProgress{started: start, cutoff: start.Add(-grace), dryRun: dryRun}
+	p.phase.Store("mark")
+	s.gcMu.Lock()
+	s.gcStatus = p
+	s.gcMu.Unlock()
+	defer func() {
+		s.gcMu.Lock()
+		s.gcStatus = nil
+		s.gcMu.Unlock()
+	}()
+	log := s.log.With("gc_started", start, "cutoff", p.cutoff, "dry_run", dryRun)
+	log.Info("garbage collection started", "grace", grace)
+
+	report, err := s.markAndSweep(ctx, run, p)
+	took := time.Since(began)
+	if err != nil {
+		s.metrics.gcRuns.WithLabelValues("error").Inc()
+		log.Error("garbage collection failed", "err", err, "deleted", p.deleted.Load(), "duration", took)
+		return nil, fmt.Errorf("garbage collection: %w (deleted %d chunks before stopping)", err, p.deleted.Load())
+	}
+	report.Duration = durationpb.New(took)
+	s.metrics.gcRuns.WithLabelValues("ok").Inc()
+	s.metrics.gcLastSuccess.SetToCurrentTime()
+	s.metrics.gcLastDuration.Set(took.Seconds())
+	if !dryRun {
+		s.metrics.gcDeleted.Add(float64(report.ChunksDeleted))
+		s.metrics.gcDeletedBytes.Add(float64(report.BytesDeleted))
+		s.stats.invalidate()
+	}
+	s.gcMu.Lock()
+	s.lastGC = report
+	s.gcMu.Unlock()
+	log.Info("garbage collection finished", "index_files", report.IndexFiles, "referenced", report.ReferencedChunks,
+		"scanned", report.ChunksScanned, "deleted", report.ChunksDeleted, "deleted_bytes", report.BytesDeleted,
+		"recent", report.ChunksRecent, "protected", report.ChunksProtected, "missing", report.ReferencedMissing, "duration", took)
+	return report, nil
+}
+
+func (s *Server) markAndSweep(ctx context.Context, run *gcguard.Run, p *gcProgress) (*chunkbridgev1.GCReport, error) {
+	refs := newRefSet()
+	files, err := s.mark(ctx, refs, func(r catalog.Referrer, err error) error {
+		if errors.Is(err, apierr.ErrInvalid) { // stored, so not the caller's fault
+			err = fmt.Errorf("%w: %v", apierr.ErrCorrupt, err)
+		}
+		return fmt.Errorf("mark: %s cannot be read, so the chunks it references are unknown; nothing was deleted: %w", r.Name, err)
+	}, func() { p.indexFiles.Add(1) })
+	if err != nil {
+		return nil, err
+	}
+	p.indexFiles.Store(files)
+	p.referenced.Store(refs.len())
+	if h := s.cfg.Hooks.AfterMark; h != nil {
+		h()
+	}
+	p.phase.Store("sweep")
+	if err := s.sweep(ctx, run, refs, p); err != nil {
+		return nil, err
+	}
+	var missing int64
+	refs.unseen(func(chunk.ID) { missing++ })
+	return p.report(missing, 0), nil
+}
+
+// storeClock writes clockKey and reads back its modification time from a
+// listing, the same source (and precision) as the chunks' times.
+func (s *Server) storeClock(ctx context.Context) (time.Time, error) {
+	stamp := []byte(time.Now().UTC().Format(time.RFC3339Nano))
+	if err := s.store.Put(ctx, clockKey, bytes.NewReader(stamp), int64(len(stamp)), nil); err != nil {
+		return time.Time{}, err
+	}
+	var t time.Time
+	err := s.store.List(ctx, clockKey, func(i storage.Info) error {
+		if i.Key == clockKey {
+			t = i.Modified
+		}
+		return nil
+	})
+	if err == nil && t.IsZero() {
+		err = fmt.Errorf("%s is not listed after it was written", clockKey)
+	}
+	return t, err
+}
+
+type candidate struct {
+	id   chunk.ID
+	size int64
+}
+
+// sweep lists the chunk prefixes in parallel and deletes, in batches, the
+// unreferenced chunks older than the cutoff.
+func (s *Server) sweep(ctx context.Context, run *gcguard.Run, refs *refSet, p *gcProgress) error {
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(s.cfg.Workers)
+	for _, prefix := range s.prefixes.keys {
+		g.Go(func() error {
+			var batch []candidate
+			err := s.store.List(gctx, prefix, func(i storage.Info) error {
+				id, ok := chunkID(i.Key)
+				if !ok {
+					return nil // not a chunk this service wrote: never touched
+				}
+				p.scanned.Add(1)
+				p.scannedBytes.Add(i.Size)
+				switch {
+				case refs.see(id):
+					p.keptReferenced.Add(1)
+					p.keptBytes.Add(i.Size)
+				case !i.Modified.Before(p.cutoff):
+					p.keptRecent.Add(1)
+					p.keptBytes.Add(i.Size)
+				default:
+					batch = append(batch, candidate{id, i.Size})
+					if len(batch) == s.cfg.DeleteBatch {
+						err := s.deleteBatch(gctx, run, batch, p)
+						batch = batch[:0]
+						return err
+					}
+				}
+				return nil
+			})
+			if err == nil {
+				err = s.deleteBatch(gctx, run, batch, p)
+			}
+			p.prefixesDone.Add(1)
+			return err
+		})
+	}
+	return g.Wait()
+}
+
+// deleteBatch deletes the candidates that no commit registered since the
+// mark, holding off commits while it decides and deletes. Each chunk is
+// forgotten by the chunk service's presence cache before and after.
+func (s *Server) deleteBatch(ctx context.Context, run *gcguard.Run, batch []candidate, p *gcProgress) error {
+	if len(batch) == 0 {
+		return nil
+	}
+	decide := func(protected func(chunk.ID) bool) (doomed []candidate) {
+		for _, c := range batch {
+			if protected(c.id) {
+				p.keptProtect.Add(1)
+				p.keptBytes.Add(c.size)
+				continue
+			}
+			doomed = append(doomed, c)
+		}
+		return doomed
+	}
+	count := func(doomed []candidate) {
+		for _, c := range doomed {
+			p.deleted.Add(1)
+			p.deletedBytes.Add(c.size)
+		}
+	}
+	if p.dryRun {
+		run.Check(func(protected func(chunk.ID) bool) { count(decide(protected)) })
+		return nil
+	}
+	return run.Delete(func(protected func(chunk.ID) bool) error {
+		doomed := decide(protected)
+		ids := make([]chunk.ID, len(doomed))
+		keys := make([]string, len(doomed))
+		for i, c := range doomed {
+			ids[i], keys[i] = c.id, c.id.Key()
+			s.chunks.Forget(c.id)
+		}
+		if h := s.cfg.Hooks.InDeleteBatch; h != nil {
+			h(ids)
+		}
+		err := storage.DeleteBatch(ctx, s.store, keys)
+		for _, id := range ids {
+			s.chunks.Forget(id)
+		}
+		if err != nil {
+			return fmt.Errorf("delete %d chunks: %w", len(keys), err)
+		}
+		count(doomed)
+		return nil
+	})
+}

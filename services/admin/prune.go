@@ -1,0 +1,185 @@
+package admin
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"time"
+
+	"google.golang.org/grpc/status"
+
+	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
+	"github.com/chunkbridge/chunkbridge/services/apierr"
+)
+
+// Policy is a retention policy with Proxmox Backup Server's keep-* options.
+//
+// The rules run in the order keep-last, keep-hourly, keep-daily,
+// keep-weekly, keep-monthly, keep-yearly over a backup group's snapshots,
+// newest first, and each rule only looks at snapshots no earlier rule has
+// decided about:
+//
+//   - keep-last N keeps the N newest snapshots.
+//   - A period rule (hourly, daily, …) N walks the snapshots from the
+//     newest, grouping them by their hour, day, ISO week, month or year
+//     (UTC). The newest snapshot of a period is kept, and the other
+//     snapshots of that period are removed, until N periods have a kept
+//     snapshot; then the rule stops. A period that already holds a
+//     snapshot kept by an earlier rule is skipped and does not count
+//     towards N, so the rules add up rather than overlap.
+//   - Whatever no rule kept is removed. With no option set at all,
+//     everything is kept.
+type Policy struct {
+	Last, Hourly, Daily, Weekly, Monthly, Yearly int
+}
+
+func (p Policy) none() bool {
+	return p.Last == 0 && p.Hourly == 0 && p.Daily == 0 && p.Weekly == 0 && p.Monthly == 0 && p.Yearly == 0
+}
+
+// verdict is a rule's decision about one snapshot.
+type verdict struct {
+	keep   bool
+	reason string
+}
+
+type pruneRule struct {
+	name   string
+	keep   int
+	period func(i int, t time.Time) string
+}
+
+func isoWeek(t time.Time) string {
+	y, w := t.ISOWeek()
+	return fmt.Sprintf("%d-W%02d", y, w)
+}
+
+// decide applies p to the snapshot times of one backup group, which must
+// be sorted newest first, and returns a verdict for each.
+func decide(p Policy, times []time.Time) []verdict {
+	out := make([]verdict, len(times))
+	if p.none() {
+		for i := range out {
+			out[i] = verdict{true, "no keep option given: everything is kept"}
+		}
+		return out
+	}
+	layout := func(l string) func(int, time.Time) string {
+		return func(_ int, t time.Time) string { return t.UTC().Format(l) }
+	}
+	rules := []pruneRule{
+		{"keep-last", p.Last, func(i int, _ time.Time) string { return strconv.Itoa(i) }},
+		{"keep-hourly", p.Hourly, layout("2006-01-02T15h")},
+		{"keep-daily", p.Daily, layout("2006-01-02")},
+		{"keep-weekly", p.Weekly, func(_ int, t time.Time) string { return isoWeek(t.UTC()) }},
+		{"keep-monthly", p.Monthly, layout("2006-01")},
+		{"keep-yearly", p.Yearly, layout("2006")},
+	}
+	decided := make([]bool, len(times))
+	for _, r := range rules {
+		if r.keep <= 0 {
+			continue
+		}
+		covered := map[string]bool{} // periods with a snapshot kept by an earlier rule
+		for i, t := range times {
+			if decided[i] && out[i].keep {
+				covered[r.period(i, t)] = true
+			}
+		}
+		kept := map[string]bool{}
+		for i, t := range times {
+			if decided[i] {
+				continue
+			}
+			per := r.period(i, t)
+			if covered[per] {
+				continue
+			}
+			if kept[per] {
+				decided[i], out[i] = true, verdict{false, fmt.Sprintf("%s: a newer snapshot of %s is kept", r.name, per)}
+				continue
+			}
+			if len(kept) >= r.keep {
+				break
+			}
+			kept[per] = true
+			reason := r.name + " " + per
+			if r.name == "keep-last" {
+				reason = fmt.Sprintf("keep-last (%d of %d)", len(kept), r.keep)
+			}
+			decided[i], out[i] = true, verdict{true, reason}
+		}
+	}
+	for i := range out {
+		if !decided[i] {
+			out[i] = verdict{false, "no keep rule selects it"}
+		}
+	}
+	return out
+}
+
+const snapshotTimeLayout = "2006-01-02T15:04:05Z"
+
+// Prune applies the policy to each backup group and deletes the snapshots
+// it does not keep, through the catalog.
+func (s *Server) Prune(ctx context.Context, req *chunkbridgev1.PruneRequest) (*chunkbridgev1.PruneResponse, error) {
+	p := Policy{Last: int(req.GetKeepLast()), Hourly: int(req.GetKeepHourly()), Daily: int(req.GetKeepDaily()),
+		Weekly: int(req.GetKeepWeekly()), Monthly: int(req.GetKeepMonthly()), Yearly: int(req.GetKeepYearly())}
+	for name, v := range map[string]int{"keep_last": p.Last, "keep_hourly": p.Hourly, "keep_daily": p.Daily, "keep_weekly": p.Weekly, "keep_monthly": p.Monthly, "keep_yearly": p.Yearly} {
+		if v < 0 {
+			return nil, apierr.Status(fmt.Errorf("%w: %s is %d; want 0 or more", apierr.ErrInvalid, name, v))
+		}
+	}
+	if req.GetBackupId() != "" && req.GetType() == "" {
+		return nil, apierr.Status(fmt.Errorf("%w: a backup id needs its type", apierr.ErrInvalid))
+	}
+	list, err := s.catalog.ListSnapshots(ctx, &chunkbridgev1.ListSnapshotsRequest{Type: req.GetType(), BackupId: req.GetBackupId()})
+	if err != nil {
+		return nil, err
+	}
+	// ListSnapshots sorts by group, newest first within a group.
+	resp := &chunkbridgev1.PruneResponse{}
+	snaps := list.GetSnapshots()
+	for start := 0; start < len(snaps); {
+		end := start
+		for end < len(snaps) && snaps[end].GetType() == snaps[start].GetType() && snaps[end].GetBackupId() == snaps[start].GetBackupId() {
+			end++
+		}
+		group := snaps[start:end]
+		times := make([]time.Time, len(group))
+		for i, sn := range group {
+			times[i] = sn.GetTime().AsTime()
+		}
+		for i, v := range decide(p, times) {
+			resp.Decisions = append(resp.Decisions, &chunkbridgev1.PruneDecision{
+				Type: group[i].GetType(), BackupId: group[i].GetBackupId(), Time: group[i].GetTime(), Keep: v.keep, Reason: v.reason,
+			})
+		}
+		start = end
+	}
+	for _, d := range resp.Decisions {
+		if d.Keep {
+			resp.Kept++
+			continue
+		}
+		resp.Removed++
+		if req.GetDryRun() {
+			continue
+		}
+		when := d.GetTime().AsTime().UTC().Format(snapshotTimeLayout)
+		_, err := s.catalog.DeleteSnapshot(ctx, &chunkbridgev1.DeleteSnapshotRequest{Type: d.Type, BackupId: d.BackupId, Time: when})
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, apierr.Status(ctx.Err())
+			}
+			d.Error = status.Convert(err).Message()
+			resp.Failed++
+			s.log.Warn("prune: delete snapshot failed", "type", d.Type, "backup_id", d.BackupId, "time", when, "err", d.Error)
+			continue
+		}
+		d.Removed = true
+		s.metrics.pruneRemoved.Inc()
+		s.log.Info("prune: snapshot removed", "type", d.Type, "backup_id", d.BackupId, "time", when, "reason", d.Reason)
+	}
+	return resp, nil
+}

@@ -1,0 +1,233 @@
+package catalog
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"sync"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/chunkbridge/chunkbridge/services/apierr"
+	"github.com/chunkbridge/chunkbridge/services/catalog/pbsindex"
+	"github.com/chunkbridge/chunkbridge/services/chunk"
+	"github.com/chunkbridge/chunkbridge/services/gcguard"
+	"github.com/chunkbridge/chunkbridge/storage"
+)
+
+// What the AdminService (garbage collection, verification, statistics)
+// needs from the catalog: every published file that references chunks, and
+// the chunks each one references.
+
+// Referrer is a published file that references chunks.
+type Referrer struct {
+	// Name is the file's key in the store: indexes/<name> for a casync
+	// index, snapshots/<type>/<id>/<time>/<file> for a snapshot file.
+	Name string
+	// Snapshot is true for a PMXBCKUP snapshot file.
+	Snapshot bool
+}
+
+// ListReferrers calls fn for every published casync index and snapshot
+// file: indexes first, then snapshot files, each in key order. Files
+// committed after the listing passed their place are not seen; garbage
+// collection learns of them through the guard.
+func (s *Server) ListReferrers(ctx context.Context, fn func(Referrer) error) error {
+	err := s.store.List(ctx, indexPrefix, func(i storage.Info) error {
+		return fn(Referrer{Name: i.Key})
+	})
+	if err != nil {
+		return fmt.Errorf("list indexes: %w", err)
+	}
+	err = s.store.List(ctx, snapshotPrefix, func(i storage.Info) error {
+		if _, err := parseSnapshotPath(strings.TrimPrefix(i.Key, snapshotPrefix), false); err != nil {
+			return nil // not a snapshot file: no client can reach it
+		}
+		return fn(Referrer{Name: i.Key, Snapshot: true})
+	})
+	if err != nil {
+		return fmt.Errorf("list snapshots: %w", err)
+	}
+	return nil
+}
+
+// errReader remembers the first read error, so that an outage while
+// streaming a file is reported as such and not as a malformed file.
+type errReader struct {
+	r   io.Reader
+	err error
+}
+
+func (e *errReader) Read(p []byte) (int, error) {
+	n, err := e.r.Read(p)
+	if err != nil && err != io.EOF && e.err == nil {
+		e.err = err
+	}
+	return n, err
+}
+
+// ScanReferrer streams the chunk ids r references, in file order with
+// repeats, holding one buffer of the file at a time. A file deleted
+// meanwhile is apierr.ErrNotFound; a file that does not parse is
+// apierr.ErrInvalid; a storage failure keeps its storage error (e.g.
+// storage.ErrUnavailable). Errors from each are returned unchanged.
+func (s *Server) ScanReferrer(ctx context.Context, r Referrer, each func(chunk.ID) error) error {
+	rc, info, err := s.store.Get(ctx, r.Name)
+	if err != nil {
+		return notFound("file", r.Name, err)
+	}
+	defer rc.Close()
+	er := &errReader{r: rc}
+	var eachErr error
+	call := func(id chunk.ID) error {
+		if err := each(id); err != nil {
+			eachErr = err
+			return err
+		}
+		return nil
+	}
+	if r.Snapshot {
+		_, err = pbsindex.Scan(er, maxEntries, func(d pbsindex.Digest) error { return call(chunk.ID(d)) })
+	} else {
+		_, err = scanIndex(er, info.Size, call)
+	}
+	switch {
+	case err == nil:
+		return nil
+	case eachErr != nil && errors.Is(err, eachErr):
+		return eachErr
+	case er.err != nil:
+		return fmt.Errorf("%s: %w", r.Name, er.err)
+	case r.Snapshot:
+		return fmt.Errorf("%w: %s: %v", apierr.ErrInvalid, r.Name, err)
+	}
+	return fmt.Errorf("%s: %w", r.Name, err)
+}
+
+// Summary counts what the catalog holds.
+type Summary struct {
+	CasyncIndexes int64
+	SnapshotFiles int64
+	Snapshots     int64 // distinct <type>/<id>/<time>
+	BackupGroups  int64 // distinct <type>/<id>
+	// ContentBytes is the sum of the sizes of the blobs, archives and
+	// backed-up files the indexes describe: the logical bytes referenced.
+	ContentBytes int64
+}
+
+// Summary reads every index's recorded content size: from the listing
+// where the store returns metadata, else with parallel Stat calls.
+func (s *Server) Summary(ctx context.Context) (Summary, error) {
+	var (
+		mu      sync.Mutex
+		sum     Summary
+		snaps   = map[string]struct{}{}
+		groups  = map[string]struct{}{}
+		g, gctx = errgroup.WithContext(ctx)
+	)
+	g.SetLimit(32)
+	add := func(r Referrer, meta storage.Metadata) {
+		size, _ := strconv.ParseInt(meta[metaContentSize], 10, 64)
+		mu.Lock()
+		defer mu.Unlock()
+		sum.ContentBytes += size
+		if !r.Snapshot {
+			sum.CasyncIndexes++
+			return
+		}
+		sum.SnapshotFiles++
+		p, _ := parseSnapshotPath(strings.TrimPrefix(r.Name, snapshotPrefix), false)
+		snaps[p.dir()] = struct{}{}
+		groups[p.typ+"/"+p.id] = struct{}{}
+	}
+	visit := func(r Referrer, meta storage.Metadata) error {
+		if meta != nil {
+			add(r, meta)
+			return nil
+		}
+		g.Go(func() error {
+			st, err := s.store.Stat(gctx, r.Name)
+			if errors.Is(err, storage.ErrNotFound) {
+				return nil // deleted meanwhile
+			}
+			if err != nil {
+				return fmt.Errorf("catalog summary: %w", err)
+			}
+			add(r, st.Metadata)
+			return nil
+		})
+		return nil
+	}
+	var err error
+	if ml, ok := s.store.(storage.MetadataLister); ok {
+		err = ml.ListWithMetadata(ctx, indexPrefix, func(i storage.Info) error {
+			return visit(Referrer{Name: i.Key}, i.Metadata)
+		})
+		if err == nil {
+			err = ml.ListWithMetadata(ctx, snapshotPrefix, func(i storage.Info) error {
+				if _, perr := parseSnapshotPath(strings.TrimPrefix(i.Key, snapshotPrefix), false); perr != nil {
+					return nil
+				}
+				return visit(Referrer{Name: i.Key, Snapshot: true}, i.Metadata)
+			})
+		}
+	} else {
+		err = s.ListReferrers(ctx, func(r Referrer) error { return visit(r, nil) })
+	}
+	if werr := g.Wait(); err == nil {
+		err = werr
+	}
+	if err != nil {
+		return Summary{}, err
+	}
+	sum.Snapshots, sum.BackupGroups = int64(len(snaps)), int64(len(groups))
+	return sum, nil
+}
+
+// recheck confirms from storage, bypassing the presence cache, that every
+// id still exists. A commit calls it when garbage collection deleted
+// chunks after the commit had checked its own: it fails with
+// apierr.ErrMissingChunks if a deletion won the race.
+func (s *Server) recheck(ctx context.Context, ids gcguard.IDs) error {
+	var (
+		mu      sync.Mutex
+		missing []chunk.ID
+		n       int
+	)
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(64)
+	for id := range ids {
+		g.Go(func() error {
+			_, err := s.store.Stat(gctx, id.Key())
+			if errors.Is(err, storage.ErrNotFound) {
+				s.chunks.Forget(id)
+				mu.Lock()
+				n++
+				if len(missing) < 5 {
+					missing = append(missing, id)
+				}
+				mu.Unlock()
+				return nil
+			}
+			if err != nil {
+				return fmt.Errorf("re-check chunk %s: %w", id, err)
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	if n == 0 {
+		return nil
+	}
+	names := make([]string, len(missing))
+	for i, id := range missing {
+		names[i] = id.String()
+	}
+	return fmt.Errorf("%w: garbage collection deleted %d of its chunks while it was being committed (first: %s); nothing was published: upload them again and retry",
+		apierr.ErrMissingChunks, n, strings.Join(names, ", "))
+}
