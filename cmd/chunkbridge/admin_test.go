@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
@@ -235,4 +236,48 @@ func TestParseRate(t *testing.T) {
 			t.Errorf("parseRate(%q) succeeded", in)
 		}
 	}
+}
+
+// Real casync pushes, then GC: deleting one of two indexes that share
+// chunks and collecting with grace 0 leaves the other extractable, and
+// pushing the deleted data again re-uploads exactly what GC removed (the
+// presence cache forgot it).
+func TestCasyncThenGC(t *testing.T) {
+	needCasync(t)
+	p := start(t, nil, "serve", "all", "--store", t.TempDir())
+	waitHealth(t, p.conn(t), healthpb.HealthCheckResponse_SERVING)
+	c := tcpCasync(t, p)
+	a := blob(t, 40, 3<<20)
+	data, err := os.ReadFile(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fresh, _ := os.ReadFile(blob(t, 41, 3<<20))
+	copy(data[len(data)/2:], fresh) // b shares the first half with a
+	b := filepath.Join(t.TempDir(), "b")
+	os.WriteFile(b, data, 0o644)
+	c.run("make", "srv:/images/a.caibx", a)
+	c.run("make", "srv:/images/b.caibx", b)
+	if _, err := chunkbridgev1.NewCatalogServiceClient(p.conn(t)).DeleteIndex(t.Context(), &chunkbridgev1.DeleteIndexRequest{Name: "images/a.caibx"}); err != nil {
+		t.Fatal(err)
+	}
+	out, code := runCLI(t, "gc", "--grace", "0", "--json", "--chunk-service", p.grpc)
+	var report struct{ ChunksDeleted, ChunksKept string }
+	if code != 0 || json.Unmarshal([]byte(out), &report) != nil || report.ChunksDeleted == "0" || report.ChunksKept == "0" {
+		t.Fatalf("gc: exit %d\n%s", code, out)
+	}
+	dst := filepath.Join(t.TempDir(), "out")
+	c.run("extract", "srv:/images/b.caibx", dst)
+	sameFile(t, b, dst)
+	if out, code := runCLI(t, "verify", "--chunk-service", p.grpc); code != 0 {
+		t.Fatalf("verify after gc: exit %d\n%s", code, out)
+	}
+	before := chunksWritten(t, p)
+	c.run("make", "srv:/images/a.caibx", a)
+	if n := fmt.Sprint(chunksWritten(t, p) - before); n != report.ChunksDeleted {
+		t.Fatalf("pushing a again wrote %s chunks; GC had deleted %s", n, report.ChunksDeleted)
+	}
+	dst = filepath.Join(t.TempDir(), "out")
+	c.run("extract", "srv:/images/a.caibx", dst)
+	sameFile(t, a, dst)
 }

@@ -146,6 +146,7 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 		g.Go(func() error { return svc.grpc.Serve(svc.lis) })
 		g.Go(func() error { return svc.grpc.Serve(svc.loop) })
 		g.Go(func() error { svc.monitor.Run(gctx); return nil })
+		g.Go(func() error { svc.admin.WatchGC(gctx, f.healthInterval); return nil })
 		shutdown = append(shutdown, svc.stop)
 		// The other parts reach the services through real gRPC, as they
 		// do as separate deployments; in one process over an in-memory pipe.
@@ -261,6 +262,7 @@ type services struct {
 	loop    *bufconn.Listener
 	health  *health.Server
 	monitor *readiness.Monitor
+	admin   *admin.Server
 	log     *slog.Logger
 }
 
@@ -309,7 +311,7 @@ func startServices(ctx context.Context, f serveFlags, log *slog.Logger, reg *pro
 		store.Close()
 		return nil, fmt.Errorf("--grpc-listen %s: %w", f.grpcListen, err)
 	}
-	return &services{store: store, grpc: srv, lis: lis, loop: bufconn.Listen(1 << 20), health: hs, monitor: monitor, log: log}, nil
+	return &services{store: store, grpc: srv, lis: lis, loop: bufconn.Listen(1 << 20), health: hs, monitor: monitor, admin: adm, log: log}, nil
 }
 
 // stop reports NOT_SERVING so balancers stop sending work, then lets

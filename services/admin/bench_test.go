@@ -28,6 +28,7 @@ import (
 //
 // CHUNKBRIDGE_GC_BENCH_CHUNKS (default 100000) and CHUNKBRIDGE_GC_BENCH_STORES
 // (default "minio"; also "fs", "memory") change the size and the stores.
+// CHUNKBRIDGE_GC_BENCH_VERIFY_WORKERS sets admin.Config.VerifyWorkers.
 // Half of the chunks are referenced by one casync index, so the collection
 // deletes the other half.
 func TestGCVerifyThroughput(t *testing.T) {
@@ -51,7 +52,9 @@ func TestGCVerifyThroughput(t *testing.T) {
 }
 
 func measure(t *testing.T, store storage.Store, n int) {
-	e := newEnv(t, store, admin.Config{})
+	var cfg admin.Config
+	cfg.VerifyWorkers, _ = strconv.Atoi(os.Getenv("CHUNKBRIDGE_GC_BENCH_VERIFY_WORKERS"))
+	e := newEnv(t, store, cfg)
 	ctx := context.Background()
 	rate := func(what string, took time.Duration, chunks int, bytes int64) {
 		mb := float64(bytes) / 1e6 / took.Seconds()

@@ -3,6 +3,8 @@ package admin
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"sync/atomic"
@@ -110,11 +112,23 @@ func (s *Server) collect(ctx context.Context, grace time.Duration, dryRun bool) 
 
 	// Everything published before Begin is visible to the listing below;
 	// everything committed from now on registers with run.
-	start, err := s.storeClock(ctx)
+	var rnd [8]byte
+	rand.Read(rnd[:])
+	runID := hex.EncodeToString(rnd[:])
+	start, err := s.storeClock(ctx, runID, dryRun)
 	if err != nil {
 		s.metrics.gcRuns.WithLabelValues("error").Inc()
 		return nil, fmt.Errorf("garbage collection: read the store's clock: %w", err)
 	}
+	defer func() {
+		// Done, even after a failure: other processes empty their presence
+		// caches again, dropping what they cached while this run deleted.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		if err := s.writeClock(ctx, runID, "done", dryRun); err != nil {
+			s.log.Warn("garbage collection: could not mark the run done; other replicas empty their presence caches only at the next run", "err", err)
+		}
+	}()
 	p := &gcProgress{started: start, cutoff: start.Add(-grace), dryRun: dryRun}
 	p.phase.Store("mark")
 	s.gcMu.Lock()
@@ -178,11 +192,21 @@ func (s *Server) markAndSweep(ctx context.Context, run *gcguard.Run, p *gcProgre
 	return p.report(missing, 0), nil
 }
 
+// writeClock writes clockKey, which says which run is in which state:
+// other processes sharing the store watch it (WatchGC).
+func (s *Server) writeClock(ctx context.Context, run, state string, dryRun bool) error {
+	stamp := []byte(time.Now().UTC().Format(time.RFC3339Nano))
+	meta := storage.Metadata{"run": run, "state": state}
+	if dryRun {
+		meta["dry-run"] = "true"
+	}
+	return s.store.Put(ctx, clockKey, bytes.NewReader(stamp), int64(len(stamp)), meta)
+}
+
 // storeClock writes clockKey and reads back its modification time from a
 // listing, the same source (and precision) as the chunks' times.
-func (s *Server) storeClock(ctx context.Context) (time.Time, error) {
-	stamp := []byte(time.Now().UTC().Format(time.RFC3339Nano))
-	if err := s.store.Put(ctx, clockKey, bytes.NewReader(stamp), int64(len(stamp)), nil); err != nil {
+func (s *Server) storeClock(ctx context.Context, run string, dryRun bool) (time.Time, error) {
+	if err := s.writeClock(ctx, run, "running", dryRun); err != nil {
 		return time.Time{}, err
 	}
 	var t time.Time

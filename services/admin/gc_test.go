@@ -290,3 +290,34 @@ func TestGCStopsOnAnUnreadableIndex(t *testing.T) {
 		}
 	}
 }
+
+// Two replicas on one store: GC on one deletes a chunk the other has in
+// its presence cache; the other's WatchGC sees the run and empties its
+// cache, so it stops claiming the chunk (and its clients upload it again).
+func TestGCOnAnotherReplicaEmptiesPresenceCache(t *testing.T) {
+	store := memoryStore(t)
+	a := newEnv(t, store, admin.Config{})
+	b := newEnv(t, store, admin.Config{})
+	old := makeBlobs(1, 2, 300, sha256Alg)
+	b.upload(t, old) // b's cache now claims both
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	go b.admin.WatchGC(ctx, 5*time.Millisecond)
+	if r := a.gc(t, 0, false); r.ChunksDeleted != 2 {
+		t.Fatalf("GC on a: %v", r)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		missing, err := b.chunks.FindMissing(t.Context(), []chunk.ID{old[0].id, old[1].id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(missing) == 2 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("replica b still claims chunks that GC on replica a deleted")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

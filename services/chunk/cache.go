@@ -87,6 +87,14 @@ func (p *presence) add(id ID, size int64, gen uint64) {
 	}
 }
 
+func (p *presence) forgetAll() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.gen++
+	p.order.Init()
+	clear(p.items)
+}
+
 func (p *presence) forget(id ID) {
 	p.mu.Lock()
 	defer p.mu.Unlock()

@@ -68,3 +68,21 @@ func TestForgetWinsOverAnAnswerInFlight(t *testing.T) {
 		t.Fatal("after the delete and Forget, the presence cache still claims the chunk")
 	}
 }
+
+func TestForgetAll(t *testing.T) {
+	mem := memory.New()
+	svc, _ := chunk.New(mem, chunk.Config{}, nil)
+	data := []byte("cached")
+	id := chunk.ID(sha256.Sum256(data))
+	if _, err := svc.Put(t.Context(), chunk.Upload{ID: id, Algorithm: chunkbridgev1.DigestAlgorithm_DIGEST_ALGORITHM_SHA256, Encoding: chunkbridgev1.Encoding_ENCODING_RAW, Data: data}); err != nil {
+		t.Fatal(err)
+	}
+	mem.Delete(t.Context(), id.Key()) // another process collected it
+	if missing, _ := svc.FindMissing(t.Context(), []chunk.ID{id}); len(missing) != 0 {
+		t.Fatal("the cache should still claim the chunk before ForgetAll")
+	}
+	svc.ForgetAll()
+	if missing, _ := svc.FindMissing(t.Context(), []chunk.ID{id}); len(missing) != 1 {
+		t.Fatal("after ForgetAll the cache still claims a deleted chunk")
+	}
+}

@@ -343,3 +343,8 @@ func (s *Service) Counters() Counters {
 // answer storage gave before a Forget is never cached after it (see
 // presence), so after the second Forget the cache cannot claim the chunk.
 func (s *Service) Forget(id ID) { s.presence.forget(id) }
+
+// ForgetAll empties the presence cache, with the same guarantee as Forget
+// for every chunk. A replica calls it when garbage collection ran in
+// another process, whose Forget calls it never saw.
+func (s *Service) ForgetAll() { s.presence.forgetAll() }

@@ -184,23 +184,30 @@ func putOptions(meta storage.Metadata) minio.PutObjectOptions {
 	}
 }
 
-// Get issues one GET; minio-go reports a missing object only on the first
-// read or Stat, so Stat is called before the reader is returned.
+// Get issues one GET request, whose response headers describe the object
+// (minio-go's lazy Object would add a HEAD before it).
 func (s *Store) Get(ctx context.Context, key string) (io.ReadCloser, storage.Info, error) {
 	name, err := s.object(key)
 	if err != nil {
 		return nil, storage.Info{}, err
 	}
-	obj, err := s.client.GetObject(ctx, s.bucket, name, minio.GetObjectOptions{})
+	body, oi, _, err := minio.Core{Client: s.client}.GetObject(ctx, s.bucket, name, minio.GetObjectOptions{})
 	if err != nil {
 		return nil, storage.Info{}, fmt.Errorf("get %s: %w", key, classify(err))
 	}
-	oi, err := obj.Stat()
-	if err != nil {
-		obj.Close()
-		return nil, storage.Info{}, fmt.Errorf("get %s: %w", key, classify(err))
+	return classifiedBody{body}, s.info(key, oi), nil
+}
+
+// classifiedBody maps a failure while the body streams (a reset
+// connection) onto the storage sentinels, like every other error.
+type classifiedBody struct{ io.ReadCloser }
+
+func (b classifiedBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil && err != io.EOF {
+		err = classify(err)
 	}
-	return obj, s.info(key, oi), nil
+	return n, err
 }
 
 // Stat is a HEAD request.
