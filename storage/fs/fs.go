@@ -33,6 +33,8 @@ const xattrPrefix = "user.chunkbridge."
 // Store keeps objects as files under a root directory.
 type Store struct {
 	root string
+	dir  *os.File // the root, held open for syncfs
+	sync *syncer
 }
 
 var _ storage.Store = (*Store)(nil)
@@ -48,8 +50,13 @@ func Open(root string) (*Store, error) {
 	if err := os.MkdirAll(filepath.Join(abs, tmpDir), 0o755); err != nil {
 		return nil, fmt.Errorf("store directory %q cannot be created: %w", abs, err)
 	}
-	s := &Store{root: abs}
+	dir, err := os.Open(abs)
+	if err != nil {
+		return nil, fmt.Errorf("store directory %q: %w", abs, err)
+	}
+	s := &Store{root: abs, dir: dir, sync: newSyncer(int(dir.Fd()))}
 	if err := s.probe(); err != nil {
+		dir.Close()
 		return nil, fmt.Errorf("store directory %q is not usable: %w", abs, err)
 	}
 	return s, nil
@@ -81,6 +88,15 @@ func (s *Store) path(key string) (string, error) {
 	return filepath.Join(s.root, filepath.FromSlash(key)), nil
 }
 
+// Durability: a put makes its temporary file durable, publishes it by
+// name, and waits for a shared syncfs (the name is durable) before it
+// returns, so a name never points at data that a crash could lose.
+// Concurrent puts share syncs (group commit; syncer.go): small files (up to
+// groupDataLimit) share a syncfs for their data too, instead of an fsync
+// each; larger files are fsynced alone, because a shared sync of large
+// files makes every writer wait for all of them.
+const groupDataLimit = 1 << 20
+
 // PutIfAbsent writes a temporary file and links it into place; link(2)
 // fails when the target exists, which makes the create atomic and exclusive.
 func (s *Store) PutIfAbsent(ctx context.Context, key string, r io.Reader, size int64, meta storage.Metadata) (bool, error) {
@@ -96,6 +112,9 @@ func (s *Store) PutIfAbsent(ctx context.Context, key string, r io.Reader, size i
 		return false, fmt.Errorf("put %s: %w", key, err)
 	}
 	defer os.Remove(tmp)
+	if err := s.syncData(tmp, size); err != nil {
+		return false, fmt.Errorf("put %s: %w", key, err)
+	}
 	if err := s.mkdirs(filepath.Dir(dst)); err != nil {
 		return false, fmt.Errorf("put %s: %w", key, err)
 	}
@@ -105,8 +124,8 @@ func (s *Store) PutIfAbsent(ctx context.Context, key string, r io.Reader, size i
 		}
 		return false, fmt.Errorf("put %s: %w", key, classify(err))
 	}
-	if err := syncDir(filepath.Dir(dst)); err != nil {
-		return true, fmt.Errorf("put %s: %w", key, classify(err))
+	if err := s.sync.Sync(); err != nil {
+		return true, fmt.Errorf("put %s: sync: %w", key, classify(err))
 	}
 	return true, nil
 }
@@ -121,6 +140,10 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader, size int64, me
 	if err != nil {
 		return fmt.Errorf("put %s: %w", key, err)
 	}
+	if err := s.syncData(tmp, size); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("put %s: %w", key, err)
+	}
 	if err := s.mkdirs(filepath.Dir(dst)); err != nil {
 		os.Remove(tmp)
 		return fmt.Errorf("put %s: %w", key, err)
@@ -129,14 +152,34 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader, size int64, me
 		os.Remove(tmp)
 		return fmt.Errorf("put %s: %w", key, classify(err))
 	}
-	if err := syncDir(filepath.Dir(dst)); err != nil {
-		return fmt.Errorf("put %s: %w", key, classify(err))
+	if err := s.sync.Sync(); err != nil {
+		return fmt.Errorf("put %s: sync: %w", key, classify(err))
+	}
+	return nil
+}
+
+// syncData makes a written temporary file durable.
+func (s *Store) syncData(path string, size int64) error {
+	if size <= groupDataLimit {
+		if err := s.sync.Sync(); err != nil {
+			return fmt.Errorf("sync: %w", classify(err))
+		}
+		return nil
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return classify(err)
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("fsync: %w", classify(err))
 	}
 	return nil
 }
 
 // writeTemp copies exactly size bytes into a new temporary file with its
-// metadata and fsyncs it, returning its path. On error nothing is left.
+// metadata, returning its path; syncData makes it durable. On error nothing
+// is left.
 func (s *Store) writeTemp(ctx context.Context, r io.Reader, size int64, meta storage.Metadata) (path string, err error) {
 	var rnd [8]byte
 	_, _ = rand.Read(rnd[:])
@@ -168,14 +211,11 @@ func (s *Store) writeTemp(ctx context.Context, r io.Reader, size int64, meta sto
 			return "", fmt.Errorf("metadata %q: %w", k, classify(err))
 		}
 	}
-	if err := f.Sync(); err != nil {
-		return "", classify(err)
-	}
 	return path, nil
 }
 
-// mkdirs creates dir and fsyncs the parent of every directory it creates, so
-// that a published file's directory entry survives a crash.
+// mkdirs creates dir and its missing parents; the sync that follows the
+// publication makes the new entries durable with the file.
 func (s *Store) mkdirs(dir string) error {
 	if _, err := os.Stat(dir); err == nil {
 		return nil
@@ -186,16 +226,7 @@ func (s *Store) mkdirs(dir string) error {
 	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
 		return classify(err)
 	}
-	return classify(syncDir(filepath.Dir(dir)))
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return nil
 }
 
 // Get opens the file; the metadata is read from the open descriptor.
@@ -361,8 +392,8 @@ func (s *Store) walk(ctx context.Context, dirKey, namePrefix string, fn func(sto
 	return nil
 }
 
-// Close has nothing to release.
-func (s *Store) Close() error { return nil }
+// Close releases the root directory.
+func (s *Store) Close() error { return s.dir.Close() }
 
 // classify maps operating-system errors onto the storage sentinels, keeping
 // the original error in the chain.
