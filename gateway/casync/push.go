@@ -84,6 +84,8 @@ func (s *session) push() error {
 	}
 	go s.acknowledge(upload, p, check)
 	pr, pw := io.Pipe()
+	// Whatever ends the session, the parser must not wait for more index.
+	defer pw.CloseWithError(errDone)
 	go s.parse(pr, p, requestChunks, check)
 
 	for {

@@ -67,6 +67,14 @@ func (s *Server) serveConn(c net.Conn) {
 		created: map[string]bool{},
 	}
 	cn.acked = sync.NewCond(&cn.mu)
+	// A connection that ends must wake the upload barrier: acknowledgements
+	// it waits for will never come.
+	stop := context.AfterFunc(ctx, func() {
+		cn.mu.Lock()
+		cn.acked.Broadcast()
+		cn.mu.Unlock()
+	})
+	defer stop()
 	if s.Metrics != nil {
 		s.Metrics.connections.Inc()
 	}
