@@ -96,7 +96,7 @@ func (s *session) sendIndex() {
 // per chunk.
 func (s *session) fetch(q *requestQueue) {
 	for {
-		batch := q.take(s.h.BatchSize)
+		batch := q.take(s.h.batchSize())
 		if len(batch) == 0 {
 			select {
 			case <-q.notify:
@@ -111,7 +111,9 @@ func (s *session) fetch(q *requestQueue) {
 		}
 		stream, err := s.h.Chunks.DownloadChunks(s.ctx, req)
 		if err != nil {
-			s.fail(err)
+			if s.ctx.Err() == nil {
+				s.fail(err)
+			}
 			return
 		}
 		for i := 0; ; i++ {

@@ -62,7 +62,9 @@ func (s *session) push() error {
 	if err != nil {
 		return err
 	}
+	finalDone := make(chan struct{})
 	finalize := func() {
+		defer close(finalDone)
 		resp, err := index.CloseAndRecv()
 		if err != nil {
 			s.fail(err)
@@ -95,6 +97,9 @@ func (s *session) push() error {
 			done := p.finalized
 			p.mu.Unlock()
 			if done {
+				// Publication is under way: let it finish (or fail and
+				// ABORT) before the session's context ends.
+				<-finalDone
 				return errDone
 			}
 			pw.CloseWithError(io.ErrUnexpectedEOF)

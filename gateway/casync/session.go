@@ -117,12 +117,6 @@ type session struct {
 // Serve runs one session on conn with the remote argv args, and returns
 // when it is over. It closes conn.
 func (h *Handler) Serve(ctx context.Context, conn Conn, args Args) error {
-	if h.DrainTimeout <= 0 {
-		h.DrainTimeout = 10 * time.Second
-	}
-	if h.BatchSize <= 0 {
-		h.BatchSize = 256
-	}
 	log := h.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -144,7 +138,11 @@ func (h *Handler) Serve(ctx context.Context, conn Conn, args Args) error {
 		s.fail(err)
 	}
 	s.cancel()
+	// The writer flushes what is queued; a client that stopped reading must
+	// not hold the session forever.
+	stuck := time.AfterFunc(h.drainTimeout(), func() { conn.Close() })
 	<-s.wdone
+	stuck.Stop()
 	s.mu.Lock()
 	failed := s.failed
 	s.mu.Unlock()
@@ -152,7 +150,7 @@ func (h *Handler) Serve(ctx context.Context, conn Conn, args Args) error {
 	if failed != nil {
 		// Read until the client, having read the ABORT, closes; a client
 		// still writing would otherwise fail with EPIPE first.
-		t := time.AfterFunc(h.DrainTimeout, func() { conn.Close() })
+		t := time.AfterFunc(h.drainTimeout(), func() { conn.Close() })
 		io.Copy(io.Discard, conn)
 		t.Stop()
 		return failed
@@ -296,7 +294,7 @@ func (s *session) fail(err error) {
 	s.log.Warn("session aborted", "err", err)
 	s.final <- caproto.NewAbort(errnoFor(err), reason(err)).Encode(nil)
 	s.cancel()
-	time.AfterFunc(s.h.DrainTimeout+time.Second, func() { s.conn.Close() })
+	time.AfterFunc(s.h.drainTimeout()+time.Second, func() { s.conn.Close() })
 }
 
 // failed reports whether the session has failed.
@@ -320,9 +318,18 @@ func (h *Handler) refuse(conn Conn, err error) {
 	t.Stop()
 }
 
+// drainTimeout and batchSize read the settings without writing the shared
+// Handler: sessions run concurrently.
 func (h *Handler) drainTimeout() time.Duration {
 	if h.DrainTimeout > 0 {
 		return h.DrainTimeout
 	}
 	return 10 * time.Second
+}
+
+func (h *Handler) batchSize() int {
+	if h.BatchSize > 0 {
+		return h.BatchSize
+	}
+	return 256
 }

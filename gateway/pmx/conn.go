@@ -98,6 +98,9 @@ func (c *conn) writer(w *bufio.Writer) {
 	for {
 		select {
 		case b := <-c.out:
+			// A client that stops reading must not hold the connection:
+			// a write that cannot finish ends it.
+			c.nc.SetWriteDeadline(time.Now().Add(idleTimeout))
 			if _, err := w.Write(b); err != nil {
 				c.cancel()
 				return
@@ -107,6 +110,7 @@ func (c *conn) writer(w *bufio.Writer) {
 				return
 			}
 		case <-c.ctx.Done():
+			c.nc.SetWriteDeadline(time.Now().Add(5 * time.Second))
 			for {
 				select {
 				case b := <-c.out:

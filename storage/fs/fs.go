@@ -105,7 +105,7 @@ func (s *Store) PutIfAbsent(ctx context.Context, key string, r io.Reader, size i
 		return false, err
 	}
 	if _, err := os.Lstat(dst); err == nil {
-		return false, nil
+		return false, s.existing(key)
 	}
 	tmp, err := s.writeTemp(ctx, r, size, meta)
 	if err != nil {
@@ -120,14 +120,27 @@ func (s *Store) PutIfAbsent(ctx context.Context, key string, r io.Reader, size i
 	}
 	if err := os.Link(tmp, dst); err != nil {
 		if errors.Is(err, fs.ErrExist) {
-			return false, nil
+			return false, s.existing(key)
 		}
 		return false, fmt.Errorf("put %s: %w", key, classify(err))
 	}
 	if err := s.sync.Sync(); err != nil {
-		return true, fmt.Errorf("put %s: sync: %w", key, classify(err))
+		// Not durable: take the name back, so no later put mistakes it
+		// for a stored object.
+		os.Remove(dst)
+		return false, fmt.Errorf("put %s: sync: %w", key, classify(err))
 	}
 	return true, nil
+}
+
+// existing answers a put that found the key taken: the object may have
+// been linked by a concurrent put that has not yet made it durable, so the
+// answer waits for a sync too.
+func (s *Store) existing(key string) error {
+	if err := s.sync.Sync(); err != nil {
+		return fmt.Errorf("put %s: sync: %w", key, classify(err))
+	}
+	return nil
 }
 
 // Put writes a temporary file and renames it over the target.

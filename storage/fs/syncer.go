@@ -19,8 +19,9 @@ type syncer struct {
 	started uint64 // syncs started
 	done    uint64 // the newest completed sync
 	running bool
-	err     error // the result of sync number done
-	waiters int   // callers inside Sync, for tests
+	failed  uint64 // the newest sync that failed (0: none)
+	err     error  // its error
+	waiters int    // callers inside Sync, for tests
 }
 
 func newSyncer(fd int) *syncer {
@@ -49,10 +50,19 @@ func (s *syncer) Sync() error {
 		err := s.syncfs(s.fd)
 		s.mu.Lock()
 		s.running = false
-		s.done, s.err = n, err
+		s.done = n
+		if err != nil {
+			s.failed, s.err = n, err
+		}
 		s.cond.Broadcast()
 	}
-	return s.err
+	// A failure in any sync from the one we needed on may have lost our
+	// writes: syncfs reports a writeback error only once, so a later
+	// success does not clear it for us.
+	if s.failed >= need {
+		return s.err
+	}
+	return nil
 }
 
 // waiting reports how many callers are inside Sync.

@@ -1,6 +1,7 @@
 package fs
 
 import (
+	"errors"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -54,5 +55,35 @@ func TestSyncerGroupsWaiters(t *testing.T) {
 	wg.Wait()
 	if n := calls.Load(); n != 2 {
 		t.Fatalf("%d syncs for 1 + %d writers, want 2", n, waiters)
+	}
+}
+
+// A failed sync is reported to the caller it covered; a caller covered by a
+// later, good sync is not blamed for it.
+func TestSyncerReportsFailure(t *testing.T) {
+	s := newSyncer(0)
+	boom := errors.New("writeback error")
+	var n atomic.Int64
+	entered := make(chan struct{})
+	release := make(chan struct{})
+	s.syncfs = func(int) error {
+		switch n.Add(1) {
+		case 1:
+			entered <- struct{}{}
+			<-release
+			return boom
+		default:
+			return nil
+		}
+	}
+	first := make(chan error, 1)
+	go func() { first <- s.Sync() }()
+	<-entered
+	release <- struct{}{}
+	if err := <-first; !errors.Is(err, boom) {
+		t.Fatalf("Sync covered by a failed sync = %v, want the failure", err)
+	}
+	if err := s.Sync(); err != nil {
+		t.Fatalf("Sync after the failure, covered by a good sync = %v, want nil", err)
 	}
 }
