@@ -297,13 +297,6 @@ func (s *session) fail(err error) {
 	time.AfterFunc(s.h.drainTimeout()+time.Second, func() { s.conn.Close() })
 }
 
-// failed reports whether the session has failed.
-func (s *session) hasFailed() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.failed != nil
-}
-
 // refuse answers a connection whose remote argv is unusable: HELLO-less
 // ABORT, then drain, so the client prints the reason.
 func (h *Handler) refuse(conn Conn, err error) {

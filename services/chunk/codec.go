@@ -27,15 +27,24 @@ const (
 	algSHA512_256 = "sha512-256"
 )
 
+// checkAlgorithm refuses a digest algorithm the service does not know.
+func checkAlgorithm(alg chunkbridgev1.DigestAlgorithm) error {
+	switch alg {
+	case chunkbridgev1.DigestAlgorithm_DIGEST_ALGORITHM_SHA256, chunkbridgev1.DigestAlgorithm_DIGEST_ALGORITHM_SHA512_256:
+		return nil
+	}
+	return fmt.Errorf("%w: unknown digest algorithm %d (want SHA256 or SHA512_256)", apierr.ErrInvalid, alg)
+}
+
 // digest hashes data with alg.
 func digest(alg chunkbridgev1.DigestAlgorithm, data []byte) (ID, error) {
-	switch alg {
-	case chunkbridgev1.DigestAlgorithm_DIGEST_ALGORITHM_SHA256:
-		return sha256.Sum256(data), nil
-	case chunkbridgev1.DigestAlgorithm_DIGEST_ALGORITHM_SHA512_256:
-		return sha512.Sum512_256(data), nil
+	if err := checkAlgorithm(alg); err != nil {
+		return ID{}, err
 	}
-	return ID{}, fmt.Errorf("%w: unknown digest algorithm %d (want SHA256 or SHA512_256)", apierr.ErrInvalid, alg)
+	if alg == chunkbridgev1.DigestAlgorithm_DIGEST_ALGORITHM_SHA256 {
+		return sha256.Sum256(data), nil
+	}
+	return sha512.Sum512_256(data), nil
 }
 
 func algorithmName(alg chunkbridgev1.DigestAlgorithm) string {

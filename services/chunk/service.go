@@ -106,7 +106,7 @@ func (s *Service) Put(ctx context.Context, u Upload) (created bool, err error) {
 	if len(u.Data) > MaxSize {
 		return false, fmt.Errorf("chunk %s: %w: payload of %d bytes exceeds %d", u.ID, apierr.ErrInvalid, len(u.Data), MaxSize)
 	}
-	if _, err := digest(u.Algorithm, nil); err != nil {
+	if err := checkAlgorithm(u.Algorithm); err != nil {
 		return false, fmt.Errorf("chunk %s: %w", u.ID, err)
 	}
 	if err := s.acquire(ctx); err != nil {
