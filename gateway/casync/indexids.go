@@ -1,7 +1,6 @@
 package casync
 
 import (
-	"errors"
 	"io"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
@@ -15,26 +14,13 @@ const maxIndexSize = 1 << 30
 // scanIndexIDs reads a casync index from r as it arrives, reporting its
 // digest algorithm once the header is read and then each chunk id.
 func scanIndexIDs(r io.Reader, onHeader func(chunkbridgev1.DigestAlgorithm), onID func(id) error) error {
-	rd := caindex.NewReader(r, maxIndexSize)
-	h, err := rd.Header()
-	if err != nil {
-		return err
-	}
-	alg := chunkbridgev1.DigestAlgorithm_DIGEST_ALGORITHM_SHA512_256
-	if h.Digest() == caindex.SHA256 {
-		alg = chunkbridgev1.DigestAlgorithm_DIGEST_ALGORITHM_SHA256
-	}
-	onHeader(alg)
-	for {
-		e, err := rd.Next()
-		if errors.Is(err, io.EOF) {
-			return nil
+	_, err := caindex.Scan(r, maxIndexSize, func(h caindex.Header) error {
+		alg := chunkbridgev1.DigestAlgorithm_DIGEST_ALGORITHM_SHA512_256
+		if h.Digest() == caindex.SHA256 {
+			alg = chunkbridgev1.DigestAlgorithm_DIGEST_ALGORITHM_SHA256
 		}
-		if err != nil {
-			return err
-		}
-		if err := onID(e.ID); err != nil {
-			return err
-		}
-	}
+		onHeader(alg)
+		return nil
+	}, func(e caindex.Entry) error { return onID(e.ID) })
+	return err
 }

@@ -27,22 +27,16 @@ func digestAlgorithm(d caindex.Digest) chunkbridgev1.DigestAlgorithm {
 // scanIndex validates a casync index of size bytes (header, table order,
 // tail) while calling each for every chunk id in table order.
 func scanIndex(r io.Reader, size int64, each func(chunk.ID) error) (indexSummary, error) {
-	rd := caindex.NewReader(r, size)
-	h, err := rd.Header()
+	var alg chunkbridgev1.DigestAlgorithm
+	rd, err := caindex.Scan(r, size,
+		func(h caindex.Header) error { alg = digestAlgorithm(h.Digest()); return nil },
+		func(e caindex.Entry) error { return each(chunk.ID(e.ID)) })
+	var fe *caindex.FormatError
+	if errors.As(err, &fe) {
+		return indexSummary{}, fmt.Errorf("%w: not a valid casync index: %v", apierr.ErrInvalid, err)
+	}
 	if err != nil {
-		return indexSummary{}, fmt.Errorf("%w: not a casync index: %v", apierr.ErrInvalid, err)
+		return indexSummary{}, err
 	}
-	for {
-		e, err := rd.Next()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return indexSummary{}, fmt.Errorf("%w: index table at byte %d: %v", apierr.ErrInvalid, rd.Offset(), err)
-		}
-		if err := each(chunk.ID(e.ID)); err != nil {
-			return indexSummary{}, err
-		}
-	}
-	return indexSummary{chunks: rd.Chunks(), contentSize: int64(rd.Size()), algorithm: digestAlgorithm(h.Digest())}, nil
+	return indexSummary{chunks: rd.Chunks(), contentSize: int64(rd.Size()), algorithm: alg}, nil
 }

@@ -345,3 +345,33 @@ func (p *Parser) Size() uint64 { return p.t.prevEnd }
 
 // Done reports whether the tail has been seen.
 func (p *Parser) Done() bool { return p.done }
+
+// Scan reads a whole index from r as it arrives: onHeader (if not nil)
+// once the header is checked, then onEntry for each entry in table order,
+// until the tail is checked. It returns the Reader for Chunks, Size and
+// Offset. An error from a callback is returned as it is; a malformed index
+// is a *FormatError.
+func Scan(r io.Reader, maxSize int64, onHeader func(Header) error, onEntry func(Entry) error) (*Reader, error) {
+	rd := NewReader(r, maxSize)
+	h, err := rd.Header()
+	if err != nil {
+		return rd, err
+	}
+	if onHeader != nil {
+		if err := onHeader(h); err != nil {
+			return rd, err
+		}
+	}
+	for {
+		e, err := rd.Next()
+		if errors.Is(err, io.EOF) {
+			return rd, nil
+		}
+		if err != nil {
+			return rd, err
+		}
+		if err := onEntry(e); err != nil {
+			return rd, err
+		}
+	}
+}
