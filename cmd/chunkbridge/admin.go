@@ -18,7 +18,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
-	"github.com/chunkbridge/chunkbridge/gateway/pmx"
+	"github.com/chunkbridge/chunkbridge/pmxclient"
 )
 
 // The admin commands (gc, verify, prune, stats) are clients of the
@@ -167,7 +167,7 @@ wait:
 			if st.Phase == "mark" {
 				progress.show(fmt.Sprintf("gc: marking: %d index files read", p.GetIndexFiles()))
 			} else {
-				progress.show(fmt.Sprintf("gc: sweeping: %d/%d prefixes, %d chunks scanned, %d deleted (%s)", st.PrefixesDone, st.PrefixesTotal, p.GetChunksScanned(), p.GetChunksDeleted(), pmx.FormatSize(p.GetBytesDeleted())))
+				progress.show(fmt.Sprintf("gc: sweeping: %d/%d prefixes, %d chunks scanned, %d deleted (%s)", st.PrefixesDone, st.PrefixesTotal, p.GetChunksScanned(), p.GetChunksDeleted(), pmxclient.FormatSize(p.GetBytesDeleted())))
 			}
 		}
 	}
@@ -186,10 +186,10 @@ wait:
 	fmt.Fprintf(stdout, "garbage collection finished in %s%s\n", r.Duration.AsDuration().Round(time.Millisecond), map[bool]string{true: " (dry run: nothing was deleted)"}[r.DryRun])
 	fmt.Fprintf(stdout, "  started       %s on the store's clock; cutoff %s (grace %s)\n", r.Started.AsTime().Format(time.RFC3339), r.Cutoff.AsTime().Format(time.RFC3339), r.Started.AsTime().Sub(r.Cutoff.AsTime()))
 	fmt.Fprintf(stdout, "  marked        %d index files, %d distinct chunks referenced\n", r.IndexFiles, r.ReferencedChunks)
-	fmt.Fprintf(stdout, "  scanned       %d chunks, %s\n", r.ChunksScanned, pmx.FormatSize(r.BytesScanned))
-	fmt.Fprintf(stdout, "  %-13s %d chunks, %s\n", verb, r.ChunksDeleted, pmx.FormatSize(r.BytesDeleted))
+	fmt.Fprintf(stdout, "  scanned       %d chunks, %s\n", r.ChunksScanned, pmxclient.FormatSize(r.BytesScanned))
+	fmt.Fprintf(stdout, "  %-13s %d chunks, %s\n", verb, r.ChunksDeleted, pmxclient.FormatSize(r.BytesDeleted))
 	fmt.Fprintf(stdout, "  kept          %d chunks, %s: %d referenced, %d newer than the cutoff, %d referenced by commits during the collection\n",
-		r.ChunksKept, pmx.FormatSize(r.BytesKept), r.ChunksReferenced, r.ChunksRecent, r.ChunksProtected)
+		r.ChunksKept, pmxclient.FormatSize(r.BytesKept), r.ChunksReferenced, r.ChunksRecent, r.ChunksProtected)
 	if r.ReferencedMissing > 0 {
 		fmt.Fprintf(stdout, "  WARNING       %d referenced chunks are not in the store: run chunkbridge verify\n", r.ReferencedMissing)
 	}
@@ -237,7 +237,7 @@ func adminVerify(ctx context.Context, args []string, stdout, stderr io.Writer) e
 			return rpcError("verify", err)
 		}
 		if p := resp.GetProgress(); p != nil {
-			progress.show(fmt.Sprintf("verify: %d/%d prefixes, %d chunks read (%s), %d problems", p.PrefixesDone, p.PrefixesTotal, p.ChunksVerified, pmx.FormatSize(p.BytesRead), p.Problems))
+			progress.show(fmt.Sprintf("verify: %d/%d prefixes, %d chunks read (%s), %d problems", p.PrefixesDone, p.PrefixesTotal, p.ChunksVerified, pmxclient.FormatSize(p.BytesRead), p.Problems))
 		}
 		r = resp.GetReport()
 	}
@@ -274,7 +274,7 @@ func printVerify(w io.Writer, r *chunkbridgev1.VerifyReport) {
 		fmt.Fprintf(w, "              %s\n", p.Message)
 	}
 	fmt.Fprintf(w, "verified %d of %d chunks (%s read, sample %g) in %s; %d index files reference %d chunks\n",
-		r.ChunksVerified, r.ChunksListed, pmx.FormatSize(r.BytesRead), r.Sample, r.Duration.AsDuration().Round(time.Millisecond), r.IndexFiles, r.ReferencedChunks)
+		r.ChunksVerified, r.ChunksListed, pmxclient.FormatSize(r.BytesRead), r.Sample, r.Duration.AsDuration().Round(time.Millisecond), r.IndexFiles, r.ReferencedChunks)
 	fmt.Fprintf(w, "corrupt %d, missing %d, unreadable %d, unavailable %d, corrupt index files %d\n",
 		r.Corrupt, r.Missing, r.Unreadable, r.Unavailable, r.IndexesCorrupt)
 	if r.Unavailable > 0 {
@@ -367,15 +367,15 @@ func adminStats(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return printJSON(stdout, s)
 	}
 	fmt.Fprintf(stdout, "chunks            %d\n", s.ChunkCount)
-	fmt.Fprintf(stdout, "stored bytes      %s (compressed)\n", pmx.FormatSize(s.StoredBytes))
-	fmt.Fprintf(stdout, "logical bytes     %s (uncompressed; compression ratio %.2f)\n", pmx.FormatSize(s.LogicalBytes), s.CompressionRatio)
-	fmt.Fprintf(stdout, "referenced bytes  %s (what the indexes describe; dedup ratio %.2f)\n", pmx.FormatSize(s.ReferencedBytes), s.DedupRatio)
+	fmt.Fprintf(stdout, "stored bytes      %s (compressed)\n", pmxclient.FormatSize(s.StoredBytes))
+	fmt.Fprintf(stdout, "logical bytes     %s (uncompressed; compression ratio %.2f)\n", pmxclient.FormatSize(s.LogicalBytes), s.CompressionRatio)
+	fmt.Fprintf(stdout, "referenced bytes  %s (what the indexes describe; dedup ratio %.2f)\n", pmxclient.FormatSize(s.ReferencedBytes), s.DedupRatio)
 	fmt.Fprintf(stdout, "casync indexes    %d\n", s.CasyncIndexes)
 	fmt.Fprintf(stdout, "snapshots         %d (%d files, %d backup groups)\n", s.Snapshots, s.SnapshotFiles, s.BackupGroups)
 	if s.ChunksWithoutSize > 0 {
 		fmt.Fprintf(stdout, "chunks without a recorded size: %d (read to be counted)\n", s.ChunksWithoutSize)
 	}
-	fmt.Fprintf(stdout, "this server since start: %d chunks written, %d deduplicated, %s received\n", s.ChunksWritten, s.ChunksDeduplicated, pmx.FormatSize(s.BytesReceived))
+	fmt.Fprintf(stdout, "this server since start: %d chunks written, %d deduplicated, %s received\n", s.ChunksWritten, s.ChunksDeduplicated, pmxclient.FormatSize(s.BytesReceived))
 	fmt.Fprintf(stdout, "counted at        %s\n", time.Unix(s.CountedAt, 0).UTC().Format(time.RFC3339))
 	return nil
 }

@@ -19,7 +19,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
-	"github.com/chunkbridge/chunkbridge/services/catalog/caindex"
+	"github.com/chunkbridge/chunkbridge/format/caindex"
 	"github.com/chunkbridge/chunkbridge/storage"
 	"github.com/chunkbridge/chunkbridge/storage/s3"
 	"github.com/chunkbridge/chunkbridge/storage/s3/miniotest"

@@ -14,7 +14,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/chunkbridge/chunkbridge/gateway/pmx"
+	"github.com/chunkbridge/chunkbridge/pmxclient"
 )
 
 const pmxUsage = `Usage:
@@ -109,14 +109,14 @@ func (f *pmxConnFlags) tlsConfig() (*tls.Config, error) {
 
 // dial connects to the gateway, with a hint in the error for the usual
 // causes.
-func (f *pmxConnFlags) dial(ctx context.Context) (*pmx.Client, error) {
+func (f *pmxConnFlags) dial(ctx context.Context) (*pmxclient.Client, error) {
 	cfg, err := f.tlsConfig()
 	if err != nil {
 		return nil, err
 	}
 	dctx, cancel := context.WithTimeout(ctx, f.connectTimeout)
 	defer cancel()
-	c, err := pmx.Dial(dctx, f.addr(), cfg)
+	c, err := pmxclient.Dial(dctx, f.addr(), cfg)
 	if err != nil {
 		hint := "is `chunkbridge serve pmx-gateway` running there? Set --server or CHUNKBRIDGE_SERVER"
 		if cfg == nil {

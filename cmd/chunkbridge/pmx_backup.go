@@ -10,8 +10,8 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/chunkbridge/chunkbridge/gateway/pmx"
-	"github.com/chunkbridge/chunkbridge/gateway/pmx/wire"
+	"github.com/chunkbridge/chunkbridge/format/pmxproto"
+	"github.com/chunkbridge/chunkbridge/pmxclient"
 )
 
 // pmxBackup runs `chunkbridge pmx backup`.
@@ -23,14 +23,14 @@ func pmxBackup(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	id := fs.String("id", "", "backup id, e.g. web-01 or 100: [A-Za-z0-9][A-Za-z0-9_.-]* (required)")
 	name := fs.String("name", "", `file name in the snapshot, without .fidx/.didx (default: the input's base name, or "stdin" for -)`)
 	fixed := fs.Bool("fixed", false, "cut the input in equal blocks (a disk image: .fidx) instead of content-defined chunks (.didx)")
-	chunkSize := sizeFlag(pmx.DefaultFixedChunkSize)
+	chunkSize := sizeFlag(pmxclient.DefaultFixedChunkSize)
 	fs.Var(&chunkSize, "chunk-size", "block size with --fixed, e.g. 4M or 65536")
 	at := fs.String("time", "", "snapshot time, RFC 3339 (default: now); e.g. to import an older backup")
 	pos, err := parsePMXFlags(fs, args, stderr, 1, "one input: FILE, or - for stdin")
 	if err != nil {
 		return err
 	}
-	bt, err := wire.ParseBackupType(*typ)
+	bt, err := pmxproto.ParseBackupType(*typ)
 	if err != nil {
 		return fmt.Errorf("pmx backup: --type %q: want vm, ct or host", *typ)
 	}
@@ -68,10 +68,10 @@ func pmxBackup(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			return fmt.Errorf("backup: --time %q: want RFC 3339, e.g. 2026-11-25T10:00:00Z", *at)
 		}
 	}
-	sum, err := pmx.Backup(ctx, c, pmx.BackupOptions{
+	sum, err := pmxclient.Backup(ctx, c, pmxclient.BackupOptions{
 		Type: bt, ID: *id, Name: *name, Fixed: *fixed, ChunkSize: int(chunkSize),
 		Input: in, Size: size, Time: when,
-		Progress: func(s pmx.Stats) { bar.show(s.String()) },
+		Progress: func(s pmxclient.Stats) { bar.show(s.String()) },
 	})
 	bar.clear()
 	if err != nil {

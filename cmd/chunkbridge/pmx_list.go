@@ -16,7 +16,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
-	"github.com/chunkbridge/chunkbridge/gateway/pmx"
+	"github.com/chunkbridge/chunkbridge/pmxclient"
 )
 
 // restDefaultPort is the REST gateway's port (--http-listen).
@@ -54,7 +54,7 @@ func pmxList(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			if f.GetFixed() {
 				kind = "fixed"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%d chunks\t%s\n", f.GetPath(), pmx.FormatSize(f.GetContentSize()), f.GetChunkCount(), kind)
+			fmt.Fprintf(tw, "%s\t%s\t%d chunks\t%s\n", f.GetPath(), pmxclient.FormatSize(f.GetContentSize()), f.GetChunkCount(), kind)
 			n++
 		}
 	}

@@ -10,7 +10,7 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/chunkbridge/chunkbridge/gateway/pmx"
+	"github.com/chunkbridge/chunkbridge/pmxclient"
 )
 
 // pmxRestore runs `chunkbridge pmx restore`.
@@ -30,10 +30,10 @@ func pmxRestore(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	defer c.Close()
 
 	bar := newProgressLine(stderr)
-	progress := func(s pmx.RestoreStats) { bar.show(s.String()) }
+	progress := func(s pmxclient.RestoreStats) { bar.show(s.String()) }
 	if outName == "-" {
 		w := bufio.NewWriterSize(stdout, 1<<20)
-		sum, err := pmx.Restore(ctx, c, path, w, progress)
+		sum, err := pmxclient.Restore(ctx, c, path, w, progress)
 		bar.clear()
 		if err != nil {
 			return withListHint(err)
@@ -48,7 +48,7 @@ func pmxRestore(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		return fmt.Errorf("pmx restore: %w", err)
 	}
-	sum, err := pmx.Restore(ctx, c, path, out, progress)
+	sum, err := pmxclient.Restore(ctx, c, path, out, progress)
 	bar.clear()
 	if err != nil {
 		out.abort()
@@ -152,7 +152,7 @@ func pmxHashes(ctx context.Context, args []string, stdout, stderr io.Writer) err
 // withListHint adds, to a missing snapshot file's error, where to find the
 // right path.
 func withListHint(err error) error {
-	if errors.Is(err, pmx.ErrNotFound) {
+	if errors.Is(err, pmxclient.ErrNotFound) {
 		return fmt.Errorf("%w (see the snapshot files with chunkbridge pmx list)", err)
 	}
 	return err

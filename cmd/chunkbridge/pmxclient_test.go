@@ -16,8 +16,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/chunkbridge/chunkbridge/gateway/pmx"
-	"github.com/chunkbridge/chunkbridge/gateway/pmx/pmxtest"
+	"github.com/chunkbridge/chunkbridge/pmxclient"
+	"github.com/chunkbridge/chunkbridge/pmxclient/pmxtest"
 )
 
 func pmxRun(t *testing.T, args ...string) (string, string, error) {
@@ -133,7 +133,7 @@ func TestPMXRestoreFailureLeavesNoFile(t *testing.T) {
 	// A chunk that fails verification half-way.
 	a, b := []byte("first chunk"), []byte("second chunk")
 	ds := peer.Put("vm/1/2026-01-01T00:00:00Z/disk.fidx", a, b)
-	peer.SetCorrupt(func(d pmx.Digest, data []byte) []byte {
+	peer.SetCorrupt(func(d pmxclient.Digest, data []byte) []byte {
 		if d == ds[1] {
 			data[0] ^= 1
 		}

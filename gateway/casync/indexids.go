@@ -4,7 +4,7 @@ import (
 	"io"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
-	"github.com/chunkbridge/chunkbridge/services/catalog/caindex"
+	"github.com/chunkbridge/chunkbridge/format/caindex"
 )
 
 // maxIndexSize bounds an index arriving over caprotocol; the catalog

@@ -13,7 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
-	"github.com/chunkbridge/chunkbridge/gateway/casync/caproto"
+	"github.com/chunkbridge/chunkbridge/format/caproto"
 )
 
 const (

@@ -19,8 +19,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
-	"github.com/chunkbridge/chunkbridge/gateway/casync/caproto"
-	"github.com/chunkbridge/chunkbridge/services/catalog/caindex"
+	"github.com/chunkbridge/chunkbridge/format/caindex"
+	"github.com/chunkbridge/chunkbridge/format/caproto"
 )
 
 // Handler serves caprotocol sessions.

@@ -18,7 +18,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
-	"github.com/chunkbridge/chunkbridge/gateway/pmx/wire"
+	"github.com/chunkbridge/chunkbridge/format/pmxproto"
 )
 
 // ChunkClient and CatalogClient are the gRPC services the gateway uses.
@@ -69,7 +69,7 @@ type fileStream struct {
 }
 
 // send queues an encoded packet; false once the connection is over.
-func (c *conn) send(p wire.Packet) bool {
+func (c *conn) send(p pmxproto.Packet) bool {
 	select {
 	case c.out <- p.Encode(nil):
 		return true
@@ -79,12 +79,12 @@ func (c *conn) send(p wire.Packet) bool {
 }
 
 // sendError answers id with an Error and a reason (DESIGN §7.4).
-func (c *conn) sendError(id uint8, code wire.ErrorID, err error) {
+func (c *conn) sendError(id uint8, code pmxproto.ErrorID, err error) {
 	c.log.Info("request refused", "id", id, "err", err)
 	if c.srv.Metrics != nil {
 		c.srv.Metrics.errors.Inc()
 	}
-	c.send(&wire.Error{ID: id, Code: code, Reason: reason(err)})
+	c.send(&pmxproto.Error{ID: id, Code: code, Reason: reason(err)})
 }
 
 func reason(err error) string {
@@ -129,18 +129,18 @@ func (c *conn) writer(w *bufio.Writer) {
 // run reads packets in order until the client leaves or the stream cannot
 // be framed.
 func (c *conn) run() error {
-	c.send(&wire.Hello{ID: 0, Version: wire.Version})
-	r := wire.NewReader(c.nc)
+	c.send(&pmxproto.Hello{ID: 0, Version: pmxproto.Version})
+	r := pmxproto.NewReader(c.nc)
 	for {
 		c.nc.SetReadDeadline(time.Now().Add(idleTimeout))
 		p, err := r.ReadPacket()
 		if errors.Is(err, io.EOF) {
 			return nil
 		}
-		var be *wire.BodyError
+		var be *pmxproto.BodyError
 		if errors.As(err, &be) {
 			// A bad body is answered and the connection goes on.
-			c.sendError(be.ID, wire.ErrorGeneric, err)
+			c.sendError(be.ID, pmxproto.ErrorGeneric, err)
 			continue
 		}
 		if err != nil {
@@ -151,31 +151,31 @@ func (c *conn) run() error {
 		}
 		c.srv.Metrics.packet(p)
 		switch p := p.(type) {
-		case *wire.UploadChunk:
+		case *pmxproto.UploadChunk:
 			c.uploadChunk(p)
-		case *wire.CreateBackup:
+		case *pmxproto.CreateBackup:
 			c.createBackup(p)
-		case *wire.BackupDataFixed:
+		case *pmxproto.BackupDataFixed:
 			entries := make([]*chunkbridgev1.WriteSnapshotFileRequest_Entry, len(p.Entries))
 			for i, e := range p.Entries {
 				entries[i] = &chunkbridgev1.WriteSnapshotFileRequest_Entry{Slot: int64(e.Index), Digest: hex.EncodeToString(e.Digest[:])}
 			}
 			c.backupData(p.ID, true, entries)
-		case *wire.BackupDataDynamic:
+		case *pmxproto.BackupDataDynamic:
 			entries := make([]*chunkbridgev1.WriteSnapshotFileRequest_Entry, len(p.Entries))
 			for i, e := range p.Entries {
 				entries[i] = &chunkbridgev1.WriteSnapshotFileRequest_Entry{Offset: int64(e.Offset), Digest: hex.EncodeToString(e.Digest[:])}
 			}
 			c.backupData(p.ID, false, entries)
-		case *wire.BackupFinished:
+		case *pmxproto.BackupFinished:
 			c.backupFinished(p.ID)
-		case *wire.GetHashList:
+		case *pmxproto.GetHashList:
 			c.getHashList(p)
-		case *wire.DownloadChunks:
+		case *pmxproto.DownloadChunks:
 			go c.downloadChunks(p)
 		default:
 			// Server-to-client packets (Hello, Ok, Chunk, …) from a client.
-			c.sendError(p.PacketID(), wire.ErrorGeneric, fmt.Errorf("unexpected %s packet from a client", p.PacketType()))
+			c.sendError(p.PacketID(), pmxproto.ErrorGeneric, fmt.Errorf("unexpected %s packet from a client", p.PacketType()))
 		}
 	}
 }
@@ -202,13 +202,13 @@ func (c *conn) finish(err error) {
 
 // uploadChunk forwards a chunk to the chunk service; its Ok or Error is
 // sent when the chunk service acknowledges it (DESIGN §7.3).
-func (c *conn) uploadChunk(p *wire.UploadChunk) {
+func (c *conn) uploadChunk(p *pmxproto.UploadChunk) {
 	c.mu.Lock()
 	if c.upload == nil {
 		up, err := c.srv.Chunks.UploadChunks(c.ctx)
 		if err != nil {
 			c.mu.Unlock()
-			c.sendError(p.ID, wire.ErrorGeneric, fmt.Errorf("chunk service unavailable: %w", err))
+			c.sendError(p.ID, pmxproto.ErrorGeneric, fmt.Errorf("chunk service unavailable: %w", err))
 			return
 		}
 		c.upload = up
@@ -256,9 +256,9 @@ func (c *conn) acknowledge(up chunkbridgev1.ChunkService_UploadChunksClient) {
 		c.acked.Broadcast()
 		c.mu.Unlock()
 		if ack.GetCode() == 0 {
-			c.send(&wire.Ok{ID: id})
+			c.send(&pmxproto.Ok{ID: id})
 		} else {
-			c.sendError(id, wire.ErrorGeneric, status.Error(codes.Code(ack.GetCode()), ack.GetMessage()))
+			c.sendError(id, pmxproto.ErrorGeneric, status.Error(codes.Code(ack.GetCode()), ack.GetMessage()))
 		}
 	}
 }
@@ -267,7 +267,7 @@ func (c *conn) acknowledge(up chunkbridgev1.ChunkService_UploadChunksClient) {
 // stream, so the next upload opens a new one. Called with c.mu held.
 func (c *conn) failUploads(err error) {
 	for _, id := range c.uploadIDs {
-		c.send(&wire.Error{ID: id, Code: wire.ErrorGeneric, Reason: reason(err)})
+		c.send(&pmxproto.Error{ID: id, Code: pmxproto.ErrorGeneric, Reason: reason(err)})
 	}
 	c.uploadsDone += int64(len(c.uploadIDs))
 	c.uploadIDs = nil
@@ -287,13 +287,13 @@ func (c *conn) uploadBarrier() {
 	}
 }
 
-func snapshotKey(p *wire.CreateBackup) string {
+func snapshotKey(p *pmxproto.CreateBackup) string {
 	return fmt.Sprintf("%s/%s/%d", p.BackupType, p.BackupID, p.Timestamp)
 }
 
 // createBackup opens a snapshot file in the catalog and answers
 // BackupCreated with its path, or Error.
-func (c *conn) createBackup(p *wire.CreateBackup) {
+func (c *conn) createBackup(p *pmxproto.CreateBackup) {
 	c.mu.Lock()
 	_, inUse := c.streams[p.ID]
 	// The original server remembers the snapshots a connection created, so
@@ -301,7 +301,7 @@ func (c *conn) createBackup(p *wire.CreateBackup) {
 	exclusive := p.Exclusive() && !c.created[snapshotKey(p)]
 	c.mu.Unlock()
 	if inUse {
-		c.sendError(p.ID, wire.ErrorGeneric, fmt.Errorf("stream id %d is already in use by an unfinished backup file", p.ID))
+		c.sendError(p.ID, pmxproto.ErrorGeneric, fmt.Errorf("stream id %d is already in use by an unfinished backup file", p.ID))
 		return
 	}
 	ctx, cancel := context.WithCancel(c.ctx)
@@ -320,7 +320,7 @@ func (c *conn) createBackup(p *wire.CreateBackup) {
 	}
 	if err != nil {
 		cancel()
-		c.sendError(p.ID, wire.ErrorGeneric, err)
+		c.sendError(p.ID, pmxproto.ErrorGeneric, err)
 		return
 	}
 	fs := &fileStream{id: p.ID, path: resp.GetCreated().GetPath(), fixed: !p.Dynamic(), stream: stream, cancel: cancel, done: make(chan struct{})}
@@ -329,7 +329,7 @@ func (c *conn) createBackup(p *wire.CreateBackup) {
 	c.created[snapshotKey(p)] = true
 	c.mu.Unlock()
 	go c.catalogReplies(fs)
-	c.send(&wire.BackupCreated{ID: p.ID, Path: fs.path})
+	c.send(&pmxproto.BackupCreated{ID: p.ID, Path: fs.path})
 }
 
 // catalogReplies reports refused entries as Error on the stream id, and
@@ -340,18 +340,18 @@ func (c *conn) catalogReplies(fs *fileStream) {
 		resp, err := fs.stream.Recv()
 		if err != nil {
 			if c.ctx.Err() == nil && !errors.Is(err, io.EOF) && status.Code(err) != codes.Canceled {
-				c.sendError(fs.id, wire.ErrorGeneric, err)
+				c.sendError(fs.id, pmxproto.ErrorGeneric, err)
 			}
 			c.closeStream(fs)
 			return
 		}
 		switch step := resp.GetStep().(type) {
 		case *chunkbridgev1.WriteSnapshotFileResponse_Refused:
-			c.sendError(fs.id, wire.ErrorGeneric, errors.New(step.Refused.GetMessage()))
+			c.sendError(fs.id, pmxproto.ErrorGeneric, errors.New(step.Refused.GetMessage()))
 		case *chunkbridgev1.WriteSnapshotFileResponse_Committed_:
 			c.log.Info("snapshot file published", "path", fs.path, "chunks", step.Committed.GetFile().GetChunkCount())
 			c.closeStream(fs)
-			c.send(&wire.Ok{ID: fs.id})
+			c.send(&pmxproto.Ok{ID: fs.id})
 			return
 		}
 	}
@@ -378,11 +378,11 @@ func (c *conn) backupData(id uint8, fixed bool, entries []*chunkbridgev1.WriteSn
 	fs := c.stream(id)
 	switch {
 	case fs == nil:
-		c.sendError(id, wire.ErrorGeneric, fmt.Errorf("no open backup file has stream id %d", id))
+		c.sendError(id, pmxproto.ErrorGeneric, fmt.Errorf("no open backup file has stream id %d", id))
 		return
 	case fs.fixed != fixed:
 		kind := map[bool]string{true: "fixed", false: "dynamic"}
-		c.sendError(id, wire.ErrorGeneric, fmt.Errorf("%s data for the %s file %s", kind[fixed], kind[fs.fixed], fs.path))
+		c.sendError(id, pmxproto.ErrorGeneric, fmt.Errorf("%s data for the %s file %s", kind[fixed], kind[fs.fixed], fs.path))
 		return
 	}
 	fs.pending = append(fs.pending, entries...)
@@ -407,7 +407,7 @@ func (c *conn) flushEntries(fs *fileStream) bool {
 func (c *conn) backupFinished(id uint8) {
 	fs := c.stream(id)
 	if fs == nil {
-		c.sendError(id, wire.ErrorGeneric, fmt.Errorf("no open backup file has stream id %d", id))
+		c.sendError(id, pmxproto.ErrorGeneric, fmt.Errorf("no open backup file has stream id %d", id))
 		return
 	}
 	if c.flushEntries(fs) {
@@ -419,13 +419,13 @@ func (c *conn) backupFinished(id uint8) {
 
 // getHashList streams a snapshot file's digests (DESIGN §7.9); one at a
 // time per connection.
-func (c *conn) getHashList(p *wire.GetHashList) {
+func (c *conn) getHashList(p *pmxproto.GetHashList) {
 	c.mu.Lock()
 	busy := c.hashList
 	c.hashList = true
 	c.mu.Unlock()
 	if busy {
-		c.sendError(p.ID, wire.ErrorBusy, errors.New("a hash list is already being sent on this connection"))
+		c.sendError(p.ID, pmxproto.ErrorBusy, errors.New("a hash list is already being sent on this connection"))
 		return
 	}
 	go func() {
@@ -435,7 +435,7 @@ func (c *conn) getHashList(p *wire.GetHashList) {
 			c.mu.Unlock()
 		}()
 		stream, err := c.srv.Catalog.ReadSnapshotDigests(c.ctx, &chunkbridgev1.ReadSnapshotDigestsRequest{Path: strings.TrimPrefix(p.Name, "/")})
-		var part []wire.Digest
+		var part []pmxproto.Digest
 		for err == nil {
 			var resp *chunkbridgev1.ReadSnapshotDigestsResponse
 			resp, err = stream.Recv()
@@ -444,30 +444,30 @@ func (c *conn) getHashList(p *wire.GetHashList) {
 				break
 			}
 			for _, h := range resp.GetDigests() {
-				var d wire.Digest
+				var d pmxproto.Digest
 				hex.Decode(d[:], []byte(h))
 				part = append(part, d)
 				if len(part) == digestsPerPart {
-					c.send(&wire.HashListPart{ID: p.ID, Digests: part})
+					c.send(&pmxproto.HashListPart{ID: p.ID, Digests: part})
 					part = nil
 				}
 			}
 		}
 		if err != nil {
-			c.sendError(p.ID, wire.ErrorGeneric, err)
+			c.sendError(p.ID, pmxproto.ErrorGeneric, err)
 			return
 		}
 		if len(part) > 0 {
-			c.send(&wire.HashListPart{ID: p.ID, Digests: part})
+			c.send(&pmxproto.HashListPart{ID: p.ID, Digests: part})
 		}
-		c.send(&wire.HashListPart{ID: p.ID})
+		c.send(&pmxproto.HashListPart{ID: p.ID})
 	}()
 }
 
 // downloadChunks answers DownloadChunks (DESIGN §7.10): one Chunk per
 // digest in request order, or Error for the first missing one and nothing
 // after it.
-func (c *conn) downloadChunks(p *wire.DownloadChunks) {
+func (c *conn) downloadChunks(p *pmxproto.DownloadChunks) {
 	req := &chunkbridgev1.DownloadChunksRequest{Ids: make([]string, len(p.Digests)), Encoding: chunkbridgev1.Encoding_ENCODING_RAW}
 	for i, d := range p.Digests {
 		req.Ids[i] = hex.EncodeToString(d[:])
@@ -481,11 +481,11 @@ func (c *conn) downloadChunks(p *wire.DownloadChunks) {
 		if err == nil && resp.GetCode() != 0 {
 			err = status.Error(codes.Code(resp.GetCode()), resp.GetMessage())
 		}
-		if err == nil && len(resp.GetData()) > wire.MaxChunkData {
+		if err == nil && len(resp.GetData()) > pmxproto.MaxChunkData {
 			err = fmt.Errorf("chunk %s: %d bytes do not fit a Chunk packet", resp.GetId(), len(resp.GetData()))
 		}
 		if err == nil {
-			chunk := &wire.Chunk{ID: p.ID, Offset: uint64(i), Digest: p.Digests[i], Data: resp.GetData()}
+			chunk := &pmxproto.Chunk{ID: p.ID, Offset: uint64(i), Digest: p.Digests[i], Data: resp.GetData()}
 			c.srv.Metrics.packet(chunk)
 			if !c.send(chunk) {
 				return
@@ -493,6 +493,6 @@ func (c *conn) downloadChunks(p *wire.DownloadChunks) {
 		}
 	}
 	if err != nil {
-		c.sendError(p.ID, wire.ErrorGeneric, err)
+		c.sendError(p.ID, pmxproto.ErrorGeneric, err)
 	}
 }

@@ -3,7 +3,7 @@ package pmx
 import (
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/chunkbridge/chunkbridge/gateway/pmx/wire"
+	"github.com/chunkbridge/chunkbridge/format/pmxproto"
 )
 
 // Metrics are the PMXBCKUP gateway's Prometheus series.
@@ -40,15 +40,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	return m
 }
 
-func (m *Metrics) packet(p wire.Packet) {
+func (m *Metrics) packet(p pmxproto.Packet) {
 	if m == nil {
 		return
 	}
 	m.packets.WithLabelValues(p.PacketType().String()).Inc()
 	switch p := p.(type) {
-	case *wire.UploadChunk:
+	case *pmxproto.UploadChunk:
 		m.bytes.WithLabelValues("uploaded").Add(float64(len(p.Data)))
-	case *wire.Chunk:
+	case *pmxproto.Chunk:
 		m.bytes.WithLabelValues("downloaded").Add(float64(len(p.Data)))
 	}
 }

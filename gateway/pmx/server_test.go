@@ -13,8 +13,8 @@ import (
 	"time"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
+	"github.com/chunkbridge/chunkbridge/format/pmxproto"
 	"github.com/chunkbridge/chunkbridge/gateway/pmx"
-	"github.com/chunkbridge/chunkbridge/gateway/pmx/wire"
 	"github.com/chunkbridge/chunkbridge/services/catalog"
 	"github.com/chunkbridge/chunkbridge/services/chunk"
 	"github.com/chunkbridge/chunkbridge/services/servicetest"
@@ -46,7 +46,7 @@ func newHarness(t *testing.T) *harness {
 type client struct {
 	t    *testing.T
 	conn net.Conn
-	r    *wire.Reader
+	r    *pmxproto.Reader
 }
 
 // dial connects and checks the server's Hello comes first.
@@ -58,14 +58,14 @@ func (h *harness) dial(t *testing.T) *client {
 	}
 	t.Cleanup(func() { c.Close() })
 	c.SetDeadline(time.Now().Add(30 * time.Second))
-	cl := &client{t: t, conn: c, r: wire.NewReader(c)}
-	if hello, ok := cl.next().(*wire.Hello); !ok || hello.ID != 0 || hello.Version != wire.Version {
+	cl := &client{t: t, conn: c, r: pmxproto.NewReader(c)}
+	if hello, ok := cl.next().(*pmxproto.Hello); !ok || hello.ID != 0 || hello.Version != pmxproto.Version {
 		t.Fatalf("first packet is not Hello(0, 1)")
 	}
 	return cl
 }
 
-func (c *client) send(ps ...wire.Packet) {
+func (c *client) send(ps ...pmxproto.Packet) {
 	c.t.Helper()
 	var b []byte
 	for _, p := range ps {
@@ -76,7 +76,7 @@ func (c *client) send(ps ...wire.Packet) {
 	}
 }
 
-func (c *client) next() wire.Packet {
+func (c *client) next() pmxproto.Packet {
 	c.t.Helper()
 	p, err := c.r.ReadPacket()
 	if err != nil {
@@ -88,20 +88,20 @@ func (c *client) next() wire.Packet {
 func (c *client) expectOk(id uint8) {
 	c.t.Helper()
 	switch p := c.next().(type) {
-	case *wire.Ok:
+	case *pmxproto.Ok:
 		if p.ID != id {
 			c.t.Fatalf("Ok for id %d, want %d", p.ID, id)
 		}
-	case *wire.Error:
+	case *pmxproto.Error:
 		c.t.Fatalf("Error(%d, %v, %q), want Ok(%d)", p.ID, p.Code, p.Reason, id)
 	default:
 		c.t.Fatalf("%T, want Ok(%d)", p, id)
 	}
 }
 
-func (c *client) expectError(id uint8, code wire.ErrorID, says string) {
+func (c *client) expectError(id uint8, code pmxproto.ErrorID, says string) {
 	c.t.Helper()
-	p, ok := c.next().(*wire.Error)
+	p, ok := c.next().(*pmxproto.Error)
 	if !ok || p.ID != id || p.Code != code || !strings.Contains(p.Reason, says) {
 		c.t.Fatalf("got %+v, want Error(%d, %v) mentioning %q", p, id, code, says)
 	}
@@ -112,7 +112,7 @@ func (c *client) expectClosed() {
 	c.t.Helper()
 	for {
 		_, err := c.r.ReadPacket()
-		if errors.Is(err, io.EOF) || (err != nil && !wire.IsFatal(err)) {
+		if errors.Is(err, io.EOF) || (err != nil && !pmxproto.IsFatal(err)) {
 			return
 		}
 		var ne net.Error
@@ -125,12 +125,12 @@ func (c *client) expectClosed() {
 	}
 }
 
-func uploadOf(b []byte) (wire.Digest, *wire.UploadChunk) {
-	d := wire.Digest(sha256.Sum256(b))
-	return d, &wire.UploadChunk{Digest: d, Data: b}
+func uploadOf(b []byte) (pmxproto.Digest, *pmxproto.UploadChunk) {
+	d := pmxproto.Digest(sha256.Sum256(b))
+	return d, &pmxproto.UploadChunk{Digest: d, Data: b}
 }
 
-func (c *client) upload(id uint8, data []byte) wire.Digest {
+func (c *client) upload(id uint8, data []byte) pmxproto.Digest {
 	c.t.Helper()
 	d, up := uploadOf(data)
 	up.ID = id
@@ -139,13 +139,13 @@ func (c *client) upload(id uint8, data []byte) wire.Digest {
 	return d
 }
 
-func (c *client) create(p *wire.CreateBackup) string {
+func (c *client) create(p *pmxproto.CreateBackup) string {
 	c.t.Helper()
 	c.send(p)
 	switch r := c.next().(type) {
-	case *wire.BackupCreated:
+	case *pmxproto.BackupCreated:
 		return r.Path
-	case *wire.Error:
+	case *pmxproto.Error:
 		c.t.Fatalf("CreateBackup: Error %q", r.Reason)
 	}
 	c.t.Fatal("CreateBackup: no BackupCreated")
@@ -159,19 +159,19 @@ func TestFixedBackupHashListAndDownload(t *testing.T) {
 	c := h.dial(t)
 	a, b := bytes.Repeat([]byte("a"), 4096), []byte("tail")
 	da, db := c.upload(1, a), c.upload(1, b) // ids are reused
-	path := c.create(&wire.CreateBackup{ID: 2, BackupType: wire.BackupVM, Timestamp: ts, Flags: wire.FlagExcl, ChunkSize: 4096, FileSize: 4096*2 + 4, BackupID: "100", Name: "disk.img"})
+	path := c.create(&pmxproto.CreateBackup{ID: 2, BackupType: pmxproto.BackupVM, Timestamp: ts, Flags: pmxproto.FlagExcl, ChunkSize: 4096, FileSize: 4096*2 + 4, BackupID: "100", Name: "disk.img"})
 	if !strings.HasPrefix(path, "vm/100/") || !strings.HasSuffix(path, "/disk.img.fidx") {
 		t.Fatalf("BackupCreated path %q", path)
 	}
-	c.send(&wire.BackupDataFixed{ID: 2, Entries: []wire.FixedEntry{{Index: 2, Digest: db}}},
-		&wire.BackupDataFixed{ID: 2, Entries: []wire.FixedEntry{{Index: 0, Digest: da}, {Index: 1, Digest: da}}},
-		&wire.BackupFinished{ID: 2})
+	c.send(&pmxproto.BackupDataFixed{ID: 2, Entries: []pmxproto.FixedEntry{{Index: 2, Digest: db}}},
+		&pmxproto.BackupDataFixed{ID: 2, Entries: []pmxproto.FixedEntry{{Index: 0, Digest: da}, {Index: 1, Digest: da}}},
+		&pmxproto.BackupFinished{ID: 2})
 	c.expectOk(2)
 
-	c.send(&wire.GetHashList{ID: 3, Name: path})
-	var got []wire.Digest
+	c.send(&pmxproto.GetHashList{ID: 3, Name: path})
+	var got []pmxproto.Digest
 	for {
-		part, ok := c.next().(*wire.HashListPart)
+		part, ok := c.next().(*pmxproto.HashListPart)
 		if !ok || part.ID != 3 {
 			t.Fatal("want HashListPart(3)")
 		}
@@ -184,15 +184,15 @@ func TestFixedBackupHashListAndDownload(t *testing.T) {
 		t.Fatalf("hash list = %v", got)
 	}
 
-	missing := wire.Digest(sha256.Sum256([]byte("missing")))
-	c.send(&wire.DownloadChunks{ID: 4, Digests: []wire.Digest{db, da, missing, da}})
+	missing := pmxproto.Digest(sha256.Sum256([]byte("missing")))
+	c.send(&pmxproto.DownloadChunks{ID: 4, Digests: []pmxproto.Digest{db, da, missing, da}})
 	for i, want := range [][]byte{b, a} {
-		ch, ok := c.next().(*wire.Chunk)
+		ch, ok := c.next().(*pmxproto.Chunk)
 		if !ok || ch.ID != 4 || ch.Offset != uint64(i) || !bytes.Equal(ch.Data, want) {
 			t.Fatalf("Chunk %d: %+v", i, ch)
 		}
 	}
-	c.expectError(4, wire.ErrorGeneric, "not found")
+	c.expectError(4, pmxproto.ErrorGeneric, "not found")
 	// Nothing more for that request: the next reply is for the next request.
 	c.upload(5, []byte("after"))
 }
@@ -205,60 +205,60 @@ func TestDynamicBackupAndBadInput(t *testing.T) {
 	_, bad := uploadOf([]byte("data"))
 	bad.ID, bad.Data = 6, []byte("other")
 	c.send(bad)
-	c.expectError(6, wire.ErrorGeneric, "hashes to")
+	c.expectError(6, pmxproto.ErrorGeneric, "hashes to")
 	c.upload(6, []byte("still serving"))
 
-	path := c.create(&wire.CreateBackup{ID: 2, BackupType: wire.BackupHost, Timestamp: ts, Flags: wire.FlagExcl | wire.FlagDynamicChunks, BackupID: "web-01", Name: "root.pxar"})
-	c.send(&wire.BackupDataDynamic{ID: 2, Entries: []wire.DynamicEntry{{Offset: 0, Digest: dx}, {Offset: uint64(len(x)), Digest: dy}}}, &wire.BackupFinished{ID: 2})
+	path := c.create(&pmxproto.CreateBackup{ID: 2, BackupType: pmxproto.BackupHost, Timestamp: ts, Flags: pmxproto.FlagExcl | pmxproto.FlagDynamicChunks, BackupID: "web-01", Name: "root.pxar"})
+	c.send(&pmxproto.BackupDataDynamic{ID: 2, Entries: []pmxproto.DynamicEntry{{Offset: 0, Digest: dx}, {Offset: uint64(len(x)), Digest: dy}}}, &pmxproto.BackupFinished{ID: 2})
 	c.expectOk(2)
 
 	for _, tc := range []struct {
 		name string
-		send []wire.Packet
+		send []pmxproto.Packet
 		id   uint8
 		says string
 	}{
-		{"unknown stream", []wire.Packet{&wire.BackupFinished{ID: 9}}, 9, "no open backup file"},
-		{"missing hash list", []wire.Packet{&wire.GetHashList{ID: 7, Name: "host/web-01/2000-01-01T00:00:00Z/x.didx"}}, 7, "not found"},
-		{"traversal in hash list", []wire.Packet{&wire.GetHashList{ID: 7, Name: "../../etc/x.didx"}}, 7, "backup type"},
+		{"unknown stream", []pmxproto.Packet{&pmxproto.BackupFinished{ID: 9}}, 9, "no open backup file"},
+		{"missing hash list", []pmxproto.Packet{&pmxproto.GetHashList{ID: 7, Name: "host/web-01/2000-01-01T00:00:00Z/x.didx"}}, 7, "not found"},
+		{"traversal in hash list", []pmxproto.Packet{&pmxproto.GetHashList{ID: 7, Name: "../../etc/x.didx"}}, 7, "backup type"},
 	} {
 		c.send(tc.send...)
-		c.expectError(tc.id, wire.ErrorGeneric, tc.says)
+		c.expectError(tc.id, pmxproto.ErrorGeneric, tc.says)
 	}
 
 	// EXCL on a snapshot another connection made is refused; on the
 	// connection that made it, a second file may join it.
 	c2 := h.dial(t)
-	c2.send(&wire.CreateBackup{ID: 3, BackupType: wire.BackupHost, Timestamp: ts, Flags: wire.FlagExcl | wire.FlagDynamicChunks, BackupID: "web-01", Name: "other"})
-	c2.expectError(3, wire.ErrorGeneric, "exists")
-	c.create(&wire.CreateBackup{ID: 3, BackupType: wire.BackupHost, Timestamp: ts, Flags: wire.FlagExcl | wire.FlagDynamicChunks, BackupID: "web-01", Name: "other"})
-	c.send(&wire.BackupDataDynamic{ID: 3, Entries: []wire.DynamicEntry{{Offset: 0, Digest: dy}}}, &wire.BackupFinished{ID: 3})
+	c2.send(&pmxproto.CreateBackup{ID: 3, BackupType: pmxproto.BackupHost, Timestamp: ts, Flags: pmxproto.FlagExcl | pmxproto.FlagDynamicChunks, BackupID: "web-01", Name: "other"})
+	c2.expectError(3, pmxproto.ErrorGeneric, "exists")
+	c.create(&pmxproto.CreateBackup{ID: 3, BackupType: pmxproto.BackupHost, Timestamp: ts, Flags: pmxproto.FlagExcl | pmxproto.FlagDynamicChunks, BackupID: "web-01", Name: "other"})
+	c.send(&pmxproto.BackupDataDynamic{ID: 3, Entries: []pmxproto.DynamicEntry{{Offset: 0, Digest: dy}}}, &pmxproto.BackupFinished{ID: 3})
 	c.expectOk(3)
 
 	// Refused entries are Errors on the stream id, then Finish fails.
 	other := uint64(ts + 60)
-	c.create(&wire.CreateBackup{ID: 4, BackupType: wire.BackupHost, Timestamp: other, Flags: wire.FlagDynamicChunks, BackupID: "web-01", Name: "gap"})
-	c.send(&wire.BackupDataDynamic{ID: 4, Entries: []wire.DynamicEntry{{Offset: 0, Digest: dx}, {Offset: 1, Digest: dy}}}, &wire.BackupFinished{ID: 4})
-	c.expectError(4, wire.ErrorGeneric, "not contiguous")
-	c.expectError(4, wire.ErrorGeneric, "refused")
-	c.create(&wire.CreateBackup{ID: 4, BackupType: wire.BackupVM, Timestamp: other, ChunkSize: 11, FileSize: 22, BackupID: "5", Name: "img"})
-	c.send(&wire.BackupDataFixed{ID: 4, Entries: []wire.FixedEntry{{Index: 5, Digest: dx}}}, &wire.BackupFinished{ID: 4})
-	c.expectError(4, wire.ErrorGeneric, "out of range")
-	c.expectError(4, wire.ErrorGeneric, "refused")
-	c.create(&wire.CreateBackup{ID: 4, BackupType: wire.BackupVM, Timestamp: other + 1, ChunkSize: 11, FileSize: 22, BackupID: "5", Name: "img"})
-	c.send(&wire.BackupDataFixed{ID: 4, Entries: []wire.FixedEntry{{Index: 0, Digest: dx}}}, &wire.BackupFinished{ID: 4})
-	c.expectError(4, wire.ErrorGeneric, "1 of 2 slots")
-	c.create(&wire.CreateBackup{ID: 4, BackupType: wire.BackupVM, Timestamp: other + 2, ChunkSize: 11, FileSize: 11, BackupID: "5", Name: "img"})
-	c.send(&wire.BackupDataFixed{ID: 4, Entries: []wire.FixedEntry{{Index: 0, Digest: wire.Digest(sha256.Sum256([]byte("never uploaded")))}}}, &wire.BackupFinished{ID: 4})
-	c.expectError(4, wire.ErrorGeneric, "not stored")
-	c.expectError(4, wire.ErrorGeneric, "refused")
+	c.create(&pmxproto.CreateBackup{ID: 4, BackupType: pmxproto.BackupHost, Timestamp: other, Flags: pmxproto.FlagDynamicChunks, BackupID: "web-01", Name: "gap"})
+	c.send(&pmxproto.BackupDataDynamic{ID: 4, Entries: []pmxproto.DynamicEntry{{Offset: 0, Digest: dx}, {Offset: 1, Digest: dy}}}, &pmxproto.BackupFinished{ID: 4})
+	c.expectError(4, pmxproto.ErrorGeneric, "not contiguous")
+	c.expectError(4, pmxproto.ErrorGeneric, "refused")
+	c.create(&pmxproto.CreateBackup{ID: 4, BackupType: pmxproto.BackupVM, Timestamp: other, ChunkSize: 11, FileSize: 22, BackupID: "5", Name: "img"})
+	c.send(&pmxproto.BackupDataFixed{ID: 4, Entries: []pmxproto.FixedEntry{{Index: 5, Digest: dx}}}, &pmxproto.BackupFinished{ID: 4})
+	c.expectError(4, pmxproto.ErrorGeneric, "out of range")
+	c.expectError(4, pmxproto.ErrorGeneric, "refused")
+	c.create(&pmxproto.CreateBackup{ID: 4, BackupType: pmxproto.BackupVM, Timestamp: other + 1, ChunkSize: 11, FileSize: 22, BackupID: "5", Name: "img"})
+	c.send(&pmxproto.BackupDataFixed{ID: 4, Entries: []pmxproto.FixedEntry{{Index: 0, Digest: dx}}}, &pmxproto.BackupFinished{ID: 4})
+	c.expectError(4, pmxproto.ErrorGeneric, "1 of 2 slots")
+	c.create(&pmxproto.CreateBackup{ID: 4, BackupType: pmxproto.BackupVM, Timestamp: other + 2, ChunkSize: 11, FileSize: 11, BackupID: "5", Name: "img"})
+	c.send(&pmxproto.BackupDataFixed{ID: 4, Entries: []pmxproto.FixedEntry{{Index: 0, Digest: pmxproto.Digest(sha256.Sum256([]byte("never uploaded")))}}}, &pmxproto.BackupFinished{ID: 4})
+	c.expectError(4, pmxproto.ErrorGeneric, "not stored")
+	c.expectError(4, pmxproto.ErrorGeneric, "refused")
 
 	// Bad bodies: answered, connection kept. A backup id like ../x is
 	// refused by the codec as a body error.
-	raw := (&wire.CreateBackup{ID: 8, BackupType: wire.BackupVM, Timestamp: ts, ChunkSize: 1, FileSize: 1, BackupID: "ab", Name: "n"}).Encode(nil)
+	raw := (&pmxproto.CreateBackup{ID: 8, BackupType: pmxproto.BackupVM, Timestamp: ts, ChunkSize: 1, FileSize: 1, BackupID: "ab", Name: "n"}).Encode(nil)
 	copy(raw[6+24:], "..") // the id becomes ".."
 	c.conn.Write(raw)
-	c.expectError(8, wire.ErrorGeneric, "")
+	c.expectError(8, pmxproto.ErrorGeneric, "")
 	c.upload(1, []byte("still serving after bad bodies"))
 
 	snaps, err := h.catalog.ListSnapshots(t.Context(), &chunkbridgev1.ListSnapshotsRequest{})
@@ -292,27 +292,27 @@ func TestHashListBusy(t *testing.T) {
 	c := h.dial(t)
 	d := c.upload(1, []byte("x"))
 	const slots = 200_000
-	path := c.create(&wire.CreateBackup{ID: 2, BackupType: wire.BackupCT, Timestamp: ts, ChunkSize: 1, FileSize: slots, BackupID: "big", Name: "img"})
-	entries := make([]wire.FixedEntry, 0, 50_000)
+	path := c.create(&pmxproto.CreateBackup{ID: 2, BackupType: pmxproto.BackupCT, Timestamp: ts, ChunkSize: 1, FileSize: slots, BackupID: "big", Name: "img"})
+	entries := make([]pmxproto.FixedEntry, 0, 50_000)
 	for i := range slots {
-		entries = append(entries, wire.FixedEntry{Index: uint64(i), Digest: d})
+		entries = append(entries, pmxproto.FixedEntry{Index: uint64(i), Digest: d})
 		if len(entries) == cap(entries) {
-			c.send(&wire.BackupDataFixed{ID: 2, Entries: entries})
+			c.send(&pmxproto.BackupDataFixed{ID: 2, Entries: entries})
 			entries = entries[:0]
 		}
 	}
-	c.send(&wire.BackupFinished{ID: 2})
+	c.send(&pmxproto.BackupFinished{ID: 2})
 	c.expectOk(2)
-	c.send(&wire.GetHashList{ID: 3, Name: path}, &wire.GetHashList{ID: 4, Name: path})
+	c.send(&pmxproto.GetHashList{ID: 3, Name: path}, &pmxproto.GetHashList{ID: 4, Name: path})
 	busy, n := false, 0
 	for done := false; !done; {
 		switch p := c.next().(type) {
-		case *wire.Error:
-			if p.ID != 4 || p.Code != wire.ErrorBusy {
+		case *pmxproto.Error:
+			if p.ID != 4 || p.Code != pmxproto.ErrorBusy {
 				t.Fatalf("Error %+v", p)
 			}
 			busy = true
-		case *wire.HashListPart:
+		case *pmxproto.HashListPart:
 			n += len(p.Digests)
 			done = len(p.Digests) == 0
 		}
@@ -327,13 +327,13 @@ func TestDroppedConnectionLeavesNothing(t *testing.T) {
 	h := newHarness(t)
 	c := h.dial(t)
 	d := c.upload(1, []byte("chunk"))
-	c.create(&wire.CreateBackup{ID: 2, BackupType: wire.BackupHost, Timestamp: ts, Flags: wire.FlagDynamicChunks, BackupID: "h", Name: "s"})
-	c.send(&wire.BackupDataDynamic{ID: 2, Entries: []wire.DynamicEntry{{Offset: 0, Digest: d}}})
+	c.create(&pmxproto.CreateBackup{ID: 2, BackupType: pmxproto.BackupHost, Timestamp: ts, Flags: pmxproto.FlagDynamicChunks, BackupID: "h", Name: "s"})
+	c.send(&pmxproto.BackupDataDynamic{ID: 2, Entries: []pmxproto.DynamicEntry{{Offset: 0, Digest: d}}})
 	c.conn.Close()
 	// A second client completes its own backup; the first left nothing.
 	c2 := h.dial(t)
-	c2.create(&wire.CreateBackup{ID: 2, BackupType: wire.BackupHost, Timestamp: ts + 1, Flags: wire.FlagDynamicChunks, BackupID: "h", Name: "s"})
-	c2.send(&wire.BackupDataDynamic{ID: 2, Entries: []wire.DynamicEntry{{Offset: 0, Digest: d}}}, &wire.BackupFinished{ID: 2})
+	c2.create(&pmxproto.CreateBackup{ID: 2, BackupType: pmxproto.BackupHost, Timestamp: ts + 1, Flags: pmxproto.FlagDynamicChunks, BackupID: "h", Name: "s"})
+	c2.send(&pmxproto.BackupDataDynamic{ID: 2, Entries: []pmxproto.DynamicEntry{{Offset: 0, Digest: d}}}, &pmxproto.BackupFinished{ID: 2})
 	c2.expectOk(2)
 	snaps, err := h.catalog.ListSnapshots(t.Context(), &chunkbridgev1.ListSnapshotsRequest{})
 	if err != nil || len(snaps.Snapshots) != 1 {

@@ -22,9 +22,9 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
+	"github.com/chunkbridge/chunkbridge/format/caindex"
 	"github.com/chunkbridge/chunkbridge/services/admin"
 	"github.com/chunkbridge/chunkbridge/services/catalog"
-	"github.com/chunkbridge/chunkbridge/services/catalog/caindex"
 	"github.com/chunkbridge/chunkbridge/services/chunk"
 	"github.com/chunkbridge/chunkbridge/storage"
 	"github.com/chunkbridge/chunkbridge/storage/fs"

@@ -12,8 +12,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
+	"github.com/chunkbridge/chunkbridge/format/caindex"
 	"github.com/chunkbridge/chunkbridge/services/catalog"
-	"github.com/chunkbridge/chunkbridge/services/catalog/caindex"
 	"github.com/chunkbridge/chunkbridge/services/chunk"
 	"github.com/chunkbridge/chunkbridge/services/servicetest"
 	"github.com/chunkbridge/chunkbridge/storage/memory"

@@ -16,9 +16,9 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
+	"github.com/chunkbridge/chunkbridge/format/caindex"
+	"github.com/chunkbridge/chunkbridge/format/pbsindex"
 	"github.com/chunkbridge/chunkbridge/services/apierr"
-	"github.com/chunkbridge/chunkbridge/services/catalog/caindex"
-	"github.com/chunkbridge/chunkbridge/services/catalog/pbsindex"
 	"github.com/chunkbridge/chunkbridge/services/chunk"
 	"github.com/chunkbridge/chunkbridge/services/gcguard"
 	"github.com/chunkbridge/chunkbridge/storage"

@@ -3,8 +3,8 @@ package catalog
 import (
 	"fmt"
 
+	"github.com/chunkbridge/chunkbridge/format/caindex"
 	"github.com/chunkbridge/chunkbridge/services/apierr"
-	"github.com/chunkbridge/chunkbridge/services/catalog/caindex"
 )
 
 const (

@@ -11,8 +11,8 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/chunkbridge/chunkbridge/format/pbsindex"
 	"github.com/chunkbridge/chunkbridge/services/apierr"
-	"github.com/chunkbridge/chunkbridge/services/catalog/pbsindex"
 	"github.com/chunkbridge/chunkbridge/services/chunk"
 	"github.com/chunkbridge/chunkbridge/services/gcguard"
 	"github.com/chunkbridge/chunkbridge/storage"

@@ -6,8 +6,8 @@ import (
 	"io"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
+	"github.com/chunkbridge/chunkbridge/format/caindex"
 	"github.com/chunkbridge/chunkbridge/services/apierr"
-	"github.com/chunkbridge/chunkbridge/services/catalog/caindex"
 	"github.com/chunkbridge/chunkbridge/services/chunk"
 )
 

@@ -19,8 +19,9 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
+	"github.com/chunkbridge/chunkbridge/format"
+	"github.com/chunkbridge/chunkbridge/format/pbsindex"
 	"github.com/chunkbridge/chunkbridge/services/apierr"
-	"github.com/chunkbridge/chunkbridge/services/catalog/pbsindex"
 	"github.com/chunkbridge/chunkbridge/services/chunk"
 	"github.com/chunkbridge/chunkbridge/services/gcguard"
 	"github.com/chunkbridge/chunkbridge/storage"
@@ -30,11 +31,10 @@ import (
 // snapshots/ in the store.
 const (
 	snapshotTimeLayout = "2006-01-02T15:04:05Z"
-	// maxChunkSize is the largest fixed chunk. DESIGN §7.5 says 16 MiB − 38
-	// (what fits an UploadChunk packet), but a Chunk packet of DownloadChunks
-	// carries 8 more bytes, so a chunk that large could be stored and never
-	// restored: the limit is what fits both.
-	maxChunkSize = 16<<20 - 46
+	// maxChunkSize is the largest fixed chunk: DESIGN §7.5 says 16 MiB − 38
+	// (what fits an UploadChunk packet), but it must also fit every
+	// protocol's download (format.MaxChunk).
+	maxChunkSize = format.MaxChunk
 	// maxEntries bounds one snapshot file (kept in memory while written):
 	// 16 Mi entries, 64 TiB of image at 4 MiB or 1 TiB of stream at 64 KiB.
 	maxEntries = pbsindex.DefaultMaxEntries

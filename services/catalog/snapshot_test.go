@@ -15,8 +15,8 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
+	"github.com/chunkbridge/chunkbridge/format/caindex"
 	"github.com/chunkbridge/chunkbridge/services/catalog"
-	"github.com/chunkbridge/chunkbridge/services/catalog/caindex"
 	"github.com/chunkbridge/chunkbridge/services/chunk"
 )
 

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
+	"github.com/chunkbridge/chunkbridge/format"
 	"github.com/chunkbridge/chunkbridge/services/apierr"
 	"github.com/chunkbridge/chunkbridge/storage"
 )
@@ -117,6 +118,10 @@ func (s *Service) Put(ctx context.Context, u Upload) (created bool, err error) {
 	data, err := s.codec.decode(u.Encoding, u.Data)
 	if err != nil {
 		return false, fmt.Errorf("chunk %s: %w", u.ID, err)
+	}
+	if len(data) > format.MaxChunk {
+		// It could be stored but not restored through every protocol.
+		return false, fmt.Errorf("chunk %s: %w: %d bytes exceed the largest chunk every protocol can restore (%d)", u.ID, apierr.ErrInvalid, len(data), format.MaxChunk)
 	}
 	sum, _ := digest(u.Algorithm, data)
 	if sum != u.ID {

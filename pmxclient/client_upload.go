@@ -1,4 +1,4 @@
-package pmx
+package pmxclient
 
 import (
 	"context"
@@ -7,7 +7,7 @@ import (
 
 	"golang.org/x/sync/semaphore"
 
-	"github.com/chunkbridge/chunkbridge/gateway/pmx/wire"
+	"github.com/chunkbridge/chunkbridge/format/pmxproto"
 )
 
 // MaxUploadBytesInFlight bounds the chunk data that a group of uploads has
@@ -46,7 +46,7 @@ func (c *Client) Upload(ctx context.Context, digest Digest, data []byte) error {
 // Wait waits for the uploads of the Client's own group; see Uploads.Wait.
 func (c *Client) Wait(ctx context.Context) error { return c.uploads.Wait(ctx) }
 
-// Upload sends an UploadChunk of data (1..wire.MaxUploadData bytes) under
+// Upload sends an UploadChunk of data (1..pmxproto.MaxUploadData bytes) under
 // its SHA-256 digest, and returns once it is written, without waiting for
 // the server's Ok: data may be reused then. It blocks while all ids or
 // MaxUploadBytesInFlight bytes are in flight. It returns an error if the
@@ -57,8 +57,8 @@ func (c *Client) Wait(ctx context.Context) error { return c.uploads.Wait(ctx) }
 // The server stores chunks in the order they arrive, so a backup file entry
 // sent after Upload may reference the chunk before its Ok arrives.
 func (u *Uploads) Upload(ctx context.Context, digest Digest, data []byte) error {
-	if len(data) == 0 || len(data) > wire.MaxUploadData {
-		return fmt.Errorf("pmx: upload of chunk %s: %d bytes; want 1..%d", digest, len(data), wire.MaxUploadData)
+	if len(data) == 0 || len(data) > pmxproto.MaxUploadData {
+		return fmt.Errorf("pmx: upload of chunk %s: %d bytes; want 1..%d", digest, len(data), pmxproto.MaxUploadData)
 	}
 	if err := u.pendingErr(); err != nil {
 		return err
@@ -69,8 +69,8 @@ func (u *Uploads) Upload(ctx context.Context, digest Digest, data []byte) error 
 	}
 	h := &uploadHandler{u: u, digest: digest, n: n}
 	u.begin()
-	_, err := u.c.request(ctx, h, func(id uint8) wire.Packet {
-		return &wire.UploadChunk{ID: id, Digest: digest, Data: data}
+	_, err := u.c.request(ctx, h, func(id uint8) pmxproto.Packet {
+		return &pmxproto.UploadChunk{ID: id, Digest: digest, Data: data}
 	})
 	if err != nil {
 		return fmt.Errorf("pmx: upload of chunk %s: %w", digest, err)
@@ -157,11 +157,11 @@ type uploadHandler struct {
 	n      int64 // bytes held in the window
 }
 
-func (h *uploadHandler) deliver(p wire.Packet) (disposition, error) {
+func (h *uploadHandler) deliver(p pmxproto.Packet) (disposition, error) {
 	switch p := p.(type) {
-	case *wire.Ok:
+	case *pmxproto.Ok:
 		h.u.finish(h.n, nil)
-	case *wire.Error:
+	case *pmxproto.Error:
 		h.u.finish(h.n, serverError("UploadChunk of chunk "+h.digest.String(), p))
 	default:
 		return keep, unexpected("UploadChunk of chunk "+h.digest.String(), p)

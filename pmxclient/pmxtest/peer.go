@@ -15,8 +15,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/chunkbridge/chunkbridge/gateway/pmx"
-	"github.com/chunkbridge/chunkbridge/gateway/pmx/wire"
+	"github.com/chunkbridge/chunkbridge/format/pmxproto"
+	"github.com/chunkbridge/chunkbridge/pmxclient"
 )
 
 // Peer is an in-memory PMXBCKUP server on a loopback port: it verifies
@@ -28,17 +28,17 @@ type Peer struct {
 	ln net.Listener
 
 	mu      sync.Mutex
-	chunks  map[wire.Digest][]byte
-	files   map[string][]wire.Digest // published path → digests
-	latest  map[string]string        // "type/id/name.ext" → newest published path
-	dirs    map[string]bool          // snapshot dirs created
-	uploads int                      // UploadChunk packets received
+	chunks  map[pmxproto.Digest][]byte
+	files   map[string][]pmxproto.Digest // published path → digests
+	latest  map[string]string            // "type/id/name.ext" → newest published path
+	dirs    map[string]bool              // snapshot dirs created
+	uploads int                          // UploadChunk packets received
 
 	partSize int // digests per HashListPart
 	busy     bool
 	// corrupt, if set, may change a chunk's data (a copy) before a
 	// DownloadChunks reply carries it.
-	corrupt func(d wire.Digest, data []byte) []byte
+	corrupt func(d pmxproto.Digest, data []byte) []byte
 }
 
 // NewPeer starts a Peer, stopped at the end of the test.
@@ -50,7 +50,7 @@ func NewPeer(t testing.TB) *Peer {
 	}
 	p := &Peer{
 		t: t, ln: ln, partSize: 3,
-		chunks: map[wire.Digest][]byte{}, files: map[string][]wire.Digest{},
+		chunks: map[pmxproto.Digest][]byte{}, files: map[string][]pmxproto.Digest{},
 		latest: map[string]string{}, dirs: map[string]bool{},
 	}
 	var wg sync.WaitGroup
@@ -91,11 +91,11 @@ func NewPeer(t testing.TB) *Peer {
 func (p *Peer) Addr() string { return p.ln.Addr().String() }
 
 // Dial returns a client of the peer, closed at the end of the test.
-func (p *Peer) Dial(t testing.TB) *pmx.Client {
+func (p *Peer) Dial(t testing.TB) *pmxclient.Client {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	c, err := pmx.Dial(ctx, p.ln.Addr().String(), nil)
+	c, err := pmxclient.Dial(ctx, p.ln.Addr().String(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,7 +111,7 @@ func (p *Peer) Uploads() int {
 }
 
 // File returns the digests of a published file.
-func (p *Peer) File(path string) ([]wire.Digest, bool) {
+func (p *Peer) File(path string) ([]pmxproto.Digest, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	ds, ok := p.files[path]
@@ -146,19 +146,19 @@ func (p *Peer) SetBusy(busy bool) {
 
 // SetCorrupt installs f, which may change the data of a chunk (a copy)
 // before a DownloadChunks reply carries it; nil removes it.
-func (p *Peer) SetCorrupt(f func(d wire.Digest, data []byte) []byte) {
+func (p *Peer) SetCorrupt(f func(d pmxproto.Digest, data []byte) []byte) {
 	p.mu.Lock()
 	p.corrupt = f
 	p.mu.Unlock()
 }
 
 // Put stores chunks and publishes a file of them under path.
-func (p *Peer) Put(path string, chunks ...[]byte) []wire.Digest {
+func (p *Peer) Put(path string, chunks ...[]byte) []pmxproto.Digest {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	var ds []wire.Digest
+	var ds []pmxproto.Digest
 	for _, c := range chunks {
-		d := wire.Digest(sha256.Sum256(c))
+		d := pmxproto.Digest(sha256.Sum256(c))
 		p.chunks[d] = c
 		ds = append(ds, d)
 	}
@@ -171,14 +171,14 @@ type memStream struct {
 	key     string // type/id/name.ext, for "latest"
 	fixed   bool
 	slots   []bool
-	digests []wire.Digest
+	digests []pmxproto.Digest
 	end     uint64 // dynamic: the next offset
 	refused bool
 }
 
 func (p *Peer) serve(conn net.Conn) {
-	r, w := wire.NewReader(conn), wire.NewWriter(conn)
-	w.WritePacket(&wire.Hello{ID: 0, Version: wire.Version})
+	r, w := pmxproto.NewReader(conn), pmxproto.NewWriter(conn)
+	w.WritePacket(&pmxproto.Hello{ID: 0, Version: pmxproto.Version})
 	w.Flush()
 	streams := map[uint8]*memStream{}
 	for {
@@ -198,92 +198,92 @@ func (p *Peer) serve(conn net.Conn) {
 	}
 }
 
-func generic(id uint8, format string, args ...any) wire.Packet {
-	return &wire.Error{ID: id, Code: wire.ErrorGeneric, Reason: fmt.Sprintf(format, args...)}
+func generic(id uint8, format string, args ...any) pmxproto.Packet {
+	return &pmxproto.Error{ID: id, Code: pmxproto.ErrorGeneric, Reason: fmt.Sprintf(format, args...)}
 }
 
-func (p *Peer) handle(pkt wire.Packet, streams map[uint8]*memStream) []wire.Packet {
+func (p *Peer) handle(pkt pmxproto.Packet, streams map[uint8]*memStream) []pmxproto.Packet {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	id := pkt.PacketID()
 	switch q := pkt.(type) {
-	case *wire.UploadChunk:
+	case *pmxproto.UploadChunk:
 		p.uploads++
-		if got := wire.Digest(sha256.Sum256(q.Data)); got != q.Digest {
-			return []wire.Packet{generic(id, "digest mismatch: data hashes to %s, not %s", got, q.Digest)}
+		if got := pmxproto.Digest(sha256.Sum256(q.Data)); got != q.Digest {
+			return []pmxproto.Packet{generic(id, "digest mismatch: data hashes to %s, not %s", got, q.Digest)}
 		}
 		p.chunks[q.Digest] = append([]byte(nil), q.Data...)
-		return []wire.Packet{&wire.Ok{ID: id}}
-	case *wire.CreateBackup:
+		return []pmxproto.Packet{&pmxproto.Ok{ID: id}}
+	case *pmxproto.CreateBackup:
 		if streams[id] != nil {
 			p.t.Errorf("pmxtest: CreateBackup with id %d, which is an open stream", id)
 		}
 		path := q.Path()
 		dir := path[:strings.LastIndexByte(path, '/')]
 		if q.Exclusive() && p.dirs[dir] {
-			return []wire.Packet{generic(id, "snapshot %s exists", dir)}
+			return []pmxproto.Packet{generic(id, "snapshot %s exists", dir)}
 		}
 		p.dirs[dir] = true
 		s := &memStream{path: path, key: fmt.Sprintf("%s/%s/%s", q.BackupType, q.BackupID, path[strings.LastIndexByte(path, '/')+1:]), fixed: !q.Dynamic()}
 		if s.fixed {
 			n := (q.FileSize + uint64(q.ChunkSize) - 1) / uint64(q.ChunkSize)
-			s.slots, s.digests = make([]bool, n), make([]wire.Digest, n)
+			s.slots, s.digests = make([]bool, n), make([]pmxproto.Digest, n)
 		}
 		streams[id] = s
-		return []wire.Packet{&wire.BackupCreated{ID: id, Path: path}}
-	case *wire.BackupDataFixed:
+		return []pmxproto.Packet{&pmxproto.BackupCreated{ID: id, Path: path}}
+	case *pmxproto.BackupDataFixed:
 		s := streams[id]
 		for _, e := range q.Entries {
 			switch {
 			case s == nil || !s.fixed:
-				return []wire.Packet{generic(id, "no fixed stream %d", id)}
+				return []pmxproto.Packet{generic(id, "no fixed stream %d", id)}
 			case e.Index >= uint64(len(s.slots)):
 				s.refused = true
-				return []wire.Packet{generic(id, "slot %d out of range", e.Index)}
+				return []pmxproto.Packet{generic(id, "slot %d out of range", e.Index)}
 			case p.chunks[e.Digest] == nil:
 				s.refused = true
-				return []wire.Packet{generic(id, "slot %d: chunk %s not stored", e.Index, e.Digest)}
+				return []pmxproto.Packet{generic(id, "slot %d: chunk %s not stored", e.Index, e.Digest)}
 			}
 			s.slots[e.Index], s.digests[e.Index] = true, e.Digest
 		}
-	case *wire.BackupDataDynamic:
+	case *pmxproto.BackupDataDynamic:
 		s := streams[id]
 		for _, e := range q.Entries {
 			switch {
 			case s == nil || s.fixed:
-				return []wire.Packet{generic(id, "no dynamic stream %d", id)}
+				return []pmxproto.Packet{generic(id, "no dynamic stream %d", id)}
 			case e.Offset != s.end:
 				s.refused = true
-				return []wire.Packet{generic(id, "offset %d, want %d", e.Offset, s.end)}
+				return []pmxproto.Packet{generic(id, "offset %d, want %d", e.Offset, s.end)}
 			case p.chunks[e.Digest] == nil:
 				s.refused = true
-				return []wire.Packet{generic(id, "offset %d: chunk %s not stored", e.Offset, e.Digest)}
+				return []pmxproto.Packet{generic(id, "offset %d: chunk %s not stored", e.Offset, e.Digest)}
 			}
 			s.end += uint64(len(p.chunks[e.Digest]))
 			s.digests = append(s.digests, e.Digest)
 		}
-	case *wire.BackupFinished:
+	case *pmxproto.BackupFinished:
 		s := streams[id]
 		delete(streams, id)
 		switch {
 		case s == nil:
-			return []wire.Packet{generic(id, "no stream %d", id)}
+			return []pmxproto.Packet{generic(id, "no stream %d", id)}
 		case s.refused:
-			return []wire.Packet{generic(id, "%s: an entry was refused", s.path)}
+			return []pmxproto.Packet{generic(id, "%s: an entry was refused", s.path)}
 		}
 		for i, ok := range s.slots {
 			if !ok {
-				return []wire.Packet{generic(id, "%s: slot %d not filled", s.path, i)}
+				return []pmxproto.Packet{generic(id, "%s: slot %d not filled", s.path, i)}
 			}
 		}
 		p.files[s.path] = s.digests
 		if old := p.latest[s.key]; s.path > old { // same key: RFC 3339 UTC sorts by time
 			p.latest[s.key] = s.path
 		}
-		return []wire.Packet{&wire.Ok{ID: id}}
-	case *wire.GetHashList:
+		return []pmxproto.Packet{&pmxproto.Ok{ID: id}}
+	case *pmxproto.GetHashList:
 		if p.busy {
-			return []wire.Packet{&wire.Error{ID: id, Code: wire.ErrorBusy, Reason: "a hash list is streaming"}}
+			return []pmxproto.Packet{&pmxproto.Error{ID: id, Code: pmxproto.ErrorBusy, Reason: "a hash list is streaming"}}
 		}
 		path := q.Name
 		if parts := strings.Split(path, "/"); len(parts) == 4 && parts[2] == "latest" {
@@ -291,17 +291,17 @@ func (p *Peer) handle(pkt wire.Packet, streams map[uint8]*memStream) []wire.Pack
 		}
 		ds, ok := p.files[path]
 		if !ok {
-			return []wire.Packet{generic(id, "no snapshot file %s", q.Name)}
+			return []pmxproto.Packet{generic(id, "no snapshot file %s", q.Name)}
 		}
-		var out []wire.Packet
+		var out []pmxproto.Packet
 		for len(ds) > 0 {
 			n := min(p.partSize, len(ds))
-			out = append(out, &wire.HashListPart{ID: id, Digests: ds[:n]})
+			out = append(out, &pmxproto.HashListPart{ID: id, Digests: ds[:n]})
 			ds = ds[n:]
 		}
-		return append(out, &wire.HashListPart{ID: id})
-	case *wire.DownloadChunks:
-		var out []wire.Packet
+		return append(out, &pmxproto.HashListPart{ID: id})
+	case *pmxproto.DownloadChunks:
+		var out []pmxproto.Packet
 		for i, d := range q.Digests {
 			data := p.chunks[d]
 			if data == nil {
@@ -310,7 +310,7 @@ func (p *Peer) handle(pkt wire.Packet, streams map[uint8]*memStream) []wire.Pack
 			if p.corrupt != nil {
 				data = p.corrupt(d, append([]byte(nil), data...))
 			}
-			out = append(out, &wire.Chunk{ID: id, Offset: uint64(i), Digest: d, Data: data})
+			out = append(out, &pmxproto.Chunk{ID: id, Offset: uint64(i), Digest: d, Data: data})
 		}
 		return out
 	default:

@@ -1,4 +1,4 @@
-package pmx_test
+package pmxclient_test
 
 import (
 	"bytes"
@@ -12,9 +12,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/chunkbridge/chunkbridge/gateway/pmx"
-	"github.com/chunkbridge/chunkbridge/gateway/pmx/pmxtest"
-	"github.com/chunkbridge/chunkbridge/gateway/pmx/wire"
+	"github.com/chunkbridge/chunkbridge/format/pmxproto"
+	"github.com/chunkbridge/chunkbridge/pmxclient"
+	"github.com/chunkbridge/chunkbridge/pmxclient/pmxtest"
 )
 
 // scripted is the server end of a connection that a test plays packet by
@@ -22,12 +22,12 @@ import (
 type scripted struct {
 	t       testing.TB
 	conn    net.Conn
-	packets chan wire.Packet // what the client sent, read ahead
-	w       *wire.Writer
+	packets chan pmxproto.Packet // what the client sent, read ahead
+	w       *pmxproto.Writer
 }
 
 // newScripted connects a client to a scripted server that has sent hello.
-func newScripted(t testing.TB, hello wire.Packet) (*pmx.Client, *scripted, error) {
+func newScripted(t testing.TB, hello pmxproto.Packet) (*pmxclient.Client, *scripted, error) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -41,22 +41,22 @@ func newScripted(t testing.TB, hello wire.Packet) (*pmx.Client, *scripted, error
 			close(accepted)
 			return
 		}
-		w := wire.NewWriter(c)
+		w := pmxproto.NewWriter(c)
 		w.WritePacket(hello)
 		w.Flush()
 		accepted <- c
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	c, err := pmx.Dial(ctx, ln.Addr().String(), nil)
+	c, err := pmxclient.Dial(ctx, ln.Addr().String(), nil)
 	conn := <-accepted
 	if conn == nil {
 		t.Fatal("accept failed")
 	}
-	s := &scripted{t: t, conn: conn, packets: make(chan wire.Packet, 1024), w: wire.NewWriter(conn)}
+	s := &scripted{t: t, conn: conn, packets: make(chan pmxproto.Packet, 1024), w: pmxproto.NewWriter(conn)}
 	go func() {
 		defer close(s.packets)
-		r := wire.NewReader(conn)
+		r := pmxproto.NewReader(conn)
 		for {
 			p, err := r.ReadPacket()
 			if err != nil {
@@ -72,11 +72,11 @@ func newScripted(t testing.TB, hello wire.Packet) (*pmx.Client, *scripted, error
 	return c, s, err
 }
 
-func helloV1() wire.Packet { return &wire.Hello{ID: 0, Version: wire.Version} }
+func helloV1() pmxproto.Packet { return &pmxproto.Hello{ID: 0, Version: pmxproto.Version} }
 
 // read returns the next packet the client sent, failing the test after a
 // timeout.
-func (s *scripted) read() wire.Packet {
+func (s *scripted) read() pmxproto.Packet {
 	s.t.Helper()
 	select {
 	case p, ok := <-s.packets:
@@ -100,7 +100,7 @@ func (s *scripted) quiet(d time.Duration) bool {
 	}
 }
 
-func (s *scripted) send(ps ...wire.Packet) {
+func (s *scripted) send(ps ...pmxproto.Packet) {
 	s.t.Helper()
 	for _, p := range ps {
 		if err := s.w.WritePacket(p); err != nil {
@@ -118,7 +118,7 @@ func ctxT(t testing.TB) context.Context {
 	return ctx
 }
 
-func chunkOf(i int) ([]byte, wire.Digest) {
+func chunkOf(i int) ([]byte, pmxproto.Digest) {
 	data := []byte(fmt.Sprintf("chunk %d", i))
 	return data, sha256.Sum256(data)
 }
@@ -126,12 +126,12 @@ func chunkOf(i int) ([]byte, wire.Digest) {
 func TestDialChecksHello(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
-		hello wire.Packet
+		hello pmxproto.Packet
 		want  string
 	}{
-		{"version", &wire.Hello{ID: 0, Version: 2}, "version 2"},
-		{"id", &wire.Hello{ID: 3, Version: wire.Version}, "id 3"},
-		{"not hello", &wire.Ok{ID: 0}, "sent Ok"},
+		{"version", &pmxproto.Hello{ID: 0, Version: 2}, "version 2"},
+		{"id", &pmxproto.Hello{ID: 3, Version: pmxproto.Version}, "id 3"},
+		{"not hello", &pmxproto.Ok{ID: 0}, "sent Ok"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, _, err := newScripted(t, tc.hello)
@@ -157,7 +157,7 @@ func TestDialTimesOutWithoutHello(t *testing.T) {
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
-	if _, err := pmx.Dial(ctx, ln.Addr().String(), nil); !errors.Is(err, context.DeadlineExceeded) {
+	if _, err := pmxclient.Dial(ctx, ln.Addr().String(), nil); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Dial: %v, want a deadline error", err)
 	}
 }
@@ -184,7 +184,7 @@ func TestIDsReusedOnlyAfterFinalReply(t *testing.T) {
 	var ids []uint8
 	seen := map[uint8]bool{}
 	for range 256 {
-		p := s.read().(*wire.UploadChunk)
+		p := s.read().(*pmxproto.UploadChunk)
 		if seen[p.ID] {
 			t.Fatalf("id %d reused while in flight", p.ID)
 		}
@@ -199,7 +199,7 @@ func TestIDsReusedOnlyAfterFinalReply(t *testing.T) {
 		t.Fatalf("Wait with uploads unanswered: %v", err)
 	}
 	cancel()
-	s.send(&wire.Ok{ID: ids[17]})
+	s.send(&pmxproto.Ok{ID: ids[17]})
 	p := s.read()
 	if p.PacketID() != ids[17] {
 		t.Fatalf("next request has id %d, want the freed id %d", p.PacketID(), ids[17])
@@ -207,7 +207,7 @@ func TestIDsReusedOnlyAfterFinalReply(t *testing.T) {
 	ids = append(append(ids[:17], ids[18:]...), p.PacketID())
 	// Answer in order until all 300 were sent and answered.
 	for sentN, answered := 257, 1; answered < 300; answered++ {
-		s.send(&wire.Ok{ID: ids[0]})
+		s.send(&pmxproto.Ok{ID: ids[0]})
 		ids = ids[1:]
 		if sentN < 300 {
 			ids = append(ids, s.read().PacketID())
@@ -258,8 +258,8 @@ func TestUploadDigestMismatch(t *testing.T) {
 		t.Fatal(err) // sent; the answer comes later
 	}
 	err := c.Wait(ctx)
-	var se *pmx.ServerError
-	if !errors.As(err, &se) || se.Code != wire.ErrorGeneric || !strings.Contains(err.Error(), wrong.String()) ||
+	var se *pmxclient.ServerError
+	if !errors.As(err, &se) || se.Code != pmxproto.ErrorGeneric || !strings.Contains(err.Error(), wrong.String()) ||
 		!strings.Contains(err.Error(), "digest mismatch") {
 		t.Fatalf("Wait: %v, want a ServerError naming chunk %s and the reason", err, wrong)
 	}
@@ -283,7 +283,7 @@ func TestUploadFailsFastAfterRefusal(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := s.read()
-	s.send(&wire.Error{ID: p.PacketID(), Code: wire.ErrorGeneric, Reason: "disk full"})
+	s.send(&pmxproto.Error{ID: p.PacketID(), Code: pmxproto.ErrorGeneric, Reason: "disk full"})
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		err := c.Upload(ctx, d, data)
@@ -293,7 +293,7 @@ func TestUploadFailsFastAfterRefusal(t *testing.T) {
 			}
 			break
 		}
-		s.send(&wire.Ok{ID: s.read().PacketID()})
+		s.send(&pmxproto.Ok{ID: s.read().PacketID()})
 		if time.Now().After(deadline) {
 			t.Fatal("Upload kept succeeding after a refusal")
 		}
@@ -329,14 +329,14 @@ func TestHashList(t *testing.T) {
 	}
 
 	_, err = c.HashList(ctx, "vm/100/2026-01-01T00:00:00Z/nope.fidx")
-	var se *pmx.ServerError
-	if !errors.Is(err, pmx.ErrNotFound) || !errors.As(err, &se) || !strings.Contains(err.Error(), "nope.fidx") {
+	var se *pmxclient.ServerError
+	if !errors.Is(err, pmxclient.ErrNotFound) || !errors.As(err, &se) || !strings.Contains(err.Error(), "nope.fidx") {
 		t.Fatalf("HashList of a missing file: %v, want ErrNotFound naming it", err)
 	}
 
 	p.SetBusy(true)
 	_, err = c.HashList(ctx, path)
-	if !errors.Is(err, pmx.ErrBusy) || errors.Is(err, pmx.ErrNotFound) {
+	if !errors.Is(err, pmxclient.ErrBusy) || errors.Is(err, pmxclient.ErrNotFound) {
 		t.Fatalf("HashList while busy: %v, want ErrBusy", err)
 	}
 }
@@ -379,7 +379,7 @@ func TestDownloadRejectsCorruptChunk(t *testing.T) {
 		chunks = append(chunks, data)
 	}
 	ds := p.Put("host/h/2026-01-01T00:00:00Z/f.didx", chunks...)
-	p.SetCorrupt(func(d wire.Digest, data []byte) []byte {
+	p.SetCorrupt(func(d pmxproto.Digest, data []byte) []byte {
 		if d == ds[5] {
 			data[0] ^= 1
 		}
@@ -412,11 +412,11 @@ func TestDownloadMissingChunk(t *testing.T) {
 	p.Put("x", a)
 	_, missing := chunkOf(2)
 	var handed []int
-	err := c.Download(ctx, []wire.Digest{da, missing, da}, func(i int, _ []byte) error {
+	err := c.Download(ctx, []pmxproto.Digest{da, missing, da}, func(i int, _ []byte) error {
 		handed = append(handed, i)
 		return nil
 	})
-	var se *pmx.ServerError
+	var se *pmxclient.ServerError
 	if !errors.As(err, &se) || !strings.Contains(err.Error(), missing.String()) {
 		t.Fatalf("Download with a missing chunk: %v", err)
 	}
@@ -434,9 +434,9 @@ func TestDownloadServerSendsWrongOffset(t *testing.T) {
 	a, da := chunkOf(1)
 	b, db := chunkOf(2)
 	errc := make(chan error, 1)
-	go func() { errc <- c.Download(ctx, []wire.Digest{da, db}, func(int, []byte) error { return nil }) }()
-	req := s.read().(*wire.DownloadChunks)
-	s.send(&wire.Chunk{ID: req.ID, Offset: 1, Digest: db, Data: b}, &wire.Chunk{ID: req.ID, Offset: 0, Digest: da, Data: a})
+	go func() { errc <- c.Download(ctx, []pmxproto.Digest{da, db}, func(int, []byte) error { return nil }) }()
+	req := s.read().(*pmxproto.DownloadChunks)
+	s.send(&pmxproto.Chunk{ID: req.ID, Offset: 1, Digest: db, Data: b}, &pmxproto.Chunk{ID: req.ID, Offset: 0, Digest: da, Data: a})
 	if err := <-errc; err == nil || !strings.Contains(err.Error(), "offset 1") {
 		t.Fatalf("Download with chunks out of order: %v", err)
 	}
@@ -446,7 +446,7 @@ func TestStreamRefusedEntry(t *testing.T) {
 	p := pmxtest.NewPeer(t)
 	c := p.Dial(t)
 	ctx := ctxT(t)
-	st, err := c.CreateBackup(ctx, pmx.BackupSpec{Type: wire.BackupVM, ID: "100", Name: "disk.img",
+	st, err := c.CreateBackup(ctx, pmxclient.BackupSpec{Type: pmxproto.BackupVM, ID: "100", Name: "disk.img",
 		Time: time.Unix(1e9, 0), Fixed: true, ChunkSize: 4, FileSize: 8, Exclusive: true})
 	if err != nil {
 		t.Fatal(err)
@@ -466,7 +466,7 @@ func TestStreamRefusedEntry(t *testing.T) {
 		t.Fatal("a file with a refused entry was published")
 	}
 	// EXCL: the snapshot exists now.
-	_, err = c.CreateBackup(ctx, pmx.BackupSpec{Type: wire.BackupVM, ID: "100", Name: "other.img",
+	_, err = c.CreateBackup(ctx, pmxclient.BackupSpec{Type: pmxproto.BackupVM, ID: "100", Name: "other.img",
 		Time: time.Unix(1e9, 0), Fixed: true, ChunkSize: 4, FileSize: 8, Exclusive: true})
 	if err == nil || !strings.Contains(err.Error(), "exists") {
 		t.Fatalf("CreateBackup of an existing snapshot: %v", err)
@@ -489,16 +489,16 @@ func TestStreamIDRetiredAfterError(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := ctxT(t)
-	created := make(chan *pmx.Stream, 1)
+	created := make(chan *pmxclient.Stream, 1)
 	go func() {
-		st, err := c.CreateBackup(ctx, pmx.BackupSpec{Type: wire.BackupHost, ID: "h", Name: "f", Exclusive: true})
+		st, err := c.CreateBackup(ctx, pmxclient.BackupSpec{Type: pmxproto.BackupHost, ID: "h", Name: "f", Exclusive: true})
 		if err != nil {
 			t.Error(err)
 		}
 		created <- st
 	}()
-	cb := s.read().(*wire.CreateBackup)
-	s.send(&wire.BackupCreated{ID: cb.ID, Path: "host/h/t/f.didx"})
+	cb := s.read().(*pmxproto.CreateBackup)
+	s.send(&pmxproto.BackupCreated{ID: cb.ID, Path: "host/h/t/f.didx"})
 	st := <-created
 	if st == nil {
 		t.FailNow()
@@ -511,11 +511,11 @@ func TestStreamIDRetiredAfterError(t *testing.T) {
 	for range 3 {
 		s.read() // two entries, BackupFinished
 	}
-	s.send(&wire.Error{ID: cb.ID, Reason: "entry 0 refused"})
+	s.send(&pmxproto.Error{ID: cb.ID, Reason: "entry 0 refused"})
 	if err := <-finished; err == nil || !strings.Contains(err.Error(), "entry 0 refused") {
 		t.Fatalf("Finish: %v", err)
 	}
-	s.send(&wire.Error{ID: cb.ID, Reason: "entry 1 refused"}, &wire.Error{ID: cb.ID, Reason: "finish refused"})
+	s.send(&pmxproto.Error{ID: cb.ID, Reason: "entry 1 refused"}, &pmxproto.Error{ID: cb.ID, Reason: "finish refused"})
 	// 255 more transactions must not use the stream's id.
 	go func() {
 		for i := range 255 {
@@ -538,7 +538,7 @@ func TestProtocolViolationEndsConnection(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.send(&wire.Ok{ID: 42})
+	s.send(&pmxproto.Ok{ID: 42})
 	select {
 	case <-c.Done():
 	case <-time.After(5 * time.Second):
@@ -574,10 +574,10 @@ func TestCloseFailsPendingRequests(t *testing.T) {
 	s.read()
 	c.Close()
 	wg.Wait()
-	if err := <-errs; !errors.Is(err, pmx.ErrClosed) {
+	if err := <-errs; !errors.Is(err, pmxclient.ErrClosed) {
 		t.Fatalf("HashList after Close: %v", err)
 	}
-	if err := c.Wait(ctx); !errors.Is(err, pmx.ErrClosed) {
+	if err := c.Wait(ctx); !errors.Is(err, pmxclient.ErrClosed) {
 		t.Fatalf("Wait after Close: %v", err)
 	}
 }

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"testing/iotest"
 
-	"github.com/chunkbridge/chunkbridge/services/catalog/pbsindex"
+	"github.com/chunkbridge/chunkbridge/format/pbsindex"
 )
 
 func digest(s string) pbsindex.Digest { return sha256.Sum256([]byte(s)) }

@@ -6,7 +6,7 @@ import (
 	"reflect"
 	"testing"
 
-	"github.com/chunkbridge/chunkbridge/services/catalog/pbsindex"
+	"github.com/chunkbridge/chunkbridge/format/pbsindex"
 )
 
 // The fuzz targets take an index in a compact form, because the 4 KiB of

@@ -4,7 +4,7 @@
 // new requests while all ids are in flight. One goroutine reads and
 // dispatches replies; writes are serialised so packets never interleave.
 
-package pmx
+package pmxclient
 
 import (
 	"context"
@@ -15,13 +15,13 @@ import (
 	"sync"
 	"time"
 
-	"github.com/chunkbridge/chunkbridge/gateway/pmx/wire"
+	"github.com/chunkbridge/chunkbridge/format/pmxproto"
 )
 
 // Digest is a chunk id: SHA-256 of the uncompressed chunk data. A [32]byte
 // value, such as sha256.Sum256's result, can be used where a Digest is
 // expected.
-type Digest = wire.Digest
+type Digest = pmxproto.Digest
 
 // numIDs is the number of transaction ids: the header's id is a u8.
 const numIDs = 256
@@ -32,7 +32,7 @@ type Client struct {
 	addr string // for error messages
 
 	wmu sync.Mutex // serialises writes; held while a packet is written
-	w   *wire.Writer
+	w   *pmxproto.Writer
 
 	ids chan uint8 // free ids; receiving allocates, sending frees
 
@@ -64,7 +64,7 @@ type handler interface {
 	// deliver takes one reply. An error means the server broke the
 	// protocol (e.g. a reply type the request cannot have); the
 	// connection is then closed.
-	deliver(p wire.Packet) (disposition, error)
+	deliver(p pmxproto.Packet) (disposition, error)
 	// fail reports that the connection ended before the final reply.
 	fail(err error)
 }
@@ -112,14 +112,14 @@ func NewClient(ctx context.Context, conn net.Conn) (*Client, error) {
 	if ra := conn.RemoteAddr(); ra != nil {
 		addr = ra.String()
 	}
-	r := wire.NewReader(conn)
+	r := pmxproto.NewReader(conn)
 	if err := readHello(ctx, conn, r, addr); err != nil {
 		return nil, err
 	}
 	c := &Client{
 		conn: conn,
 		addr: addr,
-		w:    wire.NewWriter(conn),
+		w:    pmxproto.NewWriter(conn),
 		ids:  make(chan uint8, numIDs),
 		done: make(chan struct{}),
 	}
@@ -131,7 +131,7 @@ func NewClient(ctx context.Context, conn net.Conn) (*Client, error) {
 	return c, nil
 }
 
-func readHello(ctx context.Context, conn net.Conn, r *wire.Reader, addr string) error {
+func readHello(ctx context.Context, conn net.Conn, r *pmxproto.Reader, addr string) error {
 	// ctx's end, deadline included, interrupts the read.
 	stop := context.AfterFunc(ctx, func() { conn.SetReadDeadline(time.Unix(1, 0)) })
 	p, err := r.ReadPacket()
@@ -142,12 +142,12 @@ func readHello(ctx context.Context, conn net.Conn, r *wire.Reader, addr string) 
 	if err != nil {
 		return fmt.Errorf("pmx: reading the Hello of %s (is it a PMXBCKUP server?): %w", addr, err)
 	}
-	h, ok := p.(*wire.Hello)
+	h, ok := p.(*pmxproto.Hello)
 	if !ok {
 		return fmt.Errorf("pmx: %s sent %s (id %d) before Hello; is it a PMXBCKUP server?", addr, p.PacketType(), p.PacketID())
 	}
-	if h.Version != wire.Version {
-		return fmt.Errorf("pmx: %s speaks PMXBCKUP version %d; this client speaks version %d", addr, h.Version, wire.Version)
+	if h.Version != pmxproto.Version {
+		return fmt.Errorf("pmx: %s speaks PMXBCKUP version %d; this client speaks version %d", addr, h.Version, pmxproto.Version)
 	}
 	if h.ID != 0 {
 		return fmt.Errorf("pmx: %s sent Hello with id %d; want 0", addr, h.ID)
@@ -184,7 +184,7 @@ func (c *Client) fatal(err error) {
 	c.conn.Close()
 }
 
-func (c *Client) readLoop(r *wire.Reader) {
+func (c *Client) readLoop(r *pmxproto.Reader) {
 	for {
 		p, err := r.ReadPacket()
 		if err != nil {
@@ -210,7 +210,7 @@ func (c *Client) readLoop(r *wire.Reader) {
 	close(c.done)
 }
 
-func (c *Client) dispatch(p wire.Packet) error {
+func (c *Client) dispatch(p pmxproto.Packet) error {
 	id := p.PacketID()
 	c.mu.Lock()
 	h := c.pending[id]
@@ -239,8 +239,8 @@ func (c *Client) dispatch(p wire.Packet) error {
 // sink takes the place of a retired id's handler and drops what comes.
 type sink struct{}
 
-func (sink) deliver(wire.Packet) (disposition, error) { return keep, nil }
-func (sink) fail(error)                               {}
+func (sink) deliver(pmxproto.Packet) (disposition, error) { return keep, nil }
+func (sink) fail(error)                                   {}
 
 // start allocates an id, blocking while all are in flight, and registers h
 // for its replies.
@@ -267,7 +267,7 @@ func (c *Client) start(ctx context.Context, h handler) (uint8, error) {
 // false), in which case a later send or the buffer limit flushes it. A
 // write that fails, or that ctx interrupts, ends the connection: part of a
 // packet may have been written.
-func (c *Client) send(ctx context.Context, p wire.Packet, flush bool) error {
+func (c *Client) send(ctx context.Context, p pmxproto.Packet, flush bool) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	if err := c.Err(); err != nil {
@@ -321,7 +321,7 @@ func (c *Client) flush(ctx context.Context) error {
 // packet with that id, and flushes. h.fail is called exactly once if the
 // request fails: here if it was never sent (h was then never visible to
 // the reader), else by the reader when the connection ends.
-func (c *Client) request(ctx context.Context, h handler, mk func(id uint8) wire.Packet) (uint8, error) {
+func (c *Client) request(ctx context.Context, h handler, mk func(id uint8) pmxproto.Packet) (uint8, error) {
 	if err := mk(0).Validate(); err != nil {
 		err = fmt.Errorf("pmx: %w", err)
 		h.fail(err)

@@ -1,10 +1,10 @@
-package pmx
+package pmxclient
 
 import (
 	"errors"
 	"fmt"
 
-	"github.com/chunkbridge/chunkbridge/gateway/pmx/wire"
+	"github.com/chunkbridge/chunkbridge/format/pmxproto"
 )
 
 var (
@@ -22,7 +22,7 @@ type ServerError struct {
 	// Request says what failed, e.g. "UploadChunk of chunk 2cf24d…".
 	Request string
 	// Code is the packet's ErrorId.
-	Code wire.ErrorID
+	Code pmxproto.ErrorID
 	// Reason is the packet's optional UTF-8 reason; may be empty.
 	Reason string
 
@@ -41,14 +41,14 @@ func (e *ServerError) Error() string {
 // Is reports whether target is ErrBusy and the code is Busy, or target is
 // ErrNotFound and the request was a hash list that failed with Generic.
 func (e *ServerError) Is(target error) bool {
-	return target == ErrBusy && e.Code == wire.ErrorBusy || target != nil && target == e.kind
+	return target == ErrBusy && e.Code == pmxproto.ErrorBusy || target != nil && target == e.kind
 }
 
-func serverError(request string, p *wire.Error) *ServerError {
+func serverError(request string, p *pmxproto.Error) *ServerError {
 	return &ServerError{Request: request, Code: p.Code, Reason: p.Reason}
 }
 
 // unexpected is the protocol error for a reply a request cannot have.
-func unexpected(request string, p wire.Packet) error {
+func unexpected(request string, p pmxproto.Packet) error {
 	return fmt.Errorf("%s (id %d) answered with %s", request, p.PacketID(), p.PacketType())
 }

@@ -1,4 +1,4 @@
-package wire_test
+package pmxproto_test
 
 import (
 	"bytes"
@@ -8,13 +8,13 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/chunkbridge/chunkbridge/gateway/pmx/wire"
+	"github.com/chunkbridge/chunkbridge/format/pmxproto"
 )
 
 // helloDigest is sha256("hello"), the digest in the reference's examples.
 const helloDigest = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
 
-func digestOf(s string) wire.Digest { return sha256.Sum256([]byte(s)) }
+func digestOf(s string) pmxproto.Digest { return sha256.Sum256([]byte(s)) }
 
 // unhex decodes hex with spaces and with "quoted" ASCII runs, so that the
 // examples read as the reference writes them.
@@ -50,52 +50,52 @@ func unhex(t testing.TB, s string) []byte {
 type golden struct {
 	name   string
 	source string // where the bytes come from
-	packet wire.Packet
+	packet pmxproto.Packet
 	hex    string
 }
 
 func goldens() []golden {
 	d := digestOf("hello")
 	return []golden{
-		{"Hello", "reference §3.1", &wire.Hello{ID: 0, Version: 1},
+		{"Hello", "reference §3.1", &pmxproto.Hello{ID: 0, Version: 1},
 			`00 00 12 00 00 00 50 4d 58 42 43 4b 55 50 01 00 00 00`},
-		{"Ok id 5", "reference §3.2", &wire.Ok{ID: 5},
+		{"Ok id 5", "reference §3.2", &pmxproto.Ok{ID: 5},
 			`05 01 06 00 00 00`},
-		{"Error Busy id 3", "reference §3.3", &wire.Error{ID: 3, Code: wire.ErrorBusy},
+		{"Error Busy id 3", "reference §3.3", &pmxproto.Error{ID: 3, Code: pmxproto.ErrorBusy},
 			`03 02 07 00 00 00 01`},
-		{"GetHashList id 1 a.fidx", "reference §3.4", &wire.GetHashList{ID: 1, Name: "a.fidx"},
+		{"GetHashList id 1 a.fidx", "reference §3.4", &pmxproto.GetHashList{ID: 1, Name: "a.fidx"},
 			`01 03 0e 00 00 00 06 00 61 2e 66 69 64 78`},
-		{"UploadChunk id 7 hello", "reference §3.7", &wire.UploadChunk{ID: 7, Digest: d, Data: []byte("hello")},
+		{"UploadChunk id 7 hello", "reference §3.7", &pmxproto.UploadChunk{ID: 7, Digest: d, Data: []byte("hello")},
 			`07 07 2b 00 00 00 ` + helloDigest + ` 68 65 6c 6c 6f`},
 		{"CreateBackup id 2", "reference §3.8",
-			&wire.CreateBackup{ID: 2, BackupType: wire.BackupHost, Timestamp: 1551863212,
-				Flags: wire.FlagExcl | wire.FlagDynamicChunks, ChunkSize: 4 << 20, FileSize: 0,
+			&pmxproto.CreateBackup{ID: 2, BackupType: pmxproto.BackupHost, Timestamp: 1551863212,
+				Flags: pmxproto.FlagExcl | pmxproto.FlagDynamicChunks, ChunkSize: 4 << 20, FileSize: 0,
 				BackupID: "backup1", Name: "foo.pxar"},
 			`02 08 2d 00 00 00 02 07 ac 8d 7f 5c 00 00 00 00 05 08 00 00 40 00 00 00 00 00 00 00 00 00 "backup1" "foo.pxar"`},
 		{"BackupDataFixed stream 2 index 3", "reference §3.10",
-			&wire.BackupDataFixed{ID: 2, Entries: []wire.FixedEntry{{Index: 3, Digest: d}}},
+			&pmxproto.BackupDataFixed{ID: 2, Entries: []pmxproto.FixedEntry{{Index: 3, Digest: d}}},
 			`02 0a 2e 00 00 00 03 00 00 00 00 00 00 00 ` + helloDigest},
 		{"BackupDataDynamic stream 2 offset 0", "reference §3.11",
-			&wire.BackupDataDynamic{ID: 2, Entries: []wire.DynamicEntry{{Offset: 0, Digest: d}}},
+			&pmxproto.BackupDataDynamic{ID: 2, Entries: []pmxproto.DynamicEntry{{Offset: 0, Digest: d}}},
 			`02 0b 2e 00 00 00 00 00 00 00 00 00 00 00 ` + helloDigest},
-		{"BackupFinished stream 2", "reference §3.12", &wire.BackupFinished{ID: 2},
+		{"BackupFinished stream 2", "reference §3.12", &pmxproto.BackupFinished{ID: 2},
 			`02 0c 06 00 00 00`},
 
 		// Layouts of reference §3 and DESIGN §7 without a printed example.
-		{"HashListPart end of list", "reference §3.5 (empty body ends the list)", &wire.HashListPart{ID: 1, Digests: []wire.Digest{}},
+		{"HashListPart end of list", "reference §3.5 (empty body ends the list)", &pmxproto.HashListPart{ID: 1, Digests: []pmxproto.Digest{}},
 			`01 04 06 00 00 00`},
-		{"HashListPart two digests", "reference §3.5", &wire.HashListPart{ID: 1, Digests: []wire.Digest{d, digestOf("")}},
+		{"HashListPart two digests", "reference §3.5", &pmxproto.HashListPart{ID: 1, Digests: []pmxproto.Digest{d, digestOf("")}},
 			`01 04 46 00 00 00 ` + helloDigest + ` e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855`},
-		{"DownloadChunks one digest", "DESIGN §7.10", &wire.DownloadChunks{ID: 4, Digests: []wire.Digest{d}},
+		{"DownloadChunks one digest", "DESIGN §7.10", &pmxproto.DownloadChunks{ID: 4, Digests: []pmxproto.Digest{d}},
 			`04 05 26 00 00 00 ` + helloDigest},
-		{"Chunk reply", "DESIGN §7.10 (offset = position in the request)", &wire.Chunk{ID: 4, Offset: 1, Digest: d, Data: []byte("hello")},
+		{"Chunk reply", "DESIGN §7.10 (offset = position in the request)", &pmxproto.Chunk{ID: 4, Offset: 1, Digest: d, Data: []byte("hello")},
 			`04 06 33 00 00 00 01 00 00 00 00 00 00 00 ` + helloDigest + ` 68 65 6c 6c 6f`},
-		{"BackupCreated path", "reference §3.9, DESIGN §7.5 path", &wire.BackupCreated{ID: 2, Path: "host/backup1/2019-03-06T09:06:52Z/foo.pxar.didx"},
+		{"BackupCreated path", "reference §3.9, DESIGN §7.5 path", &pmxproto.BackupCreated{ID: 2, Path: "host/backup1/2019-03-06T09:06:52Z/foo.pxar.didx"},
 			`02 09 37 00 00 00 2f 00 "host/backup1/2019-03-06T09:06:52Z/foo.pxar.didx"`},
-		{"Error Generic with reason", "DESIGN §7.4", &wire.Error{ID: 9, Code: wire.ErrorGeneric, Reason: "no such chunk"},
+		{"Error Generic with reason", "DESIGN §7.4", &pmxproto.Error{ID: 9, Code: pmxproto.ErrorGeneric, Reason: "no such chunk"},
 			`09 02 14 00 00 00 00 "no such chunk"`},
-		{"Fixed CreateBackup", "reference §5.2", &wire.CreateBackup{ID: 3, BackupType: wire.BackupVM, Timestamp: 1551863212,
-			Flags: wire.FlagExcl, ChunkSize: 4 << 20, FileSize: 10 << 20, BackupID: "100", Name: "disk0.img"},
+		{"Fixed CreateBackup", "reference §5.2", &pmxproto.CreateBackup{ID: 3, BackupType: pmxproto.BackupVM, Timestamp: 1551863212,
+			Flags: pmxproto.FlagExcl, ChunkSize: 4 << 20, FileSize: 10 << 20, BackupID: "100", Name: "disk0.img"},
 			`03 08 2a 00 00 00 00 03 ac 8d 7f 5c 00 00 00 00 01 09 00 00 40 00 00 00 a0 00 00 00 00 00 "100" "disk0.img"`},
 	}
 }
@@ -124,7 +124,7 @@ func TestGoldenEncode(t *testing.T) {
 func TestGoldenDecode(t *testing.T) {
 	for _, g := range goldens() {
 		t.Run(g.name, func(t *testing.T) {
-			r := wire.NewReader(bytes.NewReader(unhex(t, g.hex)))
+			r := pmxproto.NewReader(bytes.NewReader(unhex(t, g.hex)))
 			p, err := r.ReadPacket()
 			if err != nil {
 				t.Fatalf("ReadPacket: %v", err)
@@ -150,7 +150,7 @@ func TestGoldenStream(t *testing.T) {
 	for _, g := range gs {
 		stream = append(stream, unhex(t, g.hex)...)
 	}
-	r := wire.NewReader(bytes.NewReader(stream))
+	r := pmxproto.NewReader(bytes.NewReader(stream))
 	for _, g := range gs {
 		p, err := r.ReadPacket()
 		if err != nil {
@@ -167,48 +167,48 @@ func TestGoldenStream(t *testing.T) {
 
 func TestConstants(t *testing.T) {
 	types := []struct {
-		t    wire.Type
+		t    pmxproto.Type
 		v    uint8
 		name string
 	}{
-		{wire.TypeHello, 0, "Hello"}, {wire.TypeOk, 1, "Ok"}, {wire.TypeError, 2, "Error"},
-		{wire.TypeGetHashList, 3, "GetHashList"}, {wire.TypeHashListPart, 4, "HashListPart"},
-		{wire.TypeDownloadChunks, 5, "DownloadChunks"}, {wire.TypeChunk, 6, "Chunk"},
-		{wire.TypeUploadChunk, 7, "UploadChunk"}, {wire.TypeCreateBackup, 8, "CreateBackup"},
-		{wire.TypeBackupCreated, 9, "BackupCreated"}, {wire.TypeBackupDataFixed, 10, "BackupDataFixed"},
-		{wire.TypeBackupDataDynamic, 11, "BackupDataDynamic"}, {wire.TypeBackupFinished, 12, "BackupFinished"},
+		{pmxproto.TypeHello, 0, "Hello"}, {pmxproto.TypeOk, 1, "Ok"}, {pmxproto.TypeError, 2, "Error"},
+		{pmxproto.TypeGetHashList, 3, "GetHashList"}, {pmxproto.TypeHashListPart, 4, "HashListPart"},
+		{pmxproto.TypeDownloadChunks, 5, "DownloadChunks"}, {pmxproto.TypeChunk, 6, "Chunk"},
+		{pmxproto.TypeUploadChunk, 7, "UploadChunk"}, {pmxproto.TypeCreateBackup, 8, "CreateBackup"},
+		{pmxproto.TypeBackupCreated, 9, "BackupCreated"}, {pmxproto.TypeBackupDataFixed, 10, "BackupDataFixed"},
+		{pmxproto.TypeBackupDataDynamic, 11, "BackupDataDynamic"}, {pmxproto.TypeBackupFinished, 12, "BackupFinished"},
 	}
 	for _, c := range types {
 		if uint8(c.t) != c.v || c.t.String() != c.name {
 			t.Errorf("%s = %d (%q), want %d", c.name, uint8(c.t), c.t.String(), c.v)
 		}
 	}
-	if s := wire.Type(13).String(); s != "Type(13)" {
+	if s := pmxproto.Type(13).String(); s != "Type(13)" {
 		t.Errorf("Type(13).String() = %q", s)
 	}
-	if wire.FlagExcl != 1 || wire.FlagRaw != 2 || wire.FlagDynamicChunks != 4 {
+	if pmxproto.FlagExcl != 1 || pmxproto.FlagRaw != 2 || pmxproto.FlagDynamicChunks != 4 {
 		t.Error("backup flags differ from the reference §2.3")
 	}
-	if s := (wire.FlagExcl | wire.FlagDynamicChunks | 0x80).String(); s != "EXCL|DYNAMIC_CHUNKS|0x80" {
+	if s := (pmxproto.FlagExcl | pmxproto.FlagDynamicChunks | 0x80).String(); s != "EXCL|DYNAMIC_CHUNKS|0x80" {
 		t.Errorf("Flags.String = %q", s)
 	}
-	if wire.BackupVM != 0 || wire.BackupCT != 1 || wire.BackupHost != 2 {
+	if pmxproto.BackupVM != 0 || pmxproto.BackupCT != 1 || pmxproto.BackupHost != 2 {
 		t.Error("backup types differ from the reference §2.3")
 	}
 	for _, name := range []string{"vm", "ct", "host"} {
-		bt, err := wire.ParseBackupType(name)
+		bt, err := pmxproto.ParseBackupType(name)
 		if err != nil || bt.String() != name {
 			t.Errorf("ParseBackupType(%q) = %v, %v", name, bt, err)
 		}
 	}
-	if _, err := wire.ParseBackupType("lxc"); err == nil {
+	if _, err := pmxproto.ParseBackupType("lxc"); err == nil {
 		t.Error("ParseBackupType(lxc) succeeded")
 	}
-	if wire.ErrorGeneric != 0 || wire.ErrorBusy != 1 || wire.ErrorBusy.String() != "Busy" || wire.ErrorID(7).String() != "ErrorID(7)" {
+	if pmxproto.ErrorGeneric != 0 || pmxproto.ErrorBusy != 1 || pmxproto.ErrorBusy.String() != "Busy" || pmxproto.ErrorID(7).String() != "ErrorID(7)" {
 		t.Error("error ids differ from the reference §2.3")
 	}
-	if wire.MaxPacketSize != 16777216 || wire.MaxUploadData != 16777178 || wire.MaxDigestsPerPacket != 524287 {
-		t.Errorf("limits: packet %d, upload data %d, digests %d", wire.MaxPacketSize, wire.MaxUploadData, wire.MaxDigestsPerPacket)
+	if pmxproto.MaxPacketSize != 16777216 || pmxproto.MaxUploadData != 16777178 || pmxproto.MaxDigestsPerPacket != 524287 {
+		t.Errorf("limits: packet %d, upload data %d, digests %d", pmxproto.MaxPacketSize, pmxproto.MaxUploadData, pmxproto.MaxDigestsPerPacket)
 	}
 	if got := digestOf("hello").String(); got != helloDigest {
 		t.Errorf("Digest.String = %s", got)
@@ -216,12 +216,12 @@ func TestConstants(t *testing.T) {
 }
 
 func TestCreateBackupPath(t *testing.T) {
-	c := &wire.CreateBackup{BackupType: wire.BackupHost, Timestamp: 1551863212, Flags: wire.FlagDynamicChunks,
+	c := &pmxproto.CreateBackup{BackupType: pmxproto.BackupHost, Timestamp: 1551863212, Flags: pmxproto.FlagDynamicChunks,
 		BackupID: "backup1", Name: "foo.pxar"}
 	if got, want := c.Path(), "host/backup1/2019-03-06T09:06:52Z/foo.pxar.didx"; got != want {
 		t.Errorf("dynamic Path = %q, want %q", got, want)
 	}
-	c.Flags, c.ChunkSize, c.BackupType = wire.FlagExcl, 4<<20, wire.BackupVM
+	c.Flags, c.ChunkSize, c.BackupType = pmxproto.FlagExcl, 4<<20, pmxproto.BackupVM
 	if got, want := c.Path(), "vm/backup1/2019-03-06T09:06:52Z/foo.pxar.fidx"; got != want {
 		t.Errorf("fixed Path = %q, want %q", got, want)
 	}

@@ -1,4 +1,4 @@
-package wire_test
+package pmxproto_test
 
 import (
 	"bytes"
@@ -9,13 +9,13 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/chunkbridge/chunkbridge/gateway/pmx/wire"
+	"github.com/chunkbridge/chunkbridge/format/pmxproto"
 )
 
 // frame builds a packet with an arbitrary header and body.
 func frame(id, typ uint8, body []byte) []byte {
 	b := []byte{id, typ, 0, 0, 0, 0}
-	binary.LittleEndian.PutUint32(b[2:], uint32(wire.HeaderSize+len(body)))
+	binary.LittleEndian.PutUint32(b[2:], uint32(pmxproto.HeaderSize+len(body)))
 	return append(b, body...)
 }
 
@@ -45,12 +45,12 @@ func TestFramingErrors(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			r := wire.NewReader(bytes.NewReader(append(append([]byte{}, ok...), c.stream...)))
+			r := pmxproto.NewReader(bytes.NewReader(append(append([]byte{}, ok...), c.stream...)))
 			if _, err := r.ReadPacket(); err != nil {
 				t.Fatalf("first packet: %v", err)
 			}
 			_, err := r.ReadPacket()
-			var fe *wire.FrameError
+			var fe *pmxproto.FrameError
 			if !errors.As(err, &fe) {
 				t.Fatalf("got %v (%T), want *FrameError", err, err)
 			}
@@ -63,7 +63,7 @@ func TestFramingErrors(t *testing.T) {
 			if errors.Is(err, io.ErrUnexpectedEOF) != c.unexp {
 				t.Errorf("errors.Is(ErrUnexpectedEOF) = %v, want %v", !c.unexp, c.unexp)
 			}
-			if !wire.IsFatal(err) {
+			if !pmxproto.IsFatal(err) {
 				t.Error("IsFatal = false for a framing error")
 			}
 			// Sticky.
@@ -75,20 +75,20 @@ func TestFramingErrors(t *testing.T) {
 }
 
 func TestCleanEOF(t *testing.T) {
-	r := wire.NewReader(bytes.NewReader(nil))
+	r := pmxproto.NewReader(bytes.NewReader(nil))
 	if _, err := r.ReadPacket(); err != io.EOF {
 		t.Fatalf("empty stream: %v, want io.EOF", err)
 	}
-	if !wire.IsFatal(io.EOF) || wire.IsFatal(nil) {
+	if !pmxproto.IsFatal(io.EOF) || pmxproto.IsFatal(nil) {
 		t.Error("IsFatal wrong for io.EOF or nil")
 	}
 }
 
 func TestReadError(t *testing.T) {
 	boom := errors.New("connection reset")
-	r := wire.NewReader(io.MultiReader(bytes.NewReader(frame(1, 7, nil)[:4]), errReader{boom}))
+	r := pmxproto.NewReader(io.MultiReader(bytes.NewReader(frame(1, 7, nil)[:4]), errReader{boom}))
 	_, err := r.ReadPacket()
-	var fe *wire.FrameError
+	var fe *pmxproto.FrameError
 	if !errors.As(err, &fe) || !errors.Is(err, boom) {
 		t.Fatalf("got %v, want a *FrameError wrapping the read error", err)
 	}
@@ -99,18 +99,18 @@ type errReader struct{ err error }
 func (e errReader) Read([]byte) (int, error) { return 0, e.err }
 
 func TestSetMaxPacketSize(t *testing.T) {
-	p := (&wire.UploadChunk{ID: 1, Digest: digestOf("x"), Data: make([]byte, 100)}).Encode(nil)
-	r := wire.NewReader(bytes.NewReader(p))
+	p := (&pmxproto.UploadChunk{ID: 1, Digest: digestOf("x"), Data: make([]byte, 100)}).Encode(nil)
+	r := pmxproto.NewReader(bytes.NewReader(p))
 	r.SetMaxPacketSize(len(p) - 1)
-	if _, err := r.ReadPacket(); !wire.IsFatal(err) || !strings.Contains(err.Error(), "exceeds the 137-byte packet limit") {
+	if _, err := r.ReadPacket(); !pmxproto.IsFatal(err) || !strings.Contains(err.Error(), "exceeds the 137-byte packet limit") {
 		t.Fatalf("got %v", err)
 	}
-	r = wire.NewReader(bytes.NewReader(p))
+	r = pmxproto.NewReader(bytes.NewReader(p))
 	r.SetMaxPacketSize(len(p)) // inclusive
 	if _, err := r.ReadPacket(); err != nil {
 		t.Fatalf("packet of exactly the limit: %v", err)
 	}
-	r = wire.NewReader(bytes.NewReader(p))
+	r = pmxproto.NewReader(bytes.NewReader(p))
 	r.SetMaxPacketSize(1 << 30) // clamped to MaxPacketSize
 	if _, err := r.ReadPacket(); err != nil {
 		t.Fatal(err)
@@ -119,18 +119,18 @@ func TestSetMaxPacketSize(t *testing.T) {
 
 // TestMaxPacketInclusive: a packet of exactly 16 MiB is allowed.
 func TestMaxPacketInclusive(t *testing.T) {
-	data := make([]byte, wire.MaxUploadData)
+	data := make([]byte, pmxproto.MaxUploadData)
 	data[0] = 1
-	up := &wire.UploadChunk{ID: 1, Digest: digestOf("whatever"), Data: data}
+	up := &pmxproto.UploadChunk{ID: 1, Digest: digestOf("whatever"), Data: data}
 	b := up.Encode(nil)
-	if len(b) != wire.MaxPacketSize {
+	if len(b) != pmxproto.MaxPacketSize {
 		t.Fatalf("encoded %d bytes", len(b))
 	}
-	p, err := wire.NewReader(bytes.NewReader(b)).ReadPacket()
+	p, err := pmxproto.NewReader(bytes.NewReader(b)).ReadPacket()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := p.(*wire.UploadChunk); len(got.Data) != wire.MaxUploadData {
+	if got := p.(*pmxproto.UploadChunk); len(got.Data) != pmxproto.MaxUploadData {
 		t.Fatalf("data %d bytes", len(got.Data))
 	}
 	up.Data = append(data, 0)
@@ -142,10 +142,10 @@ func TestMaxPacketInclusive(t *testing.T) {
 func TestBodyErrors(t *testing.T) {
 	d := digestOf("hello")
 	cb := func(mut func(b []byte) []byte) []byte {
-		b := (&wire.CreateBackup{ID: 2, BackupType: wire.BackupHost, Timestamp: 1551863212,
-			Flags: wire.FlagExcl | wire.FlagDynamicChunks, ChunkSize: 4 << 20,
+		b := (&pmxproto.CreateBackup{ID: 2, BackupType: pmxproto.BackupHost, Timestamp: 1551863212,
+			Flags: pmxproto.FlagExcl | pmxproto.FlagDynamicChunks, ChunkSize: 4 << 20,
 			BackupID: "backup1", Name: "foo.pxar"}).Encode(nil)
-		return mut(b[wire.HeaderSize:])
+		return mut(b[pmxproto.HeaderSize:])
 	}
 	set := func(off int, v ...byte) func([]byte) []byte {
 		return func(b []byte) []byte { copy(b[off:], v); return b }
@@ -200,29 +200,29 @@ func TestBodyErrors(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			next := frame(9, 1, nil)
-			r := wire.NewReader(bytes.NewReader(append(frame(42, c.typ, c.body), next...)))
+			r := pmxproto.NewReader(bytes.NewReader(append(frame(42, c.typ, c.body), next...)))
 			_, err := r.ReadPacket()
-			var be *wire.BodyError
+			var be *pmxproto.BodyError
 			if !errors.As(err, &be) {
 				t.Fatalf("got %v (%T), want *BodyError", err, err)
 			}
-			if wire.IsFatal(err) {
+			if pmxproto.IsFatal(err) {
 				t.Error("IsFatal = true for a body error")
 			}
-			if be.ID != 42 || be.Type != wire.Type(c.typ) || be.Field != c.field || be.Offset != c.offset {
+			if be.ID != 42 || be.Type != pmxproto.Type(c.typ) || be.Field != c.field || be.Offset != c.offset {
 				t.Errorf("id %d type %v field %q offset %d; want 42 %v %q %d (%v)",
-					be.ID, be.Type, be.Field, be.Offset, wire.Type(c.typ), c.field, c.offset, err)
+					be.ID, be.Type, be.Field, be.Offset, pmxproto.Type(c.typ), c.field, c.offset, err)
 			}
 			if !strings.Contains(err.Error(), c.reason) {
 				t.Errorf("error %q lacks %q", err, c.reason)
 			}
 			reply := be.Reply()
-			if reply.ID != 42 || reply.Code != wire.ErrorGeneric || reply.Validate() != nil {
+			if reply.ID != 42 || reply.Code != pmxproto.ErrorGeneric || reply.Validate() != nil {
 				t.Errorf("Reply = %+v", reply)
 			}
 			// The stream stays in sync.
 			p, err := r.ReadPacket()
-			if err != nil || p.PacketType() != wire.TypeOk || p.PacketID() != 9 {
+			if err != nil || p.PacketType() != pmxproto.TypeOk || p.PacketID() != 9 {
 				t.Fatalf("packet after the bad one: %v, %v", p, err)
 			}
 		})
@@ -233,15 +233,15 @@ func TestBodyErrors(t *testing.T) {
 // type whose body must be empty is skipped without allocating the body.
 func TestOversizedBodyNotAllocated(t *testing.T) {
 	stream := io.MultiReader(
-		bytes.NewReader(header(1, uint8(wire.TypeOk), wire.MaxPacketSize)),
-		io.LimitReader(zeros{}, wire.MaxBodySize),
+		bytes.NewReader(header(1, uint8(pmxproto.TypeOk), pmxproto.MaxPacketSize)),
+		io.LimitReader(zeros{}, pmxproto.MaxBodySize),
 		bytes.NewReader(frame(2, 1, nil)))
-	r := wire.NewReader(stream)
+	r := pmxproto.NewReader(stream)
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
 	_, err := r.ReadPacket()
 	runtime.ReadMemStats(&after)
-	var be *wire.BodyError
+	var be *pmxproto.BodyError
 	if !errors.As(err, &be) {
 		t.Fatalf("got %v, want *BodyError", err)
 	}
@@ -262,12 +262,12 @@ func (zeros) Read(b []byte) (int, error) {
 
 // TestDecodedPacketsOwnMemory: a packet stays intact after later reads.
 func TestDecodedPacketsOwnMemory(t *testing.T) {
-	a := &wire.UploadChunk{ID: 1, Digest: digestOf("aaaa"), Data: []byte("aaaa")}
-	b := &wire.UploadChunk{ID: 2, Digest: digestOf("bbbb"), Data: []byte("bbbb")}
-	r := wire.NewReader(bytes.NewReader(b.Encode(a.Encode(nil))))
+	a := &pmxproto.UploadChunk{ID: 1, Digest: digestOf("aaaa"), Data: []byte("aaaa")}
+	b := &pmxproto.UploadChunk{ID: 2, Digest: digestOf("bbbb"), Data: []byte("bbbb")}
+	r := pmxproto.NewReader(bytes.NewReader(b.Encode(a.Encode(nil))))
 	p1, _ := r.ReadPacket()
 	p2, _ := r.ReadPacket()
-	if string(p1.(*wire.UploadChunk).Data) != "aaaa" || string(p2.(*wire.UploadChunk).Data) != "bbbb" {
+	if string(p1.(*pmxproto.UploadChunk).Data) != "aaaa" || string(p2.(*pmxproto.UploadChunk).Data) != "bbbb" {
 		t.Fatal("packets share memory")
 	}
 }

@@ -1,4 +1,4 @@
-package pmx_test
+package pmxclient_test
 
 import (
 	"bytes"
@@ -12,10 +12,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/chunkbridge/chunkbridge/gateway/pmx"
-	"github.com/chunkbridge/chunkbridge/gateway/pmx/chunker"
-	"github.com/chunkbridge/chunkbridge/gateway/pmx/pmxtest"
-	"github.com/chunkbridge/chunkbridge/gateway/pmx/wire"
+	"github.com/chunkbridge/chunkbridge/format/chunker"
+	"github.com/chunkbridge/chunkbridge/format/pmxproto"
+	"github.com/chunkbridge/chunkbridge/pmxclient"
+	"github.com/chunkbridge/chunkbridge/pmxclient/pmxtest"
 )
 
 func randomBytes(seed uint64, n int) []byte {
@@ -26,8 +26,8 @@ func randomBytes(seed uint64, n int) []byte {
 }
 
 // fixedDigests is what a fixed backup of data must index.
-func fixedDigests(data []byte, size int) []wire.Digest {
-	ds := []wire.Digest{}
+func fixedDigests(data []byte, size int) []pmxproto.Digest {
+	ds := []pmxproto.Digest{}
 	for len(data) > 0 {
 		n := min(size, len(data))
 		ds = append(ds, sha256.Sum256(data[:n]))
@@ -38,12 +38,12 @@ func fixedDigests(data []byte, size int) []wire.Digest {
 
 // casyncDigests is what `casync make --digest=sha256` indexes: casync's
 // chunker at 16/64/256 KiB, SHA-256 ids.
-func casyncDigests(t *testing.T, data []byte) []wire.Digest {
+func casyncDigests(t *testing.T, data []byte) []pmxproto.Digest {
 	ch, err := chunker.New(bytes.NewReader(data), 16<<10, 64<<10, 256<<10)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ds := []wire.Digest{}
+	ds := []pmxproto.Digest{}
 	for {
 		c, err := ch.Next()
 		if err == io.EOF {
@@ -58,9 +58,9 @@ func casyncDigests(t *testing.T, data []byte) []wire.Digest {
 
 var snapTime = time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC)
 
-func backup(t *testing.T, p *pmxtest.Peer, c *pmx.Client, opts pmx.BackupOptions) *pmx.BackupSummary {
+func backup(t *testing.T, p *pmxtest.Peer, c *pmxclient.Client, opts pmxclient.BackupOptions) *pmxclient.BackupSummary {
 	t.Helper()
-	sum, err := pmx.Backup(ctxT(t), c, opts)
+	sum, err := pmxclient.Backup(ctxT(t), c, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -70,10 +70,10 @@ func backup(t *testing.T, p *pmxtest.Peer, c *pmx.Client, opts pmx.BackupOptions
 	return sum
 }
 
-func restore(t *testing.T, c *pmx.Client, path string) []byte {
+func restore(t *testing.T, c *pmxclient.Client, path string) []byte {
 	t.Helper()
 	var out bytes.Buffer
-	sum, err := pmx.Restore(ctxT(t), c, path, &out, nil)
+	sum, err := pmxclient.Restore(ctxT(t), c, path, &out, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,8 +90,8 @@ func TestBackupFixedSizes(t *testing.T) {
 	for i, size := range []int{0, 1, cs - 1, cs, cs + 1, 3*cs + 5} {
 		t.Run(fmt.Sprint(size), func(t *testing.T) {
 			data := randomBytes(uint64(size), size)
-			sum := backup(t, p, c, pmx.BackupOptions{
-				Type: wire.BackupVM, ID: "100", Name: "disk.img", Fixed: true, ChunkSize: cs,
+			sum := backup(t, p, c, pmxclient.BackupOptions{
+				Type: pmxproto.BackupVM, ID: "100", Name: "disk.img", Fixed: true, ChunkSize: cs,
 				Input: bytes.NewReader(data), Size: int64(size), Time: snapTime.Add(time.Duration(i) * time.Second),
 			})
 			if want := fmt.Sprintf("vm/100/%s/disk.img.fidx", snapTime.Add(time.Duration(i)*time.Second).Format(time.RFC3339)); sum.Path != want {
@@ -115,11 +115,11 @@ func TestBackupFixedSizes(t *testing.T) {
 func TestBackupFixedDefaultChunkSize(t *testing.T) {
 	p := pmxtest.NewPeer(t)
 	c := p.Dial(t)
-	data := randomBytes(7, 2*pmx.DefaultFixedChunkSize+123)
-	sum := backup(t, p, c, pmx.BackupOptions{Type: wire.BackupVM, ID: "100", Name: "disk.img", Fixed: true,
+	data := randomBytes(7, 2*pmxclient.DefaultFixedChunkSize+123)
+	sum := backup(t, p, c, pmxclient.BackupOptions{Type: pmxproto.BackupVM, ID: "100", Name: "disk.img", Fixed: true,
 		Input: bytes.NewReader(data), Size: int64(len(data)), Time: snapTime})
 	got, _ := p.File(sum.Path)
-	if want := fixedDigests(data, pmx.DefaultFixedChunkSize); fmt.Sprint(got) != fmt.Sprint(want) {
+	if want := fixedDigests(data, pmxclient.DefaultFixedChunkSize); fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("index %v, want %v", got, want)
 	}
 	if !bytes.Equal(restore(t, c, sum.Path), data) {
@@ -131,9 +131,9 @@ func TestBackupDynamicMatchesCasyncChunks(t *testing.T) {
 	p := pmxtest.NewPeer(t)
 	c := p.Dial(t)
 	data := randomBytes(1, 3<<20+17)
-	var progress []pmx.Stats
-	sum := backup(t, p, c, pmx.BackupOptions{Type: wire.BackupHost, ID: "web-01", Name: "root.pxar",
-		Input: bytes.NewReader(data), Size: -1, Time: snapTime, Progress: func(s pmx.Stats) { progress = append(progress, s) }})
+	var progress []pmxclient.Stats
+	sum := backup(t, p, c, pmxclient.BackupOptions{Type: pmxproto.BackupHost, ID: "web-01", Name: "root.pxar",
+		Input: bytes.NewReader(data), Size: -1, Time: snapTime, Progress: func(s pmxclient.Stats) { progress = append(progress, s) }})
 	if sum.Path != "host/web-01/2026-11-25T10:00:00Z/root.pxar.didx" {
 		t.Fatalf("Path = %q", sum.Path)
 	}
@@ -166,8 +166,8 @@ func TestBackupIncrementalFixed(t *testing.T) {
 	p := pmxtest.NewPeer(t)
 	c := p.Dial(t)
 	data := randomBytes(2, 20*cs)
-	opts := func(i int) pmx.BackupOptions {
-		return pmx.BackupOptions{Type: wire.BackupVM, ID: "100", Name: "disk.img", Fixed: true, ChunkSize: cs,
+	opts := func(i int) pmxclient.BackupOptions {
+		return pmxclient.BackupOptions{Type: pmxproto.BackupVM, ID: "100", Name: "disk.img", Fixed: true, ChunkSize: cs,
 			Input: bytes.NewReader(data), Size: int64(len(data)), Time: snapTime.Add(time.Duration(i) * time.Second)}
 	}
 	first := backup(t, p, c, opts(0))
@@ -202,7 +202,7 @@ func TestBackupDedupWithinRun(t *testing.T) {
 	p := pmxtest.NewPeer(t)
 	c := p.Dial(t)
 	data := make([]byte, 10*cs+1) // ten equal blocks and a short one
-	sum := backup(t, p, c, pmx.BackupOptions{Type: wire.BackupVM, ID: "1", Name: "zero.img", Fixed: true, ChunkSize: cs,
+	sum := backup(t, p, c, pmxclient.BackupOptions{Type: pmxproto.BackupVM, ID: "1", Name: "zero.img", Fixed: true, ChunkSize: cs,
 		Input: bytes.NewReader(data), Size: int64(len(data)), Time: snapTime})
 	if p.Uploads() != 2 || sum.NewChunks != 2 || sum.ReusedChunks != 9 {
 		t.Fatalf("%d uploads, summary %+v; want 2 uploads, 9 reused", p.Uploads(), sum)
@@ -213,8 +213,8 @@ func TestBackupIncrementalDynamic(t *testing.T) {
 	p := pmxtest.NewPeer(t)
 	c := p.Dial(t)
 	data := randomBytes(3, 2<<20)
-	opts := func(i int, data []byte) pmx.BackupOptions {
-		return pmx.BackupOptions{Type: wire.BackupCT, ID: "200", Name: "root.pxar",
+	opts := func(i int, data []byte) pmxclient.BackupOptions {
+		return pmxclient.BackupOptions{Type: pmxproto.BackupCT, ID: "200", Name: "root.pxar",
 			Input: bytes.NewReader(data), Size: int64(len(data)), Time: snapTime.Add(time.Duration(i) * time.Second)}
 	}
 	first := backup(t, p, c, opts(0, data))
@@ -233,7 +233,7 @@ func TestBackupIncrementalDynamic(t *testing.T) {
 	edited := append(append(append([]byte(nil), data[:1<<20]...), "inserted"...), data[1<<20:]...)
 	third := backup(t, p, c, opts(2, edited))
 	want := casyncDigests(t, edited)
-	old := map[wire.Digest]bool{}
+	old := map[pmxproto.Digest]bool{}
 	for _, d := range casyncDigests(t, data) {
 		old[d] = true
 	}
@@ -267,7 +267,7 @@ func TestBackupFixedNeedsExactSize(t *testing.T) {
 		{4000, "longer than its size"},
 		{6000, "ended after 5000 bytes"},
 	} {
-		_, err := pmx.Backup(ctxT(t), c, pmx.BackupOptions{Type: wire.BackupVM, ID: "1", Name: "d.img", Fixed: true,
+		_, err := pmxclient.Backup(ctxT(t), c, pmxclient.BackupOptions{Type: pmxproto.BackupVM, ID: "1", Name: "d.img", Fixed: true,
 			ChunkSize: 1000, Input: bytes.NewReader(data), Size: tc.size, Time: snapTime.Add(time.Duration(tc.size) * time.Second)})
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Fatalf("size %d: %v, want an error with %q", tc.size, err, tc.want)
@@ -292,7 +292,7 @@ func (r *failingReader) Read(b []byte) (int, error) {
 func TestBackupReadErrorPublishesNothing(t *testing.T) {
 	p := pmxtest.NewPeer(t)
 	c := p.Dial(t)
-	_, err := pmx.Backup(ctxT(t), c, pmx.BackupOptions{Type: wire.BackupHost, ID: "h", Name: "f",
+	_, err := pmxclient.Backup(ctxT(t), c, pmxclient.BackupOptions{Type: pmxproto.BackupHost, ID: "h", Name: "f",
 		Input: &failingReader{n: 1 << 20}, Size: -1, Time: snapTime})
 	if err == nil || !strings.Contains(err.Error(), "disk on fire") {
 		t.Fatalf("Backup: %v", err)
@@ -305,8 +305,8 @@ func TestBackupReadErrorPublishesNothing(t *testing.T) {
 func TestRestoreMissingSnapshot(t *testing.T) {
 	p := pmxtest.NewPeer(t)
 	c := p.Dial(t)
-	_, err := pmx.Restore(ctxT(t), c, "host/h/2026-01-01T00:00:00Z/nope.didx", io.Discard, nil)
-	if !errors.Is(err, pmx.ErrNotFound) {
+	_, err := pmxclient.Restore(ctxT(t), c, "host/h/2026-01-01T00:00:00Z/nope.didx", io.Discard, nil)
+	if !errors.Is(err, pmxclient.ErrNotFound) {
 		t.Fatalf("Restore: %v", err)
 	}
 }
@@ -314,7 +314,7 @@ func TestRestoreMissingSnapshot(t *testing.T) {
 func TestBackupRefusesBadID(t *testing.T) {
 	p := pmxtest.NewPeer(t)
 	c := p.Dial(t)
-	_, err := pmx.Backup(ctxT(t), c, pmx.BackupOptions{Type: wire.BackupHost, ID: "../etc", Name: "f",
+	_, err := pmxclient.Backup(ctxT(t), c, pmxclient.BackupOptions{Type: pmxproto.BackupHost, ID: "../etc", Name: "f",
 		Input: strings.NewReader("x"), Size: -1, Time: snapTime})
 	if err == nil || !strings.Contains(err.Error(), `backup id "../etc"`) {
 		t.Fatalf("Backup with a bad id: %v", err)
@@ -348,7 +348,7 @@ func TestBackupCancelled(t *testing.T) {
 	defer close(in.release)
 	done := make(chan error, 1)
 	go func() {
-		_, err := pmx.Backup(ctx, c, pmx.BackupOptions{Type: wire.BackupHost, ID: "h", Name: "f", Input: in, Size: -1, Time: snapTime})
+		_, err := pmxclient.Backup(ctx, c, pmxclient.BackupOptions{Type: pmxproto.BackupHost, ID: "h", Name: "f", Input: in, Size: -1, Time: snapTime})
 		done <- err
 	}()
 	time.Sleep(100 * time.Millisecond)

@@ -1,4 +1,4 @@
-package wire_test
+package pmxproto_test
 
 import (
 	"bytes"
@@ -7,7 +7,7 @@ import (
 	"reflect"
 	"testing"
 
-	"github.com/chunkbridge/chunkbridge/gateway/pmx/wire"
+	"github.com/chunkbridge/chunkbridge/format/pmxproto"
 )
 
 // FuzzReadPacket reads arbitrary streams. It must never panic; every error is
@@ -27,17 +27,17 @@ func FuzzReadPacket(f *testing.F) {
 	f.Add(frame(3, 13, nil))
 
 	f.Fuzz(func(t *testing.T, data []byte) {
-		r := wire.NewReader(bytes.NewReader(data))
+		r := pmxproto.NewReader(bytes.NewReader(data))
 		r.SetMaxPacketSize(1 << 20) // keep the fuzzer's allocations small
 		for range 64 {
 			start := r.Offset()
 			p, err := r.ReadPacket()
 			if err != nil {
-				var be *wire.BodyError
-				var fe *wire.FrameError
+				var be *pmxproto.BodyError
+				var fe *pmxproto.FrameError
 				switch {
 				case errors.As(err, &be):
-					if wire.IsFatal(err) {
+					if pmxproto.IsFatal(err) {
 						t.Fatal("IsFatal(BodyError)")
 					}
 					if verr := be.Reply().Validate(); verr != nil {
@@ -66,7 +66,7 @@ func FuzzReadPacket(f *testing.F) {
 			if !bytes.Equal(enc, raw) {
 				t.Fatalf("%T re-encodes to\n%x\nread from\n%x", p, enc, raw)
 			}
-			again, err := wire.NewReader(bytes.NewReader(enc)).ReadPacket()
+			again, err := pmxproto.NewReader(bytes.NewReader(enc)).ReadPacket()
 			if err != nil || !reflect.DeepEqual(again, p) {
 				t.Fatalf("re-decoding %#v: %#v, %v", p, again, err)
 			}

@@ -1,4 +1,4 @@
-package pmx
+package pmxclient
 
 import (
 	"context"
@@ -6,13 +6,13 @@ import (
 	"sync"
 	"time"
 
-	"github.com/chunkbridge/chunkbridge/gateway/pmx/wire"
+	"github.com/chunkbridge/chunkbridge/format/pmxproto"
 )
 
 // BackupSpec describes a snapshot file to create.
 type BackupSpec struct {
 	// Type is the guest kind: vm, ct or host.
-	Type wire.BackupType
+	Type pmxproto.BackupType
 	// ID is the backup id, [A-Za-z0-9][A-Za-z0-9_.-]*.
 	ID string
 	// Name is the file name without .fidx/.didx, which the server appends;
@@ -23,7 +23,7 @@ type BackupSpec struct {
 	// Fixed selects a fixed index (an image cut in ChunkSize blocks)
 	// rather than a dynamic one.
 	Fixed bool
-	// ChunkSize is the block size of a fixed index, 1..wire.MaxUploadData;
+	// ChunkSize is the block size of a fixed index, 1..pmxproto.MaxUploadData;
 	// for a dynamic index the chunker's average size, for information.
 	ChunkSize uint32
 	// FileSize is the image size of a fixed index; 0 for a dynamic one.
@@ -54,17 +54,17 @@ func (c *Client) CreateBackup(ctx context.Context, spec BackupSpec) (*Stream, er
 	if t.Unix() < 0 {
 		return nil, fmt.Errorf("pmx: create backup %s/%s: time %s is before 1970", spec.Type, spec.ID, t)
 	}
-	flags := wire.Flags(0)
+	flags := pmxproto.Flags(0)
 	if spec.Exclusive {
-		flags |= wire.FlagExcl
+		flags |= pmxproto.FlagExcl
 	}
 	if !spec.Fixed {
-		flags |= wire.FlagDynamicChunks
+		flags |= pmxproto.FlagDynamicChunks
 	}
 	what := fmt.Sprintf("CreateBackup of %s/%s/%s", spec.Type, spec.ID, spec.Name)
 	h := &streamHandler{what: what, created: make(chan createdResult, 1)}
-	id, err := c.request(ctx, h, func(id uint8) wire.Packet {
-		return &wire.CreateBackup{
+	id, err := c.request(ctx, h, func(id uint8) pmxproto.Packet {
+		return &pmxproto.CreateBackup{
 			ID: id, BackupType: spec.Type, Timestamp: uint64(t.Unix()), Flags: flags,
 			ChunkSize: spec.ChunkSize, FileSize: spec.FileSize, BackupID: spec.ID, Name: spec.Name,
 		}
@@ -100,7 +100,7 @@ func (s *Stream) Fixed(ctx context.Context, slot uint64, digest Digest) error {
 	if err := s.h.error(); err != nil {
 		return err
 	}
-	p := &wire.BackupDataFixed{ID: s.id, Entries: []wire.FixedEntry{{Index: slot, Digest: digest}}}
+	p := &pmxproto.BackupDataFixed{ID: s.id, Entries: []pmxproto.FixedEntry{{Index: slot, Digest: digest}}}
 	if err := s.c.send(ctx, p, false); err != nil {
 		return fmt.Errorf("pmx: %s: slot %d: %w", s.path, slot, err)
 	}
@@ -113,7 +113,7 @@ func (s *Stream) Dynamic(ctx context.Context, offset uint64, digest Digest) erro
 	if err := s.h.error(); err != nil {
 		return err
 	}
-	p := &wire.BackupDataDynamic{ID: s.id, Entries: []wire.DynamicEntry{{Offset: offset, Digest: digest}}}
+	p := &pmxproto.BackupDataDynamic{ID: s.id, Entries: []pmxproto.DynamicEntry{{Offset: offset, Digest: digest}}}
 	if err := s.c.send(ctx, p, false); err != nil {
 		return fmt.Errorf("pmx: %s: chunk at offset %d: %w", s.path, offset, err)
 	}
@@ -136,7 +136,7 @@ func (s *Stream) Finish(ctx context.Context) (string, error) {
 	}
 	// Send BackupFinished even after a refusal, so the server drops the
 	// file now rather than at the end of the connection.
-	if err := s.c.send(ctx, &wire.BackupFinished{ID: s.id}, true); err != nil {
+	if err := s.c.send(ctx, &pmxproto.BackupFinished{ID: s.id}, true); err != nil {
 		return "", fmt.Errorf("pmx: finishing %s: %w", s.path, err)
 	}
 	if refused != nil {
@@ -181,14 +181,14 @@ func (h *streamHandler) error() error {
 	return h.err
 }
 
-func (h *streamHandler) deliver(p wire.Packet) (disposition, error) {
+func (h *streamHandler) deliver(p pmxproto.Packet) (disposition, error) {
 	if h.path == "" {
 		switch p := p.(type) {
-		case *wire.BackupCreated:
+		case *pmxproto.BackupCreated:
 			h.path = p.Path
 			h.created <- createdResult{path: p.Path}
 			return keep, nil
-		case *wire.Error:
+		case *pmxproto.Error:
 			h.created <- createdResult{err: serverError(h.what, p)}
 			return release, nil
 		}
@@ -197,13 +197,13 @@ func (h *streamHandler) deliver(p wire.Packet) (disposition, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	switch p := p.(type) {
-	case *wire.Ok:
+	case *pmxproto.Ok:
 		if h.finished == nil || h.err != nil {
 			return keep, unexpected("backup file "+h.path+" (not finished yet)", p)
 		}
 		h.answer(nil)
 		return release, nil
-	case *wire.Error:
+	case *pmxproto.Error:
 		se := serverError("backup file "+h.path, p)
 		if h.err == nil {
 			h.err = se

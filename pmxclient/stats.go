@@ -1,4 +1,4 @@
-package pmx
+package pmxclient
 
 import (
 	"fmt"

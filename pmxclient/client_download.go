@@ -1,4 +1,4 @@
-package pmx
+package pmxclient
 
 import (
 	"context"
@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"sync"
 
-	"github.com/chunkbridge/chunkbridge/gateway/pmx/wire"
+	"github.com/chunkbridge/chunkbridge/format/pmxproto"
 )
 
 // Download's window.
@@ -85,8 +85,8 @@ func (d *downloader) issue(ctx context.Context) error {
 		first := d.issued
 		ds := d.digests[first : first+n]
 		h := &downloadHandler{first: first, digests: ds, signal: make(chan struct{}, 1)}
-		if _, err := d.c.request(ctx, h, func(id uint8) wire.Packet {
-			return &wire.DownloadChunks{ID: id, Digests: ds}
+		if _, err := d.c.request(ctx, h, func(id uint8) pmxproto.Packet {
+			return &pmxproto.DownloadChunks{ID: id, Digests: ds}
 		}); err != nil {
 			return fmt.Errorf("pmx: download of chunks %d..%d: %w", first, first+n-1, err)
 		}
@@ -111,18 +111,18 @@ type downloadHandler struct {
 	signal  chan struct{}
 
 	mu        sync.Mutex
-	queue     []*wire.Chunk
+	queue     []*pmxproto.Chunk
 	received  int   // Chunk packets so far
 	err       error // the request failed; set once
 	abandoned bool  // nobody consumes: drop data
 }
 
-func (h *downloadHandler) deliver(p wire.Packet) (disposition, error) {
+func (h *downloadHandler) deliver(p pmxproto.Packet) (disposition, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	defer h.notify()
 	switch p := p.(type) {
-	case *wire.Chunk:
+	case *pmxproto.Chunk:
 		if h.received >= len(h.digests) {
 			return keep, unexpected(fmt.Sprintf("DownloadChunks of %d chunks after %d chunks", len(h.digests), h.received), p)
 		}
@@ -140,7 +140,7 @@ func (h *downloadHandler) deliver(p wire.Packet) (disposition, error) {
 			return release, nil
 		}
 		return keep, nil
-	case *wire.Error:
+	case *pmxproto.Error:
 		if h.err == nil {
 			i := min(h.received, len(h.digests)-1)
 			h.err = serverError(fmt.Sprintf("DownloadChunks at chunk %d (%s)", h.first+i, h.digests[i]), p)
@@ -176,7 +176,7 @@ func (h *downloadHandler) abandon() {
 
 // take returns the next chunk in order, nil once all have been taken, or
 // the request's error once the chunks before it have been taken.
-func (h *downloadHandler) take(ctx context.Context, c *Client) (*wire.Chunk, error) {
+func (h *downloadHandler) take(ctx context.Context, c *Client) (*pmxproto.Chunk, error) {
 	for {
 		h.mu.Lock()
 		switch {

@@ -1,4 +1,4 @@
-package pmx
+package pmxclient
 
 import (
 	"context"
@@ -7,8 +7,8 @@ import (
 	"io"
 	"time"
 
-	"github.com/chunkbridge/chunkbridge/gateway/pmx/chunker"
-	"github.com/chunkbridge/chunkbridge/gateway/pmx/wire"
+	"github.com/chunkbridge/chunkbridge/format/chunker"
+	"github.com/chunkbridge/chunkbridge/format/pmxproto"
 )
 
 // Chunk sizes of a backup.
@@ -29,7 +29,7 @@ const (
 type BackupOptions struct {
 	// Type and ID name the backup group: vm, ct or host, and the backup
 	// id ([A-Za-z0-9][A-Za-z0-9_.-]*).
-	Type wire.BackupType
+	Type pmxproto.BackupType
 	ID   string
 	// Name is the file name in the snapshot, without .fidx/.didx, which
 	// the server appends; no "/".
@@ -37,7 +37,7 @@ type BackupOptions struct {
 	// Fixed cuts the input into ChunkSize blocks (an image, .fidx) instead
 	// of content-defined chunks (an archive or stream, .didx).
 	Fixed bool
-	// ChunkSize is the block size of a fixed backup, 1..wire.MaxUploadData;
+	// ChunkSize is the block size of a fixed backup, 1..pmxproto.MaxUploadData;
 	// 0 means DefaultFixedChunkSize. Unused for dynamic backups.
 	ChunkSize int
 	// Input is read once, to its end.
@@ -150,8 +150,8 @@ func (o *BackupOptions) normalize() error {
 	if o.ChunkSize == 0 {
 		o.ChunkSize = DefaultFixedChunkSize
 	}
-	if o.ChunkSize < 1 || o.ChunkSize > wire.MaxUploadData {
-		return fmt.Errorf("pmx: backup: chunk size %d; want 1..%d", o.ChunkSize, wire.MaxUploadData)
+	if o.ChunkSize < 1 || o.ChunkSize > pmxproto.MaxUploadData {
+		return fmt.Errorf("pmx: backup: chunk size %d; want 1..%d", o.ChunkSize, pmxproto.MaxUploadData)
 	}
 	if o.Size < 0 {
 		return errors.New("pmx: backup: a fixed backup needs the input's size, which goes into the index; " +

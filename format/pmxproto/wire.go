@@ -12,7 +12,7 @@
 // and the connection must be closed; a *BodyError means one well-framed
 // packet had a bad body, the stream is still in sync, and the peer can be
 // answered with an Error packet carrying the packet's id.
-package wire
+package pmxproto
 
 import (
 	"encoding/hex"

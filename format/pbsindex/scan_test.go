@@ -6,7 +6,7 @@ import (
 	"slices"
 	"testing"
 
-	"github.com/chunkbridge/chunkbridge/services/catalog/pbsindex"
+	"github.com/chunkbridge/chunkbridge/format/pbsindex"
 )
 
 func scanAll(b []byte, max int) (pbsindex.Kind, []pbsindex.Digest, error) {

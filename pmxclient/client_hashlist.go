@@ -1,10 +1,10 @@
-package pmx
+package pmxclient
 
 import (
 	"context"
 	"fmt"
 
-	"github.com/chunkbridge/chunkbridge/gateway/pmx/wire"
+	"github.com/chunkbridge/chunkbridge/format/pmxproto"
 )
 
 // HashList returns the chunk digests of a snapshot file in index order,
@@ -18,8 +18,8 @@ import (
 // (Error(Busy)) it wraps ErrBusy. Both also wrap a *ServerError.
 func (c *Client) HashList(ctx context.Context, path string) ([]Digest, error) {
 	h := &hashListHandler{path: path, done: make(chan hashListResult, 1)}
-	if _, err := c.request(ctx, h, func(id uint8) wire.Packet {
-		return &wire.GetHashList{ID: id, Name: path}
+	if _, err := c.request(ctx, h, func(id uint8) pmxproto.Packet {
+		return &pmxproto.GetHashList{ID: id, Name: path}
 	}); err != nil {
 		return nil, fmt.Errorf("pmx: hash list of %s: %w", path, err)
 	}
@@ -42,9 +42,9 @@ type hashListHandler struct {
 	done    chan hashListResult // buffered: written once
 }
 
-func (h *hashListHandler) deliver(p wire.Packet) (disposition, error) {
+func (h *hashListHandler) deliver(p pmxproto.Packet) (disposition, error) {
 	switch p := p.(type) {
-	case *wire.HashListPart:
+	case *pmxproto.HashListPart:
 		if len(p.Digests) > 0 {
 			h.digests = append(h.digests, p.Digests...)
 			return keep, nil
@@ -53,9 +53,9 @@ func (h *hashListHandler) deliver(p wire.Packet) (disposition, error) {
 			h.digests = []Digest{}
 		}
 		h.done <- hashListResult{digests: h.digests}
-	case *wire.Error:
+	case *pmxproto.Error:
 		se := serverError("GetHashList of "+h.path, p)
-		if p.Code == wire.ErrorGeneric {
+		if p.Code == pmxproto.ErrorGeneric {
 			se.kind = ErrNotFound
 		}
 		h.done <- hashListResult{err: se}
