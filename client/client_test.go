@@ -1,0 +1,256 @@
+package client_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"testing"
+
+	"github.com/klauspost/compress/zstd"
+
+	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
+	"github.com/chunkbridge/chunkbridge/client"
+	"github.com/chunkbridge/chunkbridge/format"
+	"github.com/chunkbridge/chunkbridge/services/apierr"
+	"github.com/chunkbridge/chunkbridge/services/catalog"
+	"github.com/chunkbridge/chunkbridge/services/chunk"
+	"github.com/chunkbridge/chunkbridge/services/servicetest"
+	"github.com/chunkbridge/chunkbridge/storage/memory"
+)
+
+// transports runs the conformance suite on both transports of one
+// contract: what passes on one must pass on the other.
+func transports(t *testing.T, test func(t *testing.T, c *client.Chunks)) {
+	for _, tr := range []struct {
+		name string
+		open func(s *servicetest.Services) *client.Chunks
+	}{
+		{"grpc", func(s *servicetest.Services) *client.Chunks { return client.NewGRPC(s.Conn) }},
+		{"local", func(s *servicetest.Services) *client.Chunks { return client.NewLocal(s.Chunks, 0) }},
+	} {
+		t.Run(tr.name, func(t *testing.T) {
+			s := servicetest.Start(t, memory.New(), chunk.Config{}, catalog.Config{})
+			test(t, tr.open(s))
+		})
+	}
+}
+
+func chunkOf(i int, size int) ([]byte, client.ID) {
+	data := bytes.Repeat([]byte(fmt.Sprintf("chunk %d;", i)), size/8+1)[:size]
+	return data, sha256.Sum256(data)
+}
+
+func raw(data []byte, id client.ID) client.Upload {
+	return client.Upload{ID: id, Algorithm: chunkbridgev1.DigestAlgorithm_DIGEST_ALGORITHM_SHA256, Encoding: chunkbridgev1.Encoding_ENCODING_RAW, Data: data}
+}
+
+// upload stores uploads and returns their results in the order delivered.
+func upload(t *testing.T, c *client.Chunks, opts client.UploadOptions, ups ...client.Upload) []client.Result {
+	t.Helper()
+	u, err := c.NewUploader(t.Context(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []client.Result
+	for _, up := range ups {
+		if err := u.Put(t.Context(), up, func(r client.Result) { got = append(got, r) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := u.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return got
+}
+
+func TestUploadOrderedWithItemErrors(t *testing.T) {
+	transports(t, func(t *testing.T, c *client.Chunks) {
+		var ups []client.Upload
+		for i := range 40 {
+			data, id := chunkOf(i, 1000+i*997)
+			ups = append(ups, raw(data, id))
+		}
+		bad, badID := chunkOf(1000, 5000)
+		bad = append([]byte(nil), bad...)
+		bad[0] ^= 1 // no longer hashes to badID
+		ups = append(ups[:20], append([]client.Upload{raw(bad, badID), ups[3]}, ups[20:]...)...)
+		got := upload(t, c, client.UploadOptions{Window: 4, WindowBytes: 16 << 10}, ups...)
+		if len(got) != len(ups) {
+			t.Fatalf("%d results for %d chunks", len(got), len(ups))
+		}
+		for i, r := range got {
+			if r.ID != ups[i].ID {
+				t.Fatalf("result %d is for %s, want %s: acknowledgements out of order", i, r.ID, ups[i].ID)
+			}
+			switch {
+			case i == 20:
+				if !errors.Is(r.Err, apierr.ErrDataLoss) || apierr.Code(r.Err).String() != "DataLoss" {
+					t.Errorf("corrupted chunk: %v, want a DataLoss error", r.Err)
+				}
+			case i == 21:
+				if r.Err != nil || r.Created {
+					t.Errorf("a duplicate: created=%v err=%v, want an existing chunk", r.Created, r.Err)
+				}
+			default:
+				if r.Err != nil || !r.Created {
+					t.Errorf("chunk %d: created=%v err=%v", i, r.Created, r.Err)
+				}
+			}
+		}
+		missing, err := c.FindMissing(t.Context(), []client.ID{ups[0].ID, badID, ups[39].ID})
+		if err != nil || len(missing) != 1 || missing[0] != badID {
+			t.Fatalf("FindMissing = %v, %v; want only the refused chunk", missing, err)
+		}
+	})
+}
+
+// A chunk larger than every protocol can restore is refused at upload.
+func TestUploadTooLarge(t *testing.T) {
+	transports(t, func(t *testing.T, c *client.Chunks) {
+		data, id := chunkOf(1, format.MaxChunk+1)
+		r := upload(t, c, client.UploadOptions{}, raw(data, id))
+		if !errors.Is(r[0].Err, apierr.ErrInvalid) {
+			t.Fatalf("a %d-byte chunk: %v, want ErrInvalid", len(data), r[0].Err)
+		}
+		data, id = chunkOf(2, format.MaxChunk)
+		if r := upload(t, c, client.UploadOptions{}, raw(data, id)); r[0].Err != nil {
+			t.Fatalf("a chunk of exactly format.MaxChunk: %v", r[0].Err)
+		}
+	})
+}
+
+// Put blocks while the window is full: with the acknowledger held in a
+// done function, a third Put past a window of two cannot start.
+func TestUploadWindowHoldsBack(t *testing.T) {
+	transports(t, func(t *testing.T, c *client.Chunks) {
+		u, err := c.NewUploader(t.Context(), client.UploadOptions{Window: 2})
+		if err != nil {
+			t.Fatal(err)
+		}
+		hold := make(chan struct{})
+		var n int
+		done := func(client.Result) {
+			if n++; n == 1 {
+				<-hold
+			}
+		}
+		for i := range 3 {
+			data, id := chunkOf(i, 100)
+			if err := u.Put(t.Context(), raw(data, id), done); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// The first result is held; the second and third fill the window.
+		ctx, cancel := context.WithCancel(t.Context())
+		cancel()
+		data, id := chunkOf(9, 100)
+		if err := u.Put(ctx, raw(data, id), done); !errors.Is(err, context.Canceled) {
+			t.Fatalf("Put into a full window = %v, want it to wait (and fail with the cancelled context)", err)
+		}
+		close(hold)
+		if err := u.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if n != 3 {
+			t.Fatalf("%d results, want 3", n)
+		}
+	})
+}
+
+func TestDownloadInOrder(t *testing.T) {
+	transports(t, func(t *testing.T, c *client.Chunks) {
+		var ups []client.Upload
+		var ids []client.ID
+		for i := range 30 {
+			data, id := chunkOf(i, 3000+i)
+			ups = append(ups, raw(data, id))
+			ids = append(ids, id)
+		}
+		upload(t, c, client.UploadOptions{}, ups...)
+		_, absent := chunkOf(999, 10)
+		ids = append(ids[:10], append([]client.ID{absent}, ids[10:]...)...)
+		dec, _ := zstd.NewReader(nil)
+		for _, rawForm := range []bool{true, false} {
+			d := c.Download(t.Context(), ids, client.DownloadOptions{Raw: rawForm})
+			for i, id := range ids {
+				ch, err := d.Next()
+				if err != nil {
+					t.Fatalf("chunk %d: %v", i, err)
+				}
+				if ch.ID != id {
+					t.Fatalf("chunk %d is %s, want %s", i, ch.ID, id)
+				}
+				if id == absent {
+					if !errors.Is(ch.Err, apierr.ErrNotFound) {
+						t.Fatalf("absent chunk: %v, want ErrNotFound", ch.Err)
+					}
+					continue
+				}
+				data := ch.Data
+				if !rawForm {
+					if ch.Encoding != chunkbridgev1.Encoding_ENCODING_ZSTD {
+						t.Fatalf("stored form is %s", ch.Encoding)
+					}
+					if data, err = dec.DecodeAll(ch.Data, nil); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if sha256.Sum256(data) != id || ch.Size != int64(len(data)) {
+					t.Fatalf("chunk %d: wrong data or size %d", i, ch.Size)
+				}
+			}
+			if _, err := d.Next(); err != io.EOF {
+				t.Fatalf("after the last chunk: %v, want io.EOF", err)
+			}
+		}
+	})
+}
+
+// A download that ends early releases its read-ahead; Next then fails.
+func TestDownloadClose(t *testing.T) {
+	transports(t, func(t *testing.T, c *client.Chunks) {
+		var ids []client.ID
+		var ups []client.Upload
+		for i := range 50 {
+			data, id := chunkOf(i, 10000)
+			ups, ids = append(ups, raw(data, id)), append(ids, id)
+		}
+		upload(t, c, client.UploadOptions{}, ups...)
+		d := c.Download(t.Context(), ids, client.DownloadOptions{})
+		if _, err := d.Next(); err != nil {
+			t.Fatal(err)
+		}
+		d.Close()
+		if _, err := d.Next(); err == nil {
+			t.Fatal("Next after Close succeeded")
+		}
+	})
+}
+
+func TestStatAndFindMissing(t *testing.T) {
+	transports(t, func(t *testing.T, c *client.Chunks) {
+		data, id := chunkOf(1, 500)
+		upload(t, c, client.UploadOptions{}, raw(data, id))
+		info, err := c.Stat(t.Context(), id)
+		if err != nil || info.GetSize() != 500 {
+			t.Fatalf("Stat = %v, %v", info, err)
+		}
+		_, absent := chunkOf(2, 500)
+		if _, err := c.Stat(t.Context(), absent); !errors.Is(err, apierr.ErrNotFound) {
+			t.Fatalf("Stat of an absent chunk: %v, want ErrNotFound", err)
+		}
+		// More ids than one call carries: the client splits them.
+		ids := make([]client.ID, chunk.MaxIDsPerCall+3)
+		for i := range ids {
+			ids[i][0], ids[i][1], ids[i][2] = byte(i), byte(i>>8), byte(i>>16)
+		}
+		ids[chunk.MaxIDsPerCall+1] = id
+		missing, err := c.FindMissing(t.Context(), ids)
+		if err != nil || len(missing) != len(ids)-1 {
+			t.Fatalf("FindMissing of %d ids: %d missing, %v", len(ids), len(missing), err)
+		}
+	})
+}

@@ -1,0 +1,105 @@
+package client
+
+import (
+	"context"
+	"fmt"
+
+	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
+	"github.com/chunkbridge/chunkbridge/services/apierr"
+)
+
+// grpcTransport reaches the chunk service through its gRPC API; ids
+// become hex only here, at the edge.
+type grpcTransport struct {
+	c chunkbridgev1.ChunkServiceClient
+}
+
+func hexIDs(ids []ID) []string {
+	out := make([]string, len(ids))
+	for i, id := range ids {
+		out[i] = id.String()
+	}
+	return out
+}
+
+func (t grpcTransport) findMissing(ctx context.Context, ids []ID) ([]ID, error) {
+	resp, err := t.c.FindMissingChunks(ctx, &chunkbridgev1.FindMissingChunksRequest{Ids: hexIDs(ids)})
+	if err != nil {
+		return nil, err
+	}
+	missing := make([]ID, len(resp.GetMissing()))
+	for i, s := range resp.GetMissing() {
+		if missing[i], err = ParseID(s); err != nil {
+			return nil, fmt.Errorf("the chunk service answered a malformed id: %w", err)
+		}
+	}
+	return missing, nil
+}
+
+func (t grpcTransport) stat(ctx context.Context, id ID) (*chunkbridgev1.ChunkInfo, error) {
+	resp, err := t.c.StatChunk(ctx, &chunkbridgev1.StatChunkRequest{Id: id.String()})
+	if err != nil {
+		return nil, err
+	}
+	return resp.GetChunk(), nil
+}
+
+type grpcUpload struct {
+	s chunkbridgev1.ChunkService_UploadChunksClient
+}
+
+func (t grpcTransport) openUpload(ctx context.Context) (upStream, error) {
+	s, err := t.c.UploadChunks(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return grpcUpload{s: s}, nil
+}
+
+// send marshals before it returns, so the caller's buffer is free after
+// it; the Uploader still holds it until the acknowledgement, as the local
+// transport needs.
+func (g grpcUpload) send(u *Upload) error {
+	return g.s.Send(&chunkbridgev1.UploadChunksRequest{Id: u.ID.String(), Algorithm: u.Algorithm, Encoding: u.Encoding, Data: u.Data})
+}
+
+func (g grpcUpload) recv() (bool, error, error) {
+	ack, err := g.s.Recv()
+	if err != nil {
+		return false, nil, err
+	}
+	return ack.GetCreated(), apierr.FromCode(ack.GetCode(), ack.GetMessage()), nil
+}
+
+func (g grpcUpload) closeSend() error { return g.s.CloseSend() }
+
+type grpcDownload struct {
+	s chunkbridgev1.ChunkService_DownloadChunksClient
+}
+
+func (t grpcTransport) openDownload(ctx context.Context, ids []ID, raw bool) (downStream, error) {
+	enc := chunkbridgev1.Encoding_ENCODING_ZSTD
+	if raw {
+		enc = chunkbridgev1.Encoding_ENCODING_RAW
+	}
+	s, err := t.c.DownloadChunks(ctx, &chunkbridgev1.DownloadChunksRequest{Ids: hexIDs(ids), Encoding: enc})
+	if err != nil {
+		return nil, err
+	}
+	return grpcDownload{s: s}, nil
+}
+
+func (g grpcDownload) recv() (Chunk, error) {
+	resp, err := g.s.Recv()
+	if err != nil {
+		return Chunk{}, err
+	}
+	id, err := ParseID(resp.GetId())
+	if err != nil {
+		return Chunk{}, fmt.Errorf("the chunk service answered a malformed id: %w", err)
+	}
+	return Chunk{
+		ID: id, Algorithm: resp.GetAlgorithm(), Size: resp.GetSize(), Encoding: resp.GetEncoding(), Data: resp.GetData(),
+		Err: apierr.FromCode(resp.GetCode(), resp.GetMessage()),
+	}, nil
+}
