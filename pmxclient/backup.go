@@ -7,6 +7,7 @@ import (
 	"io"
 	"time"
 
+	"github.com/chunkbridge/chunkbridge/format"
 	"github.com/chunkbridge/chunkbridge/format/chunker"
 	"github.com/chunkbridge/chunkbridge/format/pmxproto"
 )
@@ -37,7 +38,7 @@ type BackupOptions struct {
 	// Fixed cuts the input into ChunkSize blocks (an image, .fidx) instead
 	// of content-defined chunks (an archive or stream, .didx).
 	Fixed bool
-	// ChunkSize is the block size of a fixed backup, 1..pmxproto.MaxUploadData;
+	// ChunkSize is the block size of a fixed backup, 1..format.MaxChunk;
 	// 0 means DefaultFixedChunkSize. Unused for dynamic backups.
 	ChunkSize int
 	// Input is read once, to its end.
@@ -150,8 +151,8 @@ func (o *BackupOptions) normalize() error {
 	if o.ChunkSize == 0 {
 		o.ChunkSize = DefaultFixedChunkSize
 	}
-	if o.ChunkSize < 1 || o.ChunkSize > pmxproto.MaxUploadData {
-		return fmt.Errorf("pmx: backup: chunk size %d; want 1..%d", o.ChunkSize, pmxproto.MaxUploadData)
+	if o.ChunkSize < 1 || o.ChunkSize > format.MaxChunk {
+		return fmt.Errorf("pmx: backup: chunk size %d; want 1..%d (the largest chunk every protocol can restore)", o.ChunkSize, format.MaxChunk)
 	}
 	if o.Size < 0 {
 		return errors.New("pmx: backup: a fixed backup needs the input's size, which goes into the index; " +

@@ -23,7 +23,7 @@ type BackupSpec struct {
 	// Fixed selects a fixed index (an image cut in ChunkSize blocks)
 	// rather than a dynamic one.
 	Fixed bool
-	// ChunkSize is the block size of a fixed index, 1..pmxproto.MaxUploadData;
+	// ChunkSize is the block size of a fixed index, 1..format.MaxChunk (the server refuses more);
 	// for a dynamic index the chunker's average size, for information.
 	ChunkSize uint32
 	// FileSize is the image size of a fixed index; 0 for a dynamic one.

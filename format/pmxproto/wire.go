@@ -1,4 +1,4 @@
-// Package wire encodes and decodes PMXBCKUP packets, the 2019 Proxmox Backup
+// Package pmxproto encodes and decodes PMXBCKUP packets, the 2019 Proxmox Backup
 // binary protocol as DESIGN.md §7 defines it.
 //
 // A packet is a 6-byte packed little-endian header (id u8, type u8, length
