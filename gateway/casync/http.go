@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/grpc/codes"
@@ -218,6 +219,11 @@ func (h *HTTPStore) upload(r *http.Request, req *chunkbridgev1.UploadChunksReque
 }
 
 func (h *HTTPStore) index(w http.ResponseWriter, r *http.Request, name string) {
+	if !utf8.ValidString(name) {
+		// It would fail as a protobuf string, a 500 for the client's mistake.
+		http.Error(w, fmt.Sprintf("index name %q is not valid UTF-8", name), http.StatusBadRequest)
+		return
+	}
 	switch r.Method {
 	case http.MethodHead:
 		resp, err := h.Catalog.StatIndex(r.Context(), &chunkbridgev1.StatIndexRequest{Name: name})
@@ -266,6 +272,11 @@ func (h *HTTPStore) index(w http.ResponseWriter, r *http.Request, name string) {
 // parsed as it arrives, so garbage is refused after its first 64 bytes and
 // a malformed table at the first bad entry, before more is read or spooled.
 func (h *HTTPStore) putIndex(w http.ResponseWriter, r *http.Request, name string) {
+	// The catalog checks the name too, but only after the body is read.
+	if _, err := caindex.CleanWritableName(name); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
 	limit := h.maxIndexSize()
 	what := "index " + name
 	if r.ContentLength > limit {

@@ -250,6 +250,14 @@ func TestHTTPIndexPut(t *testing.T) {
 			t.Errorf("PUT %s index = %d %s, want 400", name, code, msg)
 		}
 	}
+	for _, name := range []string{"%ff.caibx", "no-suffix", "snapshots/x.caibx", "a/../b.caibx"} {
+		if code, msg := do(t, http.MethodPut, srv.URL+"/indexes/"+name, bytes.NewReader(good)); code != http.StatusBadRequest {
+			t.Errorf("PUT index named %s = %d %s, want 400", name, code, msg)
+		}
+	}
+	if code, msg := do(t, http.MethodGet, srv.URL+"/indexes/%ff.caibx", nil); code != http.StatusBadRequest {
+		t.Errorf("GET index named %%ff = %d %s, want 400", code, msg)
+	}
 	if code, msg := do(t, http.MethodGet, srv.URL+"/indexes/x.caibx", nil); code != http.StatusNotFound {
 		t.Fatalf("GET refused index = %d %s, want 404: nothing is published", code, msg)
 	}
