@@ -108,7 +108,7 @@ func (l Limits) Guard(h http.Handler) http.Handler {
 		if r.Body != nil && r.Body != http.NoBody {
 			r.Body = &guardedBody{ReadCloser: r.Body, rc: rc, l: &l, start: time.Now(), r: r}
 		}
-		h.ServeHTTP(&guardedWriter{ResponseWriter: w, rc: rc, l: &l}, r)
+		h.ServeHTTP(&guardedWriter{ResponseWriter: w, rc: rc, l: &l, r: r}, r)
 	})
 }
 
@@ -171,8 +171,11 @@ func (b *guardedBody) Read(p []byte) (int, error) {
 // its size at MinRate.
 type guardedWriter struct {
 	http.ResponseWriter
-	rc *http.ResponseController
-	l  *Limits
+	rc     *http.ResponseController
+	l      *Limits
+	r      *http.Request
+	n      int64
+	logged bool
 }
 
 func (w *guardedWriter) extend(n int) {
@@ -186,7 +189,15 @@ func (w *guardedWriter) WriteHeader(code int) {
 
 func (w *guardedWriter) Write(p []byte) (int, error) {
 	w.extend(len(p))
-	return w.ResponseWriter.Write(p)
+	n, err := w.ResponseWriter.Write(p)
+	w.n += int64(n)
+	var ne net.Error
+	if err != nil && errors.As(err, &ne) && ne.Timeout() && !w.logged && w.l.Log != nil {
+		w.logged = true
+		w.l.Log.Info("response cut: the client read too slowly", "method", w.r.Method, "path", w.r.URL.Path,
+			"remote", w.r.RemoteAddr, "bytes", w.n, "write_timeout", w.l.WriteTimeout, "min_rate", w.l.MinRate)
+	}
+	return n, err
 }
 
 // Flush keeps streamed responses (grpc-gateway's, promhttp's) flushing.

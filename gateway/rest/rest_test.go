@@ -3,11 +3,13 @@ package rest_test
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/sha512"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -15,6 +17,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -391,3 +394,61 @@ func TestREST200SlowBodies(t *testing.T) {
 		t.Fatalf("only %d of %d stalled bodies reached the handler", n, clients)
 	}
 }
+
+// A client that stops reading a large response is cut after WriteTimeout
+// plus the response's size at MinRate; the server's log record is the
+// hook the test waits for.
+func TestRESTSlowReaderIsCut(t *testing.T) {
+	logs := &recordHandler{msgs: make(chan string, 16)}
+	h := start(t, rest.Limits{WriteTimeout: 200 * time.Millisecond, MinRate: 64 << 20, Log: slog.New(logs)})
+	// Larger than loopback's socket buffers, and incompressible.
+	plain := make([]byte, 12<<20)
+	rand.NewChaCha8([32]byte{2}).Read(plain)
+	path, data := cacnk(t, plain)
+	if code, msg := do(t, http.MethodPut, h.base+path, bytes.NewReader(data)); code != http.StatusCreated {
+		t.Fatalf("PUT 12 MiB chunk = %d %s", code, msg)
+	}
+	d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+		// A small receive window, so the server's writes block soon.
+		return c.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
+	}}
+	conn, err := d.Dial("tcp", h.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetReadDeadline(time.Now().Add(time.Minute)) // fail, not hang, if never cut
+	fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", path)
+	select {
+	case msg := <-logs.msgs:
+		if !strings.Contains(msg, "read too slowly") {
+			t.Fatalf("logged %q, want the cut response", msg)
+		}
+	case <-time.After(time.Minute): // fail, not hang, if never cut
+		t.Fatal("the response to a client that stopped reading was not cut within a minute")
+	}
+	// Now read: the response stops short of its Content-Length.
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("reading the cut response: %v", err)
+	}
+	got, err := io.Copy(io.Discard, resp.Body)
+	if err == nil || got >= resp.ContentLength {
+		t.Fatalf("the slow reader got %d of %d bytes (err %v); want a cut response", got, resp.ContentLength, err)
+	}
+	t.Logf("the slow reader got %d of %d bytes before the cut", got, resp.ContentLength)
+}
+
+// recordHandler passes every log message to msgs.
+type recordHandler struct{ msgs chan string }
+
+func (h *recordHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h *recordHandler) Handle(_ context.Context, r slog.Record) error {
+	select {
+	case h.msgs <- r.Message:
+	default:
+	}
+	return nil
+}
+func (h *recordHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h *recordHandler) WithGroup(string) slog.Handler      { return h }
