@@ -452,3 +452,47 @@ func (h *recordHandler) Handle(_ context.Context, r slog.Record) error {
 }
 func (h *recordHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
 func (h *recordHandler) WithGroup(string) slog.Handler      { return h }
+
+// Headers that never finish, and a kept-alive connection left idle, are
+// closed after HeaderTimeout and IdleTimeout: the connection is seen to
+// end.
+func TestRESTSlowHeadersAndIdleAreClosed(t *testing.T) {
+	h := start(t, rest.Limits{HeaderTimeout: 200 * time.Millisecond, IdleTimeout: 200 * time.Millisecond})
+	closed := func(what string, c net.Conn) {
+		t.Helper()
+		c.SetReadDeadline(time.Now().Add(time.Minute)) // fail, not hang, if never closed
+		n, err := io.Copy(io.Discard, c)
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			t.Fatalf("%s: the server kept the connection open", what)
+		}
+		t.Logf("%s: closed after %d bytes (%v)", what, n, err)
+	}
+
+	slow, err := net.Dial("tcp", h.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Close()
+	io.WriteString(slow, "GET /healthz HTTP/1.1\r\nHost: x\r\n") // and never the blank line
+	closed("unfinished headers", slow)
+
+	idle, err := net.Dial("tcp", h.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+	io.WriteString(idle, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+	br := bufio.NewReader(idle)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /healthz: %v %v", resp, err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	idle.SetReadDeadline(time.Now().Add(time.Minute))
+	if n, err := br.Read(make([]byte, 1)); n != 0 || err == nil {
+		t.Fatalf("idle connection: read %d bytes, %v; want it closed", n, err)
+	} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		t.Fatal("idle connection: the server kept it open")
+	}
+}
