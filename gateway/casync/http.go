@@ -306,7 +306,9 @@ func (h *HTTPStore) putIndex(w http.ResponseWriter, r *http.Request, name string
 	if err == nil {
 		err = stream.Send(&chunkbridgev1.PutIndexRequest{Name: name, Data: head})
 	}
-	buf := make([]byte, 1<<20)
+	// Messages grow to 1 MiB only as fast as the body fills them, so a
+	// slow client holds little.
+	buf := make([]byte, 64<<10)
 	for err == nil {
 		n, rerr := io.ReadFull(body, buf)
 		if _, perr := parser.Write(buf[:n]); perr != nil {
@@ -315,6 +317,9 @@ func (h *HTTPStore) putIndex(w http.ResponseWriter, r *http.Request, name string
 		}
 		if n > 0 {
 			err = stream.Send(&chunkbridgev1.PutIndexRequest{Data: bytes.Clone(buf[:n])})
+		}
+		if n == len(buf) && len(buf) < 1<<20 {
+			buf = make([]byte, 2*len(buf))
 		}
 		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
 			break

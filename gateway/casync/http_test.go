@@ -235,6 +235,18 @@ func TestHTTPIndexPut(t *testing.T) {
 	if code, got := do(t, http.MethodGet, srv.URL+"/indexes/good.caibx", nil); code != http.StatusOK || got != string(good) {
 		t.Fatalf("GET index = %d, %d bytes; want 200 and the %d bytes put", code, len(got), len(good))
 	}
+	// 2 MB: read and sent in growing pieces, parsed as it arrives.
+	ids := make([]string, 50000)
+	for i := range ids {
+		ids[i] = id
+	}
+	big := index(ids...)
+	if code, msg := do(t, http.MethodPut, srv.URL+"/indexes/big.caibx", bytes.NewReader(big)); code != http.StatusCreated {
+		t.Fatalf("PUT %d-byte index = %d %s, want 201", len(big), code, msg)
+	}
+	if code, got := do(t, http.MethodGet, srv.URL+"/indexes/big.caibx", nil); code != http.StatusOK || got != string(big) {
+		t.Fatalf("GET big index = %d, %d bytes; want 200 and the %d bytes put", code, len(got), len(big))
+	}
 	missing, _ := cacnk(t, []byte("never uploaded"))
 	bad := index(missing)
 	if code, msg := do(t, http.MethodPut, srv.URL+"/indexes/missing.caibx", bytes.NewReader(bad)); code != http.StatusConflict {
