@@ -133,8 +133,8 @@ type zeros struct{}
 
 func (zeros) Read(p []byte) (int, error) { clear(p); return len(p), nil }
 
-// countingGarbage is an endless body whose bytes the client has handed
-// to the connection are counted.
+// sendRaw writes head and then body on a fresh connection, counting the
+// bytes the connection took, and returns the response and that count.
 func sendRaw(t *testing.T, addr, head string, body io.Reader) (resp *http.Response, sent int64) {
 	t.Helper()
 	conn, err := net.Dial("tcp", addr)
