@@ -65,6 +65,7 @@ type serveFlags struct {
 	statsTTL               time.Duration
 	shutdownTimeout        time.Duration
 	logFormat, logLevel    string
+	http                   rest.Limits
 }
 
 func (f *serveFlags) register(fs *flag.FlagSet, p parts) {
@@ -98,6 +99,13 @@ func (f *serveFlags) register(fs *flag.FlagSet, p parts) {
 		fs.StringVar(&f.pmxTLSKey, "pmx-tls-key", "", "PEM private key for --pmx-tls-cert (default: --tls-key)")
 	}
 	fs.StringVar(&f.httpListen, "http-listen", "127.0.0.1:8080", "address of /metrics, /healthz and /readyz (and REST, /openapi.json and the casync HTTP store where served)")
+	d := rest.DefaultLimits()
+	fs.DurationVar(&f.http.HeaderTimeout, "http-header-timeout", d.HeaderTimeout, "longest an HTTP client may take to send a request's headers")
+	fs.DurationVar(&f.http.BodyTimeout, "http-body-timeout", d.BodyTimeout, "longest wait for more of an HTTP request body, and the grace before --http-min-rate applies")
+	fs.Int64Var(&f.http.MinRate, "http-min-rate", d.MinRate, "bytes per second an HTTP request body must average after the grace (slower clients are cut with 408), and the extra write time a response gets per byte; -1 disables")
+	fs.DurationVar(&f.http.WriteTimeout, "http-write-timeout", d.WriteTimeout, "longest an HTTP response write may wait for the client, plus its size at --http-min-rate")
+	fs.DurationVar(&f.http.IdleTimeout, "http-idle-timeout", d.IdleTimeout, "how long an idle kept-alive HTTP connection stays open")
+	fs.Int64Var(&f.http.MaxJSONBody, "http-max-json-body", d.MaxJSONBody, "largest REST (JSON) request body in bytes; larger ones get 413")
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 20*time.Second, "how long in-flight calls and sessions may finish after SIGTERM")
 	fs.StringVar(&f.logFormat, "log-format", "json", "log format: json or text")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
@@ -214,7 +222,8 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 		shutdown = append([]func(context.Context){func(ctx context.Context) { srv.Shutdown(ctx) }}, shutdown...)
 	}
 
-	handler, err := rest.NewHandler(ctx, conn, rest.Options{API: p.rest, Gatherer: reg, Log: log})
+	f.http.Log = log
+	handler, err := rest.NewHandler(ctx, conn, rest.Options{API: p.rest, Gatherer: reg, Log: log, Limits: f.http})
 	if err != nil {
 		return err
 	}
@@ -223,7 +232,10 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 		return fmt.Errorf("--http-listen %s: %w", f.httpListen, err)
 	}
 	listening[1] = httpLis.Addr().String()
-	httpSrv := &http.Server{Handler: requireToken(token, handler), ReadHeaderTimeout: 10 * time.Second, TLSConfig: tlsConfig}
+	// The limits' guard wraps the token check too: an unauthenticated
+	// client is cut as fast as any other.
+	httpSrv := rest.NewServer(requireToken(token, handler), f.http)
+	httpSrv.TLSConfig = tlsConfig
 	g.Go(func() error {
 		serveHTTP := httpSrv.Serve
 		if tlsConfig != nil {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"compress/gzip"
 	"context"
@@ -12,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -457,5 +459,44 @@ func TestServeAllREST(t *testing.T) {
 		if code != 200 || !strings.Contains(metrics, series) {
 			t.Errorf("/metrics lacks %s", series)
 		}
+	}
+}
+
+// The --http-* limits reach the HTTP server: a JSON body over
+// --http-max-json-body (here from the environment) is 413, and a body
+// that stalls is cut after --http-body-timeout with 408.
+func TestServeHTTPLimits(t *testing.T) {
+	p := start(t, []string{"CHUNKBRIDGE_HTTP_MAX_JSON_BODY=1024"}, "serve", "all", "--store", t.TempDir(),
+		"--http-body-timeout", "300ms", "--http-min-rate", "1024")
+	base := "http://" + p.http
+	big := `{"ids":["` + strings.Repeat("a", 2048) + `"]}`
+	resp, err := http.Post(base+"/v1/chunks:findMissing", "application/json", strings.NewReader(big))
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := readAll(t, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestEntityTooLarge || !strings.Contains(msg, "1024 bytes") {
+		t.Fatalf("POST %d-byte JSON with --http-max-json-body 1024 = %d %s, want 413", len(big), resp.StatusCode, msg)
+	}
+
+	conn, err := net.Dial("tcp", p.http)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetReadDeadline(time.Now().Add(time.Minute)) // fail, not hang, if never cut
+	id := strings.Repeat("ab", 32)
+	fmt.Fprintf(conn, "PUT /casync/chunks/%s/%s.cacnk HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nx", id[:4], id)
+	resp, err = http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("stalled body: %v, want a 408 response", err)
+	}
+	msg = readAll(t, resp.Body)
+	if resp.StatusCode != http.StatusRequestTimeout {
+		t.Fatalf("stalled body = %d %s, want 408", resp.StatusCode, msg)
+	}
+	if logs := p.logs(); !strings.Contains(logs, "request body cut") {
+		t.Errorf("no log record of the cut body:\n%s", logs)
 	}
 }

@@ -2,20 +2,24 @@ package casync
 
 import (
 	"bytes"
+	"context"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
+	"github.com/chunkbridge/chunkbridge/format/caindex"
 	"github.com/chunkbridge/chunkbridge/format/caproto"
 )
 
@@ -32,6 +36,9 @@ type HTTPStore struct {
 	Chunks  chunkbridgev1.ChunkServiceClient
 	Catalog chunkbridgev1.CatalogServiceClient
 	Log     *slog.Logger
+	// MaxIndexSize bounds a PUT index body (default DefaultMaxIndexSize);
+	// the catalog applies its own limit too.
+	MaxIndexSize int64
 }
 
 // maxChunkBody bounds a PUT chunk body: the largest CHUNK payload.
@@ -106,9 +113,9 @@ func (h *HTTPStore) chunk(w http.ResponseWriter, r *http.Request, rest string) {
 // algorithm made the id, so SHA-512/256 (casync's default) is tried first,
 // then SHA-256; the chunk service verifies either way.
 func (h *HTTPStore) putChunk(w http.ResponseWriter, r *http.Request, id string) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxChunkBody))
+	body, err := readChunkBody(w, r)
 	if err != nil {
-		http.Error(w, fmt.Sprintf("chunk %s: body: %v (at most %d bytes)", id, err, maxChunkBody), http.StatusRequestEntityTooLarge)
+		bodyFail(w, "chunk "+id, err, maxChunkBody)
 		return
 	}
 	enc := encodingOf(&caproto.Chunk{Flags: caproto.ChunkCompressed, Data: body})
@@ -130,13 +137,70 @@ func (h *HTTPStore) putChunk(w http.ResponseWriter, r *http.Request, id string) 
 	if code := codes.Code(ack.GetCode()); code != codes.OK {
 		msg := ack.GetMessage()
 		if code == codes.DataLoss {
-			msg = fmt.Sprintf("chunk %s: the data hashes to this id with neither SHA-512/256 nor SHA-256", id)
+			// DataLoss on upload is the client's data not matching its
+			// id, not damage in the store: a client error.
+			code = codes.InvalidArgument
+			msg = fmt.Sprintf("chunk %s: the uploaded data hashes to this id with neither SHA-512/256 nor SHA-256; check the chunk file and its name", id)
 		}
 		h.fail(w, status.Error(code, msg))
 		return
 	}
 	if ack.GetCreated() {
 		w.WriteHeader(http.StatusCreated)
+	}
+}
+
+// firstBodyAlloc is what a chunk body may reserve before its bytes arrive:
+// enough for most casync chunks in one allocation, small enough that many
+// slow clients claiming a large Content-Length reserve little.
+const firstBodyAlloc = 256 << 10
+
+// readChunkBody reads a PUT chunk body of at most maxChunkBody bytes. With
+// a Content-Length the buffer grows by doubling only as bytes arrive and
+// ends exactly that size, so there is no final copy or slack capacity.
+func readChunkBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
+	if r.ContentLength > maxChunkBody {
+		return nil, &http.MaxBytesError{Limit: maxChunkBody}
+	}
+	body := http.MaxBytesReader(w, r.Body, maxChunkBody)
+	if r.ContentLength < 0 {
+		return io.ReadAll(body)
+	}
+	want := int(r.ContentLength)
+	buf := make([]byte, 0, min(want, firstBodyAlloc))
+	for len(buf) < want {
+		if len(buf) == cap(buf) {
+			buf = append(make([]byte, 0, min(want, 2*cap(buf))), buf...)
+		}
+		n, err := body.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if len(buf) == want {
+			break
+		}
+		if err == io.EOF {
+			// net/http ends a body at its Content-Length; shorter is an
+			// aborted request.
+			return nil, io.ErrUnexpectedEOF
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return buf, nil
+}
+
+// bodyFail answers a request whose body could not be read: 413 over the
+// limit, 408 when the client sent too slowly (see rest.Limits), else 400.
+func bodyFail(w http.ResponseWriter, what string, err error, limit int64) {
+	var tooLarge *http.MaxBytesError
+	var ne net.Error
+	switch {
+	case errors.As(err, &tooLarge):
+		http.Error(w, fmt.Sprintf("%s: request body larger than %d bytes", what, limit), http.StatusRequestEntityTooLarge)
+	case errors.As(err, &ne) && ne.Timeout():
+		http.Error(w, fmt.Sprintf("%s: request body arrived too slowly: %v", what, err), http.StatusRequestTimeout)
+	default:
+		http.Error(w, fmt.Sprintf("%s: reading the request body: %v", what, err), http.StatusBadRequest)
 	}
 }
 
@@ -155,6 +219,11 @@ func (h *HTTPStore) upload(r *http.Request, req *chunkbridgev1.UploadChunksReque
 }
 
 func (h *HTTPStore) index(w http.ResponseWriter, r *http.Request, name string) {
+	if !utf8.ValidString(name) {
+		// It would fail as a protobuf string, a 500 for the client's mistake.
+		http.Error(w, fmt.Sprintf("index name %q is not valid UTF-8", name), http.StatusBadRequest)
+		return
+	}
 	switch r.Method {
 	case http.MethodHead:
 		resp, err := h.Catalog.StatIndex(r.Context(), &chunkbridgev1.StatIndexRequest{Name: name})
@@ -199,23 +268,70 @@ func (h *HTTPStore) index(w http.ResponseWriter, r *http.Request, name string) {
 }
 
 // putIndex streams the body to the catalog, which publishes the index only
-// when the body is complete, valid, and every chunk is stored.
+// when the body is complete, valid, and every chunk is stored. The body is
+// parsed as it arrives, so garbage is refused after its first 64 bytes and
+// a malformed table at the first bad entry, before more is read or spooled.
 func (h *HTTPStore) putIndex(w http.ResponseWriter, r *http.Request, name string) {
-	stream, err := h.Catalog.PutIndex(r.Context())
-	if err == nil {
-		err = stream.Send(&chunkbridgev1.PutIndexRequest{Name: name})
+	// The catalog checks the name too, but only after the body is read.
+	if _, err := caindex.CleanWritableName(name); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
 	}
-	buf := make([]byte, 1<<20)
+	limit := h.maxIndexSize()
+	what := "index " + name
+	if r.ContentLength > limit {
+		bodyFail(w, what, &http.MaxBytesError{Limit: limit}, limit)
+		return
+	}
+	body := http.MaxBytesReader(w, r.Body, limit)
+	parser := caindex.NewParser(limit, nil)
+	// The header is read into a small buffer first: a client that never
+	// sends a valid one costs neither a large buffer nor a catalog stream.
+	head := make([]byte, caindex.HeaderSize+caindex.TableHeaderSize)
+	n, err := io.ReadFull(body, head)
+	if err != nil && err != io.ErrUnexpectedEOF && err != io.EOF {
+		bodyFail(w, what, err, limit)
+		return
+	}
+	if _, perr := parser.Write(head[:n]); perr != nil || n < len(head) {
+		if perr == nil {
+			perr = parser.Close()
+		}
+		indexFail(w, what, perr, limit)
+		return
+	}
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel() // a refused body abandons the stream: nothing is published
+	stream, err := h.Catalog.PutIndex(ctx)
+	if err == nil {
+		err = stream.Send(&chunkbridgev1.PutIndexRequest{Name: name, Data: head})
+	}
+	// Messages grow to 1 MiB only as fast as the body fills them, so a
+	// slow client holds little.
+	buf := make([]byte, 64<<10)
 	for err == nil {
-		n, rerr := io.ReadFull(r.Body, buf)
+		n, rerr := io.ReadFull(body, buf)
+		if _, perr := parser.Write(buf[:n]); perr != nil {
+			indexFail(w, what, perr, limit)
+			return
+		}
 		if n > 0 {
 			err = stream.Send(&chunkbridgev1.PutIndexRequest{Data: bytes.Clone(buf[:n])})
+		}
+		if n == len(buf) && len(buf) < 1<<20 {
+			buf = make([]byte, 2*len(buf))
 		}
 		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
 			break
 		}
 		if rerr != nil {
-			http.Error(w, fmt.Sprintf("index %s: body: %v", name, rerr), http.StatusBadRequest)
+			bodyFail(w, what, rerr, limit)
+			return
+		}
+	}
+	if err == nil {
+		if perr := parser.Close(); perr != nil {
+			indexFail(w, what, perr, limit)
 			return
 		}
 	}
@@ -232,16 +348,55 @@ func (h *HTTPStore) putIndex(w http.ResponseWriter, r *http.Request, name string
 	fmt.Fprintf(w, "{\"name\":%q,\"size\":%d,\"chunkCount\":%d}\n", resp.GetIndex().GetName(), resp.GetIndex().GetSize(), resp.GetIndex().GetChunkCount())
 }
 
-// fail writes a gRPC error as the HTTP status grpc-gateway would use, with
-// the message as text.
+// DefaultMaxIndexSize is the default HTTPStore.MaxIndexSize, the catalog's
+// default limit.
+const DefaultMaxIndexSize = 1 << 30
+
+func (h *HTTPStore) maxIndexSize() int64 {
+	if h.MaxIndexSize > 0 {
+		return h.MaxIndexSize
+	}
+	return DefaultMaxIndexSize
+}
+
+// indexFail answers a body that is not a casync index: 413 past the limit,
+// else 400 with the parser's reason (which names the offset and field).
+func indexFail(w http.ResponseWriter, what string, err error, limit int64) {
+	if errors.Is(err, caindex.ErrTooLarge) {
+		http.Error(w, fmt.Sprintf("%s: larger than %d bytes", what, limit), http.StatusRequestEntityTooLarge)
+		return
+	}
+	http.Error(w, fmt.Sprintf("%s: not a casync index (.caibx/.caidx): %v", what, err), http.StatusBadRequest)
+}
+
+// fail writes a gRPC error as the HTTP status HTTPStatus gives, with the
+// message as text.
 func (h *HTTPStore) fail(w http.ResponseWriter, err error) {
 	st := status.Convert(err)
-	code := runtime.HTTPStatusFromCode(st.Code())
-	if st.Code() == codes.FailedPrecondition {
-		code = http.StatusConflict // an index that references missing chunks
-	}
+	code := HTTPStatus(st.Code())
 	if code >= 500 && h.Log != nil {
 		h.Log.Warn("casync HTTP store", "code", st.Code().String(), "err", st.Message())
 	}
 	http.Error(w, st.Message(), code)
+}
+
+// HTTPStatus is the one mapping from the services' gRPC codes to HTTP
+// statuses, for the casync HTTP store and the REST routes: a client's
+// mistake is 4xx, a fault of the server or its storage 5xx (503 when
+// storage is unreachable, so clients retry). It is grpc-gateway's table
+// except where the services' meaning differs.
+func HTTPStatus(c codes.Code) int {
+	switch c {
+	case codes.FailedPrecondition:
+		// An index or snapshot that references chunks not yet uploaded
+		// (apierr.ErrMissingChunks): the client must upload them first.
+		return http.StatusConflict
+	case codes.DataLoss:
+		// Stored data fails its own check; uploads that do not match
+		// their id are turned into InvalidArgument where they are sent.
+		return http.StatusInternalServerError
+	case codes.Unknown:
+		return http.StatusInternalServerError
+	}
+	return runtime.HTTPStatusFromCode(c)
 }

@@ -30,10 +30,17 @@ type Options struct {
 	// Gatherer provides /metrics.
 	Gatherer prometheus.Gatherer
 	Log      *slog.Logger
+	// Limits bounds the REST routes' bodies (MaxJSONBody); NewServer
+	// applies its timeouts.
+	Limits Limits
+	// MaxIndexSize bounds an index PUT to the casync HTTP store (default
+	// casync.DefaultMaxIndexSize).
+	MaxIndexSize int64
 }
 
 // NewHandler returns the HTTP handler over conn.
 func NewHandler(ctx context.Context, conn *grpc.ClientConn, opts Options) (http.Handler, error) {
+	limits := opts.Limits.withDefaults()
 	mux := http.NewServeMux()
 	health := healthpb.NewHealthClient(conn)
 
@@ -77,6 +84,8 @@ func NewHandler(ctx context.Context, conn *grpc.ClientConn, opts Options) (http.
 			MarshalOptions:   protojson.MarshalOptions{EmitUnpopulated: true},
 			UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: true},
 		}),
+		runtime.WithErrorHandler(errorHandler(limits.MaxJSONBody)),
+		runtime.WithRoutingErrorHandler(routingErrorHandler),
 	)
 	if err := chunkbridgev1.RegisterChunkServiceHandler(ctx, gw, conn); err != nil {
 		return nil, fmt.Errorf("register ChunkService routes: %w", err)
@@ -87,11 +96,12 @@ func NewHandler(ctx context.Context, conn *grpc.ClientConn, opts Options) (http.
 	if err := chunkbridgev1.RegisterAdminServiceHandler(ctx, gw, conn); err != nil {
 		return nil, fmt.Errorf("register AdminService routes: %w", err)
 	}
-	mux.Handle("/v1/", gw)
+	mux.Handle("/v1/", limitJSON(limits.MaxJSONBody, gw, gw))
 	mux.Handle("/casync/", http.StripPrefix("/casync", &casync.HTTPStore{
-		Chunks:  chunkbridgev1.NewChunkServiceClient(conn),
-		Catalog: chunkbridgev1.NewCatalogServiceClient(conn),
-		Log:     opts.Log,
+		Chunks:       chunkbridgev1.NewChunkServiceClient(conn),
+		Catalog:      chunkbridgev1.NewCatalogServiceClient(conn),
+		Log:          opts.Log,
+		MaxIndexSize: opts.MaxIndexSize,
 	}))
 	return mux, nil
 }
