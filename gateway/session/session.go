@@ -271,24 +271,42 @@ func (s *Session) queueEmpty() bool {
 // writer writes queued frames until the session ends, then what is still
 // queued and the final frame, and half-closes.
 func (s *Session) writer() error {
-	w := bufio.NewWriterSize(deadlineWriter{s}, s.cfg.BufferSize)
+	// The buffer is held only while frames flow: an idle session (most of
+	// them, between requests) keeps no write buffer.
+	var w *bufio.Writer
 	var err error
 	write := func(frames [][]byte) {
 		for _, f := range frames {
 			if err == nil {
+				if w == nil {
+					w = s.getBuffer()
+				}
 				_, err = w.Write(f)
 			}
 			s.queue.Release(int64(len(f)))
 		}
+	}
+	flush := func() {
+		if w == nil {
+			return
+		}
+		if err == nil {
+			err = w.Flush()
+		}
+		s.putBuffer(w)
+		w = nil
 	}
 	for {
 		select {
 		case <-s.wake:
 			write(s.take())
 			if err == nil && s.queueEmpty() {
-				err = w.Flush()
+				flush()
 			}
 			if err != nil {
+				if w != nil {
+					s.putBuffer(w)
+				}
 				err = fmt.Errorf("writing to the peer: %w", err)
 				s.cancel(err)
 				return err
@@ -300,11 +318,12 @@ func (s *Session) writer() error {
 			s.mu.Unlock()
 			write(frames)
 			if final != nil && err == nil {
-				_, err = w.Write(final)
+				if w == nil {
+					w = s.getBuffer()
+				}
+				_, err = w.Write(final) // not queued: no budget to release
 			}
-			if err == nil {
-				err = w.Flush()
-			}
+			flush()
 			if err == nil && final != nil {
 				s.wroteFin.Store(true)
 			}
@@ -316,6 +335,26 @@ func (s *Session) writer() error {
 			}
 			return nil
 		}
+	}
+}
+
+// bufferPool holds write buffers of the default size between bursts.
+var bufferPool sync.Pool
+
+func (s *Session) getBuffer() *bufio.Writer {
+	if s.cfg.BufferSize == defaultBuffer {
+		if w, ok := bufferPool.Get().(*bufio.Writer); ok {
+			w.Reset(deadlineWriter{s})
+			return w
+		}
+	}
+	return bufio.NewWriterSize(deadlineWriter{s}, s.cfg.BufferSize)
+}
+
+func (s *Session) putBuffer(w *bufio.Writer) {
+	if s.cfg.BufferSize == defaultBuffer {
+		w.Reset(nil) // drops the session
+		bufferPool.Put(w)
 	}
 }
 
