@@ -113,17 +113,17 @@ func parseSnapshotPath(path string, allowLatest bool) (snapshotPath, error) {
 
 // snapshotWriter accumulates one snapshot file.
 type snapshotWriter struct {
-	s       *Server
-	create  *chunkbridgev1.WriteSnapshotFileRequest_Create
-	path    snapshotPath
+	s      *Server
+	create *chunkbridgev1.WriteSnapshotFileRequest_Create
+	path   snapshotPath
 	// fixed holds the slots filled so far in order (Digests grows as
 	// entries arrive: the size field announced in Create allocates
 	// nothing); slots filled ahead of that wait in sparse until the gap
 	// closes. Memory follows the entries a client sent, not the size it
 	// claims.
-	fixed  *pbsindex.Fixed
-	slots  int64
-	sparse map[int64]pbsindex.Digest
+	fixed   *pbsindex.Fixed
+	slots   int64
+	sparse  map[int64]pbsindex.Digest
 	dynamic *pbsindex.Dynamic
 	pending []*chunkbridgev1.WriteSnapshotFileRequest_Entry
 	refused int
@@ -169,6 +169,13 @@ func (s *Server) WriteSnapshotFile(stream grpc.BidiStreamingServer[chunkbridgev1
 					if err := w.flush(ctx); err != nil {
 						return apierr.Status(err)
 					}
+				}
+			}
+			// Checked at the end of every message, so a refusal reaches
+			// the writer while it still sends, not only at Commit.
+			if len(w.pending) > 0 {
+				if err := w.flush(ctx); err != nil {
+					return apierr.Status(err)
 				}
 			}
 		case *chunkbridgev1.WriteSnapshotFileRequest_Commit_:
