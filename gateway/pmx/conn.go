@@ -36,6 +36,10 @@ const (
 	smallPacket = 64
 )
 
+// testHookDownloadsFull, if set, runs when the read loop waits for a
+// connection's downloads to drain.
+var testHookDownloadsFull func()
+
 // conn is one PMXBCKUP connection on a session.Session.
 //
 // Packets are read in order by one loop. Those of one id form a lane,
@@ -168,8 +172,13 @@ func (c *conn) readLoop(ctx context.Context) error {
 		if _, ok := p.(*pmxproto.DownloadChunks); ok {
 			// Downloads waiting for the worker are few: beyond them the
 			// client waits, not the server's memory.
-			if err := c.downloads.Acquire(ctx, 1); err != nil {
-				return nil
+			if !c.downloads.TryAcquire(1) {
+				if testHookDownloadsFull != nil {
+					testHookDownloadsFull()
+				}
+				if err := c.downloads.Acquire(ctx, 1); err != nil {
+					return nil
+				}
 			}
 		}
 		c.mu.Lock()
