@@ -10,6 +10,8 @@ import (
 	"os"
 	"strings"
 
+	"golang.org/x/sys/unix"
+
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
 	"github.com/chunkbridge/chunkbridge/gateway/casync"
 )
@@ -62,10 +64,35 @@ func casyncRemote(ctx context.Context, argv []string, stderr io.Writer) error {
 		Catalog: chunkbridgev1.NewCatalogServiceClient(conn),
 		Log:     log,
 	}
-	if err := h.Serve(ctx, casync.StdioConn{In: os.Stdin, Out: os.Stdout}, args); err != nil {
+	if err := h.Serve(ctx, casync.StdioConn{In: pollable(os.Stdin, 0), Out: pollable(os.Stdout, 1)}, args); err != nil {
 		return fmt.Errorf("casync-remote %s: %w", strings.Join(rest, " "), err)
 	}
 	return nil
+}
+
+// pollable returns std (os.Stdin or os.Stdout, fd fd) as a file with
+// deadlines, so that the session can cut off a client that stops reading
+// or writing. casync hands non-blocking pipes, which os already serves
+// through the runtime poller; sshd may hand blocking ones, which are put
+// in non-blocking mode and opened anew (os registered fd at start-up only
+// if it was non-blocking then). A terminal or a regular file is left as
+// it is: the session then closes it on a timer instead.
+func pollable(std *os.File, fd int) *os.File {
+	if fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0); err != nil || fl&unix.O_NONBLOCK != 0 {
+		return std
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return std
+	}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFIFO, unix.S_IFSOCK:
+		if unix.SetNonblock(fd, true) != nil {
+			return std
+		}
+		return os.NewFile(uintptr(fd), std.Name())
+	}
+	return std
 }
 
 // casyncSSH is a drop-in for ssh as casync calls it (CASYNC_SSH_PATH):
