@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -19,7 +20,9 @@ import (
 // casyncRemote speaks caprotocol on stdin and stdout: ssh runs it as the
 // remote casync (CASYNC_REMOTE_PATH="chunkbridge casync-remote"). Its argv is
 // [--chunk-service ADDR] followed by casync's remote argv, with or without
-// casync's --log-level/--rate-limit-bps options.
+// casync's --log-level/--rate-limit-bps options. CHUNKBRIDGE_CASYNC_IDLE_TIMEOUT
+// and CHUNKBRIDGE_CASYNC_WRITE_TIMEOUT (Go durations) override the session's
+// idle timeout (10m) and write timeout (1m).
 func casyncRemote(ctx context.Context, argv []string, stderr io.Writer) error {
 	addr := os.Getenv(envName("chunk-service"))
 	if addr == "" {
@@ -63,6 +66,14 @@ func casyncRemote(ctx context.Context, argv []string, stderr io.Writer) error {
 		Chunks:  chunkbridgev1.NewChunkServiceClient(conn),
 		Catalog: chunkbridgev1.NewCatalogServiceClient(conn),
 		Log:     log,
+	}
+	// The session's timeouts, for a client that stops reading or sending.
+	for name, d := range map[string]*time.Duration{"casync-idle-timeout": &h.IdleTimeout, "casync-write-timeout": &h.WriteTimeout} {
+		if v := os.Getenv(envName(name)); v != "" {
+			if *d, err = time.ParseDuration(v); err != nil {
+				return fmt.Errorf("casync-remote: %s: %w", envName(name), err)
+			}
+		}
 	}
 	if err := h.Serve(ctx, casync.StdioConn{In: pollable(os.Stdin, 0), Out: pollable(os.Stdout, 1)}, args); err != nil {
 		return fmt.Errorf("casync-remote %s: %w", strings.Join(rest, " "), err)

@@ -114,7 +114,9 @@ func (c *conv) push(ctx context.Context) error {
 				return fmt.Errorf("index %s: %w", c.args.Index, err)
 			}
 			if _, err := pw.Write(m.Data); err != nil {
-				return nil // the parser failed: its error ends the session
+				// The parser failed with err: the session ends with it
+				// whichever of the two returns first.
+				return err
 			}
 		case *caproto.IndexEOF:
 			indexEOF = true
@@ -264,14 +266,14 @@ func (c *conv) acknowledge(ctx context.Context, p *pushing) error {
 // requested chunk is stored, it publishes the index and says GOODBYE.
 func (c *conv) parseAndPublish(ctx context.Context, r *io.PipeReader, p *pushing, request bool) error {
 	err := c.parse(ctx, r, p, request)
+	if errors.Is(err, errSessionOver) {
+		return nil // the reader ended the session
+	}
 	if err != nil {
-		r.CloseWithError(err)
-		if errors.Is(err, errSessionOver) {
-			return nil // the reader ended the session
-		}
 		if status.Code(err) == codes.Unknown {
 			err = abortf(syscall.EBADMSG, "index %s: %v", c.args.Index, err)
 		}
+		r.CloseWithError(err) // the reader writing the index fails with err
 		return err
 	}
 	select {
