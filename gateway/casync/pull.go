@@ -37,6 +37,7 @@ func (c *conv) pull(ctx context.Context) error {
 		c.goWork(c.sendIndex)
 	}
 	q := newRequestQueue()
+	maxRequested := orDefault(c.h.MaxRequested, 4<<20)
 	ra := newReadAhead(orDefault(c.h.ReadAheadBytes, 8<<20))
 	for range fetchers {
 		c.goWork(func(ctx context.Context) error { return c.fetch(ctx, q, ra) })
@@ -54,7 +55,9 @@ func (c *conv) pull(ctx context.Context) error {
 			if c.remote&caproto.PullChunks == 0 {
 				return abortf(syscall.EBADMSG, "REQUEST without PULL_CHUNKS in the client's HELLO")
 			}
-			q.add(m.IDs, m.HighPriority())
+			if n := q.add(m.IDs, m.HighPriority()); n > maxRequested {
+				return abortf(syscall.ENOBUFS, "more than %d chunks requested in one session", maxRequested)
+			}
 		case *caproto.Goodbye:
 			return nil
 		case *caproto.Abort:
@@ -322,7 +325,8 @@ func newRequestQueue() *requestQueue {
 	return &requestQueue{state: map[id]uint8{}, notify: make(chan struct{}, 1)}
 }
 
-func (q *requestQueue) add(ids []id, high bool) {
+// add queues ids and returns how many distinct ids the session has seen.
+func (q *requestQueue) add(ids []id, high bool) int {
 	q.mu.Lock()
 	for _, c := range ids {
 		switch st := q.state[c]; {
@@ -335,11 +339,13 @@ func (q *requestQueue) add(ids []id, high bool) {
 			q.high = append(q.high, c)
 		}
 	}
+	n := len(q.state)
 	q.mu.Unlock()
 	select {
 	case q.notify <- struct{}{}:
 	default:
 	}
+	return n
 }
 
 // take removes up to n ids, high priority first, and marks them taken.

@@ -46,6 +46,10 @@ type Handler struct {
 	// PushBytes bounds the chunk bytes a push has sent to the chunk
 	// service and not yet seen acknowledged (default 16 MiB).
 	PushBytes int64
+	// MaxRequested bounds the distinct chunk ids one pull may REQUEST
+	// (default 4 Mi: an image of 256 GiB at casync's 64 KiB average chunk;
+	// the session remembers each, about 100 bytes apiece).
+	MaxRequested int
 	// BatchSize is the most chunk ids one DownloadChunks call fetches
 	// (default 256); ReadAheadBytes usually allows fewer.
 	BatchSize int
