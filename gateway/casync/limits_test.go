@@ -113,7 +113,7 @@ func TestStalledPullsEndAtWriteDeadline(t *testing.T) {
 	served, stalled, _ := hooks(t)
 	h := newHarnessWith(t, func(srv *casync.Server) {
 		srv.Handler.WriteTimeout = 10 * time.Second // room for the measurements and the reading client
-		srv.Handler.IdleTimeout = 10 * time.Minute // not what ends them
+		srv.Handler.IdleTimeout = 10 * time.Minute  // not what ends them
 		srv.Handler.QueueBytes = queueBytes
 		srv.Handler.ReadAheadBytes = readAhead
 	})
