@@ -9,6 +9,9 @@ import (
 	"net"
 	"os"
 	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
 	"github.com/chunkbridge/chunkbridge/gateway/casync"
@@ -17,7 +20,9 @@ import (
 // casyncRemote speaks caprotocol on stdin and stdout: ssh runs it as the
 // remote casync (CASYNC_REMOTE_PATH="chunkbridge casync-remote"). Its argv is
 // [--chunk-service ADDR] followed by casync's remote argv, with or without
-// casync's --log-level/--rate-limit-bps options.
+// casync's --log-level/--rate-limit-bps options. CHUNKBRIDGE_CASYNC_IDLE_TIMEOUT
+// and CHUNKBRIDGE_CASYNC_WRITE_TIMEOUT (Go durations) override the session's
+// idle timeout (10m) and write timeout (1m).
 func casyncRemote(ctx context.Context, argv []string, stderr io.Writer) error {
 	addr := os.Getenv(envName("chunk-service"))
 	if addr == "" {
@@ -62,10 +67,43 @@ func casyncRemote(ctx context.Context, argv []string, stderr io.Writer) error {
 		Catalog: chunkbridgev1.NewCatalogServiceClient(conn),
 		Log:     log,
 	}
-	if err := h.Serve(ctx, casync.StdioConn{In: os.Stdin, Out: os.Stdout}, args); err != nil {
+	// The session's timeouts, for a client that stops reading or sending.
+	for name, d := range map[string]*time.Duration{"casync-idle-timeout": &h.IdleTimeout, "casync-write-timeout": &h.WriteTimeout} {
+		if v := os.Getenv(envName(name)); v != "" {
+			if *d, err = time.ParseDuration(v); err != nil {
+				return fmt.Errorf("casync-remote: %s: %w", envName(name), err)
+			}
+		}
+	}
+	if err := h.Serve(ctx, casync.StdioConn{In: pollable(os.Stdin, 0), Out: pollable(os.Stdout, 1)}, args); err != nil {
 		return fmt.Errorf("casync-remote %s: %w", strings.Join(rest, " "), err)
 	}
 	return nil
+}
+
+// pollable returns std (os.Stdin or os.Stdout, fd fd) as a file with
+// deadlines, so that the session can cut off a client that stops reading
+// or writing. casync hands non-blocking pipes, which os already serves
+// through the runtime poller; sshd may hand blocking ones, which are put
+// in non-blocking mode and opened anew (os registered fd at start-up only
+// if it was non-blocking then). A terminal or a regular file is left as
+// it is: the session then closes it on a timer instead.
+func pollable(std *os.File, fd int) *os.File {
+	if fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0); err != nil || fl&unix.O_NONBLOCK != 0 {
+		return std
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return std
+	}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFIFO, unix.S_IFSOCK:
+		if unix.SetNonblock(fd, true) != nil {
+			return std
+		}
+		return os.NewFile(uintptr(fd), std.Name())
+	}
+	return std
 }
 
 // casyncSSH is a drop-in for ssh as casync calls it (CASYNC_SSH_PATH):

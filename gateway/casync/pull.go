@@ -1,8 +1,10 @@
 package casync
 
 import (
+	"context"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"sync"
 	"syscall"
@@ -17,45 +19,50 @@ import (
 // indexPiece is the INDEX payload size casync itself uses.
 const indexPiece = 64 << 10
 
-// fetchers is how many DownloadChunks calls run at once per session; each
-// reads ahead on the chunk service too.
+// fetchers is how many DownloadChunks calls run at once per session, so
+// that a high-priority request never waits behind a whole batch.
 const fetchers = 2
+
+// guessChunkSize sizes the first batch of a session before any chunk has
+// arrived: casync's default average chunk.
+const guessChunkSize = 64 << 10
 
 type id = [caproto.IDSize]byte
 
 // pull serves a client that reads: the index if it asks for it, and the
 // chunks it REQUESTs, high priority first. It ends when the client closes
 // or says GOODBYE (casync's client does not).
-func (s *session) pull() error {
-	if s.remote&caproto.PullIndex != 0 {
-		go s.sendIndex()
+func (c *conv) pull(ctx context.Context) error {
+	if c.remote&caproto.PullIndex != 0 {
+		c.goWork(c.sendIndex)
 	}
 	q := newRequestQueue()
+	maxRequested := orDefault(c.h.MaxRequested, 4<<20)
+	ra := newReadAhead(orDefault(c.h.ReadAheadBytes, 8<<20))
 	for range fetchers {
-		go s.fetch(q)
+		c.goWork(func(ctx context.Context) error { return c.fetch(ctx, q, ra) })
 	}
 	for {
-		m, err := s.r.ReadMessage()
+		m, err := c.r.ReadMessage()
 		if errors.Is(err, io.EOF) {
-			return errDone
+			return nil
 		}
 		if err != nil {
 			return err
 		}
-		if s.ctx.Err() != nil {
-			return errDone
-		}
 		switch m := m.(type) {
 		case *caproto.Request:
-			if s.remote&caproto.PullChunks == 0 {
+			if c.remote&caproto.PullChunks == 0 {
 				return abortf(syscall.EBADMSG, "REQUEST without PULL_CHUNKS in the client's HELLO")
 			}
-			q.add(m.IDs, m.HighPriority())
+			if n := q.add(m.IDs, m.HighPriority()); n > maxRequested {
+				return abortf(syscall.ENOBUFS, "more than %d chunks requested in one session", maxRequested)
+			}
 		case *caproto.Goodbye:
-			return errDone
+			return nil
 		case *caproto.Abort:
-			s.log.Info("client aborted", "errno", m.Errno, "reason", m.Reason)
-			return errDone
+			c.log.Info("client aborted", "errno", m.Errno, "reason", m.Reason)
+			return nil
 		default:
 			return abortf(syscall.EBADMSG, "unexpected %s in a pull session", m.Type())
 		}
@@ -63,89 +70,236 @@ func (s *session) pull() error {
 }
 
 // sendIndex streams the catalog's index as INDEX frames and INDEX_EOF.
-func (s *session) sendIndex() {
-	stream, err := s.h.Catalog.GetIndex(s.ctx, &chunkbridgev1.GetIndexRequest{Name: s.args.Index})
+func (c *conv) sendIndex(ctx context.Context) error {
+	stream, err := c.h.Catalog.GetIndex(ctx, &chunkbridgev1.GetIndexRequest{Name: c.args.Index})
 	if err != nil {
-		s.fail(err)
-		return
+		return err
 	}
 	for {
 		resp, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
-			break
+			return c.send(ctx, &caproto.IndexEOF{})
 		}
 		if err != nil {
-			if s.ctx.Err() == nil {
-				s.fail(err)
-			}
-			return
+			return err
 		}
 		for data := resp.GetData(); len(data) > 0; {
 			n := min(len(data), indexPiece)
-			if !s.send(&caproto.Index{Data: data[:n]}) {
-				return
+			if err := c.send(ctx, &caproto.Index{Data: data[:n]}); err != nil {
+				return err
 			}
 			data = data[n:]
 		}
 	}
-	s.send(&caproto.IndexEOF{})
 }
 
 // fetch answers queued requests in batches through DownloadChunks: a
-// batch of ids is one call, read ahead on the server, not one round trip
-// per chunk.
-func (s *session) fetch(q *requestQueue) {
+// batch of ids is one call, read ahead on the chunk service, not one round
+// trip per chunk. A batch is as many ids as the read-ahead budget has room
+// for at the session's average chunk size, and every chunk holds its
+// bytes of the budget until the writer has queued it: a client that reads
+// slowly holds the downloads back instead of having them buffered.
+func (c *conv) fetch(ctx context.Context, q *requestQueue, ra *readAhead) error {
 	for {
-		batch := q.take(s.h.batchSize())
+		n, est, err := ra.reserve(ctx, c.h.batchSize())
+		if err != nil {
+			return nil // the session is over
+		}
+		batch := q.take(n)
+		ra.unreserve(n-len(batch), est)
 		if len(batch) == 0 {
 			select {
 			case <-q.notify:
 				continue
-			case <-s.ctx.Done():
-				return
+			case <-ctx.Done():
+				return nil
 			}
 		}
-		req := &chunkbridgev1.DownloadChunksRequest{Ids: make([]string, len(batch)), Encoding: chunkbridgev1.Encoding_ENCODING_ZSTD}
-		for i, c := range batch {
-			req.Ids[i] = hex.EncodeToString(c[:])
+		if err := c.fetchBatch(ctx, batch, est, ra); err != nil {
+			return err
 		}
-		stream, err := s.h.Chunks.DownloadChunks(s.ctx, req)
+	}
+}
+
+// fetchBatch downloads one batch, holding its estimated bytes of ra and
+// giving back each chunk's share once the chunk is queued.
+func (c *conv) fetchBatch(ctx context.Context, batch []id, est int64, ra *readAhead) error {
+	pending := len(batch) // estimates still held
+	defer func() { ra.unreserve(pending, est) }()
+	req := &chunkbridgev1.DownloadChunksRequest{Ids: make([]string, len(batch)), Encoding: chunkbridgev1.Encoding_ENCODING_ZSTD}
+	for i, b := range batch {
+		req.Ids[i] = hex.EncodeToString(b[:])
+	}
+	stream, err := c.h.Chunks.DownloadChunks(ctx, req)
+	if err != nil {
+		return err
+	}
+	for i := 0; ; i++ {
+		resp, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			if i != len(batch) {
+				return fmt.Errorf("the chunk service answered %d of %d chunks", i, len(batch))
+			}
+			return nil
+		}
 		if err != nil {
-			if s.ctx.Err() == nil {
-				s.fail(err)
-			}
-			return
+			return err
 		}
-		for i := 0; ; i++ {
-			resp, err := stream.Recv()
-			if errors.Is(err, io.EOF) {
-				break
+		if i >= len(batch) {
+			return fmt.Errorf("the chunk service answered more than the %d chunks asked for", len(batch))
+		}
+		size := int64(len(resp.GetData()))
+		ra.received(size, est)
+		pending--
+		m, err := c.answer(batch[i], resp)
+		if err == nil {
+			frame := m.Encode(nil)
+			full := c.s.Queued()+int64(len(frame)) > c.queueBytes
+			if full {
+				ra.waiting(1) // the writer's queue is full: this fetcher waits
 			}
-			if err != nil {
-				if s.ctx.Err() == nil {
-					s.fail(err)
-				}
-				return
+			if c.s.Send(ctx, frame) != nil {
+				err = errSessionOver
 			}
-			var m caproto.Message
-			switch codes.Code(resp.GetCode()) {
-			case codes.OK:
-				if len(resp.GetData()) > caproto.MaxFrameSize-caproto.HeaderSize-8-caproto.IDSize {
-					s.fail(abortf(syscall.EFBIG, "chunk %s: %d stored bytes do not fit one CHUNK frame", resp.GetId(), len(resp.GetData())))
-					return
-				}
-				m = &caproto.Chunk{Flags: caproto.ChunkCompressed, ID: batch[i], Data: resp.GetData()}
-				s.h.Metrics.chunk("sent", len(resp.GetData()))
-			case codes.NotFound:
-				m = &caproto.Missing{ID: batch[i]}
-				s.h.Metrics.chunk("missing", 0)
-			default:
-				s.fail(status.Error(codes.Code(resp.GetCode()), resp.GetMessage()))
-				return
+			if full {
+				ra.waiting(-1)
 			}
-			if !s.send(m) {
-				return
-			}
+		}
+		ra.done(size)
+		if errors.Is(err, errSessionOver) {
+			return nil // its cause is elsewhere
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+var errSessionOver = errors.New("session over")
+
+// answer is the frame for one downloaded chunk: CHUNK, or MISSING.
+func (c *conv) answer(want id, resp *chunkbridgev1.DownloadChunksResponse) (caproto.Message, error) {
+	data := resp.GetData()
+	switch codes.Code(resp.GetCode()) {
+	case codes.OK:
+		if len(data) > caproto.MaxChunkData {
+			return nil, abortf(syscall.EFBIG, "chunk %s: %d stored bytes do not fit one CHUNK frame", resp.GetId(), len(data))
+		}
+		c.h.Metrics.chunk("sent", len(data))
+		return &caproto.Chunk{Flags: caproto.ChunkCompressed, ID: want, Data: data}, nil
+	case codes.NotFound:
+		c.h.Metrics.chunk("missing", 0)
+		return &caproto.Missing{ID: want}, nil
+	}
+	return nil, status.Error(codes.Code(resp.GetCode()), resp.GetMessage())
+}
+
+// testHookPullStalled, if set, runs once per session when all its
+// fetchers wait: for the writer's queue or for read-ahead room.
+var testHookPullStalled func()
+
+// readAhead bounds the bytes a pull has asked the chunk service for and
+// not yet queued for the writer. Sizes are known only on arrival, so a
+// batch holds an estimate per chunk (the session's average so far; the
+// first batch, before any arrival, is at most two chunks), and each chunk,
+// on arrival, trades its estimate for its real size. Only new batches wait
+// for room; a chunk larger than its estimate overdraws, so a fetcher in
+// the middle of a batch never waits on another: at most one chunk per
+// fetcher beyond the budget.
+type readAhead struct {
+	limit int64
+	freed chan struct{}
+
+	mu      sync.Mutex
+	used    int64 // estimates held plus sizes of chunks arrived, not queued
+	seen    int64 // chunks arrived
+	total   int64 // their bytes
+	waiters int   // fetchers waiting
+	stalled bool  // all fetchers have waited at once
+}
+
+func newReadAhead(limit int64) *readAhead {
+	return &readAhead{limit: limit, freed: make(chan struct{}, fetchers)}
+}
+
+// estimate is the bytes held per chunk asked for.
+func (ra *readAhead) estimate() int64 {
+	if ra.seen == 0 {
+		return max(ra.limit/2, 1)
+	}
+	return max(ra.total/ra.seen, 1)
+}
+
+// reserve waits until the budget has room and reserves estimates for up
+// to most chunks (at least one), returning how many and the estimate.
+func (ra *readAhead) reserve(ctx context.Context, most int) (int, int64, error) {
+	for {
+		ra.mu.Lock()
+		if free := ra.limit - ra.used; free > 0 || ra.used == 0 {
+			est := ra.estimate()
+			n := int(min(int64(most), max(free/est, 1)))
+			ra.used += int64(n) * est
+			ra.mu.Unlock()
+			return n, est, nil
+		}
+		ra.mu.Unlock()
+		ra.waiting(1)
+		select {
+		case <-ra.freed:
+			ra.waiting(-1)
+		case <-ctx.Done():
+			ra.waiting(-1)
+			return 0, 0, ctx.Err()
+		}
+	}
+}
+
+// received trades one chunk's estimate for its size.
+func (ra *readAhead) received(size, est int64) {
+	ra.mu.Lock()
+	ra.used += size - est
+	ra.seen++
+	ra.total += size
+	ra.mu.Unlock()
+}
+
+// done gives back an arrived chunk's bytes: it is queued, or dropped.
+func (ra *readAhead) done(size int64) {
+	ra.mu.Lock()
+	ra.used -= size
+	ra.mu.Unlock()
+	ra.wake()
+}
+
+// unreserve gives back n estimates of chunks not asked for or not arrived.
+func (ra *readAhead) unreserve(n int, est int64) {
+	if n == 0 {
+		return
+	}
+	ra.mu.Lock()
+	ra.used -= int64(n) * est
+	ra.mu.Unlock()
+	ra.wake()
+}
+
+func (ra *readAhead) waiting(d int) {
+	ra.mu.Lock()
+	ra.waiters += d
+	fire := ra.waiters == fetchers && !ra.stalled
+	if fire {
+		ra.stalled = true
+	}
+	ra.mu.Unlock()
+	if fire && testHookPullStalled != nil {
+		testHookPullStalled()
+	}
+}
+
+func (ra *readAhead) wake() {
+	for range fetchers {
+		select {
+		case ra.freed <- struct{}{}:
+		default:
 		}
 	}
 }
@@ -171,7 +325,8 @@ func newRequestQueue() *requestQueue {
 	return &requestQueue{state: map[id]uint8{}, notify: make(chan struct{}, 1)}
 }
 
-func (q *requestQueue) add(ids []id, high bool) {
+// add queues ids and returns how many distinct ids the session has seen.
+func (q *requestQueue) add(ids []id, high bool) int {
 	q.mu.Lock()
 	for _, c := range ids {
 		switch st := q.state[c]; {
@@ -184,11 +339,13 @@ func (q *requestQueue) add(ids []id, high bool) {
 			q.high = append(q.high, c)
 		}
 	}
+	n := len(q.state)
 	q.mu.Unlock()
 	select {
 	case q.notify <- struct{}{}:
 	default:
 	}
+	return n
 }
 
 // take removes up to n ids, high priority first, and marks them taken.

@@ -4,13 +4,14 @@ import (
 	"bufio"
 	"context"
 	"errors"
-
-	"github.com/chunkbridge/chunkbridge/gateway/tcpserver"
-	"io"
+	"fmt"
 	"net"
 	"os"
 	"sync"
+	"syscall"
 	"time"
+
+	"github.com/chunkbridge/chunkbridge/gateway/tcpserver"
 )
 
 // ErrServerClosed is returned by Serve after Shutdown.
@@ -22,12 +23,22 @@ type Server struct {
 	Handler *Handler
 	// PreambleTimeout bounds the wait for the preamble (default 30s).
 	PreambleTimeout time.Duration
+	// MaxConns caps the sessions served at once (0: no cap); a connection
+	// beyond it is answered with an ABORT saying so.
+	MaxConns int
 
 	once sync.Once
 	tcp  tcpserver.Server
 }
 
-func (srv *Server) init() { srv.once.Do(func() { srv.tcp.Handle = srv.handle }) }
+func (srv *Server) init() {
+	srv.once.Do(func() {
+		srv.tcp.Handle = srv.handle
+		srv.tcp.MaxConns = srv.MaxConns
+		srv.tcp.Refuse = srv.refuseBusy
+		srv.tcp.Log = srv.Handler.Log
+	})
+}
 
 // Serve accepts connections until Shutdown. One session failing never
 // affects another.
@@ -42,6 +53,10 @@ func (srv *Server) Shutdown(ctx context.Context) error {
 	srv.init()
 	return srv.tcp.Shutdown(ctx)
 }
+
+// Active is how many sessions are being served (refused connections are
+// not counted).
+func (srv *Server) Active() int { return srv.tcp.Active() }
 
 func (srv *Server) handle(c net.Conn) {
 	log := srv.Handler.Log
@@ -68,10 +83,17 @@ func (srv *Server) handle(c net.Conn) {
 	}
 	if err != nil {
 		// The client speaks caprotocol next, so it can be told why.
-		srv.Handler.refuse(conn, err)
+		srv.Handler.refuse(context.Background(), conn, abortf(syscall.EINVAL, "%v", err))
 		return
 	}
 	srv.Handler.Serve(context.Background(), conn, args)
+}
+
+// refuseBusy answers a connection beyond MaxConns. The preamble is not
+// read: the ABORT comes first, and the drain swallows the rest.
+func (srv *Server) refuseBusy(c net.Conn) {
+	err := abortf(syscall.EBUSY, "%v (%d casync sessions at most)", tcpserver.ErrTooManyConnections, srv.MaxConns)
+	srv.Handler.refuse(context.Background(), c, err)
 }
 
 // tcpConn reads through the buffer that held the preamble.
@@ -90,7 +112,10 @@ func (c *tcpConn) CloseWrite() error {
 }
 
 // StdioConn is a session on a process's standard input and output, as ssh
-// gives the remote casync.
+// gives the remote casync. Deadlines work where the files are pollable
+// (non-blocking pipes and sockets); elsewhere SetReadDeadline and
+// SetWriteDeadline fail and the session closes the files on a timer
+// instead.
 type StdioConn struct {
 	In  *os.File
 	Out *os.File
@@ -98,6 +123,22 @@ type StdioConn struct {
 
 func (c StdioConn) Read(p []byte) (int, error)  { return c.In.Read(p) }
 func (c StdioConn) Write(p []byte) (int, error) { return c.Out.Write(p) }
+
+// SetReadDeadline sets the deadline of standard input.
+func (c StdioConn) SetReadDeadline(t time.Time) error {
+	if err := c.In.SetReadDeadline(t); err != nil {
+		return fmt.Errorf("stdin: %w", err)
+	}
+	return nil
+}
+
+// SetWriteDeadline sets the deadline of standard output.
+func (c StdioConn) SetWriteDeadline(t time.Time) error {
+	if err := c.Out.SetWriteDeadline(t); err != nil {
+		return fmt.Errorf("stdout: %w", err)
+	}
+	return nil
+}
 
 // CloseWrite closes standard output: the client sees end of stream.
 func (c StdioConn) CloseWrite() error { return c.Out.Close() }
@@ -108,4 +149,4 @@ func (c StdioConn) Close() error {
 	return c.In.Close()
 }
 
-var _ io.ReadWriter = StdioConn{}
+var _ Conn = StdioConn{}

@@ -5,13 +5,11 @@
 package casync
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"sync"
 	"syscall"
 	"time"
 
@@ -21,9 +19,11 @@ import (
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
 	"github.com/chunkbridge/chunkbridge/format/caindex"
 	"github.com/chunkbridge/chunkbridge/format/caproto"
+	"github.com/chunkbridge/chunkbridge/gateway/session"
 )
 
-// Handler serves caprotocol sessions.
+// Handler serves caprotocol sessions. Every limit is per session; zero
+// fields take the defaults.
 type Handler struct {
 	Chunks  chunkbridgev1.ChunkServiceClient
 	Catalog chunkbridgev1.CatalogServiceClient
@@ -32,22 +32,36 @@ type Handler struct {
 	// ABORT, so the client reads the ABORT instead of failing with EPIPE
 	// (default 10s).
 	DrainTimeout time.Duration
-	// BatchSize is how many requested chunks one DownloadChunks call
-	// fetches (default 256).
+	// IdleTimeout ends a session with no bytes in either direction for
+	// this long, in every state, before and after HELLO (default 10m).
+	IdleTimeout time.Duration
+	// WriteTimeout bounds every write to the client: a client that stops
+	// reading is cut off after it (default 1m).
+	WriteTimeout time.Duration
+	// QueueBytes bounds the frames queued for the writer (default 4 MiB).
+	QueueBytes int64
+	// ReadAheadBytes bounds the chunk bytes a pull has asked the chunk
+	// service for and not yet queued for the writer (default 8 MiB).
+	ReadAheadBytes int64
+	// PushBytes bounds the chunk bytes a push has sent to the chunk
+	// service and not yet seen acknowledged (default 16 MiB).
+	PushBytes int64
+	// MaxRequested bounds the distinct chunk ids one pull may REQUEST
+	// (default 4 Mi: an image of 256 GiB at casync's 64 KiB average chunk;
+	// the session remembers each, about 100 bytes apiece).
+	MaxRequested int
+	// BatchSize is the most chunk ids one DownloadChunks call fetches
+	// (default 256); ReadAheadBytes usually allows fewer.
 	BatchSize int
 	// Metrics may be nil.
 	Metrics *Metrics
 }
 
-// Conn is one caprotocol byte stream: a TCP connection, or stdin and stdout.
-type Conn interface {
-	io.Reader
-	io.Writer
-	// CloseWrite half-closes: the peer sees end of stream.
-	CloseWrite() error
-	// Close ends both directions and unblocks a pending Read.
-	Close() error
-}
+// Conn is one caprotocol byte stream: a TCP connection, or stdin and
+// stdout. CloseWrite (the peer sees end of stream), SetReadDeadline and
+// SetWriteDeadline are used where the Conn has them; without deadlines a
+// timer closes the Conn instead.
+type Conn = session.Conn
 
 // sessionError is a fatal session error with the errno the client sees.
 type sessionError struct {
@@ -66,6 +80,10 @@ func errnoFor(err error) uint32 {
 	var se *sessionError
 	if errors.As(err, &se) {
 		return se.errno
+	}
+	var idle *session.IdleError
+	if errors.As(err, &idle) {
+		return uint32(syscall.ETIMEDOUT)
 	}
 	if e := caproto.Errno(err); e != 0 {
 		return e
@@ -92,26 +110,39 @@ func reason(err error) string {
 	return "chunkbridge: " + err.Error()
 }
 
-// session is one caprotocol conversation.
-type session struct {
+func abortFrame(err error) []byte {
+	return caproto.NewAbort(errnoFor(err), reason(err)).Encode(nil)
+}
+
+// conv is one caprotocol conversation on the shared session skeleton: the
+// skeleton owns the goroutines, the bounded writer, the deadlines and the
+// final ABORT; conv owns what casync means.
+type conv struct {
 	h      *Handler
 	args   Args
 	log    *slog.Logger
-	conn   Conn
+	s      *session.Session
 	r      *caproto.Reader
 	local  caproto.Features
 	remote caproto.Features
+	// queueBytes is the writer's queue bound.
+	queueBytes int64
+}
 
-	// ctx ends with the session; the writer then writes what is queued,
-	// and the ABORT in final if there is one, and half-closes.
-	ctx    context.Context
-	cancel context.CancelFunc
-	out    chan []byte   // encoded frames for the writer; never closed
-	final  chan []byte   // the ABORT frame, at most one
-	wdone  chan struct{} // closed when the writer has stopped
+func (h *Handler) sessionConfig() session.Config {
+	return session.Config{
+		IdleTimeout:  h.IdleTimeout,
+		WriteTimeout: h.WriteTimeout,
+		QueueBytes:   orDefault(h.QueueBytes, 4<<20),
+		DrainTimeout: h.DrainTimeout,
+	}
+}
 
-	mu     sync.Mutex
-	failed error // the first fatal error; set once
+func orDefault[T int | int64](v, def T) T {
+	if v > 0 {
+		return v
+	}
+	return def
 }
 
 // Serve runs one session on conn with the remote argv args, and returns
@@ -121,41 +152,37 @@ func (h *Handler) Serve(ctx context.Context, conn Conn, args Args) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &session{
-		h: h, args: args, conn: conn,
-		log:   log.With("verb", verb(args), "index", args.Index, "store", args.Store),
-		r:     caproto.NewReader(conn, 0),
-		out:   make(chan []byte, 16),
-		final: make(chan []byte, 1),
-		wdone: make(chan struct{}),
+	cfg := h.sessionConfig()
+	c := &conv{h: h, args: args, log: log.With("verb", verb(args), "index", args.Index, "store", args.Store), queueBytes: cfg.QueueBytes}
+	c.s = session.New(ctx, conn, cfg)
+	c.r = caproto.NewReader(c.s.Reader(), 0)
+	err := c.s.Run(func(ctx context.Context) error { return c.abortOn(ctx, c.run(ctx)) })
+	h.Metrics.session(verb(args), err)
+	if testHookServed != nil {
+		testHookServed(verb(args), err)
 	}
-	s.ctx, s.cancel = context.WithCancel(ctx)
-	defer conn.Close()
-	go s.writer()
+	if err != nil {
+		c.log.Warn("session ended", "err", err)
+	}
+	return err
+}
 
-	err := s.run()
-	if err != nil && !errors.Is(err, errDone) {
-		s.fail(err)
+// testHookServed, if set, runs when a session is over.
+var testHookServed func(verb string, err error)
+
+// goWork runs a worker whose error aborts the session.
+func (c *conv) goWork(f func(ctx context.Context) error) {
+	c.s.Go(func(ctx context.Context) error { return c.abortOn(ctx, f(ctx)) })
+}
+
+// abortOn makes err, the first failure of the session, the ABORT the
+// client reads. An error after the session ended is a consequence of the
+// end, not news for the client.
+func (c *conv) abortOn(ctx context.Context, err error) error {
+	if err != nil && ctx.Err() == nil {
+		c.s.SetFinal(abortFrame(err))
 	}
-	s.cancel()
-	// The writer flushes what is queued; a client that stopped reading must
-	// not hold the session forever.
-	stuck := time.AfterFunc(h.drainTimeout(), func() { conn.Close() })
-	<-s.wdone
-	stuck.Stop()
-	s.mu.Lock()
-	failed := s.failed
-	s.mu.Unlock()
-	h.Metrics.session(verb(args), failed)
-	if failed != nil {
-		// Read until the client, having read the ABORT, closes; a client
-		// still writing would otherwise fail with EPIPE first.
-		t := time.AfterFunc(h.drainTimeout(), func() { conn.Close() })
-		io.Copy(io.Discard, conn)
-		t.Stop()
-		return failed
-	}
-	return nil
+	return err
 }
 
 func verb(a Args) string {
@@ -165,45 +192,44 @@ func verb(a Args) string {
 	return "pull"
 }
 
-// errDone ends run without an error.
-var errDone = errors.New("session done")
-
-func (s *session) run() error {
+func (c *conv) run(ctx context.Context) error {
 	switch {
-	case s.args.Archive != "":
+	case c.args.Archive != "":
 		return abortf(syscall.EOPNOTSUPP, "archives (.catar) are not supported by chunkbridge; use an archive index (.caidx) instead")
-	case s.args.Push:
-		if s.args.Index != "" {
-			s.local |= caproto.WritableIndex
+	case c.args.Push:
+		if c.args.Index != "" {
+			c.local |= caproto.WritableIndex
 		}
-		if s.args.Store != "" {
-			s.local |= caproto.WritableStore
+		if c.args.Store != "" {
+			c.local |= caproto.WritableStore
 		}
 	default:
-		if s.args.Index != "" {
-			s.local |= caproto.ReadableIndex
+		if c.args.Index != "" {
+			c.local |= caproto.ReadableIndex
 		}
-		if s.args.Store != "" {
-			s.local |= caproto.ReadableStore
+		if c.args.Store != "" {
+			c.local |= caproto.ReadableStore
 		}
 	}
-	if s.local == 0 {
+	if c.local == 0 {
 		return abortf(syscall.EINVAL, "the remote arguments name no index and no store")
 	}
-	if s.args.Index != "" {
+	if c.args.Index != "" {
 		check := caindex.CleanName
-		if s.args.Push {
+		if c.args.Push {
 			check = caindex.CleanWritableName
 		}
-		if _, err := check(s.args.Index); err != nil {
+		if _, err := check(c.args.Index); err != nil {
 			return abortf(syscall.EINVAL, "%v", err)
 		}
 	}
-	s.send(&caproto.Hello{Features: s.local})
-	m, err := s.r.ReadMessage()
+	if err := c.send(ctx, &caproto.Hello{Features: c.local}); err != nil {
+		return err
+	}
+	m, err := c.r.ReadMessage()
 	if err != nil {
 		if errors.Is(err, io.EOF) {
-			return errDone
+			return nil
 		}
 		return err
 	}
@@ -211,118 +237,32 @@ func (s *session) run() error {
 	if !ok {
 		return abortf(syscall.EBADMSG, "expected HELLO, got %s", m.Type())
 	}
-	s.remote = hello.Features
-	if err := caproto.CheckHandshake(s.local, s.remote); err != nil {
+	c.remote = hello.Features
+	if err := caproto.CheckHandshake(c.local, c.remote); err != nil {
 		return err
 	}
-	s.log.Debug("session started", "local", s.local, "remote", s.remote)
-	if s.args.Push {
-		return s.push()
+	c.log.Debug("session started", "local", c.local, "remote", c.remote)
+	if c.args.Push {
+		return c.push(ctx)
 	}
-	return s.pull()
+	return c.pull(ctx)
 }
 
-// send queues a frame for the writer; it reports false once the session
-// has ended.
-func (s *session) send(m caproto.Message) bool {
-	frame := m.Encode(nil)
-	select {
-	case s.out <- frame:
-		return true
-	case <-s.ctx.Done():
-		return false
-	}
+// send queues a frame for the writer, waiting while its queue is full.
+func (c *conv) send(ctx context.Context, m caproto.Message) error {
+	return c.s.Send(ctx, m.Encode(nil))
 }
 
-// writer writes queued frames, flushing whenever the queue runs dry. When
-// the session ends it writes what is still queued, then the ABORT if any,
-// and half-closes the connection.
-func (s *session) writer() {
-	defer close(s.wdone)
-	w := bufio.NewWriterSize(s.conn, 256<<10)
-	var err error
-	write := func(frame []byte) {
-		if err == nil {
-			_, err = w.Write(frame)
-		}
-		if err != nil {
-			s.cancel() // the peer is gone: stop producing
-		}
-	}
-	for {
-		select {
-		case frame := <-s.out:
-			write(frame)
-			if err == nil && len(s.out) == 0 {
-				err = w.Flush()
-			}
-		case <-s.ctx.Done():
-			for {
-				select {
-				case frame := <-s.out:
-					write(frame)
-					continue
-				default:
-				}
-				break
-			}
-			select {
-			case frame := <-s.final:
-				write(frame)
-			default:
-			}
-			if err == nil {
-				w.Flush()
-			}
-			s.conn.CloseWrite()
-			return
-		}
-	}
-}
-
-// fail records the first fatal error, queues an ABORT for it and ends the
-// session's work. A client that never closes is cut off after
-// DrainTimeout.
-func (s *session) fail(err error) {
-	s.mu.Lock()
-	if s.failed != nil {
-		s.mu.Unlock()
-		return
-	}
-	s.failed = err
-	s.mu.Unlock()
-	s.log.Warn("session aborted", "err", err)
-	s.final <- caproto.NewAbort(errnoFor(err), reason(err)).Encode(nil)
-	s.cancel()
-	time.AfterFunc(s.h.drainTimeout()+time.Second, func() { s.conn.Close() })
-}
-
-// refuse answers a connection whose remote argv is unusable: HELLO-less
-// ABORT, then drain, so the client prints the reason.
-func (h *Handler) refuse(conn Conn, err error) {
-	defer conn.Close()
+// refuse answers a connection that gets no session (its remote argv is
+// unusable, or the server is full): ABORT without HELLO, then half-close
+// and drain, so the client prints the reason.
+func (h *Handler) refuse(ctx context.Context, conn Conn, err error) error {
 	if h.Log != nil {
 		h.Log.Warn("casync session refused", "err", err)
 	}
-	conn.Write(caproto.NewAbort(uint32(syscall.EINVAL), "chunkbridge: "+err.Error()).Encode(nil))
-	conn.CloseWrite()
-	t := time.AfterFunc(h.drainTimeout(), func() { conn.Close() })
-	io.Copy(io.Discard, conn)
-	t.Stop()
+	s := session.New(ctx, conn, h.sessionConfig())
+	s.Fail(err, abortFrame(err))
+	return s.Run(func(context.Context) error { return nil })
 }
 
-// drainTimeout and batchSize read the settings without writing the shared
-// Handler: sessions run concurrently.
-func (h *Handler) drainTimeout() time.Duration {
-	if h.DrainTimeout > 0 {
-		return h.DrainTimeout
-	}
-	return 10 * time.Second
-}
-
-func (h *Handler) batchSize() int {
-	if h.BatchSize > 0 {
-		return h.BatchSize
-	}
-	return 256
-}
+func (h *Handler) batchSize() int { return orDefault(h.BatchSize, 256) }

@@ -30,10 +30,15 @@ import (
 // real TCP casync gateway.
 type harness struct {
 	addr    string
+	srv     *casync.Server
+	chunks  chunkbridgev1.ChunkServiceClient
 	catalog chunkbridgev1.CatalogServiceClient
 }
 
-func newHarness(t *testing.T) *harness {
+func newHarness(t *testing.T) *harness { return newHarnessWith(t, nil) }
+
+// newHarnessWith lets configure set the gateway's limits before it serves.
+func newHarnessWith(t *testing.T, configure func(*casync.Server)) *harness {
 	t.Helper()
 	svcs := servicetest.Start(t, memory.New(), chunk.Config{}, catalog.Config{})
 	h := &casync.Handler{
@@ -42,6 +47,9 @@ func newHarness(t *testing.T) *harness {
 		DrainTimeout: 2 * time.Second,
 	}
 	srv := &casync.Server{Handler: h}
+	if configure != nil {
+		configure(srv)
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -52,7 +60,7 @@ func newHarness(t *testing.T) *harness {
 		defer cancel()
 		srv.Shutdown(ctx)
 	})
-	return &harness{addr: ln.Addr().String(), catalog: h.Catalog}
+	return &harness{addr: ln.Addr().String(), srv: srv, chunks: h.Chunks, catalog: h.Catalog}
 }
 
 // client is a caprotocol peer in the test.

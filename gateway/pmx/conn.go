@@ -1,24 +1,23 @@
 package pmx
 
 import (
-	"bufio"
 	"context"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"strings"
 	"sync"
-	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
+	"github.com/chunkbridge/chunkbridge/format"
 	"github.com/chunkbridge/chunkbridge/format/pmxproto"
+	"github.com/chunkbridge/chunkbridge/gateway/session"
 )
 
 // ChunkClient and CatalogClient are the gRPC services the gateway uses.
@@ -28,63 +27,101 @@ type (
 )
 
 const (
-	// entryFlush is how many index entries are sent to the catalog at once.
+	// entryFlush is how many index entries go to the catalog at once.
 	entryFlush = 1024
 	// digestsPerPart bounds one HashListPart (at most 524 287 fit).
 	digestsPerPart = 65536
+	// smallPacket is what a packet without a payload counts against the
+	// request budget.
+	smallPacket = 64
 )
 
-// conn is one PMXBCKUP connection.
-type conn struct {
-	srv    *Server
-	nc     net.Conn
-	log    *slog.Logger
-	ctx    context.Context
-	cancel context.CancelFunc
-	out    chan []byte
+// testHookDownloadsFull, if set, runs when the read loop waits for a
+// connection's downloads to drain.
+var testHookDownloadsFull func()
 
-	mu sync.Mutex
-	// Uploads go through one UploadChunks stream; its acknowledgements come
-	// in request order, so the packet ids wait in a FIFO.
-	upload      chunkbridgev1.ChunkService_UploadChunksClient
-	uploadIDs   []uint8
-	uploadsSent int64
-	uploadsDone int64
-	acked       *sync.Cond
-	hashList    bool                  // a GetHashList is being answered
-	streams     map[uint8]*fileStream // open backup files by stream id
-	created     map[string]bool       // snapshots this connection created
-	fatal       error
+// conn is one PMXBCKUP connection on a session.Session.
+//
+// Packets are read in order by one loop. Those of one id form a lane,
+// handled in arrival order by a goroutine that exists while the lane has
+// work: a request waits until the previous one on its id has queued its
+// reply, and never blocks other ids. An UploadChunk on an idle lane is sent
+// by the read loop itself, so the chunk service sees uploads in the order
+// they were read.
+type conn struct {
+	srv  *Server
+	sess *session.Session
+	log  *slog.Logger
+	// requests bounds the bytes of packets read and not yet handled;
+	// downloads bounds the DownloadChunks waiting for the download worker.
+	requests  *session.Budget
+	downloads *session.Budget
+	dlQueue   chan *download
+	dlOnce    sync.Once
+
+	// sendMu orders upload stream sends with their place in uploadQ.
+	sendMu sync.Mutex
+
+	mu   sync.Mutex
+	cond *sync.Cond // an upload was answered; a lane's uploads ended
+	// Uploads go through one UploadChunks stream; its acknowledgements
+	// come in request order, so the uploads wait in a FIFO.
+	upload   chunkbridgev1.ChunkService_UploadChunksClient
+	uploadQ  []*pendingUpload
+	nextSeq  uint64          // uploads read so far; the next one's number
+	unacked  map[uint64]bool // uploads read and not yet answered
+	lowSeq   uint64          // every upload below it is answered
+	lanes    [256]lane
+	streams  map[uint8]*fileStream // open backup files by stream id
+	created  map[string]bool       // snapshots this connection created
+	hashList bool                  // a GetHashList is being answered
 }
 
-// fileStream is one backup file being written through the catalog.
+// lane is the work of one packet id.
+type lane struct {
+	queue   []request
+	running bool // a goroutine works the queue
+	uploads int  // uploads sent on this id and not yet answered
+}
+
+// request is a packet read and not yet handled.
+type request struct {
+	p pmxproto.Packet
+	// seq numbers an upload; barrier is the number of uploads read before
+	// any other packet: entries it carries may reference them.
+	seq, barrier uint64
+	size         int64 // held in the request budget
+	// busy refuses a GetHashList: another was read first and is not done.
+	busy bool
+}
+
+type pendingUpload struct {
+	id  uint8
+	seq uint64
+}
+
+// fileStream is one backup file being written through the catalog. Only
+// its lane's goroutine touches pending.
 type fileStream struct {
 	id      uint8
 	path    string
 	fixed   bool
 	stream  chunkbridgev1.CatalogService_WriteSnapshotFileClient
 	pending []*chunkbridgev1.WriteSnapshotFileRequest_Entry
-	cancel  context.CancelFunc
-	done    chan struct{} // closed when the catalog's replies have ended
+	done    chan struct{} // closed once the file's final reply is queued
 }
 
-// send queues an encoded packet; false once the connection is over.
-func (c *conn) send(p pmxproto.Packet) bool {
-	select {
-	case c.out <- p.Encode(nil):
-		return true
-	case <-c.ctx.Done():
-		return false
-	}
+func (c *conn) send(ctx context.Context, p pmxproto.Packet) error {
+	return c.sess.Send(ctx, p.Encode(nil))
 }
 
 // sendError answers id with an Error and a reason (DESIGN §7.4).
-func (c *conn) sendError(id uint8, code pmxproto.ErrorID, err error) {
+func (c *conn) sendError(ctx context.Context, id uint8, code pmxproto.ErrorID, err error) {
 	c.log.Info("request refused", "id", id, "err", err)
 	if c.srv.Metrics != nil {
 		c.srv.Metrics.errors.Inc()
 	}
-	c.send(&pmxproto.Error{ID: id, Code: code, Reason: reason(err)})
+	c.send(ctx, &pmxproto.Error{ID: id, Code: code, Reason: reason(err)})
 }
 
 func reason(err error) string {
@@ -94,45 +131,26 @@ func reason(err error) string {
 	return err.Error()
 }
 
-func (c *conn) writer(w *bufio.Writer) {
-	for {
-		select {
-		case b := <-c.out:
-			// A client that stops reading must not hold the connection:
-			// a write that cannot finish ends it.
-			c.nc.SetWriteDeadline(time.Now().Add(idleTimeout))
-			if _, err := w.Write(b); err != nil {
-				c.cancel()
-				return
-			}
-			if len(c.out) == 0 && w.Flush() != nil {
-				c.cancel()
-				return
-			}
-		case <-c.ctx.Done():
-			c.nc.SetWriteDeadline(time.Now().Add(5 * time.Second))
-			for {
-				select {
-				case b := <-c.out:
-					w.Write(b)
-					continue
-				default:
-				}
-				break
-			}
-			w.Flush()
-			return
-		}
+func packetSize(p pmxproto.Packet) int64 {
+	switch p := p.(type) {
+	case *pmxproto.UploadChunk:
+		return int64(len(p.Data)) + smallPacket
+	case *pmxproto.BackupDataFixed:
+		return int64(len(p.Entries))*(8+pmxproto.DigestSize) + smallPacket
+	case *pmxproto.BackupDataDynamic:
+		return int64(len(p.Entries))*(8+pmxproto.DigestSize) + smallPacket
+	case *pmxproto.DownloadChunks:
+		return int64(len(p.Digests))*pmxproto.DigestSize + smallPacket
 	}
+	return smallPacket
 }
 
-// run reads packets in order until the client leaves or the stream cannot
-// be framed.
-func (c *conn) run() error {
-	c.send(&pmxproto.Hello{ID: 0, Version: pmxproto.Version})
-	r := pmxproto.NewReader(c.nc)
+// readLoop reads packets in order until the client leaves or the stream
+// cannot be framed; the session's idle deadline covers every wait.
+func (c *conn) readLoop(ctx context.Context) error {
+	c.send(ctx, &pmxproto.Hello{ID: 0, Version: pmxproto.Version})
+	r := pmxproto.NewReader(c.sess.Reader())
 	for {
-		c.nc.SetReadDeadline(time.Now().Add(idleTimeout))
 		p, err := r.ReadPacket()
 		if errors.Is(err, io.EOF) {
 			return nil
@@ -140,150 +158,234 @@ func (c *conn) run() error {
 		var be *pmxproto.BodyError
 		if errors.As(err, &be) {
 			// A bad body is answered and the connection goes on.
-			c.sendError(be.ID, pmxproto.ErrorGeneric, err)
+			c.sendError(ctx, be.ID, pmxproto.ErrorGeneric, err)
 			continue
 		}
 		if err != nil {
-			return err
-		}
-		if c.ctx.Err() != nil {
-			return c.ctx.Err()
+			return fmt.Errorf("reading a packet: %w", err)
 		}
 		c.srv.Metrics.packet(p)
-		switch p := p.(type) {
-		case *pmxproto.UploadChunk:
-			c.uploadChunk(p)
-		case *pmxproto.CreateBackup:
-			c.createBackup(p)
-		case *pmxproto.BackupDataFixed:
-			entries := make([]*chunkbridgev1.WriteSnapshotFileRequest_Entry, len(p.Entries))
-			for i, e := range p.Entries {
-				entries[i] = &chunkbridgev1.WriteSnapshotFileRequest_Entry{Slot: int64(e.Index), Digest: hex.EncodeToString(e.Digest[:])}
-			}
-			c.backupData(p.ID, true, entries)
-		case *pmxproto.BackupDataDynamic:
-			entries := make([]*chunkbridgev1.WriteSnapshotFileRequest_Entry, len(p.Entries))
-			for i, e := range p.Entries {
-				entries[i] = &chunkbridgev1.WriteSnapshotFileRequest_Entry{Offset: int64(e.Offset), Digest: hex.EncodeToString(e.Digest[:])}
-			}
-			c.backupData(p.ID, false, entries)
-		case *pmxproto.BackupFinished:
-			c.backupFinished(p.ID)
-		case *pmxproto.GetHashList:
-			c.getHashList(p)
-		case *pmxproto.DownloadChunks:
-			go c.downloadChunks(p)
-		default:
-			// Server-to-client packets (Hello, Ok, Chunk, …) from a client.
-			c.sendError(p.PacketID(), pmxproto.ErrorGeneric, fmt.Errorf("unexpected %s packet from a client", p.PacketType()))
+		req := request{p: p, size: packetSize(p)}
+		if err := c.requests.Acquire(ctx, req.size); err != nil {
+			return nil // the session ended
 		}
+		if _, ok := p.(*pmxproto.DownloadChunks); ok {
+			// Downloads waiting for the worker are few: beyond them the
+			// client waits, not the server's memory.
+			if !c.downloads.TryAcquire(1) {
+				if testHookDownloadsFull != nil {
+					testHookDownloadsFull()
+				}
+				if err := c.downloads.Acquire(ctx, 1); err != nil {
+					return nil
+				}
+			}
+		}
+		c.mu.Lock()
+		if _, ok := p.(*pmxproto.UploadChunk); ok {
+			req.seq = c.nextSeq
+			c.unacked[req.seq] = true
+			c.nextSeq++
+		} else {
+			req.barrier = c.nextSeq
+		}
+		if _, ok := p.(*pmxproto.GetHashList); ok {
+			// Claimed in arrival order, not by whichever lane runs first.
+			req.busy = c.hashList
+			c.hashList = true
+		}
+		l := &c.lanes[p.PacketID()]
+		if _, ok := p.(*pmxproto.UploadChunk); ok && !l.running && len(l.queue) == 0 {
+			c.mu.Unlock()
+			c.uploadChunk(ctx, req)
+			c.requests.Release(req.size)
+			continue
+		}
+		l.queue = append(l.queue, req)
+		if !l.running {
+			l.running = true
+			id := p.PacketID()
+			c.sess.Go(func(ctx context.Context) error { c.work(ctx, id); return nil })
+		}
+		c.mu.Unlock()
 	}
 }
 
-// finish ends the connection: a framing error closes it at once (DESIGN
-// §7.1); unfinished backup files are abandoned, so nothing is published.
-func (c *conn) finish(err error) {
-	if err != nil && !errors.Is(err, context.Canceled) {
-		var ne net.Error
-		if errors.As(err, &ne) && ne.Timeout() {
-			c.log.Info("connection idle; closed")
-		} else {
-			c.log.Warn("connection closed", "err", err)
+// work handles the packets of lane id in order until its queue is empty.
+func (c *conn) work(ctx context.Context, id uint8) {
+	l := &c.lanes[id]
+	for {
+		c.mu.Lock()
+		if len(l.queue) == 0 || ctx.Err() != nil {
+			l.running = false
+			c.mu.Unlock()
+			return
 		}
+		req := l.queue[0]
+		l.queue = l.queue[1:]
+		if _, up := req.p.(*pmxproto.UploadChunk); !up {
+			// The previous transaction on this id answers first.
+			for l.uploads > 0 && ctx.Err() == nil {
+				c.cond.Wait()
+			}
+		}
+		c.mu.Unlock()
+		c.handle(ctx, req)
+		c.requests.Release(req.size)
 	}
+}
+
+// laneIdle reports whether nothing more is queued on id: the client waits.
+func (c *conn) laneIdle(id uint8) bool {
 	c.mu.Lock()
-	for _, fs := range c.streams {
-		fs.cancel()
+	defer c.mu.Unlock()
+	return len(c.lanes[id].queue) == 0
+}
+
+func (c *conn) handle(ctx context.Context, req request) {
+	switch p := req.p.(type) {
+	case *pmxproto.UploadChunk:
+		c.uploadChunk(ctx, req)
+	case *pmxproto.CreateBackup:
+		c.createBackup(ctx, p)
+	case *pmxproto.BackupDataFixed:
+		c.backupData(ctx, p.ID, true, req.barrier, len(p.Entries), func(i int) *chunkbridgev1.WriteSnapshotFileRequest_Entry {
+			return &chunkbridgev1.WriteSnapshotFileRequest_Entry{Slot: int64(p.Entries[i].Index), Digest: hex.EncodeToString(p.Entries[i].Digest[:])}
+		})
+	case *pmxproto.BackupDataDynamic:
+		c.backupData(ctx, p.ID, false, req.barrier, len(p.Entries), func(i int) *chunkbridgev1.WriteSnapshotFileRequest_Entry {
+			return &chunkbridgev1.WriteSnapshotFileRequest_Entry{Offset: int64(p.Entries[i].Offset), Digest: hex.EncodeToString(p.Entries[i].Digest[:])}
+		})
+	case *pmxproto.BackupFinished:
+		c.backupFinished(ctx, p.ID, req.barrier)
+	case *pmxproto.GetHashList:
+		c.getHashList(ctx, p, req.busy)
+	case *pmxproto.DownloadChunks:
+		c.downloadChunks(ctx, p)
+	default:
+		// Server-to-client packets (Hello, Ok, Chunk, …) from a client.
+		c.sendError(ctx, p.PacketID(), pmxproto.ErrorGeneric, fmt.Errorf("unexpected %s packet from a client", p.PacketType()))
 	}
-	c.mu.Unlock()
-	c.cancel()
-	c.nc.Close()
+}
+
+// answered marks upload seq answered and moves the barrier watermark.
+// Called with c.mu held.
+func (c *conn) answered(seq uint64) {
+	delete(c.unacked, seq)
+	for c.lowSeq < c.nextSeq && !c.unacked[c.lowSeq] {
+		c.lowSeq++
+	}
+	c.cond.Broadcast()
 }
 
 // uploadChunk forwards a chunk to the chunk service; its Ok or Error is
 // sent when the chunk service acknowledges it (DESIGN §7.3).
-func (c *conn) uploadChunk(p *pmxproto.UploadChunk) {
+func (c *conn) uploadChunk(ctx context.Context, req request) {
+	p := req.p.(*pmxproto.UploadChunk)
+	if len(p.Data) > format.MaxChunk {
+		// Stored, it could never be restored by every protocol: refused
+		// here at once rather than by the chunk service later.
+		c.mu.Lock()
+		c.answered(req.seq)
+		c.mu.Unlock()
+		c.sendError(ctx, p.ID, pmxproto.ErrorGeneric, fmt.Errorf("chunk %x: %d bytes exceed the largest chunk chunkbridge stores (%d)", p.Digest[:], len(p.Data), format.MaxChunk))
+		return
+	}
+	c.sendMu.Lock()
+	defer c.sendMu.Unlock()
 	c.mu.Lock()
 	if c.upload == nil {
-		up, err := c.srv.Chunks.UploadChunks(c.ctx)
+		up, err := c.srv.Chunks.UploadChunks(ctx)
 		if err != nil {
+			c.answered(req.seq)
 			c.mu.Unlock()
-			c.sendError(p.ID, pmxproto.ErrorGeneric, fmt.Errorf("chunk service unavailable: %w", err))
+			c.sendError(ctx, p.ID, pmxproto.ErrorGeneric, fmt.Errorf("chunk service unavailable: %w", err))
 			return
 		}
 		c.upload = up
-		go c.acknowledge(up)
+		c.sess.Go(func(ctx context.Context) error { c.acknowledge(ctx, up); return nil })
 	}
 	up := c.upload
-	c.uploadIDs = append(c.uploadIDs, p.ID)
-	c.uploadsSent++
+	c.uploadQ = append(c.uploadQ, &pendingUpload{id: p.ID, seq: req.seq})
+	c.lanes[p.ID].uploads++
 	c.mu.Unlock()
-	// Not under the lock: Send may wait for flow control, which needs the
-	// acknowledger to make progress. Only this read loop sends.
+	// Not under c.mu: Send may wait for flow control, which needs the
+	// acknowledger to make progress.
 	err := up.Send(&chunkbridgev1.UploadChunksRequest{
 		Id: hex.EncodeToString(p.Digest[:]), Algorithm: chunkbridgev1.DigestAlgorithm_DIGEST_ALGORITHM_SHA256,
 		Encoding: chunkbridgev1.Encoding_ENCODING_RAW, Data: p.Data,
 	})
 	if err != nil {
-		c.mu.Lock()
-		if c.upload == up {
-			c.failUploads(fmt.Errorf("chunk service: %w", err))
-		}
-		c.mu.Unlock()
+		c.failUploads(ctx, up, fmt.Errorf("chunk service: %w", err))
 	}
 }
 
 // acknowledge turns the chunk service's acknowledgements into Ok or Error.
-func (c *conn) acknowledge(up chunkbridgev1.ChunkService_UploadChunksClient) {
+func (c *conn) acknowledge(ctx context.Context, up chunkbridgev1.ChunkService_UploadChunksClient) {
 	for {
 		ack, err := up.Recv()
 		if err != nil {
-			c.mu.Lock()
-			if c.upload == up && c.ctx.Err() == nil {
-				c.failUploads(fmt.Errorf("chunk service: %w", err))
+			if ctx.Err() == nil {
+				c.failUploads(ctx, up, fmt.Errorf("chunk service: %w", err))
 			}
-			c.mu.Unlock()
 			return
 		}
 		c.mu.Lock()
-		if c.upload != up || len(c.uploadIDs) == 0 {
+		if c.upload != up || len(c.uploadQ) == 0 {
 			c.mu.Unlock()
 			return
 		}
-		id := c.uploadIDs[0]
-		c.uploadIDs = c.uploadIDs[1:]
-		c.uploadsDone++
-		c.acked.Broadcast()
+		u := c.uploadQ[0]
+		c.uploadQ = c.uploadQ[1:]
+		c.answered(u.seq)
 		c.mu.Unlock()
 		if ack.GetCode() == 0 {
-			c.send(&pmxproto.Ok{ID: id})
+			c.send(ctx, &pmxproto.Ok{ID: u.id})
 		} else {
-			c.sendError(id, pmxproto.ErrorGeneric, status.Error(codes.Code(ack.GetCode()), ack.GetMessage()))
+			c.sendError(ctx, u.id, pmxproto.ErrorGeneric, status.Error(codes.Code(ack.GetCode()), ack.GetMessage()))
 		}
+		c.laneUploadDone(u.id)
 	}
 }
 
-// failUploads answers every upload in flight with Error and drops the
-// stream, so the next upload opens a new one. Called with c.mu held.
-func (c *conn) failUploads(err error) {
-	for _, id := range c.uploadIDs {
-		c.send(&pmxproto.Error{ID: id, Code: pmxproto.ErrorGeneric, Reason: reason(err)})
-	}
-	c.uploadsDone += int64(len(c.uploadIDs))
-	c.uploadIDs = nil
-	c.upload = nil
-	c.acked.Broadcast()
+// laneUploadDone lets the next request on id go once the upload's reply
+// is queued.
+func (c *conn) laneUploadDone(id uint8) {
+	c.mu.Lock()
+	c.lanes[id].uploads--
+	c.cond.Broadcast()
+	c.mu.Unlock()
 }
 
-// uploadBarrier waits until every chunk uploaded so far is acknowledged:
-// PMXBCKUP promises that a chunk uploaded before the entry that references
-// it is stored first, and the catalog checks entries against the store.
-func (c *conn) uploadBarrier() {
+// failUploads answers every upload in flight on up with Error and drops
+// the stream, so the next upload opens a new one.
+func (c *conn) failUploads(ctx context.Context, up chunkbridgev1.ChunkService_UploadChunksClient, err error) {
+	c.mu.Lock()
+	if c.upload != up {
+		c.mu.Unlock()
+		return
+	}
+	failed := c.uploadQ
+	c.uploadQ, c.upload = nil, nil
+	for _, u := range failed {
+		c.answered(u.seq)
+	}
+	c.mu.Unlock()
+	for _, u := range failed {
+		c.sendError(ctx, u.id, pmxproto.ErrorGeneric, err)
+		c.laneUploadDone(u.id)
+	}
+}
+
+// uploadBarrier waits until every chunk uploaded before the packet with
+// this barrier is answered: PMXBCKUP promises that a chunk uploaded before
+// the entry that references it is stored first, and the catalog checks
+// entries against the store.
+func (c *conn) uploadBarrier(ctx context.Context, barrier uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	target := c.uploadsSent
-	for c.uploadsDone < target && c.ctx.Err() == nil {
-		c.acked.Wait()
+	for c.lowSeq < barrier && ctx.Err() == nil {
+		c.cond.Wait()
 	}
 }
 
@@ -293,18 +395,26 @@ func snapshotKey(p *pmxproto.CreateBackup) string {
 
 // createBackup opens a snapshot file in the catalog and answers
 // BackupCreated with its path, or Error.
-func (c *conn) createBackup(p *pmxproto.CreateBackup) {
+func (c *conn) createBackup(ctx context.Context, p *pmxproto.CreateBackup) {
+	fs := &fileStream{id: p.ID, fixed: !p.Dynamic(), done: make(chan struct{})}
 	c.mu.Lock()
 	_, inUse := c.streams[p.ID]
+	open := len(c.streams)
 	// The original server remembers the snapshots a connection created, so
 	// that several files can go into one snapshot under EXCL.
 	exclusive := p.Exclusive() && !c.created[snapshotKey(p)]
+	if !inUse && open < c.srv.maxOpenFiles() {
+		c.streams[p.ID] = fs // reserved while the catalog answers
+	}
 	c.mu.Unlock()
-	if inUse {
-		c.sendError(p.ID, pmxproto.ErrorGeneric, fmt.Errorf("stream id %d is already in use by an unfinished backup file", p.ID))
+	switch {
+	case inUse:
+		c.sendError(ctx, p.ID, pmxproto.ErrorGeneric, fmt.Errorf("stream id %d is already in use by an unfinished backup file", p.ID))
+		return
+	case open >= c.srv.maxOpenFiles():
+		c.sendError(ctx, p.ID, pmxproto.ErrorGeneric, fmt.Errorf("too many open backup files on this connection (%d); finish one with BackupFinished first", open))
 		return
 	}
-	ctx, cancel := context.WithCancel(c.ctx)
 	stream, err := c.srv.Catalog.WriteSnapshotFile(ctx)
 	if err == nil {
 		err = stream.Send(&chunkbridgev1.WriteSnapshotFileRequest{Step: &chunkbridgev1.WriteSnapshotFileRequest_Create_{
@@ -319,39 +429,38 @@ func (c *conn) createBackup(p *pmxproto.CreateBackup) {
 		resp, err = stream.Recv()
 	}
 	if err != nil {
-		cancel()
-		c.sendError(p.ID, pmxproto.ErrorGeneric, err)
+		c.closeStream(fs)
+		c.sendError(ctx, p.ID, pmxproto.ErrorGeneric, err)
 		return
 	}
-	fs := &fileStream{id: p.ID, path: resp.GetCreated().GetPath(), fixed: !p.Dynamic(), stream: stream, cancel: cancel, done: make(chan struct{})}
+	fs.path, fs.stream = resp.GetCreated().GetPath(), stream
 	c.mu.Lock()
-	c.streams[p.ID] = fs
 	c.created[snapshotKey(p)] = true
 	c.mu.Unlock()
-	go c.catalogReplies(fs)
-	c.send(&pmxproto.BackupCreated{ID: p.ID, Path: fs.path})
+	c.sess.Go(func(ctx context.Context) error { c.catalogReplies(ctx, fs); return nil })
+	c.send(ctx, &pmxproto.BackupCreated{ID: p.ID, Path: fs.path})
 }
 
-// catalogReplies reports refused entries as Error on the stream id, and
-// the result of the commit as Ok or Error.
-func (c *conn) catalogReplies(fs *fileStream) {
+// catalogReplies reports refused entries as Error on the stream id as
+// they come, and the result of the commit as Ok or Error.
+func (c *conn) catalogReplies(ctx context.Context, fs *fileStream) {
 	defer close(fs.done)
 	for {
 		resp, err := fs.stream.Recv()
 		if err != nil {
-			if c.ctx.Err() == nil && !errors.Is(err, io.EOF) && status.Code(err) != codes.Canceled {
-				c.sendError(fs.id, pmxproto.ErrorGeneric, err)
-			}
 			c.closeStream(fs)
+			if ctx.Err() == nil && !errors.Is(err, io.EOF) && status.Code(err) != codes.Canceled {
+				c.sendError(ctx, fs.id, pmxproto.ErrorGeneric, err)
+			}
 			return
 		}
 		switch step := resp.GetStep().(type) {
 		case *chunkbridgev1.WriteSnapshotFileResponse_Refused:
-			c.sendError(fs.id, pmxproto.ErrorGeneric, errors.New(step.Refused.GetMessage()))
+			c.sendError(ctx, fs.id, pmxproto.ErrorGeneric, errors.New(step.Refused.GetMessage()))
 		case *chunkbridgev1.WriteSnapshotFileResponse_Committed_:
 			c.log.Info("snapshot file published", "path", fs.path, "chunks", step.Committed.GetFile().GetChunkCount())
 			c.closeStream(fs)
-			c.send(&pmxproto.Ok{ID: fs.id})
+			c.send(ctx, &pmxproto.Ok{ID: fs.id})
 			return
 		}
 	}
@@ -364,7 +473,6 @@ func (c *conn) closeStream(fs *fileStream) {
 		delete(c.streams, fs.id)
 	}
 	c.mu.Unlock()
-	fs.cancel()
 }
 
 func (c *conn) stream(id uint8) *fileStream {
@@ -373,29 +481,36 @@ func (c *conn) stream(id uint8) *fileStream {
 	return c.streams[id]
 }
 
-// backupData queues entries of an open file; no reply unless refused.
-func (c *conn) backupData(id uint8, fixed bool, entries []*chunkbridgev1.WriteSnapshotFileRequest_Entry) {
+// backupData sends the entries of an open file to the catalog in batches;
+// no reply unless refused. Entries go out as soon as the client pauses,
+// so that a refusal is answered when it happens, not at BackupFinished.
+func (c *conn) backupData(ctx context.Context, id uint8, fixed bool, barrier uint64, n int, entry func(int) *chunkbridgev1.WriteSnapshotFileRequest_Entry) {
 	fs := c.stream(id)
 	switch {
-	case fs == nil:
-		c.sendError(id, pmxproto.ErrorGeneric, fmt.Errorf("no open backup file has stream id %d", id))
+	case fs == nil || fs.stream == nil:
+		c.sendError(ctx, id, pmxproto.ErrorGeneric, fmt.Errorf("no open backup file has stream id %d", id))
 		return
 	case fs.fixed != fixed:
 		kind := map[bool]string{true: "fixed", false: "dynamic"}
-		c.sendError(id, pmxproto.ErrorGeneric, fmt.Errorf("%s data for the %s file %s", kind[fixed], kind[fs.fixed], fs.path))
+		c.sendError(ctx, id, pmxproto.ErrorGeneric, fmt.Errorf("%s data for the %s file %s", kind[fixed], kind[fs.fixed], fs.path))
 		return
 	}
-	fs.pending = append(fs.pending, entries...)
-	if len(fs.pending) >= entryFlush {
-		c.flushEntries(fs)
+	for i := range n {
+		fs.pending = append(fs.pending, entry(i))
+		if len(fs.pending) == entryFlush {
+			c.flushEntries(ctx, fs, barrier)
+		}
+	}
+	if c.laneIdle(id) {
+		c.flushEntries(ctx, fs, barrier)
 	}
 }
 
-func (c *conn) flushEntries(fs *fileStream) bool {
+func (c *conn) flushEntries(ctx context.Context, fs *fileStream, barrier uint64) bool {
 	if len(fs.pending) == 0 {
 		return true
 	}
-	c.uploadBarrier()
+	c.uploadBarrier(ctx, barrier)
 	err := fs.stream.Send(&chunkbridgev1.WriteSnapshotFileRequest{Step: &chunkbridgev1.WriteSnapshotFileRequest_Entries_{
 		Entries: &chunkbridgev1.WriteSnapshotFileRequest_Entries{Entries: fs.pending},
 	}})
@@ -403,76 +518,114 @@ func (c *conn) flushEntries(fs *fileStream) bool {
 	return err == nil // a failed stream reports through catalogReplies
 }
 
-// backupFinished commits the file; catalogReplies answers Ok or Error.
-func (c *conn) backupFinished(id uint8) {
+// backupFinished commits the file and waits for its Ok or Error, so that
+// the next request on the id comes after it.
+func (c *conn) backupFinished(ctx context.Context, id uint8, barrier uint64) {
 	fs := c.stream(id)
-	if fs == nil {
-		c.sendError(id, pmxproto.ErrorGeneric, fmt.Errorf("no open backup file has stream id %d", id))
+	if fs == nil || fs.stream == nil {
+		c.sendError(ctx, id, pmxproto.ErrorGeneric, fmt.Errorf("no open backup file has stream id %d", id))
 		return
 	}
-	if c.flushEntries(fs) {
+	if c.flushEntries(ctx, fs, barrier) {
 		fs.stream.Send(&chunkbridgev1.WriteSnapshotFileRequest{Step: &chunkbridgev1.WriteSnapshotFileRequest_Commit_{Commit: &chunkbridgev1.WriteSnapshotFileRequest_Commit{}}})
 	}
-	// Keep reading packets while the catalog publishes; the next packets
-	// on this id wait for the id to be free.
+	select {
+	case <-fs.done:
+	case <-ctx.Done():
+	}
 }
 
 // getHashList streams a snapshot file's digests (DESIGN §7.9); one at a
 // time per connection.
-func (c *conn) getHashList(p *pmxproto.GetHashList) {
-	c.mu.Lock()
-	busy := c.hashList
-	c.hashList = true
-	c.mu.Unlock()
+func (c *conn) getHashList(ctx context.Context, p *pmxproto.GetHashList, busy bool) {
 	if busy {
-		c.sendError(p.ID, pmxproto.ErrorBusy, errors.New("a hash list is already being sent on this connection"))
+		c.sendError(ctx, p.ID, pmxproto.ErrorBusy, errors.New("a hash list is already being sent on this connection"))
 		return
 	}
-	go func() {
-		defer func() {
-			c.mu.Lock()
-			c.hashList = false
-			c.mu.Unlock()
-		}()
-		stream, err := c.srv.Catalog.ReadSnapshotDigests(c.ctx, &chunkbridgev1.ReadSnapshotDigestsRequest{Path: strings.TrimPrefix(p.Name, "/")})
-		var part []pmxproto.Digest
-		for err == nil {
-			var resp *chunkbridgev1.ReadSnapshotDigestsResponse
-			resp, err = stream.Recv()
-			if errors.Is(err, io.EOF) {
-				err = nil
-				break
-			}
-			for _, h := range resp.GetDigests() {
-				var d pmxproto.Digest
-				hex.Decode(d[:], []byte(h))
-				part = append(part, d)
-				if len(part) == digestsPerPart {
-					c.send(&pmxproto.HashListPart{ID: p.ID, Digests: part})
-					part = nil
-				}
-			}
-		}
-		if err != nil {
-			c.sendError(p.ID, pmxproto.ErrorGeneric, err)
-			return
-		}
-		if len(part) > 0 {
-			c.send(&pmxproto.HashListPart{ID: p.ID, Digests: part})
-		}
-		c.send(&pmxproto.HashListPart{ID: p.ID})
+	defer func() {
+		c.mu.Lock()
+		c.hashList = false
+		c.mu.Unlock()
 	}()
+	stream, err := c.srv.Catalog.ReadSnapshotDigests(ctx, &chunkbridgev1.ReadSnapshotDigestsRequest{Path: strings.TrimPrefix(p.Name, "/")})
+	var part []pmxproto.Digest
+	for err == nil {
+		var resp *chunkbridgev1.ReadSnapshotDigestsResponse
+		resp, err = stream.Recv()
+		if errors.Is(err, io.EOF) {
+			err = nil
+			break
+		}
+		for _, h := range resp.GetDigests() {
+			var d pmxproto.Digest
+			hex.Decode(d[:], []byte(h))
+			part = append(part, d)
+			if len(part) == digestsPerPart {
+				if c.send(ctx, &pmxproto.HashListPart{ID: p.ID, Digests: part}) != nil {
+					return
+				}
+				part = nil
+			}
+		}
+	}
+	if err != nil {
+		c.sendError(ctx, p.ID, pmxproto.ErrorGeneric, err)
+		return
+	}
+	if len(part) > 0 {
+		c.send(ctx, &pmxproto.HashListPart{ID: p.ID, Digests: part})
+	}
+	c.send(ctx, &pmxproto.HashListPart{ID: p.ID})
 }
 
-// downloadChunks answers DownloadChunks (DESIGN §7.10): one Chunk per
-// digest in request order, or Error for the first missing one and nothing
-// after it.
-func (c *conn) downloadChunks(p *pmxproto.DownloadChunks) {
+// download is a DownloadChunks for the download worker.
+type download struct {
+	p    *pmxproto.DownloadChunks
+	done chan struct{}
+}
+
+// downloadChunks hands p to the connection's one download worker and
+// waits, so the next request on the id comes after its replies.
+func (c *conn) downloadChunks(ctx context.Context, p *pmxproto.DownloadChunks) {
+	defer c.downloads.Release(1)
+	c.dlOnce.Do(func() {
+		c.sess.Go(func(ctx context.Context) error { c.downloadWorker(ctx); return nil })
+	})
+	d := &download{p: p, done: make(chan struct{})}
+	select {
+	case c.dlQueue <- d:
+	case <-ctx.Done():
+		return
+	}
+	select {
+	case <-d.done:
+	case <-ctx.Done():
+	}
+}
+
+// downloadWorker answers downloads one at a time: the chunk bytes a
+// connection holds are the session's bounded queue and the one chunk in
+// hand, however many downloads the client pipelines.
+func (c *conn) downloadWorker(ctx context.Context) {
+	for {
+		select {
+		case d := <-c.dlQueue:
+			c.download(ctx, d.p)
+			close(d.done)
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// download answers DownloadChunks (DESIGN §7.10): one Chunk per digest in
+// request order, or Error for the first missing one and nothing after it.
+func (c *conn) download(ctx context.Context, p *pmxproto.DownloadChunks) {
 	req := &chunkbridgev1.DownloadChunksRequest{Ids: make([]string, len(p.Digests)), Encoding: chunkbridgev1.Encoding_ENCODING_RAW}
 	for i, d := range p.Digests {
 		req.Ids[i] = hex.EncodeToString(d[:])
 	}
-	ctx, cancel := context.WithCancel(c.ctx)
+	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stream, err := c.srv.Chunks.DownloadChunks(ctx, req)
 	for i := 0; err == nil && i < len(p.Digests); i++ {
@@ -487,12 +640,12 @@ func (c *conn) downloadChunks(p *pmxproto.DownloadChunks) {
 		if err == nil {
 			chunk := &pmxproto.Chunk{ID: p.ID, Offset: uint64(i), Digest: p.Digests[i], Data: resp.GetData()}
 			c.srv.Metrics.packet(chunk)
-			if !c.send(chunk) {
+			if c.send(ctx, chunk) != nil {
 				return
 			}
 		}
 	}
-	if err != nil {
-		c.sendError(p.ID, pmxproto.ErrorGeneric, err)
+	if err != nil && ctx.Err() == nil {
+		c.sendError(ctx, p.ID, pmxproto.ErrorGeneric, err)
 	}
 }

@@ -1,14 +1,16 @@
 package pmx
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
+	"errors"
 	"log/slog"
 	"net"
 	"sync"
 	"time"
 
+	"github.com/chunkbridge/chunkbridge/format/pmxproto"
+	"github.com/chunkbridge/chunkbridge/gateway/session"
 	"github.com/chunkbridge/chunkbridge/gateway/tcpserver"
 )
 
@@ -25,13 +27,56 @@ type Server struct {
 	// Metrics may be nil.
 	Metrics *Metrics
 
+	// Per-listener and per-connection limits; zero takes the default.
+	//
+	// MaxConns caps the connections served at once (default 1024); beyond
+	// it a client gets Error(Busy) instead of Hello, and is closed.
+	MaxConns int
+	// IdleTimeout closes a connection with no traffic either way (default
+	// 10m); WriteTimeout one whose client reads nothing (default 1m).
+	IdleTimeout, WriteTimeout time.Duration
+	// QueueBytes bounds the replies queued for a client, downloaded chunks
+	// included (default 64 MiB); RequestBytes the packets read and not yet
+	// handled (default 64 MiB).
+	QueueBytes, RequestBytes int64
+	// MaxDownloads bounds the DownloadChunks a connection has waiting
+	// (default 16); MaxOpenFiles its open backup files (default 16).
+	MaxDownloads, MaxOpenFiles int
+
 	once sync.Once
 	tcp  tcpserver.Server
+}
+
+const (
+	defaultMaxConns  = 1024
+	defaultQueue     = 64 << 20
+	defaultRequests  = 64 << 20
+	defaultDownloads = 16
+	defaultOpenFiles = 16
+)
+
+func orDefault[T int | int64 | time.Duration](v, d T) T {
+	if v > 0 {
+		return v
+	}
+	return d
+}
+
+func (s *Server) maxOpenFiles() int { return orDefault(s.MaxOpenFiles, defaultOpenFiles) }
+
+func (s *Server) log() *slog.Logger {
+	if s.Log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return s.Log
 }
 
 func (s *Server) init() {
 	s.once.Do(func() {
 		s.tcp.Handle = s.serveConn
+		s.tcp.MaxConns = orDefault(s.MaxConns, defaultMaxConns)
+		s.tcp.Refuse = s.refuse
+		s.tcp.Log = s.Log
 		if s.TLS != nil {
 			s.tcp.Wrap = func(c net.Conn) net.Conn { return tls.Server(c, s.TLS) }
 		}
@@ -52,36 +97,56 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return s.tcp.Shutdown(ctx)
 }
 
-func (s *Server) serveConn(c net.Conn) {
-	log := s.Log
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+// Active is how many connections are being served.
+func (s *Server) Active() int { return s.tcp.Active() }
+
+func (s *Server) sessionConfig() session.Config {
+	return session.Config{
+		IdleTimeout:  s.IdleTimeout,
+		WriteTimeout: s.WriteTimeout,
+		QueueBytes:   orDefault(s.QueueBytes, defaultQueue),
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	cn := &conn{
-		srv: s, nc: c, log: log.With("remote", c.RemoteAddr().String()),
-		ctx: ctx, cancel: cancel,
-		out:     make(chan []byte, 64),
-		streams: map[uint8]*fileStream{},
-		created: map[string]bool{},
+}
+
+func (s *Server) serveConn(nc net.Conn) {
+	sess := session.New(context.Background(), nc, s.sessionConfig())
+	c := &conn{
+		srv: s, sess: sess, log: s.log().With("remote", nc.RemoteAddr().String()),
+		requests:  session.NewBudget(orDefault(s.RequestBytes, defaultRequests)),
+		downloads: session.NewBudget(int64(orDefault(s.MaxDownloads, defaultDownloads))),
+		dlQueue:   make(chan *download),
+		unacked:   map[uint64]bool{},
+		streams:   map[uint8]*fileStream{},
+		created:   map[string]bool{},
 	}
-	cn.acked = sync.NewCond(&cn.mu)
-	// A connection that ends must wake the upload barrier: acknowledgements
-	// it waits for will never come.
-	stop := context.AfterFunc(ctx, func() {
-		cn.mu.Lock()
-		cn.acked.Broadcast()
-		cn.mu.Unlock()
+	c.cond = sync.NewCond(&c.mu)
+	// Waiters on uploads and lanes must wake when the connection ends:
+	// the acknowledgements they wait for will never come.
+	stop := context.AfterFunc(sess.Context(), func() {
+		c.mu.Lock()
+		c.cond.Broadcast()
+		c.mu.Unlock()
 	})
 	defer stop()
 	if s.Metrics != nil {
 		s.Metrics.connections.Inc()
 	}
-	go cn.writer(bufio.NewWriterSize(c, 256<<10))
-	err := cn.run()
-	cn.finish(err)
+	err := sess.Run(c.readLoop)
+	var idle *session.IdleError
+	switch {
+	case err == nil, errors.Is(err, context.Canceled):
+	case errors.As(err, &idle):
+		c.log.Info("connection idle; closed", "err", err)
+	default:
+		c.log.Warn("connection closed", "err", err)
+	}
 }
 
-// idleTimeout closes a connection that sends nothing for this long.
-const idleTimeout = 10 * time.Minute
+// refuse answers a connection beyond MaxConns with Error(Busy) in place of
+// Hello, then closes it.
+func (s *Server) refuse(nc net.Conn) {
+	sess := session.New(context.Background(), nc, session.Config{WriteTimeout: 5 * time.Second, DrainTimeout: time.Second, IdleTimeout: 5 * time.Second})
+	err := tcpserver.ErrTooManyConnections
+	sess.Fail(err, (&pmxproto.Error{ID: 0, Code: pmxproto.ErrorBusy, Reason: "chunkbridge: " + err.Error()}).Encode(nil))
+	sess.Run(func(context.Context) error { return nil })
+}

@@ -22,14 +22,18 @@ import (
 )
 
 type harness struct {
+	srv     *pmx.Server
 	addr    string
 	catalog chunkbridgev1.CatalogServiceClient
 }
 
-func newHarness(t *testing.T) *harness {
+func newHarness(t *testing.T, configure ...func(*pmx.Server)) *harness {
 	t.Helper()
 	svcs := servicetest.Start(t, memory.New(), chunk.Config{}, catalog.Config{})
 	srv := &pmx.Server{Chunks: svcs.ChunkClient(), Catalog: svcs.CatalogClient()}
+	for _, f := range configure {
+		f(srv)
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -40,7 +44,7 @@ func newHarness(t *testing.T) *harness {
 		defer cancel()
 		srv.Shutdown(ctx)
 	})
-	return &harness{addr: ln.Addr().String(), catalog: srv.Catalog}
+	return &harness{addr: ln.Addr().String(), catalog: srv.Catalog, srv: srv}
 }
 
 type client struct {

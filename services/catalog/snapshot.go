@@ -113,12 +113,17 @@ func parseSnapshotPath(path string, allowLatest bool) (snapshotPath, error) {
 
 // snapshotWriter accumulates one snapshot file.
 type snapshotWriter struct {
-	s       *Server
-	create  *chunkbridgev1.WriteSnapshotFileRequest_Create
-	path    snapshotPath
+	s      *Server
+	create *chunkbridgev1.WriteSnapshotFileRequest_Create
+	path   snapshotPath
+	// fixed holds the slots filled so far in order (Digests grows as
+	// entries arrive: the size field announced in Create allocates
+	// nothing); slots filled ahead of that wait in sparse until the gap
+	// closes. Memory follows the entries a client sent, not the size it
+	// claims.
 	fixed   *pbsindex.Fixed
-	filled  []bool
-	nFilled int
+	slots   int64
+	sparse  map[int64]pbsindex.Digest
 	dynamic *pbsindex.Dynamic
 	pending []*chunkbridgev1.WriteSnapshotFileRequest_Entry
 	refused int
@@ -166,6 +171,13 @@ func (s *Server) WriteSnapshotFile(stream grpc.BidiStreamingServer[chunkbridgev1
 					}
 				}
 			}
+			// Checked at the end of every message, so a refusal reaches
+			// the writer while it still sends, not only at Commit.
+			if len(w.pending) > 0 {
+				if err := w.flush(ctx); err != nil {
+					return apierr.Status(err)
+				}
+			}
 		case *chunkbridgev1.WriteSnapshotFileRequest_Commit_:
 			info, err := w.commit(ctx)
 			if err != nil {
@@ -210,8 +222,9 @@ func (s *Server) newSnapshotWriter(ctx context.Context, c *chunkbridgev1.WriteSn
 		if slots > maxEntries {
 			return nil, fmt.Errorf("%w: snapshot file %s: %d slots, at most %d; use a larger chunk size", apierr.ErrInvalid, w.path, slots, maxEntries)
 		}
-		w.fixed = &pbsindex.Fixed{UUID: pbsindex.NewUUID(), CTime: now, Size: uint64(c.GetFileSize()), ChunkSize: uint64(c.GetChunkSize()), Digests: make([]pbsindex.Digest, slots)}
-		w.filled = make([]bool, slots)
+		w.fixed = &pbsindex.Fixed{UUID: pbsindex.NewUUID(), CTime: now, Size: uint64(c.GetFileSize()), ChunkSize: uint64(c.GetChunkSize())}
+		w.slots = int64(slots)
+		w.sparse = map[int64]pbsindex.Digest{}
 	} else {
 		if c.GetFileSize() != 0 {
 			return nil, fmt.Errorf("%w: snapshot file %s: a dynamic file has file size 0, not %d", apierr.ErrInvalid, w.path, c.GetFileSize())
@@ -294,21 +307,32 @@ func (w *snapshotWriter) flush(ctx context.Context) error {
 func (w *snapshotWriter) place(e *chunkbridgev1.WriteSnapshotFileRequest_Entry, id chunk.ID, size int64) error {
 	if f := w.fixed; f != nil {
 		slot := e.GetSlot()
-		if slot < 0 || slot >= int64(len(f.Digests)) {
-			return w.refuse(codes.InvalidArgument, e.GetDigest(), "slot %d out of range: the file has %d slots", slot, len(f.Digests))
+		if slot < 0 || slot >= w.slots {
+			return w.refuse(codes.InvalidArgument, e.GetDigest(), "slot %d out of range: the file has %d slots", slot, w.slots)
 		}
 		want := int64(f.ChunkSize)
-		if slot == int64(len(f.Digests))-1 {
+		if slot == w.slots-1 {
 			want = int64(f.Size) - slot*int64(f.ChunkSize)
 		}
 		if size != want {
 			return w.refuse(codes.InvalidArgument, e.GetDigest(), "slot %d needs a chunk of %d bytes, chunk %s has %d", slot, want, id, size)
 		}
-		if !w.filled[slot] {
-			w.filled[slot] = true
-			w.nFilled++
+		switch n := int64(len(f.Digests)); {
+		case slot < n:
+			f.Digests[slot] = pbsindex.Digest(id)
+		case slot > n:
+			w.sparse[slot] = pbsindex.Digest(id)
+		default:
+			f.Digests = append(f.Digests, pbsindex.Digest(id))
+			for {
+				d, ok := w.sparse[int64(len(f.Digests))]
+				if !ok {
+					break
+				}
+				delete(w.sparse, int64(len(f.Digests)))
+				f.Digests = append(f.Digests, d)
+			}
 		}
-		f.Digests[slot] = pbsindex.Digest(id)
 		return nil
 	}
 	d := w.dynamic
@@ -335,8 +359,8 @@ func (w *snapshotWriter) commit(ctx context.Context) (*chunkbridgev1.SnapshotFil
 	var buf bytes.Buffer
 	meta := storage.Metadata{metaCreated: time.Now().UTC().Format(time.RFC3339Nano)}
 	if f := w.fixed; f != nil {
-		if w.nFilled != len(f.Digests) {
-			return nil, fmt.Errorf("%w: snapshot file %s: %d of %d slots are filled; nothing was published", apierr.ErrInvalid, w.path, w.nFilled, len(f.Digests))
+		if filled := int64(len(f.Digests) + len(w.sparse)); filled != w.slots {
+			return nil, fmt.Errorf("%w: snapshot file %s: %d of %d slots are filled; nothing was published", apierr.ErrInvalid, w.path, filled, w.slots)
 		}
 		if err := pbsindex.WriteFixed(&buf, f); err != nil {
 			return nil, fmt.Errorf("snapshot file %s: %w", w.path, err)

@@ -5,7 +5,9 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +18,7 @@ import (
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
 	"github.com/chunkbridge/chunkbridge/format/caindex"
+	"github.com/chunkbridge/chunkbridge/format/pbsindex"
 	"github.com/chunkbridge/chunkbridge/services/catalog"
 	"github.com/chunkbridge/chunkbridge/services/chunk"
 )
@@ -239,5 +242,29 @@ func TestSnapshotRefusals(t *testing.T) {
 	}
 	if _, err := f.digests(t, res.path); status.Code(err) != codes.NotFound {
 		t.Fatalf("an uncommitted file is visible: %v", err)
+	}
+}
+
+// A Create announcing the most slots allowed allocates nothing for them:
+// memory follows the entries sent, so an open file, or one entry at its
+// last slot, costs bytes, not the 528 MiB the size field claims.
+func TestFixedSlotsGrowWithEntries(t *testing.T) {
+	f := newFixture(t, catalog.Config{})
+	one := f.storeChunk(t, []byte{1})
+	const slots = pbsindex.DefaultMaxEntries
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	const files = 4
+	for i := range files {
+		create := &Create{Type: "vm", BackupId: "big", Time: at("2026-11-25T10:00:00Z"), Name: fmt.Sprintf("disk%d.img", i), Fixed: true, ChunkSize: 1, FileSize: slots}
+		res := f.write(t, create, []*Entry{{Slot: slots - 1, Digest: one}}, true)
+		if res.err == nil || !strings.Contains(res.err.Error(), fmt.Sprintf("1 of %d slots", slots)) {
+			t.Fatalf("commit with one of %d slots = %v", slots, res.err)
+		}
+	}
+	runtime.ReadMemStats(&after)
+	// Before slots grew with entries, each Create allocated 33 B a slot.
+	if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 64<<20 {
+		t.Fatalf("%d files announcing %d slots allocated %d MiB", files, slots, alloc>>20)
 	}
 }

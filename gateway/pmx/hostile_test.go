@@ -1,0 +1,228 @@
+package pmx_test
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"fmt"
+	"net"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chunkbridge/chunkbridge/format"
+	"github.com/chunkbridge/chunkbridge/format/pmxproto"
+	"github.com/chunkbridge/chunkbridge/gateway/pmx"
+)
+
+// heap reads the process's heap in use and goroutines after a collection.
+func heap() (inuse uint64, goroutines int) {
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapInuse, runtime.NumGoroutine()
+}
+
+// 200 pipelined DownloadChunks that are never read hold the connection's
+// reply queue, not the 6 GiB asked for; another client is still served.
+func TestPipelinedDownloadsNeverReadStayBounded(t *testing.T) {
+	const queue = 16 << 20
+	h := newHarness(t, func(s *pmx.Server) { s.QueueBytes = queue })
+	c := h.dial(t)
+	var digests []pmxproto.Digest
+	for i := range 4 {
+		digests = append(digests, c.upload(1, bytes.Repeat([]byte{byte(i)}, 4<<20)))
+	}
+	want := append(append([]pmxproto.Digest{}, digests...), digests...) // 32 MiB a request
+	// Read once, so the chunk service's cache is warm before measuring.
+	c.send(&pmxproto.DownloadChunks{ID: 2, Digests: digests})
+	for range digests {
+		if _, ok := c.next().(*pmxproto.Chunk); !ok {
+			t.Fatal("warming download: want Chunk")
+		}
+	}
+	heapBefore, goBefore := heap()
+
+	full := make(chan struct{}, 1)
+	pmx.SetDownloadsFullHook(func() {
+		select {
+		case full <- struct{}{}:
+		default:
+		}
+	})
+	defer pmx.SetDownloadsFullHook(nil)
+	hostile := h.dial(t)
+	var reqs []pmxproto.Packet
+	for i := range 200 {
+		reqs = append(reqs, &pmxproto.DownloadChunks{ID: uint8(i), Digests: want})
+	}
+	hostile.send(reqs...) // and never read
+	<-full                // the server stopped reading its requests
+
+	// Another client is served meanwhile, by the same process.
+	other := h.dial(t)
+	d := other.upload(1, []byte("still served"))
+	other.send(&pmxproto.DownloadChunks{ID: 2, Digests: []pmxproto.Digest{d}})
+	if ch, ok := other.next().(*pmxproto.Chunk); !ok || string(ch.Data) != "still served" {
+		t.Fatalf("second client: %+v", ch)
+	}
+
+	heapAfter, goAfter := heap()
+	grown := int64(heapAfter) - int64(heapBefore)
+	t.Logf("200 pipelined DownloadChunks of 32 MiB, never read: heap +%d MiB, goroutines %d -> %d", grown>>20, goBefore, goAfter)
+	// The reply queue, a chunk in hand and its encoding, the chunk
+	// service's read-ahead: tens of MiB, never the 6.4 GiB requested.
+	if grown > queue+96<<20 {
+		t.Fatalf("heap grew by %d MiB with a reply queue of %d MiB", grown>>20, queue>>20)
+	}
+	// Two connections: the lanes of the queued downloads (at most 16 wait),
+	// the worker, the session's goroutines, gRPC streams.
+	if goAfter-goBefore > 60 {
+		t.Fatalf("goroutines %d -> %d", goBefore, goAfter)
+	}
+}
+
+// CreateBackups announcing 16 Mi slots allocate nothing for them, and a
+// connection opens at most 16 files.
+func TestHugeFixedCreatesStayBounded(t *testing.T) {
+	h := newHarness(t)
+	heapBefore, _ := heap()
+	const conns, files = 3, 20
+	for n := range conns {
+		c := h.dial(t)
+		var reqs []pmxproto.Packet
+		for i := range files {
+			reqs = append(reqs, &pmxproto.CreateBackup{ID: uint8(i + 1), BackupType: pmxproto.BackupVM, Timestamp: ts, ChunkSize: 1, FileSize: 16 << 20, BackupID: "big", Name: fmt.Sprintf("c%d-f%d", n, i)})
+		}
+		c.send(reqs...)
+		created, refused := 0, 0
+		for range files {
+			switch p := c.next().(type) {
+			case *pmxproto.BackupCreated:
+				created++
+			case *pmxproto.Error:
+				if !strings.Contains(p.Reason, "too many open backup files") {
+					t.Fatalf("Error %q", p.Reason)
+				}
+				refused++
+			}
+		}
+		if created != 16 || refused != files-16 {
+			t.Fatalf("connection %d: %d created, %d refused; want 16 and %d", n, created, refused, files-16)
+		}
+	}
+	heapAfter, _ := heap()
+	grown := int64(heapAfter) - int64(heapBefore)
+	t.Logf("%d open files of 16 Mi slots: heap +%d MiB", conns*16, grown>>20)
+	if grown > 64<<20 {
+		t.Fatalf("%d open 16 Mi-slot files grew the heap by %d MiB", conns*16, grown>>20)
+	}
+}
+
+// 2000 idle connections cost a few goroutines each; one more is refused
+// with a reason.
+func TestIdleConnectionsAndMaxConns(t *testing.T) {
+	const n = 2000
+	h := newHarness(t, func(s *pmx.Server) { s.MaxConns = n })
+	heapBefore, goBefore := heap()
+	conns := make([]net.Conn, 0, n)
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for range n {
+		c, err := net.Dial("tcp", h.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		if p, err := pmxproto.NewReader(c).ReadPacket(); err != nil || p.PacketType() != pmxproto.TypeHello {
+			t.Fatalf("connection %d: %v %v, want Hello", len(conns), p, err)
+		}
+	}
+	heapAfter, goAfter := heap()
+	perConn := (goAfter - goBefore) / n
+	t.Logf("%d idle connections: %d goroutines each, heap +%d KiB each (server and client sides)", n, perConn, (int64(heapAfter)-int64(heapBefore))/n>>10)
+	if perConn > 3 || h.srv.Active() != n {
+		t.Fatalf("%d goroutines per idle connection, %d active", perConn, h.srv.Active())
+	}
+
+	c := h.dial0(t)
+	p, err := c.r.ReadPacket()
+	if e, ok := p.(*pmxproto.Error); err != nil || !ok || e.Code != pmxproto.ErrorBusy || !strings.Contains(e.Reason, "too many connections") {
+		t.Fatalf("connection %d: %+v %v, want Error(Busy) saying too many connections", n+1, p, err)
+	}
+	c.expectClosed()
+}
+
+// dial0 connects without expecting Hello.
+func (h *harness) dial0(t *testing.T) *client {
+	t.Helper()
+	c, err := net.Dial("tcp", h.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	return &client{t: t, conn: c, r: pmxproto.NewReader(c)}
+}
+
+// A client sending nothing is closed at the idle timeout, in any state.
+func TestIdleTimeoutInEveryState(t *testing.T) {
+	h := newHarness(t, func(s *pmx.Server) { s.IdleTimeout = 300 * time.Millisecond })
+	c := h.dial(t) // after Hello
+	c.expectClosed()
+	c = h.dial(t) // with an open backup file
+	c.create(&pmxproto.CreateBackup{ID: 2, BackupType: pmxproto.BackupHost, Timestamp: ts, Flags: pmxproto.FlagDynamicChunks, BackupID: "h", Name: "s"})
+	c.expectClosed()
+}
+
+// Pipelined BackupFinished(id) and CreateBackup(id) are answered in that
+// order: the Create waits for the Finished's Ok, other ids do not.
+func TestPipelinedFinishedThenCreateInOrder(t *testing.T) {
+	h := newHarness(t)
+	c := h.dial(t)
+	d := c.upload(1, []byte("chunk"))
+	create := func(i int) *pmxproto.CreateBackup {
+		return &pmxproto.CreateBackup{ID: 2, BackupType: pmxproto.BackupHost, Timestamp: ts, Flags: pmxproto.FlagDynamicChunks, BackupID: "h", Name: fmt.Sprintf("f%d", i)}
+	}
+	c.create(create(0))
+	for i := 1; i <= 30; i++ {
+		c.send(&pmxproto.BackupDataDynamic{ID: 2, Entries: []pmxproto.DynamicEntry{{Offset: 0, Digest: d}}},
+			&pmxproto.BackupFinished{ID: 2}, create(i))
+		c.expectOk(2)
+		if p, ok := c.next().(*pmxproto.BackupCreated); !ok || p.ID != 2 {
+			t.Fatalf("round %d: %+v after Ok(2), want BackupCreated(2)", i, p)
+		}
+	}
+}
+
+// A refused entry is answered when refused, before BackupFinished.
+func TestRefusedEntryAnsweredBeforeFinished(t *testing.T) {
+	h := newHarness(t)
+	c := h.dial(t)
+	c.create(&pmxproto.CreateBackup{ID: 2, BackupType: pmxproto.BackupHost, Timestamp: ts, Flags: pmxproto.FlagDynamicChunks, BackupID: "h", Name: "s"})
+	missing := pmxproto.Digest(sha256.Sum256([]byte("never uploaded")))
+	c.send(&pmxproto.BackupDataDynamic{ID: 2, Entries: []pmxproto.DynamicEntry{{Offset: 0, Digest: missing}}})
+	c.expectError(2, pmxproto.ErrorGeneric, "not stored") // no BackupFinished sent yet
+	c.send(&pmxproto.BackupFinished{ID: 2})
+	c.expectError(2, pmxproto.ErrorGeneric, "refused")
+}
+
+// A chunk larger than format.MaxChunk fits an UploadChunk packet but could
+// not be restored: refused at once, and the connection goes on.
+func TestOversizedUploadRefused(t *testing.T) {
+	h := newHarness(t)
+	c := h.dial(t)
+	data := bytes.Repeat([]byte("x"), pmxproto.MaxBodySize-pmxproto.DigestSize)
+	if len(data) <= format.MaxChunk {
+		t.Skipf("an UploadChunk holds at most %d bytes, not above MaxChunk %d", len(data), format.MaxChunk)
+	}
+	_, up := uploadOf(data)
+	up.ID = 3
+	c.send(up)
+	c.expectError(3, pmxproto.ErrorGeneric, "exceed")
+	c.upload(3, []byte("small"))
+}

@@ -1,0 +1,479 @@
+// Package session is the one session skeleton of chunkbridge's raw-protocol
+// gateways (PMXBCKUP and casync): everything a framed request/response
+// conversation on one byte stream needs so that no gateway hand-rolls its
+// own concurrency.
+//
+// A Session owns:
+//
+//   - an errgroup with the session context: Go starts workers, Run the main
+//     (reading) loop; the first error, or the main loop returning, ends the
+//     session, and Run returns only when every goroutine has returned;
+//   - a framed writer goroutine fed by Send through a queue bounded in
+//     bytes (Config.QueueBytes): Send blocks while the queue is full and
+//     fails once its context or the session ends, so a peer that does not
+//     read costs at most QueueBytes plus the write buffer. Frames are
+//     batched and flushed when the queue runs dry; every write has a
+//     deadline (Config.WriteTimeout), so a peer that stops reading ends the
+//     session;
+//   - an optional final frame (SetFinal: casync's ABORT, a PMXBCKUP
+//     refusal), written after everything queued; then the write side is
+//     half-closed (CloseWrite) and the input drained for at most
+//     Config.DrainTimeout, so the peer reads the frame instead of a reset;
+//   - a Reader that arms a read deadline before every read: a session with
+//     no traffic in either direction for Config.IdleTimeout ends, in every
+//     protocol state (before and after a handshake alike);
+//   - Budget, a weighted semaphore for per-connection limits such as bytes
+//     of downloads in flight.
+//
+// Connections without deadlines (pipes of an ssh session) get the same
+// limits by closing the connection when a timer fires.
+package session
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+)
+
+// Conn is the session's byte stream. A net.Conn is one; CloseWrite,
+// SetReadDeadline and SetWriteDeadline are used when the Conn has them.
+type Conn interface {
+	io.Reader
+	io.Writer
+	io.Closer
+}
+
+// Config holds a session's limits; zero fields take the defaults.
+type Config struct {
+	// IdleTimeout ends a session with no bytes in either direction for
+	// this long (default 10m).
+	IdleTimeout time.Duration
+	// WriteTimeout bounds every write to the peer (default 1m).
+	WriteTimeout time.Duration
+	// QueueBytes bounds the frames queued for the writer (default 8 MiB).
+	// A frame larger than that waits for the queue to be empty.
+	QueueBytes int64
+	// BufferSize is the write buffer (default 256 KiB).
+	BufferSize int
+	// DrainTimeout bounds reading and discarding input after a final frame
+	// (default 10s); at most MaxDrain bytes are read.
+	DrainTimeout time.Duration
+}
+
+const (
+	defaultIdle   = 10 * time.Minute
+	defaultWrite  = time.Minute
+	defaultQueue  = 8 << 20
+	defaultBuffer = 256 << 10
+	defaultDrain  = 10 * time.Second
+	MaxDrain      = 64 << 20
+	pastDeadline  = 1 // unix seconds: a deadline long gone
+)
+
+// testHookSendBlocked, if set, runs when Send finds the queue full.
+var testHookSendBlocked func()
+
+// ErrEnded is the cause of a session whose main loop returned nil.
+var ErrEnded = errors.New("session ended")
+
+// Session is one conversation; see the package doc.
+type Session struct {
+	cfg    Config
+	conn   Conn
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	g      errgroup.Group
+	queue  *Budget
+
+	mu       sync.Mutex
+	frames   [][]byte
+	final    []byte
+	draining bool // the drain owns the read deadline now
+	wake     chan struct{}
+
+	lastIO   atomic.Int64 // unix nanoseconds of the last byte read or written
+	drained  atomic.Int64
+	wroteFin atomic.Bool
+}
+
+// New starts a session on conn: its writer runs until the session ends.
+// Call Run exactly once.
+func New(ctx context.Context, conn Conn, cfg Config) *Session {
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = defaultIdle
+	}
+	if cfg.WriteTimeout <= 0 {
+		cfg.WriteTimeout = defaultWrite
+	}
+	if cfg.QueueBytes <= 0 {
+		cfg.QueueBytes = defaultQueue
+	}
+	if cfg.BufferSize <= 0 {
+		cfg.BufferSize = defaultBuffer
+	}
+	if cfg.DrainTimeout <= 0 {
+		cfg.DrainTimeout = defaultDrain
+	}
+	s := &Session{cfg: cfg, conn: conn, queue: NewBudget(cfg.QueueBytes), wake: make(chan struct{}, 1)}
+	s.ctx, s.cancel = context.WithCancelCause(ctx)
+	s.touch()
+	// A reader blocked in Read must notice the end at once, not at the
+	// idle deadline.
+	context.AfterFunc(s.ctx, func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.draining {
+			return
+		}
+		if d, ok := conn.(interface{ SetReadDeadline(time.Time) error }); !ok || d.SetReadDeadline(time.Unix(pastDeadline, 0)) != nil {
+			conn.Close()
+		}
+	})
+	s.g.Go(s.writer)
+	return s
+}
+
+// Context is the session context: it ends with the session.
+func (s *Session) Context() context.Context { return s.ctx }
+
+// Go runs a worker in the session's group; an error from it ends the
+// session with that error as the cause.
+func (s *Session) Go(f func(ctx context.Context) error) {
+	s.g.Go(func() error {
+		err := f(s.ctx)
+		if err != nil {
+			s.cancel(err)
+		}
+		return err
+	})
+}
+
+// End ends the session: err is the cause (nil: ended normally).
+func (s *Session) End(err error) {
+	if err == nil {
+		err = ErrEnded
+	}
+	s.cancel(err)
+}
+
+// Run runs the main loop, which normally reads requests from Reader, and
+// ends the session when it returns. Then it waits for every worker and
+// the writer, drains the input if a final frame was written, and closes
+// the connection. It returns the first error that ended the session, or
+// nil if the main loop returned nil first.
+func (s *Session) Run(main func(ctx context.Context) error) error {
+	s.g.Go(func() error {
+		err := main(s.ctx)
+		s.End(err)
+		return err
+	})
+	s.g.Wait()
+	if s.wroteFin.Load() {
+		s.drain()
+	}
+	s.conn.Close()
+	if err := context.Cause(s.ctx); !errors.Is(err, ErrEnded) {
+		return err
+	}
+	return nil
+}
+
+// Send queues one encoded frame for the writer, waiting while the queue is
+// full. It fails once ctx or the session ends. The frame must not be
+// modified afterwards.
+func (s *Session) Send(ctx context.Context, frame []byte) error {
+	n := int64(len(frame))
+	actx := ctx
+	if ctx.Done() != s.ctx.Done() {
+		var cancel context.CancelFunc
+		actx, cancel = context.WithCancel(ctx)
+		stop := context.AfterFunc(s.ctx, cancel)
+		defer func() { stop(); cancel() }()
+	}
+	if !s.queue.TryAcquire(n) {
+		if testHookSendBlocked != nil {
+			testHookSendBlocked()
+		}
+		if err := s.queue.Acquire(actx, n); err != nil {
+			if s.ctx.Err() != nil {
+				return s.endedError()
+			}
+			return err
+		}
+	}
+	s.mu.Lock()
+	if s.ctx.Err() != nil {
+		s.mu.Unlock()
+		s.queue.Release(n)
+		return s.endedError()
+	}
+	s.frames = append(s.frames, frame)
+	s.mu.Unlock()
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+func (s *Session) endedError() error {
+	return fmt.Errorf("session over: %w", context.Cause(s.ctx))
+}
+
+// SetFinal sets the frame written after everything queued when the
+// session ends; the first call wins, and it reports whether it did.
+func (s *Session) SetFinal(frame []byte) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.final != nil {
+		return false
+	}
+	s.final = frame
+	return true
+}
+
+// Fail sets final as the final frame and ends the session with err.
+func (s *Session) Fail(err error, final []byte) {
+	if final != nil {
+		s.SetFinal(final)
+	}
+	s.cancel(err)
+}
+
+// Queued is how many bytes wait for the writer.
+func (s *Session) Queued() int64 { return s.queue.InUse() }
+
+func (s *Session) touch() { s.lastIO.Store(time.Now().UnixNano()) }
+
+func (s *Session) take() [][]byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f := s.frames
+	s.frames = nil
+	return f
+}
+
+func (s *Session) queueEmpty() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.frames) == 0
+}
+
+// writer writes queued frames until the session ends, then what is still
+// queued and the final frame, and half-closes.
+func (s *Session) writer() error {
+	// The buffer is held only while frames flow: an idle session (most of
+	// them, between requests) keeps no write buffer.
+	var w *bufio.Writer
+	var err error
+	write := func(frames [][]byte) {
+		for _, f := range frames {
+			if err == nil {
+				if w == nil {
+					w = s.getBuffer()
+				}
+				_, err = w.Write(f)
+			}
+			s.queue.Release(int64(len(f)))
+		}
+	}
+	flush := func() {
+		if w == nil {
+			return
+		}
+		if err == nil {
+			err = w.Flush()
+		}
+		s.putBuffer(w)
+		w = nil
+	}
+	for {
+		select {
+		case <-s.wake:
+			write(s.take())
+			if err == nil && s.queueEmpty() {
+				flush()
+			}
+			if err != nil {
+				if w != nil {
+					s.putBuffer(w)
+				}
+				err = fmt.Errorf("writing to the peer: %w", err)
+				s.cancel(err)
+				return err
+			}
+		case <-s.ctx.Done():
+			s.mu.Lock()
+			frames, final := s.frames, s.final
+			s.frames = nil
+			s.mu.Unlock()
+			write(frames)
+			if final != nil && err == nil {
+				if w == nil {
+					w = s.getBuffer()
+				}
+				_, err = w.Write(final) // not queued: no budget to release
+			}
+			flush()
+			if err == nil && final != nil {
+				s.wroteFin.Store(true)
+			}
+			if cw, ok := s.conn.(interface{ CloseWrite() error }); ok {
+				cw.CloseWrite()
+			}
+			if err != nil {
+				return fmt.Errorf("writing to the peer at the end: %w", err)
+			}
+			return nil
+		}
+	}
+}
+
+// bufferPool holds write buffers of the default size between bursts.
+var bufferPool sync.Pool
+
+func (s *Session) getBuffer() *bufio.Writer {
+	if s.cfg.BufferSize == defaultBuffer {
+		if w, ok := bufferPool.Get().(*bufio.Writer); ok {
+			w.Reset(deadlineWriter{s})
+			return w
+		}
+	}
+	return bufio.NewWriterSize(deadlineWriter{s}, s.cfg.BufferSize)
+}
+
+func (s *Session) putBuffer(w *bufio.Writer) {
+	if s.cfg.BufferSize == defaultBuffer {
+		w.Reset(nil) // drops the session
+		bufferPool.Put(w)
+	}
+}
+
+// deadlineWriter arms WriteTimeout before every write.
+type deadlineWriter struct{ s *Session }
+
+func (w deadlineWriter) Write(p []byte) (int, error) {
+	s := w.s
+	disarm := s.arm(func(t time.Time) error {
+		d, ok := s.conn.(interface{ SetWriteDeadline(time.Time) error })
+		if !ok {
+			return errors.ErrUnsupported
+		}
+		return d.SetWriteDeadline(t)
+	}, time.Now().Add(s.cfg.WriteTimeout))
+	n, err := s.conn.Write(p)
+	disarm()
+	if n > 0 {
+		s.touch()
+	}
+	if err != nil && isTimeout(err) {
+		err = fmt.Errorf("the peer read nothing for %v: %w", s.cfg.WriteTimeout, err)
+	}
+	return n, err
+}
+
+// arm sets a deadline with set, or, where the connection has none, a
+// timer that closes it; the returned func disarms the timer.
+func (s *Session) arm(set func(time.Time) error, at time.Time) (disarm func()) {
+	if set(at) == nil {
+		return func() {}
+	}
+	t := time.AfterFunc(time.Until(at), func() { s.conn.Close() })
+	return func() { t.Stop() }
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, os.ErrDeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
+}
+
+// IdleError reports a session ended for lack of traffic.
+type IdleError struct {
+	Idle time.Duration
+	Err  error
+}
+
+func (e *IdleError) Error() string {
+	return fmt.Sprintf("no traffic from or to the peer for %v: %v", e.Idle, e.Err)
+}
+func (e *IdleError) Unwrap() error { return e.Err }
+func (e *IdleError) Timeout() bool { return true }
+
+// Reader reads the connection with the idle deadline armed before every
+// read; it fails once the session ends. Use one Reader at a time.
+func (s *Session) Reader() io.Reader { return reader{s} }
+
+type reader struct{ s *Session }
+
+func (r reader) Read(p []byte) (int, error) {
+	s := r.s
+	setRead := func(t time.Time) error {
+		d, ok := s.conn.(interface{ SetReadDeadline(time.Time) error })
+		if !ok {
+			return errors.ErrUnsupported
+		}
+		return d.SetReadDeadline(t)
+	}
+	for {
+		if s.ctx.Err() != nil {
+			return 0, s.endedError()
+		}
+		// Idle means no traffic either way: a peer reading a long reply
+		// while sending nothing is alive.
+		at := time.Unix(0, s.lastIO.Load()).Add(s.cfg.IdleTimeout)
+		if !time.Now().Before(at) {
+			return 0, &IdleError{Idle: s.cfg.IdleTimeout, Err: os.ErrDeadlineExceeded}
+		}
+		disarm := s.arm(setRead, at)
+		// Checked after arming: an end between the check above and the arm
+		// would otherwise be overridden by the new deadline.
+		if s.ctx.Err() != nil {
+			disarm()
+			return 0, s.endedError()
+		}
+		n, err := s.conn.Read(p)
+		disarm()
+		if n > 0 {
+			s.touch()
+			if isTimeout(err) {
+				err = nil
+			}
+			return n, err
+		}
+		if err != nil && s.ctx.Err() != nil {
+			return 0, s.endedError()
+		}
+		if err != nil && isTimeout(err) {
+			continue // the loop decides: re-armed if the writer made progress
+		}
+		return n, err
+	}
+}
+
+// drain reads and discards input after a final frame, so that the peer,
+// still writing, reads the frame instead of a connection reset.
+func (s *Session) drain() {
+	s.mu.Lock()
+	s.draining = true
+	s.mu.Unlock()
+	set := func(t time.Time) error {
+		d, ok := s.conn.(interface{ SetReadDeadline(time.Time) error })
+		if !ok {
+			return errors.ErrUnsupported
+		}
+		return d.SetReadDeadline(t)
+	}
+	disarm := s.arm(set, time.Now().Add(s.cfg.DrainTimeout))
+	n, _ := io.CopyN(io.Discard, s.conn, MaxDrain)
+	disarm()
+	s.drained.Store(n)
+}
