@@ -35,7 +35,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -391,9 +390,11 @@ func (s *Session) arm(set func(time.Time) error, at time.Time) (disarm func()) {
 	return func() { t.Stop() }
 }
 
+// isTimeout is a deadline that passed. Not net.Error's Timeout: EAGAIN
+// says true there, and a non-blocking pipe that returns it has not timed
+// out (reporting it as "the peer read nothing" misled once).
 func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.Is(err, os.ErrDeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
+	return errors.Is(err, os.ErrDeadlineExceeded)
 }
 
 // IdleError reports a session ended for lack of traffic.
