@@ -65,7 +65,9 @@ type Chunks struct{ t transport }
 type transport interface {
 	findMissing(ctx context.Context, ids []ID) ([]ID, error)
 	stat(ctx context.Context, id ID) (*chunkbridgev1.ChunkInfo, error)
-	openUpload(ctx context.Context) (upStream, error)
+	// openUpload opens a stream that will have at most window chunks
+	// unacknowledged.
+	openUpload(ctx context.Context, window int) (upStream, error)
 	openDownload(ctx context.Context, ids []ID, raw bool) (downStream, error)
 }
 

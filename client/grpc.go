@@ -48,7 +48,7 @@ type grpcUpload struct {
 	s chunkbridgev1.ChunkService_UploadChunksClient
 }
 
-func (t grpcTransport) openUpload(ctx context.Context) (upStream, error) {
+func (t grpcTransport) openUpload(ctx context.Context, _ int) (upStream, error) {
 	s, err := t.c.UploadChunks(ctx)
 	if err != nil {
 		return nil, err

@@ -38,8 +38,8 @@ type localUpload struct {
 	results chan chan putResult
 }
 
-func (t *localTransport) openUpload(ctx context.Context) (upStream, error) {
-	return &localUpload{ctx: ctx, svc: t.svc, running: make(chan struct{}, t.window), results: make(chan chan putResult, 1<<16)}, nil
+func (t *localTransport) openUpload(ctx context.Context, window int) (upStream, error) {
+	return &localUpload{ctx: ctx, svc: t.svc, running: make(chan struct{}, t.window), results: make(chan chan putResult, window)}, nil
 }
 
 func (l *localUpload) send(u *Upload) error {
@@ -53,7 +53,7 @@ func (l *localUpload) send(u *Upload) error {
 	case l.results <- res:
 	default:
 		<-l.running
-		return io.ErrShortBuffer // more unacknowledged chunks than any Uploader window
+		return io.ErrShortBuffer // more unacknowledged chunks than the Uploader's window
 	}
 	up := chunk.Upload{ID: u.ID, Algorithm: u.Algorithm, Encoding: u.Encoding, Data: u.Data}
 	go func() {

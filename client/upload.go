@@ -61,7 +61,7 @@ func (c *Chunks) NewUploader(ctx context.Context, opts UploadOptions) (*Uploader
 		opts.WindowBytes = 64 << 20
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	s, err := c.t.openUpload(ctx)
+	s, err := c.t.openUpload(ctx, opts.Window)
 	if err != nil {
 		cancel()
 		return nil, fmt.Errorf("open an upload stream to the chunk service: %w", apierr.FromStatus(err))
