@@ -142,6 +142,11 @@ func readHello(ctx context.Context, conn net.Conn, r *pmxproto.Reader, addr stri
 	if err != nil {
 		return fmt.Errorf("pmx: reading the Hello of %s (is it a PMXBCKUP server?): %w", addr, err)
 	}
+	if e, ok := p.(*pmxproto.Error); ok {
+		// The server refused the connection (e.g. Busy: too many
+		// connections); its reason says why.
+		return serverError("the connection to "+addr, e)
+	}
 	h, ok := p.(*pmxproto.Hello)
 	if !ok {
 		return fmt.Errorf("pmx: %s sent %s (id %d) before Hello; is it a PMXBCKUP server?", addr, p.PacketType(), p.PacketID())

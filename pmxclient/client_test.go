@@ -142,6 +142,15 @@ func TestDialChecksHello(t *testing.T) {
 	}
 }
 
+// A server that refuses the connection with Error in place of Hello (the
+// gateway beyond MaxConns) is reported with its reason.
+func TestDialReportsRefusal(t *testing.T) {
+	_, _, err := newScripted(t, &pmxproto.Error{ID: 0, Code: pmxproto.ErrorBusy, Reason: "chunkbridge: too many connections (1024)"})
+	if err == nil || !strings.Contains(err.Error(), "too many connections (1024)") || !errors.Is(err, pmxclient.ErrBusy) {
+		t.Fatalf("Dial: %v, want ErrBusy with the server's reason", err)
+	}
+}
+
 func TestDialTimesOutWithoutHello(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

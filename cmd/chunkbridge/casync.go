@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
+	"github.com/chunkbridge/chunkbridge/client"
 	"github.com/chunkbridge/chunkbridge/gateway/casync"
 )
 
@@ -63,7 +64,7 @@ func casyncRemote(ctx context.Context, argv []string, stderr io.Writer) error {
 	}
 	defer conn.Close()
 	h := &casync.Handler{
-		Chunks:  chunkbridgev1.NewChunkServiceClient(conn),
+		Chunks:  client.NewGRPC(conn),
 		Catalog: chunkbridgev1.NewCatalogServiceClient(conn),
 		Log:     log,
 	}

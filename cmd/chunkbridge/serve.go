@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc/test/bufconn"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
+	"github.com/chunkbridge/chunkbridge/client"
 	"github.com/chunkbridge/chunkbridge/gateway/casync"
 	"github.com/chunkbridge/chunkbridge/gateway/pmx"
 	"github.com/chunkbridge/chunkbridge/gateway/rest"
@@ -180,7 +181,6 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 		return err
 	}
 	defer conn.Close()
-	chunks := chunkbridgev1.NewChunkServiceClient(conn)
 	cat := chunkbridgev1.NewCatalogServiceClient(conn)
 
 	if p.casync {
@@ -188,7 +188,7 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 		if err != nil {
 			return fmt.Errorf("--casync-listen %s: %w", f.casyncListen, err)
 		}
-		srv := &casync.Server{Handler: &casync.Handler{Chunks: chunks, Catalog: cat, Log: log.With("gateway", "casync"), Metrics: casync.NewMetrics(reg)}}
+		srv := &casync.Server{Handler: &casync.Handler{Chunks: client.NewGRPC(conn), Catalog: cat, Log: log.With("gateway", "casync"), Metrics: casync.NewMetrics(reg)}}
 		listening = append(listening, "casync", ln.Addr().String())
 		g.Go(func() error {
 			if err := srv.Serve(ln); !errors.Is(err, casync.ErrServerClosed) {
@@ -211,7 +211,7 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 		if err != nil {
 			return fmt.Errorf("--pmx-listen %s: %w", f.pmxListen, err)
 		}
-		srv := &pmx.Server{Chunks: chunks, Catalog: cat, Log: log.With("gateway", "pmx"), TLS: pmxTLS, Metrics: pmx.NewMetrics(reg)}
+		srv := &pmx.Server{Chunks: client.NewGRPC(conn), Catalog: cat, Log: log.With("gateway", "pmx"), TLS: pmxTLS, Metrics: pmx.NewMetrics(reg)}
 		listening = append(listening, "pmx", ln.Addr().String())
 		g.Go(func() error {
 			if err := srv.Serve(ln); !errors.Is(err, pmx.ErrServerClosed) {

@@ -6,11 +6,18 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 )
 
 // readBufferSize is the Reader's read-ahead: enough to take many small
 // packets per read; bufio passes larger body reads straight through.
 const readBufferSize = 64 << 10
+
+// readBuffers hold the read-ahead of Readers that are between bursts: a
+// Reader takes one when a packet's header has arrived and gives it back
+// once it has consumed everything buffered, so a Reader waiting for its
+// next packet (an idle connection) holds no buffer.
+var readBuffers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, readBufferSize) }}
 
 // sizeRule is what a packet type's body length must satisfy, checked from
 // the header alone, before the body is allocated.
@@ -59,7 +66,9 @@ var decoders = [...]func(id uint8, body []byte) (Packet, *BodyError){
 // Reader decodes packets from a byte stream. It reads ahead, so it must be
 // the only reader of the stream. It is not safe for concurrent use.
 type Reader struct {
-	r   *bufio.Reader
+	src io.Reader
+	r   *bufio.Reader // the read-ahead; nil while nothing is buffered
+	own bool          // r is the caller's bufio.Reader, kept for good
 	max uint32
 	off int64 // stream offset of the next packet
 	hdr [HeaderSize]byte
@@ -67,12 +76,32 @@ type Reader struct {
 }
 
 // NewReader returns a Reader of r with the limit MaxPacketSize.
+// The read-ahead buffer is taken from a pool when a packet's header has
+// arrived and returned once it is empty; r itself is used if it is a
+// *bufio.Reader of at least 64 KiB.
 func NewReader(r io.Reader) *Reader {
-	br, ok := r.(*bufio.Reader)
-	if !ok || br.Size() < readBufferSize {
-		br = bufio.NewReaderSize(r, readBufferSize)
+	if br, ok := r.(*bufio.Reader); ok && br.Size() >= readBufferSize {
+		return &Reader{src: r, r: br, own: true, max: MaxPacketSize}
 	}
-	return &Reader{r: br, max: MaxPacketSize}
+	return &Reader{src: r, max: MaxPacketSize}
+}
+
+// buffered is the read-ahead, taken from the pool if the Reader has none.
+func (r *Reader) buffered() *bufio.Reader {
+	if r.r == nil {
+		r.r = readBuffers.Get().(*bufio.Reader)
+		r.r.Reset(r.src)
+	}
+	return r.r
+}
+
+// release gives the read-ahead back to the pool once nothing is buffered.
+func (r *Reader) release() {
+	if r.r != nil && !r.own && r.r.Buffered() == 0 {
+		r.r.Reset(nil)
+		readBuffers.Put(r.r)
+		r.r = nil
+	}
 }
 
 // SetMaxPacketSize lowers the largest packet, header included, that the
@@ -96,8 +125,15 @@ func (r *Reader) ReadPacket() (Packet, error) {
 	if r.err != nil {
 		return nil, r.err
 	}
+	defer r.release()
 	start := r.off
-	n, err := io.ReadFull(r.r, r.hdr[:])
+	// With nothing buffered, the header is read straight from the stream:
+	// waiting for it holds no buffer.
+	var hr io.Reader = r.src
+	if r.r != nil {
+		hr = r.r
+	}
+	n, err := io.ReadFull(hr, r.hdr[:])
 	r.off += int64(n)
 	if err != nil {
 		if err == io.EOF {
@@ -123,7 +159,7 @@ func (r *Reader) ReadPacket() (Packet, error) {
 	if e := sizeRules[t].check(id, t, size); e != nil {
 		// The header is sound, so skip the body without allocating it and
 		// stay in sync.
-		m, err := r.r.Discard(size)
+		m, err := r.buffered().Discard(size)
 		r.off += int64(m)
 		if err != nil {
 			return nil, fe(fmt.Sprintf("stream ended or failed %d bytes into a %d-byte body", m, size), unexpected(err))
@@ -132,7 +168,11 @@ func (r *Reader) ReadPacket() (Packet, error) {
 	}
 
 	body := make([]byte, size)
-	m, err := io.ReadFull(r.r, body)
+	var br io.Reader = r.r // nil only if size is 0: nothing to read
+	if size > 0 {
+		br = r.buffered()
+	}
+	m, err := io.ReadFull(br, body)
 	r.off += int64(m)
 	if err != nil {
 		return nil, fe(fmt.Sprintf("stream ended or failed %d bytes into a %d-byte body", m, size), unexpected(err))

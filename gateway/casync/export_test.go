@@ -7,3 +7,6 @@ func SetTestHooks(t interface{ Cleanup(func()) }, served func(verb string, err e
 	testHookServed, testHookPullStalled, testHookPushHandled = served, pullStalled, pushHandled
 	t.Cleanup(func() { testHookServed, testHookPullStalled, testHookPushHandled = nil, nil, nil })
 }
+
+// ErrnoFor is the errno an ABORT carries for err.
+var ErrnoFor = errnoFor

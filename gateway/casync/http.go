@@ -14,13 +14,13 @@ import (
 	"strings"
 	"unicode/utf8"
 
-	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
+	"github.com/chunkbridge/chunkbridge/client"
 	"github.com/chunkbridge/chunkbridge/format/caindex"
 	"github.com/chunkbridge/chunkbridge/format/caproto"
+	"github.com/chunkbridge/chunkbridge/services/apierr"
 )
 
 // HTTPStore serves casync's HTTP store layout, the contract of desync's
@@ -33,7 +33,11 @@ import (
 // http://HOST/casync/indexes/x.caibx out` works. Mount it under its prefix
 // with http.StripPrefix.
 type HTTPStore struct {
-	Chunks  chunkbridgev1.ChunkServiceClient
+	// Chunks is the chunk service: client.NewGRPC, or client.NewLocal in
+	// the process that runs it.
+	Chunks *client.Chunks
+	// Catalog is the catalog's gRPC client; its errors go through
+	// apierr.FromStatus, so the one status table serves both services.
 	Catalog chunkbridgev1.CatalogServiceClient
 	Log     *slog.Logger
 	// MaxIndexSize bounds a PUT index body (default DefaultMaxIndexSize);
@@ -56,17 +60,19 @@ func (h *HTTPStore) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// chunkID checks "<4 hex>/<64 hex>.cacnk".
-func chunkID(rest string) (string, error) {
+// chunkID checks "<4 hex>/<64 hex>.cacnk": the path is the HTTP wire's
+// form of the id.
+func chunkID(rest string) (client.ID, error) {
 	dir, file, ok := strings.Cut(rest, "/")
 	idHex, isChunk := strings.CutSuffix(file, ".cacnk")
 	if !ok || !isChunk || len(idHex) != 64 || len(dir) != 4 || !strings.HasPrefix(idHex, dir) {
-		return "", fmt.Errorf("chunk path %q: want <first 4 hex of id>/<64 hex id>.cacnk", rest)
+		return client.ID{}, fmt.Errorf("chunk path %q: want <first 4 hex of id>/<64 hex id>.cacnk", rest)
 	}
-	if _, err := hex.DecodeString(idHex); err != nil {
-		return "", fmt.Errorf("chunk path %q: id is not hex", rest)
+	var id client.ID
+	if _, err := hex.Decode(id[:], []byte(idHex)); err != nil {
+		return client.ID{}, fmt.Errorf("chunk path %q: id is not hex", rest)
 	}
-	return strings.ToLower(idHex), nil
+	return id, nil
 }
 
 func (h *HTTPStore) chunk(w http.ResponseWriter, r *http.Request, rest string) {
@@ -77,30 +83,28 @@ func (h *HTTPStore) chunk(w http.ResponseWriter, r *http.Request, rest string) {
 	}
 	switch r.Method {
 	case http.MethodHead:
-		resp, err := h.Chunks.StatChunk(r.Context(), &chunkbridgev1.StatChunkRequest{Id: id})
+		info, err := h.Chunks.Stat(r.Context(), id)
 		if err != nil {
 			h.fail(w, err)
 			return
 		}
 		w.Header().Set("Content-Type", "application/octet-stream")
-		w.Header().Set("Content-Length", strconv.FormatInt(resp.GetChunk().GetStoredSize(), 10))
+		w.Header().Set("Content-Length", strconv.FormatInt(info.GetStoredSize(), 10))
 	case http.MethodGet:
-		stream, err := h.Chunks.DownloadChunks(r.Context(), &chunkbridgev1.DownloadChunksRequest{Ids: []string{id}, Encoding: chunkbridgev1.Encoding_ENCODING_ZSTD})
-		if err != nil {
-			h.fail(w, err)
-			return
-		}
-		resp, err := stream.Recv()
-		if err == nil && resp.GetCode() != 0 {
-			err = status.Error(codes.Code(resp.GetCode()), resp.GetMessage())
+		// As stored: a .cacnk is the zstd frame, never decoded on the way.
+		d := h.Chunks.Download(r.Context(), []client.ID{id}, client.DownloadOptions{})
+		ch, err := d.Next()
+		d.Close()
+		if err == nil {
+			err = ch.Err
 		}
 		if err != nil {
 			h.fail(w, err)
 			return
 		}
 		w.Header().Set("Content-Type", "application/octet-stream")
-		w.Header().Set("Content-Length", strconv.Itoa(len(resp.GetData())))
-		w.Write(resp.GetData())
+		w.Header().Set("Content-Length", strconv.Itoa(len(ch.Data)))
+		w.Write(ch.Data)
 	case http.MethodPut:
 		h.putChunk(w, r, id)
 	default:
@@ -112,10 +116,10 @@ func (h *HTTPStore) chunk(w http.ResponseWriter, r *http.Request, rest string) {
 // putChunk stores a compressed chunk. HTTP does not say which digest
 // algorithm made the id, so SHA-512/256 (casync's default) is tried first,
 // then SHA-256; the chunk service verifies either way.
-func (h *HTTPStore) putChunk(w http.ResponseWriter, r *http.Request, id string) {
+func (h *HTTPStore) putChunk(w http.ResponseWriter, r *http.Request, id client.ID) {
 	body, err := readChunkBody(w, r)
 	if err != nil {
-		bodyFail(w, "chunk "+id, err, maxChunkBody)
+		bodyFail(w, fmt.Sprintf("chunk %s", id), err, maxChunkBody)
 		return
 	}
 	enc := encodingOf(&caproto.Chunk{Flags: caproto.ChunkCompressed, Data: body})
@@ -123,31 +127,45 @@ func (h *HTTPStore) putChunk(w http.ResponseWriter, r *http.Request, id string) 
 		http.Error(w, fmt.Sprintf("chunk %s: body is not zstd, xz or gzip; a .cacnk is compressed", id), http.StatusBadRequest)
 		return
 	}
-	var ack *chunkbridgev1.UploadChunksResponse
+	var res client.Result
 	for _, alg := range []chunkbridgev1.DigestAlgorithm{chunkbridgev1.DigestAlgorithm_DIGEST_ALGORITHM_SHA512_256, chunkbridgev1.DigestAlgorithm_DIGEST_ALGORITHM_SHA256} {
-		ack, err = h.upload(r, &chunkbridgev1.UploadChunksRequest{Id: id, Algorithm: alg, Encoding: enc, Data: body})
+		res, err = h.upload(r.Context(), client.Upload{ID: id, Algorithm: alg, Encoding: enc, Data: body})
 		if err != nil {
 			h.fail(w, err)
 			return
 		}
-		if codes.Code(ack.GetCode()) != codes.DataLoss {
+		if !errors.Is(res.Err, apierr.ErrDataLoss) {
 			break
 		}
 	}
-	if code := codes.Code(ack.GetCode()); code != codes.OK {
-		msg := ack.GetMessage()
-		if code == codes.DataLoss {
-			// DataLoss on upload is the client's data not matching its
-			// id, not damage in the store: a client error.
-			code = codes.InvalidArgument
-			msg = fmt.Sprintf("chunk %s: the uploaded data hashes to this id with neither SHA-512/256 nor SHA-256; check the chunk file and its name", id)
-		}
-		h.fail(w, status.Error(code, msg))
-		return
-	}
-	if ack.GetCreated() {
+	switch {
+	case errors.Is(res.Err, apierr.ErrDataLoss):
+		// Data loss on upload is the client's data not matching its id,
+		// not damage in the store: a client error.
+		h.fail(w, fmt.Errorf("%w: chunk %s: the uploaded data hashes to this id with neither SHA-512/256 nor SHA-256; check the chunk file and its name", apierr.ErrInvalid, id))
+	case res.Err != nil:
+		h.fail(w, res.Err)
+	case res.Created:
 		w.WriteHeader(http.StatusCreated)
 	}
+}
+
+// upload stores one chunk over a stream of its own and returns its
+// acknowledgement; the error is the stream's.
+func (h *HTTPStore) upload(ctx context.Context, up client.Upload) (client.Result, error) {
+	u, err := h.Chunks.NewUploader(ctx, client.UploadOptions{Window: 1, WindowBytes: int64(len(up.Data))})
+	if err != nil {
+		return client.Result{}, err
+	}
+	var res client.Result
+	if err := u.Put(ctx, up, func(r client.Result) { res = r }); err != nil {
+		u.Abort()
+		return client.Result{}, err
+	}
+	if err := u.Close(); err != nil {
+		return client.Result{}, err
+	}
+	return res, nil
 }
 
 // firstBodyAlloc is what a chunk body may reserve before its bytes arrive:
@@ -204,20 +222,6 @@ func bodyFail(w http.ResponseWriter, what string, err error, limit int64) {
 	}
 }
 
-func (h *HTTPStore) upload(r *http.Request, req *chunkbridgev1.UploadChunksRequest) (*chunkbridgev1.UploadChunksResponse, error) {
-	stream, err := h.Chunks.UploadChunks(r.Context())
-	if err != nil {
-		return nil, err
-	}
-	if err := stream.Send(req); err != nil {
-		return nil, err
-	}
-	if err := stream.CloseSend(); err != nil {
-		return nil, err
-	}
-	return stream.Recv()
-}
-
 func (h *HTTPStore) index(w http.ResponseWriter, r *http.Request, name string) {
 	if !utf8.ValidString(name) {
 		// It would fail as a protobuf string, a 500 for the client's mistake.
@@ -228,7 +232,7 @@ func (h *HTTPStore) index(w http.ResponseWriter, r *http.Request, name string) {
 	case http.MethodHead:
 		resp, err := h.Catalog.StatIndex(r.Context(), &chunkbridgev1.StatIndexRequest{Name: name})
 		if err != nil {
-			h.fail(w, err)
+			h.fail(w, catalogErr(err))
 			return
 		}
 		w.Header().Set("Content-Type", "application/octet-stream")
@@ -236,14 +240,14 @@ func (h *HTTPStore) index(w http.ResponseWriter, r *http.Request, name string) {
 	case http.MethodGet:
 		stream, err := h.Catalog.GetIndex(r.Context(), &chunkbridgev1.GetIndexRequest{Name: name})
 		if err != nil {
-			h.fail(w, err)
+			h.fail(w, catalogErr(err))
 			return
 		}
 		// The first message tells whether the index exists before any
 		// status line is written.
 		first, err := stream.Recv()
 		if err != nil && !errors.Is(err, io.EOF) {
-			h.fail(w, err)
+			h.fail(w, catalogErr(err))
 			return
 		}
 		w.Header().Set("Content-Type", "application/octet-stream")
@@ -340,7 +344,7 @@ func (h *HTTPStore) putIndex(w http.ResponseWriter, r *http.Request, name string
 		resp, err = stream.CloseAndRecv()
 	}
 	if err != nil {
-		h.fail(w, err)
+		h.fail(w, catalogErr(err))
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
@@ -369,34 +373,50 @@ func indexFail(w http.ResponseWriter, what string, err error, limit int64) {
 	http.Error(w, fmt.Sprintf("%s: not a casync index (.caibx/.caidx): %v", what, err), http.StatusBadRequest)
 }
 
-// fail writes a gRPC error as the HTTP status HTTPStatus gives, with the
-// message as text.
+// fail writes a service's error as the HTTP status of its class
+// (HTTPStatus of apierr.Code), with its message as text.
 func (h *HTTPStore) fail(w http.ResponseWriter, err error) {
-	st := status.Convert(err)
-	code := HTTPStatus(st.Code())
+	c := apierr.Code(err)
+	code := HTTPStatus(c)
 	if code >= 500 && h.Log != nil {
-		h.Log.Warn("casync HTTP store", "code", st.Code().String(), "err", st.Message())
+		h.Log.Warn("casync HTTP store", "code", c.String(), "err", err)
 	}
-	http.Error(w, st.Message(), code)
+	http.Error(w, err.Error(), code)
 }
 
-// HTTPStatus is the one mapping from the services' gRPC codes to HTTP
-// statuses, for the casync HTTP store and the REST routes: a client's
-// mistake is 4xx, a fault of the server or its storage 5xx (503 when
-// storage is unreachable, so clients retry). It is grpc-gateway's table
-// except where the services' meaning differs.
+// HTTPStatus is the one mapping from the services' error classes (the
+// codes of apierr's sentinels, apierr.Code) to HTTP statuses, for the
+// casync HTTP store and the REST routes: a client's mistake is 4xx, a
+// fault of the server or its storage 5xx (503 when storage is unreachable,
+// so clients retry). It is grpc-gateway's table except where the
+// services' meaning differs; a code not in it is 500.
 func HTTPStatus(c codes.Code) int {
-	switch c {
-	case codes.FailedPrecondition:
-		// An index or snapshot that references chunks not yet uploaded
-		// (apierr.ErrMissingChunks): the client must upload them first.
-		return http.StatusConflict
-	case codes.DataLoss:
-		// Stored data fails its own check; uploads that do not match
-		// their id are turned into InvalidArgument where they are sent.
-		return http.StatusInternalServerError
-	case codes.Unknown:
-		return http.StatusInternalServerError
+	if s, ok := httpStatusOfCode[c]; ok {
+		return s
 	}
-	return runtime.HTTPStatusFromCode(c)
+	return http.StatusInternalServerError
+}
+
+var httpStatusOfCode = map[codes.Code]int{
+	codes.OK:                http.StatusOK,
+	codes.Canceled:          499, // the client went away (context.Canceled)
+	codes.InvalidArgument:   http.StatusBadRequest,
+	codes.OutOfRange:        http.StatusBadRequest,
+	codes.NotFound:          http.StatusNotFound,        // apierr.ErrNotFound
+	codes.AlreadyExists:     http.StatusConflict,        // apierr.ErrExists
+	codes.Aborted:           http.StatusConflict,        // apierr.ErrBusy
+	codes.PermissionDenied:  http.StatusForbidden,       // apierr.ErrPermission
+	codes.Unauthenticated:   http.StatusUnauthorized,    // apierr.ErrUnauthenticated
+	codes.ResourceExhausted: http.StatusTooManyRequests, // apierr.ErrExhausted
+	// An index or snapshot that references chunks not yet uploaded
+	// (apierr.ErrMissingChunks): the client must upload them first.
+	codes.FailedPrecondition: http.StatusConflict,
+	// Stored data fails its own check; uploads that do not match their id
+	// are turned into ErrInvalid where they are sent.
+	codes.DataLoss:         http.StatusInternalServerError,
+	codes.Unimplemented:    http.StatusNotImplemented,
+	codes.Unavailable:      http.StatusServiceUnavailable, // apierr.ErrUnavailable
+	codes.DeadlineExceeded: http.StatusGatewayTimeout,
+	codes.Internal:         http.StatusInternalServerError,
+	codes.Unknown:          http.StatusInternalServerError,
 }

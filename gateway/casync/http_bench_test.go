@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
+	cbclient "github.com/chunkbridge/chunkbridge/client"
 	"github.com/chunkbridge/chunkbridge/gateway/casync"
 	"github.com/chunkbridge/chunkbridge/services/catalog"
 	"github.com/chunkbridge/chunkbridge/services/chunk"
@@ -35,7 +36,7 @@ func BenchmarkHTTPGetChunk(b *testing.B) {
 		}
 		paths = append(paths, "/chunks/"+id[:4]+"/"+id+".cacnk")
 	}
-	srv := httptest.NewServer(&casync.HTTPStore{Chunks: svcs.ChunkClient(), Catalog: svcs.CatalogClient()})
+	srv := httptest.NewServer(&casync.HTTPStore{Chunks: cbclient.NewGRPC(svcs.Conn), Catalog: svcs.CatalogClient()})
 	defer srv.Close()
 	b.ResetTimer()
 	for i := range b.N {

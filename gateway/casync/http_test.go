@@ -25,10 +25,12 @@ import (
 	"github.com/chunkbridge/chunkbridge/storage/memory"
 )
 
-func startHTTPStore(t *testing.T) *httptest.Server {
+func startHTTPStore(t *testing.T) *httptest.Server { return startHTTPStoreOn(t, transports[0]) }
+
+func startHTTPStoreOn(t *testing.T, tr transport) *httptest.Server {
 	t.Helper()
 	svcs := servicetest.Start(t, memory.New(), chunk.Config{}, catalog.Config{})
-	srv := httptest.NewServer(&casync.HTTPStore{Chunks: svcs.ChunkClient(), Catalog: svcs.CatalogClient()})
+	srv := httptest.NewServer(&casync.HTTPStore{Chunks: tr.open(svcs), Catalog: svcs.CatalogClient()})
 	t.Cleanup(srv.Close)
 	return srv
 }
@@ -66,43 +68,47 @@ func do(t *testing.T, method, url string, body io.Reader) (int, string) {
 func chunkURL(base, id string) string { return base + "/chunks/" + id[:4] + "/" + id + ".cacnk" }
 
 func TestHTTPChunkRoundTrip(t *testing.T) {
-	srv := startHTTPStore(t)
-	data := bytes.Repeat([]byte("chunkbridge "), 10000)
-	id, body := cacnk(t, data)
-	if code, msg := do(t, http.MethodPut, chunkURL(srv.URL, id), bytes.NewReader(body)); code != http.StatusCreated {
-		t.Fatalf("PUT chunk = %d %s, want 201", code, msg)
-	}
-	resp, err := http.Get(chunkURL(srv.URL, id))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	got, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if resp.StatusCode != http.StatusOK || resp.ContentLength != int64(len(got)) {
-		t.Fatalf("GET chunk = %d, Content-Length %d for %d bytes", resp.StatusCode, resp.ContentLength, len(got))
-	}
-	dec, err := zstd.NewReader(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dec.Close()
-	if plain, err := dec.DecodeAll(got, nil); err != nil || !bytes.Equal(plain, data) {
-		t.Fatalf("GET chunk returned other data (decode err %v)", err)
-	}
+	onBoth(t, func(t *testing.T, tr transport) {
+		srv := startHTTPStoreOn(t, tr)
+		data := bytes.Repeat([]byte("chunkbridge "), 10000)
+		id, body := cacnk(t, data)
+		if code, msg := do(t, http.MethodPut, chunkURL(srv.URL, id), bytes.NewReader(body)); code != http.StatusCreated {
+			t.Fatalf("PUT chunk = %d %s, want 201", code, msg)
+		}
+		resp, err := http.Get(chunkURL(srv.URL, id))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		got, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.StatusCode != http.StatusOK || resp.ContentLength != int64(len(got)) {
+			t.Fatalf("GET chunk = %d, Content-Length %d for %d bytes", resp.StatusCode, resp.ContentLength, len(got))
+		}
+		dec, err := zstd.NewReader(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer dec.Close()
+		if plain, err := dec.DecodeAll(got, nil); err != nil || !bytes.Equal(plain, data) {
+			t.Fatalf("GET chunk returned other data (decode err %v)", err)
+		}
+	})
 }
 
 // A chunk whose data does not hash to its name is the client's mistake.
 func TestHTTPPutChunkDigestMismatchIs400(t *testing.T) {
-	srv := startHTTPStore(t)
-	_, body := cacnk(t, []byte("the data"))
-	wrong, _ := cacnk(t, []byte("other data"))
-	code, msg := do(t, http.MethodPut, chunkURL(srv.URL, wrong), bytes.NewReader(body))
-	if code != http.StatusBadRequest || !strings.Contains(msg, "neither SHA-512/256 nor SHA-256") {
-		t.Fatalf("PUT mismatched chunk = %d %q, want 400 naming the digest mismatch", code, msg)
-	}
+	onBoth(t, func(t *testing.T, tr transport) {
+		srv := startHTTPStoreOn(t, tr)
+		_, body := cacnk(t, []byte("the data"))
+		wrong, _ := cacnk(t, []byte("other data"))
+		code, msg := do(t, http.MethodPut, chunkURL(srv.URL, wrong), bytes.NewReader(body))
+		if code != http.StatusBadRequest || !strings.Contains(msg, "neither SHA-512/256 nor SHA-256") {
+			t.Fatalf("PUT mismatched chunk = %d %q, want 400 naming the digest mismatch", code, msg)
+		}
+	})
 }
 
 func TestHTTPPutChunkRefusals(t *testing.T) {

@@ -3,7 +3,6 @@ package casync_test
 import (
 	"bytes"
 	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -18,6 +17,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
+	cbclient "github.com/chunkbridge/chunkbridge/client"
 	"github.com/chunkbridge/chunkbridge/format/caproto"
 	"github.com/chunkbridge/chunkbridge/gateway/casync"
 	"github.com/chunkbridge/chunkbridge/gateway/session"
@@ -28,11 +28,11 @@ import (
 )
 
 // storeBigChunks uploads n chunks of size random (incompressible) bytes
-// straight to the chunk service and returns their ids and stored bytes.
-func storeBigChunks(t *testing.T, chunks chunkbridgev1.ChunkServiceClient, n, size int) ([][32]byte, map[[32]byte][]byte) {
+// through chunks and returns their ids and stored bytes.
+func storeBigChunks(t *testing.T, chunks *cbclient.Chunks, n, size int) ([][32]byte, map[[32]byte][]byte) {
 	t.Helper()
 	enc, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest))
-	up, err := chunks.UploadChunks(t.Context())
+	up, err := chunks.NewUploader(t.Context(), cbclient.UploadOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,18 +44,18 @@ func storeBigChunks(t *testing.T, chunks chunkbridgev1.ChunkServiceClient, n, si
 		rng.Read(raw)
 		ids[i] = sha256.Sum256(raw)
 		stored[ids[i]] = enc.EncodeAll(raw, nil)
-		err := up.Send(&chunkbridgev1.UploadChunksRequest{Id: hex.EncodeToString(ids[i][:]), Algorithm: chunkbridgev1.DigestAlgorithm_DIGEST_ALGORITHM_SHA256,
-			Encoding: chunkbridgev1.Encoding_ENCODING_ZSTD, Data: stored[ids[i]]})
+		err := up.Put(t.Context(), cbclient.Upload{ID: ids[i], Algorithm: chunkbridgev1.DigestAlgorithm_DIGEST_ALGORITHM_SHA256,
+			Encoding: chunkbridgev1.Encoding_ENCODING_ZSTD, Data: stored[ids[i]]}, func(r cbclient.Result) {
+			if r.Err != nil {
+				t.Errorf("storing a test chunk: %v", r.Err)
+			}
+		})
 		if err != nil {
 			t.Fatal(err)
 		}
 	}
-	up.CloseSend()
-	for range ids {
-		ack, err := up.Recv()
-		if err != nil || ack.GetCode() != 0 {
-			t.Fatalf("storing a test chunk: %v %s", err, ack.GetMessage())
-		}
+	if err := up.Close(); err != nil || t.Failed() {
+		t.Fatalf("storing the test chunks: %v", err)
 	}
 	return ids, stored
 }
@@ -110,178 +110,185 @@ const (
 // at the write deadline. While they stall, each holds a bounded number of
 // bytes and goroutines, and another client is served in full.
 func TestStalledPullsEndAtWriteDeadline(t *testing.T) {
-	served, stalled, _ := hooks(t)
-	h := newHarnessWith(t, func(srv *casync.Server) {
-		srv.Handler.WriteTimeout = 10 * time.Second // room for the measurements and the reading client
-		srv.Handler.IdleTimeout = 10 * time.Minute  // not what ends them
-		srv.Handler.QueueBytes = queueBytes
-		srv.Handler.ReadAheadBytes = readAhead
-	})
-	ids, stored := storeBigChunks(t, h.chunks, 24, bigChunk)
-	baseHeap, baseG := heap(), runtime.NumGoroutine()
+	onBoth(t, func(t *testing.T, tr transport) {
+		served, stalled, _ := hooks(t)
+		h := newHarnessOn(t, tr, func(srv *casync.Server) {
+			srv.Handler.WriteTimeout = 10 * time.Second // room for the measurements and the reading client
+			srv.Handler.IdleTimeout = 10 * time.Minute  // not what ends them
+			srv.Handler.QueueBytes = queueBytes
+			srv.Handler.ReadAheadBytes = readAhead
+		})
+		ids, stored := storeBigChunks(t, h.chunks, 24, bigChunk)
+		baseHeap, baseG := heap(), runtime.NumGoroutine()
 
-	for range stalledClients {
+		for range stalledClients {
+			c := h.dial(t, "pull", "-", "-", "-", "/default.castr")
+			c.conn.(interface{ SetReadBuffer(int) error }).SetReadBuffer(4 << 10)
+			c.send(&caproto.Hello{Features: caproto.PullChunks}, &caproto.Request{IDs: ids})
+			// and never reads
+		}
+		wait(t, stalled, stalledClients, "pull sessions with all fetchers waiting")
+		heapStalled, gStalled := heap(), runtime.NumGoroutine()
+		perSession := (int64(heapStalled) - int64(baseHeap)) / stalledClients
+		gPerSession := (gStalled - baseG) / stalledClients
+		t.Logf("while %d pulls stall: heap +%.1f MiB (%.2f MiB per session), goroutines +%d (%d per session)",
+			stalledClients, float64(int64(heapStalled)-int64(baseHeap))/(1<<20), float64(perSession)/(1<<20), gStalled-baseG, gPerSession)
+		// What a session may hold: its queue, its read-ahead, a chunk per
+		// fetcher over it, the write buffer; and, on the chunk service, the
+		// chunks of the batches it asked for (at most its read-ahead).
+		bound := int64(queueBytes + 2*readAhead + 2*bigChunk + 1<<20)
+		if perSession > bound {
+			t.Errorf("a stalled pull holds %d bytes of heap, bound %d", perSession, bound)
+		}
+		if gPerSession > 25 {
+			t.Errorf("a stalled pull holds %d goroutines", gPerSession)
+		}
+
+		// Meanwhile another client is served every chunk.
 		c := h.dial(t, "pull", "-", "-", "-", "/default.castr")
-		c.conn.(interface{ SetReadBuffer(int) error }).SetReadBuffer(4 << 10)
 		c.send(&caproto.Hello{Features: caproto.PullChunks}, &caproto.Request{IDs: ids})
-		// and never reads
-	}
-	wait(t, stalled, stalledClients, "pull sessions with all fetchers waiting")
-	heapStalled, gStalled := heap(), runtime.NumGoroutine()
-	perSession := (int64(heapStalled) - int64(baseHeap)) / stalledClients
-	gPerSession := (gStalled - baseG) / stalledClients
-	t.Logf("while %d pulls stall: heap +%.1f MiB (%.2f MiB per session), goroutines +%d (%d per session)",
-		stalledClients, float64(int64(heapStalled)-int64(baseHeap))/(1<<20), float64(perSession)/(1<<20), gStalled-baseG, gPerSession)
-	// What a session may hold: its queue, its read-ahead, a chunk per
-	// fetcher over it, the write buffer; and, on the chunk service, the
-	// chunks of the batches it asked for (at most its read-ahead).
-	bound := int64(queueBytes + 2*readAhead + 2*bigChunk + 1<<20)
-	if perSession > bound {
-		t.Errorf("a stalled pull holds %d bytes of heap, bound %d", perSession, bound)
-	}
-	if gPerSession > 25 {
-		t.Errorf("a stalled pull holds %d goroutines", gPerSession)
-	}
+		if _, ok := c.next().(*caproto.Hello); !ok {
+			t.Fatal("no HELLO first")
+		}
+		for got := 0; got < len(ids); got++ {
+			m, ok := c.next().(*caproto.Chunk)
+			if !ok || !bytes.Equal(m.Data, stored[m.ID]) {
+				t.Fatalf("reading pull: got %v, want the stored CHUNK", m)
+			}
+		}
+		select {
+		case e := <-served:
+			t.Fatalf("a stalled %s ended (%v) before the reading client was served", e.verb, e.err)
+		default:
+		}
+		c.conn.Close()
 
-	// Meanwhile another client is served every chunk.
-	c := h.dial(t, "pull", "-", "-", "-", "/default.castr")
-	c.send(&caproto.Hello{Features: caproto.PullChunks}, &caproto.Request{IDs: ids})
-	if _, ok := c.next().(*caproto.Hello); !ok {
-		t.Fatal("no HELLO first")
-	}
-	for got := 0; got < len(ids); got++ {
-		m, ok := c.next().(*caproto.Chunk)
-		if !ok || !bytes.Equal(m.Data, stored[m.ID]) {
-			t.Fatalf("reading pull: got %v, want the stored CHUNK", m)
+		for _, e := range wait(t, served, stalledClients+1, "sessions ended") {
+			if e.err == nil && e.verb == "pull" {
+				continue // the reading client
+			}
+			if e.err == nil || !strings.Contains(e.err.Error(), "read nothing") {
+				t.Errorf("a stalled pull ended with %v, want the write deadline", e.err)
+			}
 		}
-	}
-	select {
-	case e := <-served:
-		t.Fatalf("a stalled %s ended (%v) before the reading client was served", e.verb, e.err)
-	default:
-	}
-	c.conn.Close()
-
-	for _, e := range wait(t, served, stalledClients+1, "sessions ended") {
-		if e.err == nil && e.verb == "pull" {
-			continue // the reading client
-		}
-		if e.err == nil || !strings.Contains(e.err.Error(), "read nothing") {
-			t.Errorf("a stalled pull ended with %v, want the write deadline", e.err)
-		}
-	}
+	})
 }
 
 // Twenty pushes that stop sending, half in the middle of the index and
 // half in the middle of the chunks, end at the idle timeout with an
 // ABORT, and publish nothing; another push meanwhile publishes.
 func TestStalledPushesEndAtIdleTimeout(t *testing.T) {
-	served, _, handled := hooks(t)
-	h := newHarnessWith(t, func(srv *casync.Server) {
-		srv.Handler.IdleTimeout = 5 * time.Second
+	onBoth(t, func(t *testing.T, tr transport) {
+		served, _, handled := hooks(t)
+		h := newHarnessOn(t, tr, func(srv *casync.Server) {
+			srv.Handler.IdleTimeout = 5 * time.Second
+		})
+		// Warmed up (connections, buffers), so that the baseline holds what
+		// any push leaves.
+		h.push(t, "/warmup.caibx", makeChunks(5))
+		baseHeap, baseG := heap(), runtime.NumGoroutine()
+		const n = 12 // chunks per push
+		var clients []*client
+		events := 0
+		for i := range stalledClients {
+			chunks := makeChunks(n)
+			for j := range chunks { // chunks of their own: every push requests all of them
+				chunks[j].data = append([]byte(fmt.Sprintf("push %d ", i)), chunks[j].data...)
+				chunks[j].id = sha256.Sum256(chunks[j].data)
+			}
+			idx := indexBytes(t, chunks)
+			c := h.dial(t, "push", "-", "-", fmt.Sprintf("/stalled/%d.caibx", i), "/default.castr")
+			clients = append(clients, c)
+			if i%2 == 0 {
+				c.send(&caproto.Hello{Features: pushFlags}, &caproto.Index{Data: idx[:len(idx)/2]})
+				events++
+				continue
+			}
+			c.send(&caproto.Hello{Features: pushFlags}, &caproto.Index{Data: idx}, &caproto.IndexEOF{})
+			c.next() // HELLO
+			req, ok := c.next().(*caproto.Request)
+			if !ok || len(req.IDs) != n {
+				t.Fatalf("push %d: want a REQUEST for all %d chunks", i, n)
+			}
+			enc, _ := zstd.NewWriter(nil)
+			for _, ch := range chunks[:n/2] {
+				c.send(&caproto.Chunk{Flags: caproto.ChunkCompressed, ID: ch.id, Data: enc.EncodeAll(ch.data, nil)})
+			}
+			events += 2 + n/2
+		}
+		wait(t, handled, events, "frames handled by the stalled pushes")
+		heapStalled, gStalled := heap(), runtime.NumGoroutine()
+
+		// Meanwhile another push completes.
+		h.push(t, "/meanwhile.caibx", makeChunks(5))
+		if !h.indexExists(t, "meanwhile.caibx") {
+			t.Fatal("a push beside the stalled ones published nothing")
+		}
+		select {
+		case e := <-served:
+			if e.err != nil {
+				t.Fatalf("a stalled %s ended (%v) before the other push was served", e.verb, e.err)
+			}
+		default:
+		}
+
+		for _, c := range clients {
+			c.expectAbort(syscall.ETIMEDOUT, "no traffic")
+		}
+		for _, e := range wait(t, served, stalledClients, "stalled pushes ended") {
+			var idle *session.IdleError
+			if !errors.As(e.err, &idle) {
+				t.Errorf("a stalled push ended with %v, want the idle timeout", e.err)
+			}
+		}
+		for i := range stalledClients {
+			if h.indexExists(t, fmt.Sprintf("stalled/%d.caibx", i)) {
+				t.Errorf("stalled push %d published its index", i)
+			}
+		}
+		// Measured against the lower of the heap before and after: garbage of
+		// an earlier test may be freed in between.
+		held := (int64(heapStalled) - int64(min(baseHeap, heap()))) / stalledClients
+		t.Logf("while %d pushes stall: heap %.2f MiB per session, goroutines +%d (%d per session)",
+			stalledClients, float64(held)/(1<<20), gStalled-baseG, (gStalled-baseG)/stalledClients)
+		if held > 2<<20 {
+			t.Errorf("a stalled push holds %d bytes of heap", held)
+		}
+		if per := (gStalled - baseG) / stalledClients; per > 25 {
+			t.Errorf("a stalled push holds %d goroutines", per)
+		}
 	})
-	// Warmed up (connections, buffers), so that the baseline holds what
-	// any push leaves.
-	h.push(t, "/warmup.caibx", makeChunks(5))
-	baseHeap, baseG := heap(), runtime.NumGoroutine()
-	const n = 12 // chunks per push
-	var clients []*client
-	events := 0
-	for i := range stalledClients {
-		chunks := makeChunks(n)
-		for j := range chunks { // chunks of their own: every push requests all of them
-			chunks[j].data = append([]byte(fmt.Sprintf("push %d ", i)), chunks[j].data...)
-			chunks[j].id = sha256.Sum256(chunks[j].data)
-		}
-		idx := indexBytes(t, chunks)
-		c := h.dial(t, "push", "-", "-", fmt.Sprintf("/stalled/%d.caibx", i), "/default.castr")
-		clients = append(clients, c)
-		if i%2 == 0 {
-			c.send(&caproto.Hello{Features: pushFlags}, &caproto.Index{Data: idx[:len(idx)/2]})
-			events++
-			continue
-		}
-		c.send(&caproto.Hello{Features: pushFlags}, &caproto.Index{Data: idx}, &caproto.IndexEOF{})
-		c.next() // HELLO
-		req, ok := c.next().(*caproto.Request)
-		if !ok || len(req.IDs) != n {
-			t.Fatalf("push %d: want a REQUEST for all %d chunks", i, n)
-		}
-		enc, _ := zstd.NewWriter(nil)
-		for _, ch := range chunks[:n/2] {
-			c.send(&caproto.Chunk{Flags: caproto.ChunkCompressed, ID: ch.id, Data: enc.EncodeAll(ch.data, nil)})
-		}
-		events += 2 + n/2
-	}
-	wait(t, handled, events, "frames handled by the stalled pushes")
-	heapStalled, gStalled := heap(), runtime.NumGoroutine()
-
-	// Meanwhile another push completes.
-	h.push(t, "/meanwhile.caibx", makeChunks(5))
-	if !h.indexExists(t, "meanwhile.caibx") {
-		t.Fatal("a push beside the stalled ones published nothing")
-	}
-	select {
-	case e := <-served:
-		if e.err != nil {
-			t.Fatalf("a stalled %s ended (%v) before the other push was served", e.verb, e.err)
-		}
-	default:
-	}
-
-	for _, c := range clients {
-		c.expectAbort(syscall.ETIMEDOUT, "no traffic")
-	}
-	for _, e := range wait(t, served, stalledClients, "stalled pushes ended") {
-		var idle *session.IdleError
-		if !errors.As(e.err, &idle) {
-			t.Errorf("a stalled push ended with %v, want the idle timeout", e.err)
-		}
-	}
-	for i := range stalledClients {
-		if h.indexExists(t, fmt.Sprintf("stalled/%d.caibx", i)) {
-			t.Errorf("stalled push %d published its index", i)
-		}
-	}
-	// Measured against the lower of the heap before and after: garbage of
-	// an earlier test may be freed in between.
-	held := (int64(heapStalled) - int64(min(baseHeap, heap()))) / stalledClients
-	t.Logf("while %d pushes stall: heap %.2f MiB per session, goroutines +%d (%d per session)",
-		stalledClients, float64(held)/(1<<20), gStalled-baseG, (gStalled-baseG)/stalledClients)
-	if held > 2<<20 {
-		t.Errorf("a stalled push holds %d bytes of heap", held)
-	}
-	if per := (gStalled - baseG) / stalledClients; per > 25 {
-		t.Errorf("a stalled push holds %d goroutines", per)
-	}
 }
 
 // Over ssh the session is stdin and stdout: a client that stops reading
 // is cut off at the write deadline there too.
 func TestStalledPullOverPipesEndsAtWriteDeadline(t *testing.T) {
-	svcs := servicetest.Start(t, memory.New(), chunk.Config{}, catalog.Config{})
-	ids, _ := storeBigChunks(t, svcs.ChunkClient(), 4, bigChunk)
-	inR, inW, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	outR, outW, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer inW.Close()
-	defer outR.Close()
-	h := &casync.Handler{Chunks: svcs.ChunkClient(), Catalog: svcs.CatalogClient(), WriteTimeout: time.Second, DrainTimeout: time.Second}
-	var b []byte
-	b = (&caproto.Hello{Features: caproto.PullChunks}).Encode(b)
-	b = (&caproto.Request{IDs: ids}).Encode(b)
-	if _, err := inW.Write(b); err != nil {
-		t.Fatal(err)
-	}
-	err = h.Serve(t.Context(), casync.StdioConn{In: inR, Out: outW}, casync.Args{Store: "/default.castr"})
-	if err == nil || !strings.Contains(err.Error(), "read nothing") {
-		t.Fatalf("Serve = %v, want the write deadline", err)
-	}
+	onBoth(t, func(t *testing.T, tr transport) {
+		svcs := servicetest.Start(t, memory.New(), chunk.Config{}, catalog.Config{})
+		chunks := tr.open(svcs)
+		ids, _ := storeBigChunks(t, chunks, 4, bigChunk)
+		inR, inW, err := os.Pipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		outR, outW, err := os.Pipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer inW.Close()
+		defer outR.Close()
+		h := &casync.Handler{Chunks: chunks, Catalog: svcs.CatalogClient(), WriteTimeout: time.Second, DrainTimeout: time.Second}
+		var b []byte
+		b = (&caproto.Hello{Features: caproto.PullChunks}).Encode(b)
+		b = (&caproto.Request{IDs: ids}).Encode(b)
+		if _, err := inW.Write(b); err != nil {
+			t.Fatal(err)
+		}
+		err = h.Serve(t.Context(), casync.StdioConn{In: inR, Out: outW}, casync.Args{Store: "/default.castr"})
+		if err == nil || !strings.Contains(err.Error(), "read nothing") {
+			t.Fatalf("Serve = %v, want the write deadline", err)
+		}
+	})
 }
 
 // Beyond MaxConns a connection is told why in an ABORT, and the session

@@ -2,24 +2,22 @@ package casync
 
 import (
 	"context"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"sync"
 	"syscall"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
+	"github.com/chunkbridge/chunkbridge/client"
 	"github.com/chunkbridge/chunkbridge/format/caproto"
+	"github.com/chunkbridge/chunkbridge/services/apierr"
 )
 
 // indexPiece is the INDEX payload size casync itself uses.
 const indexPiece = 64 << 10
 
-// fetchers is how many DownloadChunks calls run at once per session, so
+// fetchers is how many downloads run at once per session, so
 // that a high-priority request never waits behind a whole batch.
 const fetchers = 2
 
@@ -27,7 +25,9 @@ const fetchers = 2
 // arrived: casync's default average chunk.
 const guessChunkSize = 64 << 10
 
-type id = [caproto.IDSize]byte
+// id is a chunk id: casync's ids are the client's 32-byte ids, as they
+// are on the wire.
+type id = client.ID
 
 // pull serves a client that reads: the index if it asks for it, and the
 // chunks it REQUESTs, high priority first. It ends when the client closes
@@ -73,7 +73,7 @@ func (c *conv) pull(ctx context.Context) error {
 func (c *conv) sendIndex(ctx context.Context) error {
 	stream, err := c.h.Catalog.GetIndex(ctx, &chunkbridgev1.GetIndexRequest{Name: c.args.Index})
 	if err != nil {
-		return err
+		return catalogErr(err)
 	}
 	for {
 		resp, err := stream.Recv()
@@ -81,7 +81,7 @@ func (c *conv) sendIndex(ctx context.Context) error {
 			return c.send(ctx, &caproto.IndexEOF{})
 		}
 		if err != nil {
-			return err
+			return catalogErr(err)
 		}
 		for data := resp.GetData(); len(data) > 0; {
 			n := min(len(data), indexPiece)
@@ -93,12 +93,12 @@ func (c *conv) sendIndex(ctx context.Context) error {
 	}
 }
 
-// fetch answers queued requests in batches through DownloadChunks: a
-// batch of ids is one call, read ahead on the chunk service, not one round
-// trip per chunk. A batch is as many ids as the read-ahead budget has room
-// for at the session's average chunk size, and every chunk holds its
-// bytes of the budget until the writer has queued it: a client that reads
-// slowly holds the downloads back instead of having them buffered.
+// fetch answers queued requests in batches: a batch of ids is one
+// Download, read ahead by the chunk service, not one round trip per
+// chunk. A batch is as many ids as the read-ahead budget has room for at
+// the session's average chunk size, and every chunk holds its bytes of the
+// budget until the writer has queued it: a client that reads slowly holds
+// the downloads back instead of having them buffered.
 func (c *conv) fetch(ctx context.Context, q *requestQueue, ra *readAhead) error {
 	for {
 		n, est, err := ra.reserve(ctx, c.h.batchSize())
@@ -121,21 +121,15 @@ func (c *conv) fetch(ctx context.Context, q *requestQueue, ra *readAhead) error 
 	}
 }
 
-// fetchBatch downloads one batch, holding its estimated bytes of ra and
-// giving back each chunk's share once the chunk is queued.
+// fetchBatch downloads one batch, as stored, holding its estimated bytes
+// of ra and giving back each chunk's share once the chunk is queued.
 func (c *conv) fetchBatch(ctx context.Context, batch []id, est int64, ra *readAhead) error {
 	pending := len(batch) // estimates still held
 	defer func() { ra.unreserve(pending, est) }()
-	req := &chunkbridgev1.DownloadChunksRequest{Ids: make([]string, len(batch)), Encoding: chunkbridgev1.Encoding_ENCODING_ZSTD}
-	for i, b := range batch {
-		req.Ids[i] = hex.EncodeToString(b[:])
-	}
-	stream, err := c.h.Chunks.DownloadChunks(ctx, req)
-	if err != nil {
-		return err
-	}
+	d := c.h.Chunks.Download(ctx, batch, client.DownloadOptions{})
+	defer d.Close()
 	for i := 0; ; i++ {
-		resp, err := stream.Recv()
+		ch, err := d.Next()
 		if errors.Is(err, io.EOF) {
 			if i != len(batch) {
 				return fmt.Errorf("the chunk service answered %d of %d chunks", i, len(batch))
@@ -145,13 +139,13 @@ func (c *conv) fetchBatch(ctx context.Context, batch []id, est int64, ra *readAh
 		if err != nil {
 			return err
 		}
-		if i >= len(batch) {
-			return fmt.Errorf("the chunk service answered more than the %d chunks asked for", len(batch))
+		if i >= len(batch) || ch.ID != batch[i] {
+			return fmt.Errorf("the chunk service answered chunk %s out of the order asked for", ch.ID)
 		}
-		size := int64(len(resp.GetData()))
+		size := int64(len(ch.Data))
 		ra.received(size, est)
 		pending--
-		m, err := c.answer(batch[i], resp)
+		m, err := c.answer(ctx, ch)
 		if err == nil {
 			frame := m.Encode(nil)
 			full := c.s.Queued()+int64(len(frame)) > c.queueBytes
@@ -177,21 +171,57 @@ func (c *conv) fetchBatch(ctx context.Context, batch []id, est int64, ra *readAh
 
 var errSessionOver = errors.New("session over")
 
-// answer is the frame for one downloaded chunk: CHUNK, or MISSING.
-func (c *conv) answer(want id, resp *chunkbridgev1.DownloadChunksResponse) (caproto.Message, error) {
-	data := resp.GetData()
-	switch codes.Code(resp.GetCode()) {
-	case codes.OK:
-		if len(data) > caproto.MaxChunkData {
-			return nil, abortf(syscall.EFBIG, "chunk %s: %d stored bytes do not fit one CHUNK frame", resp.GetId(), len(data))
-		}
-		c.h.Metrics.chunk("sent", len(data))
-		return &caproto.Chunk{Flags: caproto.ChunkCompressed, ID: want, Data: data}, nil
-	case codes.NotFound:
+// answer is the frame for one downloaded chunk: CHUNK, or MISSING. A
+// chunk goes as stored (a zstd frame, not decoded here) when that fits one
+// CHUNK frame. A chunk of nearly format.MaxChunk incompressible bytes is
+// stored slightly larger than its data (zstd's raw blocks have headers):
+// that one is fetched again, raw, and sent uncompressed, which casync
+// accepts as well.
+func (c *conv) answer(ctx context.Context, ch client.Chunk) (caproto.Message, error) {
+	switch {
+	case ch.Err == nil:
+	case errors.Is(ch.Err, apierr.ErrNotFound):
 		c.h.Metrics.chunk("missing", 0)
-		return &caproto.Missing{ID: want}, nil
+		return &caproto.Missing{ID: ch.ID}, nil
+	default:
+		return nil, ch.Err
 	}
-	return nil, status.Error(codes.Code(resp.GetCode()), resp.GetMessage())
+	if len(ch.Data) <= caproto.MaxChunkData {
+		c.h.Metrics.chunk("sent", len(ch.Data))
+		return &caproto.Chunk{Flags: caproto.ChunkCompressed, ID: ch.ID, Data: ch.Data}, nil
+	}
+	stored := len(ch.Data)
+	if ch.Size > caproto.MaxChunkData {
+		return nil, abortf(syscall.EFBIG, "chunk %s: %d bytes do not fit one CHUNK frame", ch.ID, ch.Size)
+	}
+	ch.Data = nil // not held while the raw form is fetched
+	raw, err := c.fetchRaw(ctx, ch.ID)
+	if err != nil {
+		return nil, err
+	}
+	if len(raw) > caproto.MaxChunkData {
+		return nil, abortf(syscall.EFBIG, "chunk %s: neither its %d stored bytes nor its %d bytes of data fit one CHUNK frame", ch.ID, stored, len(raw))
+	}
+	c.h.Metrics.chunk("sent", len(raw))
+	return &caproto.Chunk{ID: ch.ID, Data: raw}, nil
+}
+
+// fetchRaw downloads one chunk uncompressed.
+func (c *conv) fetchRaw(ctx context.Context, want id) ([]byte, error) {
+	d := c.h.Chunks.Download(ctx, []id{want}, client.DownloadOptions{Raw: true})
+	defer d.Close()
+	ch, err := d.Next()
+	switch {
+	case err != nil:
+		return nil, err
+	case ch.ID != want:
+		return nil, fmt.Errorf("the chunk service answered chunk %s for %s", ch.ID, want)
+	case ch.Err != nil:
+		// Deleted in between: MISSING would be a lie about a chunk just
+		// seen, so the session fails with the service's reason.
+		return nil, ch.Err
+	}
+	return ch.Data, nil
 }
 
 // testHookPullStalled, if set, runs once per session when all its
@@ -325,10 +355,12 @@ func newRequestQueue() *requestQueue {
 	return &requestQueue{state: map[id]uint8{}, notify: make(chan struct{}, 1)}
 }
 
-// add queues ids and returns how many distinct ids the session has seen.
-func (q *requestQueue) add(ids []id, high bool) int {
+// add queues the ids of a REQUEST and returns how many distinct ids the
+// session has seen.
+func (q *requestQueue) add(ids [][caproto.IDSize]byte, high bool) int {
 	q.mu.Lock()
-	for _, c := range ids {
+	for _, raw := range ids {
+		c := id(raw)
 		switch st := q.state[c]; {
 		case st == 0 && !high:
 			q.state[c] = queuedLow

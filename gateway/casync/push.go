@@ -3,7 +3,6 @@ package casync
 import (
 	"bytes"
 	"context"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -11,12 +10,9 @@ import (
 	"sync/atomic"
 	"syscall"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
+	"github.com/chunkbridge/chunkbridge/client"
 	"github.com/chunkbridge/chunkbridge/format/caproto"
-	"github.com/chunkbridge/chunkbridge/gateway/session"
 )
 
 const (
@@ -26,26 +22,29 @@ const (
 	// requestBatch is the most ids per REQUEST frame (casync's own batch).
 	requestBatch = 2048
 	// maxUnacked bounds the chunks sent to the chunk service and not yet
-	// acknowledged, whatever their size (PushBytes bounds their bytes).
+	// acknowledged, whatever their size (PushBytes bounds their bytes):
+	// the Uploader's window.
 	maxUnacked = 4096
 )
 
-// pushing is what the three parts of a push hand each other. The reader
-// (the session's main loop) owns the catalog and upload streams' sending
-// side; the parser owns the index scan and then publication; the
-// acknowledger owns the upload stream's receiving side. They share only
-// channels, the outstanding set and a counter.
+// pushing is what the parts of a push hand each other. The reader (the
+// session's main loop) owns the catalog stream's sending side and puts
+// chunks to the uploader; the parser owns the index scan and then
+// publication; the uploader's acknowledgements, in order, take chunks off
+// the outstanding set. They share only channels, the outstanding set and
+// a counter.
 type pushing struct {
-	index  chunkbridgev1.CatalogService_PutIndexClient
-	upload chunkbridgev1.ChunkService_UploadChunksClient
+	index chunkbridgev1.CatalogService_PutIndexClient
+	// uploads holds at most maxUnacked chunks and PushBytes of their
+	// bytes unacknowledged: Put waits, and the client is not read, while
+	// it is full.
+	uploads *client.Uploader
+	// refused carries the first chunk the chunk service refused, or the
+	// upload stream's failure, to the worker that ends the session.
+	refused chan error
 	// algorithm carries the index's digest algorithm from the parser to
 	// the reader, once.
 	algorithm chan chunkbridgev1.DigestAlgorithm
-	// sizes are the sizes of chunks sent to the chunk service, in order:
-	// it acknowledges in order (services/chunk sendInOrder).
-	sizes chan int64
-	// inFlight bounds the bytes of those chunks.
-	inFlight *session.Budget
 	// outstanding are the chunks REQUESTed and not yet stored.
 	outstanding *outstanding
 	// publishing is closed when publication starts, published when the
@@ -69,9 +68,8 @@ func (c *conv) push(ctx context.Context) error {
 		return c.untilEOF()
 	}
 	p := &pushing{
+		refused:     make(chan error, 1),
 		algorithm:   make(chan chunkbridgev1.DigestAlgorithm, 1),
-		sizes:       make(chan int64, maxUnacked),
-		inFlight:    session.NewBudget(orDefault(c.h.PushBytes, 16<<20)),
 		outstanding: newOutstanding(),
 		publishing:  make(chan struct{}),
 		published:   make(chan struct{}),
@@ -82,17 +80,29 @@ func (c *conv) push(ctx context.Context) error {
 		err = p.index.Send(&chunkbridgev1.PutIndexRequest{Name: c.args.Index})
 	}
 	if err != nil {
-		return fmt.Errorf("index %s: %w", c.args.Index, err)
+		return fmt.Errorf("index %s: %w", c.args.Index, catalogErr(err))
 	}
-	if p.upload, err = c.h.Chunks.UploadChunks(ctx); err != nil {
-		return fmt.Errorf("upload stream: %w", err)
+	p.uploads, err = c.h.Chunks.NewUploader(ctx, client.UploadOptions{Window: maxUnacked, WindowBytes: int64(orDefault(c.h.PushBytes, 16<<20))})
+	if err != nil {
+		return err
 	}
+	// Every chunk requested was acknowledged before the index was
+	// published; whatever is still in flight when the session ends was
+	// for a push that failed.
+	defer p.uploads.Abort()
 	pr, pw := io.Pipe()
 	// Whatever ends the session, the parser must not wait for more index.
 	defer pw.CloseWithError(errSessionOver)
 	requestChunks := c.remote&caproto.PushIndexChunks != 0 && c.args.Store != ""
 	c.goWork(func(ctx context.Context) error { return c.parseAndPublish(ctx, pr, p, requestChunks) })
-	c.goWork(func(ctx context.Context) error { return c.acknowledge(ctx, p) })
+	c.goWork(func(ctx context.Context) error {
+		select {
+		case err := <-p.refused:
+			return err
+		case <-ctx.Done():
+			return nil
+		}
+	})
 
 	var alg chunkbridgev1.DigestAlgorithm
 	indexEOF := false
@@ -111,7 +121,7 @@ func (c *conv) push(ctx context.Context) error {
 			}
 			// Both consumers are done with the bytes when these return.
 			if err := p.index.Send(&chunkbridgev1.PutIndexRequest{Data: m.Data}); err != nil {
-				return fmt.Errorf("index %s: %w", c.args.Index, err)
+				return fmt.Errorf("index %s: %w", c.args.Index, catalogErr(err))
 			}
 			if _, err := pw.Write(m.Data); err != nil {
 				// The parser failed with err: the session ends with it
@@ -151,28 +161,42 @@ func (c *conv) push(ctx context.Context) error {
 // testHookPushHandled, if set, runs after a push has handled a frame.
 var testHookPushHandled func(caproto.Type)
 
-// upload sends one chunk to the chunk service once the bytes in flight
-// leave room for it: a client faster than the chunk service waits, unread,
-// instead of being buffered.
+// upload sends one chunk to the chunk service once the uploader's window
+// leaves room for it: a client faster than the chunk service waits,
+// unread, instead of being buffered. The uploader holds the bytes until
+// the chunk is acknowledged, and m.Data is the reader's buffer, so it
+// gets a copy: the bytes in flight are at most PushBytes and one chunk
+// waiting for room.
 func (c *conv) upload(ctx context.Context, p *pushing, alg chunkbridgev1.DigestAlgorithm, m *caproto.Chunk) error {
-	size := int64(len(m.Data))
-	if err := p.inFlight.Acquire(ctx, size); err != nil {
-		return nil // the session is over
-	}
-	select {
-	case p.sizes <- size:
-	case <-ctx.Done():
-		p.inFlight.Release(size)
-		return nil
-	}
-	req := &chunkbridgev1.UploadChunksRequest{
-		Id: hex.EncodeToString(m.ID[:]), Algorithm: alg, Encoding: encodingOf(m), Data: m.Data,
-	}
-	if err := p.upload.Send(req); err != nil {
-		return fmt.Errorf("upload chunk %x: %w", m.ID, err)
+	up := client.Upload{ID: m.ID, Algorithm: alg, Encoding: encodingOf(m), Data: bytes.Clone(m.Data)}
+	err := p.uploads.Put(ctx, up, func(r client.Result) { c.acknowledged(ctx, p, r) })
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil // the session is over
+		}
+		return fmt.Errorf("upload chunk %s: %w", m.ID, err)
 	}
 	c.h.Metrics.chunk("received", len(m.Data))
 	return nil
+}
+
+// acknowledged takes a stored chunk off the outstanding set; a refused
+// one (its data does not hash to its id: EBADMSG by the errno table) ends
+// the session. It runs on the uploader's acknowledger and does not block.
+func (c *conv) acknowledged(ctx context.Context, p *pushing, r client.Result) {
+	if r.Err != nil {
+		if ctx.Err() == nil {
+			select {
+			case p.refused <- r.Err:
+			default: // the session ends with an earlier one
+			}
+		}
+		return
+	}
+	if r.Created {
+		p.stored.Add(1)
+	}
+	p.outstanding.remove(r.ID)
 }
 
 // closedDuringPush ends a push whose client closed: normal once the index
@@ -224,42 +248,6 @@ func encodingOf(m *caproto.Chunk) chunkbridgev1.Encoding {
 	return chunkbridgev1.Encoding_ENCODING_UNSPECIFIED
 }
 
-// acknowledge reads the chunk service's acknowledgements: a stored chunk
-// is no longer outstanding and gives back its bytes in flight; a refused
-// one ends the session.
-func (c *conv) acknowledge(ctx context.Context, p *pushing) error {
-	for {
-		ack, err := p.upload.Recv()
-		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, io.EOF) {
-				return nil
-			}
-			return fmt.Errorf("upload stream: %w", err)
-		}
-		select {
-		case size := <-p.sizes:
-			p.inFlight.Release(size)
-		default:
-			return fmt.Errorf("the chunk service acknowledged chunk %s, which was not sent", ack.GetId())
-		}
-		switch code := codes.Code(ack.GetCode()); code {
-		case codes.OK:
-		case codes.DataLoss:
-			return abortf(syscall.EBADMSG, "%s", ack.GetMessage())
-		default:
-			return status.Error(code, ack.GetMessage())
-		}
-		var got id
-		if _, err := hex.Decode(got[:], []byte(ack.GetId())); err != nil {
-			return fmt.Errorf("the chunk service acknowledged %q, not a chunk id", ack.GetId())
-		}
-		if ack.GetCreated() {
-			p.stored.Add(1)
-		}
-		p.outstanding.remove(got)
-	}
-}
-
 // parseAndPublish reads the index as it arrives, learns its digest
 // algorithm, and REQUESTs (low priority, in batches) every chunk the store
 // lacks. Once the whole index is read (so INDEX_EOF came) and every
@@ -270,9 +258,6 @@ func (c *conv) parseAndPublish(ctx context.Context, r *io.PipeReader, p *pushing
 		return nil // the reader ended the session
 	}
 	if err != nil {
-		if status.Code(err) == codes.Unknown {
-			err = abortf(syscall.EBADMSG, "index %s: %v", c.args.Index, err)
-		}
 		r.CloseWithError(err) // the reader writing the index fails with err
 		return err
 	}
@@ -284,41 +269,40 @@ func (c *conv) parseAndPublish(ctx context.Context, r *io.PipeReader, p *pushing
 	close(p.publishing)
 	resp, err := p.index.CloseAndRecv()
 	if err != nil {
-		return fmt.Errorf("publishing index %s: %w", c.args.Index, err)
+		return fmt.Errorf("publishing index %s: %w", c.args.Index, catalogErr(err))
 	}
 	close(p.published)
 	c.log.Info("index published", "chunks", resp.GetIndex().GetChunkCount(), "new", p.stored.Load(), "size", resp.GetIndex().GetSize())
 	return c.send(ctx, &caproto.Goodbye{})
 }
 
+// parse scans the index as it arrives and requests the chunks the store
+// lacks. An index that does not parse is EBADMSG; a failing call of the
+// chunk service keeps its own error, and errno.
 func (c *conv) parse(ctx context.Context, r io.Reader, p *pushing, request bool) error {
 	seen := map[id]struct{}{}
 	var batch []id
+	var serviceErr error
 	flush := func() error {
 		if len(batch) == 0 || !request {
 			batch = batch[:0]
 			return nil
 		}
-		req := &chunkbridgev1.FindMissingChunksRequest{Ids: make([]string, len(batch))}
-		for i, b := range batch {
-			req.Ids[i] = hex.EncodeToString(b[:])
-		}
+		missing, err := c.h.Chunks.FindMissing(ctx, batch)
 		batch = batch[:0]
-		resp, err := c.h.Chunks.FindMissingChunks(ctx, req)
 		if err != nil {
+			serviceErr = err
 			return err
-		}
-		missing := make([]id, len(resp.GetMissing()))
-		for i, h := range resp.GetMissing() {
-			if _, err := hex.Decode(missing[i][:], []byte(h)); err != nil {
-				return fmt.Errorf("the chunk service reported %q missing, not a chunk id", h)
-			}
 		}
 		// Outstanding before requested: the chunk may be stored at once.
 		p.outstanding.add(missing)
 		for len(missing) > 0 {
 			n := min(len(missing), requestBatch)
-			if err := c.send(ctx, &caproto.Request{IDs: missing[:n]}); err != nil {
+			req := &caproto.Request{IDs: make([][caproto.IDSize]byte, n)}
+			for i, m := range missing[:n] {
+				req.IDs[i] = m
+			}
+			if err := c.send(ctx, req); err != nil {
 				return errSessionOver
 			}
 			missing = missing[n:]
@@ -338,10 +322,13 @@ func (c *conv) parse(ctx context.Context, r io.Reader, p *pushing, request bool)
 		}
 		return nil
 	})
-	if err == nil {
-		err = flush()
+	switch {
+	case err == nil:
+		return flush()
+	case serviceErr != nil, errors.Is(err, errSessionOver):
+		return err
 	}
-	return err
+	return abortf(syscall.EBADMSG, "index %s: %v", c.args.Index, err)
 }
 
 // outstanding is the set of chunks requested and not yet stored; close

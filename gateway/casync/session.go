@@ -1,7 +1,8 @@
 // Package casync is the casync gateway: it serves casync's remote protocol
 // (caprotocol, over stdio for ssh or over TCP after a preamble) and its HTTP
-// chunk-store layout, and translates both into gRPC calls to the chunk
-// service and the catalog. It holds no data of its own.
+// chunk-store layout, and translates both into calls of the chunk service,
+// through the typed client (package client, either transport), and of the
+// catalog. It holds no data of its own.
 package casync
 
 import (
@@ -14,18 +15,23 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
+	"github.com/chunkbridge/chunkbridge/client"
 	"github.com/chunkbridge/chunkbridge/format/caindex"
 	"github.com/chunkbridge/chunkbridge/format/caproto"
 	"github.com/chunkbridge/chunkbridge/gateway/session"
+	"github.com/chunkbridge/chunkbridge/services/apierr"
 )
 
 // Handler serves caprotocol sessions. Every limit is per session; zero
 // fields take the defaults.
 type Handler struct {
-	Chunks  chunkbridgev1.ChunkServiceClient
+	// Chunks is the chunk service: client.NewGRPC, or client.NewLocal in
+	// the process that runs it.
+	Chunks *client.Chunks
+	// Catalog is the catalog's gRPC client; its errors go through
+	// apierr.FromStatus, so the one errno table serves both services.
 	Catalog chunkbridgev1.CatalogServiceClient
 	Log     *slog.Logger
 	// DrainTimeout bounds how long input is read and discarded after an
@@ -44,13 +50,14 @@ type Handler struct {
 	// service for and not yet queued for the writer (default 8 MiB).
 	ReadAheadBytes int64
 	// PushBytes bounds the chunk bytes a push has sent to the chunk
-	// service and not yet seen acknowledged (default 16 MiB).
+	// service and not yet seen acknowledged (default 16 MiB): the
+	// Uploader's byte window.
 	PushBytes int64
 	// MaxRequested bounds the distinct chunk ids one pull may REQUEST
 	// (default 4 Mi: an image of 256 GiB at casync's 64 KiB average chunk;
 	// the session remembers each, about 100 bytes apiece).
 	MaxRequested int
-	// BatchSize is the most chunk ids one DownloadChunks call fetches
+	// BatchSize is the most chunk ids one Download fetches
 	// (default 256); ReadAheadBytes usually allows fewer.
 	BatchSize int
 	// Metrics may be nil.
@@ -75,7 +82,9 @@ func abortf(errno syscall.Errno, format string, args ...any) error {
 	return &sessionError{errno: uint32(errno), msg: fmt.Sprintf(format, args...)}
 }
 
-// errnoFor picks the errno a casync client should report for err.
+// errnoFor picks the errno a casync client should report for err: the
+// session's own choice, an idle timeout, a protocol error, or else the
+// service's error class (apierr.Code) through errnoOfCode.
 func errnoFor(err error) uint32 {
 	var se *sessionError
 	if errors.As(err, &se) {
@@ -88,25 +97,34 @@ func errnoFor(err error) uint32 {
 	if e := caproto.Errno(err); e != 0 {
 		return e
 	}
-	switch status.Code(err) {
-	case codes.NotFound:
-		return uint32(syscall.ENOENT)
-	case codes.InvalidArgument, codes.DataLoss, codes.FailedPrecondition:
-		return uint32(syscall.EBADMSG)
-	case codes.Unavailable, codes.DeadlineExceeded:
-		return uint32(syscall.EIO)
-	case codes.Unauthenticated, codes.PermissionDenied:
-		return uint32(syscall.EACCES)
+	if e, ok := errnoOfCode[apierr.Code(err)]; ok {
+		return uint32(e)
 	}
 	return uint32(syscall.EIO)
 }
 
-// reason turns an error into ABORT text: a gRPC status contributes its
-// message, not its code prefix.
+// errnoOfCode is the one table from the services' error classes (the
+// codes of apierr's sentinels, whichever transport the error came over)
+// to what casync prints; anything else is EIO.
+var errnoOfCode = map[codes.Code]syscall.Errno{
+	codes.NotFound:           syscall.ENOENT,     // apierr.ErrNotFound
+	codes.InvalidArgument:    syscall.EBADMSG,    // apierr.ErrInvalid
+	codes.DataLoss:           syscall.EBADMSG,    // apierr.ErrDataLoss: a chunk that does not hash to its id
+	codes.FailedPrecondition: syscall.EBADMSG,    // apierr.ErrFailedPrecondition: an index with chunks not stored
+	codes.AlreadyExists:      syscall.EEXIST,     // apierr.ErrExists
+	codes.Aborted:            syscall.EBUSY,      // apierr.ErrBusy
+	codes.ResourceExhausted:  syscall.EAGAIN,     // apierr.ErrExhausted: retry later
+	codes.Unavailable:        syscall.EIO,        // apierr.ErrUnavailable
+	codes.DeadlineExceeded:   syscall.EIO,        // context.DeadlineExceeded
+	codes.Unauthenticated:    syscall.EACCES,     // apierr.ErrUnauthenticated
+	codes.PermissionDenied:   syscall.EACCES,     // apierr.ErrPermission
+	codes.Unimplemented:      syscall.EOPNOTSUPP, // a service too old for the request
+	codes.Internal:           syscall.EIO,        // apierr.ErrInternal, and errors of no class
+}
+
+// reason turns an error into ABORT text. A service's error reads as the
+// message the service wrote (apierr.Error), which names what failed.
 func reason(err error) string {
-	if s, ok := status.FromError(err); ok && s.Code() != codes.OK {
-		return "chunkbridge: " + s.Message()
-	}
 	return "chunkbridge: " + err.Error()
 }
 
@@ -266,3 +284,7 @@ func (h *Handler) refuse(ctx context.Context, conn Conn, err error) error {
 }
 
 func (h *Handler) batchSize() int { return orDefault(h.BatchSize, 256) }
+
+// catalogErr is a catalog call's error as the chunk client's are: typed
+// by apierr, with the service's message.
+func catalogErr(err error) error { return apierr.FromStatus(err) }

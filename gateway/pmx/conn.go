@@ -11,20 +11,19 @@ import (
 	"sync"
 
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
+	"github.com/chunkbridge/chunkbridge/client"
 	"github.com/chunkbridge/chunkbridge/format"
 	"github.com/chunkbridge/chunkbridge/format/pmxproto"
 	"github.com/chunkbridge/chunkbridge/gateway/session"
+	"github.com/chunkbridge/chunkbridge/services/apierr"
 )
 
-// ChunkClient and CatalogClient are the gRPC services the gateway uses.
-type (
-	ChunkClient   = chunkbridgev1.ChunkServiceClient
-	CatalogClient = chunkbridgev1.CatalogServiceClient
-)
+// CatalogClient is the catalog's gRPC API, which the gateway writes
+// snapshot files through; chunks go through the typed client.Chunks.
+type CatalogClient = chunkbridgev1.CatalogServiceClient
 
 const (
 	// entryFlush is how many index entries go to the catalog at once.
@@ -59,15 +58,15 @@ type conn struct {
 	dlQueue   chan *download
 	dlOnce    sync.Once
 
-	// sendMu orders upload stream sends with their place in uploadQ.
-	sendMu sync.Mutex
+	// putMu serialises Puts, so that the chunk service sees uploads in
+	// the order they were read, and guards uploader: one ordered upload
+	// stream for the connection, opened at the first upload and replaced
+	// when it fails.
+	putMu    sync.Mutex
+	uploader *client.Uploader
 
-	mu   sync.Mutex
-	cond *sync.Cond // an upload was answered; a lane's uploads ended
-	// Uploads go through one UploadChunks stream; its acknowledgements
-	// come in request order, so the uploads wait in a FIFO.
-	upload   chunkbridgev1.ChunkService_UploadChunksClient
-	uploadQ  []*pendingUpload
+	mu       sync.Mutex
+	cond     *sync.Cond      // an upload was answered; a lane's uploads ended
 	nextSeq  uint64          // uploads read so far; the next one's number
 	unacked  map[uint64]bool // uploads read and not yet answered
 	lowSeq   uint64          // every upload below it is answered
@@ -95,11 +94,6 @@ type request struct {
 	busy bool
 }
 
-type pendingUpload struct {
-	id  uint8
-	seq uint64
-}
-
 // fileStream is one backup file being written through the catalog. Only
 // its lane's goroutine touches pending.
 type fileStream struct {
@@ -115,20 +109,30 @@ func (c *conn) send(ctx context.Context, p pmxproto.Packet) error {
 	return c.sess.Send(ctx, p.Encode(nil))
 }
 
-// sendError answers id with an Error and a reason (DESIGN §7.4).
+// sendError answers id with an Error whose reason is err's message
+// (DESIGN §7.4).
 func (c *conn) sendError(ctx context.Context, id uint8, code pmxproto.ErrorID, err error) {
 	c.log.Info("request refused", "id", id, "err", err)
 	if c.srv.Metrics != nil {
 		c.srv.Metrics.errors.Inc()
 	}
-	c.send(ctx, &pmxproto.Error{ID: id, Code: code, Reason: reason(err)})
+	c.send(ctx, &pmxproto.Error{ID: id, Code: code, Reason: err.Error()})
 }
 
-func reason(err error) string {
-	if s, ok := status.FromError(err); ok && s.Code() != codes.OK {
-		return s.Message()
+// errorCode is the ErrorId for a service's error: Busy for what a client
+// should retry later (a conflicting operation, a budget used up, the
+// service unreachable), Generic for the rest.
+func errorCode(err error) pmxproto.ErrorID {
+	switch apierr.Code(err) {
+	case codes.Aborted, codes.ResourceExhausted, codes.Unavailable:
+		return pmxproto.ErrorBusy
 	}
-	return err.Error()
+	return pmxproto.ErrorGeneric
+}
+
+// serviceError answers id with a service's error, its code kept.
+func (c *conn) serviceError(ctx context.Context, id uint8, err error) {
+	c.sendError(ctx, id, errorCode(err), err)
 }
 
 func packetSize(p pmxproto.Packet) int64 {
@@ -197,8 +201,7 @@ func (c *conn) readLoop(ctx context.Context) error {
 		l := &c.lanes[p.PacketID()]
 		if _, ok := p.(*pmxproto.UploadChunk); ok && !l.running && len(l.queue) == 0 {
 			c.mu.Unlock()
-			c.uploadChunk(ctx, req)
-			c.requests.Release(req.size)
+			c.uploadChunk(ctx, req) // releases req.size once answered
 			continue
 		}
 		l.queue = append(l.queue, req)
@@ -231,7 +234,9 @@ func (c *conn) work(ctx context.Context, id uint8) {
 		}
 		c.mu.Unlock()
 		c.handle(ctx, req)
-		c.requests.Release(req.size)
+		if _, up := req.p.(*pmxproto.UploadChunk); !up {
+			c.requests.Release(req.size) // an upload releases its own once answered
+		}
 	}
 }
 
@@ -279,72 +284,88 @@ func (c *conn) answered(seq uint64) {
 }
 
 // uploadChunk forwards a chunk to the chunk service; its Ok or Error is
-// sent when the chunk service acknowledges it (DESIGN §7.3).
+// sent when the chunk service acknowledges it (DESIGN §7.3), in the order
+// the uploads were read. The chunk's bytes stay in the request budget
+// until then, so a connection holds at most RequestBytes of chunks read
+// and not yet stored, whichever transport the client uses.
 func (c *conn) uploadChunk(ctx context.Context, req request) {
 	p := req.p.(*pmxproto.UploadChunk)
-	if len(p.Data) > format.MaxChunk {
-		// Stored, it could never be restored by every protocol: refused
-		// here at once rather than by the chunk service later.
+	// The reply is queued before the upload counts as answered, so that a
+	// reply to a packet read after it comes after it.
+	refuse := func(err error) {
+		if ctx.Err() == nil {
+			c.serviceError(ctx, p.ID, err)
+		}
 		c.mu.Lock()
 		c.answered(req.seq)
 		c.mu.Unlock()
-		c.sendError(ctx, p.ID, pmxproto.ErrorGeneric, fmt.Errorf("chunk %x: %d bytes exceed the largest chunk chunkbridge stores (%d)", p.Digest[:], len(p.Data), format.MaxChunk))
+		c.requests.Release(req.size)
+	}
+	if len(p.Data) > format.MaxChunk {
+		// Stored, it could never be restored by every protocol: refused
+		// here at once rather than by the chunk service later.
+		refuse(fmt.Errorf("chunk %x: %d bytes exceed the largest chunk chunkbridge stores (%d): %w", p.Digest[:], len(p.Data), format.MaxChunk, apierr.ErrInvalid))
 		return
 	}
-	c.sendMu.Lock()
-	defer c.sendMu.Unlock()
-	c.mu.Lock()
-	if c.upload == nil {
-		up, err := c.srv.Chunks.UploadChunks(ctx)
-		if err != nil {
-			c.answered(req.seq)
-			c.mu.Unlock()
-			c.sendError(ctx, p.ID, pmxproto.ErrorGeneric, fmt.Errorf("chunk service unavailable: %w", err))
-			return
-		}
-		c.upload = up
-		c.sess.Go(func(ctx context.Context) error { c.acknowledge(ctx, up); return nil })
+	up := client.Upload{
+		ID: client.ID(p.Digest), Algorithm: chunkbridgev1.DigestAlgorithm_DIGEST_ALGORITHM_SHA256,
+		Encoding: chunkbridgev1.Encoding_ENCODING_RAW, Data: p.Data,
 	}
-	up := c.upload
-	c.uploadQ = append(c.uploadQ, &pendingUpload{id: p.ID, seq: req.seq})
+	done := func(r client.Result) {
+		if r.Err == nil {
+			c.send(ctx, &pmxproto.Ok{ID: p.ID})
+		} else if ctx.Err() == nil {
+			c.serviceError(ctx, p.ID, r.Err)
+		}
+		c.mu.Lock()
+		c.answered(req.seq)
+		c.mu.Unlock()
+		c.requests.Release(req.size)
+		c.laneUploadDone(p.ID)
+	}
+	c.putMu.Lock()
+	defer c.putMu.Unlock()
+	c.mu.Lock()
 	c.lanes[p.ID].uploads++
 	c.mu.Unlock()
-	// Not under c.mu: Send may wait for flow control, which needs the
-	// acknowledger to make progress.
-	err := up.Send(&chunkbridgev1.UploadChunksRequest{
-		Id: hex.EncodeToString(p.Digest[:]), Algorithm: chunkbridgev1.DigestAlgorithm_DIGEST_ALGORITHM_SHA256,
-		Encoding: chunkbridgev1.Encoding_ENCODING_RAW, Data: p.Data,
-	})
+	// A stream that failed earlier refuses every Put: it is replaced once,
+	// after its last acknowledgement went out, so that the replies of one
+	// id stay in order.
+	var err error
+	for attempt := 0; attempt < 2; attempt++ {
+		if c.uploader == nil {
+			c.uploader, err = c.srv.Chunks.NewUploader(c.sess.Context(), client.UploadOptions{
+				Window: uploadWindow, WindowBytes: c.requests.Size(),
+			})
+			if err != nil {
+				err = fmt.Errorf("chunk %x: %w", p.Digest[:], err)
+				break
+			}
+		}
+		if err = c.uploader.Put(ctx, up, done); err == nil || ctx.Err() != nil {
+			break
+		}
+		c.uploader.Abort()
+		c.uploader = nil
+	}
 	if err != nil {
-		c.failUploads(ctx, up, fmt.Errorf("chunk service: %w", err))
+		refuse(err)
+		c.laneUploadDone(p.ID)
 	}
 }
 
-// acknowledge turns the chunk service's acknowledgements into Ok or Error.
-func (c *conn) acknowledge(ctx context.Context, up chunkbridgev1.ChunkService_UploadChunksClient) {
-	for {
-		ack, err := up.Recv()
-		if err != nil {
-			if ctx.Err() == nil {
-				c.failUploads(ctx, up, fmt.Errorf("chunk service: %w", err))
-			}
-			return
-		}
-		c.mu.Lock()
-		if c.upload != up || len(c.uploadQ) == 0 {
-			c.mu.Unlock()
-			return
-		}
-		u := c.uploadQ[0]
-		c.uploadQ = c.uploadQ[1:]
-		c.answered(u.seq)
-		c.mu.Unlock()
-		if ack.GetCode() == 0 {
-			c.send(ctx, &pmxproto.Ok{ID: u.id})
-		} else {
-			c.sendError(ctx, u.id, pmxproto.ErrorGeneric, status.Error(codes.Code(ack.GetCode()), ack.GetMessage()))
-		}
-		c.laneUploadDone(u.id)
+// uploadWindow is how many chunks of a connection go to the chunk service
+// unacknowledged; their bytes are bounded by the request budget.
+const uploadWindow = 64
+
+// closeUploads ends the connection's upload stream; chunks it has not
+// acknowledged are answered with an error (nobody reads them now).
+func (c *conn) closeUploads() {
+	c.putMu.Lock()
+	defer c.putMu.Unlock()
+	if c.uploader != nil {
+		c.uploader.Abort()
+		c.uploader = nil
 	}
 }
 
@@ -355,26 +376,6 @@ func (c *conn) laneUploadDone(id uint8) {
 	c.lanes[id].uploads--
 	c.cond.Broadcast()
 	c.mu.Unlock()
-}
-
-// failUploads answers every upload in flight on up with Error and drops
-// the stream, so the next upload opens a new one.
-func (c *conn) failUploads(ctx context.Context, up chunkbridgev1.ChunkService_UploadChunksClient, err error) {
-	c.mu.Lock()
-	if c.upload != up {
-		c.mu.Unlock()
-		return
-	}
-	failed := c.uploadQ
-	c.uploadQ, c.upload = nil, nil
-	for _, u := range failed {
-		c.answered(u.seq)
-	}
-	c.mu.Unlock()
-	for _, u := range failed {
-		c.sendError(ctx, u.id, pmxproto.ErrorGeneric, err)
-		c.laneUploadDone(u.id)
-	}
 }
 
 // uploadBarrier waits until every chunk uploaded before the packet with
@@ -430,7 +431,7 @@ func (c *conn) createBackup(ctx context.Context, p *pmxproto.CreateBackup) {
 	}
 	if err != nil {
 		c.closeStream(fs)
-		c.sendError(ctx, p.ID, pmxproto.ErrorGeneric, err)
+		c.serviceError(ctx, p.ID, apierr.FromStatus(err))
 		return
 	}
 	fs.path, fs.stream = resp.GetCreated().GetPath(), stream
@@ -449,14 +450,15 @@ func (c *conn) catalogReplies(ctx context.Context, fs *fileStream) {
 		resp, err := fs.stream.Recv()
 		if err != nil {
 			c.closeStream(fs)
-			if ctx.Err() == nil && !errors.Is(err, io.EOF) && status.Code(err) != codes.Canceled {
-				c.sendError(ctx, fs.id, pmxproto.ErrorGeneric, err)
+			err = apierr.FromStatus(err)
+			if ctx.Err() == nil && !errors.Is(err, io.EOF) && !errors.Is(err, context.Canceled) {
+				c.serviceError(ctx, fs.id, err)
 			}
 			return
 		}
 		switch step := resp.GetStep().(type) {
 		case *chunkbridgev1.WriteSnapshotFileResponse_Refused:
-			c.sendError(ctx, fs.id, pmxproto.ErrorGeneric, errors.New(step.Refused.GetMessage()))
+			c.serviceError(ctx, fs.id, apierr.FromCode(step.Refused.GetCode(), step.Refused.GetMessage()))
 		case *chunkbridgev1.WriteSnapshotFileResponse_Committed_:
 			c.log.Info("snapshot file published", "path", fs.path, "chunks", step.Committed.GetFile().GetChunkCount())
 			c.closeStream(fs)
@@ -569,7 +571,7 @@ func (c *conn) getHashList(ctx context.Context, p *pmxproto.GetHashList, busy bo
 		}
 	}
 	if err != nil {
-		c.sendError(ctx, p.ID, pmxproto.ErrorGeneric, err)
+		c.serviceError(ctx, p.ID, apierr.FromStatus(err))
 		return
 	}
 	if len(part) > 0 {
@@ -621,24 +623,28 @@ func (c *conn) downloadWorker(ctx context.Context) {
 // download answers DownloadChunks (DESIGN §7.10): one Chunk per digest in
 // request order, or Error for the first missing one and nothing after it.
 func (c *conn) download(ctx context.Context, p *pmxproto.DownloadChunks) {
-	req := &chunkbridgev1.DownloadChunksRequest{Ids: make([]string, len(p.Digests)), Encoding: chunkbridgev1.Encoding_ENCODING_RAW}
+	ids := make([]client.ID, len(p.Digests))
 	for i, d := range p.Digests {
-		req.Ids[i] = hex.EncodeToString(d[:])
+		ids[i] = client.ID(d)
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	stream, err := c.srv.Chunks.DownloadChunks(ctx, req)
+	dl := c.srv.Chunks.Download(ctx, ids, client.DownloadOptions{Raw: true})
+	defer dl.Close()
+	var err error
 	for i := 0; err == nil && i < len(p.Digests); i++ {
-		var resp *chunkbridgev1.DownloadChunksResponse
-		resp, err = stream.Recv()
-		if err == nil && resp.GetCode() != 0 {
-			err = status.Error(codes.Code(resp.GetCode()), resp.GetMessage())
-		}
-		if err == nil && len(resp.GetData()) > pmxproto.MaxChunkData {
-			err = fmt.Errorf("chunk %s: %d bytes do not fit a Chunk packet", resp.GetId(), len(resp.GetData()))
-		}
-		if err == nil {
-			chunk := &pmxproto.Chunk{ID: p.ID, Offset: uint64(i), Digest: p.Digests[i], Data: resp.GetData()}
+		var ch client.Chunk
+		ch, err = dl.Next()
+		switch {
+		case errors.Is(err, io.EOF):
+			err = fmt.Errorf("the chunk service ended the download after %d of %d chunks: %w", i, len(ids), apierr.ErrInternal)
+		case err != nil:
+		case ch.Err != nil:
+			err = ch.Err
+		case ch.ID != ids[i]:
+			err = fmt.Errorf("the chunk service answered chunk %s for %s: %w", ch.ID, ids[i], apierr.ErrInternal)
+		case len(ch.Data) > pmxproto.MaxChunkData:
+			err = fmt.Errorf("chunk %s: %d bytes do not fit a Chunk packet: %w", ch.ID, len(ch.Data), apierr.ErrInvalid)
+		default:
+			chunk := &pmxproto.Chunk{ID: p.ID, Offset: uint64(i), Digest: p.Digests[i], Data: ch.Data}
 			c.srv.Metrics.packet(chunk)
 			if c.send(ctx, chunk) != nil {
 				return
@@ -646,6 +652,6 @@ func (c *conn) download(ctx context.Context, p *pmxproto.DownloadChunks) {
 		}
 	}
 	if err != nil && ctx.Err() == nil {
-		c.sendError(ctx, p.ID, pmxproto.ErrorGeneric, err)
+		c.serviceError(ctx, p.ID, err)
 	}
 }

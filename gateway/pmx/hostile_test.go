@@ -2,7 +2,9 @@ package pmx_test
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"net"
 	"runtime"
@@ -13,6 +15,7 @@ import (
 	"github.com/chunkbridge/chunkbridge/format"
 	"github.com/chunkbridge/chunkbridge/format/pmxproto"
 	"github.com/chunkbridge/chunkbridge/gateway/pmx"
+	"github.com/chunkbridge/chunkbridge/pmxclient"
 )
 
 // heap reads the process's heap in use and goroutines after a collection.
@@ -26,8 +29,12 @@ func heap() (inuse uint64, goroutines int) {
 // 200 pipelined DownloadChunks that are never read hold the connection's
 // reply queue, not the 6 GiB asked for; another client is still served.
 func TestPipelinedDownloadsNeverReadStayBounded(t *testing.T) {
+	onBothTransports(t, testPipelinedDownloadsNeverReadStayBounded)
+}
+
+func testPipelinedDownloadsNeverReadStayBounded(t *testing.T, tr transport) {
 	const queue = 16 << 20
-	h := newHarness(t, func(s *pmx.Server) { s.QueueBytes = queue })
+	h := newHarnessOn(t, tr, func(s *pmx.Server) { s.QueueBytes = queue })
 	c := h.dial(t)
 	var digests []pmxproto.Digest
 	for i := range 4 {
@@ -143,10 +150,15 @@ func TestIdleConnectionsAndMaxConns(t *testing.T) {
 		}
 	}
 	heapAfter, goAfter := heap()
-	perConn := (goAfter - goBefore) / n
-	t.Logf("%d idle connections: %d goroutines each, heap +%d KiB each (server and client sides)", n, perConn, (int64(heapAfter)-int64(heapBefore))/n>>10)
+	perConn, heapPerConn := (goAfter-goBefore)/n, (int64(heapAfter)-int64(heapBefore))/n
+	t.Logf("%d idle connections: %d goroutines each, heap +%d KiB each (server and client sides)", n, perConn, heapPerConn>>10)
 	if perConn > 3 || h.srv.Active() != n {
 		t.Fatalf("%d goroutines per idle connection, %d active", perConn, h.srv.Active())
+	}
+	// An idle connection holds no read-ahead buffer: 2000 of them stay well
+	// under 100 MiB.
+	if heapPerConn > 32<<10 {
+		t.Fatalf("heap +%d KiB per idle connection, want at most 32 KiB", heapPerConn>>10)
 	}
 
 	c := h.dial0(t)
@@ -155,6 +167,18 @@ func TestIdleConnectionsAndMaxConns(t *testing.T) {
 		t.Fatalf("connection %d: %+v %v, want Error(Busy) saying too many connections", n+1, p, err)
 	}
 	c.expectClosed()
+}
+
+// pmxclient.Dial beyond MaxConns says why it was refused.
+func TestMaxConnsRefusalReachesClient(t *testing.T) {
+	h := newHarness(t, func(s *pmx.Server) { s.MaxConns = 1 })
+	h.dial(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	_, err := pmxclient.Dial(ctx, h.addr, nil)
+	if !errors.Is(err, pmxclient.ErrBusy) || !strings.Contains(err.Error(), "too many connections") {
+		t.Fatalf("Dial beyond MaxConns: %v, want ErrBusy saying too many connections", err)
+	}
 }
 
 // dial0 connects without expecting Hello.
@@ -182,7 +206,11 @@ func TestIdleTimeoutInEveryState(t *testing.T) {
 // Pipelined BackupFinished(id) and CreateBackup(id) are answered in that
 // order: the Create waits for the Finished's Ok, other ids do not.
 func TestPipelinedFinishedThenCreateInOrder(t *testing.T) {
-	h := newHarness(t)
+	onBothTransports(t, testPipelinedFinishedThenCreateInOrder)
+}
+
+func testPipelinedFinishedThenCreateInOrder(t *testing.T, tr transport) {
+	h := newHarnessOn(t, tr)
 	c := h.dial(t)
 	d := c.upload(1, []byte("chunk"))
 	create := func(i int) *pmxproto.CreateBackup {
@@ -201,7 +229,11 @@ func TestPipelinedFinishedThenCreateInOrder(t *testing.T) {
 
 // A refused entry is answered when refused, before BackupFinished.
 func TestRefusedEntryAnsweredBeforeFinished(t *testing.T) {
-	h := newHarness(t)
+	onBothTransports(t, testRefusedEntryAnsweredBeforeFinished)
+}
+
+func testRefusedEntryAnsweredBeforeFinished(t *testing.T, tr transport) {
+	h := newHarnessOn(t, tr)
 	c := h.dial(t)
 	c.create(&pmxproto.CreateBackup{ID: 2, BackupType: pmxproto.BackupHost, Timestamp: ts, Flags: pmxproto.FlagDynamicChunks, BackupID: "h", Name: "s"})
 	missing := pmxproto.Digest(sha256.Sum256([]byte("never uploaded")))
@@ -213,8 +245,10 @@ func TestRefusedEntryAnsweredBeforeFinished(t *testing.T) {
 
 // A chunk larger than format.MaxChunk fits an UploadChunk packet but could
 // not be restored: refused at once, and the connection goes on.
-func TestOversizedUploadRefused(t *testing.T) {
-	h := newHarness(t)
+func TestOversizedUploadRefused(t *testing.T) { onBothTransports(t, testOversizedUploadRefused) }
+
+func testOversizedUploadRefused(t *testing.T, tr transport) {
+	h := newHarnessOn(t, tr)
 	c := h.dial(t)
 	data := bytes.Repeat([]byte("x"), pmxproto.MaxBodySize-pmxproto.DigestSize)
 	if len(data) <= format.MaxChunk {

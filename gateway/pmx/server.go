@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/chunkbridge/chunkbridge/client"
 	"github.com/chunkbridge/chunkbridge/format/pmxproto"
 	"github.com/chunkbridge/chunkbridge/gateway/session"
 	"github.com/chunkbridge/chunkbridge/gateway/tcpserver"
@@ -19,7 +20,9 @@ var ErrServerClosed = tcpserver.ErrServerClosed
 
 // Server accepts PMXBCKUP connections.
 type Server struct {
-	Chunks  ChunkClient
+	// Chunks is the chunk service (client.NewGRPC, or client.NewLocal in
+	// the same process); Catalog the catalog's gRPC API.
+	Chunks  *client.Chunks
 	Catalog CatalogClient
 	Log     *slog.Logger
 	// TLS, when set, wraps every connection.
@@ -29,7 +32,7 @@ type Server struct {
 
 	// Per-listener and per-connection limits; zero takes the default.
 	//
-	// MaxConns caps the connections served at once (default 1024); beyond
+	// MaxConns caps the connections served at once (default 4096); beyond
 	// it a client gets Error(Busy) instead of Hello, and is closed.
 	MaxConns int
 	// IdleTimeout closes a connection with no traffic either way (default
@@ -48,7 +51,7 @@ type Server struct {
 }
 
 const (
-	defaultMaxConns  = 1024
+	defaultMaxConns  = 4096
 	defaultQueue     = 64 << 20
 	defaultRequests  = 64 << 20
 	defaultDownloads = 16
@@ -132,6 +135,7 @@ func (s *Server) serveConn(nc net.Conn) {
 		s.Metrics.connections.Inc()
 	}
 	err := sess.Run(c.readLoop)
+	c.closeUploads()
 	var idle *session.IdleError
 	switch {
 	case err == nil, errors.Is(err, context.Canceled):

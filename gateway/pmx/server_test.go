@@ -13,6 +13,7 @@ import (
 	"time"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
+	chunkclient "github.com/chunkbridge/chunkbridge/client"
 	"github.com/chunkbridge/chunkbridge/format/pmxproto"
 	"github.com/chunkbridge/chunkbridge/gateway/pmx"
 	"github.com/chunkbridge/chunkbridge/services/catalog"
@@ -27,10 +28,35 @@ type harness struct {
 	catalog chunkbridgev1.CatalogServiceClient
 }
 
+// transport is a way for the gateway to reach the chunk service.
+type transport struct {
+	name   string
+	chunks func(*servicetest.Services) *chunkclient.Chunks
+}
+
+var transports = []transport{
+	{"grpc", func(s *servicetest.Services) *chunkclient.Chunks { return chunkclient.NewGRPC(s.Conn) }},
+	{"local", func(s *servicetest.Services) *chunkclient.Chunks { return chunkclient.NewLocal(s.Chunks, 0) }},
+}
+
+// onBothTransports runs test once with the gateway on gRPC, once on the
+// local transport.
+func onBothTransports(t *testing.T, test func(t *testing.T, tr transport)) {
+	for _, tr := range transports {
+		t.Run(tr.name, func(t *testing.T) { test(t, tr) })
+	}
+}
+
+// newHarness serves a gateway that reaches the chunk service over gRPC.
 func newHarness(t *testing.T, configure ...func(*pmx.Server)) *harness {
 	t.Helper()
+	return newHarnessOn(t, transports[0], configure...)
+}
+
+func newHarnessOn(t *testing.T, tr transport, configure ...func(*pmx.Server)) *harness {
+	t.Helper()
 	svcs := servicetest.Start(t, memory.New(), chunk.Config{}, catalog.Config{})
-	srv := &pmx.Server{Chunks: svcs.ChunkClient(), Catalog: svcs.CatalogClient()}
+	srv := &pmx.Server{Chunks: tr.chunks(svcs), Catalog: svcs.CatalogClient()}
 	for _, f := range configure {
 		f(srv)
 	}
@@ -159,7 +185,11 @@ func (c *client) create(p *pmxproto.CreateBackup) string {
 const ts = 1795600000 // 2026-11-25T...
 
 func TestFixedBackupHashListAndDownload(t *testing.T) {
-	h := newHarness(t)
+	onBothTransports(t, testFixedBackupHashListAndDownload)
+}
+
+func testFixedBackupHashListAndDownload(t *testing.T, tr transport) {
+	h := newHarnessOn(t, tr)
 	c := h.dial(t)
 	a, b := bytes.Repeat([]byte("a"), 4096), []byte("tail")
 	da, db := c.upload(1, a), c.upload(1, b) // ids are reused
@@ -201,8 +231,10 @@ func TestFixedBackupHashListAndDownload(t *testing.T) {
 	c.upload(5, []byte("after"))
 }
 
-func TestDynamicBackupAndBadInput(t *testing.T) {
-	h := newHarness(t)
+func TestDynamicBackupAndBadInput(t *testing.T) { onBothTransports(t, testDynamicBackupAndBadInput) }
+
+func testDynamicBackupAndBadInput(t *testing.T, tr transport) {
+	h := newHarnessOn(t, tr)
 	c := h.dial(t)
 	x, y := []byte("first chunk"), []byte("second")
 	dx, dy := c.upload(1, x), c.upload(1, y)
@@ -328,7 +360,11 @@ func TestHashListBusy(t *testing.T) {
 
 // A connection dropped in the middle of a backup leaves no snapshot file.
 func TestDroppedConnectionLeavesNothing(t *testing.T) {
-	h := newHarness(t)
+	onBothTransports(t, testDroppedConnectionLeavesNothing)
+}
+
+func testDroppedConnectionLeavesNothing(t *testing.T, tr transport) {
+	h := newHarnessOn(t, tr)
 	c := h.dial(t)
 	d := c.upload(1, []byte("chunk"))
 	c.create(&pmxproto.CreateBackup{ID: 2, BackupType: pmxproto.BackupHost, Timestamp: ts, Flags: pmxproto.FlagDynamicChunks, BackupID: "h", Name: "s"})
@@ -342,5 +378,56 @@ func TestDroppedConnectionLeavesNothing(t *testing.T) {
 	snaps, err := h.catalog.ListSnapshots(t.Context(), &chunkbridgev1.ListSnapshotsRequest{})
 	if err != nil || len(snaps.Snapshots) != 1 {
 		t.Fatalf("snapshots = %v, %v; want only the completed one", snaps, err)
+	}
+}
+
+// Uploads pipelined with the entries that reference them, on many ids, are
+// stored before the entries reach the catalog (the upload barrier), and
+// each id's replies come in order.
+func TestUploadBarrierPipelined(t *testing.T) { onBothTransports(t, testUploadBarrierPipelined) }
+
+func testUploadBarrierPipelined(t *testing.T, tr transport) {
+	h := newHarnessOn(t, tr)
+	c := h.dial(t)
+	c.create(&pmxproto.CreateBackup{ID: 200, BackupType: pmxproto.BackupHost, Timestamp: ts, Flags: pmxproto.FlagDynamicChunks, BackupID: "b", Name: "s"})
+	const n = 300
+	var ps []pmxproto.Packet
+	var entries []pmxproto.DynamicEntry
+	off := uint64(0)
+	for i := range n {
+		data := bytes.Repeat([]byte{byte(i), byte(i >> 8)}, 1000+i)
+		d, up := uploadOf(data)
+		up.ID = uint8(i % 7)
+		ps = append(ps, up)
+		entries = append(entries, pmxproto.DynamicEntry{Offset: off, Digest: d})
+		off += uint64(len(data))
+		if i%50 == 49 {
+			ps = append(ps, &pmxproto.BackupDataDynamic{ID: 200, Entries: entries})
+			entries = nil
+		}
+	}
+	ps = append(ps, &pmxproto.BackupFinished{ID: 200})
+	c.send(ps...)
+	oks := map[uint8]int{}
+	for done := false; !done; {
+		switch p := c.next().(type) {
+		case *pmxproto.Ok:
+			if p.ID == 200 {
+				done = true
+			} else {
+				oks[p.ID]++
+			}
+		case *pmxproto.Error:
+			t.Fatalf("Error(%d, %q)", p.ID, p.Reason)
+		default:
+			t.Fatalf("%T", p)
+		}
+	}
+	total := 0
+	for _, k := range oks {
+		total += k
+	}
+	if total != n {
+		t.Fatalf("%d uploads answered before the file's Ok, want %d", total, n)
 	}
 }

@@ -1,7 +1,8 @@
 // Package rest is the HTTP edge: the grpc-gateway routes of the services,
 // the OpenAPI document, casync's HTTP store (under /casync/), Prometheus metrics and health endpoints. It talks to
-// the services only through a gRPC connection, so it runs the same in one
-// process with them or as its own deployment.
+// the services through a gRPC connection (the store's chunks through the
+// typed client, package client), so it runs the same in one process with
+// them or as its own deployment.
 package rest
 
 import (
@@ -19,6 +20,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
+	"github.com/chunkbridge/chunkbridge/client"
 	"github.com/chunkbridge/chunkbridge/gateway/casync"
 )
 
@@ -36,6 +38,10 @@ type Options struct {
 	// MaxIndexSize bounds an index PUT to the casync HTTP store (default
 	// casync.DefaultMaxIndexSize).
 	MaxIndexSize int64
+	// Chunks is the casync HTTP store's client of the chunk service
+	// (default client.NewGRPC over conn; in the services' own process,
+	// client.NewLocal).
+	Chunks *client.Chunks
 }
 
 // NewHandler returns the HTTP handler over conn.
@@ -97,8 +103,12 @@ func NewHandler(ctx context.Context, conn *grpc.ClientConn, opts Options) (http.
 		return nil, fmt.Errorf("register AdminService routes: %w", err)
 	}
 	mux.Handle("/v1/", limitJSON(limits.MaxJSONBody, gw, gw))
+	chunks := opts.Chunks
+	if chunks == nil {
+		chunks = client.NewGRPC(conn)
+	}
 	mux.Handle("/casync/", http.StripPrefix("/casync", &casync.HTTPStore{
-		Chunks:       chunkbridgev1.NewChunkServiceClient(conn),
+		Chunks:       chunks,
 		Catalog:      chunkbridgev1.NewCatalogServiceClient(conn),
 		Log:          opts.Log,
 		MaxIndexSize: opts.MaxIndexSize,
