@@ -180,16 +180,22 @@ func BenchmarkHTTPChunks(b *testing.B) {
 	client := httpClient()
 	defer client.CloseIdleConnections()
 
-	all := func(b *testing.B, dir string) string {
-		p := start(b, nil, "serve", "all", "--store", dir)
+	all := func(b *testing.B, bin, dir string) string {
+		p := startBinary(b, bin, nil, "serve", "all", "--store", dir)
 		waitHealth(b, p.conn(b), healthpb.HealthCheckResponse_SERVING)
 		return "http://" + p.http + "/casync/"
 	}
-	separate := func(b *testing.B, dir string) string {
-		c := start(b, nil, "serve", "chunk", "--store", dir)
+	separate := func(b *testing.B, bin, dir string) string {
+		c := startBinary(b, bin, nil, "serve", "chunk", "--store", dir)
 		waitHealth(b, c.conn(b), healthpb.HealthCheckResponse_SERVING)
-		p := start(b, nil, "serve", "rest-gateway", "--chunk-service", c.grpc)
+		p := startBinary(b, bin, nil, "serve", "rest-gateway", "--chunk-service", c.grpc)
 		return "http://" + p.http + "/casync/"
+	}
+	// BENCH_BEFORE_BIN names another chunkbridge build (say, of the
+	// previous commit) to measure as "…/before" in the same run.
+	builds := []struct{ suffix, bin string }{{"", binary}}
+	if before := os.Getenv("BENCH_BEFORE_BIN"); before != "" {
+		builds = append(builds, struct{ suffix, bin string }{"/before", before})
 	}
 	timed := func(b *testing.B, setup func(b *testing.B) func(httpChunk) error) {
 		b.SetBytes(int64(total))
@@ -213,7 +219,7 @@ func BenchmarkHTTPChunks(b *testing.B) {
 	stored := func(b *testing.B) string {
 		if store == "" {
 			store = parent.TempDir()
-			parallel(b, chunks, httpPut(client, all(parent, store)))
+			parallel(b, chunks, httpPut(client, all(parent, binary, store)))
 			client.CloseIdleConnections()
 		}
 		return store
@@ -228,22 +234,26 @@ func BenchmarkHTTPChunks(b *testing.B) {
 			return httpPut(client, "http://"+l.Addr().String()+"/")
 		})
 	})
-	b.Run("put/all", func(b *testing.B) {
-		timed(b, func(b *testing.B) func(httpChunk) error { return httpPut(client, all(b, b.TempDir())) })
-	})
-	b.Run("put/separate", func(b *testing.B) {
-		timed(b, func(b *testing.B) func(httpChunk) error { return httpPut(client, separate(b, b.TempDir())) })
-	})
+	for _, v := range builds {
+		b.Run("put/all"+v.suffix, func(b *testing.B) {
+			timed(b, func(b *testing.B) func(httpChunk) error { return httpPut(client, all(b, v.bin, b.TempDir())) })
+		})
+		b.Run("put/separate"+v.suffix, func(b *testing.B) {
+			timed(b, func(b *testing.B) func(httpChunk) error { return httpPut(client, separate(b, v.bin, b.TempDir())) })
+		})
+	}
 	b.Run("get/nginx", func(b *testing.B) {
 		addr := startNginx(b, stored(b))
 		timed(b, func(b *testing.B) func(httpChunk) error { return httpGet(client, "http://"+addr+"/") })
 	})
-	b.Run("get/all", func(b *testing.B) {
-		base := all(b, stored(b))
-		timed(b, func(b *testing.B) func(httpChunk) error { return httpGet(client, base) })
-	})
-	b.Run("get/separate", func(b *testing.B) {
-		base := separate(b, stored(b))
-		timed(b, func(b *testing.B) func(httpChunk) error { return httpGet(client, base) })
-	})
+	for _, v := range builds {
+		b.Run("get/all"+v.suffix, func(b *testing.B) {
+			base := all(b, v.bin, stored(b))
+			timed(b, func(b *testing.B) func(httpChunk) error { return httpGet(client, base) })
+		})
+		b.Run("get/separate"+v.suffix, func(b *testing.B) {
+			base := separate(b, v.bin, stored(b))
+			timed(b, func(b *testing.B) func(httpChunk) error { return httpGet(client, base) })
+		})
+	}
 }
