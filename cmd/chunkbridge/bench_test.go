@@ -243,11 +243,14 @@ func printCasyncTable() {
 	}
 	sort.Strings(names)
 	get := func(n string) float64 { v, _ := benchResults.Load(n); f, _ := v.(float64); return f }
-	fmt.Printf("\n| command | MB/s | ratio to the SHA-256+zstd limit |\n|---|---:|---:|\n")
+	fmt.Printf("\n| command | MB/s | ratio to its baseline (PMX: the SHA-256+zstd limit; HTTP GET: nginx; HTTP PUT: the plain file server) |\n|---|---:|---:|\n")
 	for _, n := range names {
 		ratio := ""
-		if l := get("PMX/limit"); l > 0 && strings.HasPrefix(n, "PMX/") {
-			ratio = fmt.Sprintf("%.2f×", get(n)/l)
+		base := map[string]string{"PMX/": "PMX/limit", "HTTPChunks/get/": "HTTPChunks/get/nginx", "HTTPChunks/put/": "HTTPChunks/put/plain"}
+		for prefix, b := range base {
+			if l := get(b); l > 0 && strings.HasPrefix(n, prefix) {
+				ratio = fmt.Sprintf("%.2f×", get(n)/l)
+			}
 		}
 		fmt.Printf("| %s | %.0f | %s |\n", n, get(n), ratio)
 	}

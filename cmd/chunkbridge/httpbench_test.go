@@ -191,11 +191,18 @@ func BenchmarkHTTPChunks(b *testing.B) {
 		p := startBinary(b, bin, nil, "serve", "rest-gateway", "--chunk-service", c.grpc)
 		return "http://" + p.http + "/casync/"
 	}
-	// BENCH_BEFORE_BIN names another chunkbridge build (say, of the
-	// previous commit) to measure as "…/before" in the same run.
+	// BENCH_BEFORE_BIN names other chunkbridge builds (say, of earlier
+	// commits) to measure in the same run: a path, measured as "…/before",
+	// or comma-separated label=path pairs, measured as "…/label".
 	builds := []struct{ suffix, bin string }{{"", binary}}
-	if before := os.Getenv("BENCH_BEFORE_BIN"); before != "" {
-		builds = append(builds, struct{ suffix, bin string }{"/before", before})
+	for _, before := range strings.Split(os.Getenv("BENCH_BEFORE_BIN"), ",") {
+		label, bin, ok := strings.Cut(before, "=")
+		if !ok {
+			label, bin = "before", before
+		}
+		if bin != "" {
+			builds = append(builds, struct{ suffix, bin string }{"/" + label, bin})
+		}
 	}
 	timed := func(b *testing.B, setup func(b *testing.B) func(httpChunk) error) {
 		b.SetBytes(int64(total))

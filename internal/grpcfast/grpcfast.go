@@ -88,7 +88,9 @@ const aliasMin = 16 << 10
 //     instead of copying it into the marshalled message. gRPC's contract
 //     already forbids changing a message after SendMsg; the chunk service
 //     sends freshly read buffers it never touches again. Other messages,
-//     whose senders may reuse their buffers, are copied as before.
+//     whose senders may reuse their buffers, are copied as before (the
+//     PMXBCKUP gateway may release an upload's buffer to pmxproto.Reader
+//     for the next packet as soon as SendMsg returns).
 //   - Unmarshal of a large message with a bytes field named "data" gathers
 //     the received frames into one new buffer and points the field into it,
 //     instead of gathering into a pooled buffer and copying the field out.
