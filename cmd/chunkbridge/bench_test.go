@@ -201,6 +201,7 @@ http {
 			// SIGQUIT, not SIGKILL: a killed master leaves its workers
 			// running, still listening.
 			b.Cleanup(func() { cmd.Process.Signal(syscall.SIGQUIT); <-exited })
+			nginxMasters.Store(addr, cmd.Process.Pid)
 			return addr, "", nil
 		}
 		select {
@@ -225,6 +226,9 @@ func listenLoopback(b *testing.B) net.Listener {
 }
 
 var benchResults sync.Map
+
+// nginxMasters maps each started nginx's address to its master's pid.
+var nginxMasters sync.Map
 
 func recordBench(b *testing.B, bytesPerOp int) {
 	if s := b.Elapsed().Seconds(); s > 0 {
@@ -253,6 +257,20 @@ func printCasyncTable() {
 			}
 		}
 		fmt.Printf("| %s | %.0f | %s |\n", n, get(n), ratio)
+	}
+	var cpuNames []string
+	serverCPU.Range(func(k, _ any) bool { cpuNames = append(cpuNames, k.(string)); return true })
+	sort.Strings(cpuNames)
+	if len(cpuNames) > 0 {
+		cpu := func(n string) float64 { v, _ := serverCPU.Load(n); f, _ := v.(float64); return f }
+		fmt.Printf("\n| server CPU per 64 KiB chunk | µs | ratio to nginx |\n|---|---:|---:|\n")
+		for _, n := range cpuNames {
+			ratio := ""
+			if l := cpu("HTTPChunks/get/nginx"); l > 0 && strings.HasPrefix(n, "HTTPChunks/get/") {
+				ratio = fmt.Sprintf("%.1f×", cpu(n)/l)
+			}
+			fmt.Printf("| %s | %.0f | %s |\n", n, cpu(n), ratio)
+		}
 	}
 	fmt.Printf("\n| ratio | value | target |\n|---|---:|---:|\n")
 	for _, r := range []struct{ name, a, b, target string }{

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/klauspost/compress/zstd"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -180,16 +181,19 @@ func BenchmarkHTTPChunks(b *testing.B) {
 	client := httpClient()
 	defer client.CloseIdleConnections()
 
-	all := func(b *testing.B, bin, dir string) string {
+	// Each server returns its base URL and its processes, whose CPU time
+	// is measured too: unlike wall time, it barely moves when other work
+	// shares the machine.
+	all := func(b *testing.B, bin, dir string) (string, []int) {
 		p := startBinary(b, bin, nil, "serve", "all", "--store", dir)
 		waitHealth(b, p.conn(b), healthpb.HealthCheckResponse_SERVING)
-		return "http://" + p.http + "/casync/"
+		return "http://" + p.http + "/casync/", []int{p.cmd.Process.Pid}
 	}
-	separate := func(b *testing.B, bin, dir string) string {
+	separate := func(b *testing.B, bin, dir string) (string, []int) {
 		c := startBinary(b, bin, nil, "serve", "chunk", "--store", dir)
 		waitHealth(b, c.conn(b), healthpb.HealthCheckResponse_SERVING)
 		p := startBinary(b, bin, nil, "serve", "rest-gateway", "--chunk-service", c.grpc)
-		return "http://" + p.http + "/casync/"
+		return "http://" + p.http + "/casync/", []int{c.cmd.Process.Pid, p.cmd.Process.Pid}
 	}
 	// BENCH_BEFORE_BIN names other chunkbridge builds (say, of earlier
 	// commits) to measure in the same run: a path, measured as "…/before",
@@ -204,18 +208,28 @@ func BenchmarkHTTPChunks(b *testing.B) {
 			builds = append(builds, struct{ suffix, bin string }{"/" + label, bin})
 		}
 	}
-	timed := func(b *testing.B, setup func(b *testing.B) func(httpChunk) error) {
+	timed := func(b *testing.B, setup func(b *testing.B) (func(httpChunk) error, []int)) {
 		b.SetBytes(int64(total))
 		b.ResetTimer() // the servers and the stored chunks are set up untimed
+		var cpu time.Duration
 		for range b.N {
 			b.StopTimer()
-			do := setup(b)
+			do, pids := setup(b)
+			before := cpuTime(b, pids)
 			b.StartTimer()
 			parallel(b, chunks, do)
+			b.StopTimer()
+			cpu += cpuTime(b, pids) - before
+			b.StartTimer()
 		}
 		b.StopTimer()
 		client.CloseIdleConnections()
 		recordBench(b, total)
+		if cpu > 0 {
+			perChunk := float64(cpu.Microseconds()) / float64(b.N*len(chunks))
+			b.ReportMetric(perChunk, "server-µs-cpu/chunk")
+			serverCPU.Store(strings.TrimPrefix(b.Name(), "Benchmark"), perChunk)
+		}
 	}
 
 	// The store every GET reads, written once through chunkbridge.
@@ -226,41 +240,102 @@ func BenchmarkHTTPChunks(b *testing.B) {
 	stored := func(b *testing.B) string {
 		if store == "" {
 			store = parent.TempDir()
-			parallel(b, chunks, httpPut(client, all(parent, binary, store)))
+			base, _ := all(parent, binary, store)
+			parallel(b, chunks, httpPut(client, base))
 			client.CloseIdleConnections()
 		}
 		return store
 	}
 
 	b.Run("put/plain", func(b *testing.B) {
-		timed(b, func(b *testing.B) func(httpChunk) error {
+		timed(b, func(b *testing.B) (func(httpChunk) error, []int) {
 			srv := &http.Server{Handler: plainPutServer(b.TempDir())}
 			l := listenLoopback(b)
 			go srv.Serve(l)
 			b.Cleanup(func() { srv.Close() })
-			return httpPut(client, "http://"+l.Addr().String()+"/")
+			return httpPut(client, "http://"+l.Addr().String()+"/"), nil // in the test process: no CPU figure
 		})
 	})
 	for _, v := range builds {
 		b.Run("put/all"+v.suffix, func(b *testing.B) {
-			timed(b, func(b *testing.B) func(httpChunk) error { return httpPut(client, all(b, v.bin, b.TempDir())) })
+			timed(b, func(b *testing.B) (func(httpChunk) error, []int) {
+				base, pids := all(b, v.bin, b.TempDir())
+				return httpPut(client, base), pids
+			})
 		})
 		b.Run("put/separate"+v.suffix, func(b *testing.B) {
-			timed(b, func(b *testing.B) func(httpChunk) error { return httpPut(client, separate(b, v.bin, b.TempDir())) })
+			timed(b, func(b *testing.B) (func(httpChunk) error, []int) {
+				base, pids := separate(b, v.bin, b.TempDir())
+				return httpPut(client, base), pids
+			})
 		})
 	}
 	b.Run("get/nginx", func(b *testing.B) {
 		addr := startNginx(b, stored(b))
-		timed(b, func(b *testing.B) func(httpChunk) error { return httpGet(client, "http://"+addr+"/") })
+		timed(b, func(b *testing.B) (func(httpChunk) error, []int) {
+			return httpGet(client, "http://"+addr+"/"), nginxProcesses(addr)
+		})
 	})
 	for _, v := range builds {
 		b.Run("get/all"+v.suffix, func(b *testing.B) {
-			base := all(b, v.bin, stored(b))
-			timed(b, func(b *testing.B) func(httpChunk) error { return httpGet(client, base) })
+			base, pids := all(b, v.bin, stored(b))
+			timed(b, func(b *testing.B) (func(httpChunk) error, []int) { return httpGet(client, base), pids })
 		})
 		b.Run("get/separate"+v.suffix, func(b *testing.B) {
-			base := separate(b, v.bin, stored(b))
-			timed(b, func(b *testing.B) func(httpChunk) error { return httpGet(client, base) })
+			base, pids := separate(b, v.bin, stored(b))
+			timed(b, func(b *testing.B) (func(httpChunk) error, []int) { return httpGet(client, base), pids })
 		})
 	}
+}
+
+// serverCPU is each benchmark's server CPU time per chunk, in µs.
+var serverCPU sync.Map
+
+// cpuTime is the time the processes' threads have spent on a CPU so far
+// (schedstat: nanoseconds, where /proc/PID/stat counts 10 ms ticks).
+func cpuTime(b *testing.B, pids []int) time.Duration {
+	var ns int64
+	for _, pid := range pids {
+		tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, t := range tasks {
+			stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/schedstat", pid, t.Name()))
+			if err != nil {
+				continue // the thread ended
+			}
+			var n int64
+			fmt.Sscan(string(stat), &n)
+			ns += n
+		}
+	}
+	return time.Duration(ns)
+}
+
+// nginxProcesses is the master serving addr and its workers.
+func nginxProcesses(addr string) []int {
+	v, ok := nginxMasters.Load(addr)
+	if !ok {
+		return nil
+	}
+	master := v.(int)
+	pids := []int{master}
+	dirs, _ := os.ReadDir("/proc")
+	for _, d := range dirs {
+		var pid int
+		if _, err := fmt.Sscan(d.Name(), &pid); err != nil {
+			continue
+		}
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+2:]))
+		var ppid int
+		if fmt.Sscan(f[1], &ppid); ppid == master {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }
