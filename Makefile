@@ -61,9 +61,9 @@ test-short: ## Unit tests only: no MinIO, no subprocesses
 	go test -short -count=1 ./...
 
 .PHONY: bench
-bench: $(BIN)/minio ## Chunk service MB/s vs the SHA-256+zstd limit; casync through the gateways vs casync baselines (needs casync, nginx)
+bench: $(BIN)/minio ## Chunk service MB/s vs the SHA-256+zstd limit; casync and the casync HTTP store through the gateways vs casync, nginx and a plain PUT server (needs casync, nginx)
 	go test -run '^$$' -bench . -benchtime $(BENCH_TIME) -count 1 ./services/chunk/ | tee .tmp/bench.txt
-	go test -run '^$$' -bench 'Casync|PMX' -benchtime 1x -timeout 60m ./cmd/chunkbridge/ | tee -a .tmp/bench.txt
+	go test -run '^$$' -bench 'Casync|PMX|HTTPChunks' -benchtime 1x -timeout 60m ./cmd/chunkbridge/ | tee -a .tmp/bench.txt
 
 .PHONY: fuzz
 fuzz: ## Fuzz every decoder for FUZZ_TIME each (default 30s)

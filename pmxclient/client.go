@@ -30,6 +30,9 @@ const numIDs = 256
 type Client struct {
 	conn net.Conn
 	addr string // for error messages
+	// r is read by the reader goroutine only; Download releases consumed
+	// chunk buffers to it (Release is safe from any goroutine).
+	r *pmxproto.Reader
 
 	wmu sync.Mutex // serialises writes; held while a packet is written
 	w   *pmxproto.Writer
@@ -119,6 +122,7 @@ func NewClient(ctx context.Context, conn net.Conn) (*Client, error) {
 	c := &Client{
 		conn: conn,
 		addr: addr,
+		r:    r,
 		w:    pmxproto.NewWriter(conn),
 		ids:  make(chan uint8, numIDs),
 		done: make(chan struct{}),

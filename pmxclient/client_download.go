@@ -57,6 +57,9 @@ func (c *Client) Download(ctx context.Context, digests []Digest, fn func(i int, 
 		if err := fn(i, p.Data); err != nil {
 			return err
 		}
+		// data is fn's only during the call: the reader may fill the
+		// buffer again.
+		d.c.r.Release(p)
 		d.consumed++
 	}
 	return nil

@@ -66,6 +66,13 @@ func (p *process) logs() string {
 // and returns once it logs its listening addresses.
 func start(t testing.TB, env []string, args ...string) *process {
 	t.Helper()
+	return startBinary(t, binary, env, args...)
+}
+
+// startBinary is start with another chunkbridge executable (benchmarks
+// compare builds in one run).
+func startBinary(t testing.TB, binary string, env []string, args ...string) *process {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("runs the chunkbridge binary")
 	}

@@ -73,7 +73,17 @@ type Reader struct {
 	off int64 // stream offset of the next packet
 	hdr [HeaderSize]byte
 	err error // sticky *FrameError or io.EOF
+	// prefix holds the fields before a chunk's data, which is read into
+	// a buffer of its own so that Release can hand it back whole.
+	prefix [8 + DigestSize]byte
+	// free holds released chunk buffers (see Release); a channel so that
+	// Release may be called from another goroutine.
+	free chan []byte
 }
+
+// freeBuffers is how many released chunk buffers a Reader keeps: one
+// being filled while others are still in use is the common case.
+const freeBuffers = 2
 
 // NewReader returns a Reader of r with the limit MaxPacketSize.
 // The read-ahead buffer is taken from a pool when a packet's header has
@@ -81,9 +91,9 @@ type Reader struct {
 // *bufio.Reader of at least 64 KiB.
 func NewReader(r io.Reader) *Reader {
 	if br, ok := r.(*bufio.Reader); ok && br.Size() >= readBufferSize {
-		return &Reader{src: r, r: br, own: true, max: MaxPacketSize}
+		return &Reader{src: r, r: br, own: true, max: MaxPacketSize, free: make(chan []byte, freeBuffers)}
 	}
-	return &Reader{src: r, max: MaxPacketSize}
+	return &Reader{src: r, max: MaxPacketSize, free: make(chan []byte, freeBuffers)}
 }
 
 // buffered is the read-ahead, taken from the pool if the Reader has none.
@@ -102,6 +112,47 @@ func (r *Reader) release() {
 		readBuffers.Put(r.r)
 		r.r = nil
 	}
+}
+
+// Release hands the data buffer of a decoded Chunk or UploadChunk back to
+// the Reader, which fills it again for a later chunk instead of allocating
+// (and zeroing) a new one, up to 16 MiB per packet. After Release the
+// packet's Data must not be used; a caller that passed it to gRPC may
+// release it once SendMsg returns, as the proto codec has copied it by
+// then. Releasing is optional, safe from any goroutine, and a no-op for
+// other packets.
+func (r *Reader) Release(p Packet) {
+	var data []byte
+	switch p := p.(type) {
+	case *Chunk:
+		data, p.Data = p.Data, nil
+	case *UploadChunk:
+		data, p.Data = p.Data, nil
+	}
+	if cap(data) < 64<<10 {
+		return // small buffers cost less to allocate than to keep
+	}
+	select {
+	case r.free <- data[:0]:
+	default:
+	}
+}
+
+// buffer returns n bytes to read a chunk's data into: a released buffer
+// if one is large enough (its old contents are overwritten in full before
+// the packet is returned), else a new one.
+func (r *Reader) buffer(n int) []byte {
+	for range freeBuffers {
+		select {
+		case b := <-r.free:
+			if cap(b) >= n {
+				return b[:n]
+			}
+		default:
+			return make([]byte, n)
+		}
+	}
+	return make([]byte, n)
 }
 
 // SetMaxPacketSize lowers the largest packet, header included, that the
@@ -165,6 +216,34 @@ func (r *Reader) ReadPacket() (Packet, error) {
 			return nil, fe(fmt.Sprintf("stream ended or failed %d bytes into a %d-byte body", m, size), unexpected(err))
 		}
 		return nil, e
+	}
+
+	if t == TypeChunk || t == TypeUploadChunk {
+		// The fixed fields, then the data into a buffer of its own.
+		prefix := r.prefix[:DigestSize]
+		if t == TypeChunk {
+			prefix = r.prefix[:8+DigestSize]
+		}
+		br := r.buffered()
+		m, err := io.ReadFull(br, prefix)
+		r.off += int64(m)
+		if err == nil {
+			data := r.buffer(size - len(prefix))
+			m, err = io.ReadFull(br, data)
+			r.off += int64(m)
+			m += len(prefix)
+			if err == nil {
+				if t == TypeChunk {
+					p := &Chunk{ID: id, Offset: binary.LittleEndian.Uint64(prefix), Data: data}
+					copy(p.Digest[:], prefix[8:])
+					return p, nil
+				}
+				p := &UploadChunk{ID: id, Data: data}
+				copy(p.Digest[:], prefix)
+				return p, nil
+			}
+		}
+		return nil, fe(fmt.Sprintf("stream ended or failed %d bytes into a %d-byte body", m, size), unexpected(err))
 	}
 
 	body := make([]byte, size)

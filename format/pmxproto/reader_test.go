@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
+	"reflect"
 	"runtime"
 	"strings"
 	"testing"
@@ -270,4 +272,86 @@ func TestDecodedPacketsOwnMemory(t *testing.T) {
 	if string(p1.(*pmxproto.UploadChunk).Data) != "aaaa" || string(p2.(*pmxproto.UploadChunk).Data) != "bbbb" {
 		t.Fatal("packets share memory")
 	}
+}
+
+// A released chunk buffer is filled again for the next chunk, and the
+// packets read are the packets written either way.
+func TestReaderRelease(t *testing.T) {
+	var stream bytes.Buffer
+	w := pmxproto.NewWriter(&stream)
+	var want []pmxproto.Packet
+	for i := range 6 {
+		data := bytes.Repeat([]byte{byte(i + 1)}, 100<<10-i*1000)
+		var p pmxproto.Packet = &pmxproto.UploadChunk{ID: uint8(i), Digest: pmxproto.Digest{byte(i)}, Data: data}
+		if i%2 == 1 {
+			p = &pmxproto.Chunk{ID: uint8(i), Offset: uint64(i), Digest: pmxproto.Digest{byte(i)}, Data: data}
+		}
+		if err := w.WritePacket(p); err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, p)
+	}
+	w.Flush()
+	r := pmxproto.NewReader(&stream)
+	var prev []byte
+	for i, wp := range want {
+		p, err := r.ReadPacket()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(p, wp) {
+			t.Fatalf("packet %d differs", i)
+		}
+		var data []byte
+		switch p := p.(type) {
+		case *pmxproto.UploadChunk:
+			data = p.Data
+		case *pmxproto.Chunk:
+			data = p.Data
+		}
+		if i > 0 && &data[0] != &prev[0] {
+			t.Errorf("packet %d: a new buffer, not the released one", i)
+		}
+		prev = data
+		r.Release(p)
+	}
+	if _, err := r.ReadPacket(); err != io.EOF {
+		t.Fatalf("after the last packet: %v", err)
+	}
+}
+
+// BenchmarkReadUploadChunk is the PMXBCKUP backup stream: 4 MiB uploads,
+// each buffer released once handled, or not.
+func BenchmarkReadUploadChunk(b *testing.B) {
+	var packet bytes.Buffer
+	w := pmxproto.NewWriter(&packet)
+	w.WritePacket(&pmxproto.UploadChunk{Data: make([]byte, 4<<20)})
+	w.Flush()
+	for _, release := range []bool{false, true} {
+		b.Run(fmt.Sprintf("release=%v", release), func(b *testing.B) {
+			b.SetBytes(int64(packet.Len()))
+			r := pmxproto.NewReader(&repeat{b: packet.Bytes()})
+			for range b.N {
+				p, err := r.ReadPacket()
+				if err != nil {
+					b.Fatal(err)
+				}
+				if release {
+					r.Release(p)
+				}
+			}
+		})
+	}
+}
+
+// repeat reads b over and over.
+type repeat struct {
+	b   []byte
+	off int
+}
+
+func (r *repeat) Read(p []byte) (int, error) {
+	n := copy(p, r.b[r.off:])
+	r.off = (r.off + n) % len(r.b)
+	return n, nil
 }

@@ -23,12 +23,16 @@ import (
 	"google.golang.org/grpc/test/bufconn"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
+	"github.com/chunkbridge/chunkbridge/internal/grpcfast"
 	"github.com/chunkbridge/chunkbridge/services/chunk"
 	"github.com/chunkbridge/chunkbridge/storage"
 	"github.com/chunkbridge/chunkbridge/storage/fs"
 	"github.com/chunkbridge/chunkbridge/storage/s3"
 	"github.com/chunkbridge/chunkbridge/storage/s3/miniotest"
 )
+
+// The services run with the gRPC buffers and codec of the binary.
+func init() { grpcfast.Install() }
 
 func TestMain(m *testing.M) {
 	code := miniotest.RunMain(m)

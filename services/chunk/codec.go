@@ -5,10 +5,12 @@ import (
 	"compress/gzip"
 	"crypto/sha256"
 	"crypto/sha512"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"sync"
 
+	"github.com/cespare/xxhash/v2"
 	"github.com/klauspost/compress/zstd"
 	"github.com/ulikunitz/xz"
 
@@ -67,12 +69,17 @@ func parseAlgorithm(name string) chunkbridgev1.DigestAlgorithm {
 // codec compresses and decompresses chunk payloads. One instance is shared:
 // the zstd encoder and decoder are safe for concurrent EncodeAll/DecodeAll.
 type codec struct {
-	enc *zstd.Encoder
-	dec *zstd.Decoder
+	enc   *zstd.Encoder
+	probe *zstd.Encoder // the fastest level, for the compressibility probe
+	dec   *zstd.Decoder
 }
 
 func newCodec() (*codec, error) {
 	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderCRC(true))
+	if err != nil {
+		return nil, err
+	}
+	probe, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1), zstd.WithLowerEncoderMem(true))
 	if err != nil {
 		return nil, err
 	}
@@ -83,13 +90,77 @@ func newCodec() (*codec, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &codec{enc: enc, dec: dec}, nil
+	return &codec{enc: enc, probe: probe, dec: dec}, nil
 }
 
 // compress returns data as one zstd frame. The buffer is sized for the
 // worst case so that incompressible data never regrows (and copies) it.
+// Data that a probe finds incompressible is framed without compression.
 func (c *codec) compress(data []byte) []byte {
+	if c.incompressible(data) {
+		return storedFrame(data)
+	}
 	return c.enc.EncodeAll(data, make([]byte, 0, c.enc.MaxEncodedSize(len(data))))
+}
+
+// Probe: probeSamples samples of probeSample bytes, spread over the chunk,
+// compressed at the fastest level; if they shrink by less than 1/32 the
+// chunk is taken as incompressible (already compressed or encrypted data).
+// Chunks under probeMin bytes are always compressed: the probe would be
+// most of the work.
+const (
+	probeMin     = 256 << 10
+	probeSample  = 8 << 10
+	probeSamples = 4
+)
+
+var probeBuf = sync.Pool{New: func() any { b := make([]byte, 0, 2*probeSample); return &b }}
+
+func (c *codec) incompressible(data []byte) bool {
+	if len(data) < probeMin {
+		return false
+	}
+	buf := probeBuf.Get().(*[]byte)
+	defer probeBuf.Put(buf)
+	in, out := 0, 0
+	step := (len(data) - probeSample) / (probeSamples - 1)
+	for i := range probeSamples {
+		sample := data[i*step : i*step+probeSample]
+		*buf = c.probe.EncodeAll(sample, (*buf)[:0])
+		in, out = in+len(sample), out+len(*buf)
+	}
+	return out > in-in/32
+}
+
+// storedFrame is data as one zstd frame of raw (stored) blocks, with the
+// content size and checksum, as any zstd decoder (casync's too) reads it:
+// the cost of a copy instead of a compression that would not pay.
+func storedFrame(data []byte) []byte {
+	const maxBlock = 128 << 10 // zstd's largest block
+	blocks := max(1, (len(data)+maxBlock-1)/maxBlock)
+	out := make([]byte, 0, 4+1+8+3*blocks+len(data)+4)
+	out = binary.LittleEndian.AppendUint32(out, 0xFD2FB528) // magic
+	// Frame header descriptor: 8-byte content size, single segment (the
+	// window is the content size), content checksum.
+	out = append(out, 3<<6|1<<5|1<<2)
+	out = binary.LittleEndian.AppendUint64(out, uint64(len(data)))
+	rest := data
+	for {
+		n := min(len(rest), maxBlock)
+		last := 0
+		if n == len(rest) {
+			last = 1
+		}
+		// Block header: last flag, type 0 (raw), size.
+		h := uint32(n)<<3 | uint32(last)
+		out = append(out, byte(h), byte(h>>8), byte(h>>16))
+		out = append(out, rest[:n]...)
+		rest = rest[n:]
+		if last == 1 {
+			break
+		}
+	}
+	return binary.LittleEndian.AppendUint32(out, uint32(xxhash.Sum64(data)))
 }
 
 // decode returns payload decoded from enc, refusing anything that would

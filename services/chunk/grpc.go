@@ -141,6 +141,14 @@ func (s *Server) DownloadChunks(req *chunkbridgev1.DownloadChunksRequest, stream
 	default:
 		return apierr.Status(fmt.Errorf("%w: download encoding %s: want ZSTD (as stored) or RAW", apierr.ErrInvalid, req.GetEncoding()))
 	}
+	if len(ids) == 1 {
+		// One chunk (an HTTP GET, for one): nothing to read ahead, so no
+		// goroutine and queue per call.
+		if err := stream.Send(s.download(stream.Context(), ids[0], raw)); err != nil {
+			return err
+		}
+		return apierr.Status(stream.Context().Err())
+	}
 	ctx, cancel := context.WithCancel(stream.Context())
 	defer cancel()
 	pending := make(chan chan *chunkbridgev1.DownloadChunksResponse, s.window-1)

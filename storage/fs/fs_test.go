@@ -21,6 +21,17 @@ func TestConformance(t *testing.T) {
 	})
 }
 
+// The fallback through named temporary files keeps the same contract.
+func TestConformanceWithoutTmpfile(t *testing.T) {
+	storagetest.Run(t, func(t *testing.T) storage.Store {
+		s, err := fs.Open(t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fs.WithoutTmpfile(s)
+	})
+}
+
 // The directory is a casync store: keys are plain files at their paths, and
 // no temporary file survives a put.
 func TestLayout(t *testing.T) {
@@ -28,6 +39,9 @@ func TestLayout(t *testing.T) {
 	s, err := fs.Open(dir)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if !fs.UsesTmpfile(s) {
+		t.Log("O_TMPFILE is not available here: puts use named temporary files")
 	}
 	key := "chunks/0a1b/0a1b" + strings.Repeat("0", 60) + ".cacnk"
 	if _, err := s.PutIfAbsent(t.Context(), key, strings.NewReader("data"), 4, storage.Metadata{"size": "4"}); err != nil {
