@@ -51,6 +51,8 @@ type conn struct {
 	srv  *Server
 	sess *session.Session
 	log  *slog.Logger
+	// packets reads the client's packets; uploads hand their buffers back.
+	packets *pmxproto.Reader
 	// requests bounds the bytes of packets read and not yet handled;
 	// downloads bounds the DownloadChunks waiting for the download worker.
 	requests  *session.Budget
@@ -154,6 +156,7 @@ func packetSize(p pmxproto.Packet) int64 {
 func (c *conn) readLoop(ctx context.Context) error {
 	c.send(ctx, &pmxproto.Hello{ID: 0, Version: pmxproto.Version})
 	r := pmxproto.NewReader(c.sess.Reader())
+	c.packets = r
 	for {
 		p, err := r.ReadPacket()
 		if errors.Is(err, io.EOF) {
@@ -322,6 +325,9 @@ func (c *conn) uploadChunk(ctx context.Context, req request) {
 		c.mu.Unlock()
 		c.requests.Release(req.size)
 		c.laneUploadDone(p.ID)
+		// The chunk service is done with the data: its buffer is filled
+		// again by a later UploadChunk instead of a new one allocated.
+		c.packets.Release(p)
 	}
 	c.putMu.Lock()
 	defer c.putMu.Unlock()
