@@ -36,7 +36,16 @@ func BenchmarkHTTPGetChunk(b *testing.B) {
 		}
 		paths = append(paths, "/chunks/"+id[:4]+"/"+id+".cacnk")
 	}
-	srv := httptest.NewServer(&casync.HTTPStore{Chunks: cbclient.NewGRPC(svcs.Conn), Catalog: svcs.CatalogClient()})
+	for _, tr := range []struct {
+		name   string
+		chunks *cbclient.Chunks
+	}{{"grpc", cbclient.NewGRPC(svcs.Conn)}, {"local", cbclient.NewLocal(svcs.Chunks, 0)}} {
+		b.Run(tr.name, func(b *testing.B) { getChunks(b, tr.chunks, svcs, paths) })
+	}
+}
+
+func getChunks(b *testing.B, chunks *cbclient.Chunks, svcs *servicetest.Services, paths []string) {
+	srv := httptest.NewServer(&casync.HTTPStore{Chunks: chunks, Catalog: svcs.CatalogClient()})
 	defer srv.Close()
 	b.ResetTimer()
 	for i := range b.N {
