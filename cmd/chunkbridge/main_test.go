@@ -54,6 +54,25 @@ type process struct {
 	exited                  chan struct{}
 	mu                      sync.Mutex
 	log                     strings.Builder
+	logged                  chan struct{} // signalled after each log line
+}
+
+// waitLog waits until the process has logged a line containing s, and
+// reports whether it did before the process exited or a minute passed.
+func (p *process) waitLog(s string) bool {
+	timeout := time.After(time.Minute)
+	for {
+		if strings.Contains(p.logs(), s) {
+			return true
+		}
+		select {
+		case <-p.logged:
+		case <-p.exited:
+			return strings.Contains(p.logs(), s)
+		case <-timeout:
+			return false
+		}
+	}
 }
 
 func (p *process) logs() string {
@@ -86,7 +105,7 @@ func startBinary(t testing.TB, binary string, env []string, args ...string) *pro
 	if len(args) > 1 && (args[1] == "all" || args[1] == "pmx-gateway") {
 		args = append(args, "--pmx-listen", "127.0.0.1:0")
 	}
-	p := &process{cmd: exec.Command(binary, args...), exited: make(chan struct{})}
+	p := &process{cmd: exec.Command(binary, args...), exited: make(chan struct{}), logged: make(chan struct{}, 1)}
 	p.cmd.Env = append(os.Environ(), env...)
 	p.cmd.Dir = t.TempDir()
 	stderr, err := p.cmd.StderrPipe()
@@ -104,6 +123,10 @@ func startBinary(t testing.TB, binary string, env []string, args ...string) *pro
 			p.mu.Lock()
 			p.log.WriteString(line + "\n")
 			p.mu.Unlock()
+			select {
+			case p.logged <- struct{}{}:
+			default:
+			}
 			var rec struct{ Msg, GRPC, HTTP, Casync, PMX string }
 			if json.Unmarshal([]byte(line), &rec) == nil && rec.Msg == "listening" {
 				listening <- [4]string{rec.GRPC, rec.HTTP, rec.Casync, rec.PMX}

@@ -550,11 +550,15 @@ func (c *conn) getHashList(ctx context.Context, p *pmxproto.GetHashList, busy bo
 		c.sendError(ctx, p.ID, pmxproto.ErrorBusy, errors.New("a hash list is already being sent on this connection"))
 		return
 	}
-	defer func() {
+	// The connection is free for another hash list before the last reply
+	// is queued: a client that sends the next one on reading it must not
+	// find this one still running.
+	free := func() {
 		c.mu.Lock()
 		c.hashList = false
 		c.mu.Unlock()
-	}()
+	}
+	defer free()
 	stream, err := c.srv.Catalog.ReadSnapshotDigests(ctx, &chunkbridgev1.ReadSnapshotDigestsRequest{Path: strings.TrimPrefix(p.Name, "/")})
 	var part []pmxproto.Digest
 	for err == nil {
@@ -566,7 +570,10 @@ func (c *conn) getHashList(ctx context.Context, p *pmxproto.GetHashList, busy bo
 		}
 		for _, h := range resp.GetDigests() {
 			var d pmxproto.Digest
-			hex.Decode(d[:], []byte(h))
+			if n, derr := hex.Decode(d[:], []byte(h)); derr != nil || n != len(d) {
+				err = fmt.Errorf("the catalog answered a malformed digest %q in %s", h, p.Name)
+				break
+			}
 			part = append(part, d)
 			if len(part) == digestsPerPart {
 				if c.send(ctx, &pmxproto.HashListPart{ID: p.ID, Digests: part}) != nil {
@@ -577,12 +584,14 @@ func (c *conn) getHashList(ctx context.Context, p *pmxproto.GetHashList, busy bo
 		}
 	}
 	if err != nil {
+		free()
 		c.serviceError(ctx, p.ID, apierr.FromStatus(err))
 		return
 	}
 	if len(part) > 0 {
 		c.send(ctx, &pmxproto.HashListPart{ID: p.ID, Digests: part})
 	}
+	free()
 	c.send(ctx, &pmxproto.HashListPart{ID: p.ID})
 }
 
