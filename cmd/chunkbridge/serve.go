@@ -67,6 +67,9 @@ type serveFlags struct {
 	shutdownTimeout        time.Duration
 	logFormat, logLevel    string
 	http                   rest.Limits
+	// The raw-protocol gateways' sessions (docs/session.md).
+	maxConns                  int
+	sessionIdle, sessionWrite time.Duration
 }
 
 func (f *serveFlags) register(fs *flag.FlagSet, p parts) {
@@ -98,6 +101,11 @@ func (f *serveFlags) register(fs *flag.FlagSet, p parts) {
 		fs.StringVar(&f.pmxListen, "pmx-listen", "127.0.0.1:8007", "address of the PMXBCKUP gateway")
 		fs.StringVar(&f.pmxTLSCert, "pmx-tls-cert", "", "PEM certificate: PMXBCKUP over TLS (default: --tls-cert)")
 		fs.StringVar(&f.pmxTLSKey, "pmx-tls-key", "", "PEM private key for --pmx-tls-cert (default: --tls-key)")
+	}
+	if p.casync || p.pmx {
+		fs.IntVar(&f.maxConns, "max-connections", 4096, "connections each raw-protocol gateway (casync, PMXBCKUP) serves at once; beyond it a client is refused with a reason")
+		fs.DurationVar(&f.sessionIdle, "session-idle-timeout", 10*time.Minute, "a casync or PMXBCKUP connection with no traffic either way for this long is closed")
+		fs.DurationVar(&f.sessionWrite, "session-write-timeout", time.Minute, "a casync or PMXBCKUP client that reads nothing for this long while a reply waits is disconnected")
 	}
 	fs.StringVar(&f.httpListen, "http-listen", "127.0.0.1:8080", "address of /metrics, /healthz and /readyz (and REST, /openapi.json and the casync HTTP store where served)")
 	d := rest.DefaultLimits()
@@ -142,6 +150,7 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 	var (
 		g, gctx   = errgroup.WithContext(ctx)
 		conn      *grpc.ClientConn
+		chunks    *client.Chunks
 		listening = []any{"http", ""}
 		shutdown  []func(context.Context)
 	)
@@ -174,6 +183,10 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 			opts = append(opts, grpc.WithPerRPCCredentials(bearer(token)))
 		}
 		conn, err = grpc.NewClient("passthrough:///chunkbridge", opts...)
+		// Chunk data takes the typed client's in-process transport: the
+		// same contract as gRPC (docs/client.md), without the loopback
+		// hop's copies and framing. The catalog still goes through conn.
+		chunks = client.NewLocal(svc.chunks, f.streamWindow)
 	} else {
 		conn, err = dialChunkService(f.chunkService, f.securityFlags, token)
 	}
@@ -181,6 +194,9 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 		return err
 	}
 	defer conn.Close()
+	if chunks == nil {
+		chunks = client.NewGRPC(conn)
+	}
 	cat := chunkbridgev1.NewCatalogServiceClient(conn)
 
 	if p.casync {
@@ -188,7 +204,13 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 		if err != nil {
 			return fmt.Errorf("--casync-listen %s: %w", f.casyncListen, err)
 		}
-		srv := &casync.Server{Handler: &casync.Handler{Chunks: client.NewGRPC(conn), Catalog: cat, Log: log.With("gateway", "casync"), Metrics: casync.NewMetrics(reg)}}
+		srv := &casync.Server{
+			Handler: &casync.Handler{
+				Chunks: chunks, Catalog: cat, Log: log.With("gateway", "casync"), Metrics: casync.NewMetrics(reg),
+				IdleTimeout: f.sessionIdle, WriteTimeout: f.sessionWrite,
+			},
+			MaxConns: f.maxConns,
+		}
 		listening = append(listening, "casync", ln.Addr().String())
 		g.Go(func() error {
 			if err := srv.Serve(ln); !errors.Is(err, casync.ErrServerClosed) {
@@ -211,7 +233,10 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 		if err != nil {
 			return fmt.Errorf("--pmx-listen %s: %w", f.pmxListen, err)
 		}
-		srv := &pmx.Server{Chunks: client.NewGRPC(conn), Catalog: cat, Log: log.With("gateway", "pmx"), TLS: pmxTLS, Metrics: pmx.NewMetrics(reg)}
+		srv := &pmx.Server{
+			Chunks: chunks, Catalog: cat, Log: log.With("gateway", "pmx"), TLS: pmxTLS, Metrics: pmx.NewMetrics(reg),
+			MaxConns: f.maxConns, IdleTimeout: f.sessionIdle, WriteTimeout: f.sessionWrite,
+		}
 		listening = append(listening, "pmx", ln.Addr().String())
 		g.Go(func() error {
 			if err := srv.Serve(ln); !errors.Is(err, pmx.ErrServerClosed) {
@@ -223,7 +248,7 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 	}
 
 	f.http.Log = log
-	handler, err := rest.NewHandler(ctx, conn, rest.Options{API: p.rest, Gatherer: reg, Log: log, Limits: f.http})
+	handler, err := rest.NewHandler(ctx, conn, rest.Options{API: p.rest, Gatherer: reg, Log: log, Limits: f.http, Chunks: chunks})
 	if err != nil {
 		return err
 	}
@@ -275,6 +300,7 @@ type services struct {
 	health  *health.Server
 	monitor *readiness.Monitor
 	admin   *admin.Server
+	chunks  *chunk.Service
 	log     *slog.Logger
 }
 
@@ -323,7 +349,7 @@ func startServices(ctx context.Context, f serveFlags, log *slog.Logger, reg *pro
 		store.Close()
 		return nil, fmt.Errorf("--grpc-listen %s: %w", f.grpcListen, err)
 	}
-	return &services{store: store, grpc: srv, lis: lis, loop: bufconn.Listen(1 << 20), health: hs, monitor: monitor, admin: adm, log: log}, nil
+	return &services{store: store, grpc: srv, lis: lis, loop: bufconn.Listen(1 << 20), health: hs, monitor: monitor, admin: adm, chunks: chunks, log: log}, nil
 }
 
 // stop reports NOT_SERVING so balancers stop sending work, then lets
