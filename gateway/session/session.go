@@ -120,8 +120,8 @@ type Session struct {
 	held   int64
 	over   bool
 
-	writing  atomic.Bool // the writer is in a write to the peer
-	squeezed atomic.Bool // a write got StallTimeout
+	writing  atomic.Bool  // the writer is in a write to the peer
+	squeezed atomic.Bool  // a write got StallTimeout
 	lastIO   atomic.Int64 // unix nanoseconds of the last byte read or written
 	drained  atomic.Int64
 	wroteFin atomic.Bool
