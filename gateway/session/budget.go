@@ -159,4 +159,4 @@ func (b *Budget) setHolder(s *Session, holds bool) {
 }
 
 // defaultStall is Config.StallTimeout's default.
-const defaultStall = 10 * time.Second
+const defaultStall = 5 * time.Second

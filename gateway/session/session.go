@@ -77,9 +77,10 @@ type Config struct {
 	// for peers, shared by all sessions: see Hold.
 	Shared *Budget
 	// StallTimeout replaces WriteTimeout for a session holding part of
-	// Shared while another request waits for it (default 10s): under
+	// Shared while another request waits for it (default 5s): under
 	// memory pressure, a peer that reads nothing gives its share back
-	// sooner.
+	// sooner. Like WriteTimeout it bounds a wait for any progress (every
+	// 64 KiB written re-arms it), so a slow reader is not cut.
 	StallTimeout time.Duration
 }
 
@@ -547,6 +548,24 @@ func (s *Session) putBuffer(w *bufio.Writer) {
 type deadlineWriter struct{ s *Session }
 
 func (w deadlineWriter) Write(p []byte) (int, error) {
+	// A large write goes in pieces, each with its own deadline: a timeout
+	// means the peer took nothing for that long, not that a slow peer
+	// took a whole chunk too slowly.
+	var n int
+	for n < len(p) {
+		m, err := w.write(p[n:min(len(p), n+writePiece)])
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// writePiece is the most one deadline covers.
+const writePiece = 64 << 10
+
+func (w deadlineWriter) write(p []byte) (int, error) {
 	s := w.s
 	s.squeezed.Store(false)
 	timeout := s.writeTimeout()
