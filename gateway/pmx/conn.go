@@ -665,11 +665,13 @@ func (c *conn) download(ctx context.Context, p *pmxproto.DownloadChunks) {
 }
 
 // dlEstimate is the bytes reserved per chunk asked for: the connection's
-// average so far, a quarter of its share before the first chunk.
+// average so far; its whole share before the first chunk, so that the
+// first batch is one chunk (a batch of small estimates for big chunks
+// would overdraw by each).
 func (c *conn) dlEstimate() int64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	est := c.dlShare.Size() / 4
+	est := c.dlShare.Size()
 	if c.dlSeen > 0 {
 		est = c.dlTotal / c.dlSeen
 	}
