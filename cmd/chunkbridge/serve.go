@@ -28,6 +28,7 @@ import (
 	"github.com/chunkbridge/chunkbridge/gateway/casync"
 	"github.com/chunkbridge/chunkbridge/gateway/pmx"
 	"github.com/chunkbridge/chunkbridge/gateway/rest"
+	"github.com/chunkbridge/chunkbridge/gateway/session"
 	"github.com/chunkbridge/chunkbridge/services/admin"
 	"github.com/chunkbridge/chunkbridge/services/catalog"
 	"github.com/chunkbridge/chunkbridge/services/chunk"
@@ -70,6 +71,7 @@ type serveFlags struct {
 	// The raw-protocol gateways' sessions (docs/session.md).
 	maxConns                  int
 	sessionIdle, sessionWrite time.Duration
+	gatewayBuffer             int64
 }
 
 func (f *serveFlags) register(fs *flag.FlagSet, p parts) {
@@ -106,6 +108,7 @@ func (f *serveFlags) register(fs *flag.FlagSet, p parts) {
 		fs.IntVar(&f.maxConns, "max-connections", 4096, "connections each raw-protocol gateway (casync, PMXBCKUP) serves at once; beyond it a client is refused with a reason")
 		fs.DurationVar(&f.sessionIdle, "session-idle-timeout", 10*time.Minute, "a casync or PMXBCKUP connection with no traffic either way for this long is closed")
 		fs.DurationVar(&f.sessionWrite, "session-write-timeout", time.Minute, "a casync or PMXBCKUP client that reads nothing for this long while a reply waits is disconnected")
+		fs.Int64Var(&f.gatewayBuffer, "gateway-buffer-bytes", 64<<20, "chunk data the raw-protocol gateways (casync, PMXBCKUP) buffer for their clients, all connections together; while others wait for it, a client that reads nothing is disconnected after 5s")
 	}
 	fs.StringVar(&f.httpListen, "http-listen", "127.0.0.1:8080", "address of /metrics, /healthz and /readyz (and REST, /openapi.json and the casync HTTP store where served)")
 	d := rest.DefaultLimits()
@@ -199,6 +202,15 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 	}
 	cat := chunkbridgev1.NewCatalogServiceClient(conn)
 
+	// One budget for the chunk data both gateways buffer for clients: the
+	// sum over every connection (docs/session.md).
+	var shared *session.Budget
+	if p.casync || p.pmx {
+		if f.gatewayBuffer <= 0 {
+			return fmt.Errorf("--gateway-buffer-bytes %d: must be positive", f.gatewayBuffer)
+		}
+		shared = session.NewBudget(f.gatewayBuffer)
+	}
 	if p.casync {
 		ln, err := net.Listen("tcp", f.casyncListen)
 		if err != nil {
@@ -207,7 +219,7 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 		srv := &casync.Server{
 			Handler: &casync.Handler{
 				Chunks: chunks, Catalog: cat, Log: log.With("gateway", "casync"), Metrics: casync.NewMetrics(reg),
-				IdleTimeout: f.sessionIdle, WriteTimeout: f.sessionWrite,
+				IdleTimeout: f.sessionIdle, WriteTimeout: f.sessionWrite, Shared: shared,
 			},
 			MaxConns: f.maxConns,
 		}
@@ -235,7 +247,7 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 		}
 		srv := &pmx.Server{
 			Chunks: chunks, Catalog: cat, Log: log.With("gateway", "pmx"), TLS: pmxTLS, Metrics: pmx.NewMetrics(reg),
-			MaxConns: f.maxConns, IdleTimeout: f.sessionIdle, WriteTimeout: f.sessionWrite,
+			MaxConns: f.maxConns, IdleTimeout: f.sessionIdle, WriteTimeout: f.sessionWrite, Shared: shared,
 		}
 		listening = append(listening, "pmx", ln.Addr().String())
 		g.Go(func() error {

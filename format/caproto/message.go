@@ -235,10 +235,16 @@ func (m *Chunk) Compressed() bool { return m.Flags&ChunkCompressed != 0 }
 
 // Encode appends the CHUNK frame to dst.
 func (m *Chunk) Encode(dst []byte) []byte {
+	return append(m.EncodeHead(dst), m.Data...)
+}
+
+// EncodeHead appends everything of the CHUNK frame before Data to dst:
+// the frame is that, then Data, so a writer can send Data without copying
+// it into a frame.
+func (m *Chunk) EncodeHead(dst []byte) []byte {
 	dst = appendHeader(dst, m.frameSize(), TypeChunk)
 	dst = binary.LittleEndian.AppendUint64(dst, uint64(m.Flags))
-	dst = append(dst, m.ID[:]...)
-	return append(dst, m.Data...)
+	return append(dst, m.ID[:]...)
 }
 
 func (m *Chunk) frameSize() int { return HeaderSize + 8 + IDSize + len(m.Data) }

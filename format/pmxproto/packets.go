@@ -330,6 +330,10 @@ func (p *Chunk) Encode(dst []byte) []byte {
 	return append(dst, p.Data...)
 }
 
+// EncodeHead appends everything of the packet before Data to dst: the
+// packet is that, then Data, so a writer can send Data without copying it.
+func (p *Chunk) EncodeHead(dst []byte) []byte { return p.encodeHead(dst) }
+
 func (p *Chunk) encodeHead(dst []byte) []byte {
 	dst, start := startPacket(dst, p.ID, TypeChunk, 8+DigestSize)
 	dst = binary.LittleEndian.AppendUint64(dst, p.Offset)

@@ -336,3 +336,84 @@ func TestTooManyRequestedAborts(t *testing.T) {
 	c.send(&caproto.Request{IDs: ids})
 	c.expectAbort(syscall.ENOBUFS, "more than 100 chunks")
 }
+
+// More stalled pulls than the process's shared budget has room for: the
+// heap they hold together stays within that budget (not their number times
+// their per-session share), the stalled ones are cut once others wait for
+// the budget, and another client is served in full.
+func TestStalledPullsShareOneBudget(t *testing.T) {
+	onBoth(t, func(t *testing.T, tr transport) {
+		const sharedBytes = 8 << 20
+		shared := session.NewBudget(sharedBytes)
+		served, _, _ := hooks(t)
+		h := newHarnessOn(t, tr, func(srv *casync.Server) {
+			srv.Handler.WriteTimeout = 10 * time.Minute // not what ends them: the stall timeout under pressure does
+			srv.Handler.QueueBytes = queueBytes
+			srv.Handler.ReadAheadBytes = readAhead
+			srv.Handler.Shared = shared
+		})
+		ids, stored := storeBigChunks(t, h.chunks, 24, bigChunk)
+		baseHeap := heap()
+		for range stalledClients {
+			c := h.dial(t, "pull", "-", "-", "-", "/default.castr")
+			c.conn.(interface{ SetReadBuffer(int) error }).SetReadBuffer(4 << 10)
+			c.send(&caproto.Hello{Features: caproto.PullChunks}, &caproto.Request{IDs: ids})
+		}
+		for deadline := time.Now().Add(30 * time.Second); shared.InUse() < sharedBytes-readAhead; {
+			if time.Now().After(deadline) {
+				t.Fatalf("the stalled pulls hold %d bytes of the shared budget", shared.InUse())
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		time.Sleep(500 * time.Millisecond) // let them take what they can
+		grown := int64(heap()) - int64(baseHeap)
+		t.Logf("%d stalled pulls: heap +%.1f MiB, shared budget %d MiB in use", stalledClients, float64(grown)/(1<<20), shared.InUse()>>20)
+		// Without the shared budget each would hold queue + read-ahead +
+		// a chunk per fetcher (~8 MiB here, 160 MiB in all). What is not
+		// chunk data stays per session: its write buffer (256 KiB), the
+		// transport's stream buffers.
+		if bound := int64(sharedBytes + 2*bigChunk + stalledClients*(1<<20)); grown > bound {
+			t.Errorf("%d stalled pulls hold %d bytes of heap, bound %d", stalledClients, grown, bound)
+		}
+		if got := shared.InUse(); got > sharedBytes+fetchersOverdraw(stalledClients) {
+			t.Errorf("shared budget %d in use, size %d", got, sharedBytes)
+		}
+
+		// Another client is served every chunk once the stalled ones are
+		// cut (after the stall timeout, not the write timeout).
+		start := time.Now()
+		c := h.dial(t, "pull", "-", "-", "-", "/default.castr")
+		c.conn.SetDeadline(time.Now().Add(60 * time.Second))
+		c.send(&caproto.Hello{Features: caproto.PullChunks}, &caproto.Request{IDs: ids})
+		if _, ok := c.next().(*caproto.Hello); !ok {
+			t.Fatal("no HELLO first")
+		}
+		for got := 0; got < len(ids); got++ {
+			m, ok := c.next().(*caproto.Chunk)
+			if !ok || !bytes.Equal(m.Data, stored[m.ID]) {
+				t.Fatalf("reading pull: got %v, want the stored CHUNK", m)
+			}
+		}
+		t.Logf("the reading client was served in %v", time.Since(start))
+		c.conn.Close()
+		for _, e := range wait(t, served, stalledClients+1, "sessions ended") {
+			if e.err == nil {
+				continue // the reading client
+			}
+			if !strings.Contains(e.err.Error(), "read nothing") {
+				t.Errorf("a stalled pull ended with %v, want the stall timeout", e.err)
+			}
+		}
+		for deadline := time.Now().Add(10 * time.Second); shared.InUse() != 0; {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d bytes of the shared budget still held after every session ended", shared.InUse())
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	})
+}
+
+// fetchersOverdraw is what n sessions may overdraw the shared budget by:
+// a chunk per fetcher larger than its estimate (none here: every chunk is
+// the same size).
+func fetchersOverdraw(n int) int64 { return 0 }

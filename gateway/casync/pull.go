@@ -11,6 +11,7 @@ import (
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
 	"github.com/chunkbridge/chunkbridge/client"
 	"github.com/chunkbridge/chunkbridge/format/caproto"
+	"github.com/chunkbridge/chunkbridge/gateway/session"
 	"github.com/chunkbridge/chunkbridge/services/apierr"
 )
 
@@ -38,7 +39,7 @@ func (c *conv) pull(ctx context.Context) error {
 	}
 	q := newRequestQueue()
 	maxRequested := orDefault(c.h.MaxRequested, 4<<20)
-	ra := newReadAhead(orDefault(c.h.ReadAheadBytes, 8<<20))
+	ra := newReadAhead(orDefault(c.h.ReadAheadBytes, 8<<20), c.s)
 	for range fetchers {
 		c.goWork(func(ctx context.Context) error { return c.fetch(ctx, q, ra) })
 	}
@@ -143,21 +144,48 @@ func (c *conv) fetchBatch(ctx context.Context, batch []id, est int64, ra *readAh
 			return fmt.Errorf("the chunk service answered chunk %s out of the order asked for", ch.ID)
 		}
 		size := int64(len(ch.Data))
-		ra.received(size, est)
+		ra.received(size, est) // the shared budget holds size for it now
 		pending--
 		m, err := c.answer(ctx, ch)
+		held := size
+		if chunk, ok := m.(*caproto.Chunk); ok && err == nil {
+			// Fetched again raw: its bytes, not the stored ones, are held.
+			if d := int64(len(chunk.Data)) - held; d > 0 {
+				err = c.s.HoldNow(d)
+			} else {
+				c.s.Unhold(-d)
+			}
+			held = int64(len(chunk.Data))
+		} else {
+			c.s.Unhold(held)
+			held = 0
+		}
 		if err == nil {
-			frame := m.Encode(nil)
-			full := c.s.Queued()+int64(len(frame)) > c.queueBytes
+			// A CHUNK frame is its head and the data as downloaded, never
+			// copied: the writer gives the held bytes back once written.
+			var bufs [][]byte
+			if chunk, ok := m.(*caproto.Chunk); ok {
+				bufs = [][]byte{chunk.EncodeHead(nil), chunk.Data}
+			} else {
+				bufs = [][]byte{m.Encode(nil)}
+			}
+			var n int64
+			for _, b := range bufs {
+				n += int64(len(b))
+			}
+			full := c.s.Queued()+n > c.queueBytes
 			if full {
 				ra.waiting(1) // the writer's queue is full: this fetcher waits
 			}
-			if c.s.Send(ctx, frame) != nil {
+			h := held
+			if c.s.SendBuffers(ctx, func() { c.s.Unhold(h) }, bufs...) != nil {
 				err = errSessionOver
 			}
 			if full {
 				ra.waiting(-1)
 			}
+		} else {
+			c.s.Unhold(held)
 		}
 		ra.done(size)
 		if errors.Is(err, errSessionOver) {
@@ -229,7 +257,9 @@ func (c *conv) fetchRaw(ctx context.Context, want id) ([]byte, error) {
 var testHookPullStalled func()
 
 // readAhead bounds the bytes a pull has asked the chunk service for and
-// not yet queued for the writer. Sizes are known only on arrival, so a
+// not yet queued for the writer: the session's share. The same bytes are
+// held in the process's shared budget (session.Hold) from the moment a
+// batch is asked for until each chunk's frame is written or dropped. Sizes are known only on arrival, so a
 // batch holds an estimate per chunk (the session's average so far; the
 // first batch, before any arrival, is at most two chunks), and each chunk,
 // on arrival, trades its estimate for its real size. Only new batches wait
@@ -239,6 +269,7 @@ var testHookPullStalled func()
 type readAhead struct {
 	limit int64
 	freed chan struct{}
+	s     *session.Session
 
 	mu      sync.Mutex
 	used    int64 // estimates held plus sizes of chunks arrived, not queued
@@ -248,8 +279,8 @@ type readAhead struct {
 	stalled bool  // all fetchers have waited at once
 }
 
-func newReadAhead(limit int64) *readAhead {
-	return &readAhead{limit: limit, freed: make(chan struct{}, fetchers)}
+func newReadAhead(limit int64, s *session.Session) *readAhead {
+	return &readAhead{limit: limit, freed: make(chan struct{}, fetchers), s: s}
 }
 
 // estimate is the bytes held per chunk asked for.
@@ -270,6 +301,14 @@ func (ra *readAhead) reserve(ctx context.Context, most int) (int, int64, error) 
 			n := int(min(int64(most), max(free/est, 1)))
 			ra.used += int64(n) * est
 			ra.mu.Unlock()
+			// Then the process's share, before anything is fetched.
+			if err := ra.s.Hold(ctx, int64(n)*est); err != nil {
+				ra.mu.Lock()
+				ra.used -= int64(n) * est
+				ra.mu.Unlock()
+				ra.wake()
+				return 0, 0, err
+			}
 			return n, est, nil
 		}
 		ra.mu.Unlock()
@@ -284,13 +323,20 @@ func (ra *readAhead) reserve(ctx context.Context, most int) (int, int64, error) 
 	}
 }
 
-// received trades one chunk's estimate for its size.
+// received trades one chunk's estimate for its size, in the shared
+// budget too: a chunk larger than its estimate overdraws it by the
+// difference (one chunk per fetcher at most).
 func (ra *readAhead) received(size, est int64) {
 	ra.mu.Lock()
 	ra.used += size - est
 	ra.seen++
 	ra.total += size
 	ra.mu.Unlock()
+	if size > est {
+		ra.s.HoldNow(size - est)
+	} else {
+		ra.s.Unhold(est - size)
+	}
 }
 
 // done gives back an arrived chunk's bytes: it is queued, or dropped.
@@ -309,6 +355,7 @@ func (ra *readAhead) unreserve(n int, est int64) {
 	ra.mu.Lock()
 	ra.used -= int64(n) * est
 	ra.mu.Unlock()
+	ra.s.Unhold(int64(n) * est)
 	ra.wake()
 }
 

@@ -57,6 +57,12 @@ type Handler struct {
 	// (default 4 Mi: an image of 256 GiB at casync's 64 KiB average chunk;
 	// the session remembers each, about 100 bytes apiece).
 	MaxRequested int
+	// Shared, if set, is the process's budget of chunk data buffered for
+	// clients, shared with every other session (of either gateway): a
+	// pull holds its read-ahead in it from the moment a batch is asked for
+	// until each chunk's frame is written. ReadAheadBytes stays the
+	// session's share.
+	Shared *session.Budget
 	// BatchSize is the most chunk ids one Download fetches
 	// (default 256); ReadAheadBytes usually allows fewer.
 	BatchSize int
@@ -153,6 +159,7 @@ func (h *Handler) sessionConfig() session.Config {
 		WriteTimeout: h.WriteTimeout,
 		QueueBytes:   orDefault(h.QueueBytes, 4<<20),
 		DrainTimeout: h.DrainTimeout,
+		Shared:       h.Shared,
 	}
 }
 

@@ -59,6 +59,11 @@ type conn struct {
 	downloads *session.Budget
 	dlQueue   chan *download
 	dlOnce    sync.Once
+	// dlShare is the connection's share of chunk bytes downloaded and not
+	// yet written to the client (Server.DownloadBytes); dlSeen and
+	// dlTotal (under mu) the chunks downloaded and their bytes.
+	dlShare         *session.Budget
+	dlSeen, dlTotal int64
 
 	// putMu serialises Puts, so that the chunk service sees uploads in
 	// the order they were read, and guards uploader: one ordered upload
@@ -621,8 +626,8 @@ func (c *conn) downloadChunks(ctx context.Context, p *pmxproto.DownloadChunks) {
 }
 
 // downloadWorker answers downloads one at a time: the chunk bytes a
-// connection holds are the session's bounded queue and the one chunk in
-// hand, however many downloads the client pipelines.
+// connection holds are its download share (DownloadBytes, within the
+// shared budget), however many downloads the client pipelines.
 func (c *conn) downloadWorker(ctx context.Context) {
 	for {
 		select {
@@ -637,36 +642,106 @@ func (c *conn) downloadWorker(ctx context.Context) {
 
 // download answers DownloadChunks (DESIGN §7.10): one Chunk per digest in
 // request order, or Error for the first missing one and nothing after it.
+//
+// The digests are fetched in batches, each as many chunks as the
+// connection's download share (Server.DownloadBytes) has room for at the
+// connection's average chunk size so far. A batch's bytes are taken from
+// that share and from the process's shared budget (Server.Shared) before
+// it is asked for, and each chunk's bytes go back once its packet is
+// written to the client: a client that does not read holds its share, not
+// more, and all of them together hold at most the shared budget.
 func (c *conn) download(ctx context.Context, p *pmxproto.DownloadChunks) {
 	ids := make([]client.ID, len(p.Digests))
 	for i, d := range p.Digests {
 		ids[i] = client.ID(d)
 	}
-	dl := c.srv.Chunks.Download(ctx, ids, client.DownloadOptions{Raw: true})
-	defer dl.Close()
 	var err error
-	for i := 0; err == nil && i < len(p.Digests); i++ {
-		var ch client.Chunk
-		ch, err = dl.Next()
-		switch {
-		case errors.Is(err, io.EOF):
-			err = fmt.Errorf("the chunk service ended the download after %d of %d chunks: %w", i, len(ids), apierr.ErrInternal)
-		case err != nil:
-		case ch.Err != nil:
-			err = ch.Err
-		case ch.ID != ids[i]:
-			err = fmt.Errorf("the chunk service answered chunk %s for %s: %w", ch.ID, ids[i], apierr.ErrInternal)
-		case len(ch.Data) > pmxproto.MaxChunkData:
-			err = fmt.Errorf("chunk %s: %d bytes do not fit a Chunk packet: %w", ch.ID, len(ch.Data), apierr.ErrInvalid)
-		default:
-			chunk := &pmxproto.Chunk{ID: p.ID, Offset: uint64(i), Digest: p.Digests[i], Data: ch.Data}
-			c.srv.Metrics.packet(chunk)
-			if c.send(ctx, chunk) != nil {
-				return
-			}
+	for start := 0; err == nil && start < len(ids); {
+		est := c.dlEstimate()
+		n := int(min(int64(len(ids)-start), max(c.dlShare.Size()/est, 1)))
+		reserved := int64(n) * est
+		if c.dlShare.Acquire(ctx, reserved) != nil {
+			return // the session is over
 		}
+		if c.sess.Hold(ctx, reserved) != nil {
+			c.dlShare.Release(reserved)
+			return
+		}
+		var ok bool
+		ok, err = c.downloadBatch(ctx, p, start, ids[start:start+n], est)
+		if !ok {
+			return
+		}
+		start += n
 	}
 	if err != nil && ctx.Err() == nil {
 		c.serviceError(ctx, p.ID, err)
 	}
+}
+
+// dlEstimate is the bytes reserved per chunk asked for: the connection's
+// average so far; its whole share before the first chunk, so that the
+// first batch is one chunk (a batch of small estimates for big chunks
+// would overdraw by each).
+func (c *conn) dlEstimate() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	est := c.dlShare.Size()
+	if c.dlSeen > 0 {
+		est = c.dlTotal / c.dlSeen
+	}
+	return min(max(est, 1), c.dlShare.Size())
+}
+
+// downloadBatch answers the chunks ids, which are p's digests from start
+// on; est bytes each are held. ok is false once the session is over.
+func (c *conn) downloadBatch(ctx context.Context, p *pmxproto.DownloadChunks, start int, ids []client.ID, est int64) (ok bool, err error) {
+	pending := len(ids) // estimates still held
+	defer func() {
+		c.dlShare.Release(int64(pending) * est)
+		c.sess.Unhold(int64(pending) * est)
+	}()
+	dl := c.srv.Chunks.Download(ctx, ids, client.DownloadOptions{Raw: true})
+	defer dl.Close()
+	for i := range ids {
+		ch, err := dl.Next()
+		switch {
+		case errors.Is(err, io.EOF):
+			return true, fmt.Errorf("the chunk service ended the download after %d of %d chunks: %w", start+i, len(p.Digests), apierr.ErrInternal)
+		case err != nil:
+			return true, err
+		case ch.Err != nil:
+			return true, ch.Err
+		case ch.ID != ids[i]:
+			return true, fmt.Errorf("the chunk service answered chunk %s for %s: %w", ch.ID, ids[i], apierr.ErrInternal)
+		case len(ch.Data) > pmxproto.MaxChunkData:
+			return true, fmt.Errorf("chunk %s: %d bytes do not fit a Chunk packet: %w", ch.ID, len(ch.Data), apierr.ErrInvalid)
+		}
+		// Its estimate becomes its size, overdrawn by at most one chunk.
+		size := int64(len(ch.Data))
+		pending--
+		if size > est {
+			c.dlShare.Overdraw(size - est)
+			c.sess.HoldNow(size - est)
+		} else {
+			c.dlShare.Release(est - size)
+			c.sess.Unhold(est - size)
+		}
+		c.mu.Lock()
+		c.dlSeen++
+		c.dlTotal += size
+		c.mu.Unlock()
+		chunk := &pmxproto.Chunk{ID: p.ID, Offset: uint64(start + i), Digest: p.Digests[start+i], Data: ch.Data}
+		c.srv.Metrics.packet(chunk)
+		// The packet is its head and the data as downloaded, never copied;
+		// the writer gives the bytes back once written or dropped.
+		written := func() {
+			c.dlShare.Release(size)
+			c.sess.Unhold(size)
+		}
+		if c.sess.SendBuffers(ctx, written, chunk.EncodeHead(nil), ch.Data) != nil {
+			return false, nil
+		}
+	}
+	return true, nil
 }

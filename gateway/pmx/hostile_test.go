@@ -15,6 +15,7 @@ import (
 	"github.com/chunkbridge/chunkbridge/format"
 	"github.com/chunkbridge/chunkbridge/format/pmxproto"
 	"github.com/chunkbridge/chunkbridge/gateway/pmx"
+	"github.com/chunkbridge/chunkbridge/gateway/session"
 	"github.com/chunkbridge/chunkbridge/pmxclient"
 )
 
@@ -259,4 +260,73 @@ func testOversizedUploadRefused(t *testing.T, tr transport) {
 	c.send(up)
 	c.expectError(3, pmxproto.ErrorGeneric, "exceed")
 	c.upload(3, []byte("small"))
+}
+
+// More connections pipelining downloads they never read than the
+// process's shared budget has room for: together they hold that budget,
+// not their number times their reply queues; once another client waits
+// for it, they are cut after the stall timeout, and it is served.
+func TestManyPipelinedDownloadsShareOneBudget(t *testing.T) {
+	onBothTransports(t, func(t *testing.T, tr transport) {
+		const sharedBytes, conns = 16 << 20, 10
+		shared := session.NewBudget(sharedBytes)
+		h := newHarnessOn(t, tr, func(s *pmx.Server) {
+			s.Shared = shared
+			s.DownloadBytes = 4 << 20         // four connections fit at once
+			s.WriteTimeout = 10 * time.Minute // not what ends them
+		})
+		c := h.dial(t)
+		var digests []pmxproto.Digest
+		for i := range 4 {
+			digests = append(digests, c.upload(1, bytes.Repeat([]byte{byte(i)}, 4<<20)))
+		}
+		heapBefore, _ := heap()
+		var hostile []*client
+		for range conns {
+			hc := h.dial(t)
+			hc.conn.(interface{ SetReadBuffer(int) error }).SetReadBuffer(4 << 10)
+			var reqs []pmxproto.Packet
+			for i := range 200 {
+				reqs = append(reqs, &pmxproto.DownloadChunks{ID: uint8(i), Digests: digests})
+			}
+			hc.send(reqs...) // and never read
+			hostile = append(hostile, hc)
+		}
+		for deadline := time.Now().Add(30 * time.Second); shared.InUse() < sharedBytes; {
+			if time.Now().After(deadline) {
+				t.Fatalf("the stalled connections hold %d bytes of the shared budget", shared.InUse())
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		time.Sleep(500 * time.Millisecond)
+		heapStalled, _ := heap()
+		grown := int64(heapStalled) - int64(heapBefore)
+		t.Logf("%d connections with 200 pipelined downloads each, never read: heap +%d MiB", conns, grown>>20)
+		// Without the shared budget: 10 reply queues of 64 MiB.
+		if bound := int64(sharedBytes + 16<<20); grown > bound {
+			t.Errorf("heap grew by %d MiB, shared budget %d MiB", grown>>20, sharedBytes>>20)
+		}
+
+		start := time.Now()
+		other := h.dial(t)
+		other.conn.SetDeadline(time.Now().Add(2 * time.Minute))
+		d := other.upload(1, []byte("still served"))
+		other.send(&pmxproto.DownloadChunks{ID: 2, Digests: []pmxproto.Digest{d, digests[0]}})
+		if ch, ok := other.next().(*pmxproto.Chunk); !ok || string(ch.Data) != "still served" {
+			t.Fatalf("second client: %+v", ch)
+		}
+		if ch, ok := other.next().(*pmxproto.Chunk); !ok || !bytes.Equal(ch.Data, bytes.Repeat([]byte{0}, 4<<20)) {
+			t.Fatalf("second client's big chunk: %T", ch)
+		}
+		t.Logf("another client was served in %v", time.Since(start))
+		for _, hc := range hostile {
+			hc.conn.Close()
+		}
+		for deadline := time.Now().Add(30 * time.Second); shared.InUse() != 0; {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d bytes of the shared budget still held after the connections closed", shared.InUse())
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	})
 }

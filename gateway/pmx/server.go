@@ -42,6 +42,14 @@ type Server struct {
 	// included (default 64 MiB); RequestBytes the packets read and not yet
 	// handled (default 64 MiB).
 	QueueBytes, RequestBytes int64
+	// DownloadBytes bounds the chunk bytes of a connection's downloads
+	// from the moment they are asked of the chunk service until written to
+	// the client (default 16 MiB): its share of Shared.
+	DownloadBytes int64
+	// Shared, if set, is the process's budget of chunk data buffered for
+	// clients, shared with every other session (of either gateway): the
+	// sum over connections of what DownloadBytes allows each.
+	Shared *session.Budget
 	// MaxDownloads bounds the DownloadChunks a connection has waiting
 	// (default 16); MaxOpenFiles its open backup files (default 16).
 	MaxDownloads, MaxOpenFiles int
@@ -54,6 +62,7 @@ const (
 	defaultMaxConns  = 4096
 	defaultQueue     = 64 << 20
 	defaultRequests  = 64 << 20
+	defaultDLBytes   = 16 << 20
 	defaultDownloads = 16
 	defaultOpenFiles = 16
 )
@@ -108,6 +117,7 @@ func (s *Server) sessionConfig() session.Config {
 		IdleTimeout:  s.IdleTimeout,
 		WriteTimeout: s.WriteTimeout,
 		QueueBytes:   orDefault(s.QueueBytes, defaultQueue),
+		Shared:       s.Shared,
 	}
 }
 
@@ -118,6 +128,7 @@ func (s *Server) serveConn(nc net.Conn) {
 		requests:  session.NewBudget(orDefault(s.RequestBytes, defaultRequests)),
 		downloads: session.NewBudget(int64(orDefault(s.MaxDownloads, defaultDownloads))),
 		dlQueue:   make(chan *download),
+		dlShare:   session.NewBudget(orDefault(s.DownloadBytes, defaultDLBytes)),
 		unacked:   map[uint64]bool{},
 		streams:   map[uint8]*fileStream{},
 		created:   map[string]bool{},

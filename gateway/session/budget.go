@@ -1,21 +1,34 @@
 package session
 
 import (
+	"container/list"
 	"context"
 	"fmt"
-	"sync/atomic"
-
-	"golang.org/x/sync/semaphore"
+	"sync"
+	"time"
 )
 
-// Budget is a weighted semaphore of bytes (or any unit) for one
-// connection's bounded resources: bytes queued for the writer, download
-// bytes in flight. A request larger than the whole budget is clamped to it,
-// so it waits for everything else to be released instead of forever.
+// Budget is a weighted semaphore of bytes (or any unit): for one
+// connection's bounded resources (bytes queued for the writer, download
+// bytes in flight) or, shared by every session of a process
+// (Config.Shared), for the chunk data all of them buffer for their
+// peers. A request larger than the whole budget is clamped to it, so it
+// waits for everything else to be released instead of forever. Waiters
+// are served first come, first served.
 type Budget struct {
-	size  int64
-	sem   *semaphore.Weighted
-	inUse atomic.Int64
+	size int64
+
+	mu      sync.Mutex
+	used    int64
+	waiters list.List // of *waiter, oldest first
+	// holders are the sessions holding units of a shared budget: when a
+	// request has to wait, their writers get Config.StallTimeout.
+	holders map[*Session]struct{}
+}
+
+type waiter struct {
+	n     int64
+	ready chan struct{}
 }
 
 // NewBudget returns a budget of size units; size must be positive.
@@ -23,7 +36,7 @@ func NewBudget(size int64) *Budget {
 	if size <= 0 {
 		panic(fmt.Sprintf("session.NewBudget(%d): size must be positive", size))
 	}
-	return &Budget{size: size, sem: semaphore.NewWeighted(size)}
+	return &Budget{size: size}
 }
 
 func (b *Budget) clamp(n int64) int64 { return max(0, min(n, b.size)) }
@@ -31,32 +44,119 @@ func (b *Budget) clamp(n int64) int64 { return max(0, min(n, b.size)) }
 // Acquire takes n units, waiting until they are free or ctx ends.
 func (b *Budget) Acquire(ctx context.Context, n int64) error {
 	n = b.clamp(n)
-	if err := b.sem.Acquire(ctx, n); err != nil {
-		return err
+	b.mu.Lock()
+	if b.used+n <= b.size && b.waiters.Len() == 0 {
+		b.used += n
+		b.mu.Unlock()
+		return nil
 	}
-	b.inUse.Add(n)
-	return nil
+	w := &waiter{n: n, ready: make(chan struct{})}
+	e := b.waiters.PushBack(w)
+	holders := b.holderList()
+	b.mu.Unlock()
+	for _, s := range holders {
+		s.squeeze()
+	}
+	select {
+	case <-w.ready:
+		return nil
+	case <-ctx.Done():
+		b.mu.Lock()
+		select {
+		case <-w.ready: // granted meanwhile: give it back
+			b.mu.Unlock()
+			b.Release(n)
+		default:
+			b.waiters.Remove(e)
+			b.grant() // a large waiter at the front may have blocked others
+			b.mu.Unlock()
+		}
+		return ctx.Err()
+	}
 }
 
 // TryAcquire takes n units if they are free now.
 func (b *Budget) TryAcquire(n int64) bool {
 	n = b.clamp(n)
-	if !b.sem.TryAcquire(n) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.used+n > b.size || b.waiters.Len() > 0 {
 		return false
 	}
-	b.inUse.Add(n)
+	b.used += n
 	return true
 }
 
-// Release returns n units taken by Acquire or TryAcquire with the same n.
+// Overdraw takes n units at once, even beyond the budget: for bounded
+// amounts a holder learns it needs only once it has them (a chunk larger
+// than its estimate). Release them as usual.
+func (b *Budget) Overdraw(n int64) {
+	n = b.clamp(n)
+	b.mu.Lock()
+	b.used += n
+	b.mu.Unlock()
+}
+
+// Release returns n units taken by Acquire, TryAcquire or Overdraw with
+// the same n.
 func (b *Budget) Release(n int64) {
 	n = b.clamp(n)
-	b.inUse.Add(-n)
-	b.sem.Release(n)
+	b.mu.Lock()
+	b.used = max(0, b.used-n) // clamped amounts may not add up exactly
+	b.grant()
+	b.mu.Unlock()
+}
+
+// grant wakes waiters in order while they fit. Called with b.mu held.
+func (b *Budget) grant() {
+	for e := b.waiters.Front(); e != nil; e = b.waiters.Front() {
+		w := e.Value.(*waiter)
+		if b.used+w.n > b.size {
+			return
+		}
+		b.used += w.n
+		b.waiters.Remove(e)
+		close(w.ready)
+	}
 }
 
 // Size is the whole budget.
 func (b *Budget) Size() int64 { return b.size }
 
-// InUse is how much is taken now.
-func (b *Budget) InUse() int64 { return b.inUse.Load() }
+// InUse is how much is taken now (more than Size while overdrawn).
+func (b *Budget) InUse() int64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.used
+}
+
+// pressed reports whether a request waits.
+func (b *Budget) pressed() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.waiters.Len() > 0
+}
+
+func (b *Budget) holderList() []*Session {
+	out := make([]*Session, 0, len(b.holders))
+	for s := range b.holders {
+		out = append(out, s)
+	}
+	return out
+}
+
+func (b *Budget) setHolder(s *Session, holds bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !holds {
+		delete(b.holders, s)
+		return
+	}
+	if b.holders == nil {
+		b.holders = map[*Session]struct{}{}
+	}
+	b.holders[s] = struct{}{}
+}
+
+// defaultStall is Config.StallTimeout's default.
+const defaultStall = 5 * time.Second

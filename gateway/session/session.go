@@ -23,7 +23,14 @@
 //     no traffic in either direction for Config.IdleTimeout ends, in every
 //     protocol state (before and after a handshake alike);
 //   - Budget, a weighted semaphore for per-connection limits such as bytes
-//     of downloads in flight.
+//     of downloads in flight, and, shared by all sessions of a process
+//     (Config.Shared), for the chunk data they buffer for their peers:
+//     Hold takes bytes of it before data is fetched, SendBuffers hands
+//     them to the writer, which gives them back once the frame is written
+//     or dropped, and whatever a session still holds when it ends goes
+//     back then. While a request waits for the shared budget, a session
+//     holding some of it whose peer reads nothing is cut after
+//     Config.StallTimeout instead of Config.WriteTimeout.
 //
 // Connections without deadlines (pipes of an ssh session) get the same
 // limits by closing the connection when a timer fires.
@@ -66,6 +73,15 @@ type Config struct {
 	// DrainTimeout bounds reading and discarding input after a final frame
 	// (default 10s); at most MaxDrain bytes are read.
 	DrainTimeout time.Duration
+	// Shared, if set, is the process-wide budget of chunk data buffered
+	// for peers, shared by all sessions: see Hold.
+	Shared *Budget
+	// StallTimeout replaces WriteTimeout for a session holding part of
+	// Shared while another request waits for it (default 5s): under
+	// memory pressure, a peer that reads nothing gives its share back
+	// sooner. Like WriteTimeout it bounds a wait for any progress (every
+	// 64 KiB written re-arms it), so a slow reader is not cut.
+	StallTimeout time.Duration
 }
 
 const (
@@ -94,11 +110,19 @@ type Session struct {
 	queue  *Budget
 
 	mu       sync.Mutex
-	frames   [][]byte
+	frames   []frame
 	final    []byte
 	draining bool // the drain owns the read deadline now
 	wake     chan struct{}
 
+	// held is what the session holds of cfg.Shared; after the end,
+	// nothing more is taken.
+	heldMu sync.Mutex
+	held   int64
+	over   bool
+
+	writing  atomic.Bool  // the writer is in a write to the peer
+	squeezed atomic.Bool  // a write got StallTimeout
 	lastIO   atomic.Int64 // unix nanoseconds of the last byte read or written
 	drained  atomic.Int64
 	wroteFin atomic.Bool
@@ -121,6 +145,9 @@ func New(ctx context.Context, conn Conn, cfg Config) *Session {
 	}
 	if cfg.DrainTimeout <= 0 {
 		cfg.DrainTimeout = defaultDrain
+	}
+	if cfg.StallTimeout <= 0 {
+		cfg.StallTimeout = defaultStall
 	}
 	s := &Session{cfg: cfg, conn: conn, queue: NewBudget(cfg.QueueBytes), wake: make(chan struct{}, 1)}
 	s.ctx, s.cancel = context.WithCancelCause(ctx)
@@ -176,6 +203,7 @@ func (s *Session) Run(main func(ctx context.Context) error) error {
 		return err
 	})
 	s.g.Wait()
+	s.releaseHeld() // every frame is written or dropped: nothing holds it now
 	if s.wroteFin.Load() {
 		s.drain()
 	}
@@ -186,18 +214,43 @@ func (s *Session) Run(main func(ctx context.Context) error) error {
 	return nil
 }
 
+// frame is one Send: its buffers go out contiguously, then done runs.
+type frame struct {
+	bufs [][]byte
+	n    int64
+	done func()
+}
+
 // Send queues one encoded frame for the writer, waiting while the queue is
 // full. It fails once ctx or the session ends. The frame must not be
 // modified afterwards.
 func (s *Session) Send(ctx context.Context, frame []byte) error {
-	n := int64(len(frame))
-	actx := ctx
-	if ctx.Done() != s.ctx.Done() {
-		var cancel context.CancelFunc
-		actx, cancel = context.WithCancel(ctx)
-		stop := context.AfterFunc(s.ctx, cancel)
-		defer func() { stop(); cancel() }()
+	return s.SendBuffers(ctx, nil, frame)
+}
+
+// SendBuffers queues one frame made of bufs (a header and a chunk's data,
+// say, so that the data is never copied into a frame): the writer writes
+// them one after the other, with no other frame in between. done, if not
+// nil, runs exactly once: when the frame is written, or dropped because
+// the session ended, or at once if SendBuffers fails. It is where bytes
+// taken with Hold for the frame's data are given back (Unhold). The
+// buffers must not be modified until done.
+func (s *Session) SendBuffers(ctx context.Context, done func(), bufs ...[]byte) error {
+	f := frame{bufs: bufs, done: done}
+	for _, b := range bufs {
+		f.n += int64(len(b))
 	}
+	err := s.enqueue(ctx, f)
+	if err != nil && done != nil {
+		done()
+	}
+	return err
+}
+
+func (s *Session) enqueue(ctx context.Context, f frame) error {
+	n := f.n
+	actx, stop := s.join(ctx)
+	defer stop()
 	if !s.queue.TryAcquire(n) {
 		if testHookSendBlocked != nil {
 			testHookSendBlocked()
@@ -215,13 +268,139 @@ func (s *Session) Send(ctx context.Context, frame []byte) error {
 		s.queue.Release(n)
 		return s.endedError()
 	}
-	s.frames = append(s.frames, frame)
+	s.frames = append(s.frames, f)
 	s.mu.Unlock()
 	select {
 	case s.wake <- struct{}{}:
 	default:
 	}
 	return nil
+}
+
+// join is ctx, ended also by the end of the session.
+func (s *Session) join(ctx context.Context) (context.Context, func()) {
+	if ctx.Done() == s.ctx.Done() {
+		return ctx, func() {}
+	}
+	actx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(s.ctx, cancel)
+	return actx, func() { stop(); cancel() }
+}
+
+// Hold takes n bytes of the shared budget (Config.Shared; without one it
+// does nothing) for chunk data the session is about to fetch for its
+// peer, waiting until they are free or ctx or the session ends. Give them
+// back with Unhold: by hand if the data is dropped, or from SendBuffers's
+// done once written. What the session still holds when it ends goes back
+// then.
+func (s *Session) Hold(ctx context.Context, n int64) error {
+	b := s.cfg.Shared
+	if b == nil || n <= 0 {
+		return nil
+	}
+	n = b.clamp(n)
+	if !b.TryAcquire(n) {
+		actx, stop := s.join(ctx)
+		err := b.Acquire(actx, n)
+		stop()
+		if err != nil {
+			if s.ctx.Err() != nil {
+				return s.endedError()
+			}
+			return err
+		}
+	}
+	return s.addHeld(n)
+}
+
+// HoldNow takes n bytes of the shared budget at once, even beyond it: for
+// a bounded amount learnt only once the data is there (a chunk larger
+// than its estimate). It fails only once the session is over.
+func (s *Session) HoldNow(n int64) error {
+	b := s.cfg.Shared
+	if b == nil || n <= 0 {
+		return nil
+	}
+	n = b.clamp(n)
+	b.Overdraw(n)
+	return s.addHeld(n)
+}
+
+func (s *Session) addHeld(n int64) error {
+	s.heldMu.Lock()
+	if s.over {
+		s.heldMu.Unlock()
+		s.cfg.Shared.Release(n)
+		return s.endedError()
+	}
+	if s.held == 0 {
+		s.cfg.Shared.setHolder(s, true)
+	}
+	s.held += n
+	s.heldMu.Unlock()
+	return nil
+}
+
+// Unhold gives back n bytes taken by Hold or HoldNow.
+func (s *Session) Unhold(n int64) {
+	b := s.cfg.Shared
+	if b == nil || n <= 0 {
+		return
+	}
+	s.heldMu.Lock()
+	n = min(n, s.held) // after the end, nothing is held
+	s.held -= n
+	if s.held == 0 && n > 0 {
+		b.setHolder(s, false)
+	}
+	s.heldMu.Unlock()
+	if n > 0 {
+		b.Release(n)
+	}
+}
+
+// Held is what the session holds of the shared budget.
+func (s *Session) Held() int64 {
+	s.heldMu.Lock()
+	defer s.heldMu.Unlock()
+	return s.held
+}
+
+func (s *Session) releaseHeld() {
+	s.heldMu.Lock()
+	s.over = true
+	n := s.held
+	s.held = 0
+	s.heldMu.Unlock()
+	if b := s.cfg.Shared; b != nil {
+		b.setHolder(s, false)
+		if n > 0 {
+			b.Release(n)
+		}
+	}
+}
+
+// squeeze cuts a write in progress to StallTimeout: the shared budget has
+// a waiter and this session holds part of it.
+func (s *Session) squeeze() {
+	if !s.writing.Load() || s.ctx.Err() != nil {
+		return
+	}
+	d, ok := s.conn.(interface{ SetWriteDeadline(time.Time) error })
+	if !ok || s.cfg.StallTimeout >= s.cfg.WriteTimeout {
+		return // a connection without deadlines keeps its timer
+	}
+	s.squeezed.Store(true)
+	d.SetWriteDeadline(time.Now().Add(s.cfg.StallTimeout))
+}
+
+// writeTimeout is the deadline of the next write.
+func (s *Session) writeTimeout() time.Duration {
+	if b := s.cfg.Shared; b != nil && s.cfg.StallTimeout < s.cfg.WriteTimeout && s.Held() > 0 && b.pressed() {
+		s.squeezed.Store(true)
+		return s.cfg.StallTimeout
+	}
+	return s.cfg.WriteTimeout
 }
 
 func (s *Session) endedError() error {
@@ -253,7 +432,7 @@ func (s *Session) Queued() int64 { return s.queue.InUse() }
 
 func (s *Session) touch() { s.lastIO.Store(time.Now().UnixNano()) }
 
-func (s *Session) take() [][]byte {
+func (s *Session) take() []frame {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	f := s.frames
@@ -274,15 +453,23 @@ func (s *Session) writer() error {
 	// them, between requests) keeps no write buffer.
 	var w *bufio.Writer
 	var err error
-	write := func(frames [][]byte) {
+	write := func(frames []frame) {
 		for _, f := range frames {
-			if err == nil {
+			// The buffers of one frame go out one after the other: only
+			// this goroutine writes.
+			for _, b := range f.bufs {
+				if err != nil {
+					break
+				}
 				if w == nil {
 					w = s.getBuffer()
 				}
-				_, err = w.Write(f)
+				_, err = w.Write(b)
 			}
-			s.queue.Release(int64(len(f)))
+			s.queue.Release(f.n)
+			if f.done != nil {
+				f.done()
+			}
 		}
 	}
 	flush := func() {
@@ -361,21 +548,47 @@ func (s *Session) putBuffer(w *bufio.Writer) {
 type deadlineWriter struct{ s *Session }
 
 func (w deadlineWriter) Write(p []byte) (int, error) {
+	// A large write goes in pieces, each with its own deadline: a timeout
+	// means the peer took nothing for that long, not that a slow peer
+	// took a whole chunk too slowly.
+	var n int
+	for n < len(p) {
+		m, err := w.write(p[n:min(len(p), n+writePiece)])
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// writePiece is the most one deadline covers.
+const writePiece = 64 << 10
+
+func (w deadlineWriter) write(p []byte) (int, error) {
 	s := w.s
+	s.squeezed.Store(false)
+	timeout := s.writeTimeout()
+	s.writing.Store(true)
 	disarm := s.arm(func(t time.Time) error {
 		d, ok := s.conn.(interface{ SetWriteDeadline(time.Time) error })
 		if !ok {
 			return errors.ErrUnsupported
 		}
 		return d.SetWriteDeadline(t)
-	}, time.Now().Add(s.cfg.WriteTimeout))
+	}, time.Now().Add(timeout))
 	n, err := s.conn.Write(p)
+	s.writing.Store(false)
 	disarm()
 	if n > 0 {
 		s.touch()
 	}
 	if err != nil && isTimeout(err) {
-		err = fmt.Errorf("the peer read nothing for %v: %w", s.cfg.WriteTimeout, err)
+		if s.squeezed.Load() {
+			err = fmt.Errorf("the peer read nothing for %v while other sessions waited for the gateway's shared buffer: %w", s.cfg.StallTimeout, err)
+		} else {
+			err = fmt.Errorf("the peer read nothing for %v: %w", s.cfg.WriteTimeout, err)
+		}
 	}
 	return n, err
 }
