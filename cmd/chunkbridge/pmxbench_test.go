@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,9 +20,11 @@ import (
 )
 
 // BenchmarkPMX backs up and restores a random image (fixed 4 MiB chunks)
-// and stream (casync's chunker) through a separate PMXBCKUP gateway
-// process, and reports MB/s next to the same run's single-core
-// SHA-256 + zstd limit, with the peak RSS of the gateway and the client.
+// and stream (casync's chunker) through `serve all` and through a separate
+// PMXBCKUP gateway in front of a separate chunk service, and reports MB/s
+// next to the same run's floor (SHA-256 of the file and one write of it to
+// the same file system, fsynced) and single-core SHA-256 + zstd limit, with
+// the servers' CPU time per 4 MiB and the peak RSS of servers and client.
 // BENCH_PMX_MIB sets the size (default 1024).
 func BenchmarkPMX(b *testing.B) {
 	size := 1024
@@ -60,9 +63,44 @@ func BenchmarkPMX(b *testing.B) {
 		recordBench(b, per*len(data))
 	})
 
-	chunkSvc := start(b, nil, "serve", "chunk", "--store", b.TempDir())
-	waitHealth(b, chunkSvc.conn(b), healthpb.HealthCheckResponse_SERVING)
-	gw := start(b, nil, "serve", "pmx-gateway", "--chunk-service", chunkSvc.grpc)
+	// The floor: what a fixed backup cannot avoid, SHA-256 of the file
+	// and writing it once to the store's file system (b.TempDir, like
+	// the stores below), fsynced at the end; one goroutine, 4 MiB reads.
+	b.Run("floor", func(b *testing.B) {
+		b.SetBytes(int64(size))
+		buf := make([]byte, 4<<20)
+		for range b.N {
+			in, err := os.Open(src)
+			if err != nil {
+				b.Fatal(err)
+			}
+			out, err := os.Create(filepath.Join(b.TempDir(), "copy"))
+			if err != nil {
+				b.Fatal(err)
+			}
+			h := sha256.New()
+			for {
+				n, err := io.ReadFull(in, buf)
+				if n > 0 {
+					h.Write(buf[:n])
+					if _, err := out.Write(buf[:n]); err != nil {
+						b.Fatal(err)
+					}
+				}
+				if err != nil {
+					break
+				}
+			}
+			_ = h.Sum(nil)
+			if err := out.Sync(); err != nil {
+				b.Fatal(err)
+			}
+			out.Close()
+			in.Close()
+		}
+		recordBench(b, size)
+	})
+
 	var clientRSS int64
 	run := func(b *testing.B, args ...string) string {
 		b.Helper()
@@ -78,34 +116,72 @@ func BenchmarkPMX(b *testing.B) {
 		}
 		return string(out)
 	}
-	for _, mode := range []struct{ name, flag string }{{"fixed", "--fixed"}, {"dynamic", ""}} {
-		var snapshot string
-		b.Run("backup/"+mode.name, func(b *testing.B) {
+	// Both deployments: `serve all` (the gateway on the in-process
+	// transport) and a separate gateway in front of a separate chunk
+	// service (gRPC). Server CPU covers every server process.
+	servers := []struct {
+		name  string
+		start func(b *testing.B) (addr string, pids []int)
+	}{
+		{"all", func(b *testing.B) (string, []int) {
+			p := start(b, nil, "serve", "all", "--store", b.TempDir())
+			waitHealth(b, p.conn(b), healthpb.HealthCheckResponse_SERVING)
+			return p.pmx, []int{p.cmd.Process.Pid}
+		}},
+		{"separate", func(b *testing.B) (string, []int) {
+			c := start(b, nil, "serve", "chunk", "--store", b.TempDir())
+			waitHealth(b, c.conn(b), healthpb.HealthCheckResponse_SERVING)
+			gw := start(b, nil, "serve", "pmx-gateway", "--chunk-service", c.grpc)
+			return gw.pmx, []int{c.cmd.Process.Pid, gw.cmd.Process.Pid}
+		}},
+	}
+	var rss []string
+	for _, srv := range servers {
+		addr, pids := srv.start(b)
+		timed := func(b *testing.B, args func(i int) []string) string {
 			b.SetBytes(int64(size))
+			var out string
+			var cpu time.Duration
 			for i := range b.N {
-				args := []string{"backup", "--server", gw.pmx, "--type", "vm", "--id", fmt.Sprintf("bench-%s-%d-%d", mode.name, b.N, i), "--name", "image"}
-				if mode.flag != "" {
-					args = append(args, mode.flag)
-				}
-				m := snapshotRE.FindStringSubmatch(run(b, append(args, src)...))
+				before := cpuTime(b, pids)
+				out = run(b, args(i)...)
+				cpu += cpuTime(b, pids) - before
+			}
+			recordBench(b, size)
+			// Per 4 MiB of input: a fixed chunk.
+			perChunk := float64(cpu.Microseconds()) / float64(b.N) / float64(size>>22)
+			b.ReportMetric(perChunk, "server-µs-cpu/4MiB")
+			serverCPU.Store(strings.TrimPrefix(b.Name(), "Benchmark"), perChunk)
+			return out
+		}
+		for _, mode := range []struct{ name, flag string }{{"fixed", "--fixed"}, {"dynamic", ""}} {
+			var snapshot string
+			b.Run("backup/"+mode.name+"/"+srv.name, func(b *testing.B) {
+				out := timed(b, func(i int) []string {
+					args := []string{"backup", "--server", addr, "--type", "vm", "--id", fmt.Sprintf("bench-%s-%d-%d", mode.name, b.N, i), "--name", "image"}
+					if mode.flag != "" {
+						args = append(args, mode.flag)
+					}
+					return append(args, src)
+				})
+				m := snapshotRE.FindStringSubmatch(out)
 				if m == nil {
 					b.Fatal("no snapshot path")
 				}
 				snapshot = m[1]
-			}
-			recordBench(b, size)
-		})
-		b.Run("restore/"+mode.name, func(b *testing.B) {
-			b.SetBytes(int64(size))
-			for range b.N {
-				run(b, "restore", "--server", gw.pmx, snapshot, filepath.Join(b.TempDir(), "out"))
-			}
-			recordBench(b, size)
-		})
+			})
+			b.Run("restore/"+mode.name+"/"+srv.name, func(b *testing.B) {
+				timed(b, func(int) []string {
+					return []string{"restore", "--server", addr, snapshot, filepath.Join(b.TempDir(), "out")}
+				})
+			})
+		}
+		for _, pid := range pids {
+			rss = append(rss, fmt.Sprintf("%s pid %d %d MiB", srv.name, pid, peakRSS(pid)>>10))
+		}
 	}
 	b.ReportMetric(float64(clientRSS)/1024, "client-peak-MiB")
-	gwRSS := peakRSS(gw.cmd.Process.Pid)
-	fmt.Printf("\nPMXBCKUP peak RSS with a %d MiB input: gateway %d MiB, client %d MiB\n", size>>20, gwRSS>>10, clientRSS>>10)
+	fmt.Printf("\nPMXBCKUP peak RSS with a %d MiB input: servers %s; client %d MiB\n", size>>20, strings.Join(rss, ", "), clientRSS>>10)
 }
 
 // peakRSS reads VmHWM (KiB) of a running process.
