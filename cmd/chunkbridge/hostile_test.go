@@ -49,18 +49,19 @@ func procStatus(t *testing.T, pid int, field string) int64 {
 // hostileServer is a serve all under attack, and a well-behaved client
 // that must still be served while the attack goes on.
 type hostileServer struct {
-	p       *process
-	digests []pmxclient.Digest // big incompressible chunks already stored
+	// gateways are the processes under attack: one serve all, or the
+	// three gateway deployments in front of a separate serve chunk.
+	gateways          []*process
+	pmx, casync, http string
+	digests           []pmxclient.Digest // big incompressible chunks already stored
 }
-
-func (h *hostileServer) pid() int { return h.p.cmd.Process.Pid }
 
 // servesOthers is a well-behaved client's round trip on every protocol.
 func (h *hostileServer) servesOthers(t *testing.T) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 	defer cancel()
-	c, err := pmxclient.Dial(ctx, h.p.pmx, nil)
+	c, err := pmxclient.Dial(ctx, h.pmx, nil)
 	if err != nil {
 		t.Fatalf("a well-behaved PMXBCKUP client is not served during the attack: %v", err)
 	}
@@ -77,7 +78,7 @@ func (h *hostileServer) servesOthers(t *testing.T) {
 		t.Fatalf("download during the attack: %v", err)
 	}
 	id := fmt.Sprintf("%x", h.digests[0][:])
-	req, _ := http.NewRequestWithContext(ctx, http.MethodHead, "http://"+h.p.http+"/casync/chunks/"+id[:4]+"/"+id+".cacnk", nil)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodHead, "http://"+h.http+"/casync/chunks/"+id[:4]+"/"+id+".cacnk", nil)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatalf("the casync HTTP store is not served during the attack: %v", err)
@@ -88,13 +89,16 @@ func (h *hostileServer) servesOthers(t *testing.T) {
 	}
 }
 
-// report checks the process's peak RSS so far and logs it.
+// report checks every gateway process's peak RSS so far and logs it.
 func (h *hostileServer) report(t *testing.T, attack string) {
 	t.Helper()
-	rss, peak := procStatus(t, h.pid(), "VmRSS"), procStatus(t, h.pid(), "VmHWM")
-	t.Logf("%s: RSS %d MiB, peak %d MiB", attack, rss>>20, peak>>20)
-	if peak > maxGatewayRSS {
-		t.Fatalf("%s: peak RSS %d MiB, more than %d MiB", attack, peak>>20, maxGatewayRSS>>20)
+	for _, p := range h.gateways {
+		pid := p.cmd.Process.Pid
+		rss, peak := procStatus(t, pid, "VmRSS"), procStatus(t, pid, "VmHWM")
+		t.Logf("%s: %s: RSS %d MiB, peak %d MiB", attack, p.cmd.Args[2], rss>>20, peak>>20)
+		if peak > maxGatewayRSS {
+			t.Errorf("%s: %s: peak RSS %d MiB, more than %d MiB", attack, p.cmd.Args[2], peak>>20, maxGatewayRSS>>20)
+		}
 	}
 }
 
@@ -129,11 +133,23 @@ func writeAll(c net.Conn, frames ...[]byte) {
 	}
 }
 
-func newHostileServer(t *testing.T) *hostileServer {
-	p := start(t, nil, "serve", "all", "--store", t.TempDir())
-	h := &hostileServer{p: p}
+// newHostileServer starts serve all, or with separate the chunk service
+// and the three gateways as their own processes, as on Kubernetes.
+func newHostileServer(t *testing.T, separate bool) *hostileServer {
+	h := &hostileServer{}
+	if separate {
+		chunk := start(t, nil, "serve", "chunk", "--store", t.TempDir())
+		for _, mode := range []string{"pmx-gateway", "casync-gateway", "rest-gateway"} {
+			h.gateways = append(h.gateways, start(t, nil, "serve", mode, "--chunk-service", chunk.grpc))
+		}
+		h.pmx, h.casync, h.http = h.gateways[0].pmx, h.gateways[1].casync, h.gateways[2].http
+	} else {
+		p := start(t, nil, "serve", "all", "--store", t.TempDir())
+		h.gateways = []*process{p}
+		h.pmx, h.casync, h.http = p.pmx, p.casync, p.http
+	}
 	ctx := t.Context()
-	c, err := pmxclient.Dial(ctx, p.pmx, nil)
+	c, err := pmxclient.Dial(ctx, h.pmx, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -155,30 +171,34 @@ func newHostileServer(t *testing.T) *hostileServer {
 	return h
 }
 
-// TestHostileClients runs each attack of issue 9 against its own serve all and
-// asserts, from the process itself, that memory stays bounded and that a
-// well-behaved client is served while the attack goes on.
+// TestHostileClients runs each attack of issue 9 against its own serve all,
+// and against its own separate gateway processes in front of a chunk
+// service, and asserts, from the processes themselves, that memory stays
+// bounded and that a well-behaved client is served while the attack goes on.
 func TestHostileClients(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the chunkbridge binary")
 	}
 	// Each attack gets a fresh process, so that its peak RSS is its own.
 	attack := func(name string, run func(t *testing.T, h *hostileServer)) {
-		t.Run(name, func(t *testing.T) {
-			h := newHostileServer(t)
-			run(t, h)
-			h.servesOthers(t)
-			h.report(t, name)
-		})
+		for _, separate := range []bool{false, true} {
+			deployment := map[bool]string{false: "all", true: "separate"}[separate]
+			t.Run(name+"/"+deployment, func(t *testing.T) {
+				h := newHostileServer(t, separate)
+				run(t, h)
+				h.servesOthers(t)
+				h.report(t, name)
+			})
+		}
 	}
 	attack("IdleConnections", func(t *testing.T, h *hostileServer) {
-		for _, addr := range []string{h.p.casync, h.p.pmx, h.p.http} {
+		for _, addr := range []string{h.casync, h.pmx, h.http} {
 			dialMany(t, addr, 2000)
 		}
 	})
 
 	attack("PipelinedDownloadsNeverRead", func(t *testing.T, h *hostileServer) {
-		c := dialMany(t, h.p.pmx, 1)[0]
+		c := dialMany(t, h.pmx, 1)[0]
 		var frames [][]byte
 		for i := range 200 {
 			frames = append(frames, (&pmxproto.DownloadChunks{ID: uint8(i), Digests: h.digests}).Encode(nil))
@@ -192,7 +212,7 @@ func TestHostileClients(t *testing.T) {
 			frames = append(frames, (&pmxproto.DownloadChunks{ID: uint8(i), Digests: h.digests}).Encode(nil))
 		}
 		var wg sync.WaitGroup
-		for _, c := range dialMany(t, h.p.pmx, 20) {
+		for _, c := range dialMany(t, h.pmx, 20) {
 			wg.Go(func() { writeAll(c, frames...) })
 		}
 		wg.Wait()
@@ -206,7 +226,7 @@ func TestHostileClients(t *testing.T) {
 			}
 		}
 		var wg sync.WaitGroup
-		for _, c := range dialMany(t, h.p.casync, 20) {
+		for _, c := range dialMany(t, h.casync, 20) {
 			wg.Go(func() {
 				var pre strings.Builder
 				casync.WritePreamble(&pre, []string{"casync", "pull", "-", "-", "-", "store"})
@@ -218,7 +238,7 @@ func TestHostileClients(t *testing.T) {
 
 	attack("StalledCasyncPushes", func(t *testing.T, h *hostileServer) {
 		hello := (&caproto.Hello{Features: caproto.ReadableStore | caproto.PushIndex | caproto.PushChunks | caproto.PushIndexChunks}).Encode(nil)
-		for _, c := range dialMany(t, h.p.casync, 20) {
+		for _, c := range dialMany(t, h.casync, 20) {
 			var pre strings.Builder
 			casync.WritePreamble(&pre, []string{"casync", "push", "-", "-", "hostile.caibx", "store"})
 			writeAll(c, []byte(pre.String()), hello)
@@ -227,14 +247,14 @@ func TestHostileClients(t *testing.T) {
 
 	attack("SlowBodies", func(t *testing.T, h *hostileServer) {
 		id := fmt.Sprintf("%x", sha256.Sum256([]byte("slow")))
-		for _, c := range dialMany(t, h.p.http, 200) {
+		for _, c := range dialMany(t, h.http, 200) {
 			fmt.Fprintf(c, "PUT /casync/chunks/%s/%s.cacnk HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\nx", id[:4], id, 8<<20)
 		}
 	})
 
 	attack("HugeFixedCreateBackups", func(t *testing.T, h *hostileServer) {
 		var wg sync.WaitGroup
-		for n, c := range dialMany(t, h.p.pmx, 8) {
+		for n, c := range dialMany(t, h.pmx, 8) {
 			wg.Go(func() {
 				br := bufio.NewReader(c)
 				var frames [][]byte
