@@ -156,19 +156,7 @@ func (s *Store) PutIfAbsent(ctx context.Context, key string, r io.Reader, size i
 	if err := s.mkdirs(filepath.Dir(dst)); err != nil {
 		return false, fmt.Errorf("put %s: %w", key, err)
 	}
-	if err := os.Link(tmp, dst); err != nil {
-		if errors.Is(err, fs.ErrExist) {
-			return false, s.existing(key)
-		}
-		return false, fmt.Errorf("put %s: %w", key, classify(err))
-	}
-	if err := s.sync.Sync(); err != nil {
-		// Not durable: take the name back, so no later put mistakes it
-		// for a stored object.
-		os.Remove(dst)
-		return false, fmt.Errorf("put %s: sync: %w", key, classify(err))
-	}
-	return true, nil
+	return s.publish(key, dst, func() error { return os.Link(tmp, dst) })
 }
 
 // putTmpfile is PutIfAbsent through an unnamed file in the object's own
@@ -199,15 +187,21 @@ func (s *Store) putTmpfile(ctx context.Context, key, dst string, r io.Reader, si
 	if err != nil {
 		return false, fmt.Errorf("put %s: sync: %w", key, classify(err))
 	}
-	if err := linkTmpfile(f, dst); err != nil {
+	return s.publish(key, dst, func() error { return linkTmpfile(f, dst) })
+}
+
+// publish gives durable data its name with link, then makes the name
+// durable before the put succeeds. A name taken already is answered as
+// existing; a name that cannot be made durable is taken back, so that no
+// later put mistakes it for a stored object.
+func (s *Store) publish(key, dst string, link func() error) (bool, error) {
+	if err := link(); err != nil {
 		if errors.Is(err, fs.ErrExist) {
 			return false, s.existing(key)
 		}
 		return false, fmt.Errorf("put %s: %w", key, classify(err))
 	}
 	if err := s.sync.Sync(); err != nil {
-		// Not durable: take the name back, so no later put mistakes it
-		// for a stored object.
 		os.Remove(dst)
 		return false, fmt.Errorf("put %s: sync: %w", key, classify(err))
 	}
