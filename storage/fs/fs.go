@@ -42,7 +42,10 @@ type Store struct {
 	tmpfile bool
 }
 
-var _ storage.Store = (*Store)(nil)
+var (
+	_ storage.Store  = (*Store)(nil)
+	_ storage.Opener = (*Store)(nil)
+)
 
 // Open prepares root (creating it if needed) and checks that files can be
 // written there with extended attributes, so that an unusable directory
@@ -347,12 +350,22 @@ func (s *Store) mkdirs(dir string) error {
 
 // Get opens the file; the metadata is read from the open descriptor.
 func (s *Store) Get(ctx context.Context, key string) (io.ReadCloser, storage.Info, error) {
-	return s.open(ctx, "get", key)
+	return s.open(ctx, "get", key, true)
+}
+
+// Open is Get without the metadata (storage.Opener): no extended
+// attribute is read. The reader is the *os.File.
+func (s *Store) Open(ctx context.Context, key string) (io.ReadCloser, int64, error) {
+	f, info, err := s.open(ctx, "get", key, false)
+	if err != nil {
+		return nil, 0, err
+	}
+	return f, info.Size, nil
 }
 
 // Stat reports size, time and metadata.
 func (s *Store) Stat(ctx context.Context, key string) (storage.Info, error) {
-	f, info, err := s.open(ctx, "stat", key)
+	f, info, err := s.open(ctx, "stat", key, true)
 	if err != nil {
 		return storage.Info{}, err
 	}
@@ -360,7 +373,7 @@ func (s *Store) Stat(ctx context.Context, key string) (storage.Info, error) {
 	return info, nil
 }
 
-func (s *Store) open(ctx context.Context, op, key string) (*os.File, storage.Info, error) {
+func (s *Store) open(ctx context.Context, op, key string, withMeta bool) (*os.File, storage.Info, error) {
 	path, err := s.path(key)
 	if err != nil {
 		return nil, storage.Info{}, err
@@ -380,12 +393,14 @@ func (s *Store) open(ctx context.Context, op, key string) (*os.File, storage.Inf
 		}
 		return nil, storage.Info{}, fmt.Errorf("%s %s: %w", op, key, classify(err))
 	}
-	meta, err := readMeta(int(f.Fd()))
-	if err != nil {
-		f.Close()
-		return nil, storage.Info{}, fmt.Errorf("%s %s: %w", op, key, err)
+	info := storage.Info{Key: key, Size: st.Size(), Modified: st.ModTime()}
+	if withMeta {
+		if info.Metadata, err = readMeta(int(f.Fd())); err != nil {
+			f.Close()
+			return nil, storage.Info{}, fmt.Errorf("%s %s: %w", op, key, err)
+		}
 	}
-	return f, storage.Info{Key: key, Size: st.Size(), Modified: st.ModTime(), Metadata: meta}, nil
+	return f, info, nil
 }
 
 func readMeta(fd int) (storage.Metadata, error) {
