@@ -19,6 +19,7 @@ package client
 import (
 	"context"
 	"fmt"
+	"io"
 
 	"google.golang.org/grpc"
 
@@ -69,6 +70,9 @@ type transport interface {
 	// unacknowledged.
 	openUpload(ctx context.Context, window int) (upStream, error)
 	openDownload(ctx context.Context, ids []ID, raw bool) (downStream, error)
+	// openStored opens one chunk's stored bytes; the error may be a
+	// status or a typed error.
+	openStored(ctx context.Context, id ID) (io.ReadCloser, int64, error)
 }
 
 // upStream is one ordered upload stream: results come back in send order.
@@ -121,4 +125,20 @@ func (c *Chunks) Stat(ctx context.Context, id ID) (*chunkbridgev1.ChunkInfo, err
 		return nil, apierr.FromStatus(err)
 	}
 	return info, nil
+}
+
+// OpenStored opens one chunk as stored (a zstd frame, neither decoded nor
+// re-verified: the caller passes it on and its client verifies), for a
+// caller that streams it out, and returns its size, which is at most what
+// a valid chunk may take; the caller closes the reader. Errors are
+// Download's per-chunk ones (apierr.ErrNotFound for a missing chunk). On
+// the local transport the reader is the store's own (for the fs store an
+// *os.File, so a copy to a socket can use sendfile) and no metadata is
+// read; over gRPC it is a one-chunk Download, in memory.
+func (c *Chunks) OpenStored(ctx context.Context, id ID) (io.ReadCloser, int64, error) {
+	rc, size, err := c.t.openStored(ctx, id)
+	if err != nil {
+		return nil, 0, apierr.FromStatus(err)
+	}
+	return rc, size, nil
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"testing"
 
 	"github.com/klauspost/compress/zstd"
@@ -18,6 +19,7 @@ import (
 	"github.com/chunkbridge/chunkbridge/services/catalog"
 	"github.com/chunkbridge/chunkbridge/services/chunk"
 	"github.com/chunkbridge/chunkbridge/services/servicetest"
+	"github.com/chunkbridge/chunkbridge/storage/fs"
 	"github.com/chunkbridge/chunkbridge/storage/memory"
 )
 
@@ -253,4 +255,66 @@ func TestStatAndFindMissing(t *testing.T) {
 			t.Fatalf("FindMissing of %d ids: %d missing, %v", len(ids), len(missing), err)
 		}
 	})
+}
+
+// OpenStored yields the chunk as stored (what Download yields without
+// Raw), with its size, and Download's errors.
+func TestOpenStored(t *testing.T) {
+	transports(t, func(t *testing.T, c *client.Chunks) {
+		data, id := chunkOf(1, 70000)
+		upload(t, c, client.UploadOptions{}, raw(data, id))
+		d := c.Download(t.Context(), []client.ID{id}, client.DownloadOptions{})
+		want, err := d.Next()
+		d.Close()
+		if err != nil || want.Err != nil {
+			t.Fatal(err, want.Err)
+		}
+		rc, size, err := c.OpenStored(t.Context(), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(rc)
+		if cerr := rc.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil || size != int64(len(want.Data)) || !bytes.Equal(got, want.Data) {
+			t.Fatalf("OpenStored: size %d, %d bytes, %v; want the %d stored bytes", size, len(got), err, len(want.Data))
+		}
+		dec, _ := zstd.NewReader(nil)
+		if plain, err := dec.DecodeAll(got, nil); err != nil || sha256.Sum256(plain) != id {
+			t.Fatalf("the stored bytes do not decode to the chunk: %v", err)
+		}
+
+		_, absent := chunkOf(2, 500)
+		_, _, err = c.OpenStored(t.Context(), absent)
+		if !errors.Is(err, apierr.ErrNotFound) || apierr.Code(err).String() != "NotFound" {
+			t.Fatalf("OpenStored of an absent chunk: %v, want ErrNotFound", err)
+		}
+		ctx, cancel := context.WithCancel(t.Context())
+		cancel()
+		if _, _, err := c.OpenStored(ctx, id); !errors.Is(err, context.Canceled) {
+			t.Fatalf("OpenStored with a cancelled context: %v, want context.Canceled", err)
+		}
+	})
+}
+
+// In the process that runs the service on a directory store, OpenStored
+// hands out the file itself, so that net/http can send it with sendfile.
+func TestOpenStoredLocalFileIsTheFile(t *testing.T) {
+	st, err := fs.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := servicetest.Start(t, st, chunk.Config{}, catalog.Config{})
+	c := client.NewLocal(s.Chunks, 0)
+	data, id := chunkOf(1, 5000)
+	upload(t, c, client.UploadOptions{}, raw(data, id))
+	rc, _, err := c.OpenStored(t.Context(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	if _, ok := rc.(*os.File); !ok {
+		t.Fatalf("OpenStored on the local transport over an fs store gave a %T, want the *os.File", rc)
+	}
 }

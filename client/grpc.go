@@ -1,8 +1,11 @@
 package client
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"io"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
 	"github.com/chunkbridge/chunkbridge/services/apierr"
@@ -102,4 +105,28 @@ func (g grpcDownload) recv() (Chunk, error) {
 		ID: id, Algorithm: resp.GetAlgorithm(), Size: resp.GetSize(), Encoding: resp.GetEncoding(), Data: resp.GetData(),
 		Err: apierr.FromCode(resp.GetCode(), resp.GetMessage()),
 	}, nil
+}
+
+// openStored is a one-chunk download as stored.
+func (t grpcTransport) openStored(ctx context.Context, id ID) (io.ReadCloser, int64, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	s, err := t.openDownload(ctx, []ID{id}, false)
+	if err != nil {
+		return nil, 0, err
+	}
+	c, err := s.recv()
+	if errors.Is(err, io.EOF) {
+		err = fmt.Errorf("the chunk service ended the download of chunk %s without it", id)
+	}
+	if err == nil && c.ID != id {
+		err = fmt.Errorf("the chunk service answered chunk %s for %s", c.ID, id)
+	}
+	if err == nil {
+		err = c.Err
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	return io.NopCloser(bytes.NewReader(c.Data)), int64(len(c.Data)), nil
 }

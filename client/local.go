@@ -26,6 +26,10 @@ func (t *localTransport) stat(ctx context.Context, id ID) (*chunkbridgev1.ChunkI
 	return t.svc.Stat(ctx, id)
 }
 
+func (t *localTransport) openStored(ctx context.Context, id ID) (io.ReadCloser, int64, error) {
+	return t.svc.OpenStored(ctx, id)
+}
+
 type putResult struct {
 	created bool
 	err     error

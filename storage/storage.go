@@ -138,3 +138,26 @@ type MetadataLister interface {
 	// falls back to Stat.
 	ListWithMetadata(ctx context.Context, prefix string, fn func(Info) error) error
 }
+
+// Opener is implemented by stores that can open an object's data without
+// reading its metadata (the fs store: one open and one fstat, no extended
+// attributes). Use Open, which falls back to Get.
+type Opener interface {
+	// Open opens the object under key and returns its size; the caller
+	// closes the reader. Errors are Get's.
+	Open(ctx context.Context, key string) (io.ReadCloser, int64, error)
+}
+
+// Open opens the object under key in s and returns its size: without its
+// metadata where s is an Opener, else through Get. For the fs store the
+// reader is the *os.File, so that a copy to a socket can use sendfile.
+func Open(ctx context.Context, s Store, key string) (io.ReadCloser, int64, error) {
+	if o, ok := s.(Opener); ok {
+		return o.Open(ctx, key)
+	}
+	rc, info, err := s.Get(ctx, key)
+	if err != nil {
+		return nil, 0, err
+	}
+	return rc, info.Size, nil
+}

@@ -178,8 +178,8 @@ type guardedWriter struct {
 	logged bool
 }
 
-func (w *guardedWriter) extend(n int) {
-	w.rc.SetWriteDeadline(time.Now().Add(w.l.WriteTimeout + perBytes(int64(n), w.l.MinRate)))
+func (w *guardedWriter) extend(n int64) {
+	w.rc.SetWriteDeadline(time.Now().Add(w.l.WriteTimeout + perBytes(n, w.l.MinRate)))
 }
 
 func (w *guardedWriter) WriteHeader(code int) {
@@ -188,17 +188,42 @@ func (w *guardedWriter) WriteHeader(code int) {
 }
 
 func (w *guardedWriter) Write(p []byte) (int, error) {
-	w.extend(len(p))
+	w.extend(int64(len(p)))
 	n, err := w.ResponseWriter.Write(p)
 	w.n += int64(n)
+	w.timedOut(err)
+	return n, err
+}
+
+// timedOut logs, once, a write that missed its deadline.
+func (w *guardedWriter) timedOut(err error) {
 	var ne net.Error
 	if err != nil && errors.As(err, &ne) && ne.Timeout() && !w.logged && w.l.Log != nil {
 		w.logged = true
 		w.l.Log.Info("response cut: the client read too slowly", "method", w.r.Method, "path", w.r.URL.Path,
 			"remote", w.r.RemoteAddr, "bytes", w.n, "write_timeout", w.l.WriteTimeout, "min_rate", w.l.MinRate)
 	}
+}
+
+// ReadFrom keeps net/http's copy from a file, which uses sendfile, for a
+// body of known length (an io.LimitedReader, as the casync HTTP store
+// passes): its one deadline covers all of it at MinRate. Any other source
+// goes through Write, a deadline per write.
+func (w *guardedWriter) ReadFrom(src io.Reader) (int64, error) {
+	rf, ok := w.ResponseWriter.(io.ReaderFrom)
+	lr, limited := src.(*io.LimitedReader)
+	if !ok || !limited {
+		return io.Copy(writerOnly{w}, src)
+	}
+	w.extend(lr.N)
+	n, err := rf.ReadFrom(src)
+	w.n += n
+	w.timedOut(err)
 	return n, err
 }
+
+// writerOnly hides ReadFrom from io.Copy.
+type writerOnly struct{ io.Writer }
 
 // Flush keeps streamed responses (grpc-gateway's, promhttp's) flushing.
 func (w *guardedWriter) Flush() {

@@ -23,10 +23,13 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 
+	"github.com/chunkbridge/chunkbridge/client"
 	"github.com/chunkbridge/chunkbridge/gateway/rest"
 	"github.com/chunkbridge/chunkbridge/services/catalog"
 	"github.com/chunkbridge/chunkbridge/services/chunk"
 	"github.com/chunkbridge/chunkbridge/services/servicetest"
+	"github.com/chunkbridge/chunkbridge/storage"
+	"github.com/chunkbridge/chunkbridge/storage/fs"
 	"github.com/chunkbridge/chunkbridge/storage/memory"
 )
 
@@ -42,8 +45,19 @@ type harness struct {
 
 func start(t *testing.T, l rest.Limits) *harness {
 	t.Helper()
-	svcs := servicetest.Start(t, memory.New(), chunk.Config{}, catalog.Config{})
-	h, err := rest.NewHandler(t.Context(), svcs.Conn, rest.Options{API: true, Limits: l})
+	return startOn(t, l, memory.New(), false)
+}
+
+// startOn is start on store, with the casync HTTP store on the local
+// transport (as in `serve all`) when local is set.
+func startOn(t *testing.T, l rest.Limits, store storage.Store, local bool) *harness {
+	t.Helper()
+	svcs := servicetest.Start(t, store, chunk.Config{}, catalog.Config{})
+	opts := rest.Options{API: true, Limits: l}
+	if local {
+		opts.Chunks = client.NewLocal(svcs.Chunks, 0)
+	}
+	h, err := rest.NewHandler(t.Context(), svcs.Conn, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -398,9 +412,26 @@ func TestREST200SlowBodies(t *testing.T) {
 // A client that stops reading a large response is cut after WriteTimeout
 // plus the response's size at MinRate; the server's log record is the
 // hook the test waits for.
+// On a directory store through the local transport, as in `serve all`,
+// the chunk goes out by sendfile under the same deadline.
 func TestRESTSlowReaderIsCut(t *testing.T) {
+	t.Run("grpc-memory", func(t *testing.T) {
+		testSlowReaderIsCut(t, func(l rest.Limits) *harness { return start(t, l) })
+	})
+	t.Run("local-fs", func(t *testing.T) {
+		testSlowReaderIsCut(t, func(l rest.Limits) *harness {
+			st, err := fs.Open(t.TempDir())
+			if err != nil {
+				t.Fatal(err)
+			}
+			return startOn(t, l, st, true)
+		})
+	})
+}
+
+func testSlowReaderIsCut(t *testing.T, start func(rest.Limits) *harness) {
 	logs := &recordHandler{msgs: make(chan string, 16)}
-	h := start(t, rest.Limits{WriteTimeout: 200 * time.Millisecond, MinRate: 64 << 20, Log: slog.New(logs)})
+	h := start(rest.Limits{WriteTimeout: 200 * time.Millisecond, MinRate: 64 << 20, Log: slog.New(logs)})
 	// Larger than loopback's socket buffers, and incompressible.
 	plain := make([]byte, 12<<20)
 	rand.NewChaCha8([32]byte{2}).Read(plain)

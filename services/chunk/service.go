@@ -280,6 +280,27 @@ func (s *Service) Get(ctx context.Context, id ID, raw bool) (Chunk, error) {
 	return c, nil
 }
 
+// OpenStored opens one chunk as stored (a zstd frame), for a caller that
+// passes the stored bytes on as they are and leaves verification to its
+// client, as casync's HTTP store does: no metadata is read, nothing is
+// decoded or re-verified, and no buffer is filled, so it takes no work
+// slot. It returns the store's reader (for the fs store the *os.File, so
+// that a copy to a socket can use sendfile) and the stored size, which is
+// checked against the largest valid chunk before anything is read; the
+// caller reads at most that many bytes and closes the reader.
+func (s *Service) OpenStored(ctx context.Context, id ID) (io.ReadCloser, int64, error) {
+	rc, size, err := storage.Open(ctx, s.store, id.Key())
+	if err != nil {
+		return nil, 0, storeErr(id, err)
+	}
+	if size > MaxSize+MaxSize/8 {
+		rc.Close()
+		return nil, 0, fmt.Errorf("chunk %s: %w: stored object is %d bytes, more than any valid chunk", id, apierr.ErrDigestMismatch, size)
+	}
+	s.metrics.bytesServed.Add(float64(size))
+	return rc, size, nil
+}
+
 // verify checks data against id with the recorded algorithm, or finds the
 // algorithm when none is recorded.
 func verify(id ID, c *Chunk, data []byte) error {

@@ -8,6 +8,7 @@ import (
 	"crypto/sha256"
 	"crypto/sha512"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -21,6 +22,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
+	"github.com/chunkbridge/chunkbridge/services/apierr"
 	"github.com/chunkbridge/chunkbridge/services/catalog"
 	"github.com/chunkbridge/chunkbridge/services/chunk"
 	"github.com/chunkbridge/chunkbridge/services/servicetest"
@@ -433,5 +435,42 @@ func TestSizes(t *testing.T) {
 		if err != nil || len(sizes) != 2 || sizes[0] != 12345 || sizes[1] != -1 {
 			t.Fatalf("cache %d: Sizes = %v, %v; want [12345 -1]", cache, sizes, err)
 		}
+	}
+}
+
+// OpenStored yields the stored bytes that Get returns as stored, with
+// Get's errors; an object larger than any valid chunk is refused before
+// it is read.
+func TestOpenStored(t *testing.T) {
+	f := newFixture(t, chunk.Config{})
+	data := randomData(t, 40000)
+	id := mustID(t, idOf(sha256Alg, data))
+	f.upload(t, &chunkbridgev1.UploadChunksRequest{Id: id.String(), Algorithm: sha256Alg, Encoding: rawEnc, Data: data})
+	want, err := f.svc.Get(t.Context(), id, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, size, err := f.svc.OpenStored(t.Context(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(rc)
+	rc.Close()
+	if err != nil || size != int64(len(want.Data)) || !bytes.Equal(got, want.Data) {
+		t.Fatalf("OpenStored: size %d, %d bytes, %v; want the %d stored bytes", size, len(got), err, len(want.Data))
+	}
+
+	missing := mustID(t, idOf(sha256Alg, []byte("absent")))
+	if _, _, err := f.svc.OpenStored(t.Context(), missing); !errors.Is(err, apierr.ErrNotFound) {
+		t.Fatalf("OpenStored(missing) = %v, want ErrNotFound", err)
+	}
+
+	huge := mustID(t, idOf(sha256Alg, []byte("huge")))
+	big := make([]byte, chunk.MaxSize+chunk.MaxSize/8+1)
+	if err := f.store.Put(t.Context(), huge.Key(), bytes.NewReader(big), int64(len(big)), nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := f.svc.OpenStored(t.Context(), huge); !errors.Is(err, apierr.ErrDigestMismatch) {
+		t.Fatalf("OpenStored of a %d-byte object = %v, want ErrDigestMismatch", len(big), err)
 	}
 }

@@ -37,6 +37,7 @@ func Run(t *testing.T, newStore func(t *testing.T) storage.Store) {
 	t.Run("ContextCancellation", func(t *testing.T) { testCancel(t, newStore(t)) })
 	t.Run("DeleteBatch", func(t *testing.T) { testDeleteBatch(t, newStore(t)) })
 	t.Run("ListWithMetadata", func(t *testing.T) { testListWithMetadata(t, newStore(t)) })
+	t.Run("Open", func(t *testing.T) { testOpen(t, newStore(t)) })
 }
 
 func random(t testing.TB, n int) []byte {
@@ -438,5 +439,42 @@ func testListWithMetadata(t *testing.T, s storage.Store) {
 	}
 	if m := got[1].Metadata; len(m) != 0 {
 		t.Fatalf("listed metadata of meta/b (none written) = %v", m)
+	}
+}
+
+// testOpen covers storage.Open: the store's own Open where it is an
+// Opener, Get otherwise; the same data, size and errors either way.
+func testOpen(t *testing.T, s storage.Store) {
+	ctx := context.Background()
+	data := random(t, 100_000)
+	put(t, s, "chunks/abcd/abcdef.cacnk", data, storage.Metadata{"algorithm": "sha256"})
+	put(t, s, "empty", nil, nil)
+	for key, want := range map[string][]byte{"chunks/abcd/abcdef.cacnk": data, "empty": nil} {
+		rc, size, err := storage.Open(ctx, s, key)
+		if err != nil {
+			t.Fatalf("Open(%s): %v", key, err)
+		}
+		got, err := io.ReadAll(rc)
+		rc.Close()
+		if err != nil {
+			t.Fatalf("read %s: %v", key, err)
+		}
+		if size != int64(len(want)) || !bytes.Equal(got, want) {
+			t.Fatalf("Open(%s): size %d and %d bytes, want %d bytes as put", key, size, len(got), len(want))
+		}
+	}
+	if _, _, err := storage.Open(ctx, s, "no/such/key"); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("Open(missing) = %v, want ErrNotFound", err)
+	}
+	if _, _, err := storage.Open(ctx, s, "chunks/abcd"); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("Open of a key that is only a prefix = %v, want ErrNotFound", err)
+	}
+	if _, _, err := storage.Open(ctx, s, "a/../b"); !errors.Is(err, storage.ErrInvalidKey) {
+		t.Fatalf("Open(a/../b) = %v, want ErrInvalidKey", err)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, _, err := storage.Open(cctx, s, "chunks/abcd/abcdef.cacnk"); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Open with a cancelled context = %v, want context.Canceled", err)
 	}
 }
