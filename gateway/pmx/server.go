@@ -38,6 +38,10 @@ type Server struct {
 	// IdleTimeout closes a connection with no traffic either way (default
 	// 10m); WriteTimeout one whose client reads nothing (default 1m).
 	IdleTimeout, WriteTimeout time.Duration
+	// HandshakeTimeout bounds a TLS handshake (default 30s): a connection
+	// that never completes one does not hold a slot of MaxConns for the
+	// idle timeout.
+	HandshakeTimeout time.Duration
 	// QueueBytes bounds the replies queued for a client, downloaded chunks
 	// included (default 64 MiB); RequestBytes the packets read and not yet
 	// handled (default 64 MiB).
@@ -122,6 +126,14 @@ func (s *Server) sessionConfig() session.Config {
 }
 
 func (s *Server) serveConn(nc net.Conn) {
+	if tc, ok := nc.(*tls.Conn); ok {
+		tc.SetDeadline(time.Now().Add(orDefault(s.HandshakeTimeout, 30*time.Second)))
+		if err := tc.Handshake(); err != nil {
+			s.log().Info("TLS handshake failed", "remote", nc.RemoteAddr().String(), "err", err)
+			return
+		}
+		tc.SetDeadline(time.Time{})
+	}
 	sess := session.New(context.Background(), nc, s.sessionConfig())
 	c := &conn{
 		srv: s, sess: sess, log: s.log().With("remote", nc.RemoteAddr().String()),

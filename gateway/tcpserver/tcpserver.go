@@ -199,11 +199,17 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		return nil
 	case <-ctx.Done():
 	}
+	// Closed outside the lock: a TLS connection's Close may block for
+	// seconds on a peer that reads nothing.
 	s.mu.Lock()
+	open := make([]net.Conn, 0, len(s.conns))
 	for c := range s.conns {
-		c.Close()
+		open = append(open, c)
 	}
 	s.mu.Unlock()
+	for _, c := range open {
+		c.Close()
+	}
 	<-done
 	return ctx.Err()
 }
