@@ -218,7 +218,7 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 		}
 		srv := &casync.Server{
 			Handler: &casync.Handler{
-				Chunks: chunks, Catalog: cat, Log: log.With("gateway", "casync"), Metrics: casync.NewMetrics(reg),
+				Chunks: chunks, Catalog: client.NewCatalogGRPC(conn), Log: log.With("gateway", "casync"), Metrics: casync.NewMetrics(reg),
 				IdleTimeout: f.sessionIdle, WriteTimeout: f.sessionWrite, Shared: shared,
 			},
 			MaxConns: f.maxConns,
