@@ -13,7 +13,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
 	"github.com/chunkbridge/chunkbridge/client"
 	"github.com/chunkbridge/chunkbridge/gateway/casync"
 )
@@ -65,7 +64,7 @@ func casyncRemote(ctx context.Context, argv []string, stderr io.Writer) error {
 	defer conn.Close()
 	h := &casync.Handler{
 		Chunks:  client.NewGRPC(conn),
-		Catalog: chunkbridgev1.NewCatalogServiceClient(conn),
+		Catalog: client.NewCatalogGRPC(conn),
 		Log:     log,
 	}
 	// The session's timeouts, for a client that stops reading or sending.

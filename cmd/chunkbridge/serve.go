@@ -200,7 +200,8 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 	if chunks == nil {
 		chunks = client.NewGRPC(conn)
 	}
-	cat := chunkbridgev1.NewCatalogServiceClient(conn)
+	// The catalog goes over gRPC in every mode (docs/client.md).
+	cat := client.NewCatalogGRPC(conn)
 
 	// One budget for the chunk data both gateways buffer for clients: the
 	// sum over every connection (docs/session.md).

@@ -1,7 +1,6 @@
 package casync
 
 import (
-	"bytes"
 	"context"
 	"encoding/hex"
 	"errors"
@@ -36,9 +35,9 @@ type HTTPStore struct {
 	// Chunks is the chunk service: client.NewGRPC, or client.NewLocal in
 	// the process that runs it.
 	Chunks *client.Chunks
-	// Catalog is the catalog's gRPC client; its errors go through
-	// apierr.FromStatus, so the one status table serves both services.
-	Catalog chunkbridgev1.CatalogServiceClient
+	// Catalog is the catalog service (client.NewCatalogGRPC); its errors
+	// are typed, so the one status table serves both services.
+	Catalog *client.Catalog
 	Log     *slog.Logger
 	// MaxIndexSize bounds a PUT index body (default DefaultMaxIndexSize);
 	// the catalog applies its own limit too.
@@ -235,38 +234,26 @@ func (h *HTTPStore) index(w http.ResponseWriter, r *http.Request, name string) {
 	}
 	switch r.Method {
 	case http.MethodHead:
-		resp, err := h.Catalog.StatIndex(r.Context(), &chunkbridgev1.StatIndexRequest{Name: name})
+		info, err := h.Catalog.StatIndex(r.Context(), name)
 		if err != nil {
-			h.fail(w, catalogErr(err))
+			h.fail(w, err)
 			return
 		}
 		w.Header().Set("Content-Type", "application/octet-stream")
-		w.Header().Set("Content-Length", strconv.FormatInt(resp.GetIndex().GetSize(), 10))
+		w.Header().Set("Content-Length", strconv.FormatInt(info.Size, 10))
 	case http.MethodGet:
-		stream, err := h.Catalog.GetIndex(r.Context(), &chunkbridgev1.GetIndexRequest{Name: name})
+		// GetIndex has the catalog's first answer: whether the index
+		// exists is known before any status line is written.
+		rd, err := h.Catalog.GetIndex(r.Context(), name)
 		if err != nil {
-			h.fail(w, catalogErr(err))
+			h.fail(w, err)
 			return
 		}
-		// The first message tells whether the index exists before any
-		// status line is written.
-		first, err := stream.Recv()
-		if err != nil && !errors.Is(err, io.EOF) {
-			h.fail(w, catalogErr(err))
-			return
-		}
+		defer rd.Close()
 		w.Header().Set("Content-Type", "application/octet-stream")
-		for resp := first; resp != nil; {
-			if _, err := w.Write(resp.GetData()); err != nil {
-				return
-			}
-			resp, err = stream.Recv()
-			if err != nil {
-				if !errors.Is(err, io.EOF) && h.Log != nil {
-					h.Log.Warn("index download broken off", "index", name, "err", err)
-				}
-				return
-			}
+		out := &writeErr{w: w}
+		if _, err := rd.WriteTo(out); err != nil && out.err == nil && h.Log != nil {
+			h.Log.Warn("index download broken off", "index", name, "err", err)
 		}
 	case http.MethodPut:
 		h.putIndex(w, r, name)
@@ -311,9 +298,9 @@ func (h *HTTPStore) putIndex(w http.ResponseWriter, r *http.Request, name string
 	}
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel() // a refused body abandons the stream: nothing is published
-	stream, err := h.Catalog.PutIndex(ctx)
+	iw, err := h.Catalog.PutIndex(ctx, name)
 	if err == nil {
-		err = stream.Send(&chunkbridgev1.PutIndexRequest{Name: name, Data: head})
+		_, err = iw.Write(head)
 	}
 	// Messages grow to 1 MiB only as fast as the body fills them, so a
 	// slow client holds little.
@@ -325,7 +312,7 @@ func (h *HTTPStore) putIndex(w http.ResponseWriter, r *http.Request, name string
 			return
 		}
 		if n > 0 {
-			err = stream.Send(&chunkbridgev1.PutIndexRequest{Data: bytes.Clone(buf[:n])})
+			_, err = iw.Write(buf[:n]) // sent before it returns: buf is free
 		}
 		if n == len(buf) && len(buf) < 1<<20 {
 			buf = make([]byte, 2*len(buf))
@@ -344,17 +331,32 @@ func (h *HTTPStore) putIndex(w http.ResponseWriter, r *http.Request, name string
 			return
 		}
 	}
-	var resp *chunkbridgev1.PutIndexResponse
-	if err == nil || errors.Is(err, io.EOF) {
-		resp, err = stream.CloseAndRecv()
+	var info client.IndexInfo
+	if err == nil {
+		info, err = iw.Commit()
 	}
 	if err != nil {
-		h.fail(w, catalogErr(err))
+		h.fail(w, err)
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(http.StatusCreated)
-	fmt.Fprintf(w, "{\"name\":%q,\"size\":%d,\"chunkCount\":%d}\n", resp.GetIndex().GetName(), resp.GetIndex().GetSize(), resp.GetIndex().GetChunkCount())
+	fmt.Fprintf(w, "{\"name\":%q,\"size\":%d,\"chunkCount\":%d}\n", info.Name, info.Size, info.ChunkCount)
+}
+
+// writeErr keeps the error of the writer it wraps, to tell a client that
+// went away from a broken catalog stream.
+type writeErr struct {
+	w   io.Writer
+	err error
+}
+
+func (w *writeErr) Write(p []byte) (int, error) {
+	n, err := w.w.Write(p)
+	if err != nil {
+		w.err = err
+	}
+	return n, err
 }
 
 // DefaultMaxIndexSize is the default HTTPStore.MaxIndexSize, the catalog's

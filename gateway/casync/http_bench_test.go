@@ -45,7 +45,7 @@ func BenchmarkHTTPGetChunk(b *testing.B) {
 }
 
 func getChunks(b *testing.B, chunks *cbclient.Chunks, svcs *servicetest.Services, paths []string) {
-	srv := httptest.NewServer(&casync.HTTPStore{Chunks: chunks, Catalog: svcs.CatalogClient()})
+	srv := httptest.NewServer(&casync.HTTPStore{Chunks: chunks, Catalog: cbclient.NewCatalogGRPC(svcs.Conn)})
 	defer srv.Close()
 	b.ResetTimer()
 	for i := range b.N {

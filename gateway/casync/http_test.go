@@ -17,6 +17,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"google.golang.org/grpc/codes"
 
+	cbclient "github.com/chunkbridge/chunkbridge/client"
 	"github.com/chunkbridge/chunkbridge/format/caindex"
 	"github.com/chunkbridge/chunkbridge/gateway/casync"
 	"github.com/chunkbridge/chunkbridge/services/catalog"
@@ -30,7 +31,7 @@ func startHTTPStore(t *testing.T) *httptest.Server { return startHTTPStoreOn(t, 
 func startHTTPStoreOn(t *testing.T, tr transport) *httptest.Server {
 	t.Helper()
 	svcs := servicetest.Start(t, memory.New(), chunk.Config{}, catalog.Config{})
-	srv := httptest.NewServer(&casync.HTTPStore{Chunks: tr.open(svcs), Catalog: svcs.CatalogClient()})
+	srv := httptest.NewServer(&casync.HTTPStore{Chunks: tr.open(svcs), Catalog: cbclient.NewCatalogGRPC(svcs.Conn)})
 	t.Cleanup(srv.Close)
 	return srv
 }

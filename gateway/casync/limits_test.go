@@ -277,7 +277,7 @@ func TestStalledPullOverPipesEndsAtWriteDeadline(t *testing.T) {
 		}
 		defer inW.Close()
 		defer outR.Close()
-		h := &casync.Handler{Chunks: chunks, Catalog: svcs.CatalogClient(), WriteTimeout: time.Second, DrainTimeout: time.Second}
+		h := &casync.Handler{Chunks: chunks, Catalog: cbclient.NewCatalogGRPC(svcs.Conn), WriteTimeout: time.Second, DrainTimeout: time.Second}
 		var b []byte
 		b = (&caproto.Hello{Features: caproto.PullChunks}).Encode(b)
 		b = (&caproto.Request{IDs: ids}).Encode(b)

@@ -8,7 +8,6 @@ import (
 	"sync"
 	"syscall"
 
-	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
 	"github.com/chunkbridge/chunkbridge/client"
 	"github.com/chunkbridge/chunkbridge/format/caproto"
 	"github.com/chunkbridge/chunkbridge/gateway/session"
@@ -72,26 +71,34 @@ func (c *conv) pull(ctx context.Context) error {
 
 // sendIndex streams the catalog's index as INDEX frames and INDEX_EOF.
 func (c *conv) sendIndex(ctx context.Context) error {
-	stream, err := c.h.Catalog.GetIndex(ctx, &chunkbridgev1.GetIndexRequest{Name: c.args.Index})
+	r, err := c.h.Catalog.GetIndex(ctx, c.args.Index)
 	if err != nil {
-		return catalogErr(err)
+		return err
 	}
-	for {
-		resp, err := stream.Recv()
-		if errors.Is(err, io.EOF) {
-			return c.send(ctx, &caproto.IndexEOF{})
-		}
-		if err != nil {
-			return catalogErr(err)
-		}
-		for data := resp.GetData(); len(data) > 0; {
-			n := min(len(data), indexPiece)
-			if err := c.send(ctx, &caproto.Index{Data: data[:n]}); err != nil {
-				return err
-			}
-			data = data[n:]
-		}
+	defer r.Close()
+	if _, err := r.WriteTo(indexFrames{ctx: ctx, c: c}); err != nil {
+		return err
 	}
+	return c.send(ctx, &caproto.IndexEOF{})
+}
+
+// indexFrames sends what is written to it as INDEX frames of at most
+// indexPiece bytes.
+type indexFrames struct {
+	ctx context.Context
+	c   *conv
+}
+
+func (w indexFrames) Write(data []byte) (int, error) {
+	total := len(data)
+	for len(data) > 0 {
+		n := min(len(data), indexPiece)
+		if err := w.c.send(w.ctx, &caproto.Index{Data: data[:n]}); err != nil {
+			return total - len(data), err
+		}
+		data = data[n:]
+	}
+	return total, nil
 }
 
 // fetch answers queued requests in batches: a batch of ids is one

@@ -34,7 +34,7 @@ const (
 // the outstanding set. They share only channels, the outstanding set and
 // a counter.
 type pushing struct {
-	index chunkbridgev1.CatalogService_PutIndexClient
+	index *client.IndexWriter
 	// uploads holds at most maxUnacked chunks and PushBytes of their
 	// bytes unacknowledged: Put waits, and the client is not read, while
 	// it is full.
@@ -75,12 +75,10 @@ func (c *conv) push(ctx context.Context) error {
 		published:   make(chan struct{}),
 	}
 	var err error
-	p.index, err = c.h.Catalog.PutIndex(ctx)
-	if err == nil {
-		err = p.index.Send(&chunkbridgev1.PutIndexRequest{Name: c.args.Index})
-	}
+	// The name goes with the first piece of the index.
+	p.index, err = c.h.Catalog.PutIndex(ctx, c.args.Index)
 	if err != nil {
-		return fmt.Errorf("index %s: %w", c.args.Index, catalogErr(err))
+		return fmt.Errorf("index %s: %w", c.args.Index, err)
 	}
 	p.uploads, err = c.h.Chunks.NewUploader(ctx, client.UploadOptions{Window: maxUnacked, WindowBytes: int64(orDefault(c.h.PushBytes, 16<<20))})
 	if err != nil {
@@ -120,8 +118,8 @@ func (c *conv) push(ctx context.Context) error {
 				return abortf(syscall.EBADMSG, "INDEX after INDEX_EOF")
 			}
 			// Both consumers are done with the bytes when these return.
-			if err := p.index.Send(&chunkbridgev1.PutIndexRequest{Data: m.Data}); err != nil {
-				return fmt.Errorf("index %s: %w", c.args.Index, catalogErr(err))
+			if _, err := p.index.Write(m.Data); err != nil {
+				return fmt.Errorf("index %s: %w", c.args.Index, err)
 			}
 			if _, err := pw.Write(m.Data); err != nil {
 				// The parser failed with err: the session ends with it
@@ -267,12 +265,12 @@ func (c *conv) parseAndPublish(ctx context.Context, r *io.PipeReader, p *pushing
 		return nil
 	}
 	close(p.publishing)
-	resp, err := p.index.CloseAndRecv()
+	info, err := p.index.Commit()
 	if err != nil {
-		return fmt.Errorf("publishing index %s: %w", c.args.Index, catalogErr(err))
+		return fmt.Errorf("publishing index %s: %w", c.args.Index, err)
 	}
 	close(p.published)
-	c.log.Info("index published", "chunks", resp.GetIndex().GetChunkCount(), "new", p.stored.Load(), "size", resp.GetIndex().GetSize())
+	c.log.Info("index published", "chunks", info.ChunkCount, "new", p.stored.Load(), "size", info.Size)
 	return c.send(ctx, &caproto.Goodbye{})
 }
 

@@ -16,7 +16,6 @@ import (
 
 	"google.golang.org/grpc/codes"
 
-	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
 	"github.com/chunkbridge/chunkbridge/client"
 	"github.com/chunkbridge/chunkbridge/format/caindex"
 	"github.com/chunkbridge/chunkbridge/format/caproto"
@@ -30,9 +29,9 @@ type Handler struct {
 	// Chunks is the chunk service: client.NewGRPC, or client.NewLocal in
 	// the process that runs it.
 	Chunks *client.Chunks
-	// Catalog is the catalog's gRPC client; its errors go through
-	// apierr.FromStatus, so the one errno table serves both services.
-	Catalog chunkbridgev1.CatalogServiceClient
+	// Catalog is the catalog service (client.NewCatalogGRPC); its errors
+	// are typed as the chunk client's, so the one errno table serves both.
+	Catalog *client.Catalog
 	Log     *slog.Logger
 	// DrainTimeout bounds how long input is read and discarded after an
 	// ABORT, so the client reads the ABORT instead of failing with EPIPE
@@ -291,7 +290,3 @@ func (h *Handler) refuse(ctx context.Context, conn Conn, err error) error {
 }
 
 func (h *Handler) batchSize() int { return orDefault(h.BatchSize, 256) }
-
-// catalogErr is a catalog call's error as the chunk client's are: typed
-// by apierr, with the service's message.
-func catalogErr(err error) error { return apierr.FromStatus(err) }

@@ -71,7 +71,7 @@ func newHarnessOn(t *testing.T, tr transport, configure func(*casync.Server)) *h
 	svcs := servicetest.Start(t, memory.New(), chunk.Config{}, catalog.Config{})
 	h := &casync.Handler{
 		Chunks:       tr.open(svcs),
-		Catalog:      svcs.CatalogClient(),
+		Catalog:      cbclient.NewCatalogGRPC(svcs.Conn),
 		DrainTimeout: 2 * time.Second,
 	}
 	srv := &casync.Server{Handler: h}
@@ -88,7 +88,7 @@ func newHarnessOn(t *testing.T, tr transport, configure func(*casync.Server)) *h
 		defer cancel()
 		srv.Shutdown(ctx)
 	})
-	return &harness{addr: ln.Addr().String(), srv: srv, chunks: h.Chunks, catalog: h.Catalog}
+	return &harness{addr: ln.Addr().String(), srv: srv, chunks: h.Chunks, catalog: svcs.CatalogClient()}
 }
 
 // client is a caprotocol peer in the test.

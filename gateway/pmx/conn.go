@@ -2,7 +2,6 @@ package pmx
 
 import (
 	"context"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -11,7 +10,6 @@ import (
 	"sync"
 
 	"google.golang.org/grpc/codes"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
 	"github.com/chunkbridge/chunkbridge/client"
@@ -20,10 +18,6 @@ import (
 	"github.com/chunkbridge/chunkbridge/gateway/session"
 	"github.com/chunkbridge/chunkbridge/services/apierr"
 )
-
-// CatalogClient is the catalog's gRPC API, which the gateway writes
-// snapshot files through; chunks go through the typed client.Chunks.
-type CatalogClient = chunkbridgev1.CatalogServiceClient
 
 const (
 	// entryFlush is how many index entries go to the catalog at once.
@@ -107,8 +101,8 @@ type fileStream struct {
 	id      uint8
 	path    string
 	fixed   bool
-	stream  chunkbridgev1.CatalogService_WriteSnapshotFileClient
-	pending []*chunkbridgev1.WriteSnapshotFileRequest_Entry
+	stream  *client.SnapshotWriter
+	pending []client.SnapshotEntry
 	done    chan struct{} // closed once the file's final reply is queued
 }
 
@@ -262,12 +256,12 @@ func (c *conn) handle(ctx context.Context, req request) {
 	case *pmxproto.CreateBackup:
 		c.createBackup(ctx, p)
 	case *pmxproto.BackupDataFixed:
-		c.backupData(ctx, p.ID, true, req.barrier, len(p.Entries), func(i int) *chunkbridgev1.WriteSnapshotFileRequest_Entry {
-			return &chunkbridgev1.WriteSnapshotFileRequest_Entry{Slot: int64(p.Entries[i].Index), Digest: hex.EncodeToString(p.Entries[i].Digest[:])}
+		c.backupData(ctx, p.ID, true, req.barrier, len(p.Entries), func(i int) client.SnapshotEntry {
+			return client.SnapshotEntry{Slot: int64(p.Entries[i].Index), ID: client.ID(p.Entries[i].Digest)}
 		})
 	case *pmxproto.BackupDataDynamic:
-		c.backupData(ctx, p.ID, false, req.barrier, len(p.Entries), func(i int) *chunkbridgev1.WriteSnapshotFileRequest_Entry {
-			return &chunkbridgev1.WriteSnapshotFileRequest_Entry{Offset: int64(p.Entries[i].Offset), Digest: hex.EncodeToString(p.Entries[i].Digest[:])}
+		c.backupData(ctx, p.ID, false, req.barrier, len(p.Entries), func(i int) client.SnapshotEntry {
+			return client.SnapshotEntry{Offset: int64(p.Entries[i].Offset), ID: client.ID(p.Entries[i].Digest)}
 		})
 	case *pmxproto.BackupFinished:
 		c.backupFinished(ctx, p.ID, req.barrier)
@@ -427,25 +421,16 @@ func (c *conn) createBackup(ctx context.Context, p *pmxproto.CreateBackup) {
 		c.sendError(ctx, p.ID, pmxproto.ErrorGeneric, fmt.Errorf("too many open backup files on this connection (%d); finish one with BackupFinished first", open))
 		return
 	}
-	stream, err := c.srv.Catalog.WriteSnapshotFile(ctx)
-	if err == nil {
-		err = stream.Send(&chunkbridgev1.WriteSnapshotFileRequest{Step: &chunkbridgev1.WriteSnapshotFileRequest_Create_{
-			Create: &chunkbridgev1.WriteSnapshotFileRequest_Create{
-				Type: p.BackupType.String(), BackupId: p.BackupID, Time: timestamppb.New(p.Time()), Name: p.Name,
-				Fixed: !p.Dynamic(), ChunkSize: int64(p.ChunkSize), FileSize: int64(p.FileSize), Exclusive: exclusive,
-			},
-		}})
-	}
-	var resp *chunkbridgev1.WriteSnapshotFileResponse
-	if err == nil {
-		resp, err = stream.Recv()
-	}
+	stream, err := c.srv.Catalog.WriteSnapshotFile(ctx, client.SnapshotCreate{
+		Type: p.BackupType.String(), BackupID: p.BackupID, Time: p.Time(), Name: p.Name,
+		Fixed: !p.Dynamic(), ChunkSize: int64(p.ChunkSize), FileSize: int64(p.FileSize), Exclusive: exclusive,
+	})
 	if err != nil {
 		c.closeStream(fs)
-		c.serviceError(ctx, p.ID, apierr.FromStatus(err))
+		c.serviceError(ctx, p.ID, err)
 		return
 	}
-	fs.path, fs.stream = resp.GetCreated().GetPath(), stream
+	fs.path, fs.stream = stream.Path(), stream
 	c.mu.Lock()
 	c.created[snapshotKey(p)] = true
 	c.mu.Unlock()
@@ -458,20 +443,19 @@ func (c *conn) createBackup(ctx context.Context, p *pmxproto.CreateBackup) {
 func (c *conn) catalogReplies(ctx context.Context, fs *fileStream) {
 	defer close(fs.done)
 	for {
-		resp, err := fs.stream.Recv()
-		if err != nil {
+		info, err := fs.stream.Next()
+		var refused *client.RefusedEntry
+		switch {
+		case errors.As(err, &refused):
+			c.serviceError(ctx, fs.id, err)
+		case err != nil:
 			c.closeStream(fs)
-			err = apierr.FromStatus(err)
 			if ctx.Err() == nil && !errors.Is(err, io.EOF) && !errors.Is(err, context.Canceled) {
 				c.serviceError(ctx, fs.id, err)
 			}
 			return
-		}
-		switch step := resp.GetStep().(type) {
-		case *chunkbridgev1.WriteSnapshotFileResponse_Refused:
-			c.serviceError(ctx, fs.id, apierr.FromCode(step.Refused.GetCode(), step.Refused.GetMessage()))
-		case *chunkbridgev1.WriteSnapshotFileResponse_Committed_:
-			c.log.Info("snapshot file published", "path", fs.path, "chunks", step.Committed.GetFile().GetChunkCount())
+		default:
+			c.log.Info("snapshot file published", "path", fs.path, "chunks", info.ChunkCount)
 			c.closeStream(fs)
 			c.send(ctx, &pmxproto.Ok{ID: fs.id})
 			return
@@ -497,7 +481,7 @@ func (c *conn) stream(id uint8) *fileStream {
 // backupData sends the entries of an open file to the catalog in batches;
 // no reply unless refused. Entries go out as soon as the client pauses,
 // so that a refusal is answered when it happens, not at BackupFinished.
-func (c *conn) backupData(ctx context.Context, id uint8, fixed bool, barrier uint64, n int, entry func(int) *chunkbridgev1.WriteSnapshotFileRequest_Entry) {
+func (c *conn) backupData(ctx context.Context, id uint8, fixed bool, barrier uint64, n int, entry func(int) client.SnapshotEntry) {
 	fs := c.stream(id)
 	switch {
 	case fs == nil || fs.stream == nil:
@@ -524,11 +508,9 @@ func (c *conn) flushEntries(ctx context.Context, fs *fileStream, barrier uint64)
 		return true
 	}
 	c.uploadBarrier(ctx, barrier)
-	err := fs.stream.Send(&chunkbridgev1.WriteSnapshotFileRequest{Step: &chunkbridgev1.WriteSnapshotFileRequest_Entries_{
-		Entries: &chunkbridgev1.WriteSnapshotFileRequest_Entries{Entries: fs.pending},
-	}})
-	fs.pending = nil
-	return err == nil // a failed stream reports through catalogReplies
+	err := fs.stream.Entries(fs.pending...)
+	fs.pending = fs.pending[:0] // Entries encoded them before it returned
+	return err == nil           // a failed stream reports through catalogReplies
 }
 
 // backupFinished commits the file and waits for its Ok or Error, so that
@@ -540,7 +522,7 @@ func (c *conn) backupFinished(ctx context.Context, id uint8, barrier uint64) {
 		return
 	}
 	if c.flushEntries(ctx, fs, barrier) {
-		fs.stream.Send(&chunkbridgev1.WriteSnapshotFileRequest{Step: &chunkbridgev1.WriteSnapshotFileRequest_Commit_{Commit: &chunkbridgev1.WriteSnapshotFileRequest_Commit{}}})
+		fs.stream.Commit() // a failed stream reports through catalogReplies
 	}
 	select {
 	case <-fs.done:
@@ -564,33 +546,30 @@ func (c *conn) getHashList(ctx context.Context, p *pmxproto.GetHashList, busy bo
 		c.mu.Unlock()
 	}
 	defer free()
-	stream, err := c.srv.Catalog.ReadSnapshotDigests(ctx, &chunkbridgev1.ReadSnapshotDigestsRequest{Path: strings.TrimPrefix(p.Name, "/")})
+	it := c.srv.Catalog.SnapshotDigests(ctx, strings.TrimPrefix(p.Name, "/"))
+	defer it.Close()
 	var part []pmxproto.Digest
-	for err == nil {
-		var resp *chunkbridgev1.ReadSnapshotDigestsResponse
-		resp, err = stream.Recv()
-		if errors.Is(err, io.EOF) {
-			err = nil
+	var err error
+	for {
+		var id client.ID
+		id, err = it.Next()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				err = nil
+			}
 			break
 		}
-		for _, h := range resp.GetDigests() {
-			var d pmxproto.Digest
-			if n, derr := hex.Decode(d[:], []byte(h)); derr != nil || n != len(d) {
-				err = fmt.Errorf("the catalog answered a malformed digest %q in %s", h, p.Name)
-				break
+		part = append(part, pmxproto.Digest(id))
+		if len(part) == digestsPerPart {
+			if c.send(ctx, &pmxproto.HashListPart{ID: p.ID, Digests: part}) != nil {
+				return
 			}
-			part = append(part, d)
-			if len(part) == digestsPerPart {
-				if c.send(ctx, &pmxproto.HashListPart{ID: p.ID, Digests: part}) != nil {
-					return
-				}
-				part = nil
-			}
+			part = nil
 		}
 	}
 	if err != nil {
 		free()
-		c.serviceError(ctx, p.ID, apierr.FromStatus(err))
+		c.serviceError(ctx, p.ID, err)
 		return
 	}
 	if len(part) > 0 {

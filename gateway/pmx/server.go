@@ -21,9 +21,9 @@ var ErrServerClosed = tcpserver.ErrServerClosed
 // Server accepts PMXBCKUP connections.
 type Server struct {
 	// Chunks is the chunk service (client.NewGRPC, or client.NewLocal in
-	// the same process); Catalog the catalog's gRPC API.
+	// the same process); Catalog the catalog (client.NewCatalogGRPC).
 	Chunks  *client.Chunks
-	Catalog CatalogClient
+	Catalog *client.Catalog
 	Log     *slog.Logger
 	// TLS, when set, wraps every connection.
 	TLS *tls.Config

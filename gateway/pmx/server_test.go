@@ -56,7 +56,7 @@ func newHarness(t *testing.T, configure ...func(*pmx.Server)) *harness {
 func newHarnessOn(t *testing.T, tr transport, configure ...func(*pmx.Server)) *harness {
 	t.Helper()
 	svcs := servicetest.Start(t, memory.New(), chunk.Config{}, catalog.Config{})
-	srv := &pmx.Server{Chunks: tr.chunks(svcs), Catalog: svcs.CatalogClient()}
+	srv := &pmx.Server{Chunks: tr.chunks(svcs), Catalog: chunkclient.NewCatalogGRPC(svcs.Conn)}
 	for _, f := range configure {
 		f(srv)
 	}
@@ -70,7 +70,7 @@ func newHarnessOn(t *testing.T, tr transport, configure ...func(*pmx.Server)) *h
 		defer cancel()
 		srv.Shutdown(ctx)
 	})
-	return &harness{addr: ln.Addr().String(), catalog: srv.Catalog, srv: srv}
+	return &harness{addr: ln.Addr().String(), catalog: svcs.CatalogClient(), srv: srv}
 }
 
 type client struct {

@@ -109,7 +109,7 @@ func NewHandler(ctx context.Context, conn *grpc.ClientConn, opts Options) (http.
 	}
 	mux.Handle("/casync/", http.StripPrefix("/casync", &casync.HTTPStore{
 		Chunks:       chunks,
-		Catalog:      chunkbridgev1.NewCatalogServiceClient(conn),
+		Catalog:      client.NewCatalogGRPC(conn),
 		Log:          opts.Log,
 		MaxIndexSize: opts.MaxIndexSize,
 	}))
