@@ -8,7 +8,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/klauspost/compress/zstd"
 
@@ -19,6 +21,7 @@ import (
 	"github.com/chunkbridge/chunkbridge/services/catalog"
 	"github.com/chunkbridge/chunkbridge/services/chunk"
 	"github.com/chunkbridge/chunkbridge/services/servicetest"
+	"github.com/chunkbridge/chunkbridge/storage"
 	"github.com/chunkbridge/chunkbridge/storage/fs"
 	"github.com/chunkbridge/chunkbridge/storage/memory"
 )
@@ -316,5 +319,74 @@ func TestOpenStoredLocalFileIsTheFile(t *testing.T) {
 	defer rc.Close()
 	if _, ok := rc.(*os.File); !ok {
 		t.Fatalf("OpenStored on the local transport over an fs store gave a %T, want the *os.File", rc)
+	}
+}
+
+// blockingStore holds the PutIfAbsent of key, ignoring its context, until
+// release is closed: a Put still at work on the chunk's bytes.
+type blockingStore struct {
+	storage.Store
+	key      string
+	entered  chan struct{}
+	release  chan struct{}
+	returned atomic.Bool
+}
+
+func (s *blockingStore) PutIfAbsent(ctx context.Context, key string, r io.Reader, size int64, meta storage.Metadata) (bool, error) {
+	if key != s.key {
+		return s.Store.PutIfAbsent(ctx, key, r, size, meta)
+	}
+	s.entered <- struct{}{}
+	<-s.release
+	defer s.returned.Store(true)
+	return s.Store.PutIfAbsent(ctx, key, r, size, meta)
+}
+
+// On the local transport, a chunk's done is not called while the chunk
+// service's Put still works on its bytes, even when the stream's context
+// ends first: the caller may refill the buffer once done runs.
+func TestLocalUploadDoneWaitsForPut(t *testing.T) {
+	// The acknowledger meets the ended context and the pending result at
+	// once, and chooses at random: enough rounds that it chooses the
+	// context.
+	for round := range 20 {
+		data1, id1 := chunkOf(2*round, 1000)
+		data2, id2 := chunkOf(2*round+1, 1000)
+		store := &blockingStore{Store: memory.New(), key: id2.Key(), entered: make(chan struct{}, 1), release: make(chan struct{})}
+		s := servicetest.Start(t, store, chunk.Config{}, catalog.Config{})
+		c := client.NewLocal(s.Chunks, 0)
+		ctx, cancel := context.WithCancel(t.Context())
+		u, err := c.NewUploader(ctx, client.UploadOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The first chunk's done holds the acknowledger until the second
+		// chunk's Put is under way and the context has ended.
+		inFirst, gate := make(chan struct{}), make(chan struct{})
+		if err := u.Put(ctx, raw(data1, id1), func(client.Result) { close(inFirst); <-gate }); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan bool, 1) // whether the store's Put had returned
+		if err := u.Put(ctx, raw(data2, id2), func(client.Result) { done <- store.returned.Load() }); err != nil {
+			t.Fatal(err)
+		}
+		<-store.entered
+		<-inFirst
+		cancel()
+		close(gate)
+		// done must wait for the release: give a wrong early done time
+		// to show, then release.
+		var returned bool
+		select {
+		case returned = <-done:
+			close(store.release)
+		case <-time.After(50 * time.Millisecond):
+			close(store.release)
+			returned = <-done
+		}
+		if !returned {
+			t.Fatalf("round %d: done ran while the chunk service's Put still held the chunk", round)
+		}
+		u.Close()
 	}
 }

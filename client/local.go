@@ -3,6 +3,7 @@ package client
 import (
 	"context"
 	"io"
+	"sync"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
 	"github.com/chunkbridge/chunkbridge/services/chunk"
@@ -40,6 +41,11 @@ type localUpload struct {
 	svc     *chunk.Service
 	running chan struct{} // one token per Put running
 	results chan chan putResult
+
+	// mu orders starting a Put against recv seeing the stream end: once
+	// over is set, no Put starts, so recv can wait for every Put started.
+	mu   sync.Mutex
+	over bool
 }
 
 func (t *localTransport) openUpload(ctx context.Context, window int) (upStream, error) {
@@ -50,6 +56,12 @@ func (l *localUpload) send(u *Upload) error {
 	select {
 	case l.running <- struct{}{}:
 	case <-l.ctx.Done():
+		return l.ctx.Err()
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.over || l.ctx.Err() != nil {
+		<-l.running
 		return l.ctx.Err()
 	}
 	res := make(chan putResult, 1)
@@ -68,13 +80,28 @@ func (l *localUpload) send(u *Upload) error {
 	return nil
 }
 
+// recv, once the stream's context has ended, still waits for every Put
+// started (each returns promptly on the context): the stream error it
+// then returns lets the Uploader call done for the chunks, and done hands
+// a chunk's buffer back to its owner, which may refill it while a Put
+// still hashed or compressed it.
 func (l *localUpload) recv() (bool, error, error) {
 	select {
 	case res := <-l.results:
 		r := <-res
 		return r.created, r.err, nil
 	case <-l.ctx.Done():
-		return false, nil, l.ctx.Err()
+	}
+	l.mu.Lock()
+	l.over = true
+	l.mu.Unlock()
+	for {
+		select {
+		case res := <-l.results:
+			<-res
+		default:
+			return false, nil, l.ctx.Err()
+		}
 	}
 }
 

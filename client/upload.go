@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"sync"
 
 	"golang.org/x/sync/semaphore"
@@ -44,6 +45,10 @@ type Uploader struct {
 	mu     sync.Mutex
 	failed error // the stream's error; every later Put returns it
 	closed bool
+
+	// sendMu keeps a send and closeSend apart, which a gRPC stream
+	// requires.
+	sendMu sync.Mutex
 }
 
 type pending struct {
@@ -81,7 +86,7 @@ func (c *Chunks) NewUploader(ctx context.Context, opts UploadOptions) (*Uploader
 // of the Puts, from one goroutine: it must not block for long, and must
 // not call Put. The Uploader owns up.Data until done is called. Put
 // returns an error, and done is not called, when the chunk was not queued:
-// ctx ended, or the stream failed earlier.
+// ctx ended, the stream failed earlier, or the Uploader was closed.
 func (u *Uploader) Put(ctx context.Context, up Upload, done func(Result)) error {
 	if err := u.err(); err != nil {
 		return err
@@ -99,13 +104,35 @@ func (u *Uploader) Put(ctx context.Context, up Upload, done func(Result)) error 
 		return err
 	}
 	// Queued before it is sent, so that the acknowledger, which waits for
-	// results in queue order, knows whose result comes next.
+	// results in queue order, knows whose result comes next. The slot
+	// held leaves room in the queue, so this does not block under mu;
+	// under mu, a Put racing Close or Abort cannot send on the closed
+	// queue.
+	u.mu.Lock()
+	if u.closed {
+		u.mu.Unlock()
+		u.bytes.Release(size)
+		<-u.slots
+		return u.errOr(errClosed)
+	}
 	u.queue <- pending{id: up.ID, size: size, done: done}
-	if err := u.s.send(&up); err != nil {
+	u.mu.Unlock()
+	u.sendMu.Lock()
+	err := u.s.send(&up)
+	u.sendMu.Unlock()
+	switch {
+	case errors.Is(err, io.EOF):
+		// The server ended the stream: gRPC's Send says only io.EOF, and
+		// the real status comes from Recv, which the acknowledger
+		// reports for this chunk and the stream.
+	case err != nil:
 		u.fail(fmt.Errorf("chunk %s: send to the chunk service: %w", up.ID, apierr.FromStatus(err)))
 	}
 	return nil
 }
+
+// errClosed is Put's answer after Close or Abort.
+var errClosed = errors.New("upload stream closed")
 
 // acknowledge delivers results in order; after a stream error every chunk
 // still queued gets that error.
@@ -156,7 +183,8 @@ func (u *Uploader) errOr(err error) error {
 
 // Close waits until every chunk put has been acknowledged and ends the
 // stream. It returns the stream's error, if it failed; chunks' own errors
-// went to their done functions. Put must not be called after Close.
+// went to their done functions. A Put after (or racing) Close or Abort
+// returns an error.
 func (u *Uploader) Close() error {
 	u.mu.Lock()
 	closed := u.closed
@@ -167,7 +195,10 @@ func (u *Uploader) Close() error {
 	}
 	<-u.acked
 	if u.err() == nil {
-		if err := u.s.closeSend(); err != nil && !errors.Is(err, context.Canceled) {
+		u.sendMu.Lock()
+		err := u.s.closeSend()
+		u.sendMu.Unlock()
+		if err != nil && !errors.Is(err, context.Canceled) {
 			u.fail(fmt.Errorf("close the upload stream: %w", apierr.FromStatus(err)))
 		}
 	}

@@ -337,6 +337,26 @@ func TestTooManyRequestedAborts(t *testing.T) {
 	c.expectAbort(syscall.ENOBUFS, "more than 100 chunks")
 }
 
+// A push may not make the gateway remember chunk ids without bound: an
+// index with more distinct ids than MaxPushIDs is refused with ENOBUFS and
+// leaves no index; repeated ids do not count.
+func TestTooManyPushIDsAborts(t *testing.T) {
+	h := newHarnessWith(t, func(srv *casync.Server) { srv.Handler.MaxPushIDs = 100 })
+	chunks := makeChunks(150)
+	// 100 distinct ids, each twice: within the bound.
+	within := append(append([]testChunk(nil), chunks[:100]...), chunks[:100]...)
+	h.push(t, "/within.caibx", within)
+	if !h.indexExists(t, "within.caibx") {
+		t.Fatal("a push of 100 distinct chunks published nothing")
+	}
+	c := h.dial(t, "push", "-", "-", "/over.caibx", "/default.castr")
+	c.send(&caproto.Hello{Features: pushFlags}, &caproto.Index{Data: indexBytes(t, chunks)}, &caproto.IndexEOF{})
+	c.expectAbort(syscall.ENOBUFS, "more than 100 distinct chunks")
+	if h.indexExists(t, "over.caibx") {
+		t.Fatal("a refused push left its index visible")
+	}
+}
+
 // More stalled pulls than the process's shared budget has room for: the
 // heap they hold together stays within that budget (not their number times
 // their per-session share), the stalled ones are cut once others wait for

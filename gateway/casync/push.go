@@ -45,7 +45,8 @@ type pushing struct {
 	// algorithm carries the index's digest algorithm from the parser to
 	// the reader, once.
 	algorithm chan chunkbridgev1.DigestAlgorithm
-	// outstanding are the chunks REQUESTed and not yet stored.
+	// outstanding are the index's distinct chunk ids, and which of them
+	// are REQUESTed and not yet stored.
 	outstanding *outstanding
 	// publishing is closed when publication starts, published when the
 	// catalog has published the index.
@@ -70,7 +71,7 @@ func (c *conv) push(ctx context.Context) error {
 	p := &pushing{
 		refused:     make(chan error, 1),
 		algorithm:   make(chan chunkbridgev1.DigestAlgorithm, 1),
-		outstanding: newOutstanding(),
+		outstanding: newOutstanding(orDefault(c.h.MaxPushIDs, 4<<20)),
 		publishing:  make(chan struct{}),
 		published:   make(chan struct{}),
 	}
@@ -278,7 +279,6 @@ func (c *conv) parseAndPublish(ctx context.Context, r *io.PipeReader, p *pushing
 // lacks. An index that does not parse is EBADMSG; a failing call of the
 // chunk service keeps its own error, and errno.
 func (c *conv) parse(ctx context.Context, r io.Reader, p *pushing, request bool) error {
-	seen := map[id]struct{}{}
 	var batch []id
 	var serviceErr error
 	flush := func() error {
@@ -310,10 +310,13 @@ func (c *conv) parse(ctx context.Context, r io.Reader, p *pushing, request bool)
 	err := scanIndexIDs(r, func(alg chunkbridgev1.DigestAlgorithm) {
 		p.algorithm <- alg // once: the header is read once
 	}, func(b id) error {
-		if _, ok := seen[b]; ok {
+		switch fresh, err := p.outstanding.see(b); {
+		case err != nil:
+			serviceErr = err // not the index's fault: ABORT with it as it is
+			return err
+		case !fresh:
 			return nil
 		}
-		seen[b] = struct{}{}
 		batch = append(batch, b)
 		if len(batch) == checkBatch {
 			return flush()
@@ -329,31 +332,58 @@ func (c *conv) parse(ctx context.Context, r io.Reader, p *pushing, request bool)
 	return abortf(syscall.EBADMSG, "index %s: %v", c.args.Index, err)
 }
 
-// outstanding is the set of chunks requested and not yet stored; close
-// says no more will be added, and its channel is closed once the set is
-// then empty.
+// outstanding is the set of the index's distinct chunk ids (at most max:
+// the session's memory grows with it) and, among them, the chunks
+// requested and not yet stored; close says no more will be added, and its
+// channel is closed once none is then pending. One map serves both, so a
+// session keeps each id once.
 type outstanding struct {
-	mu     sync.Mutex
-	ids    map[id]struct{}
-	closed bool
-	empty  chan struct{}
+	mu      sync.Mutex
+	ids     map[id]bool // true: requested and not yet stored
+	max     int
+	pending int // ids that are true
+	closed  bool
+	empty   chan struct{}
 }
 
-func newOutstanding() *outstanding {
-	return &outstanding{ids: map[id]struct{}{}, empty: make(chan struct{})}
+func newOutstanding(max int) *outstanding {
+	return &outstanding{ids: map[id]bool{}, max: max, empty: make(chan struct{})}
 }
 
+// see records an id of the index, reporting whether it is new; an index
+// with more than max distinct ids is refused with ENOBUFS.
+func (o *outstanding) see(b id) (bool, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if _, ok := o.ids[b]; ok {
+		return false, nil
+	}
+	if len(o.ids) >= o.max {
+		return false, abortf(syscall.ENOBUFS, "index references more than %d distinct chunks, the most one push session may hold", o.max)
+	}
+	o.ids[b] = false
+	return true, nil
+}
+
+// add marks ids as requested.
 func (o *outstanding) add(ids []id) {
 	o.mu.Lock()
 	for _, b := range ids {
-		o.ids[b] = struct{}{}
+		if !o.ids[b] {
+			o.ids[b] = true
+			o.pending++
+		}
 	}
 	o.mu.Unlock()
 }
 
+// remove marks b as stored; an id never requested stays as it is.
 func (o *outstanding) remove(b id) {
 	o.mu.Lock()
-	delete(o.ids, b)
+	if o.ids[b] {
+		o.ids[b] = false
+		o.pending--
+	}
 	o.settle()
 	o.mu.Unlock()
 }
@@ -369,7 +399,7 @@ func (o *outstanding) close() <-chan struct{} {
 }
 
 func (o *outstanding) settle() {
-	if o.closed && len(o.ids) == 0 {
+	if o.closed && o.pending == 0 {
 		select {
 		case <-o.empty:
 		default:

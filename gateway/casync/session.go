@@ -56,6 +56,10 @@ type Handler struct {
 	// (default 4 Mi: an image of 256 GiB at casync's 64 KiB average chunk;
 	// the session remembers each, about 100 bytes apiece).
 	MaxRequested int
+	// MaxPushIDs bounds the distinct chunk ids of the index one push may
+	// send (default 4 Mi, as MaxRequested); the session remembers each.
+	// A larger index is refused with ABORT ENOBUFS.
+	MaxPushIDs int
 	// Shared, if set, is the process's budget of chunk data buffered for
 	// clients, shared with every other session (of either gateway): a
 	// pull holds its read-ahead in it from the moment a batch is asked for

@@ -39,7 +39,10 @@ type Limits struct {
 	// waits still apply).
 	MinRate int64
 	// WriteTimeout is the longest a response write may wait for the
-	// client to take it, plus its size at MinRate.
+	// client to take it, plus its size at MinRate. Large writes go in
+	// pieces of at most MinRate*WriteTimeout bytes (and 256 KiB), each
+	// with its own deadline, so a client that takes nothing is cut after
+	// at most about twice WriteTimeout.
 	WriteTimeout time.Duration
 	// IdleTimeout bounds a kept-alive connection between requests.
 	IdleTimeout time.Duration
@@ -168,7 +171,7 @@ func (b *guardedBody) Read(p []byte) (int, error) {
 }
 
 // guardedWriter gives every response write a deadline: WriteTimeout plus
-// its size at MinRate.
+// its size at MinRate, a piece at a time (see piece).
 type guardedWriter struct {
 	http.ResponseWriter
 	rc     *http.ResponseController
@@ -188,11 +191,25 @@ func (w *guardedWriter) WriteHeader(code int) {
 }
 
 func (w *guardedWriter) Write(p []byte) (int, error) {
-	w.extend(int64(len(p)))
-	n, err := w.ResponseWriter.Write(p)
-	w.n += int64(n)
-	w.timedOut(err)
-	return n, err
+	// A large write goes a piece at a time, each with its own deadline,
+	// as ReadFrom does.
+	piece := int(w.piece())
+	var total int
+	for {
+		q := p[:min(len(p), piece)]
+		w.extend(int64(len(q)))
+		n, err := w.ResponseWriter.Write(q)
+		w.n += int64(n)
+		total += n
+		p = p[n:]
+		if err != nil {
+			w.timedOut(err)
+			return total, err
+		}
+		if len(p) == 0 {
+			return total, nil
+		}
+	}
 }
 
 // timedOut logs, once, a write that missed its deadline.
@@ -205,21 +222,53 @@ func (w *guardedWriter) timedOut(err error) {
 	}
 }
 
+// maxPiece bounds the bytes one write deadline covers (see piece).
+const maxPiece = 256 << 10
+
+// piece is how many bytes one write deadline covers: at most maxPiece,
+// and no more than MinRate moves in WriteTimeout, so that a deadline is
+// never more than about twice WriteTimeout away and a client that takes
+// nothing is cut after about that, whatever the size of the response.
+func (w *guardedWriter) piece() int64 {
+	n := int64(maxPiece)
+	if w.l.MinRate > 0 {
+		if byRate := int64(float64(w.l.MinRate) * w.l.WriteTimeout.Seconds()); byRate < n {
+			n = max(byRate, 1)
+		}
+	}
+	return n
+}
+
 // ReadFrom keeps net/http's copy from a file, which uses sendfile, for a
 // body of known length (an io.LimitedReader, as the casync HTTP store
-// passes): its one deadline covers all of it at MinRate. Any other source
-// goes through Write, a deadline per write.
+// passes), a piece at a time with a fresh deadline before each: a deadline
+// missed means the client took no piece in its time, not that the whole
+// body was slower than MinRate. Any other source goes through Write, a
+// deadline per write.
 func (w *guardedWriter) ReadFrom(src io.Reader) (int64, error) {
 	rf, ok := w.ResponseWriter.(io.ReaderFrom)
 	lr, limited := src.(*io.LimitedReader)
 	if !ok || !limited {
 		return io.Copy(writerOnly{w}, src)
 	}
-	w.extend(lr.N)
-	n, err := rf.ReadFrom(src)
-	w.n += n
-	w.timedOut(err)
-	return n, err
+	piece := w.piece()
+	var total int64
+	for lr.N > 0 {
+		want := min(lr.N, piece)
+		w.extend(want)
+		n, err := rf.ReadFrom(&io.LimitedReader{R: lr.R, N: want})
+		lr.N -= n
+		total += n
+		w.n += n
+		if err != nil {
+			w.timedOut(err)
+			return total, err
+		}
+		if n < want {
+			break // the source ended
+		}
+	}
+	return total, nil
 }
 
 // writerOnly hides ReadFrom from io.Copy.

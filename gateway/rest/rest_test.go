@@ -415,11 +415,12 @@ func TestREST200SlowBodies(t *testing.T) {
 // On a directory store through the local transport, as in `serve all`,
 // the chunk goes out by sendfile under the same deadline.
 func TestRESTSlowReaderIsCut(t *testing.T) {
+	l := rest.Limits{WriteTimeout: 200 * time.Millisecond, MinRate: 64 << 20}
 	t.Run("grpc-memory", func(t *testing.T) {
-		testSlowReaderIsCut(t, func(l rest.Limits) *harness { return start(t, l) })
+		testSlowReaderIsCut(t, l, time.Minute, func(l rest.Limits) *harness { return start(t, l) })
 	})
 	t.Run("local-fs", func(t *testing.T) {
-		testSlowReaderIsCut(t, func(l rest.Limits) *harness {
+		testSlowReaderIsCut(t, l, time.Minute, func(l rest.Limits) *harness {
 			st, err := fs.Open(t.TempDir())
 			if err != nil {
 				t.Fatal(err)
@@ -429,9 +430,29 @@ func TestRESTSlowReaderIsCut(t *testing.T) {
 	})
 }
 
-func testSlowReaderIsCut(t *testing.T, start func(rest.Limits) *harness) {
+// A client that reads nothing is cut after about WriteTimeout, not after
+// the whole response's size at MinRate (here 48 s for 12 MiB): each
+// deadline covers one piece of the response.
+func TestRESTStalledReaderIsCutAtWriteTimeout(t *testing.T) {
+	l := rest.Limits{WriteTimeout: 200 * time.Millisecond, MinRate: 256 << 10}
+	t.Run("grpc-memory", func(t *testing.T) {
+		testSlowReaderIsCut(t, l, 10*time.Second, func(l rest.Limits) *harness { return start(t, l) })
+	})
+	t.Run("local-fs", func(t *testing.T) {
+		testSlowReaderIsCut(t, l, 10*time.Second, func(l rest.Limits) *harness {
+			st, err := fs.Open(t.TempDir())
+			if err != nil {
+				t.Fatal(err)
+			}
+			return startOn(t, l, st, true)
+		})
+	})
+}
+
+func testSlowReaderIsCut(t *testing.T, l rest.Limits, within time.Duration, start func(rest.Limits) *harness) {
 	logs := &recordHandler{msgs: make(chan string, 16)}
-	h := start(rest.Limits{WriteTimeout: 200 * time.Millisecond, MinRate: 64 << 20, Log: slog.New(logs)})
+	l.Log = slog.New(logs)
+	h := start(l)
 	// Larger than loopback's socket buffers, and incompressible.
 	plain := make([]byte, 12<<20)
 	rand.NewChaCha8([32]byte{2}).Read(plain)
@@ -455,8 +476,8 @@ func testSlowReaderIsCut(t *testing.T, start func(rest.Limits) *harness) {
 		if !strings.Contains(msg, "read too slowly") {
 			t.Fatalf("logged %q, want the cut response", msg)
 		}
-	case <-time.After(time.Minute): // fail, not hang, if never cut
-		t.Fatal("the response to a client that stopped reading was not cut within a minute")
+	case <-time.After(within): // fail, not hang, if never cut
+		t.Fatalf("the response to a client that stopped reading was not cut within %v", within)
 	}
 	// Now read: the response stops short of its Content-Length.
 	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)

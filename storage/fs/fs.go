@@ -37,6 +37,8 @@ type Store struct {
 	root string
 	dir  *os.File // the root, held open for syncfs
 	sync *syncer
+	// inflight serialises puts of one key (see inflight.go).
+	inflight inflight
 	// tmpfile: new objects are written as unnamed files (O_TMPFILE) in
 	// their own directory and linked into place, where the file system
 	// and /proc allow it (see putTmpfile).
@@ -143,6 +145,13 @@ func (s *Store) PutIfAbsent(ctx context.Context, key string, r io.Reader, size i
 	if err != nil {
 		return false, err
 	}
+	// A name linked by a put still in flight may be taken back; wait for
+	// that put's outcome before looking.
+	release, err := s.inflight.acquire(ctx, key)
+	if err != nil {
+		return false, fmt.Errorf("put %s: %w", key, err)
+	}
+	defer release()
 	if _, err := os.Lstat(dst); err == nil {
 		return false, s.existing(key)
 	}
@@ -212,9 +221,11 @@ func (s *Store) publish(key, dst string, link func() error) (bool, error) {
 	return true, nil
 }
 
-// existing answers a put that found the key taken: the object may have
-// been linked by a concurrent put that has not yet made it durable, so the
-// answer waits for a sync too.
+// existing answers a put that found the key taken. Puts of one key in this
+// store are serialised (inflight), so the name is not one that a put of
+// ours may still take back; it may have been linked by another writer of
+// the directory that has not yet made it durable, so the answer waits for
+// a sync too.
 func (s *Store) existing(key string) error {
 	if err := s.sync.Sync(); err != nil {
 		return fmt.Errorf("put %s: sync: %w", key, classify(err))

@@ -1,0 +1,67 @@
+package fs
+
+import (
+	"context"
+	"sync"
+)
+
+// inflight serialises the puts of one key within the store. A put links its
+// name before the name is durable and takes the name back if it cannot be
+// made durable; a second put of the key that found the name in that window
+// would answer "already stored" for an object about to vanish (syncfs
+// reports a writeback error once, so the second put's own sync can
+// succeed). Waiting for the first put's outcome instead lets the second one
+// see the name gone and write the object itself, or find it durable.
+type inflight struct {
+	mu      sync.Mutex
+	keys    map[string]chan struct{} // closed when the key's put ends
+	waiters map[string]int           // puts waiting per key, for tests
+}
+
+// acquire waits until no other put of key is in flight and claims it; the
+// caller must call the returned release.
+func (f *inflight) acquire(ctx context.Context, key string) (release func(), err error) {
+	f.mu.Lock()
+	for {
+		ch, busy := f.keys[key]
+		if !busy {
+			break
+		}
+		if f.waiters == nil {
+			f.waiters = make(map[string]int)
+		}
+		f.waiters[key]++
+		f.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+		}
+		f.mu.Lock()
+		if f.waiters[key]--; f.waiters[key] == 0 {
+			delete(f.waiters, key)
+		}
+		if err := ctx.Err(); err != nil {
+			f.mu.Unlock()
+			return nil, err
+		}
+	}
+	if f.keys == nil {
+		f.keys = make(map[string]chan struct{})
+	}
+	ch := make(chan struct{})
+	f.keys[key] = ch
+	f.mu.Unlock()
+	return func() {
+		f.mu.Lock()
+		delete(f.keys, key)
+		f.mu.Unlock()
+		close(ch)
+	}, nil
+}
+
+// waiting reports how many puts wait for key's put in flight.
+func (f *inflight) waiting(key string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.waiters[key]
+}
