@@ -142,27 +142,18 @@ func (c *conn) serviceError(ctx context.Context, id uint8, err error) {
 	c.sendError(ctx, id, errorCode(err), err)
 }
 
-func packetSize(p pmxproto.Packet) int64 {
-	switch p := p.(type) {
-	case *pmxproto.UploadChunk:
-		return int64(len(p.Data)) + smallPacket
-	case *pmxproto.BackupDataFixed:
-		return int64(len(p.Entries))*(8+pmxproto.DigestSize) + smallPacket
-	case *pmxproto.BackupDataDynamic:
-		return int64(len(p.Entries))*(8+pmxproto.DigestSize) + smallPacket
-	case *pmxproto.DownloadChunks:
-		return int64(len(p.Digests))*pmxproto.DigestSize + smallPacket
-	}
-	return smallPacket
-}
-
 // readLoop reads packets in order until the client leaves or the stream
 // cannot be framed; the session's idle deadline covers every wait.
 func (c *conn) readLoop(ctx context.Context) error {
 	c.send(ctx, &pmxproto.Hello{ID: 0, Version: pmxproto.Version})
 	r := pmxproto.NewReader(c.sess.Reader())
+	// What only a server sends is skipped unread and answered at once: its
+	// body is never allocated nor queued.
+	r.SetRefused(pmxproto.TypeHello, pmxproto.TypeOk, pmxproto.TypeError, pmxproto.TypeHashListPart,
+		pmxproto.TypeChunk, pmxproto.TypeBackupCreated)
 	c.packets = r
 	for {
+		before := r.Offset()
 		p, err := r.ReadPacket()
 		if errors.Is(err, io.EOF) {
 			return nil
@@ -177,7 +168,9 @@ func (c *conn) readLoop(ctx context.Context) error {
 			return fmt.Errorf("reading a packet: %w", err)
 		}
 		c.srv.Metrics.packet(p)
-		req := request{p: p, size: packetSize(p)}
+		// A packet counts its length on the wire (a small one at least
+		// smallPacket, its decoded form's overhead), whatever its type.
+		req := request{p: p, size: max(r.Offset()-before, smallPacket)}
 		if err := c.requests.Acquire(ctx, req.size); err != nil {
 			return nil // the session ended
 		}

@@ -330,3 +330,57 @@ func TestManyPipelinedDownloadsShareOneBudget(t *testing.T) {
 		}
 	})
 }
+
+// A client blocks one lane with a DownloadChunks it never reads, then
+// streams 16 MiB packets only a server sends (HashListPart, Chunk) on that
+// id: they are refused unread and answered at once, never queued behind
+// the lane at a nominal size, so the request budget bounds the heap.
+func TestServerPacketsFromClientRefusedUnread(t *testing.T) {
+	const requestBytes = 1 << 20
+	h := newHarness(t, func(s *pmx.Server) { s.RequestBytes = requestBytes })
+	c := h.dial(t)
+	big := c.upload(1, bytes.Repeat([]byte{7}, 4<<20))
+	heapBefore, _ := heap()
+
+	hostile := h.dial(t)
+	hostile.conn.SetDeadline(time.Now().Add(2 * time.Minute))
+	digests := make([]pmxproto.Digest, 100) // 400 MiB, never read
+	for i := range digests {
+		digests[i] = big
+	}
+	hostile.send(&pmxproto.DownloadChunks{ID: 5, Digests: digests})
+	part := &pmxproto.HashListPart{ID: 5, Digests: make([]pmxproto.Digest, (pmxproto.MaxBodySize)/pmxproto.DigestSize)}
+	partWire := part.Encode(nil)
+	chunk := (&pmxproto.Chunk{ID: 5, Digest: big, Data: make([]byte, pmxproto.MaxBodySize-8-pmxproto.DigestSize)}).Encode(nil)
+	const packets = 24
+	for i := range packets {
+		b := partWire
+		if i%2 == 1 {
+			b = chunk
+		}
+		if _, err := hostile.conn.Write(b); err != nil {
+			t.Fatalf("packet %d: %v", i, err)
+		}
+	}
+	partWire, chunk = nil, nil
+	// GetHashLists on the blocked lane count their 64 KiB each: the read
+	// loop stops at the request budget instead of queuing them at 64 bytes.
+	// (Sent aside: the server stops reading them.)
+	var lists []byte
+	for range 4 * requestBytes / 0xffff {
+		lists = (&pmxproto.GetHashList{ID: 5, Name: strings.Repeat("n", 0xffff)}).Encode(lists)
+	}
+	go hostile.conn.Write(lists)
+	other := h.dial(t)
+	other.upload(2, []byte("still served"))
+	time.Sleep(200 * time.Millisecond)
+
+	heapAfter, _ := heap()
+	grown := int64(heapAfter) - int64(heapBefore)
+	t.Logf("%d packets of 16 MiB a server sends, from a client on a blocked lane: heap +%d MiB", packets, grown>>20)
+	// The blocked download's share and reply queue, the chunk service's
+	// read-ahead: never the 384 MiB sent.
+	if grown > 96<<20 {
+		t.Fatalf("heap grew by %d MiB with a request budget of %d MiB", grown>>20, requestBytes>>20)
+	}
+}
