@@ -60,10 +60,10 @@ type conn struct {
 	dlQueue   chan *download
 	dlOnce    sync.Once
 	// dlShare is the connection's share of chunk bytes downloaded and not
-	// yet written to the client (Server.DownloadBytes); dlSeen and
-	// dlTotal (under mu) the chunks downloaded and their bytes.
-	dlShare         *session.Budget
-	dlSeen, dlTotal int64
+	// yet written to the client (Server.DownloadBytes); dlMax (under mu)
+	// the largest chunk downloaded so far, 0 before the first.
+	dlShare *session.Budget
+	dlMax   int64
 
 	// putMu serialises Puts, so that the chunk service sees uploads in
 	// the order they were read, and guards uploader: one ordered upload
@@ -638,7 +638,7 @@ func (c *conn) downloadWorker(ctx context.Context) {
 //
 // The digests are fetched in batches, each as many chunks as the
 // connection's download share (Server.DownloadBytes) has room for at the
-// connection's average chunk size so far. A batch's bytes are taken from
+// largest chunk size the connection has seen. A batch's bytes are taken from
 // that share and from the process's shared budget (Server.Shared) before
 // it is asked for, and each chunk's bytes go back once its packet is
 // written to the client: a client that does not read holds its share, not
@@ -661,34 +661,39 @@ func (c *conn) download(ctx context.Context, p *pmxproto.DownloadChunks) {
 			return
 		}
 		var ok bool
-		ok, err = c.downloadBatch(ctx, p, start, ids[start:start+n], est)
+		var done int
+		done, ok, err = c.downloadBatch(ctx, p, start, ids[start:start+n], est)
 		if !ok {
 			return
 		}
-		start += n
+		start += done
 	}
 	if err != nil && ctx.Err() == nil {
 		c.serviceError(ctx, p.ID, err)
 	}
 }
 
-// dlEstimate is the bytes reserved per chunk asked for: the connection's
-// average so far; its whole share before the first chunk, so that the
-// first batch is one chunk (a batch of small estimates for big chunks
-// would overdraw by each).
+// dlEstimate is the bytes reserved per chunk asked for: the largest chunk
+// the connection has seen (never its average, which a client can drive to
+// 1 byte with one tiny chunk before huge ones); its whole share before the
+// first chunk, so that the first batch is one chunk.
 func (c *conn) dlEstimate() int64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	est := c.dlShare.Size()
-	if c.dlSeen > 0 {
-		est = c.dlTotal / c.dlSeen
+	if c.dlMax > 0 {
+		est = c.dlMax
 	}
 	return min(max(est, 1), c.dlShare.Size())
 }
 
 // downloadBatch answers the chunks ids, which are p's digests from start
-// on; est bytes each are held. ok is false once the session is over.
-func (c *conn) downloadBatch(ctx context.Context, p *pmxproto.DownloadChunks, start int, ids []client.ID, est int64) (ok bool, err error) {
+// on; est bytes each are held. done is how many it answered: a chunk
+// larger than its estimate overdraws by the difference and ends the batch,
+// whose other estimates go back, so that a batch overdraws at most once
+// and the rest is planned again with the new figures. ok is false once
+// the session is over.
+func (c *conn) downloadBatch(ctx context.Context, p *pmxproto.DownloadChunks, start int, ids []client.ID, est int64) (done int, ok bool, err error) {
 	pending := len(ids) // estimates still held
 	defer func() {
 		c.dlShare.Release(int64(pending) * est)
@@ -700,15 +705,15 @@ func (c *conn) downloadBatch(ctx context.Context, p *pmxproto.DownloadChunks, st
 		ch, err := dl.Next()
 		switch {
 		case errors.Is(err, io.EOF):
-			return true, fmt.Errorf("the chunk service ended the download after %d of %d chunks: %w", start+i, len(p.Digests), apierr.ErrInternal)
+			return i, true, fmt.Errorf("the chunk service ended the download after %d of %d chunks: %w", start+i, len(p.Digests), apierr.ErrInternal)
 		case err != nil:
-			return true, err
+			return i, true, err
 		case ch.Err != nil:
-			return true, ch.Err
+			return i, true, ch.Err
 		case ch.ID != ids[i]:
-			return true, fmt.Errorf("the chunk service answered chunk %s for %s: %w", ch.ID, ids[i], apierr.ErrInternal)
+			return i, true, fmt.Errorf("the chunk service answered chunk %s for %s: %w", ch.ID, ids[i], apierr.ErrInternal)
 		case len(ch.Data) > pmxproto.MaxChunkData:
-			return true, fmt.Errorf("chunk %s: %d bytes do not fit a Chunk packet: %w", ch.ID, len(ch.Data), apierr.ErrInvalid)
+			return i, true, fmt.Errorf("chunk %s: %d bytes do not fit a Chunk packet: %w", ch.ID, len(ch.Data), apierr.ErrInvalid)
 		}
 		// Its estimate becomes its size, overdrawn by at most one chunk.
 		size := int64(len(ch.Data))
@@ -721,8 +726,7 @@ func (c *conn) downloadBatch(ctx context.Context, p *pmxproto.DownloadChunks, st
 			c.sess.Unhold(est - size)
 		}
 		c.mu.Lock()
-		c.dlSeen++
-		c.dlTotal += size
+		c.dlMax = max(c.dlMax, size)
 		c.mu.Unlock()
 		chunk := &pmxproto.Chunk{ID: p.ID, Offset: uint64(start + i), Digest: p.Digests[start+i], Data: ch.Data}
 		c.srv.Metrics.packet(chunk)
@@ -733,8 +737,11 @@ func (c *conn) downloadBatch(ctx context.Context, p *pmxproto.DownloadChunks, st
 			c.sess.Unhold(size)
 		}
 		if c.sess.SendBuffers(ctx, written, chunk.EncodeHead(nil), ch.Data) != nil {
-			return false, nil
+			return i, false, nil
+		}
+		if size > est && i+1 < len(ids) {
+			return i + 1, true, nil // planned again at the new largest size
 		}
 	}
-	return true, nil
+	return len(ids), true, nil
 }

@@ -384,3 +384,61 @@ func TestServerPacketsFromClientRefusedUnread(t *testing.T) {
 		t.Fatalf("heap grew by %d MiB with a request budget of %d MiB", grown>>20, requestBytes>>20)
 	}
 }
+
+// A DownloadChunks listing a 1-byte chunk, then many 8 MiB ones, never
+// read: the estimate per chunk is the largest seen, not the average, and
+// a chunk above its estimate ends its batch, so each connection overdraws
+// the shared budget by one chunk at most.
+func TestTinyThenHugeChunksOverdrawOnce(t *testing.T) {
+	onBothTransports(t, func(t *testing.T, tr transport) {
+		const sharedBytes, chunkBytes, conns = 16 << 20, 8 << 20, 2
+		shared := session.NewBudget(sharedBytes)
+		h := newHarnessOn(t, tr, func(s *pmx.Server) {
+			s.Shared = shared
+			s.WriteTimeout = 10 * time.Minute
+		})
+		c := h.dial(t)
+		digests := []pmxproto.Digest{c.upload(1, []byte{1})}
+		var big []pmxproto.Digest
+		for i := range 4 {
+			big = append(big, c.upload(1, bytes.Repeat([]byte{byte(i)}, chunkBytes)))
+		}
+		for i := range 200 {
+			digests = append(digests, big[i%len(big)])
+		}
+		heapBefore, _ := heap()
+		var peak int64
+		stop := make(chan struct{})
+		sampled := make(chan struct{})
+		go func() {
+			defer close(sampled)
+			for {
+				peak = max(peak, shared.InUse())
+				select {
+				case <-stop:
+					return
+				case <-time.After(time.Millisecond):
+				}
+			}
+		}()
+		for range conns {
+			hc := h.dial(t)
+			hc.conn.(interface{ SetReadBuffer(int) error }).SetReadBuffer(4 << 10)
+			hc.send(&pmxproto.DownloadChunks{ID: 3, Digests: digests}) // and never read
+		}
+		time.Sleep(2 * time.Second)
+		heapStalled, _ := heap()
+		close(stop)
+		<-sampled
+		grown := int64(heapStalled) - int64(heapBefore)
+		t.Logf("%d connections, a 1-byte chunk then 200 of 8 MiB, never read: shared budget peak %d MiB of %d, heap +%d MiB", conns, peak>>20, sharedBytes>>20, grown>>20)
+		if bound := int64(sharedBytes + conns*chunkBytes); peak > bound {
+			t.Errorf("shared budget in use peaked at %d MiB, want at most %d MiB (budget and one chunk per connection)", peak>>20, bound>>20)
+		}
+		// What the budget counts, and per connection the chunk service's
+		// read-ahead of one chunk.
+		if bound := int64(sharedBytes + 2*conns*chunkBytes + 16<<20); grown > bound {
+			t.Errorf("heap grew by %d MiB, want at most %d MiB", grown>>20, bound>>20)
+		}
+	})
+}
