@@ -70,9 +70,12 @@ type Reader struct {
 	r   *bufio.Reader // the read-ahead; nil while nothing is buffered
 	own bool          // r is the caller's bufio.Reader, kept for good
 	max uint32
-	off int64 // stream offset of the next packet
-	hdr [HeaderSize]byte
-	err error // sticky *FrameError or io.EOF
+	// refused are the packet types whose bodies are skipped unread and
+	// answered with a *BodyError (SetRefused).
+	refused [maxType + 1]bool
+	off     int64 // stream offset of the next packet
+	hdr     [HeaderSize]byte
+	err     error // sticky *FrameError or io.EOF
 	// prefix holds the fields before a chunk's data, which is read into
 	// a buffer of its own so that Release can hand it back whole.
 	prefix [8 + DigestSize]byte
@@ -162,6 +165,19 @@ func (r *Reader) SetMaxPacketSize(n int) {
 	r.max = uint32(min(max(n, HeaderSize), MaxPacketSize))
 }
 
+// SetRefused makes the Reader refuse packets of the types ts: their
+// bodies are skipped without being allocated, and ReadPacket returns a
+// *BodyError for each. A server refuses what only a server sends (Hello,
+// Ok, Error, HashListPart, Chunk, BackupCreated), so a client cannot make
+// it allocate a 16 MiB body it would then throw away.
+func (r *Reader) SetRefused(ts ...Type) {
+	for _, t := range ts {
+		if t <= maxType {
+			r.refused[t] = true
+		}
+	}
+}
+
 // ReadPacket reads and decodes the next packet.
 //
 // At a clean end of stream between packets it returns io.EOF. If the stream
@@ -207,7 +223,11 @@ func (r *Reader) ReadPacket() (Packet, error) {
 	}
 	size := int(length) - HeaderSize
 
-	if e := sizeRules[t].check(id, t, size); e != nil {
+	e := sizeRules[t].check(id, t, size)
+	if e == nil && r.refused[t] {
+		e = bodyErr(id, t, "type", 0, "a %s packet is not accepted here", t)
+	}
+	if e != nil {
 		// The header is sound, so skip the body without allocating it and
 		// stay in sync.
 		m, err := r.buffered().Discard(size)

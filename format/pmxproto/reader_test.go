@@ -355,3 +355,26 @@ func (r *repeat) Read(p []byte) (int, error) {
 	r.off = (r.off + n) % len(r.b)
 	return n, nil
 }
+
+// A refused type's body is skipped unread, answered with a pmxproto.BodyError, and
+// the next packet is read.
+func TestReaderSetRefused(t *testing.T) {
+	var b []byte
+	b = (&pmxproto.HashListPart{ID: 3, Digests: make([]pmxproto.Digest, 1000)}).Encode(b)
+	b = (&pmxproto.Chunk{ID: 4, Data: []byte("x")}).Encode(b)
+	b = (&pmxproto.DownloadChunks{ID: 5, Digests: make([]pmxproto.Digest, 1)}).Encode(b)
+	r := pmxproto.NewReader(bytes.NewReader(b))
+	r.SetRefused(pmxproto.TypeHashListPart, pmxproto.TypeChunk)
+	for _, want := range []pmxproto.Type{pmxproto.TypeHashListPart, pmxproto.TypeChunk} {
+		var be *pmxproto.BodyError
+		if _, err := r.ReadPacket(); !errors.As(err, &be) || be.Type != want {
+			t.Fatalf("%v: %v, want a pmxproto.BodyError", want, err)
+		}
+	}
+	if p, err := r.ReadPacket(); err != nil || p.PacketType() != pmxproto.TypeDownloadChunks {
+		t.Fatalf("%v %v, want pmxproto.DownloadChunks", p, err)
+	}
+	if r.Offset() != int64(len(b)) {
+		t.Fatalf("offset %d, want %d", r.Offset(), len(b))
+	}
+}

@@ -60,8 +60,12 @@ func storeBigChunks(t *testing.T, chunks *cbclient.Chunks, n, size int) ([][32]b
 	return ids, stored
 }
 
-// heap is the live heap after a collection.
+// heap is the live heap after two collections: buffers in a sync.Pool
+// (gRPC's, holding transient copies of chunks just sent and received;
+// bufio's; the session writer's) survive the first in the pool's victim
+// cache, a process-wide cache that is no session's memory.
 func heap() uint64 {
+	runtime.GC()
 	runtime.GC()
 	var m runtime.MemStats
 	runtime.ReadMemStats(&m)
@@ -437,3 +441,63 @@ func TestStalledPullsShareOneBudget(t *testing.T) {
 // a chunk per fetcher larger than its estimate (none here: every chunk is
 // the same size).
 func fetchersOverdraw(n int) int64 { return 0 }
+
+// Pulls that REQUEST a 1-byte chunk, then many big ones, and never read:
+// the estimate per chunk is the largest seen, not the average (which made
+// each session hold its read-ahead and queue of chunks at a byte each, far
+// beyond the shared budget), and a chunk above its estimate ends its
+// batch, so a session overdraws the shared budget by at most one chunk
+// per fetcher.
+func TestTinyThenHugeChunksOverdrawOnce(t *testing.T) {
+	onBoth(t, func(t *testing.T, tr transport) {
+		const sharedBytes, chunkBytes, fetchers, sessions = 4 << 20, 1 << 20, 2, 8
+		shared := session.NewBudget(sharedBytes)
+		h := newHarnessOn(t, tr, func(srv *casync.Server) {
+			srv.Handler.WriteTimeout = 10 * time.Minute
+			srv.Handler.QueueBytes = 4 << 20
+			srv.Handler.ReadAheadBytes = readAhead
+			srv.Handler.Shared = shared
+		})
+		tiny, _ := storeBigChunks(t, h.chunks, 1, 1)
+		ids, _ := storeBigChunks(t, h.chunks, 96, chunkBytes)
+		baseHeap := heap()
+		var peak int64
+		stop, sampled := make(chan struct{}), make(chan struct{})
+		go func() {
+			defer close(sampled)
+			for {
+				peak = max(peak, shared.InUse())
+				select {
+				case <-stop:
+					return
+				case <-time.After(time.Millisecond):
+				}
+			}
+		}()
+		var pulls []*client
+		for range sessions {
+			c := h.dial(t, "pull", "-", "-", "-", "/default.castr")
+			c.conn.(interface{ SetReadBuffer(int) error }).SetReadBuffer(4 << 10)
+			c.send(&caproto.Hello{Features: caproto.PullChunks}, &caproto.Request{IDs: tiny})
+			pulls = append(pulls, c)
+		}
+		time.Sleep(200 * time.Millisecond) // the tiny chunks arrive first
+		for _, c := range pulls {
+			c.send(&caproto.Request{IDs: ids}) // and never read
+		}
+		time.Sleep(2 * time.Second)
+		grown := int64(heap()) - int64(baseHeap)
+		close(stop)
+		<-sampled
+		t.Logf("%d pulls of a 1-byte chunk then %d of %d MiB, never read: shared budget peak %.1f MiB of %d, heap +%.1f MiB",
+			sessions, len(ids), chunkBytes>>20, float64(peak)/(1<<20), sharedBytes>>20, float64(grown)/(1<<20))
+		if bound := int64(sharedBytes + sessions*fetchers*chunkBytes); peak > bound {
+			t.Errorf("shared budget in use peaked at %d bytes, want at most %d (budget and one chunk per fetcher)", peak, bound)
+		}
+		// Chunk data within the shared budget, one chunk per fetcher read
+		// ahead by the chunk service, 1 MiB of buffers per session.
+		if bound := int64(sharedBytes + sessions*(fetchers*chunkBytes+1<<20)); grown > bound {
+			t.Errorf("heap grew by %.1f MiB, want at most %.1f MiB", float64(grown)/(1<<20), float64(bound)/(1<<20))
+		}
+	})
+}

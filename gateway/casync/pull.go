@@ -104,7 +104,7 @@ func (w indexFrames) Write(data []byte) (int, error) {
 // fetch answers queued requests in batches: a batch of ids is one
 // Download, read ahead by the chunk service, not one round trip per
 // chunk. A batch is as many ids as the read-ahead budget has room for at
-// the session's average chunk size, and every chunk holds its bytes of the
+// the largest chunk size the session has seen, and every chunk holds its bytes of the
 // budget until the writer has queued it: a client that reads slowly holds
 // the downloads back instead of having them buffered.
 func (c *conv) fetch(ctx context.Context, q *requestQueue, ra *readAhead) error {
@@ -129,9 +129,28 @@ func (c *conv) fetch(ctx context.Context, q *requestQueue, ra *readAhead) error 
 	}
 }
 
-// fetchBatch downloads one batch, as stored, holding its estimated bytes
-// of ra and giving back each chunk's share once the chunk is queued.
+// fetchBatch downloads one batch, as stored, est bytes of ra held for
+// each. A chunk larger than its estimate ends its Download (the rest of
+// the estimates go back) and the rest of the batch is planned again at the
+// new estimate: a batch overdraws the budget once at most.
 func (c *conv) fetchBatch(ctx context.Context, batch []id, est int64, ra *readAhead) error {
+	n := len(batch)
+	for {
+		done, err := c.fetchPart(ctx, batch[:n], est, ra)
+		if err != nil || done == len(batch) {
+			return err
+		}
+		batch = batch[done:]
+		if n, est, err = ra.reserve(ctx, len(batch)); err != nil {
+			return nil // the session is over
+		}
+	}
+}
+
+// fetchPart downloads batch, holding its estimated bytes of ra and giving
+// back each chunk's share once the chunk is queued. It returns how many
+// chunks it answered: fewer than asked once one overdrew its estimate.
+func (c *conv) fetchPart(ctx context.Context, batch []id, est int64, ra *readAhead) (int, error) {
 	pending := len(batch) // estimates still held
 	defer func() { ra.unreserve(pending, est) }()
 	d := c.h.Chunks.Download(ctx, batch, client.DownloadOptions{})
@@ -140,15 +159,15 @@ func (c *conv) fetchBatch(ctx context.Context, batch []id, est int64, ra *readAh
 		ch, err := d.Next()
 		if errors.Is(err, io.EOF) {
 			if i != len(batch) {
-				return fmt.Errorf("the chunk service answered %d of %d chunks", i, len(batch))
+				return i, fmt.Errorf("the chunk service answered %d of %d chunks", i, len(batch))
 			}
-			return nil
+			return i, nil
 		}
 		if err != nil {
-			return err
+			return i, err
 		}
 		if i >= len(batch) || ch.ID != batch[i] {
-			return fmt.Errorf("the chunk service answered chunk %s out of the order asked for", ch.ID)
+			return i, fmt.Errorf("the chunk service answered chunk %s out of the order asked for", ch.ID)
 		}
 		size := int64(len(ch.Data))
 		ra.received(size, est) // the shared budget holds size for it now
@@ -196,10 +215,13 @@ func (c *conv) fetchBatch(ctx context.Context, batch []id, est int64, ra *readAh
 		}
 		ra.done(size)
 		if errors.Is(err, errSessionOver) {
-			return nil // its cause is elsewhere
+			return len(batch), nil // its cause is elsewhere
 		}
 		if err != nil {
-			return err
+			return i, err
+		}
+		if size > est && i+1 < len(batch) {
+			return i + 1, nil // planned again at the new largest size
 		}
 	}
 }
@@ -267,12 +289,13 @@ var testHookPullStalled func()
 // not yet queued for the writer: the session's share. The same bytes are
 // held in the process's shared budget (session.Hold) from the moment a
 // batch is asked for until each chunk's frame is written or dropped. Sizes are known only on arrival, so a
-// batch holds an estimate per chunk (the session's average so far; the
+// batch holds an estimate per chunk (the largest chunk the session has
+// seen, never the average, which one tiny chunk drives to a byte; the
 // first batch, before any arrival, is at most two chunks), and each chunk,
 // on arrival, trades its estimate for its real size. Only new batches wait
-// for room; a chunk larger than its estimate overdraws, so a fetcher in
-// the middle of a batch never waits on another: at most one chunk per
-// fetcher beyond the budget.
+// for room; a chunk larger than its estimate overdraws and ends its batch
+// (fetchBatch plans the rest again), so a fetcher never waits on another
+// while overdrawn: at most one chunk per fetcher beyond the budget.
 type readAhead struct {
 	limit int64
 	freed chan struct{}
@@ -280,8 +303,7 @@ type readAhead struct {
 
 	mu      sync.Mutex
 	used    int64 // estimates held plus sizes of chunks arrived, not queued
-	seen    int64 // chunks arrived
-	total   int64 // their bytes
+	largest int64 // the largest chunk arrived, 0 before the first
 	waiters int   // fetchers waiting
 	stalled bool  // all fetchers have waited at once
 }
@@ -292,10 +314,10 @@ func newReadAhead(limit int64, s *session.Session) *readAhead {
 
 // estimate is the bytes held per chunk asked for.
 func (ra *readAhead) estimate() int64 {
-	if ra.seen == 0 {
+	if ra.largest == 0 {
 		return max(ra.limit/2, 1)
 	}
-	return max(ra.total/ra.seen, 1)
+	return ra.largest
 }
 
 // reserve waits until the budget has room and reserves estimates for up
@@ -336,8 +358,7 @@ func (ra *readAhead) reserve(ctx context.Context, most int) (int, int64, error) 
 func (ra *readAhead) received(size, est int64) {
 	ra.mu.Lock()
 	ra.used += size - est
-	ra.seen++
-	ra.total += size
+	ra.largest = max(ra.largest, size)
 	ra.mu.Unlock()
 	if size > est {
 		ra.s.HoldNow(size - est)

@@ -54,10 +54,10 @@ type conn struct {
 	dlQueue   chan *download
 	dlOnce    sync.Once
 	// dlShare is the connection's share of chunk bytes downloaded and not
-	// yet written to the client (Server.DownloadBytes); dlSeen and
-	// dlTotal (under mu) the chunks downloaded and their bytes.
-	dlShare         *session.Budget
-	dlSeen, dlTotal int64
+	// yet written to the client (Server.DownloadBytes); dlMax (under mu)
+	// the largest chunk downloaded so far, 0 before the first.
+	dlShare *session.Budget
+	dlMax   int64
 
 	// putMu serialises Puts, so that the chunk service sees uploads in
 	// the order they were read, and guards uploader: one ordered upload
@@ -136,27 +136,18 @@ func (c *conn) serviceError(ctx context.Context, id uint8, err error) {
 	c.sendError(ctx, id, errorCode(err), err)
 }
 
-func packetSize(p pmxproto.Packet) int64 {
-	switch p := p.(type) {
-	case *pmxproto.UploadChunk:
-		return int64(len(p.Data)) + smallPacket
-	case *pmxproto.BackupDataFixed:
-		return int64(len(p.Entries))*(8+pmxproto.DigestSize) + smallPacket
-	case *pmxproto.BackupDataDynamic:
-		return int64(len(p.Entries))*(8+pmxproto.DigestSize) + smallPacket
-	case *pmxproto.DownloadChunks:
-		return int64(len(p.Digests))*pmxproto.DigestSize + smallPacket
-	}
-	return smallPacket
-}
-
 // readLoop reads packets in order until the client leaves or the stream
 // cannot be framed; the session's idle deadline covers every wait.
 func (c *conn) readLoop(ctx context.Context) error {
 	c.send(ctx, &pmxproto.Hello{ID: 0, Version: pmxproto.Version})
 	r := pmxproto.NewReader(c.sess.Reader())
+	// What only a server sends is skipped unread and answered at once: its
+	// body is never allocated nor queued.
+	r.SetRefused(pmxproto.TypeHello, pmxproto.TypeOk, pmxproto.TypeError, pmxproto.TypeHashListPart,
+		pmxproto.TypeChunk, pmxproto.TypeBackupCreated)
 	c.packets = r
 	for {
+		before := r.Offset()
 		p, err := r.ReadPacket()
 		if errors.Is(err, io.EOF) {
 			return nil
@@ -171,7 +162,9 @@ func (c *conn) readLoop(ctx context.Context) error {
 			return fmt.Errorf("reading a packet: %w", err)
 		}
 		c.srv.Metrics.packet(p)
-		req := request{p: p, size: packetSize(p)}
+		// A packet counts its length on the wire (a small one at least
+		// smallPacket, its decoded form's overhead), whatever its type.
+		req := request{p: p, size: max(r.Offset()-before, smallPacket)}
 		if err := c.requests.Acquire(ctx, req.size); err != nil {
 			return nil // the session ended
 		}
@@ -624,7 +617,7 @@ func (c *conn) downloadWorker(ctx context.Context) {
 //
 // The digests are fetched in batches, each as many chunks as the
 // connection's download share (Server.DownloadBytes) has room for at the
-// connection's average chunk size so far. A batch's bytes are taken from
+// largest chunk size the connection has seen. A batch's bytes are taken from
 // that share and from the process's shared budget (Server.Shared) before
 // it is asked for, and each chunk's bytes go back once its packet is
 // written to the client: a client that does not read holds its share, not
@@ -647,34 +640,39 @@ func (c *conn) download(ctx context.Context, p *pmxproto.DownloadChunks) {
 			return
 		}
 		var ok bool
-		ok, err = c.downloadBatch(ctx, p, start, ids[start:start+n], est)
+		var done int
+		done, ok, err = c.downloadBatch(ctx, p, start, ids[start:start+n], est)
 		if !ok {
 			return
 		}
-		start += n
+		start += done
 	}
 	if err != nil && ctx.Err() == nil {
 		c.serviceError(ctx, p.ID, err)
 	}
 }
 
-// dlEstimate is the bytes reserved per chunk asked for: the connection's
-// average so far; its whole share before the first chunk, so that the
-// first batch is one chunk (a batch of small estimates for big chunks
-// would overdraw by each).
+// dlEstimate is the bytes reserved per chunk asked for: the largest chunk
+// the connection has seen (never its average, which a client can drive to
+// 1 byte with one tiny chunk before huge ones); its whole share before the
+// first chunk, so that the first batch is one chunk.
 func (c *conn) dlEstimate() int64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	est := c.dlShare.Size()
-	if c.dlSeen > 0 {
-		est = c.dlTotal / c.dlSeen
+	if c.dlMax > 0 {
+		est = c.dlMax
 	}
 	return min(max(est, 1), c.dlShare.Size())
 }
 
 // downloadBatch answers the chunks ids, which are p's digests from start
-// on; est bytes each are held. ok is false once the session is over.
-func (c *conn) downloadBatch(ctx context.Context, p *pmxproto.DownloadChunks, start int, ids []client.ID, est int64) (ok bool, err error) {
+// on; est bytes each are held. done is how many it answered: a chunk
+// larger than its estimate overdraws by the difference and ends the batch,
+// whose other estimates go back, so that a batch overdraws at most once
+// and the rest is planned again with the new figures. ok is false once
+// the session is over.
+func (c *conn) downloadBatch(ctx context.Context, p *pmxproto.DownloadChunks, start int, ids []client.ID, est int64) (done int, ok bool, err error) {
 	pending := len(ids) // estimates still held
 	defer func() {
 		c.dlShare.Release(int64(pending) * est)
@@ -686,15 +684,15 @@ func (c *conn) downloadBatch(ctx context.Context, p *pmxproto.DownloadChunks, st
 		ch, err := dl.Next()
 		switch {
 		case errors.Is(err, io.EOF):
-			return true, fmt.Errorf("the chunk service ended the download after %d of %d chunks: %w", start+i, len(p.Digests), apierr.ErrInternal)
+			return i, true, fmt.Errorf("the chunk service ended the download after %d of %d chunks: %w", start+i, len(p.Digests), apierr.ErrInternal)
 		case err != nil:
-			return true, err
+			return i, true, err
 		case ch.Err != nil:
-			return true, ch.Err
+			return i, true, ch.Err
 		case ch.ID != ids[i]:
-			return true, fmt.Errorf("the chunk service answered chunk %s for %s: %w", ch.ID, ids[i], apierr.ErrInternal)
+			return i, true, fmt.Errorf("the chunk service answered chunk %s for %s: %w", ch.ID, ids[i], apierr.ErrInternal)
 		case len(ch.Data) > pmxproto.MaxChunkData:
-			return true, fmt.Errorf("chunk %s: %d bytes do not fit a Chunk packet: %w", ch.ID, len(ch.Data), apierr.ErrInvalid)
+			return i, true, fmt.Errorf("chunk %s: %d bytes do not fit a Chunk packet: %w", ch.ID, len(ch.Data), apierr.ErrInvalid)
 		}
 		// Its estimate becomes its size, overdrawn by at most one chunk.
 		size := int64(len(ch.Data))
@@ -707,8 +705,7 @@ func (c *conn) downloadBatch(ctx context.Context, p *pmxproto.DownloadChunks, st
 			c.sess.Unhold(est - size)
 		}
 		c.mu.Lock()
-		c.dlSeen++
-		c.dlTotal += size
+		c.dlMax = max(c.dlMax, size)
 		c.mu.Unlock()
 		chunk := &pmxproto.Chunk{ID: p.ID, Offset: uint64(start + i), Digest: p.Digests[start+i], Data: ch.Data}
 		c.srv.Metrics.packet(chunk)
@@ -719,8 +716,11 @@ func (c *conn) downloadBatch(ctx context.Context, p *pmxproto.DownloadChunks, st
 			c.sess.Unhold(size)
 		}
 		if c.sess.SendBuffers(ctx, written, chunk.EncodeHead(nil), ch.Data) != nil {
-			return false, nil
+			return i, false, nil
+		}
+		if size > est && i+1 < len(ids) {
+			return i + 1, true, nil // planned again at the new largest size
 		}
 	}
-	return true, nil
+	return len(ids), true, nil
 }

@@ -19,8 +19,18 @@ import (
 	"github.com/chunkbridge/chunkbridge/pmxclient"
 )
 
-// heap reads the process's heap in use and goroutines after a collection.
+// heap reads the process's heap in use and goroutines after two
+// collections. Buffers in a sync.Pool survive one collection (the pool's
+// victim cache) and go at the second: gRPC's buffer pools hold transient
+// copies of the chunks just sent and received (the chunk service's
+// encoding, the gateway's frames and decoding: several per chunk in
+// flight), bufio and the session's writer pool theirs. One collection
+// counted those, a process-wide cache freed on demand, as if the
+// connections held them (TestManyPipelinedDownloadsShareOneBudget/grpc saw
+// +33..37 MiB after one collection, +5..9 MiB after two, with the shared
+// budget at exactly its 16 MiB: no overdraw).
 func heap() (inuse uint64, goroutines int) {
+	runtime.GC()
 	runtime.GC()
 	var m runtime.MemStats
 	runtime.ReadMemStats(&m)
@@ -303,6 +313,11 @@ func TestManyPipelinedDownloadsShareOneBudget(t *testing.T) {
 		grown := int64(heapStalled) - int64(heapBefore)
 		t.Logf("%d connections with 200 pipelined downloads each, never read: heap +%d MiB", conns, grown>>20)
 		// Without the shared budget: 10 reply queues of 64 MiB.
+		// Every chunk is the same size, so nothing overdraws; the rest is
+		// per connection: its read-ahead, lanes and queued requests.
+		if got := shared.InUse(); got > sharedBytes {
+			t.Errorf("shared budget %d in use, size %d", got, sharedBytes)
+		}
 		if bound := int64(sharedBytes + 16<<20); grown > bound {
 			t.Errorf("heap grew by %d MiB, shared budget %d MiB", grown>>20, sharedBytes>>20)
 		}
@@ -327,6 +342,118 @@ func TestManyPipelinedDownloadsShareOneBudget(t *testing.T) {
 				t.Fatalf("%d bytes of the shared budget still held after the connections closed", shared.InUse())
 			}
 			time.Sleep(10 * time.Millisecond)
+		}
+	})
+}
+
+// A client blocks one lane with a DownloadChunks it never reads, then
+// streams 16 MiB packets only a server sends (HashListPart, Chunk) on that
+// id: they are refused unread and answered at once, never queued behind
+// the lane at a nominal size, so the request budget bounds the heap.
+func TestServerPacketsFromClientRefusedUnread(t *testing.T) {
+	const requestBytes = 1 << 20
+	h := newHarness(t, func(s *pmx.Server) { s.RequestBytes = requestBytes })
+	c := h.dial(t)
+	big := c.upload(1, bytes.Repeat([]byte{7}, 4<<20))
+	heapBefore, _ := heap()
+
+	hostile := h.dial(t)
+	hostile.conn.SetDeadline(time.Now().Add(2 * time.Minute))
+	digests := make([]pmxproto.Digest, 100) // 400 MiB, never read
+	for i := range digests {
+		digests[i] = big
+	}
+	hostile.send(&pmxproto.DownloadChunks{ID: 5, Digests: digests})
+	part := &pmxproto.HashListPart{ID: 5, Digests: make([]pmxproto.Digest, (pmxproto.MaxBodySize)/pmxproto.DigestSize)}
+	partWire := part.Encode(nil)
+	chunk := (&pmxproto.Chunk{ID: 5, Digest: big, Data: make([]byte, pmxproto.MaxBodySize-8-pmxproto.DigestSize)}).Encode(nil)
+	const packets = 24
+	for i := range packets {
+		b := partWire
+		if i%2 == 1 {
+			b = chunk
+		}
+		if _, err := hostile.conn.Write(b); err != nil {
+			t.Fatalf("packet %d: %v", i, err)
+		}
+	}
+	partWire, chunk = nil, nil
+	// GetHashLists on the blocked lane count their 64 KiB each: the read
+	// loop stops at the request budget instead of queuing them at 64 bytes.
+	// (Sent aside: the server stops reading them.)
+	var lists []byte
+	for range 4 * requestBytes / 0xffff {
+		lists = (&pmxproto.GetHashList{ID: 5, Name: strings.Repeat("n", 0xffff)}).Encode(lists)
+	}
+	go hostile.conn.Write(lists)
+	other := h.dial(t)
+	other.upload(2, []byte("still served"))
+	time.Sleep(200 * time.Millisecond)
+
+	heapAfter, _ := heap()
+	grown := int64(heapAfter) - int64(heapBefore)
+	t.Logf("%d packets of 16 MiB a server sends, from a client on a blocked lane: heap +%d MiB", packets, grown>>20)
+	// The blocked download's share and reply queue, the chunk service's
+	// read-ahead: never the 384 MiB sent.
+	if grown > 96<<20 {
+		t.Fatalf("heap grew by %d MiB with a request budget of %d MiB", grown>>20, requestBytes>>20)
+	}
+}
+
+// A DownloadChunks listing a 1-byte chunk, then many 8 MiB ones, never
+// read: the estimate per chunk is the largest seen, not the average, and
+// a chunk above its estimate ends its batch, so each connection overdraws
+// the shared budget by one chunk at most.
+func TestTinyThenHugeChunksOverdrawOnce(t *testing.T) {
+	onBothTransports(t, func(t *testing.T, tr transport) {
+		const sharedBytes, chunkBytes, conns = 16 << 20, 8 << 20, 2
+		shared := session.NewBudget(sharedBytes)
+		h := newHarnessOn(t, tr, func(s *pmx.Server) {
+			s.Shared = shared
+			s.WriteTimeout = 10 * time.Minute
+		})
+		c := h.dial(t)
+		digests := []pmxproto.Digest{c.upload(1, []byte{1})}
+		var big []pmxproto.Digest
+		for i := range 4 {
+			big = append(big, c.upload(1, bytes.Repeat([]byte{byte(i)}, chunkBytes)))
+		}
+		for i := range 200 {
+			digests = append(digests, big[i%len(big)])
+		}
+		heapBefore, _ := heap()
+		var peak int64
+		stop := make(chan struct{})
+		sampled := make(chan struct{})
+		go func() {
+			defer close(sampled)
+			for {
+				peak = max(peak, shared.InUse())
+				select {
+				case <-stop:
+					return
+				case <-time.After(time.Millisecond):
+				}
+			}
+		}()
+		for range conns {
+			hc := h.dial(t)
+			hc.conn.(interface{ SetReadBuffer(int) error }).SetReadBuffer(4 << 10)
+			hc.send(&pmxproto.DownloadChunks{ID: 3, Digests: digests}) // and never read
+		}
+		time.Sleep(2 * time.Second)
+		heapStalled, _ := heap()
+		close(stop)
+		<-sampled
+		grown := int64(heapStalled) - int64(heapBefore)
+		t.Logf("%d connections, a 1-byte chunk then 200 of 8 MiB, never read: shared budget peak %d MiB of %d, heap +%d MiB", conns, peak>>20, sharedBytes>>20, grown>>20)
+		if bound := int64(sharedBytes + conns*chunkBytes); peak > bound {
+			t.Errorf("shared budget in use peaked at %d MiB, want at most %d MiB (budget and one chunk per connection)", peak>>20, bound>>20)
+		}
+		// What the budget counts, and per connection the chunk service's
+		// read-ahead of one chunk.
+		if bound := int64(sharedBytes + 2*conns*chunkBytes + 16<<20); grown > bound {
+			t.Errorf("heap grew by %d MiB, want at most %d MiB", grown>>20, bound>>20)
 		}
 	})
 }
