@@ -375,6 +375,9 @@ func TestStalledPullsShareOneBudget(t *testing.T) {
 			srv.Handler.QueueBytes = queueBytes
 			srv.Handler.ReadAheadBytes = readAhead
 			srv.Handler.Shared = shared
+			// What ends them under pressure; shorter than the default 5s
+			// so that the rounds a waiter sits through are short.
+			srv.Handler.StallTimeout = time.Second
 		})
 		ids, stored := storeBigChunks(t, h.chunks, 24, bigChunk)
 		baseHeap := heap()

@@ -66,6 +66,9 @@ type Handler struct {
 	// until each chunk's frame is written. ReadAheadBytes stays the
 	// session's share.
 	Shared *session.Budget
+	// StallTimeout replaces WriteTimeout for a session holding part of
+	// Shared while others wait for it (default 5s; docs/session.md).
+	StallTimeout time.Duration
 	// BatchSize is the most chunk ids one Download fetches
 	// (default 256); ReadAheadBytes usually allows fewer.
 	BatchSize int
@@ -163,6 +166,7 @@ func (h *Handler) sessionConfig() session.Config {
 		QueueBytes:   orDefault(h.QueueBytes, 4<<20),
 		DrainTimeout: h.DrainTimeout,
 		Shared:       h.Shared,
+		StallTimeout: h.StallTimeout,
 	}
 }
 

@@ -282,6 +282,9 @@ func TestManyPipelinedDownloadsShareOneBudget(t *testing.T) {
 		shared := session.NewBudget(sharedBytes)
 		h := newHarnessOn(t, tr, func(s *pmx.Server) {
 			s.Shared = shared
+			// What ends them under pressure; shorter than the default 5s
+			// so that the rounds a waiter sits through are short.
+			s.StallTimeout = time.Second
 			s.DownloadBytes = 4 << 20         // four connections fit at once
 			s.WriteTimeout = 10 * time.Minute // not what ends them
 		})
@@ -318,8 +321,16 @@ func TestManyPipelinedDownloadsShareOneBudget(t *testing.T) {
 		if got := shared.InUse(); got > sharedBytes {
 			t.Errorf("shared budget %d in use, size %d", got, sharedBytes)
 		}
-		if bound := int64(sharedBytes + 16<<20); grown > bound {
-			t.Errorf("heap grew by %d MiB, shared budget %d MiB", grown>>20, sharedBytes>>20)
+		bound := int64(sharedBytes + 16<<20)
+		if tr.name == "grpc" {
+			// Over gRPC the transport also keeps pooled, chunk-sized
+			// receive buffers (internal/grpcfast's tiers) that a GC does
+			// not take while the streams live: measured up to 21 MiB more
+			// under -race on a loaded machine.
+			bound += sharedBytes + 8<<20
+		}
+		if grown > bound {
+			t.Errorf("heap grew by %d MiB, bound %d MiB (shared budget %d MiB)", grown>>20, bound>>20, sharedBytes>>20)
 		}
 
 		start := time.Now()

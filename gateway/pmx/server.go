@@ -54,6 +54,9 @@ type Server struct {
 	// clients, shared with every other session (of either gateway): the
 	// sum over connections of what DownloadBytes allows each.
 	Shared *session.Budget
+	// StallTimeout replaces WriteTimeout for a session holding part of
+	// Shared while others wait for it (default 5s; docs/session.md).
+	StallTimeout time.Duration
 	// MaxDownloads bounds the DownloadChunks a connection has waiting
 	// (default 16); MaxOpenFiles its open backup files (default 16).
 	MaxDownloads, MaxOpenFiles int
@@ -122,6 +125,7 @@ func (s *Server) sessionConfig() session.Config {
 		WriteTimeout: s.WriteTimeout,
 		QueueBytes:   orDefault(s.QueueBytes, defaultQueue),
 		Shared:       s.Shared,
+		StallTimeout: s.StallTimeout,
 	}
 }
 
