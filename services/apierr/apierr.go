@@ -43,7 +43,7 @@ var (
 	// ErrExists: the named thing exists and may not be replaced.
 	ErrExists = errors.New("already exists")
 	// ErrFailedPrecondition: the system is not in the state the operation
-	// needs (chunks missing, the service's own credentials refused).
+	// needs: chunks missing (refined by ErrMissingChunks).
 	ErrFailedPrecondition = errors.New("failed precondition")
 	// ErrBusy: a conflicting operation is running (a second garbage
 	// collection); retry once it has finished.
@@ -100,9 +100,11 @@ var storageTable = []struct {
 	{codes.InvalidArgument, storage.ErrInvalidKey},
 	{codes.NotFound, storage.ErrNotFound},
 	{codes.Unavailable, storage.ErrUnavailable},
-	// The service's own credentials were refused: an operator problem,
-	// not the caller's, and not fixed by retrying.
-	{codes.FailedPrecondition, storage.ErrPermission},
+	// The service's own credentials were refused (or its directory is
+	// read-only): an operator problem, not the caller's, and not fixed by
+	// retrying. Not FailedPrecondition, which callers read as "upload the
+	// missing chunks first" (HTTP 409).
+	{codes.Internal, storage.ErrPermission},
 }
 
 // Code classifies err.

@@ -58,7 +58,7 @@ func TestRefinements(t *testing.T) {
 		{storage.ErrNotFound, codes.NotFound, ErrNotFound},
 		{storage.ErrUnavailable, codes.Unavailable, ErrUnavailable},
 		{storage.ErrInvalidKey, codes.InvalidArgument, ErrInvalid},
-		{storage.ErrPermission, codes.FailedPrecondition, ErrFailedPrecondition},
+		{storage.ErrPermission, codes.Internal, ErrInternal},
 	} {
 		wrapped := fmt.Errorf("index x: %w", c.err)
 		if Code(wrapped) != c.code {
