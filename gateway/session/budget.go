@@ -20,6 +20,7 @@ type Budget struct {
 
 	mu      sync.Mutex
 	used    int64
+	peak    int64     // the most used at once, for tests and metrics
 	waiters list.List // of *waiter, oldest first
 	// holders are the sessions holding units of a shared budget: when a
 	// request has to wait, their writers get Config.StallTimeout.
@@ -46,7 +47,7 @@ func (b *Budget) Acquire(ctx context.Context, n int64) error {
 	n = b.clamp(n)
 	b.mu.Lock()
 	if b.used+n <= b.size && b.waiters.Len() == 0 {
-		b.used += n
+		b.take(n)
 		b.mu.Unlock()
 		return nil
 	}
@@ -83,7 +84,7 @@ func (b *Budget) TryAcquire(n int64) bool {
 	if b.used+n > b.size || b.waiters.Len() > 0 {
 		return false
 	}
-	b.used += n
+	b.take(n)
 	return true
 }
 
@@ -93,8 +94,14 @@ func (b *Budget) TryAcquire(n int64) bool {
 func (b *Budget) Overdraw(n int64) {
 	n = b.clamp(n)
 	b.mu.Lock()
-	b.used += n
+	b.take(n)
 	b.mu.Unlock()
+}
+
+// take adds n to what is used. Called with b.mu held.
+func (b *Budget) take(n int64) {
+	b.used += n
+	b.peak = max(b.peak, b.used)
 }
 
 // Release returns n units taken by Acquire, TryAcquire or Overdraw with
@@ -114,7 +121,7 @@ func (b *Budget) grant() {
 		if b.used+w.n > b.size {
 			return
 		}
-		b.used += w.n
+		b.take(w.n)
 		b.waiters.Remove(e)
 		close(w.ready)
 	}
@@ -128,6 +135,13 @@ func (b *Budget) InUse() int64 {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.used
+}
+
+// Peak is the most that was taken at once since the budget was made.
+func (b *Budget) Peak() int64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.peak
 }
 
 // pressed reports whether a request waits.
