@@ -38,6 +38,9 @@ const (
 	// maxEntries bounds one snapshot file (kept in memory while written):
 	// 16 Mi entries, 64 TiB of image at 4 MiB or 1 TiB of stream at 64 KiB.
 	maxEntries = pbsindex.DefaultMaxEntries
+	// maxAhead bounds the fixed slots filled ahead of the first unfilled
+	// one (about 100 bytes each while they wait): 96 MiB at most.
+	maxAhead = 1 << 20
 	// entryBatch is how many entries are checked against the store at once.
 	entryBatch = 4096
 	// latest stands for the newest snapshot in a path given to
@@ -119,8 +122,8 @@ type snapshotWriter struct {
 	// fixed holds the slots filled so far in order (Digests grows as
 	// entries arrive: the size field announced in Create allocates
 	// nothing); slots filled ahead of that wait in sparse until the gap
-	// closes. Memory follows the entries a client sent, not the size it
-	// claims.
+	// closes, at most maxAhead of them. Memory follows the entries a
+	// client sent, not the size it claims.
 	fixed   *pbsindex.Fixed
 	slots   int64
 	sparse  map[int64]pbsindex.Digest
@@ -321,6 +324,13 @@ func (w *snapshotWriter) place(e *chunkbridgev1.WriteSnapshotFileRequest_Entry, 
 		case slot < n:
 			f.Digests[slot] = pbsindex.Digest(id)
 		case slot > n:
+			if _, ok := w.sparse[slot]; !ok && len(w.sparse) >= maxAhead {
+				// A map entry costs three times a dense slot: out-of-order
+				// slots are bounded, so that a client sending them in
+				// reverse cannot make memory grow past what in-order
+				// entries would cost.
+				return w.refuse(codes.InvalidArgument, e.GetDigest(), "slot %d is more than %d slots ahead of the first unfilled one (%d): send fixed entries roughly in order", slot, maxAhead, n)
+			}
 			w.sparse[slot] = pbsindex.Digest(id)
 		default:
 			f.Digests = append(f.Digests, pbsindex.Digest(id))
