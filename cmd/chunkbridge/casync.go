@@ -20,8 +20,8 @@ import (
 // casyncRemote speaks caprotocol on stdin and stdout: ssh runs it as the
 // remote casync (CASYNC_REMOTE_PATH="chunkbridge casync-remote"). Its argv is
 // [--chunk-service ADDR] followed by casync's remote argv, with or without
-// casync's --log-level/--rate-limit-bps options. CHUNKBRIDGE_CASYNC_IDLE_TIMEOUT
-// and CHUNKBRIDGE_CASYNC_WRITE_TIMEOUT (Go durations) override the session's
+// casync's --log-level/--rate-limit-bps options. CHUNKBRIDGE_SESSION_IDLE_TIMEOUT
+// and CHUNKBRIDGE_SESSION_WRITE_TIMEOUT (Go durations) override the session's
 // idle timeout (10m) and write timeout (1m).
 func casyncRemote(ctx context.Context, argv []string, stderr io.Writer) error {
 	addr := os.Getenv(envName("chunk-service"))
@@ -67,8 +67,9 @@ func casyncRemote(ctx context.Context, argv []string, stderr io.Writer) error {
 		Catalog: client.NewCatalogGRPC(conn),
 		Log:     log,
 	}
-	// The session's timeouts, for a client that stops reading or sending.
-	for name, d := range map[string]*time.Duration{"casync-idle-timeout": &h.IdleTimeout, "casync-write-timeout": &h.WriteTimeout} {
+	// The session's timeouts, for a client that stops reading or sending:
+	// the same CHUNKBRIDGE_SESSION_* variables as serve's flags.
+	for name, d := range map[string]*time.Duration{"session-idle-timeout": &h.IdleTimeout, "session-write-timeout": &h.WriteTimeout} {
 		if v := os.Getenv(envName(name)); v != "" {
 			if *d, err = time.ParseDuration(v); err != nil {
 				return fmt.Errorf("casync-remote: %s: %w", envName(name), err)
@@ -87,9 +88,11 @@ func casyncRemote(ctx context.Context, argv []string, stderr io.Writer) error {
 // through the runtime poller; sshd may hand blocking ones, which are put
 // in non-blocking mode and opened anew (os registered fd at start-up only
 // if it was non-blocking then). A terminal or a regular file is left as
-// it is: the session then closes it on a timer instead.
+// it is: the session then closes it on a timer instead. Whether os can
+// wait on std decides, not the descriptor's O_NONBLOCK flag: stdin and
+// stdout may share one socket, whose flag setting stdin's sets too.
 func pollable(std *os.File, fd int) *os.File {
-	if fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0); err != nil || fl&unix.O_NONBLOCK != 0 {
+	if std.SetReadDeadline(time.Time{}) == nil {
 		return std
 	}
 	var st unix.Stat_t

@@ -68,7 +68,7 @@ func TestCasyncRemoteCutsStalledClientOnBlockingPipes(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, binary, "casync-remote", "pull", "-", "-", "-", "/default.castr")
-	cmd.Env = append(os.Environ(), "CHUNKBRIDGE_CHUNK_SERVICE="+p.grpc, "CHUNKBRIDGE_CASYNC_WRITE_TIMEOUT=1s")
+	cmd.Env = append(os.Environ(), "CHUNKBRIDGE_CHUNK_SERVICE="+p.grpc, "CHUNKBRIDGE_SESSION_WRITE_TIMEOUT=1s")
 	var stderr bytes.Buffer
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = inR, outW, &stderr
 	if err := cmd.Start(); err != nil {
