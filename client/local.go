@@ -2,10 +2,14 @@ package client
 
 import (
 	"context"
+	"fmt"
 	"io"
+	"log/slog"
+	"runtime/debug"
 	"sync"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
+	"github.com/chunkbridge/chunkbridge/services/apierr"
 	"github.com/chunkbridge/chunkbridge/services/chunk"
 )
 
@@ -73,9 +77,10 @@ func (l *localUpload) send(u *Upload) error {
 	}
 	up := chunk.Upload{ID: u.ID, Algorithm: u.Algorithm, Encoding: u.Encoding, Data: u.Data}
 	go func() {
-		created, err := l.svc.Put(l.ctx, up)
-		<-l.running
-		res <- putResult{created, err}
+		var r putResult
+		defer func() { <-l.running; res <- r }()
+		defer recovered("put", up.ID, &r.err)
+		r.created, r.err = l.svc.Put(l.ctx, up)
 	}()
 	return nil
 }
@@ -126,8 +131,13 @@ func (t *localTransport) openDownload(ctx context.Context, ids []ID, raw bool) (
 				return
 			}
 			go func() {
-				c, err := t.svc.Get(ctx, id, raw)
-				res <- Chunk{ID: id, Algorithm: c.Algorithm, Size: c.Size, Encoding: c.Encoding, Data: c.Data, Err: err}
+				var c chunk.Chunk
+				var err error
+				defer func() {
+					res <- Chunk{ID: id, Algorithm: c.Algorithm, Size: c.Size, Encoding: c.Encoding, Data: c.Data, Err: err}
+				}()
+				defer recovered("get", id, &err)
+				c, err = t.svc.Get(ctx, id, raw)
 			}()
 		}
 	}()
@@ -151,5 +161,15 @@ func (d *localDownload) recv() (Chunk, error) {
 		}
 	case <-d.ctx.Done():
 		return Chunk{}, d.ctx.Err()
+	}
+}
+
+// recovered turns a panic in a service call into that call's error, as the
+// gRPC server's recovery interceptor does for the gRPC transport: one bad
+// chunk must not end the process. Deferred directly by the call's goroutine.
+func recovered(op string, id ID, err *error) {
+	if p := recover(); p != nil {
+		slog.Error("panic in the chunk service", "op", op, "chunk", id.String(), "panic", p, "stack", string(debug.Stack()))
+		*err = fmt.Errorf("chunk %s: %s: %w", id, op, apierr.ErrInternal)
 	}
 }
