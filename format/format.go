@@ -24,3 +24,8 @@ import (
 // then never restored through the other. It is refused when it is
 // uploaded or referenced, never discovered when it is read.
 const MaxChunk = min(caproto.MaxChunkData, pmxproto.MaxChunkData)
+
+// MaxIndex is the largest casync index chunkbridge accepts by default,
+// over caprotocol, over HTTP and in the catalog alike: 1 GiB (a 200 GB
+// blob at 64 KiB chunks has an index of about 130 MB).
+const MaxIndex = 1 << 30

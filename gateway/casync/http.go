@@ -17,6 +17,7 @@ import (
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
 	"github.com/chunkbridge/chunkbridge/client"
+	"github.com/chunkbridge/chunkbridge/format"
 	"github.com/chunkbridge/chunkbridge/format/caindex"
 	"github.com/chunkbridge/chunkbridge/format/caproto"
 	"github.com/chunkbridge/chunkbridge/services/apierr"
@@ -39,7 +40,7 @@ type HTTPStore struct {
 	// are typed, so the one status table serves both services.
 	Catalog *client.Catalog
 	Log     *slog.Logger
-	// MaxIndexSize bounds a PUT index body (default DefaultMaxIndexSize);
+	// MaxIndexSize bounds a PUT index body (default format.MaxIndex);
 	// the catalog applies its own limit too.
 	MaxIndexSize int64
 }
@@ -359,15 +360,11 @@ func (w *writeErr) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// DefaultMaxIndexSize is the default HTTPStore.MaxIndexSize, the catalog's
-// default limit.
-const DefaultMaxIndexSize = 1 << 30
-
 func (h *HTTPStore) maxIndexSize() int64 {
 	if h.MaxIndexSize > 0 {
 		return h.MaxIndexSize
 	}
-	return DefaultMaxIndexSize
+	return format.MaxIndex
 }
 
 // indexFail answers a body that is not a casync index: 413 past the limit,

@@ -35,9 +35,6 @@ type Options struct {
 	// Limits bounds the REST routes' bodies (MaxJSONBody); NewServer
 	// applies its timeouts.
 	Limits Limits
-	// MaxIndexSize bounds an index PUT to the casync HTTP store (default
-	// casync.DefaultMaxIndexSize).
-	MaxIndexSize int64
 	// Chunks is the casync HTTP store's client of the chunk service
 	// (default client.NewGRPC over conn; in the services' own process,
 	// client.NewLocal).
@@ -108,10 +105,9 @@ func NewHandler(ctx context.Context, conn *grpc.ClientConn, opts Options) (http.
 		chunks = client.NewGRPC(conn)
 	}
 	mux.Handle("/casync/", http.StripPrefix("/casync", &casync.HTTPStore{
-		Chunks:       chunks,
-		Catalog:      client.NewCatalogGRPC(conn),
-		Log:          opts.Log,
-		MaxIndexSize: opts.MaxIndexSize,
+		Chunks:  chunks,
+		Catalog: client.NewCatalogGRPC(conn),
+		Log:     opts.Log,
 	}))
 	return mux, nil
 }

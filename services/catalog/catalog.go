@@ -8,6 +8,7 @@ import (
 	"os"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
+	"github.com/chunkbridge/chunkbridge/format"
 	"github.com/chunkbridge/chunkbridge/services/chunk"
 	"github.com/chunkbridge/chunkbridge/services/gcguard"
 	"github.com/chunkbridge/chunkbridge/storage"
@@ -15,8 +16,7 @@ import (
 
 // Config tunes the catalog. Zero values take the defaults.
 type Config struct {
-	// MaxIndexSize bounds one casync index (default 1 GiB: a 200 GB blob
-	// at 64 KiB chunks has an index of about 130 MB).
+	// MaxIndexSize bounds one casync index (default format.MaxIndex).
 	MaxIndexSize int64
 	// SpoolDir holds indexes while they arrive and are validated (default
 	// the system temporary directory). Nothing there outlives a call.
@@ -39,7 +39,7 @@ type Server struct {
 // New returns the catalog over store; chunks answers existence checks.
 func New(store storage.Store, chunks *chunk.Service, cfg Config) (*Server, error) {
 	if cfg.MaxIndexSize <= 0 {
-		cfg.MaxIndexSize = 1 << 30
+		cfg.MaxIndexSize = format.MaxIndex
 	}
 	if cfg.SpoolDir == "" {
 		cfg.SpoolDir = os.TempDir()
