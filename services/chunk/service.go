@@ -252,8 +252,8 @@ func (s *Service) Get(ctx context.Context, id ID, raw bool) (Chunk, error) {
 	}
 	defer rc.Close()
 	// The object size is checked before the buffer is allocated.
-	if info.Size > MaxSize+MaxSize/8 {
-		return Chunk{}, fmt.Errorf("chunk %s: %w: stored object is %d bytes, more than any valid chunk", id, apierr.ErrDigestMismatch, info.Size)
+	if err := checkStoredSize(id, info.Size); err != nil {
+		return Chunk{}, err
 	}
 	stored := make([]byte, info.Size)
 	if _, err := io.ReadFull(rc, stored); err != nil {
@@ -293,9 +293,9 @@ func (s *Service) OpenStored(ctx context.Context, id ID) (io.ReadCloser, int64, 
 	if err != nil {
 		return nil, 0, storeErr(id, err)
 	}
-	if size > MaxSize+MaxSize/8 {
+	if err := checkStoredSize(id, size); err != nil {
 		rc.Close()
-		return nil, 0, fmt.Errorf("chunk %s: %w: stored object is %d bytes, more than any valid chunk", id, apierr.ErrDigestMismatch, size)
+		return nil, 0, err
 	}
 	s.metrics.bytesServed.Add(float64(size))
 	return rc, size, nil
@@ -374,3 +374,16 @@ func (s *Service) Forget(id ID) { s.presence.forget(id) }
 // for every chunk. A replica calls it when garbage collection ran in
 // another process, whose Forget calls it never saw.
 func (s *Service) ForgetAll() { s.presence.forgetAll() }
+
+// maxStored bounds a stored object: the largest chunk, compressed, with
+// room for zstd's worst case.
+const maxStored = MaxSize + MaxSize/8
+
+// checkStoredSize refuses an object larger than any valid chunk before
+// anything is read or allocated for it.
+func checkStoredSize(id ID, size int64) error {
+	if size > maxStored {
+		return fmt.Errorf("chunk %s: %w: stored object is %d bytes, more than any valid chunk", id, apierr.ErrDigestMismatch, size)
+	}
+	return nil
+}
