@@ -150,6 +150,9 @@ func (c *conn) readLoop(ctx context.Context) error {
 		before := r.Offset()
 		p, err := r.ReadPacket()
 		if errors.Is(err, io.EOF) {
+			// The client half-closed: what it sent before is still
+			// answered (a BackupFinished among it commits its file).
+			c.drainLanes(ctx)
 			return nil
 		}
 		var be *pmxproto.BodyError
@@ -216,6 +219,7 @@ func (c *conn) work(ctx context.Context, id uint8) {
 		c.mu.Lock()
 		if len(l.queue) == 0 || ctx.Err() != nil {
 			l.running = false
+			c.cond.Broadcast() // drainLanes may wait for this
 			c.mu.Unlock()
 			return
 		}
@@ -233,6 +237,27 @@ func (c *conn) work(ctx context.Context, id uint8) {
 			c.requests.Release(req.size) // an upload releases its own once answered
 		}
 	}
+}
+
+// drainLanes waits until every request read has been answered, or the
+// session ends.
+func (c *conn) drainLanes(ctx context.Context) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for ctx.Err() == nil && c.lanesBusy() {
+		c.cond.Wait()
+	}
+}
+
+// lanesBusy reports whether a lane has work queued, running or an upload
+// unanswered. Called with c.mu held.
+func (c *conn) lanesBusy() bool {
+	for i := range c.lanes {
+		if l := &c.lanes[i]; l.running || len(l.queue) > 0 || l.uploads > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // laneIdle reports whether nothing more is queued on id: the client waits.

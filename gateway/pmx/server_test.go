@@ -6,8 +6,10 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -430,4 +432,40 @@ func testUploadBarrierPipelined(t *testing.T, tr transport) {
 	if total != n {
 		t.Fatalf("%d uploads answered before the file's Ok, want %d", total, n)
 	}
+}
+
+// A client that sends its last packets and half-closes still gets every
+// answer: requests read before the end of input are served, and a
+// BackupFinished among them publishes its file.
+func TestHalfCloseAfterBackupFinished(t *testing.T) {
+	h := newHarness(t)
+	c := h.dial(t)
+	data := bytes.Repeat([]byte("h"), 4096)
+	d, up := uploadOf(data)
+	up.ID = 1
+	c.send(up,
+		&pmxproto.CreateBackup{ID: 2, BackupType: pmxproto.BackupHost, Timestamp: ts, Flags: pmxproto.FlagExcl, ChunkSize: 4096, FileSize: 4096, BackupID: "half", Name: "x.img"},
+		&pmxproto.BackupDataFixed{ID: 2, Entries: []pmxproto.FixedEntry{{Index: 0, Digest: d}}},
+		&pmxproto.BackupFinished{ID: 2})
+	if err := c.conn.(*net.TCPConn).CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	// Replies of different ids may come in any order; those of id 2 in
+	// order: BackupCreated, then Ok once the file is published.
+	var got []string
+	for range 3 {
+		switch p := c.next().(type) {
+		case *pmxproto.Ok:
+			got = append(got, fmt.Sprintf("Ok(%d)", p.ID))
+		case *pmxproto.BackupCreated:
+			got = append(got, fmt.Sprintf("BackupCreated(%d)", p.ID))
+		default:
+			t.Fatalf("after %v: unexpected %+v", got, p)
+		}
+	}
+	got = slices.DeleteFunc(got, func(s string) bool { return s == "Ok(1)" })
+	if !slices.Equal(got, []string{"BackupCreated(2)", "Ok(2)"}) {
+		t.Fatalf("replies to id 2 after the half-close: %v, want BackupCreated then Ok", got)
+	}
+	c.expectClosed()
 }
