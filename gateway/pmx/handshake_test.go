@@ -1,18 +1,22 @@
 package pmx_test
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"io"
 	"math/big"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/chunkbridge/chunkbridge/gateway/pmx"
+	"github.com/chunkbridge/chunkbridge/pmxclient"
 )
 
 func selfSigned(t *testing.T) *tls.Config {
@@ -50,5 +54,26 @@ func TestSilentTLSClientDroppedAtHandshakeTimeout(t *testing.T) {
 	}
 	if n != 0 {
 		t.Fatalf("the server sent %d bytes to a client that never started a handshake", n)
+	}
+}
+
+// Over TLS too, a client beyond MaxConns reads why it was refused: the
+// handshake completes before the refusal's session starts.
+func TestMaxConnsRefusalOverTLS(t *testing.T) {
+	h := newHarness(t, func(s *pmx.Server) {
+		s.TLS = selfSigned(t)
+		s.MaxConns = 1
+	})
+	insecure := &tls.Config{InsecureSkipVerify: true} // the test's own certificate
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	first, err := pmxclient.Dial(ctx, h.addr, insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	_, err = pmxclient.Dial(ctx, h.addr, insecure)
+	if !errors.Is(err, pmxclient.ErrBusy) || !strings.Contains(err.Error(), "too many connections") {
+		t.Fatalf("TLS Dial beyond MaxConns: %v, want ErrBusy saying too many connections", err)
 	}
 }

@@ -129,14 +129,27 @@ func (s *Server) sessionConfig() session.Config {
 	}
 }
 
+// handshake completes a TLS connection's handshake within
+// HandshakeTimeout, before a session starts: a session that ends at once
+// (a refusal) expires its read deadline, which a handshake started by its
+// first write would then fail on. It reports false if the handshake failed.
+func (s *Server) handshake(nc net.Conn) bool {
+	tc, ok := nc.(*tls.Conn)
+	if !ok {
+		return true
+	}
+	tc.SetDeadline(time.Now().Add(orDefault(s.HandshakeTimeout, 30*time.Second)))
+	if err := tc.Handshake(); err != nil {
+		s.log().Info("TLS handshake failed", "remote", nc.RemoteAddr().String(), "err", err)
+		return false
+	}
+	tc.SetDeadline(time.Time{})
+	return true
+}
+
 func (s *Server) serveConn(nc net.Conn) {
-	if tc, ok := nc.(*tls.Conn); ok {
-		tc.SetDeadline(time.Now().Add(orDefault(s.HandshakeTimeout, 30*time.Second)))
-		if err := tc.Handshake(); err != nil {
-			s.log().Info("TLS handshake failed", "remote", nc.RemoteAddr().String(), "err", err)
-			return
-		}
-		tc.SetDeadline(time.Time{})
+	if !s.handshake(nc) {
+		return
 	}
 	sess := session.New(context.Background(), nc, s.sessionConfig())
 	c := &conn{
@@ -176,6 +189,9 @@ func (s *Server) serveConn(nc net.Conn) {
 // refuse answers a connection beyond MaxConns with Error(Busy) in place of
 // Hello, then closes it.
 func (s *Server) refuse(nc net.Conn) {
+	if !s.handshake(nc) {
+		return
+	}
 	sess := session.New(context.Background(), nc, session.Config{WriteTimeout: 5 * time.Second, DrainTimeout: time.Second, IdleTimeout: 5 * time.Second})
 	err := tcpserver.ErrTooManyConnections
 	sess.Fail(err, (&pmxproto.Error{ID: 0, Code: pmxproto.ErrorBusy, Reason: "chunkbridge: " + err.Error()}).Encode(nil))
