@@ -37,8 +37,8 @@ func (c *conv) pull(ctx context.Context) error {
 		c.goWork(c.sendIndex)
 	}
 	q := newRequestQueue()
-	maxRequested := orDefault(c.h.MaxRequested, 4<<20)
-	ra := newReadAhead(orDefault(c.h.ReadAheadBytes, 8<<20), c.s)
+	maxRequested := session.OrDefault(c.h.MaxRequested, 4<<20)
+	ra := newReadAhead(session.OrDefault(c.h.ReadAheadBytes, 8<<20), c.s)
 	for range fetchers {
 		c.goWork(func(ctx context.Context) error { return c.fetch(ctx, q, ra) })
 	}

@@ -13,6 +13,7 @@ import (
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
 	"github.com/chunkbridge/chunkbridge/client"
 	"github.com/chunkbridge/chunkbridge/format/caproto"
+	"github.com/chunkbridge/chunkbridge/gateway/session"
 )
 
 const (
@@ -71,7 +72,7 @@ func (c *conv) push(ctx context.Context) error {
 	p := &pushing{
 		refused:     make(chan error, 1),
 		algorithm:   make(chan chunkbridgev1.DigestAlgorithm, 1),
-		outstanding: newOutstanding(orDefault(c.h.MaxPushIDs, 4<<20)),
+		outstanding: newOutstanding(session.OrDefault(c.h.MaxPushIDs, 4<<20)),
 		publishing:  make(chan struct{}),
 		published:   make(chan struct{}),
 	}
@@ -81,7 +82,7 @@ func (c *conv) push(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("index %s: %w", c.args.Index, err)
 	}
-	p.uploads, err = c.h.Chunks.NewUploader(ctx, client.UploadOptions{Window: maxUnacked, WindowBytes: int64(orDefault(c.h.PushBytes, 16<<20))})
+	p.uploads, err = c.h.Chunks.NewUploader(ctx, client.UploadOptions{Window: maxUnacked, WindowBytes: int64(session.OrDefault(c.h.PushBytes, 16<<20))})
 	if err != nil {
 		return err
 	}

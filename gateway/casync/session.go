@@ -163,18 +163,11 @@ func (h *Handler) sessionConfig() session.Config {
 	return session.Config{
 		IdleTimeout:  h.IdleTimeout,
 		WriteTimeout: h.WriteTimeout,
-		QueueBytes:   orDefault(h.QueueBytes, 4<<20),
+		QueueBytes:   session.OrDefault(h.QueueBytes, 4<<20),
 		DrainTimeout: h.DrainTimeout,
 		Shared:       h.Shared,
 		StallTimeout: h.StallTimeout,
 	}
-}
-
-func orDefault[T int | int64](v, def T) T {
-	if v > 0 {
-		return v
-	}
-	return def
 }
 
 // Serve runs one session on conn with the remote argv args, and returns
@@ -297,4 +290,4 @@ func (h *Handler) refuse(ctx context.Context, conn Conn, err error) error {
 	return s.Run(func(context.Context) error { return nil })
 }
 
-func (h *Handler) batchSize() int { return orDefault(h.BatchSize, 256) }
+func (h *Handler) batchSize() int { return session.OrDefault(h.BatchSize, 256) }

@@ -74,14 +74,7 @@ const (
 	defaultOpenFiles = 16
 )
 
-func orDefault[T int | int64 | time.Duration](v, d T) T {
-	if v > 0 {
-		return v
-	}
-	return d
-}
-
-func (s *Server) maxOpenFiles() int { return orDefault(s.MaxOpenFiles, defaultOpenFiles) }
+func (s *Server) maxOpenFiles() int { return session.OrDefault(s.MaxOpenFiles, defaultOpenFiles) }
 
 func (s *Server) log() *slog.Logger {
 	if s.Log == nil {
@@ -93,7 +86,7 @@ func (s *Server) log() *slog.Logger {
 func (s *Server) init() {
 	s.once.Do(func() {
 		s.tcp.Handle = s.serveConn
-		s.tcp.MaxConns = orDefault(s.MaxConns, defaultMaxConns)
+		s.tcp.MaxConns = session.OrDefault(s.MaxConns, defaultMaxConns)
 		s.tcp.Refuse = s.refuse
 		s.tcp.Log = s.Log
 		if s.TLS != nil {
@@ -123,7 +116,7 @@ func (s *Server) sessionConfig() session.Config {
 	return session.Config{
 		IdleTimeout:  s.IdleTimeout,
 		WriteTimeout: s.WriteTimeout,
-		QueueBytes:   orDefault(s.QueueBytes, defaultQueue),
+		QueueBytes:   session.OrDefault(s.QueueBytes, defaultQueue),
 		Shared:       s.Shared,
 		StallTimeout: s.StallTimeout,
 	}
@@ -138,7 +131,7 @@ func (s *Server) handshake(nc net.Conn) bool {
 	if !ok {
 		return true
 	}
-	tc.SetDeadline(time.Now().Add(orDefault(s.HandshakeTimeout, 30*time.Second)))
+	tc.SetDeadline(time.Now().Add(session.OrDefault(s.HandshakeTimeout, 30*time.Second)))
 	if err := tc.Handshake(); err != nil {
 		s.log().Info("TLS handshake failed", "remote", nc.RemoteAddr().String(), "err", err)
 		return false
@@ -154,10 +147,10 @@ func (s *Server) serveConn(nc net.Conn) {
 	sess := session.New(context.Background(), nc, s.sessionConfig())
 	c := &conn{
 		srv: s, sess: sess, log: s.log().With("remote", nc.RemoteAddr().String()),
-		requests:  session.NewBudget(orDefault(s.RequestBytes, defaultRequests)),
-		downloads: session.NewBudget(int64(orDefault(s.MaxDownloads, defaultDownloads))),
+		requests:  session.NewBudget(session.OrDefault(s.RequestBytes, defaultRequests)),
+		downloads: session.NewBudget(int64(session.OrDefault(s.MaxDownloads, defaultDownloads))),
 		dlQueue:   make(chan *download),
-		dlShare:   session.NewBudget(orDefault(s.DownloadBytes, defaultDLBytes)),
+		dlShare:   session.NewBudget(session.OrDefault(s.DownloadBytes, defaultDLBytes)),
 		unacked:   map[uint64]bool{},
 		streams:   map[uint8]*fileStream{},
 		created:   map[string]bool{},

@@ -131,24 +131,12 @@ type Session struct {
 // New starts a session on conn: its writer runs until the session ends.
 // Call Run exactly once.
 func New(ctx context.Context, conn Conn, cfg Config) *Session {
-	if cfg.IdleTimeout <= 0 {
-		cfg.IdleTimeout = defaultIdle
-	}
-	if cfg.WriteTimeout <= 0 {
-		cfg.WriteTimeout = defaultWrite
-	}
-	if cfg.QueueBytes <= 0 {
-		cfg.QueueBytes = defaultQueue
-	}
-	if cfg.BufferSize <= 0 {
-		cfg.BufferSize = defaultBuffer
-	}
-	if cfg.DrainTimeout <= 0 {
-		cfg.DrainTimeout = defaultDrain
-	}
-	if cfg.StallTimeout <= 0 {
-		cfg.StallTimeout = defaultStall
-	}
+	cfg.IdleTimeout = OrDefault(cfg.IdleTimeout, defaultIdle)
+	cfg.WriteTimeout = OrDefault(cfg.WriteTimeout, defaultWrite)
+	cfg.QueueBytes = OrDefault(cfg.QueueBytes, defaultQueue)
+	cfg.BufferSize = OrDefault(cfg.BufferSize, defaultBuffer)
+	cfg.DrainTimeout = OrDefault(cfg.DrainTimeout, defaultDrain)
+	cfg.StallTimeout = OrDefault(cfg.StallTimeout, defaultStall)
 	s := &Session{cfg: cfg, conn: conn, queue: NewBudget(cfg.QueueBytes), wake: make(chan struct{}, 1)}
 	s.ctx, s.cancel = context.WithCancelCause(ctx)
 	s.touch()
@@ -690,4 +678,13 @@ func (s *Session) drain() {
 	n, _ := io.CopyN(io.Discard, s.conn, MaxDrain)
 	disarm()
 	s.drained.Store(n)
+}
+
+// OrDefault is v if it is set (positive), else def: how a zero setting
+// takes its default in the session and in the gateways' configurations.
+func OrDefault[T int | int64 | time.Duration](v, def T) T {
+	if v > 0 {
+		return v
+	}
+	return def
 }
