@@ -13,9 +13,10 @@ import (
 // succeed). Waiting for the first put's outcome instead lets the second one
 // see the name gone and write the object itself, or find it durable.
 type inflight struct {
-	mu      sync.Mutex
-	keys    map[string]chan struct{} // closed when the key's put ends
-	waiters map[string]int           // puts waiting per key, for tests
+	mu   sync.Mutex
+	keys map[string]chan struct{} // closed when the key's put ends
+	// onWait, if set (by tests), runs when a put starts to wait for key.
+	onWait func(key string)
 }
 
 // acquire waits until no other put of key is in flight and claims it; the
@@ -27,19 +28,15 @@ func (f *inflight) acquire(ctx context.Context, key string) (release func(), err
 		if !busy {
 			break
 		}
-		if f.waiters == nil {
-			f.waiters = make(map[string]int)
-		}
-		f.waiters[key]++
 		f.mu.Unlock()
+		if f.onWait != nil {
+			f.onWait(key)
+		}
 		select {
 		case <-ch:
 		case <-ctx.Done():
 		}
 		f.mu.Lock()
-		if f.waiters[key]--; f.waiters[key] == 0 {
-			delete(f.waiters, key)
-		}
 		if err := ctx.Err(); err != nil {
 			f.mu.Unlock()
 			return nil, err
@@ -57,11 +54,4 @@ func (f *inflight) acquire(ctx context.Context, key string) (release func(), err
 		f.mu.Unlock()
 		close(ch)
 	}, nil
-}
-
-// waiting reports how many puts wait for key's put in flight.
-func (f *inflight) waiting(key string) int {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.waiters[key]
 }

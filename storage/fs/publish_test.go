@@ -56,6 +56,8 @@ func TestPutIfAbsentDuringFailedPublish(t *testing.T) {
 				err     error
 			}
 			resB := make(chan result, 1)
+			var bWaits atomic.Bool
+			s.inflight.onWait = func(k string) { bWaits.Store(k == key) }
 			go func() {
 				created, err := s.PutIfAbsent(ctx, key, bytes.NewReader(data), int64(len(data)), nil)
 				resB <- result{created, err}
@@ -63,7 +65,7 @@ func TestPutIfAbsentDuringFailedPublish(t *testing.T) {
 			// Let B reach the point where it waits: for the put in flight
 			// (fixed) or for a sync (the bug).
 			deadline := time.Now().Add(10 * time.Second)
-			for s.sync.waiting() < 2 && s.inflight.waiting(key) < 1 {
+			for s.sync.waiting() < 2 && !bWaits.Load() {
 				if time.Now().After(deadline) {
 					t.Fatal("second put never waited")
 				}
