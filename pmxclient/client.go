@@ -285,12 +285,24 @@ func (c *Client) send(ctx context.Context, p pmxproto.Packet, flush bool) error 
 	if err := p.Validate(); err != nil {
 		return fmt.Errorf("pmx: %w", err) // nothing written; the connection is fine
 	}
-	stop := context.AfterFunc(ctx, func() { c.conn.SetWriteDeadline(time.Unix(1, 0)) })
+	interrupted := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		c.conn.SetWriteDeadline(time.Unix(1, 0))
+		close(interrupted)
+	})
 	err := c.w.WritePacket(p)
 	if err == nil && flush {
 		err = c.w.Flush()
 	}
 	if !stop() {
+		<-interrupted
+		if err == nil {
+			// ctx ended only after the packet was written whole: the
+			// connection is fine, and the next request must not find
+			// it cut (another backup on the same Client, say).
+			c.conn.SetWriteDeadline(time.Time{})
+			return nil
+		}
 		c.fatal(fmt.Errorf("pmx: sending %s to %s: %w", p.PacketType(), c.addr, context.Cause(ctx)))
 		return context.Cause(ctx)
 	}
