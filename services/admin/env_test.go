@@ -26,6 +26,7 @@ import (
 	"github.com/chunkbridge/chunkbridge/services/admin"
 	"github.com/chunkbridge/chunkbridge/services/catalog"
 	"github.com/chunkbridge/chunkbridge/services/chunk"
+	"github.com/chunkbridge/chunkbridge/services/gcguard"
 	"github.com/chunkbridge/chunkbridge/storage"
 	"github.com/chunkbridge/chunkbridge/storage/fs"
 	"github.com/chunkbridge/chunkbridge/storage/memory"
@@ -53,11 +54,19 @@ type env struct {
 
 func newEnv(t testing.TB, store storage.Store, cfg admin.Config) *env {
 	t.Helper()
+	return newEnvGuard(t, store, cfg, gcguard.Config{})
+}
+
+// newEnvGuard is newEnv with the GC guard configured as given: a name for
+// the replica, hooks.
+func newEnvGuard(t testing.TB, store storage.Store, cfg admin.Config, gcfg gcguard.Config) *env {
+	t.Helper()
 	chunks, err := chunk.New(store, chunk.Config{}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cat, err := catalog.New(store, chunks, catalog.Config{SpoolDir: t.TempDir()})
+	gcfg.OnChange = chunks.ForgetAll
+	cat, err := catalog.New(store, chunks, catalog.Config{SpoolDir: t.TempDir(), Guard: gcguard.New(store, gcfg)})
 	if err != nil {
 		t.Fatal(err)
 	}

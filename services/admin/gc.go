@@ -1,10 +1,7 @@
 package admin
 
 import (
-	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"sync/atomic"
@@ -21,11 +18,6 @@ import (
 	"github.com/chunkbridge/chunkbridge/services/gcguard"
 	"github.com/chunkbridge/chunkbridge/storage"
 )
-
-// clockKey is a small object GC writes at its start to read the time on
-// the store's own clock, the clock every chunk's modification time comes
-// from: a skewed server clock can then not make a new chunk look old.
-const clockKey = "admin/gc-clock"
 
 // gcProgress is the running collection's counters.
 type gcProgress struct {
@@ -98,37 +90,25 @@ func (s *Server) GetGCStatus(context.Context, *chunkbridgev1.GetGCStatusRequest)
 
 // collect is one garbage collection.
 func (s *Server) collect(ctx context.Context, grace time.Duration, dryRun bool) (*chunkbridgev1.GCReport, error) {
-	run, err := s.catalog.Guard().Begin()
+	run, err := s.catalog.Guard().Begin(ctx)
 	if errors.Is(err, gcguard.ErrRunning) {
 		return nil, fmt.Errorf("%w: %v", apierr.ErrBusy, err)
 	}
 	if err != nil {
-		return nil, err
+		s.metrics.gcRuns.WithLabelValues("error").Inc()
+		return nil, fmt.Errorf("garbage collection: %w", err)
 	}
-	defer run.End()
+	defer run.End(context.WithoutCancel(ctx))
 	began := time.Now()
 	s.metrics.gcRunning.Set(1)
 	defer s.metrics.gcRunning.Set(0)
 
-	// Everything published before Begin is visible to the listing below;
-	// everything committed from now on registers with run.
-	var rnd [8]byte
-	rand.Read(rnd[:])
-	runID := hex.EncodeToString(rnd[:])
-	start, err := s.storeClock(ctx, runID, dryRun)
-	if err != nil {
-		s.metrics.gcRuns.WithLabelValues("error").Inc()
-		return nil, fmt.Errorf("garbage collection: read the store's clock: %w", err)
-	}
-	defer func() {
-		// Done, even after a failure: other processes empty their presence
-		// caches again, dropping what they cached while this run deleted.
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-		defer cancel()
-		if err := s.writeClock(ctx, runID, "done", dryRun); err != nil {
-			s.log.Warn("garbage collection: could not mark the run done; other replicas empty their presence caches only at the next run", "err", err)
-		}
-	}()
+	// Everything published before Begin is visible to the mark below;
+	// everything committed from now on is registered (see gcguard). The
+	// cutoff is on the store's clock, the clock of every chunk's
+	// modification time: a skewed server clock cannot make a new chunk
+	// look old.
+	start := run.Start()
 	p := &gcProgress{started: start, cutoff: start.Add(-grace), dryRun: dryRun}
 	p.phase.Store("mark")
 	s.gcMu.Lock()
@@ -139,7 +119,7 @@ func (s *Server) collect(ctx context.Context, grace time.Duration, dryRun bool) 
 		s.gcStatus = nil
 		s.gcMu.Unlock()
 	}()
-	log := s.log.With("gc_started", start, "cutoff", p.cutoff, "dry_run", dryRun)
+	log := s.log.With("gc_run", run.ID(), "gc_started", start, "cutoff", p.cutoff, "dry_run", dryRun)
 	log.Info("garbage collection started", "grace", grace)
 
 	report, err := s.markAndSweep(ctx, run, p)
@@ -190,36 +170,6 @@ func (s *Server) markAndSweep(ctx context.Context, run *gcguard.Run, p *gcProgre
 	var missing int64
 	refs.unseen(func(chunk.ID) { missing++ })
 	return p.report(missing, 0), nil
-}
-
-// writeClock writes clockKey, which says which run is in which state:
-// other processes sharing the store watch it (WatchGC).
-func (s *Server) writeClock(ctx context.Context, run, state string, dryRun bool) error {
-	stamp := []byte(time.Now().UTC().Format(time.RFC3339Nano))
-	meta := storage.Metadata{"run": run, "state": state}
-	if dryRun {
-		meta["dry-run"] = "true"
-	}
-	return s.store.Put(ctx, clockKey, bytes.NewReader(stamp), int64(len(stamp)), meta)
-}
-
-// storeClock writes clockKey and reads back its modification time from a
-// listing, the same source (and precision) as the chunks' times.
-func (s *Server) storeClock(ctx context.Context, run string, dryRun bool) (time.Time, error) {
-	if err := s.writeClock(ctx, run, "running", dryRun); err != nil {
-		return time.Time{}, err
-	}
-	var t time.Time
-	err := s.store.List(ctx, clockKey, func(i storage.Info) error {
-		if i.Key == clockKey {
-			t = i.Modified
-		}
-		return nil
-	})
-	if err == nil && t.IsZero() {
-		err = fmt.Errorf("%s is not listed after it was written", clockKey)
-	}
-	return t, err
 }
 
 type candidate struct {
@@ -294,10 +244,9 @@ func (s *Server) deleteBatch(ctx context.Context, run *gcguard.Run, batch []cand
 		}
 	}
 	if p.dryRun {
-		run.Check(func(protected func(chunk.ID) bool) { count(decide(protected)) })
-		return nil
+		return run.Check(ctx, func(protected func(chunk.ID) bool) { count(decide(protected)) })
 	}
-	return run.Delete(func(protected func(chunk.ID) bool) error {
+	return run.Delete(ctx, func(ctx context.Context, protected func(chunk.ID) bool) error {
 		doomed := decide(protected)
 		ids := make([]chunk.ID, len(doomed))
 		keys := make([]string, len(doomed))

@@ -16,6 +16,7 @@ import (
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
 	"github.com/chunkbridge/chunkbridge/services/admin"
 	"github.com/chunkbridge/chunkbridge/services/chunk"
+	"github.com/chunkbridge/chunkbridge/services/gcguard"
 	"github.com/chunkbridge/chunkbridge/storage"
 )
 
@@ -131,6 +132,7 @@ func TestGCRace(t *testing.T) {
 			stopUploads := make(chan struct{})
 			var uploaders sync.WaitGroup
 			lost := make(chan error, 1)
+			waiting := make(chan struct{}, 1) // the lost commit waits for a batch
 			var raced atomic.Bool
 
 			var marked atomic.Bool
@@ -182,11 +184,14 @@ func TestGCRace(t *testing.T) {
 				// This batch will delete victim. A commit that checked that
 				// victim exists (it still does) now waits for the batch.
 				go func() { lost <- e.putIndex(context.Background(), "lost.caibx", concat(base[:1], victim)) }()
-				for e.cat.Guard().Waiting() == 0 {
-					time.Sleep(time.Millisecond)
-				}
+				<-waiting
 			}
-			e = newEnv(t, st.open(t), admin.Config{Hooks: hooks, DeleteBatch: 2})
+			e = newEnvGuard(t, st.open(t), admin.Config{Hooks: hooks, DeleteBatch: 2}, gcguard.Config{Hooks: gcguard.Hooks{Waiting: func(gcguard.State) {
+				select {
+				case waiting <- struct{}{}:
+				default:
+				}
+			}}})
 			e.upload(t, oldForIdx, oldForSnap, victim, orphans, base)
 			e.mustPutIndex(t, "base.caibx", base)
 
@@ -330,5 +335,94 @@ func TestGCOnAnotherReplicaEmptiesPresenceCache(t *testing.T) {
 			t.Fatal("replica b still claims chunks that GC on replica a deleted")
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// The race the per-process guard could not see: GC with grace 0 on replica
+// a while replica b, sharing the store, commits files that reuse old,
+// unreferenced chunks its presence cache claims. Hooks fix the
+// interleaving. A commit made after a's mark is spared by a's batches; a
+// commit that registers while a batch deletes its chunk waits for the
+// batch and is refused; nothing acknowledged loses a chunk.
+func TestGCRaceAcrossReplicas(t *testing.T) {
+	for _, st := range stores {
+		t.Run(st.name, func(t *testing.T) {
+			var (
+				a, b     *env
+				hooks    admin.Hooks
+				reused   = makeBlobs(20, 3, 700, sha256Alg) // old, unreferenced, reused by b after a's mark
+				snapOld  = makeBlobs(21, 2, 700, sha256Alg) // the same, by a snapshot file
+				victim   = makeBlobs(22, 1, 700, sha256Alg) // reused by b while a batch deletes it
+				orphans  = makeBlobs(23, 3, 700, sha256Alg)
+				base     = makeBlobs(24, 2, 700, sha256Alg)
+				waiting  = make(chan struct{}, 1)
+				lost     = make(chan error, 1)
+				raced    atomic.Bool
+				reuseErr = make(chan error, 2)
+			)
+			hooks.AfterMark = func() {
+				// a's mark did not see these files: b commits them now.
+				reuseErr <- b.putIndex(context.Background(), "reuse.caibx", concat(base, reused))
+				reuseErr <- b.writeSnapshot(context.Background(), "vm", "7", time.Date(2026, 3, 4, 5, 6, 7, 0, time.UTC), "disk", snapOld)
+			}
+			hooks.InDeleteBatch = func(ids []chunk.ID) {
+				if !slices.Contains(ids, victim[0].id) || raced.Swap(true) {
+					return
+				}
+				go func() { lost <- b.putIndex(context.Background(), "lost.caibx", concat(base[:1], victim)) }()
+				<-waiting // b registered after this batch listed, and waits for it
+			}
+			store := st.open(t)
+			a = newEnvGuard(t, store, admin.Config{Hooks: hooks, DeleteBatch: 2}, gcguard.Config{Replica: "a"})
+			b = newEnvGuard(t, store, admin.Config{}, gcguard.Config{Replica: "b", Hooks: gcguard.Hooks{Waiting: func(gcguard.State) {
+				select {
+				case waiting <- struct{}{}:
+				default:
+				}
+			}}})
+			b.upload(t, reused, snapOld, victim, orphans, base) // b's presence cache claims them all
+			b.mustPutIndex(t, "base.caibx", base)
+
+			r := a.gc(t, 0, false)
+			for range 2 {
+				if err := <-reuseErr; err != nil {
+					t.Fatalf("b's commit after a's mark: %v", err)
+				}
+			}
+			if !raced.Load() {
+				t.Fatal("no delete batch held the victim")
+			}
+			if err := <-lost; status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "garbage collection deleted") {
+				t.Fatalf("b's commit that lost the race: %v, want FailedPrecondition", err)
+			}
+			if _, err := b.catalog.StatIndex(t.Context(), &chunkbridgev1.StatIndexRequest{Name: "lost.caibx"}); status.Code(err) != codes.NotFound {
+				t.Fatalf("the refused index is visible: %v", err)
+			}
+			for _, x := range concat(reused, snapOld, base) {
+				b.readsBack(t, x)
+			}
+			for _, x := range concat(victim, orphans) {
+				if b.exists(t, x.id) {
+					t.Fatalf("unreferenced old chunk %s survived", x.id)
+				}
+			}
+			if r.ChunksProtected != int64(len(reused)+len(snapOld)) || r.ChunksDeleted != int64(len(victim)+len(orphans)) {
+				t.Fatalf("a's report %v: want %d protected, %d deleted", r, len(reused)+len(snapOld), len(victim)+len(orphans))
+			}
+			// b's presence cache no longer claims what a deleted: b
+			// learnt of a's batches when it committed.
+			if missing, err := b.chunks.FindMissing(t.Context(), []chunk.ID{victim[0].id, orphans[0].id}); err != nil || len(missing) != 2 {
+				t.Fatalf("b still claims chunks a deleted: missing %v, %v", missing, err)
+			}
+			// The lock passes to b; its run finds nothing dangling.
+			r2 := b.gc(t, 0, false)
+			if r2.ReferencedMissing != 0 || r2.ChunksDeleted != 0 {
+				t.Fatalf("b's GC after a's: %v", r2)
+			}
+			rep, _ := b.verify(t, &chunkbridgev1.VerifyRequest{})
+			if n := rep.Corrupt + rep.Missing + rep.Unreadable + rep.Unavailable + rep.IndexesCorrupt; n != 0 {
+				t.Fatalf("verify after the race: %v", rep)
+			}
+		})
 	}
 }

@@ -21,9 +21,10 @@ type Config struct {
 	// SpoolDir holds indexes while they arrive and are validated (default
 	// the system temporary directory). Nothing there outlives a call.
 	SpoolDir string
-	// Guard is where commits register the chunks they reference with a
-	// garbage collection running in this process (default: a new one,
-	// which the AdminService finds through Server.Guard).
+	// Guard is where commits register the chunks they reference with
+	// garbage collection, wherever it runs (default: a new one on store
+	// that empties chunks' presence cache, which the AdminService finds
+	// through Server.Guard).
 	Guard *gcguard.Guard
 }
 
@@ -48,7 +49,7 @@ func New(store storage.Store, chunks *chunk.Service, cfg Config) (*Server, error
 		return nil, fmt.Errorf("catalog spool directory %s: %w", cfg.SpoolDir, err)
 	}
 	if cfg.Guard == nil {
-		cfg.Guard = gcguard.New()
+		cfg.Guard = gcguard.New(store, gcguard.Config{OnChange: chunks.ForgetAll})
 	}
 	return &Server{store: store, chunks: chunks, cfg: cfg, guard: cfg.Guard}, nil
 }

@@ -16,19 +16,24 @@ import (
 	"github.com/chunkbridge/chunkbridge/services/catalog"
 	"github.com/chunkbridge/chunkbridge/services/chunk"
 	"github.com/chunkbridge/chunkbridge/services/servicetest"
+	"github.com/chunkbridge/chunkbridge/storage"
 	"github.com/chunkbridge/chunkbridge/storage/memory"
 )
 
 type fixture struct {
 	chunks  *chunk.Service
 	catalog chunkbridgev1.CatalogServiceClient
-	store   *memory.Store
+	store   storage.Store
 	server  *catalog.Server
 }
 
 func newFixture(t *testing.T, cfg catalog.Config) *fixture {
 	t.Helper()
-	store := memory.New()
+	return newFixtureOn(t, memory.New(), cfg)
+}
+
+func newFixtureOn(t *testing.T, store storage.Store, cfg catalog.Config) *fixture {
+	t.Helper()
 	svcs := servicetest.Start(t, store, chunk.Config{}, cfg)
 	return &fixture{chunks: svcs.Chunks, catalog: svcs.CatalogClient(), store: store, server: svcs.Catalog}
 }

@@ -138,8 +138,12 @@ func (s *Server) publishIndex(ctx context.Context, name string, f *os.File, size
 		return nil, fmt.Errorf("put index %s: %w: it references %d chunks the store lacks (first: %s); upload them first",
 			name, apierr.ErrMissingChunks, nMissing, strings.Join(ids, ", "))
 	}
-	commit, recheck := s.guard.Commit(ticket, seen)
-	defer commit.Done()
+	commit, recheck, err := s.guard.Commit(ctx, ticket, seen)
+	if err != nil {
+		return nil, fmt.Errorf("put index %s: %w", name, err)
+	}
+	published := false
+	defer func() { commit.Done(context.WithoutCancel(ctx), published) }()
 	if recheck {
 		if err := s.recheck(ctx, seen); err != nil {
 			return nil, fmt.Errorf("put index %s: %w", name, err)
@@ -155,7 +159,10 @@ func (s *Server) publishIndex(ctx context.Context, name string, f *os.File, size
 		metaAlgorithm:   strconv.Itoa(int(sum.algorithm)),
 		metaCreated:     created.Format(time.RFC3339Nano),
 	}
-	if err := s.store.Put(ctx, indexPrefix+name, io.LimitReader(f, size), size, meta); err != nil {
+	pctx, cancel := commit.PublishContext(ctx)
+	defer cancel()
+	published = true // even if Put fails: it may have stored the file
+	if err := s.store.Put(pctx, indexPrefix+name, io.LimitReader(f, size), size, meta); err != nil {
 		return nil, fmt.Errorf("put index %s: %w", name, err)
 	}
 	return indexInfo(name, storage.Info{Size: size, Metadata: meta}), nil

@@ -9,7 +9,6 @@ import (
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -17,7 +16,9 @@ import (
 	"github.com/chunkbridge/chunkbridge/services/apierr"
 	"github.com/chunkbridge/chunkbridge/services/catalog"
 	"github.com/chunkbridge/chunkbridge/services/chunk"
+	"github.com/chunkbridge/chunkbridge/services/gcguard"
 	"github.com/chunkbridge/chunkbridge/storage"
+	"github.com/chunkbridge/chunkbridge/storage/memory"
 )
 
 func scan(t *testing.T, cat *catalog.Server, r catalog.Referrer) ([]chunk.ID, error) {
@@ -135,11 +136,11 @@ func (errorReader) Read([]byte) (int, error) {
 // A commit during a GC run registers its chunks with the run.
 func TestCommitDuringGCIsKept(t *testing.T) {
 	f := newFixture(t, catalog.Config{})
-	run, err := f.server.Guard().Begin()
+	run, err := f.server.Guard().Begin(t.Context())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer run.End()
+	defer run.End(t.Context())
 	data, ids := f.index(t, 1, 5, all)
 	if _, err := f.put(t, "during.caibx", data); err != nil {
 		t.Fatal(err)
@@ -148,19 +149,30 @@ func TestCommitDuringGCIsKept(t *testing.T) {
 	if res := f.write(t, &Create{Type: "ct", BackupId: "1", Name: "f"}, []*Entry{{Offset: 0, Digest: d}}, true); res.err != nil {
 		t.Fatal(res.err)
 	}
-	run.Check(func(protected func(chunk.ID) bool) {
+	err = run.Check(t.Context(), func(protected func(chunk.ID) bool) {
 		for _, id := range append(ids, sha256.Sum256([]byte("snap"))) {
 			if !protected(chunk.ID(id)) {
 				t.Errorf("chunk %x of a commit during GC is not protected", id)
 			}
 		}
 	})
+	if err != nil {
+		t.Fatal(err)
+	}
 }
 
 // When a GC delete batch wins the race against a commit that has already
 // checked its chunks, the commit fails clearly and publishes nothing.
 func TestDeleteThatWinsTurnsCommitIntoError(t *testing.T) {
-	f := newFixture(t, catalog.Config{})
+	waiting := make(chan struct{}, 1)
+	store := memory.New()
+	guard := gcguard.New(store, gcguard.Config{Hooks: gcguard.Hooks{Waiting: func(gcguard.State) {
+		select {
+		case waiting <- struct{}{}:
+		default:
+		}
+	}}})
+	f := newFixtureOn(t, store, catalog.Config{Guard: guard})
 	data, ids := f.index(t, 1, 5, all)
 	victim := chunk.ID(ids[3])
 	d := f.storeChunk(t, []byte("doomed"))
@@ -181,24 +193,22 @@ func TestDeleteThatWinsTurnsCommitIntoError(t *testing.T) {
 			func() error { _, err := f.digests(t, "ct/2/2026-01-01T00:00:00Z/f.didx"); return err }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			run, err := f.server.Guard().Begin()
+			run, err := f.server.Guard().Begin(t.Context())
 			if err != nil {
 				t.Fatal(err)
 			}
-			defer run.End()
+			defer run.End(t.Context())
 			result := make(chan error, 1)
-			err = run.Delete(func(protected func(chunk.ID) bool) error {
+			err = run.Delete(t.Context(), func(ctx context.Context, protected func(chunk.ID) bool) error {
 				go func() { result <- tc.commit() }()
-				// The commit has checked its chunks (all present) and now
-				// waits for this batch.
-				for f.server.Guard().Waiting() == 0 {
-					time.Sleep(time.Millisecond)
-				}
+				// The commit has checked its chunks (all present),
+				// registered after this batch listed, and now waits.
+				<-waiting
 				if protected(tc.victim) {
 					t.Error("the batch sees a commit that did not register yet")
 				}
 				f.chunks.Forget(tc.victim)
-				return f.store.Delete(t.Context(), tc.victim.Key())
+				return f.store.Delete(ctx, tc.victim.Key())
 			})
 			if err != nil {
 				t.Fatal(err)

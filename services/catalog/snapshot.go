@@ -385,15 +385,22 @@ func (w *snapshotWriter) commit(ctx context.Context) (*chunkbridgev1.SnapshotFil
 		meta[metaChunks], meta[metaContentSize] = strconv.Itoa(len(w.dynamic.Entries)), strconv.FormatUint(w.dynamic.Size(), 10)
 	}
 	ids := w.ids()
-	commit, recheck := w.s.guard.Commit(w.ticket, ids)
-	defer commit.Done()
+	commit, recheck, err := w.s.guard.Commit(ctx, w.ticket, ids)
+	if err != nil {
+		return nil, fmt.Errorf("snapshot file %s: %w", w.path, err)
+	}
+	published := false
+	defer func() { commit.Done(context.WithoutCancel(ctx), published) }()
 	if recheck {
 		if err := w.s.recheck(ctx, ids); err != nil {
 			return nil, fmt.Errorf("snapshot file %s: %w", w.path, err)
 		}
 	}
 	size := int64(buf.Len())
-	if err := w.s.store.Put(ctx, w.path.key(), &buf, size, meta); err != nil {
+	pctx, cancel := commit.PublishContext(ctx)
+	defer cancel()
+	published = true // even if Put fails: it may have stored the file
+	if err := w.s.store.Put(pctx, w.path.key(), &buf, size, meta); err != nil {
 		return nil, fmt.Errorf("snapshot file %s: %w", w.path, err)
 	}
 	return fileInfo(w.path, storage.Info{Size: size, Metadata: meta}), nil
