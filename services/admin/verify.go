@@ -51,9 +51,9 @@ type verifyRun struct {
 	refs     *refSet
 
 	listed, verified, bytesRead, logicalRead, quarantined atomic.Int64
-	prefixesDone                             atomic.Int32
-	streak                                   atomic.Int64
-	stopped                                  atomic.Bool
+	prefixesDone                                          atomic.Int32
+	streak                                                atomic.Int64
+	stopped                                               atomic.Bool
 
 	mu         sync.Mutex
 	problems   []*Problem
