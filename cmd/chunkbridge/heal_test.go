@@ -21,6 +21,7 @@ import (
 	"github.com/chunkbridge/chunkbridge/storage/fs"
 	"github.com/chunkbridge/chunkbridge/storage/s3"
 	"github.com/chunkbridge/chunkbridge/storage/s3/miniotest"
+	"github.com/chunkbridge/chunkbridge/storage/storagetest"
 )
 
 // healStore is a running `serve all` and the store it uses, opened by the
@@ -28,7 +29,6 @@ import (
 type healStore struct {
 	p     *process
 	store storage.Store
-	fsDir string // set for a directory store
 }
 
 func startHealStores(t *testing.T) []struct {
@@ -46,7 +46,7 @@ func startHealStores(t *testing.T) []struct {
 			if err != nil {
 				t.Fatal(err)
 			}
-			return healStore{p: p, store: s, fsDir: dir}
+			return healStore{p: p, store: s}
 		}},
 		{"minio", func(t *testing.T) healStore {
 			srv := miniotest.Shared(t)
@@ -63,26 +63,10 @@ func startHealStores(t *testing.T) []struct {
 	}
 }
 
-// damage rewrites a stored chunk as bit rot would: in place on a
-// directory store (its extended attributes stay), with the same metadata
-// on S3.
+// damage rewrites a stored chunk as bit rot would.
 func (h healStore) damage(t *testing.T, id string) {
 	t.Helper()
-	key := "chunks/" + id[:4] + "/" + id + ".cacnk"
-	rot := []byte("bit rot: not a zstd frame any more")
-	if h.fsDir != "" {
-		if err := os.WriteFile(filepath.Join(h.fsDir, filepath.FromSlash(key)), rot, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	info, err := h.store.Stat(t.Context(), key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := h.store.Put(t.Context(), key, bytes.NewReader(rot), int64(len(rot)), info.Metadata); err != nil {
-		t.Fatal(err)
-	}
+	storagetest.Overwrite(t, h.store, "chunks/"+id[:4]+"/"+id+".cacnk", []byte("bit rot: not a zstd frame any more"))
 }
 
 // quarantined reports whether id is out of chunks/ and in quarantine/.

@@ -5,8 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -20,29 +18,13 @@ import (
 	"github.com/chunkbridge/chunkbridge/services/admin"
 	"github.com/chunkbridge/chunkbridge/services/chunk"
 	"github.com/chunkbridge/chunkbridge/storage"
-	"github.com/chunkbridge/chunkbridge/storage/fs"
 	"github.com/chunkbridge/chunkbridge/storage/memory"
+	"github.com/chunkbridge/chunkbridge/storage/storagetest"
 )
 
-// overwrite replaces a stored chunk's bytes behind the store's back, as bit
-// rot or a stray writer would: on a directory store the file is rewritten
-// in place (its extended attributes stay), on S3 the object is replaced
-// with the same metadata.
+// overwrite damages a stored chunk behind the store's back.
 func overwrite(t *testing.T, store storage.Store, key string, data []byte) {
-	t.Helper()
-	if d, ok := store.(*fs.Store); ok {
-		if err := os.WriteFile(filepath.Join(d.Root(), filepath.FromSlash(key)), data, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	info, err := store.Stat(t.Context(), key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := store.Put(t.Context(), key, bytes.NewReader(data), int64(len(data)), info.Metadata); err != nil {
-		t.Fatal(err)
-	}
+	storagetest.Overwrite(t, store, key, data)
 }
 
 func problemsOf(r *chunkbridgev1.VerifyReport, kind chunkbridgev1.Problem_Kind) []*chunkbridgev1.Problem {

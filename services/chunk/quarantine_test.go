@@ -6,8 +6,6 @@ import (
 	"crypto/sha256"
 	"errors"
 	"io"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -22,6 +20,7 @@ import (
 	"github.com/chunkbridge/chunkbridge/storage/fs"
 	"github.com/chunkbridge/chunkbridge/storage/s3"
 	"github.com/chunkbridge/chunkbridge/storage/s3/miniotest"
+	"github.com/chunkbridge/chunkbridge/storage/storagetest"
 )
 
 var quarantineStores = []struct {
@@ -47,27 +46,6 @@ var quarantineStores = []struct {
 		}
 		return s
 	}},
-}
-
-// damage replaces a stored object's bytes behind the store's back, as bit
-// rot would: the file is rewritten in place on a directory store (its
-// extended attributes stay), the object replaced with the same metadata
-// on S3.
-func damage(t *testing.T, store storage.Store, key string, data []byte) {
-	t.Helper()
-	if d, ok := store.(*fs.Store); ok {
-		if err := os.WriteFile(filepath.Join(d.Root(), filepath.FromSlash(key)), data, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	info, err := store.Stat(t.Context(), key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := store.Put(t.Context(), key, bytes.NewReader(data), int64(len(data)), info.Metadata); err != nil {
-		t.Fatal(err)
-	}
 }
 
 func rawUpload(data []byte) chunk.Upload {
@@ -97,7 +75,7 @@ func TestReadQuarantinesCorruptChunk(t *testing.T) {
 			}
 			enc, _ := zstd.NewWriter(nil)
 			bad := enc.EncodeAll([]byte("other data entirely"), nil)
-			damage(t, store, id.Key(), bad)
+			storagetest.Overwrite(t, store, id.Key(), bad)
 
 			_, err := a.Get(ctx, id, true)
 			var q *chunk.QuarantinedError
