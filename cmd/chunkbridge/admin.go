@@ -203,12 +203,14 @@ func adminVerify(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		rate        rateFlag
 		resumeAfter string
 		maxDuration time.Duration
+		repair      pathsFlag
 	)
 	if err := parseClientFlags("verify", args, stderr, &c, func(fs *flag.FlagSet) {
 		fs.Float64Var(&sample, "sample", 1, "fraction of the stored chunks to read back, chosen at random (every reference is still checked)")
 		fs.Var(&rate, "rate-limit", "stored bytes read per second at most, e.g. 50M (MiB/s) or 100MB; 0 for no limit")
 		fs.StringVar(&resumeAfter, "resume-after", "", "continue an unfinished run after this chunk id (the last id it printed)")
 		fs.DurationVar(&maxDuration, "max-duration", 0, "stop after this long and print where to resume; 0 for no limit")
+		fs.Var(&repair, "repair-from", "after verifying, upload corrupt and missing chunks again from this casync store directory, file, or directory of files (repeatable)")
 	}); err != nil {
 		return err
 	}
@@ -249,6 +251,19 @@ func adminVerify(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	} else {
 		printVerify(stdout, r)
 	}
+	if len(repair) > 0 {
+		stillDamaged, err := repairFrom(ctx, conn, repair, r, stdout, stderr)
+		if err != nil {
+			return err
+		}
+		if stillDamaged {
+			return &exitError{code: exitDamage}
+		}
+		if r.Unavailable > 0 || !r.Complete {
+			return &exitError{code: exitTransient}
+		}
+		return nil
+	}
 	switch {
 	case r.Corrupt+r.Missing+r.Unreadable+r.IndexesCorrupt > 0:
 		return &exitError{code: exitDamage}
@@ -257,6 +272,12 @@ func adminVerify(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	}
 	return nil
 }
+
+// pathsFlag is a repeatable flag of paths.
+type pathsFlag []string
+
+func (p *pathsFlag) String() string     { return strings.Join(*p, ",") }
+func (p *pathsFlag) Set(s string) error { *p = append(*p, s); return nil }
 
 func printVerify(w io.Writer, r *chunkbridgev1.VerifyReport) {
 	for _, p := range r.Problems {
@@ -271,12 +292,21 @@ func printVerify(w io.Writer, r *chunkbridgev1.VerifyReport) {
 		} else if p.Id != "" {
 			fmt.Fprintf(w, "              referenced by nothing (garbage collection will remove it)\n")
 		}
+		if p.Quarantine != "" {
+			fmt.Fprintf(w, "              quarantined as %s\n", p.Quarantine)
+		}
 		fmt.Fprintf(w, "              %s\n", p.Message)
 	}
 	fmt.Fprintf(w, "verified %d of %d chunks (%s read, sample %g) in %s; %d index files reference %d chunks\n",
 		r.ChunksVerified, r.ChunksListed, pmxclient.FormatSize(r.BytesRead), r.Sample, r.Duration.AsDuration().Round(time.Millisecond), r.IndexFiles, r.ReferencedChunks)
 	fmt.Fprintf(w, "corrupt %d, missing %d, unreadable %d, unavailable %d, corrupt index files %d\n",
 		r.Corrupt, r.Missing, r.Unreadable, r.Unavailable, r.IndexesCorrupt)
+	if r.Quarantined > 0 {
+		fmt.Fprintf(w, "moved %d corrupt chunks to quarantine: they read as missing until their data is uploaded again (the next backup of the same data, or verify --repair-from)\n", r.Quarantined)
+	}
+	if len(r.DamagedFiles) > 0 {
+		fmt.Fprintf(w, "damaged files (cannot be restored whole until then): %s\n", strings.Join(r.DamagedFiles, ", "))
+	}
 	if r.Unavailable > 0 {
 		fmt.Fprintln(w, "unavailable chunks could not be read because storage was unreachable: that is no sign of damage; verify again later")
 	}

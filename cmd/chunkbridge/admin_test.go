@@ -139,12 +139,16 @@ func TestAdminCommands(t *testing.T) {
 				!strings.Contains(out, "snapshots/host/web-01/2026-11-25T10:00:00Z/root.pxar.didx") || !strings.Contains(out, "corrupt 1, missing 0") {
 				t.Fatalf("verify after corruption: exit %d, want 1\n%s", code, out)
 			}
+			// The first run moved the corrupt chunk to quarantine: it is
+			// missing now, and its files stay damaged until it is uploaded.
 			out, code = runCLI(t, append([]string{"verify", "--json", "--sample", "1", "--rate-limit", "10M"}, cs...)...)
 			var report struct {
-				Corrupt  string
-				Problems []struct{ ID string }
+				Corrupt, Missing string
+				Problems         []struct{ ID, Quarantine string }
+				DamagedFiles     []string
 			}
-			if code != 1 || json.Unmarshal([]byte(out), &report) != nil || report.Corrupt != "1" || len(report.Problems) != 1 {
+			if code != 1 || json.Unmarshal([]byte(out), &report) != nil || report.Corrupt != "0" || report.Missing != "1" || len(report.Problems) != 1 ||
+				report.Problems[0].Quarantine == "" || len(report.DamagedFiles) != 3 {
 				t.Fatalf("verify --json: exit %d\n%s", code, out)
 			}
 			if out, code := runCLI(t, "verify", "--chunk-service", p.grpc, "--sample", "2"); code != 2 || !strings.Contains(out, "InvalidArgument") {

@@ -29,8 +29,9 @@ Usage:
   chunkbridge s3 mkbucket s3://B    create the bucket if missing (for a Kubernetes Job)
   chunkbridge gc [--grace 24h] [--dry-run]
                                     delete the chunks no index or snapshot references
-  chunkbridge verify [--sample F] [--rate-limit R] [--resume-after ID]
-                                    read chunks back, re-hash them, check every reference (exit 1 on damage)
+  chunkbridge verify [--sample F] [--rate-limit R] [--resume-after ID] [--repair-from PATH]
+                                    read chunks back, re-hash them, check every reference (exit 1 on damage);
+                                    corrupt chunks go to quarantine; --repair-from uploads them again
   chunkbridge prune --keep-last N [--keep-daily N ...] [--type T --id ID] [--dry-run]
                                     apply a retention policy to PMXBCKUP snapshots
   chunkbridge stats                 what the store holds: chunks, bytes, dedup ratio, indexes, snapshots

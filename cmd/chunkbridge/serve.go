@@ -168,6 +168,8 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 		g.Go(func() error { return svc.grpc.Serve(svc.loop) })
 		g.Go(func() error { svc.monitor.Run(gctx); return nil })
 		g.Go(func() error { svc.admin.WatchGC(gctx, f.healthInterval); return nil })
+		// Quarantines in other replicas: the same cache reset as for GC.
+		g.Go(func() error { svc.chunks.WatchRemovals(gctx, f.healthInterval); return nil })
 		shutdown = append(shutdown, svc.stop)
 		// The other parts reach the services through real gRPC, as they
 		// do as separate deployments; in one process over an in-memory pipe.
@@ -329,7 +331,7 @@ func startServices(ctx context.Context, f serveFlags, log *slog.Logger, reg *pro
 	if presence == 0 {
 		presence = -1
 	}
-	chunks, err := chunk.New(store, chunk.Config{MaxConcurrentChunks: f.maxConcurrentChunks, PresenceCacheSize: presence}, chunk.NewMetrics(reg))
+	chunks, err := chunk.New(store, chunk.Config{MaxConcurrentChunks: f.maxConcurrentChunks, PresenceCacheSize: presence, Log: log}, chunk.NewMetrics(reg))
 	if err != nil {
 		store.Close()
 		return nil, err

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 
@@ -579,11 +580,17 @@ func (c *conn) getHashList(ctx context.Context, p *pmxproto.GetHashList, busy bo
 		}
 		part = append(part, pmxproto.Digest(id))
 		if len(part) == digestsPerPart {
+			if part, err = c.stored(ctx, part); err != nil {
+				break
+			}
 			if c.send(ctx, &pmxproto.HashListPart{ID: p.ID, Digests: part}) != nil {
 				return
 			}
 			part = nil
 		}
+	}
+	if err == nil && len(part) > 0 {
+		part, err = c.stored(ctx, part)
 	}
 	if err != nil {
 		free()
@@ -595,6 +602,28 @@ func (c *conn) getHashList(ctx context.Context, p *pmxproto.GetHashList, busy bo
 	}
 	free()
 	c.send(ctx, &pmxproto.HashListPart{ID: p.ID})
+}
+
+// stored keeps the digests of a hash list whose chunks the store holds. A
+// client uploads no chunk its hash list names, so a chunk of the previous
+// snapshot that is gone (moved to quarantine as corrupt) must be left out
+// for the next backup to upload it again and heal the store; otherwise
+// every backup of that file would fail at its commit. One existence check
+// per part, mostly answered by the presence cache.
+func (c *conn) stored(ctx context.Context, part []pmxproto.Digest) ([]pmxproto.Digest, error) {
+	ids := make([]client.ID, len(part))
+	for i, d := range part {
+		ids[i] = client.ID(d)
+	}
+	missing, err := c.srv.Chunks.FindMissing(ctx, ids)
+	if err != nil || len(missing) == 0 {
+		return part, err
+	}
+	gone := make(map[client.ID]bool, len(missing))
+	for _, id := range missing {
+		gone[id] = true
+	}
+	return slices.DeleteFunc(part, func(d pmxproto.Digest) bool { return gone[client.ID(d)] }), nil
 }
 
 // download is a DownloadChunks for the download worker.

@@ -50,14 +50,15 @@ type verifyRun struct {
 	deadline time.Time
 	refs     *refSet
 
-	listed, verified, bytesRead, logicalRead atomic.Int64
-	prefixesDone                             atomic.Int32
-	streak                                   atomic.Int64
-	stopped                                  atomic.Bool
+	listed, verified, bytesRead, logicalRead, quarantined atomic.Int64
+	prefixesDone                                          atomic.Int32
+	streak                                                atomic.Int64
+	stopped                                               atomic.Bool
 
 	mu         sync.Mutex
 	problems   []*Problem
 	counts     map[chunkbridgev1.Problem_Kind]int64
+	damaged    map[string]bool // files that reference a damaged chunk, or do not parse
 	lastID     string
 	stopReason string
 }
@@ -113,7 +114,7 @@ func (s *Server) Verify(req *chunkbridgev1.VerifyRequest, stream grpc.ServerStre
 }
 
 func (s *Server) newVerifyRun(req *chunkbridgev1.VerifyRequest) (*verifyRun, error) {
-	v := &verifyRun{s: s, sample: req.GetSample(), refs: newRefSet(), counts: map[chunkbridgev1.Problem_Kind]int64{}}
+	v := &verifyRun{s: s, sample: req.GetSample(), refs: newRefSet(), counts: map[chunkbridgev1.Problem_Kind]int64{}, damaged: map[string]bool{}}
 	if math.IsNaN(v.sample) || v.sample < 0 || v.sample > 1 {
 		return nil, fmt.Errorf("%w: sample %v: want a fraction in (0, 1], or 0 for all", apierr.ErrInvalid, req.GetSample())
 	}
@@ -165,9 +166,29 @@ func (v *verifyRun) problem(p *Problem) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	v.counts[p.Kind]++
+	if p.Kind == chunkbridgev1.Problem_KIND_INDEX_CORRUPT {
+		v.damageLocked(p.Index)
+	}
 	if len(v.problems) < maxProblems {
 		v.problems = append(v.problems, p)
 	}
+}
+
+// damageLocked records a file that cannot be restored whole; v.mu held.
+func (v *verifyRun) damageLocked(name string) {
+	if len(v.damaged) < maxProblems {
+		v.damaged[name] = true
+	}
+}
+
+// damages reports whether a problem of kind makes the files that
+// reference the chunk unrestorable (an outage does not).
+func damages(kind chunkbridgev1.Problem_Kind) bool {
+	switch kind {
+	case chunkbridgev1.Problem_KIND_CORRUPT, chunkbridgev1.Problem_KIND_MISSING, chunkbridgev1.Problem_KIND_UNREADABLE:
+		return true
+	}
+	return false
 }
 
 func chunkProblem(kind chunkbridgev1.Problem_Kind, id chunk.ID, err error) *Problem {
@@ -217,6 +238,11 @@ func (v *verifyRun) run(ctx context.Context) (*chunkbridgev1.VerifyReport, error
 
 	v.mu.Lock()
 	defer v.mu.Unlock()
+	damaged := make([]string, 0, len(v.damaged))
+	for f := range v.damaged {
+		damaged = append(damaged, f)
+	}
+	slices.Sort(damaged)
 	slices.SortFunc(v.problems, func(a, b *Problem) int {
 		if c := strings.Compare(a.Id, b.Id); c != 0 {
 			return c
@@ -240,6 +266,8 @@ func (v *verifyRun) run(ctx context.Context) (*chunkbridgev1.VerifyReport, error
 		LastId:           v.lastID,
 		Complete:         complete,
 		StoppedReason:    v.stopReason,
+		Quarantined:      v.quarantined.Load(),
+		DamagedFiles:     damaged,
 	}
 	return r, nil
 }
@@ -427,10 +455,16 @@ func (v *verifyRun) check(ctx context.Context, e listedChunk) error {
 			// Deleted since it was listed (garbage collection): not a problem.
 			v.streak.Store(0)
 		case errors.Is(err, apierr.ErrDigestMismatch):
+			// Get moved it to quarantine (or says why it could not).
 			v.verified.Add(1)
 			v.bytesRead.Add(e.size)
 			v.s.metrics.verifyChunks.Inc()
-			v.problem(chunkProblem(chunkbridgev1.Problem_KIND_CORRUPT, e.id, err))
+			p := chunkProblem(chunkbridgev1.Problem_KIND_CORRUPT, e.id, err)
+			if q := (*chunk.QuarantinedError)(nil); errors.As(err, &q) && q.Key != "" {
+				p.Quarantine = q.Key
+				v.quarantined.Add(1)
+			}
+			v.problem(p)
 			v.streak.Store(0)
 		case errors.Is(err, storage.ErrUnavailable):
 			if attempt < unavailableRetries {
@@ -474,8 +508,10 @@ func (v *verifyRun) checkMissing(ctx context.Context, through chunk.ID) error {
 			case gctx.Err() != nil:
 				return gctx.Err()
 			case errors.Is(err, storage.ErrNotFound):
-				v.problem(&Problem{Kind: chunkbridgev1.Problem_KIND_MISSING, Id: id.String(), Code: codes.NotFound.String(),
-					Message: fmt.Sprintf("chunk %s is referenced but not in the store", id)})
+				p := &Problem{Kind: chunkbridgev1.Problem_KIND_MISSING, Id: id.String(), Code: codes.NotFound.String(),
+					Message: fmt.Sprintf("chunk %s is referenced but not in the store: upload it again (a backup of the same data, or chunkbridge verify --repair-from)", id)}
+				v.quarantineOf(gctx, id, p)
+				v.problem(p)
 			case errors.Is(err, storage.ErrUnavailable):
 				v.problem(chunkProblem(chunkbridgev1.Problem_KIND_UNAVAILABLE, id, fmt.Errorf("check that chunk %s exists: %w", id, err)))
 			default:
@@ -485,6 +521,22 @@ func (v *verifyRun) checkMissing(ctx context.Context, through chunk.ID) error {
 		})
 	}
 	return g.Wait()
+}
+
+// quarantineOf names, in a missing chunk's problem, its newest quarantined
+// copy and why it was quarantined, if it has one; a failed look only
+// leaves the problem as it is.
+func (v *verifyRun) quarantineOf(ctx context.Context, id chunk.ID, p *Problem) {
+	var key string
+	if err := v.s.store.List(ctx, chunk.QuarantinedPrefix(id), func(i storage.Info) error { key = i.Key; return nil }); err != nil || key == "" {
+		return
+	}
+	p.Quarantine = key
+	p.Message = fmt.Sprintf("chunk %s is referenced but not in the store: it was moved to quarantine as %s", id, key)
+	if info, err := v.s.store.Stat(ctx, key); err == nil && info.Metadata["reason"] != "" {
+		p.Message += fmt.Sprintf(" at %s (%s)", info.Metadata["quarantined"], info.Metadata["reason"])
+	}
+	p.Message += "; upload it again (a backup of the same data, or chunkbridge verify --repair-from)"
 }
 
 // resolveReferrers reads the published files again to name, for each
@@ -516,6 +568,11 @@ func (v *verifyRun) resolveReferrers(ctx context.Context) {
 					for _, p := range ps {
 						if len(p.ReferencedBy) < maxReferencedBy {
 							p.ReferencedBy = append(p.ReferencedBy, r.Name)
+						}
+						if damages(p.Kind) {
+							v.mu.Lock()
+							v.damageLocked(r.Name)
+							v.mu.Unlock()
 						}
 					}
 					mu.Unlock()

@@ -5,8 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -18,30 +16,15 @@ import (
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
 	"github.com/chunkbridge/chunkbridge/services/admin"
+	"github.com/chunkbridge/chunkbridge/services/chunk"
 	"github.com/chunkbridge/chunkbridge/storage"
-	"github.com/chunkbridge/chunkbridge/storage/fs"
 	"github.com/chunkbridge/chunkbridge/storage/memory"
+	"github.com/chunkbridge/chunkbridge/storage/storagetest"
 )
 
-// overwrite replaces a stored chunk's bytes behind the store's back, as bit
-// rot or a stray writer would: on a directory store the file is rewritten
-// in place (its extended attributes stay), on S3 the object is replaced
-// with the same metadata.
+// overwrite damages a stored chunk behind the store's back.
 func overwrite(t *testing.T, store storage.Store, key string, data []byte) {
-	t.Helper()
-	if d, ok := store.(*fs.Store); ok {
-		if err := os.WriteFile(filepath.Join(d.Root(), filepath.FromSlash(key)), data, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	info, err := store.Stat(t.Context(), key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := store.Put(t.Context(), key, bytes.NewReader(data), int64(len(data)), info.Metadata); err != nil {
-		t.Fatal(err)
-	}
+	storagetest.Overwrite(t, store, key, data)
 }
 
 func problemsOf(r *chunkbridgev1.VerifyReport, kind chunkbridgev1.Problem_Kind) []*chunkbridgev1.Problem {
@@ -216,5 +199,62 @@ func testVerifyResumeSampleAndLimits(t *testing.T, prefixes int) {
 		if err == nil || !strings.Contains(err.Error(), "InvalidArgument") {
 			t.Errorf("Verify(%v) = %v, want InvalidArgument", bad, err)
 		}
+	}
+}
+
+// A corrupt chunk found by verify is moved to quarantine (its bytes kept)
+// and reads as missing; every run names the index and snapshot file that
+// reference it as damaged until the chunk's data is uploaded again, which
+// stores a good copy (without quarantine the upload would be skipped as
+// already stored) and leaves the store clean.
+func TestVerifyQuarantinesUntilHealed(t *testing.T) {
+	for _, st := range stores {
+		t.Run(st.name, func(t *testing.T) {
+			e := newEnv(t, st.open(t), admin.Config{})
+			blobs := makeBlobs(7, 6, 2048, sha256Alg)
+			e.upload(t, blobs)
+			e.mustPutIndex(t, "a.caibx", blobs[:4])
+			e.mustPutIndex(t, "b.caibx", blobs[4:])
+			e.mustWriteSnapshot(t, "vm", "100", time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC), "disk.img", blobs[1:3])
+			snapFile := "snapshots/vm/100/2026-11-25T10:00:00Z/disk.img.didx"
+			damagedWant := []string{"indexes/a.caibx", snapFile}
+			victim := blobs[2]
+			rotten := []byte("bit rot, not a zstd frame")
+			overwrite(t, e.store, victim.id.Key(), rotten)
+
+			r, _ := e.verify(t, &chunkbridgev1.VerifyRequest{})
+			p := problemsOf(r, chunkbridgev1.Problem_KIND_CORRUPT)
+			if r.Corrupt != 1 || r.Quarantined != 1 || len(p) != 1 || p[0].Id != victim.id.String() || !strings.HasPrefix(p[0].Quarantine, "quarantine/chunks/") ||
+				!slices.Equal(r.DamagedFiles, damagedWant) {
+				t.Fatalf("first verify: %v", r)
+			}
+			if e.exists(t, victim.id) {
+				t.Fatal("the corrupt chunk is still in chunks/")
+			}
+			rc, _, err := e.store.Get(t.Context(), p[0].Quarantine)
+			if err != nil {
+				t.Fatal(err)
+			}
+			kept, _ := io.ReadAll(rc)
+			rc.Close()
+			if !bytes.Equal(kept, rotten) {
+				t.Fatalf("quarantine kept %q, want the damaged bytes", kept)
+			}
+
+			r, _ = e.verify(t, &chunkbridgev1.VerifyRequest{})
+			m := problemsOf(r, chunkbridgev1.Problem_KIND_MISSING)
+			if r.Corrupt != 0 || r.Missing != 1 || r.Quarantined != 0 || len(m) != 1 || m[0].Quarantine != p[0].Quarantine ||
+				!strings.Contains(m[0].Message, "bit rot") && !strings.Contains(m[0].Message, "does not decode") || !slices.Equal(r.DamagedFiles, damagedWant) {
+				t.Fatalf("second verify, before healing: %v", r)
+			}
+			if created, err := e.chunks.Put(t.Context(), chunk.Upload{ID: victim.id, Algorithm: victim.alg, Encoding: chunkbridgev1.Encoding_ENCODING_RAW, Data: victim.data}); err != nil || !created {
+				t.Fatalf("re-upload: created %v, %v; want a new good copy", created, err)
+			}
+			r, _ = e.verify(t, &chunkbridgev1.VerifyRequest{})
+			if len(r.Problems) != 0 || len(r.DamagedFiles) != 0 || !r.Complete {
+				t.Fatalf("verify after healing: %v", r)
+			}
+			e.readsBack(t, victim)
+		})
 	}
 }

@@ -14,6 +14,7 @@ type Metrics struct {
 	bytesServed   prometheus.Counter
 	idsChecked    prometheus.Counter
 	cacheHits     prometheus.Counter
+	quarantined   prometheus.Counter
 }
 
 // NewMetrics registers the series on reg; nil leaves them unregistered.
@@ -43,9 +44,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "chunkbridge_chunk_presence_cache_hits_total",
 			Help: "Existence checks answered by the presence cache.",
 		}),
+		quarantined: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "chunkbridge_chunks_quarantined_total",
+			Help: "Corrupt chunks this process moved to quarantine/ (found by a read or by verify).",
+		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.uploads, m.bytesReceived, m.bytesStored, m.bytesServed, m.idsChecked, m.cacheHits)
+		reg.MustRegister(m.uploads, m.bytesReceived, m.bytesStored, m.bytesServed, m.idsChecked, m.cacheHits, m.quarantined)
 	}
 	return m
 }

@@ -11,8 +11,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"runtime"
 	"strconv"
+	"sync"
 	"sync/atomic"
 
 	"golang.org/x/sync/errgroup"
@@ -36,6 +38,8 @@ type Config struct {
 	// StatConcurrency bounds the parallel existence checks of one
 	// FindMissing call. Default 64.
 	StatConcurrency int
+	// Log receives quarantine events; nil discards them.
+	Log *slog.Logger
 }
 
 // Service implements the chunk operations.
@@ -46,6 +50,14 @@ type Service struct {
 	slots    chan struct{}
 	statConc int
 	metrics  *Metrics
+	log      *slog.Logger
+
+	// quarantineMu serialises quarantines of one id (striped by its
+	// first byte); see Quarantine.
+	quarantineMu [16]sync.Mutex
+	// announced is the seq of this process's last announced removal, which
+	// WatchRemovals need not act on.
+	announced atomic.Pointer[string]
 
 	written, deduplicated, received atomic.Int64
 }
@@ -68,6 +80,9 @@ func New(store storage.Store, cfg Config, metrics *Metrics) (*Service, error) {
 	if metrics == nil {
 		metrics = NewMetrics(nil)
 	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
 	return &Service{
 		store:    store,
 		codec:    c,
@@ -75,6 +90,7 @@ func New(store storage.Store, cfg Config, metrics *Metrics) (*Service, error) {
 		slots:    make(chan struct{}, cfg.MaxConcurrentChunks),
 		statConc: cfg.StatConcurrency,
 		metrics:  metrics,
+		log:      cfg.Log,
 	}, nil
 }
 
@@ -253,7 +269,7 @@ func (s *Service) Get(ctx context.Context, id ID, raw bool) (Chunk, error) {
 	defer rc.Close()
 	// The object size is checked before the buffer is allocated.
 	if err := checkStoredSize(id, info.Size); err != nil {
-		return Chunk{}, err
+		return Chunk{}, s.corrupt(ctx, id, err)
 	}
 	stored := make([]byte, info.Size)
 	if _, err := io.ReadFull(rc, stored); err != nil {
@@ -269,10 +285,10 @@ func (s *Service) Get(ctx context.Context, id ID, raw bool) (Chunk, error) {
 	// casync itself): decode, and learn the algorithm by hashing.
 	data, err := s.codec.decode(chunkbridgev1.Encoding_ENCODING_ZSTD, stored)
 	if err != nil {
-		return Chunk{}, fmt.Errorf("chunk %s: %w: stored data does not decode: %v", id, apierr.ErrDigestMismatch, err)
+		return Chunk{}, s.corrupt(ctx, id, fmt.Errorf("chunk %s: %w: stored data does not decode: %v", id, apierr.ErrDigestMismatch, err))
 	}
 	if err := verify(id, &c, data); err != nil {
-		return Chunk{}, err
+		return Chunk{}, s.corrupt(ctx, id, err)
 	}
 	if raw {
 		c.Encoding, c.Data = chunkbridgev1.Encoding_ENCODING_RAW, data
@@ -295,7 +311,7 @@ func (s *Service) OpenStored(ctx context.Context, id ID) (io.ReadCloser, int64, 
 	}
 	if err := checkStoredSize(id, size); err != nil {
 		rc.Close()
-		return nil, 0, err
+		return nil, 0, s.corrupt(ctx, id, err)
 	}
 	s.metrics.bytesServed.Add(float64(size))
 	return rc, size, nil

@@ -973,7 +973,12 @@ type Problem struct {
 	// Store keys of the indexes and snapshot files that reference the chunk
 	// (indexes/<name>, snapshots/<type>/<id>/<time>/<file>), at most 100;
 	// empty for a chunk nothing references.
-	ReferencedBy  []string `protobuf:"bytes,6,rep,name=referenced_by,json=referencedBy,proto3" json:"referenced_by,omitempty"`
+	ReferencedBy []string `protobuf:"bytes,6,rep,name=referenced_by,json=referencedBy,proto3" json:"referenced_by,omitempty"`
+	// Where the chunk's damaged bytes are kept
+	// (quarantine/chunks/<4 hex>/<64 hex>.<time>.cacnk): set for a corrupt
+	// chunk this run moved out of chunks/, and for a missing chunk an earlier
+	// read or run moved there. Upload the chunk again to heal it.
+	Quarantine    string `protobuf:"bytes,7,opt,name=quarantine,proto3" json:"quarantine,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1050,6 +1055,13 @@ func (x *Problem) GetReferencedBy() []string {
 	return nil
 }
 
+func (x *Problem) GetQuarantine() string {
+	if x != nil {
+		return x.Quarantine
+	}
+	return ""
+}
+
 type VerifyReport struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Started  *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=started,proto3" json:"started,omitempty"`
@@ -1081,6 +1093,13 @@ type VerifyReport struct {
 	Complete bool `protobuf:"varint,17,opt,name=complete,proto3" json:"complete,omitempty"`
 	// Why it stopped early.
 	StoppedReason string `protobuf:"bytes,18,opt,name=stopped_reason,json=stoppedReason,proto3" json:"stopped_reason,omitempty"`
+	// Corrupt chunks this run moved to quarantine (they read as missing from
+	// now on, until their data is uploaded again).
+	Quarantined int64 `protobuf:"varint,19,opt,name=quarantined,proto3" json:"quarantined,omitempty"`
+	// Store keys of the indexes and snapshot files that reference a corrupt,
+	// missing or unreadable chunk (sorted; at most 10 000): what cannot be
+	// restored until those chunks are uploaded again.
+	DamagedFiles  []string `protobuf:"bytes,20,rep,name=damaged_files,json=damagedFiles,proto3" json:"damaged_files,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1239,6 +1258,20 @@ func (x *VerifyReport) GetStoppedReason() string {
 		return x.StoppedReason
 	}
 	return ""
+}
+
+func (x *VerifyReport) GetQuarantined() int64 {
+	if x != nil {
+		return x.Quarantined
+	}
+	return 0
+}
+
+func (x *VerifyReport) GetDamagedFiles() []string {
+	if x != nil {
+		return x.DamagedFiles
+	}
+	return nil
 }
 
 type PruneRequest struct {
@@ -1600,21 +1633,24 @@ const file_chunkbridge_v1_admin_proto_rawDesc = "" +
 	"\bproblems\x18\x04 \x01(\x03R\bproblems\x12\x17\n" +
 	"\alast_id\x18\x05 \x01(\tR\x06lastId\x12#\n" +
 	"\rprefixes_done\x18\x06 \x01(\x05R\fprefixesDone\x12%\n" +
-	"\x0eprefixes_total\x18\a \x01(\x05R\rprefixesTotal\"\xba\x02\n" +
+	"\x0eprefixes_total\x18\a \x01(\x05R\rprefixesTotal\"\xda\x02\n" +
 	"\aProblem\x120\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x1c.chunkbridge.v1.Problem.KindR\x04kind\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x14\n" +
 	"\x05index\x18\x03 \x01(\tR\x05index\x12\x18\n" +
 	"\amessage\x18\x04 \x01(\tR\amessage\x12\x12\n" +
 	"\x04code\x18\x05 \x01(\tR\x04code\x12#\n" +
-	"\rreferenced_by\x18\x06 \x03(\tR\freferencedBy\"\x83\x01\n" +
+	"\rreferenced_by\x18\x06 \x03(\tR\freferencedBy\x12\x1e\n" +
+	"\n" +
+	"quarantine\x18\a \x01(\tR\n" +
+	"quarantine\"\x83\x01\n" +
 	"\x04Kind\x12\x14\n" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fKIND_CORRUPT\x10\x01\x12\x10\n" +
 	"\fKIND_MISSING\x10\x02\x12\x13\n" +
 	"\x0fKIND_UNREADABLE\x10\x03\x12\x14\n" +
 	"\x10KIND_UNAVAILABLE\x10\x04\x12\x16\n" +
-	"\x12KIND_INDEX_CORRUPT\x10\x05\"\xac\x05\n" +
+	"\x12KIND_INDEX_CORRUPT\x10\x05\"\xf3\x05\n" +
 	"\fVerifyReport\x124\n" +
 	"\astarted\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\astarted\x125\n" +
 	"\bduration\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\bduration\x12\x16\n" +
@@ -1638,7 +1674,9 @@ const file_chunkbridge_v1_admin_proto_rawDesc = "" +
 	"\bproblems\x18\x0f \x03(\v2\x17.chunkbridge.v1.ProblemR\bproblems\x12\x17\n" +
 	"\alast_id\x18\x10 \x01(\tR\x06lastId\x12\x1a\n" +
 	"\bcomplete\x18\x11 \x01(\bR\bcomplete\x12%\n" +
-	"\x0estopped_reason\x18\x12 \x01(\tR\rstoppedReason\"\x9a\x02\n" +
+	"\x0estopped_reason\x18\x12 \x01(\tR\rstoppedReason\x12 \n" +
+	"\vquarantined\x18\x13 \x01(\x03R\vquarantined\x12#\n" +
+	"\rdamaged_files\x18\x14 \x03(\tR\fdamagedFiles\"\x9a\x02\n" +
 	"\fPruneRequest\x12\x1b\n" +
 	"\tkeep_last\x18\x01 \x01(\x05R\bkeepLast\x12\x1f\n" +
 	"\vkeep_hourly\x18\x02 \x01(\x05R\n" +

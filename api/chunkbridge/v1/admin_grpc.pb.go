@@ -49,7 +49,9 @@ type AdminServiceClient interface {
 	// snapshot file references exists. It streams progress about once a
 	// second and ends with a report listing every problem with the files
 	// that reference the chunk. A storage outage is reported as UNAVAILABLE,
-	// never as corruption.
+	// never as corruption. A corrupt chunk is moved to quarantine (see
+	// Problem.quarantine), so that it reads as missing and the next upload
+	// of its data stores a good copy.
 	Verify(ctx context.Context, in *VerifyRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[VerifyResponse], error)
 	// Prune applies a retention policy to PMXBCKUP snapshots, per backup
 	// group (type and backup id), with Proxmox Backup Server's keep-*
@@ -148,7 +150,9 @@ type AdminServiceServer interface {
 	// snapshot file references exists. It streams progress about once a
 	// second and ends with a report listing every problem with the files
 	// that reference the chunk. A storage outage is reported as UNAVAILABLE,
-	// never as corruption.
+	// never as corruption. A corrupt chunk is moved to quarantine (see
+	// Problem.quarantine), so that it reads as missing and the next upload
+	// of its data stores a good copy.
 	Verify(*VerifyRequest, grpc.ServerStreamingServer[VerifyResponse]) error
 	// Prune applies a retention policy to PMXBCKUP snapshots, per backup
 	// group (type and backup id), with Proxmox Backup Server's keep-*
