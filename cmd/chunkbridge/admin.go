@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -75,9 +76,13 @@ func parseClientFlags(name string, args []string, stdout, stderr io.Writer, c *c
 	return parseFlags(fs, args, slog.New(slog.NewTextHandler(stderr, nil)))
 }
 
-// rpcError words a failed call for the terminal.
+// rpcError words a failed call for the terminal. InvalidArgument is the
+// server refusing what the flags asked for: a usage error.
 func rpcError(what string, err error) error {
 	if s, ok := status.FromError(err); ok {
+		if s.Code() == codes.InvalidArgument {
+			return usagef("%s: %s (%s)", what, s.Message(), s.Code())
+		}
 		return fmt.Errorf("%s: %s (%s)", what, s.Message(), s.Code())
 	}
 	return fmt.Errorf("%s: %w", what, err)

@@ -174,7 +174,7 @@ indexes and PMXBCKUP snapshots.
 `,
 	"version": `Usage: chunkbridge version
 
-Prints chunkbridge's version.
+Prints chunkbridge's version, as the build set it.
 `,
 }
 
