@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -66,9 +67,8 @@ func (c *clientFlags) dial() (*grpc.ClientConn, chunkbridgev1.AdminServiceClient
 }
 
 // parseClientFlags parses an admin command's flags.
-func parseClientFlags(name string, args []string, stderr io.Writer, c *clientFlags, extra func(*flag.FlagSet)) error {
-	fs := flag.NewFlagSet("chunkbridge "+name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
+func parseClientFlags(name string, args []string, stdout, stderr io.Writer, c *clientFlags, extra func(*flag.FlagSet)) error {
+	fs := newFlagSet(name, stdout)
 	c.register(fs)
 	if extra != nil {
 		extra(fs)
@@ -76,9 +76,13 @@ func parseClientFlags(name string, args []string, stderr io.Writer, c *clientFla
 	return parseFlags(fs, args, slog.New(slog.NewTextHandler(stderr, nil)))
 }
 
-// rpcError words a failed call for the terminal.
+// rpcError words a failed call for the terminal. InvalidArgument is the
+// server refusing what the flags asked for: a usage error.
 func rpcError(what string, err error) error {
 	if s, ok := status.FromError(err); ok {
+		if s.Code() == codes.InvalidArgument {
+			return usagef("%s: %s (%s)", what, s.Message(), s.Code())
+		}
 		return fmt.Errorf("%s: %s (%s)", what, s.Message(), s.Code())
 	}
 	return fmt.Errorf("%s: %w", what, err)
@@ -126,7 +130,7 @@ func adminGC(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	var c clientFlags
 	var grace time.Duration
 	var dryRun bool
-	if err := parseClientFlags("gc", args, stderr, &c, func(fs *flag.FlagSet) {
+	if err := parseClientFlags("gc", args, stdout, stderr, &c, func(fs *flag.FlagSet) {
 		fs.DurationVar(&grace, "grace", 24*time.Hour, "keep unreferenced chunks written less than this long before the collection started; must exceed the longest backup session")
 		fs.BoolVar(&dryRun, "dry-run", false, "report what would be deleted; delete nothing")
 	}); err != nil {
@@ -205,7 +209,7 @@ func adminVerify(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		maxDuration time.Duration
 		repair      pathsFlag
 	)
-	if err := parseClientFlags("verify", args, stderr, &c, func(fs *flag.FlagSet) {
+	if err := parseClientFlags("verify", args, stdout, stderr, &c, func(fs *flag.FlagSet) {
 		fs.Float64Var(&sample, "sample", 1, "fraction of the stored chunks to read back, chosen at random (every reference is still checked)")
 		fs.Var(&rate, "rate-limit", "stored bytes read per second at most, e.g. 50M (MiB/s) or 100MB; 0 for no limit")
 		fs.StringVar(&resumeAfter, "resume-after", "", "continue an unfinished run after this chunk id (the last id it printed)")
@@ -320,7 +324,7 @@ func adminPrune(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	var last, hourly, daily, weekly, monthly, yearly int
 	var typ, id string
 	var dryRun bool
-	if err := parseClientFlags("prune", args, stderr, &c, func(fs *flag.FlagSet) {
+	if err := parseClientFlags("prune", args, stdout, stderr, &c, func(fs *flag.FlagSet) {
 		fs.IntVar(&last, "keep-last", 0, "keep the N newest snapshots of each backup group")
 		fs.IntVar(&hourly, "keep-hourly", 0, "keep the newest snapshot of each of the last N hours that have one")
 		fs.IntVar(&daily, "keep-daily", 0, "keep the newest snapshot of each of the last N days that have one")
@@ -334,7 +338,7 @@ func adminPrune(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return err
 	}
 	if last+hourly+daily+weekly+monthly+yearly == 0 {
-		return errors.New("prune: give at least one --keep-* option (with none, nothing would be removed)")
+		return usagef("prune: give at least one --keep-* option (with none, nothing would be removed)")
 	}
 	conn, adm, err := c.dial()
 	if err != nil {
@@ -381,7 +385,7 @@ func adminPrune(ctx context.Context, args []string, stdout, stderr io.Writer) er
 
 func adminStats(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var c clientFlags
-	if err := parseClientFlags("stats", args, stderr, &c, nil); err != nil {
+	if err := parseClientFlags("stats", args, stdout, stderr, &c, nil); err != nil {
 		return err
 	}
 	conn, adm, err := c.dial()

@@ -38,8 +38,8 @@ func needCasync(t *testing.T) string {
 }
 
 // casyncEnv runs casync with chunkbridge as its remote: the TCP gateway
-// through the casync-ssh shim, or the stdio casync-remote through a
-// pass-through "ssh" that drops the host and runs the remote command here.
+// through the casync-ssh shim, or the stdio casync-remote through a fake
+// ssh that runs the remote command here as sshd would (fakeSSH).
 type casyncEnv struct {
 	t   *testing.T
 	env []string
@@ -60,10 +60,7 @@ func stdioCasync(t *testing.T, p *process) *casyncEnv {
 	if err := os.Symlink(binary, remote); err != nil {
 		t.Fatal(err)
 	}
-	ssh := filepath.Join(dir, "local-ssh")
-	if err := os.WriteFile(ssh, []byte("#!/bin/sh\nshift\nexec \"$@\"\n"), 0o755); err != nil {
-		t.Fatal(err)
-	}
+	ssh := fakeSSH(t, "")
 	return &casyncEnv{t: t, env: []string{"CASYNC_SSH_PATH=" + ssh, "CASYNC_REMOTE_PATH=" + remote, "CHUNKBRIDGE_CHUNK_SERVICE=" + p.grpc}}
 }
 

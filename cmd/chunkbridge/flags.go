@@ -1,8 +1,8 @@
 package main
 
 import (
+	"errors"
 	"flag"
-	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -21,12 +21,24 @@ func envName(flagName string) string {
 // parseFlags parses args, then fills every flag not set on the command line
 // from its environment variable, and warns about CHUNKBRIDGE_ variables
 // that match no flag (a typo in a manifest would otherwise pass silently).
+// A mistake is a usageError; -h prints fs.Usage and returns flag.ErrHelp.
 func parseFlags(fs *flag.FlagSet, args []string, log *slog.Logger, ignoreEnv ...string) error {
-	if err := fs.Parse(args); err != nil {
+	// The flag package would print errors and the help alike through Usage
+	// to one output; this reports errors once, and help only when asked.
+	help, out := fs.Usage, fs.Output()
+	fs.Usage = func() {}
+	fs.SetOutput(io.Discard)
+	err := fs.Parse(args)
+	fs.Usage = help
+	fs.SetOutput(out)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		help()
 		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	case err != nil:
+		return usagef("%s: %v (see %s -h)", strings.TrimPrefix(fs.Name(), "chunkbridge "), err, fs.Name())
+	case fs.NArg() > 0:
+		return usagef("%s: unexpected argument %q (see %s -h)", strings.TrimPrefix(fs.Name(), "chunkbridge "), fs.Arg(0), fs.Name())
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
@@ -34,7 +46,6 @@ func parseFlags(fs *flag.FlagSet, args []string, log *slog.Logger, ignoreEnv ...
 	for _, name := range ignoreEnv {
 		known[name] = true
 	}
-	var err error
 	fs.VisitAll(func(f *flag.Flag) {
 		name := envName(f.Name)
 		known[name] = true
@@ -43,7 +54,7 @@ func parseFlags(fs *flag.FlagSet, args []string, log *slog.Logger, ignoreEnv ...
 			return
 		}
 		if e := fs.Set(f.Name, v); e != nil {
-			err = fmt.Errorf("environment %s=%q: %w", name, v, e)
+			err = usagef("environment %s=%q: %w", name, v, e)
 		}
 	})
 	if err != nil {
@@ -62,7 +73,7 @@ func parseFlags(fs *flag.FlagSet, args []string, log *slog.Logger, ignoreEnv ...
 func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 	var lv slog.Level
 	if err := lv.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+		return nil, usagef("--log-level %q: want debug, info, warn or error", level)
 	}
 	opts := &slog.HandlerOptions{Level: lv}
 	switch format {
@@ -71,5 +82,5 @@ func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 	case "text":
 		return slog.New(slog.NewTextHandler(w, opts)), nil
 	}
-	return nil, fmt.Errorf("--log-format %q: want json or text", format)
+	return nil, usagef("--log-format %q: want json or text", format)
 }

@@ -4,8 +4,6 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -38,9 +36,11 @@ Usage:
   chunkbridge version
 
 The admin commands talk to the AdminService at --chunk-service (default
-127.0.0.1:9090); run "chunkbridge gc -h" for their flags.
+127.0.0.1:9090). "chunkbridge COMMAND -h" (or "chunkbridge help COMMAND")
+says what a command does and lists its flags.
 
-Run "chunkbridge serve all -h" for the flags. Every flag can also be set
+Exit status: 0 success, 1 the operation failed, 2 the command line is wrong
+(verify also uses 3, see "chunkbridge verify -h"). Every flag can also be set
 with an environment variable: --grpc-listen is CHUNKBRIDGE_GRPC_LISTEN.
 `
 
@@ -59,35 +59,31 @@ func main() {
 	}
 	err := run(ctx, args, os.Stdout, os.Stderr)
 	stop()
-	var exit *exitError
-	if errors.As(err, &exit) {
-		if exit.msg != "" {
-			fmt.Fprintln(os.Stderr, "chunkbridge:", exit.msg)
-		}
-		os.Exit(exit.code)
-	}
-	if err != nil {
-		if !errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(os.Stderr, "chunkbridge:", err)
-		}
-		os.Exit(2)
-	}
+	os.Exit(exitCode(err, os.Stderr))
 }
 
+// run runs the command args. Its error decides the exit status (exitCode):
+// 0 success or help, 1 the operation failed, 2 a usage error.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
-		return flag.ErrHelp
+		return &exitError{code: exitUsage}
+	}
+	switch args[0] {
+	case "serve", "casync-remote", "casync-ssh", "version": // no flag set of their own to print help
+		if wantsHelp(args[1:]) {
+			return printHelp(stdout, args[0])
+		}
 	}
 	switch args[0] {
 	case "serve":
 		if len(args) < 2 {
-			return fmt.Errorf("serve: which service? want one of: all, chunk, casync-gateway, rest-gateway, pmx-gateway")
+			return usagef("serve: which service? want one of: all, chunk, casync-gateway, rest-gateway, pmx-gateway")
 		}
 		if _, ok := modes[args[1]]; ok {
-			return serve(ctx, args[1], args[2:], stderr)
+			return serve(ctx, args[1], args[2:], stdout, stderr)
 		}
-		return fmt.Errorf("serve %s: unknown service; want one of: all, chunk, casync-gateway", args[1])
+		return usagef("serve %s: unknown service; want one of: all, chunk, casync-gateway, rest-gateway, pmx-gateway", args[1])
 	case "casync-remote":
 		return casyncRemote(ctx, args[1:], stderr)
 	case "casync-ssh":
@@ -105,11 +101,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "stats":
 		return adminStats(ctx, args[1:], stdout, stderr)
 	case "version", "--version":
+		if len(args) > 1 {
+			return usagef("version takes no arguments")
+		}
 		fmt.Fprintln(stdout, "chunkbridge", version)
 		return nil
 	case "help", "-h", "--help":
+		if len(args) > 1 { // chunkbridge help gc
+			if _, ok := helps[strings.Join(args[1:], " ")]; ok {
+				return run(ctx, append(args[1:], "-h"), stdout, stderr)
+			}
+			return usagef("help %s: no such command; run `chunkbridge help`", strings.Join(args[1:], " "))
+		}
 		fmt.Fprint(stdout, usage)
 		return nil
 	}
-	return fmt.Errorf("unknown command %q; run `chunkbridge help`", args[0])
+	return usagef("unknown command %q; run `chunkbridge help`", args[0])
 }

@@ -43,7 +43,7 @@ CHUNKBRIDGE_SERVER, --tls-ca is CHUNKBRIDGE_TLS_CA.
 func pmxMain(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, pmxUsage)
-		return flag.ErrHelp
+		return &exitError{code: exitUsage}
 	}
 	switch args[0] {
 	case "backup":
@@ -58,7 +58,7 @@ func pmxMain(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		fmt.Fprint(stdout, pmxUsage)
 		return nil
 	}
-	return fmt.Errorf("pmx %s: unknown command; want backup, restore, hashes or list", args[0])
+	return usagef("pmx %s: unknown command; want backup, restore, hashes or list", args[0])
 }
 
 // pmxDefaultPort is the PMXBCKUP gateway's port (--pmx-listen).
@@ -141,23 +141,18 @@ func pmxEnvNames() []string {
 // positional arguments, fills unset flags from the environment, and
 // returns the positional arguments; there must be want of them.
 func parsePMXFlags(fs *flag.FlagSet, args []string, stderr io.Writer, want int, what string) ([]string, error) {
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: %s\n\nFlags (any order, before or after the arguments):\n", pmxSynopsis(fs.Name()))
-		fs.PrintDefaults()
-	}
 	flags, pos := splitArgs(fs, args)
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	if err := parseFlags(fs, flags, log, pmxEnvNames()...); err != nil {
 		return nil, err
 	}
 	if len(pos) != want {
-		return nil, fmt.Errorf("%s: want %s, got %d arguments (see chunkbridge pmx help)", fs.Name(), what, len(pos))
+		return nil, usagef("%s: want %s, got %d arguments (see %s -h)", strings.TrimPrefix(fs.Name(), "chunkbridge "), what, len(pos), fs.Name())
 	}
 	return pos, nil
 }
 
-// pmxSynopsis returns the usage line of "pmx <command>" from pmxUsage.
+// pmxSynopsis returns the usage line of name ("pmx backup") from pmxUsage.
 func pmxSynopsis(name string) string {
 	var lines []string
 	for _, l := range strings.Split(pmxUsage, "\n")[1:] {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -16,7 +15,7 @@ import (
 
 // pmxBackup runs `chunkbridge pmx backup`.
 func pmxBackup(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("pmx backup", flag.ContinueOnError)
+	fs := newFlagSet("pmx backup", stdout)
 	var cf pmxConnFlags
 	cf.register(fs)
 	typ := fs.String("type", "", "backup type: vm, ct or host (required)")
@@ -32,10 +31,10 @@ func pmxBackup(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	bt, err := pmxproto.ParseBackupType(*typ)
 	if err != nil {
-		return fmt.Errorf("pmx backup: --type %q: want vm, ct or host", *typ)
+		return usagef("pmx backup: --type %q: want vm, ct or host", *typ)
 	}
 	if *id == "" {
-		return errors.New("pmx backup: --id is required, e.g. --id web-01")
+		return usagef("pmx backup: --id is required, e.g. --id web-01")
 	}
 	if *name == "" {
 		*name = "stdin"
@@ -43,8 +42,14 @@ func pmxBackup(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			*name = filepath.Base(pos[0])
 		}
 	}
+	var when time.Time
+	if *at != "" {
+		if when, err = time.Parse(time.RFC3339, *at); err != nil {
+			return usagef("pmx backup: --time %q: want RFC 3339, e.g. 2026-11-25T10:00:00Z", *at)
+		}
+	}
 	if !*fixed && isFlagSet(fs, "chunk-size") {
-		return errors.New("pmx backup: --chunk-size applies to --fixed backups only; dynamic backups use casync's 16/64/256 KiB chunker")
+		return usagef("pmx backup: --chunk-size applies to --fixed backups only; dynamic backups use casync's 16/64/256 KiB chunker")
 	}
 	in, size, closeIn, err := openBackupInput(pos[0])
 	if err != nil {
@@ -52,7 +57,7 @@ func pmxBackup(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	defer closeIn()
 	if *fixed && size < 0 {
-		return fmt.Errorf("pmx backup: --fixed needs the input's size, which goes into the index, and %s has none: "+
+		return usagef("pmx backup: --fixed needs the input's size, which goes into the index, and %s has none: "+
 			"back up a file or block device, or leave out --fixed for a dynamic backup", describeInput(pos[0]))
 	}
 
@@ -62,12 +67,6 @@ func pmxBackup(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	defer c.Close()
 	bar := newProgressLine(stderr)
-	var when time.Time
-	if *at != "" {
-		if when, err = time.Parse(time.RFC3339, *at); err != nil {
-			return fmt.Errorf("backup: --time %q: want RFC 3339, e.g. 2026-11-25T10:00:00Z", *at)
-		}
-	}
 	sum, err := pmxclient.Backup(ctx, c, pmxclient.BackupOptions{
 		Type: bt, ID: *id, Name: *name, Fixed: *fixed, ChunkSize: int(chunkSize),
 		Input: in, Size: size, Time: when,

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -28,7 +27,7 @@ const maxListResponse = 256 << 20
 // pmxList runs `chunkbridge pmx list`. PMXBCKUP has no packet to list
 // snapshots, so it asks the REST API: GET /v1/snapshots.
 func pmxList(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("pmx list", flag.ContinueOnError)
+	fs := newFlagSet("pmx list", stdout)
 	var cf pmxConnFlags
 	fs.StringVar(&cf.server, "server", "127.0.0.1:"+pmxDefaultPort, "the PMXBCKUP gateway, HOST[:PORT], whose host --api defaults to")
 	api := fs.String("api", "", "the REST API, http[s]://HOST[:PORT] (default: http://<host of --server>:"+restDefaultPort+")")
@@ -72,7 +71,7 @@ func pmxList(ctx context.Context, args []string, stdout, stderr io.Writer) error
 func listSnapshots(ctx context.Context, base, typ, id string) (*chunkbridgev1.ListSnapshotsResponse, error) {
 	u, err := url.Parse(base)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("--api %q: want http://HOST[:PORT] or https://HOST[:PORT]", base)
+		return nil, usagef("--api %q: want http://HOST[:PORT] or https://HOST[:PORT]", base)
 	}
 	q := url.Values{}
 	if typ != "" {

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -15,7 +14,7 @@ import (
 
 // pmxRestore runs `chunkbridge pmx restore`.
 func pmxRestore(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("pmx restore", flag.ContinueOnError)
+	fs := newFlagSet("pmx restore", stdout)
 	var cf pmxConnFlags
 	cf.register(fs)
 	pos, err := parsePMXFlags(fs, args, stderr, 2, "SNAPSHOT_PATH and OUT (- for stdout)")
@@ -126,7 +125,7 @@ func (o *output) abort() {
 
 // pmxHashes runs `chunkbridge pmx hashes`.
 func pmxHashes(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("pmx hashes", flag.ContinueOnError)
+	fs := newFlagSet("pmx hashes", stdout)
 	var cf pmxConnFlags
 	cf.register(fs)
 	pos, err := parsePMXFlags(fs, args, stderr, 1, "SNAPSHOT_PATH")

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -13,12 +12,14 @@ import (
 // bucket if missing (what the chunk service also does at start), for a
 // Kubernetes Job that prepares a fresh object store.
 func s3Command(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if wantsHelp(args) {
+		return printHelp(stdout, "s3")
+	}
 	if len(args) == 0 || args[0] != "mkbucket" {
-		return fmt.Errorf("s3: want `chunkbridge s3 mkbucket s3://BUCKET [--s3-endpoint HOST:PORT] [--s3-insecure]`")
+		return usagef("s3: want `chunkbridge s3 mkbucket s3://BUCKET [--s3-endpoint HOST:PORT] [--s3-insecure]`")
 	}
 	var f storeFlags
-	fs := flag.NewFlagSet("chunkbridge s3 mkbucket", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlagSet("s3 mkbucket", stdout)
 	fs.StringVar(&f.s3Endpoint, "s3-endpoint", "", "S3 endpoint host[:port] (default AWS); credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
 	fs.StringVar(&f.s3Region, "s3-region", "", "S3 region")
 	fs.BoolVar(&f.s3Insecure, "s3-insecure", false, "plain HTTP")
@@ -34,7 +35,7 @@ func s3Command(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	if f.store == "" {
-		return fmt.Errorf("s3 mkbucket: want an s3://BUCKET argument")
+		return usagef("s3 mkbucket: want an s3://BUCKET argument")
 	}
 	store, err := openStore(ctx, f)
 	if err != nil {

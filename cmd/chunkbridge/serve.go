@@ -125,11 +125,10 @@ func (f *serveFlags) register(fs *flag.FlagSet, p parts) {
 
 // serve runs the parts of one mode until ctx ends, then shuts them down in
 // order: health NOT_SERVING, stop accepting, let in-flight work finish.
-func serve(ctx context.Context, mode string, args []string, stderr io.Writer) error {
+func serve(ctx context.Context, mode string, args []string, stdout, stderr io.Writer) error {
 	p := modes[mode]
 	var f serveFlags
-	fs := flag.NewFlagSet("chunkbridge serve "+mode, flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlagSet("serve "+mode, stdout)
 	f.register(fs, p)
 	if err := parseFlags(fs, args, slog.New(slog.NewJSONHandler(stderr, nil))); err != nil {
 		return err
@@ -210,7 +209,7 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 	var shared *session.Budget
 	if p.casync || p.pmx {
 		if f.gatewayBuffer <= 0 {
-			return fmt.Errorf("--gateway-buffer-bytes %d: must be positive", f.gatewayBuffer)
+			return usagef("--gateway-buffer-bytes %d: must be positive", f.gatewayBuffer)
 		}
 		shared = session.NewBudget(f.gatewayBuffer)
 	}

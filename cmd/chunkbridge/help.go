@@ -1,0 +1,198 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+)
+
+// Exit codes of every command (verify adds exitTransient).
+const (
+	exitFailed = 1 // the operation failed
+	exitUsage  = 2 // the command line is wrong: nothing was done
+)
+
+// usageError is a mistake in the command line: the process exits 2.
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+func usagef(format string, args ...any) error { return usageError{fmt.Errorf(format, args...)} }
+
+// exitCode prints err on stderr and returns the process's exit status:
+// 0 on success and when help was asked for (it is printed already), 2 for
+// a usage error, an exitError's own code, and 1 for any other failure.
+func exitCode(err error, stderr io.Writer) int {
+	var exit *exitError
+	var usage usageError
+	switch {
+	case err == nil, errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.As(err, &exit):
+		if exit.msg != "" {
+			fmt.Fprintln(stderr, "chunkbridge:", exit.msg)
+		}
+		return exit.code
+	case errors.As(err, &usage):
+		fmt.Fprintln(stderr, "chunkbridge:", err)
+		return exitUsage
+	}
+	fmt.Fprintln(stderr, "chunkbridge:", err)
+	return exitFailed
+}
+
+// wantsHelp reports whether args asks for help and nothing else, for the
+// commands without a flag set.
+func wantsHelp(args []string) bool {
+	return len(args) == 1 && (args[0] == "-h" || args[0] == "-help" || args[0] == "--help" || args[0] == "help")
+}
+
+// printHelp prints a command's help on stdout and returns flag.ErrHelp,
+// which exits 0.
+func printHelp(stdout io.Writer, command string) error {
+	fmt.Fprint(stdout, helps[command])
+	return flag.ErrHelp
+}
+
+// newFlagSet returns the flag set of a command: -h prints the command's
+// help (what it does) and then its flags on stdout; parseFlags reports
+// errors.
+func newFlagSet(command string, stdout io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("chunkbridge "+command, flag.ContinueOnError)
+	fs.SetOutput(stdout)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), helps[command])
+		fmt.Fprintln(fs.Output(), "\nFlags (each can also be given as an environment variable: --foo-bar is CHUNKBRIDGE_FOO_BAR):")
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// helps says what each command does, keyed by its words after
+// "chunkbridge"; -h prints it. TestHelpOnEveryCommand walks the commands of
+// the usage text and wants an entry for each.
+var helps = map[string]string{
+	"serve": `Usage: chunkbridge serve all|chunk|casync-gateway|rest-gateway|pmx-gateway [flags]
+
+Runs chunkbridge's services and gateways until SIGINT or SIGTERM, then
+finishes in-flight calls. "all" runs everything in one process; the other
+modes run one part each, for separate deployments. Run
+"chunkbridge serve MODE -h" for a mode's flags.
+`,
+	"serve all": `Usage: chunkbridge serve all [flags]
+
+Runs everything in one process on one store: the chunk, catalog and admin
+gRPC services, the REST gateway (REST, OpenAPI, the casync HTTP store,
+metrics, health), the casync gateway and the PMXBCKUP gateway.
+`,
+	"serve chunk": `Usage: chunkbridge serve chunk [flags]
+
+Runs the chunk, catalog and admin gRPC services on the store given by
+--store, with /metrics, /healthz and /readyz on --http-listen.
+`,
+	"serve casync-gateway": `Usage: chunkbridge serve casync-gateway [flags]
+
+Serves casync's remote protocol over TCP (reached through
+chunkbridge-casync-ssh), in front of the chunk service at --chunk-service.
+`,
+	"serve rest-gateway": `Usage: chunkbridge serve rest-gateway [flags]
+
+Serves REST, /openapi.json and the casync HTTP chunk store, in front of the
+chunk service at --chunk-service.
+`,
+	"serve pmx-gateway": `Usage: chunkbridge serve pmx-gateway [flags]
+
+Serves the PMXBCKUP backup protocol over TCP (optionally TLS), in front of
+the chunk service at --chunk-service.
+`,
+	"casync-remote": `Usage: chunkbridge casync-remote [--chunk-service ADDR] [--OPT=…] pull|push BASE ARCHIVE INDEX STORE
+       (or the same as one string, or in SSH_ORIGINAL_COMMAND)
+
+Speaks casync's remote protocol on stdin and stdout, storing in the chunk
+service at --chunk-service (or CHUNKBRIDGE_CHUNK_SERVICE, default
+127.0.0.1:9090). ssh runs it as the remote casync: point casync's or
+desync's CASYNC_REMOTE_PATH at a symlink named chunkbridge-casync-remote.
+When ssh runs it as a forced command (authorized_keys command="…"), the
+client's command is read from SSH_ORIGINAL_COMMAND.
+`,
+	"casync-ssh": `Usage: chunkbridge casync-ssh [SSH OPTIONS] [--] [user@]HOST[:PORT] COMMAND…
+
+Stands in for ssh as casync and desync call it (CASYNC_SSH_PATH, through a
+symlink named chunkbridge-casync-ssh): instead of logging in to HOST it
+connects to the casync gateway at $CHUNKBRIDGE_CASYNC_ADDR, or else at
+HOST and the port of the destination or -p (default 8473), and relays the
+session. COMMAND is joined and split as ssh's remote shell would split it,
+so both casync's words and desync's one quoted string work. ssh's options
+are accepted and ignored, except -p. When the gateway ends the session with
+ABORT, its reason is printed on stderr.
+`,
+	"pmx":         pmxUsage,
+	"pmx backup":  pmxHelp("backup"),
+	"pmx restore": pmxHelp("restore"),
+	"pmx hashes":  pmxHelp("hashes"),
+	"pmx list":    pmxHelp("list"),
+	"s3": `Usage: chunkbridge s3 mkbucket s3://BUCKET [--s3-endpoint HOST:PORT] [--s3-insecure]
+
+Prepares an object store: mkbucket creates the bucket if it is missing.
+`,
+	"s3 mkbucket": `Usage: chunkbridge s3 mkbucket s3://BUCKET [flags]
+
+Creates the bucket if it is missing (what serve also does at start), for a
+job that prepares a fresh object store. Credentials come from
+AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.
+`,
+	"gc": `Usage: chunkbridge gc [--grace 24h] [--dry-run] [flags]
+
+Deletes the chunks that no casync index and no PMXBCKUP snapshot references,
+through the AdminService at --chunk-service. Chunks written within --grace
+of the start are kept, so that a backup still uploading keeps its chunks.
+Prints what was deleted and kept; --dry-run deletes nothing.
+`,
+	"verify": `Usage: chunkbridge verify [--sample F] [--rate-limit R] [--resume-after ID] [flags]
+
+Reads stored chunks back and re-hashes them, and checks that every chunk an
+index or snapshot references is stored, through the AdminService at
+--chunk-service. Prints each problem and what references it. Exits 0 if the
+store is intact, 1 if anything is damaged, 3 if only storage outages got in
+the way (verify again later), 2 on usage errors.
+`,
+	"prune": `Usage: chunkbridge prune --keep-last N [--keep-daily N ...] [--type T --id ID] [--dry-run] [flags]
+
+Applies a retention policy to PMXBCKUP snapshots, through the AdminService
+at --chunk-service: keeps the snapshots a --keep-* option selects in each
+backup group and removes the others. The chunks only removed snapshots used
+go at the next gc. Prints each decision; --dry-run removes nothing.
+`,
+	"stats": `Usage: chunkbridge stats [flags]
+
+Prints what the store holds, from the AdminService at --chunk-service:
+chunks, stored and logical bytes, compression and dedup ratios, casync
+indexes and PMXBCKUP snapshots.
+`,
+	"version": `Usage: chunkbridge version
+
+Prints chunkbridge's version, as the build set it.
+`,
+}
+
+// pmxHelp returns the help of "pmx name": its synopsis and its paragraph
+// of pmxUsage.
+func pmxHelp(name string) string {
+	var desc []string
+	for _, l := range strings.Split(pmxUsage, "\n") {
+		switch {
+		case strings.HasPrefix(l, name+" "):
+			d := strings.TrimSpace(l[len(name):])
+			desc = append(desc, strings.ToUpper(d[:1])+d[1:])
+		case len(desc) > 0 && strings.HasPrefix(l, "         "):
+			desc = append(desc, strings.TrimSpace(l))
+		case len(desc) > 0:
+			return "Usage: " + pmxSynopsis("pmx "+name) + "\n\n" + strings.Join(desc, "\n") + "\n" +
+				"\nFlags may come before or after the arguments.\n"
+		}
+	}
+	return "Usage: " + pmxSynopsis("pmx "+name) + "\n"
+}
