@@ -3,13 +3,16 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -104,14 +107,44 @@ func requireDocker(t *testing.T) {
 	}
 }
 
+// freePort picks a port the containers bind later, with host networking.
+// A port from the kernel's ephemeral range (what binding port 0 returns)
+// can be handed to any outgoing connection or port-0 listener on the
+// machine before the container binds it; that failed a CI run once with
+// "address already in use". So the port is picked below that range, where
+// only explicit binds land, and checked free; picks are never repeated.
 func freePort(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	low := ephemeralLow()
+	for range 200 {
+		p := 10000 + rand.IntN(low-10000)
+		if _, dup := picked.LoadOrStore(p, true); dup {
+			continue
+		}
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err != nil {
+			continue
+		}
+		l.Close()
+		return fmt.Sprint(p)
 	}
-	defer l.Close()
-	return fmt.Sprint(l.Addr().(*net.TCPAddr).Port)
+	t.Fatal("no free port below the ephemeral range")
+	return ""
+}
+
+var picked sync.Map
+
+// ephemeralLow is the first port of the kernel's ephemeral range.
+func ephemeralLow() int {
+	low := 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if n, err := strconv.Atoi(f[0]); err == nil && n > 11000 {
+				low = n
+			}
+		}
+	}
+	return low
 }
 
 // manifests is the dev overlay, rendered: the containers run with exactly
