@@ -81,13 +81,10 @@ type State struct {
 	Holder string `json:"holder,omitempty"`
 }
 
-// rank orders states: a batch's start and its end each move it forward.
-func (s State) rank() uint64 {
-	if s.Phase == Deleting {
-		return 2 * s.Gen
-	}
-	return 2*s.Gen + 1
-}
+// batch is what a presence cache entry depends on: which delete batches
+// have begun, and whether the last one is still deleting. Running and idle
+// are alike.
+func (s State) batch() (uint64, bool) { return s.Gen, s.Phase == Deleting }
 
 // Config tunes a Guard. Zero durations take the defaults.
 type Config struct {
@@ -192,16 +189,19 @@ func (g *Guard) Known() State {
 	return g.known
 }
 
-// observe moves the known state forward. OnChange runs before the new
-// state is visible to Ticket: a ticket of the new generation never meets a
-// cache entry from before it.
+// observe records a state read or written. When its batch differs from
+// the known one, OnChange runs before the new state is visible to Ticket:
+// a ticket of the new batch never meets a cache entry from before it. Any
+// difference counts, a lower generation too (gc/state removed by hand, or
+// an older read finishing after a newer one): emptying the cache and
+// re-checking at the next commit are always safe.
 func (g *Guard) observe(st State) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if st.rank() <= g.known.rank() {
-		if st.rank() == g.known.rank() && st.Phase != g.known.Phase {
-			g.known.Phase = st.Phase // running and idle rank alike
-		}
+	gen, deleting := st.batch()
+	kgen, kdeleting := g.known.batch()
+	if gen == kgen && deleting == kdeleting {
+		g.known.Phase = st.Phase // running and idle are alike
 		return
 	}
 	if g.cfg.OnChange != nil {
@@ -256,7 +256,7 @@ func (g *Guard) Watch(ctx context.Context, interval time.Duration) {
 		before := g.Known()
 		st, err := g.read(ctx)
 		switch {
-		case err == nil && st.rank() > before.rank():
+		case err == nil && (st.Gen != before.Gen || (st.Phase == Deleting) != (before.Phase == Deleting)):
 			g.log.Debug("garbage collection state moved: presence cache emptied", "gen", st.Gen, "phase", st.Phase, "run", st.Run, "holder", st.Holder)
 		case err != nil && ctx.Err() == nil:
 			g.log.Debug("garbage collection state unreadable", "err", err)
