@@ -73,10 +73,11 @@ func (s *Server) RunGC(ctx context.Context, req *chunkbridgev1.RunGCRequest) (*c
 	return &chunkbridgev1.RunGCResponse{Report: report}, nil
 }
 
-// GetGCStatus reports the running collection and the last finished one.
-func (s *Server) GetGCStatus(context.Context, *chunkbridgev1.GetGCStatusRequest) (*chunkbridgev1.GetGCStatusResponse, error) {
+// GetGCStatus reports the running collection and the last finished one
+// of this replica; a collection running on another replica is reported by
+// the replica's name, from the store's GC state.
+func (s *Server) GetGCStatus(ctx context.Context, _ *chunkbridgev1.GetGCStatusRequest) (*chunkbridgev1.GetGCStatusResponse, error) {
 	s.gcMu.Lock()
-	defer s.gcMu.Unlock()
 	resp := &chunkbridgev1.GetGCStatusResponse{Last: s.lastGC}
 	if p := s.gcStatus; p != nil {
 		resp.Running = true
@@ -84,6 +85,19 @@ func (s *Server) GetGCStatus(context.Context, *chunkbridgev1.GetGCStatusRequest)
 		resp.Progress = p.report(0, time.Since(p.started))
 		resp.PrefixesDone = p.prefixesDone.Load()
 		resp.PrefixesTotal = int32(len(s.prefixes.keys))
+	}
+	s.gcMu.Unlock()
+	if resp.Running {
+		return resp, nil
+	}
+	guard := s.catalog.Guard()
+	st, err := guard.State(ctx)
+	if err != nil {
+		return nil, apierr.Status(err)
+	}
+	if st.Phase != gcguard.Idle && st.Holder != guard.Replica() {
+		resp.Running = true
+		resp.Phase = fmt.Sprintf("running on replica %s (run %s), as the store says; that replica's status has its progress", st.Holder, st.Run)
 	}
 	return resp, nil
 }

@@ -426,3 +426,29 @@ func TestGCRaceAcrossReplicas(t *testing.T) {
 		})
 	}
 }
+
+// A run on one replica shows in another replica's status, by name.
+func TestGCStatusNamesTheReplicaRunningIt(t *testing.T) {
+	store := memoryStore(t)
+	marked, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	a := newEnvGuard(t, store, admin.Config{Hooks: admin.Hooks{AfterMark: func() { once.Do(func() { close(marked); <-release }) }}}, gcguard.Config{Replica: "replica-a"})
+	b := newEnvGuard(t, store, admin.Config{}, gcguard.Config{Replica: "replica-b"})
+	done := make(chan error)
+	go func() { _, err := a.adm.RunGC(context.Background(), &chunkbridgev1.RunGCRequest{}); done <- err }()
+	<-marked
+	st, err := b.adm.GetGCStatus(t.Context(), &chunkbridgev1.GetGCStatusRequest{})
+	if err != nil || !st.Running || !strings.Contains(st.Phase, "replica-a") {
+		t.Fatalf("b's status while a runs = %v, %v", st, err)
+	}
+	if _, err := b.adm.RunGC(t.Context(), &chunkbridgev1.RunGCRequest{}); status.Code(err) != codes.Aborted || !strings.Contains(err.Error(), "replica-a") {
+		t.Fatalf("GC on b while a runs = %v, want Aborted naming replica-a", err)
+	}
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if st, err := b.adm.GetGCStatus(t.Context(), &chunkbridgev1.GetGCStatusRequest{}); err != nil || st.Running {
+		t.Fatalf("b's status after a's run = %v, %v", st, err)
+	}
+}

@@ -247,6 +247,10 @@ func (g *Guard) write(ctx context.Context, st State) error {
 	return nil
 }
 
+// State reads gc/state from the store: which run, on which replica, is
+// where. A run that died leaves its last phase until the next run.
+func (g *Guard) State(ctx context.Context) (State, error) { return g.read(ctx) }
+
 // Watch reads gc/state every interval until ctx ends, so that this
 // process's presence cache follows delete batches run anywhere.
 func (g *Guard) Watch(ctx context.Context, interval time.Duration) {
