@@ -14,11 +14,10 @@ import (
 // Cross-replica cache invalidation for chunks this process removes outside
 // garbage collection (quarantine). Other chunk-service replicas on the same
 // store may hold the chunk in their presence caches and would skip its
-// re-upload as "already stored"; the same problem GC's admin/gc-clock
-// marker and admin.WatchGC solve for GC. This is a stand-in with the same
-// behaviour and kept to these two functions on purpose: when the bucket
-// generation counter replaces the GC marker, announceRemoval becomes "bump
-// the generation" and WatchRemovals goes away.
+// re-upload as "already stored". GC's batches are announced in gc/state
+// (services/gcguard), which only the GC lock's holder writes; a quarantine
+// must not wait for that lock, so it has its own marker (docs/gc.md,
+// "Quarantine").
 
 // removalsKey is rewritten (with a fresh "seq") on every announced removal.
 const removalsKey = "admin/chunk-removals"
