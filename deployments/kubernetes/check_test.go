@@ -35,7 +35,20 @@ const (
 	compLabel   = "app.kubernetes.io/component"
 	chunkRole   = "chunk"
 	defaultStop = 20 * time.Second // the binary's --shutdown-timeout default
+
+	// minGCGrace is the least --grace a scheduled "chunkbridge gc" may use.
+	// GC is safe at any grace, 0 included (docs/gc.md): a commit that loses
+	// a race with a delete is refused and publishes nothing. The grace
+	// keeps the new chunks of backups still uploading, so that their
+	// commits are not refused; it must exceed the longest backup session.
+	// 24h is the binary's default (and Proxmox Backup Server's).
+	minGCGrace = 24 * time.Hour
 )
+
+// adminCommands are the chunkbridge commands that are clients of the
+// chunk service's AdminService: run from a Job or CronJob, they must be
+// let through to its gRPC port, and only they and the gateways may.
+var adminCommands = map[string]bool{"gc": true, "verify": true, "prune": true, "stats": true}
 
 // listenFlags are the flags each "serve" mode must set explicitly: the
 // binary's defaults listen on 127.0.0.1, unreachable from other pods.
@@ -59,8 +72,8 @@ type policy struct {
 	imageTag *regexp.Regexp
 }
 
-// workload is a Deployment, StatefulSet or Job, reduced to what the rules
-// need.
+// workload is a Deployment, StatefulSet, Job or CronJob, reduced to what
+// the rules need.
 type workload struct {
 	kind, name  string
 	meta        metav1.ObjectMeta
@@ -68,14 +81,21 @@ type workload struct {
 	selector    *metav1.LabelSelector
 	spec        *corev1.PodSpec
 	replicas    *int32
-	longRunning bool   // Deployment or StatefulSet: probes, Services
-	serviceName string // of a StatefulSet
-	role        string // "serve" mode of its chunkbridge container, or "" for anything else
+	longRunning bool                 // Deployment or StatefulSet: probes, Services
+	serviceName string               // of a StatefulSet
+	job         *batchv1.JobSpec     // of a Job, or a CronJob's job template
+	cron        *batchv1.CronJobSpec // of a CronJob
+	role        string               // "serve" mode of its chunkbridge container, or "" for anything else
+	command     string               // the chunkbridge command of a workload that does not serve ("gc", "s3", …)
 }
 
 func (w *workload) String() string { return w.kind + "/" + w.name }
 
 func (w *workload) isGateway() bool { return strings.HasSuffix(w.role, "-gateway") }
+
+// isChunkClient: the gateways and the admin commands call the chunk
+// service's gRPC API.
+func (w *workload) isChunkClient() bool { return w.isGateway() || adminCommands[w.command] }
 
 // index is a rendering sorted by kind.
 type index struct {
@@ -135,7 +155,14 @@ func (c *checker) add(obj runtime.Object) {
 		w.serviceName = o.Spec.ServiceName
 		c.workloads = append(c.workloads, w)
 	case *batchv1.Job:
-		c.workloads = append(c.workloads, newWorkload("Job", o.ObjectMeta, o.Spec.Selector, &o.Spec.Template, nil, false))
+		w := newWorkload("Job", o.ObjectMeta, o.Spec.Selector, &o.Spec.Template, nil, false)
+		w.job = &o.Spec
+		c.workloads = append(c.workloads, w)
+	case *batchv1.CronJob:
+		jt := &o.Spec.JobTemplate
+		w := newWorkload("CronJob", o.ObjectMeta, jt.Spec.Selector, &jt.Spec.Template, nil, false)
+		w.job, w.cron = &jt.Spec, &o.Spec
+		c.workloads = append(c.workloads, w)
 	case *corev1.Service:
 		c.services = append(c.services, o)
 	case *corev1.ConfigMap:
@@ -160,10 +187,15 @@ func newWorkload(kind string, meta metav1.ObjectMeta, sel *metav1.LabelSelector,
 	w := &workload{kind: kind, name: meta.Name, meta: meta, podLabels: tpl.Labels, selector: sel,
 		spec: &tpl.Spec, replicas: replicas, longRunning: longRunning}
 	for _, ctr := range tpl.Spec.Containers {
-		if imageName(ctr.Image) == image && len(ctr.Args) >= 2 && ctr.Args[0] == "serve" {
-			w.role = ctr.Args[1]
-			break
+		if imageName(ctr.Image) != image || len(ctr.Args) == 0 {
+			continue
 		}
+		if ctr.Args[0] == "serve" && len(ctr.Args) >= 2 {
+			w.role = ctr.Args[1]
+		} else if ctr.Args[0] != "serve" {
+			w.command = ctr.Args[0]
+		}
+		break
 	}
 	return w
 }
@@ -204,6 +236,64 @@ func (c *checker) checkWorkload(w *workload) {
 		c.checkContainer(w, &w.spec.Containers[i], w.longRunning)
 	}
 	c.checkVolumes(w)
+	if w.job != nil {
+		c.checkJob(w)
+	}
+	if w.cron != nil {
+		c.checkCronJob(w)
+	}
+}
+
+// checkJob: a Job (or a CronJob's job) restarts within bounds and keeps
+// its podFailurePolicy consistent, which only an API server would check.
+func (c *checker) checkJob(w *workload) {
+	j := w.job
+	switch rp := w.spec.RestartPolicy; rp {
+	case corev1.RestartPolicyNever, corev1.RestartPolicyOnFailure:
+		if j.PodFailurePolicy != nil && rp != corev1.RestartPolicyNever {
+			c.errorf("%s: podFailurePolicy requires restartPolicy Never, not %s", w, rp)
+		}
+	default:
+		c.errorf("%s: restartPolicy must be Never or OnFailure, not %q", w, rp)
+	}
+	if j.BackoffLimit == nil {
+		c.errorf("%s: no backoffLimit (the default retries 6 times)", w)
+	}
+	if pfp := j.PodFailurePolicy; pfp != nil {
+		for i, r := range pfp.Rules {
+			if oe := r.OnExitCodes; oe != nil && oe.ContainerName != nil &&
+				!slices.ContainsFunc(w.spec.Containers, func(ctr corev1.Container) bool { return ctr.Name == *oe.ContainerName }) {
+				c.errorf("%s: podFailurePolicy.rules[%d] names container %q, which the pod does not have", w, i, *oe.ContainerName)
+			}
+		}
+	}
+}
+
+// checkCronJob: a scheduled job runs once at a time, within a deadline,
+// and leaves its history to look at.
+func (c *checker) checkCronJob(w *workload) {
+	cj := w.cron
+	if f := strings.Fields(cj.Schedule); len(f) != 5 && !strings.HasPrefix(cj.Schedule, "@") {
+		c.errorf("%s: schedule %q: want five cron fields", w, cj.Schedule)
+	}
+	if cj.ConcurrencyPolicy != batchv1.ForbidConcurrent {
+		c.errorf("%s: concurrencyPolicy must be Forbid, not %q: a run must not start while the last one runs", w, cj.ConcurrencyPolicy)
+	}
+	if s := cj.StartingDeadlineSeconds; s == nil || *s <= 0 {
+		c.errorf("%s: startingDeadlineSeconds must be set: without it, more than 100 missed schedules stop the CronJob for good", w)
+	}
+	if h := cj.SuccessfulJobsHistoryLimit; h == nil {
+		c.errorf("%s: successfulJobsHistoryLimit must be set", w)
+	}
+	if h := cj.FailedJobsHistoryLimit; h == nil || *h < 1 {
+		c.errorf("%s: failedJobsHistoryLimit must be at least 1, to keep a failed run's pod and logs", w)
+	}
+	if d := w.job.ActiveDeadlineSeconds; d == nil || *d <= 0 {
+		c.errorf("%s: the job template must set activeDeadlineSeconds, so that a hung run cannot block the next ones (concurrencyPolicy Forbid)", w)
+	}
+	if w.job.TTLSecondsAfterFinished != nil {
+		c.errorf("%s: ttlSecondsAfterFinished would delete the history the CronJob keeps", w)
+	}
 }
 
 func (c *checker) checkPodSecurity(w *workload) {
@@ -485,8 +575,17 @@ func (c *checker) checkChunkbridge(w *workload, where string, ctr *corev1.Contai
 		}
 	}
 
-	// Where a gateway finds the chunk service: a rendered Service whose
-	// port reaches the chunk service's gRPC listener.
+	cmd := ""
+	if mode == "" && len(ctr.Args) > 0 {
+		cmd = ctr.Args[0]
+	}
+	if adminCommands[cmd] {
+		c.checkAdmin(w, where, cmd, flags)
+	}
+
+	// Where a gateway or an admin command finds the chunk service: a
+	// rendered Service whose port reaches the chunk service's gRPC
+	// listener, with the token it requires.
 	if addr, ok := flags["chunk-service"]; ok {
 		c.checkAddress(where, "--chunk-service", addr, func(t *workload, port int32) string {
 			if t.role != chunkRole {
@@ -494,6 +593,9 @@ func (c *checker) checkChunkbridge(w *workload, where string, ctr *corev1.Contai
 			}
 			if p := c.listenPort(t, "grpc-listen"); p != port {
 				return fmt.Sprintf("reaches port %d, but the chunk service's gRPC listens on %d", port, p)
+			}
+			if c.flagOf(t, "auth-token-file") != "" && flags["auth-token-file"] == "" {
+				return fmt.Sprintf("requires a bearer token (%s sets --auth-token-file), but this client sends none", t)
 			}
 			return ""
 		})
@@ -530,6 +632,36 @@ func (c *checker) checkChunkbridge(w *workload, where string, ctr *corev1.Contai
 				}
 			}
 		}
+	}
+}
+
+// checkAdmin holds the rules for an AdminService client run from a Job or
+// CronJob: it reaches the chunk service, and a scheduled gc deletes, with
+// a grace no shorter than minGCGrace.
+func (c *checker) checkAdmin(w *workload, where, cmd string, flags map[string]string) {
+	if w.longRunning {
+		c.errorf("%s: %q is a one-shot command; run it from a Job or CronJob", where, cmd)
+	}
+	if _, ok := flags["chunk-service"]; !ok {
+		c.errorf("%s: --chunk-service not set; the default 127.0.0.1:9090 is this pod's own loopback", where)
+	}
+	if cmd != "gc" {
+		return
+	}
+	if v, ok := flags["dry-run"]; ok && v != "false" {
+		c.errorf("%s: --dry-run: a scheduled gc that never deletes collects nothing", where)
+	}
+	grace := 24 * time.Hour // the binary's default
+	if v, ok := flags["grace"]; ok {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			c.errorf("%s: --grace=%s: %v", where, v, err)
+			return
+		}
+		grace = d
+	}
+	if grace < minGCGrace {
+		c.errorf("%s: --grace=%v is below the minimum %v: backups still uploading would have their new chunks deleted and their commits refused", where, grace, minGCGrace)
 	}
 }
 
@@ -716,7 +848,7 @@ func (c *checker) checkService(s *corev1.Service) {
 // --- NetworkPolicy -------------------------------------------------------
 
 // checkNetworkPolicies: the chunk service's gRPC port is reachable from the
-// gateway pods and from nothing else.
+// gateway pods and the admin jobs' pods, and from nothing else.
 func (c *checker) checkNetworkPolicies() {
 	for _, chunk := range c.workloads {
 		if chunk.role != chunkRole {
@@ -756,7 +888,7 @@ func (c *checker) checkNetworkPolicies() {
 			continue
 		}
 		for _, w := range c.workloads {
-			if w.isGateway() && !allowed[w] {
+			if w.isChunkClient() && !allowed[w] {
 				c.errorf("%s: no NetworkPolicy rule lets it reach %s on port %d", w, chunk, grpcPort)
 			}
 		}
@@ -766,10 +898,10 @@ func (c *checker) checkNetworkPolicies() {
 func (c *checker) checkPeer(where string, peer networkingv1.NetworkPolicyPeer, port int32, allowed map[*workload]bool) {
 	switch {
 	case peer.IPBlock != nil:
-		c.errorf("%s: allows ipBlock %s on port %d; only gateway pods may call it", where, peer.IPBlock.CIDR, port)
+		c.errorf("%s: allows ipBlock %s on port %d; only gateway and admin job pods may call it", where, peer.IPBlock.CIDR, port)
 		return
 	case peer.NamespaceSelector != nil:
-		c.errorf("%s: allows pods of other namespaces on port %d; only gateway pods may call it", where, port)
+		c.errorf("%s: allows pods of other namespaces on port %d; only gateway and admin job pods may call it", where, port)
 		return
 	case peer.PodSelector == nil:
 		return
@@ -779,20 +911,20 @@ func (c *checker) checkPeer(where string, peer networkingv1.NetworkPolicyPeer, p
 		c.errorf("%s: podSelector: %v", where, err)
 		return
 	}
-	gateways := 0
+	clients := 0
 	for _, w := range c.workloads {
 		if !sel.Matches(labels.Set(w.podLabels)) {
 			continue
 		}
-		if !w.isGateway() {
-			c.errorf("%s: podSelector %v also admits %s on port %d; only gateway pods may call it", where, peer.PodSelector.MatchLabels, w, port)
+		if !w.isChunkClient() {
+			c.errorf("%s: podSelector %v also admits %s on port %d; only gateway and admin job pods may call it", where, peer.PodSelector.MatchLabels, w, port)
 			continue
 		}
-		gateways++
+		clients++
 		allowed[w] = true
 	}
-	if gateways == 0 {
-		c.errorf("%s: podSelector %v selects no gateway", where, peer.PodSelector.MatchLabels)
+	if clients == 0 {
+		c.errorf("%s: podSelector %v selects no gateway or admin job", where, peer.PodSelector.MatchLabels)
 	}
 }
 
@@ -911,12 +1043,17 @@ func parseFlags(args []string) (flags map[string]string, positional []string) {
 
 // listenPort is the port of a listen flag of w's chunkbridge container.
 func (c *checker) listenPort(w *workload, flag string) int32 {
+	return portOf(c.flagOf(w, flag))
+}
+
+// flagOf is a flag's value in w's chunkbridge container, "" if unset.
+func (c *checker) flagOf(w *workload, flag string) string {
 	for i := range w.spec.Containers {
 		if imageName(w.spec.Containers[i].Image) == image {
-			return portOf(c.flagsOf(&w.spec.Containers[i])[flag])
+			return c.flagsOf(&w.spec.Containers[i])[flag]
 		}
 	}
-	return 0
+	return ""
 }
 
 func portOf(addr string) int32 {

@@ -112,16 +112,7 @@ func TestStrictDecodeRejectsUnknownFields(t *testing.T) {
 // Each mutation breaks one rule in an otherwise clean dev rendering; the
 // checker must name it.
 func TestCheckerCatchesViolations(t *testing.T) {
-	clean := renderObjects(t, "overlays/dev")
-	pol := renderings["overlays/dev"].pol
-	if problems, _ := check(clean, pol); len(problems) > 0 {
-		t.Fatalf("dev rendering is not clean: %v", problems)
-	}
-	cases := []struct {
-		name   string
-		mutate func(objs []runtime.Object) []runtime.Object
-		want   string // in one of the problems
-	}{
+	cases := []violation{
 		{"no memory limit", func(objs []runtime.Object) []runtime.Object {
 			delete(container(t, objs, "chunk").Resources.Limits, corev1.ResourceMemory)
 			return objs
@@ -232,6 +223,24 @@ func TestCheckerCatchesViolations(t *testing.T) {
 			return objs
 		}, `makes bucket "other"`},
 	}
+	runViolations(t, "overlays/dev", cases)
+}
+
+type violation struct {
+	name   string
+	mutate func(objs []runtime.Object) []runtime.Object
+	want   string // in one of the problems
+}
+
+// runViolations applies each mutation to a fresh copy of the clean
+// rendering of dir and expects a problem containing its want.
+func runViolations(t *testing.T, dir string, cases []violation) {
+	t.Helper()
+	clean := renderObjects(t, dir)
+	pol := renderings[dir].pol
+	if problems, _ := check(clean, pol); len(problems) > 0 {
+		t.Fatalf("%s rendering is not clean: %v", dir, problems)
+	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			objs := make([]runtime.Object, len(clean))
@@ -247,6 +256,154 @@ func TestCheckerCatchesViolations(t *testing.T) {
 			}
 			t.Errorf("no problem mentions %q; got %q", tc.want, problems)
 		})
+	}
+}
+
+// The GC and verify CronJobs: the workload rules, the CronJob rules, and
+// GC's own (grace, target, no dry run).
+func TestCheckerCatchesCronJobViolations(t *testing.T) {
+	runViolations(t, "overlays/dev", []violation{
+		{"concurrent GC runs allowed", func(objs []runtime.Object) []runtime.Object {
+			cronJob(t, objs, "gc").Spec.ConcurrencyPolicy = batchv1.AllowConcurrent
+			return objs
+		}, `CronJob/gc: concurrencyPolicy must be Forbid, not "Allow"`},
+		{"GC grace below the minimum", func(objs []runtime.Object) []runtime.Object {
+			replaceArg(t, container(t, objs, "gc"), "--grace=", "--grace=1h")
+			return objs
+		}, "--grace=1h0m0s is below the minimum 24h0m0s"},
+		{"GC grace 0 from the environment", func(objs []runtime.Object) []runtime.Object {
+			ctr := container(t, objs, "gc")
+			ctr.Args = slices.DeleteFunc(ctr.Args, func(a string) bool { return strings.HasPrefix(a, "--grace") })
+			ctr.Env = append(ctr.Env, corev1.EnvVar{Name: "CHUNKBRIDGE_GRACE", Value: "0s"})
+			return objs
+		}, "--grace=0s is below the minimum"},
+		{"GC grace unparsable", func(objs []runtime.Object) []runtime.Object {
+			replaceArg(t, container(t, objs, "gc"), "--grace=", "--grace=1d")
+			return objs
+		}, "--grace=1d: time: unknown unit"},
+		{"GC dry run", func(objs []runtime.Object) []runtime.Object {
+			c := container(t, objs, "gc")
+			c.Args = append(c.Args, "--dry-run")
+			return objs
+		}, "a scheduled gc that never deletes"},
+		{"GC targets a Service port that does not exist", func(objs []runtime.Object) []runtime.Object {
+			replaceArg(t, container(t, objs, "gc"), "--chunk-service=", "--chunk-service=chunk:9091")
+			return objs
+		}, `Service "chunk" has no port 9091`},
+		{"GC targets the metrics port", func(objs []runtime.Object) []runtime.Object {
+			replaceArg(t, container(t, objs, "gc"), "--chunk-service=", "--chunk-service=chunk:8080")
+			return objs
+		}, "reaches port 8080, but the chunk service's gRPC listens on 9090"},
+		{"GC targets a gateway", func(objs []runtime.Object) []runtime.Object {
+			replaceArg(t, container(t, objs, "gc"), "--chunk-service=", "--chunk-service=rest-gateway:8080")
+			return objs
+		}, "selects Deployment/rest-gateway, not the chunk service"},
+		{"verify without --chunk-service", func(objs []runtime.Object) []runtime.Object {
+			ctr := container(t, objs, "verify")
+			ctr.Args = slices.DeleteFunc(ctr.Args, func(a string) bool { return strings.HasPrefix(a, "--chunk-service") })
+			return objs
+		}, "CronJob/verify container verify: --chunk-service not set"},
+		{"GC sends no token the chunk service requires", func(objs []runtime.Object) []runtime.Object {
+			c := container(t, objs, "chunk")
+			c.Args = append(c.Args, "--auth-token-file=/etc/chunkbridge/token/token")
+			return objs
+		}, "CronJob/gc container gc: --chunk-service chunk:9090 requires a bearer token"},
+		{"NetworkPolicy forgets the GC pods", func(objs []runtime.Object) []runtime.Object {
+			np := find[*networkingv1.NetworkPolicy](t, objs, "chunk")
+			np.Spec.Ingress[0].From = slices.DeleteFunc(np.Spec.Ingress[0].From, func(p networkingv1.NetworkPolicyPeer) bool {
+				return p.PodSelector != nil && p.PodSelector.MatchLabels["app.kubernetes.io/component"] == "gc"
+			})
+			return objs
+		}, "CronJob/gc: no NetworkPolicy rule lets it reach Deployment/chunk on port 9090"},
+		{"GC pod labelled like nothing the policy admits", func(objs []runtime.Object) []runtime.Object {
+			cronJob(t, objs, "gc").Spec.JobTemplate.Spec.Template.Labels["app.kubernetes.io/component"] = "collector"
+			return objs
+		}, "CronJob/gc: no NetworkPolicy rule lets it reach"},
+		{"no startingDeadlineSeconds", func(objs []runtime.Object) []runtime.Object {
+			cronJob(t, objs, "gc").Spec.StartingDeadlineSeconds = nil
+			return objs
+		}, "CronJob/gc: startingDeadlineSeconds must be set"},
+		{"no activeDeadlineSeconds", func(objs []runtime.Object) []runtime.Object {
+			cronJob(t, objs, "verify").Spec.JobTemplate.Spec.ActiveDeadlineSeconds = nil
+			return objs
+		}, "CronJob/verify: the job template must set activeDeadlineSeconds"},
+		{"no backoffLimit", func(objs []runtime.Object) []runtime.Object {
+			cronJob(t, objs, "gc").Spec.JobTemplate.Spec.BackoffLimit = nil
+			return objs
+		}, "CronJob/gc: no backoffLimit"},
+		{"no failed history", func(objs []runtime.Object) []runtime.Object {
+			cronJob(t, objs, "gc").Spec.FailedJobsHistoryLimit = ptr.To[int32](0)
+			return objs
+		}, "failedJobsHistoryLimit must be at least 1"},
+		{"history deleted by a TTL", func(objs []runtime.Object) []runtime.Object {
+			cronJob(t, objs, "gc").Spec.JobTemplate.Spec.TTLSecondsAfterFinished = ptr.To[int32](60)
+			return objs
+		}, "ttlSecondsAfterFinished would delete the history"},
+		{"bad schedule", func(objs []runtime.Object) []runtime.Object {
+			cronJob(t, objs, "gc").Spec.Schedule = "daily"
+			return objs
+		}, `schedule "daily": want five cron fields`},
+		{"podFailurePolicy with OnFailure", func(objs []runtime.Object) []runtime.Object {
+			cronJob(t, objs, "gc").Spec.JobTemplate.Spec.Template.Spec.RestartPolicy = corev1.RestartPolicyOnFailure
+			return objs
+		}, "podFailurePolicy requires restartPolicy Never"},
+		{"podFailurePolicy names another container", func(objs []runtime.Object) []runtime.Object {
+			container(t, objs, "verify").Name = "scrub"
+			return objs
+		}, `podFailurePolicy.rules[0] names container "verify"`},
+		{"GC pod as root", func(objs []runtime.Object) []runtime.Object {
+			cronJob(t, objs, "gc").Spec.JobTemplate.Spec.Template.Spec.SecurityContext.RunAsNonRoot = nil
+			return objs
+		}, "CronJob/gc: pod securityContext.runAsNonRoot must be true"},
+		{"GC pod without seccomp", func(objs []runtime.Object) []runtime.Object {
+			cronJob(t, objs, "gc").Spec.JobTemplate.Spec.Template.Spec.SecurityContext.SeccompProfile = nil
+			return objs
+		}, "CronJob/gc: pod securityContext.seccompProfile.type must be RuntimeDefault"},
+		{"GC keeps its capabilities", func(objs []runtime.Object) []runtime.Object {
+			container(t, objs, "gc").SecurityContext.Capabilities = nil
+			return objs
+		}, "CronJob/gc container gc: securityContext.capabilities.drop must contain ALL"},
+		{"GC writable root filesystem", func(objs []runtime.Object) []runtime.Object {
+			container(t, objs, "gc").SecurityContext.ReadOnlyRootFilesystem = ptr.To(false)
+			return objs
+		}, "CronJob/gc container gc: securityContext.readOnlyRootFilesystem must be true"},
+		{"GC without a memory limit", func(objs []runtime.Object) []runtime.Object {
+			delete(container(t, objs, "gc").Resources.Limits, corev1.ResourceMemory)
+			return objs
+		}, "CronJob/gc container gc: no memory limits"},
+		{"GC on the default ServiceAccount", func(objs []runtime.Object) []runtime.Object {
+			cronJob(t, objs, "gc").Spec.JobTemplate.Spec.Template.Spec.ServiceAccountName = ""
+			return objs
+		}, "CronJob/gc: runs as the default ServiceAccount"},
+		{"GC on latest", func(objs []runtime.Object) []runtime.Object {
+			container(t, objs, "gc").Image = "chunkbridge:latest"
+			return objs
+		}, "CronJob/gc container gc: image \"chunkbridge:latest\" uses :latest"},
+	})
+	// Production pins every image, the CronJobs' too.
+	runViolations(t, "overlays/production", []violation{
+		{"GC on a dev image in production", func(objs []runtime.Object) []runtime.Object {
+			container(t, objs, "gc").Image = "chunkbridge:dev"
+			return objs
+		}, `CronJob/gc container gc: image "chunkbridge:dev": tag must match`},
+	})
+}
+
+// The production overlay runs GC daily with the documented grace, against
+// the chunk Service, one run at a time.
+func TestProductionRunsGC(t *testing.T) {
+	objs := renderObjects(t, "overlays/production")
+	cj := cronJob(t, objs, "gc")
+	ctr := container(t, objs, "gc")
+	if cj.Spec.Suspend != nil && *cj.Spec.Suspend {
+		t.Error("CronJob/gc is suspended in production")
+	}
+	flags, positional := parseFlags(ctr.Args)
+	if !slices.Equal(positional, []string{"gc"}) {
+		t.Errorf("CronJob/gc runs %q, want gc", positional)
+	}
+	if flags["chunk-service"] != "chunk:9090" || flags["grace"] != "24h" {
+		t.Errorf("CronJob/gc: --chunk-service=%s --grace=%s, want chunk:9090 and 24h (README.md)", flags["chunk-service"], flags["grace"])
 	}
 }
 
@@ -279,6 +436,10 @@ func deployment(t *testing.T, objs []runtime.Object, name string) *appsv1.Deploy
 	return find[*appsv1.Deployment](t, objs, name)
 }
 
+func cronJob(t *testing.T, objs []runtime.Object, name string) *batchv1.CronJob {
+	return find[*batchv1.CronJob](t, objs, name)
+}
+
 // container returns the first container of the workload called name.
 func container(t *testing.T, objs []runtime.Object, name string) *corev1.Container {
 	t.Helper()
@@ -293,6 +454,8 @@ func container(t *testing.T, objs []runtime.Object, name string) *corev1.Contain
 			return &w.Spec.Template.Spec.Containers[0]
 		case *batchv1.Job:
 			return &w.Spec.Template.Spec.Containers[0]
+		case *batchv1.CronJob:
+			return &w.Spec.JobTemplate.Spec.Template.Spec.Containers[0]
 		}
 	}
 	t.Fatalf("no workload %q rendered", name)
