@@ -43,8 +43,10 @@ func newGRPCServer(log *slog.Logger, reg prometheus.Registerer, token string, tl
 		grpc.MaxRecvMsgSize(maxMessage),
 		grpc.MaxSendMsgSize(maxMessage),
 		// Spread long-lived client connections over replicas behind a
-		// Kubernetes Service.
-		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionAge: 30 * time.Minute, MaxConnectionAgeGrace: time.Minute}),
+		// Kubernetes Service: after 30 minutes a connection takes no new
+		// calls. The calls still running keep it for up to 6 hours, so a
+		// long GC or verify is not cut (shutdown has its own timeout).
+		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionAge: 30 * time.Minute, MaxConnectionAgeGrace: 6 * time.Hour}),
 		grpc.ChainUnaryInterceptor(unaryLog(log), metrics.UnaryServerInterceptor(), authUnary, recovery.UnaryServerInterceptor(onPanic)),
 		grpc.ChainStreamInterceptor(streamLog(log), metrics.StreamServerInterceptor(), authStream, recovery.StreamServerInterceptor(onPanic)),
 	}
