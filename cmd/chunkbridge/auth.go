@@ -2,10 +2,12 @@ package main
 
 import (
 	"context"
-	"crypto/subtle"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
+	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"os"
 	"strings"
@@ -15,14 +17,20 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+
+	"github.com/chunkbridge/chunkbridge/auth"
+	"github.com/chunkbridge/chunkbridge/services/apierr"
 )
 
 // securityFlags are the optional bearer token and TLS settings shared by
 // every listener and by connections to the chunk service.
 type securityFlags struct {
+	credentialsFile  string
 	tokenFile        string
 	tlsCert, tlsKey  string
+	tlsClientCA      string
 	chunkServiceTLS  bool
 	chunkServiceCA   string
 	chunkServiceName string
@@ -53,7 +61,21 @@ func (f securityFlags) serverTLS() (*tls.Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--tls-cert/--tls-key: %w", err)
 	}
-	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, nil
+	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	if f.tlsClientCA != "" {
+		pem, err := os.ReadFile(f.tlsClientCA)
+		if err != nil {
+			return nil, fmt.Errorf("--tls-client-ca: %w", err)
+		}
+		cfg.ClientCAs = x509.NewCertPool()
+		if !cfg.ClientCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--tls-client-ca %s: no PEM certificate found", f.tlsClientCA)
+		}
+		// Optional: token callers need no certificate; one that is sent
+		// must verify.
+		cfg.ClientAuth = tls.VerifyClientCertIfGiven
+	}
+	return cfg, nil
 }
 
 // clientCredentials are the transport credentials for the chunk service.
@@ -75,59 +97,193 @@ func (f securityFlags) clientCredentials() (credentials.TransportCredentials, er
 	return credentials.NewTLS(cfg), nil
 }
 
-// open paths need no token: probes and scrapers carry none.
+// open paths need no credential: probes and scrapers carry none.
 func openPath(path string) bool {
 	return path == "/healthz" || path == "/readyz" || path == "/metrics"
 }
 
-func tokenMatches(header, token string) bool {
-	got, ok := strings.CutPrefix(header, "Bearer ")
-	return ok && subtle.ConstantTimeCompare([]byte(got), []byte(token)) == 1
+// access is who may call this process's listeners, and the credential it
+// sends to the chunk service.
+type access struct {
+	// reg authenticates callers; nil when no credentials are configured:
+	// every caller is then auth.Anonymous (the single trusted user).
+	reg *auth.Registry
+	// hop is the token sent to the chunk service: an admin principal's,
+	// so that a gateway may act for the clients it authenticated.
+	hop string
+	log *slog.Logger
 }
 
-// requireToken wraps an HTTP handler: 401 without the bearer token, except
-// on the open paths.
-func requireToken(token string, next http.Handler) http.Handler {
-	if token == "" {
+// access builds the listeners' authentication from --credentials-file and
+// --auth-token-file. The token file's token is an admin principal
+// ("token-file"), and the token a gateway sends to the chunk service.
+// With services in this process and no token, they get an internal one.
+func (f securityFlags) access(log *slog.Logger, services bool) (*access, error) {
+	token, err := f.loadToken()
+	if err != nil {
+		return nil, err
+	}
+	a := &access{hop: token, log: log}
+	if f.credentialsFile != "" {
+		if a.reg, err = auth.Load(f.credentialsFile, log); err != nil {
+			return nil, fmt.Errorf("--credentials-file: %w", err)
+		}
+	}
+	if token != "" {
+		if a.reg == nil {
+			a.reg = auth.Static(nil)
+		}
+		a.reg.AddToken(token, auth.Principal{Name: "token-file", Tenant: auth.DefaultTenant, Role: auth.RoleAdmin})
+	}
+	if a.reg != nil && a.hop == "" {
+		if !services {
+			return nil, fmt.Errorf("--credentials-file needs --auth-token-file too: the token of an admin principal this gateway uses to call the chunk service for its clients")
+		}
+		a.hop, _ = auth.NewToken()
+		a.reg.AddToken(a.hop, auth.Principal{Name: "internal", Tenant: auth.DefaultTenant, Role: auth.RoleAdmin})
+	}
+	return a, nil
+}
+
+// token authenticates an Authorization header: "Bearer TOKEN", or HTTP
+// Basic with the token as password (casync and desync can only send a
+// URL's user:password). A Basic user name, when given, must be the
+// principal's.
+func (a *access) token(header string) (auth.Principal, error) {
+	if tok, ok := strings.CutPrefix(header, "Bearer "); ok {
+		return a.reg.Token(tok)
+	}
+	if b64, ok := strings.CutPrefix(header, "Basic "); ok {
+		raw, err := base64.StdEncoding.DecodeString(b64)
+		if err != nil {
+			return auth.Principal{}, fmt.Errorf("malformed Basic credentials")
+		}
+		user, pass, _ := strings.Cut(string(raw), ":")
+		p, err := a.reg.Token(pass)
+		if err != nil {
+			return p, err
+		}
+		if user != "" && user != p.Name {
+			return auth.Principal{}, fmt.Errorf("the user name %q is not the token's principal", user)
+		}
+		return p, nil
+	}
+	if header == "" {
+		return auth.Principal{}, fmt.Errorf("no credential")
+	}
+	return auth.Principal{}, fmt.Errorf("unsupported Authorization scheme; send Bearer TOKEN, or Basic with the token as password")
+}
+
+// refused logs one audit line for a refused call; never the secret.
+func (a *access) refused(listener, what, principal string, err error) {
+	a.log.Warn("access refused", "listener", listener, "call", what, "principal", principal, "reason", err.Error())
+}
+
+// requireHTTP wraps an HTTP handler: 401 without a valid credential,
+// except on the open paths; the principal travels in the request context.
+func (a *access) requireHTTP(next http.Handler) http.Handler {
+	if a.reg == nil {
 		return next
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !openPath(r.URL.Path) && !tokenMatches(r.Header.Get("Authorization"), token) {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="chunkbridge"`)
-			http.Error(w, "unauthenticated: send Authorization: Bearer <token>", http.StatusUnauthorized)
+		if openPath(r.URL.Path) {
+			next.ServeHTTP(w, r)
 			return
 		}
+		p, err := a.token(r.Header.Get("Authorization"))
+		if err != nil {
+			a.refused("http", r.Method+" "+r.URL.Path, "", err)
+			w.Header().Set("WWW-Authenticate", `Basic realm="chunkbridge", charset="UTF-8"`)
+			w.Header().Add("WWW-Authenticate", `Bearer realm="chunkbridge"`)
+			http.Error(w, "unauthenticated: send Authorization: Bearer <token>, or Basic auth with the token as password ("+err.Error()+")", http.StatusUnauthorized)
+			return
+		}
+		// The credential stops here: the principal travels in the context
+		// (and on to the services as auth.Forward metadata), never as a
+		// second Authorization the REST routes would pass on.
+		r = r.WithContext(auth.NewContext(r.Context(), p))
+		r.Header = r.Header.Clone()
+		r.Header.Del("Authorization")
 		next.ServeHTTP(w, r)
 	})
 }
 
-var errUnauthenticated = status.Error(codes.Unauthenticated, "unauthenticated: send the authorization metadata \"Bearer <token>\"")
-
-func checkToken(ctx context.Context, method, token string) error {
-	if token == "" || strings.HasPrefix(method, "/grpc.health.v1.") {
-		return nil
-	}
+// grpcPrincipal authenticates a call: a verified TLS client certificate,
+// else the authorization metadata. An admin may name the principal it
+// acts for (a gateway for its client).
+func (a *access) grpcPrincipal(ctx context.Context) (auth.Principal, error) {
 	md, _ := metadata.FromIncomingContext(ctx)
-	for _, v := range md.Get("authorization") {
-		if tokenMatches(v, token) {
-			return nil
+	var p auth.Principal
+	err := errors.New("no credential")
+	if pr, ok := peer.FromContext(ctx); ok {
+		if ti, ok := pr.AuthInfo.(credentials.TLSInfo); ok && len(ti.State.VerifiedChains) > 0 && len(ti.State.VerifiedChains[0]) > 0 {
+			p, err = a.reg.Subject(ti.State.VerifiedChains[0][0].Subject.String())
 		}
 	}
-	return errUnauthenticated
+	if err != nil {
+		if v := md.Get("authorization"); len(v) > 0 {
+			p, err = a.token(v[len(v)-1])
+		}
+	}
+	if err != nil {
+		return p, status.Errorf(codes.Unauthenticated, "unauthenticated: send the authorization metadata \"Bearer <token>\" or a client certificate (%v)", err)
+	}
+	fwd, ok, ferr := auth.Forwarded(md)
+	switch {
+	case ferr != nil:
+		return p, status.Error(codes.InvalidArgument, ferr.Error())
+	case !ok:
+		return p, nil
+	case !p.Allows(auth.Admin):
+		return p, status.Errorf(codes.PermissionDenied, "%s may not act for another principal: that needs the admin role", p.Name)
+	}
+	return fwd, nil
 }
 
-// tokenInterceptors require the token on every RPC but health checks.
-func tokenInterceptors(token string) (grpc.UnaryServerInterceptor, grpc.StreamServerInterceptor) {
+// authorize authenticates a gRPC call and puts its principal in the
+// context. The services check each call's action themselves; the
+// AdminService is for admins only, checked here. Health stays open.
+func (a *access) authorize(ctx context.Context, method string) (context.Context, error) {
+	if a.reg == nil || strings.HasPrefix(method, "/grpc.health.v1.") {
+		return ctx, nil
+	}
+	p, err := a.grpcPrincipal(ctx)
+	if err != nil {
+		a.refused("grpc", method, p.Name, err)
+		return nil, err
+	}
+	ctx = auth.NewContext(ctx, p)
+	if strings.HasPrefix(method, "/chunkbridge.v1.AdminService/") {
+		if err := auth.Check(ctx, auth.Admin, "the store"); err != nil {
+			a.refused("grpc", method, p.Name, err)
+			return nil, apierr.Status(err)
+		}
+		a.log.Info("admin call", "listener", "grpc", "call", method, "principal", p.Name, "tenant", p.Tenant)
+	}
+	return ctx, nil
+}
+
+type authedStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (s authedStream) Context() context.Context { return s.ctx }
+
+// interceptors authenticate every RPC but health checks.
+func (a *access) interceptors() (grpc.UnaryServerInterceptor, grpc.StreamServerInterceptor) {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-			if err := checkToken(ctx, info.FullMethod, token); err != nil {
+			ctx, err := a.authorize(ctx, info.FullMethod)
+			if err != nil {
 				return nil, err
 			}
 			return h(ctx, req)
 		}, func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
-			if err := checkToken(ss.Context(), info.FullMethod, token); err != nil {
+			ctx, err := a.authorize(ss.Context(), info.FullMethod)
+			if err != nil {
 				return err
 			}
-			return h(srv, ss)
+			return h(srv, authedStream{ss, ctx})
 		}
 }
 

@@ -25,7 +25,7 @@ const maxMessage = chunk.MaxSize + 1<<20
 // newGRPCServer builds a server with the interceptor chain every service
 // shares: logging outermost, then metrics, then panic recovery next to the
 // handler so that a panic is logged and counted as Internal.
-func newGRPCServer(log *slog.Logger, reg prometheus.Registerer, token string, tlsConfig *tls.Config) (*grpc.Server, *grpcprom.ServerMetrics) {
+func newGRPCServer(log *slog.Logger, reg prometheus.Registerer, acc *access, tlsConfig *tls.Config) (*grpc.Server, *grpcprom.ServerMetrics) {
 	metrics := grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram())
 	reg.MustRegister(metrics)
 	panics := prometheus.NewCounter(prometheus.CounterOpts{
@@ -38,7 +38,7 @@ func newGRPCServer(log *slog.Logger, reg prometheus.Registerer, token string, tl
 		log.ErrorContext(ctx, "panic in gRPC handler", "panic", p)
 		return status.Error(codes.Internal, "internal error")
 	})
-	authUnary, authStream := tokenInterceptors(token)
+	authUnary, authStream := acc.interceptors()
 	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(maxMessage),
 		grpc.MaxSendMsgSize(maxMessage),

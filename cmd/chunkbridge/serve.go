@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc/test/bufconn"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
+	"github.com/chunkbridge/chunkbridge/auth"
 	"github.com/chunkbridge/chunkbridge/client"
 	"github.com/chunkbridge/chunkbridge/gateway/casync"
 	"github.com/chunkbridge/chunkbridge/gateway/pmx"
@@ -93,7 +94,9 @@ func (f *serveFlags) register(fs *flag.FlagSet, p parts) {
 		fs.StringVar(&f.chunkServiceCA, "chunk-service-ca", "", "PEM file of the CA that signed the chunk service's certificate (default: system roots)")
 		fs.StringVar(&f.chunkServiceName, "chunk-service-server-name", "", "name to verify in the chunk service's certificate (default: from --chunk-service)")
 	}
-	fs.StringVar(&f.tokenFile, "auth-token-file", "", "file holding a bearer token that every REST and gRPC call must carry (health and metrics stay open); gateways also send it to the chunk service")
+	fs.StringVar(&f.credentialsFile, "credentials-file", "", "YAML file of principals (name, tenant, role, token hash or certificate subject) every REST and gRPC call must authenticate as; re-read when it changes (docs/auth.md)")
+	fs.StringVar(&f.tokenFile, "auth-token-file", "", "file holding an admin bearer token: accepted on every REST and gRPC call (health and metrics stay open), and sent by gateways to the chunk service")
+	fs.StringVar(&f.tlsClientCA, "tls-client-ca", "", "PEM file of the CA whose client certificates authenticate gRPC callers, by subject, against --credentials-file")
 	fs.StringVar(&f.tlsCert, "tls-cert", "", "PEM certificate: serve HTTP and gRPC over TLS")
 	fs.StringVar(&f.tlsKey, "tls-key", "", "PEM private key for --tls-cert")
 	if p.casync {
@@ -138,10 +141,11 @@ func serve(ctx context.Context, mode string, args []string, stdout, stderr io.Wr
 		return err
 	}
 	log = log.With("service", "chunkbridge", "mode", mode)
-	token, err := f.loadToken()
+	acc, err := f.access(log, p.services)
 	if err != nil {
 		return err
 	}
+	token := acc.hop
 	tlsConfig, err := f.serverTLS()
 	if err != nil {
 		return err
@@ -157,7 +161,7 @@ func serve(ctx context.Context, mode string, args []string, stdout, stderr io.Wr
 		shutdown  []func(context.Context)
 	)
 	if p.services {
-		svc, err := startServices(ctx, f, log, reg, token, tlsConfig)
+		svc, err := startServices(ctx, f, log, reg, acc, tlsConfig)
 		if err != nil {
 			return err
 		}
@@ -167,6 +171,9 @@ func serve(ctx context.Context, mode string, args []string, stdout, stderr io.Wr
 		g.Go(func() error { return svc.grpc.Serve(svc.loop) })
 		g.Go(func() error { svc.monitor.Run(gctx); return nil })
 		g.Go(func() error { svc.admin.WatchGC(gctx, f.healthInterval); return nil })
+		if acc.reg != nil {
+			g.Go(func() error { acc.reg.Watch(gctx, f.healthInterval); return nil })
+		}
 		// Quarantines in other replicas: the same cache reset as for GC.
 		g.Go(func() error { svc.chunks.WatchRemovals(gctx, f.healthInterval); return nil })
 		shutdown = append(shutdown, svc.stop)
@@ -186,6 +193,7 @@ func serve(ctx context.Context, mode string, args []string, stdout, stderr io.Wr
 		if token != "" {
 			opts = append(opts, grpc.WithPerRPCCredentials(bearer(token)))
 		}
+		opts = append(opts, grpc.WithChainUnaryInterceptor(auth.ForwardUnary), grpc.WithChainStreamInterceptor(auth.ForwardStream))
 		conn, err = grpc.NewClient("passthrough:///chunkbridge", opts...)
 		// Chunk data takes the typed client's in-process transport: the
 		// same contract as gRPC (docs/client.md), without the loopback
@@ -273,7 +281,7 @@ func serve(ctx context.Context, mode string, args []string, stdout, stderr io.Wr
 	listening[1] = httpLis.Addr().String()
 	// The limits' guard wraps the token check too: an unauthenticated
 	// client is cut as fast as any other.
-	httpSrv := rest.NewServer(requireToken(token, handler), f.http)
+	httpSrv := rest.NewServer(acc.requireHTTP(handler), f.http)
 	httpSrv.TLSConfig = tlsConfig
 	g.Go(func() error {
 		serveHTTP := httpSrv.Serve
@@ -320,7 +328,7 @@ type services struct {
 
 // startServices opens the store and builds the gRPC server with the chunk,
 // catalog, admin, health and reflection services.
-func startServices(ctx context.Context, f serveFlags, log *slog.Logger, reg *prometheus.Registry, token string, tlsConfig *tls.Config) (*services, error) {
+func startServices(ctx context.Context, f serveFlags, log *slog.Logger, reg *prometheus.Registry, acc *access, tlsConfig *tls.Config) (*services, error) {
 	store, err := openStore(ctx, f.storeFlags)
 	if err != nil {
 		return nil, err
@@ -340,7 +348,7 @@ func startServices(ctx context.Context, f serveFlags, log *slog.Logger, reg *pro
 		store.Close()
 		return nil, err
 	}
-	srv, grpcMetrics := newGRPCServer(log, reg, token, tlsConfig)
+	srv, grpcMetrics := newGRPCServer(log, reg, acc, tlsConfig)
 	chunkbridgev1.RegisterChunkServiceServer(srv, chunk.NewServer(chunks, f.streamWindow))
 	chunkbridgev1.RegisterCatalogServiceServer(srv, cat)
 	adm, err := admin.New(admin.Config{Store: store, Chunks: chunks, Catalog: cat, Log: log, Registerer: reg, StatsTTL: f.statsTTL})
@@ -395,6 +403,7 @@ func dialChunkService(addr string, sec securityFlags, token string) (*grpc.Clien
 	if token != "" {
 		opts = append(opts, grpc.WithPerRPCCredentials(bearer(token)))
 	}
+	opts = append(opts, grpc.WithChainUnaryInterceptor(auth.ForwardUnary), grpc.WithChainStreamInterceptor(auth.ForwardStream))
 	conn, err := grpc.NewClient(addr, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("--chunk-service %s: %w", addr, err)

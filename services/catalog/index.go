@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
+	"github.com/chunkbridge/chunkbridge/auth"
 	"github.com/chunkbridge/chunkbridge/format/caindex"
 	"github.com/chunkbridge/chunkbridge/format/pbsindex"
 	"github.com/chunkbridge/chunkbridge/services/apierr"
@@ -41,6 +42,9 @@ const existenceBatch = 10_000
 // stored, and only then publishes it under indexes/<name>.
 func (s *Server) PutIndex(stream grpc.ClientStreamingServer[chunkbridgev1.PutIndexRequest, chunkbridgev1.PutIndexResponse]) error {
 	ctx := stream.Context()
+	if err := auth.Check(ctx, auth.Append, "indexes"); err != nil {
+		return apierr.Status(err)
+	}
 	first, err := stream.Recv()
 	if err != nil {
 		return apierr.Status(fmt.Errorf("put index: %w", err))
@@ -162,7 +166,18 @@ func (s *Server) publishIndex(ctx context.Context, name string, f *os.File, size
 	pctx, cancel := commit.PublishContext(ctx)
 	defer cancel()
 	published = true // even if Put fails: it may have stored the file
-	if err := s.store.Put(pctx, indexPrefix+name, io.LimitReader(f, size), size, meta); err != nil {
+	if auth.FromContext(ctx).Allows(auth.Replace) {
+		err = s.store.Put(pctx, indexPrefix+name, io.LimitReader(f, size), size, meta)
+	} else {
+		// An append-only principal adds, never replaces: atomically.
+		var created bool
+		created, err = s.store.PutIfAbsent(pctx, indexPrefix+name, io.LimitReader(f, size), size, meta)
+		if err == nil && !created {
+			err = fmt.Errorf("%w: %s may not replace it: its role %s only adds; replacing needs the write role",
+				apierr.ErrExists, auth.FromContext(ctx).Name, auth.FromContext(ctx).Role)
+		}
+	}
+	if err != nil {
 		return nil, fmt.Errorf("put index %s: %w", name, err)
 	}
 	return indexInfo(name, storage.Info{Size: size, Metadata: meta}), nil
@@ -184,6 +199,9 @@ func indexInfo(name string, i storage.Info) *chunkbridgev1.IndexInfo {
 
 // GetIndex streams the stored index in 1 MiB pieces.
 func (s *Server) GetIndex(req *chunkbridgev1.GetIndexRequest, stream grpc.ServerStreamingServer[chunkbridgev1.GetIndexResponse]) error {
+	if err := auth.Check(stream.Context(), auth.Read, "indexes"); err != nil {
+		return apierr.Status(err)
+	}
 	name, err := IndexName(req.GetName())
 	if err != nil {
 		return apierr.Status(err)
@@ -303,6 +321,9 @@ func blobIndex(w io.Writer, f *pbsindex.Fixed, d *pbsindex.Dynamic) error {
 
 // StatIndex describes an index from its stored metadata.
 func (s *Server) StatIndex(ctx context.Context, req *chunkbridgev1.StatIndexRequest) (*chunkbridgev1.StatIndexResponse, error) {
+	if err := auth.Check(ctx, auth.Read, "indexes"); err != nil {
+		return nil, apierr.Status(err)
+	}
 	name, err := IndexName(req.GetName())
 	if err != nil {
 		return nil, apierr.Status(err)
@@ -317,6 +338,9 @@ func (s *Server) StatIndex(ctx context.Context, req *chunkbridgev1.StatIndexRequ
 // ListIndexes lists one page of indexes in name order, with their
 // metadata fetched in parallel.
 func (s *Server) ListIndexes(ctx context.Context, req *chunkbridgev1.ListIndexesRequest) (*chunkbridgev1.ListIndexesResponse, error) {
+	if err := auth.Check(ctx, auth.Read, "indexes"); err != nil {
+		return nil, apierr.Status(err)
+	}
 	size := int(req.GetPageSize())
 	switch {
 	case size <= 0:
@@ -380,6 +404,9 @@ func (s *Server) ListIndexes(ctx context.Context, req *chunkbridgev1.ListIndexes
 
 // DeleteIndex removes an index; NotFound when there is none.
 func (s *Server) DeleteIndex(ctx context.Context, req *chunkbridgev1.DeleteIndexRequest) (*chunkbridgev1.DeleteIndexResponse, error) {
+	if err := auth.Check(ctx, auth.Replace, "indexes"); err != nil {
+		return nil, apierr.Status(err)
+	}
 	name, err := writableIndexName(req.GetName())
 	if err != nil {
 		return nil, apierr.Status(err)

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
+	"github.com/chunkbridge/chunkbridge/auth"
 	"github.com/chunkbridge/chunkbridge/format"
 	"github.com/chunkbridge/chunkbridge/format/pbsindex"
 	"github.com/chunkbridge/chunkbridge/services/apierr"
@@ -137,6 +138,9 @@ type snapshotWriter struct {
 // WriteSnapshotFile implements the Create, Entries…, Commit conversation.
 func (s *Server) WriteSnapshotFile(stream grpc.BidiStreamingServer[chunkbridgev1.WriteSnapshotFileRequest, chunkbridgev1.WriteSnapshotFileResponse]) error {
 	ctx := stream.Context()
+	if err := auth.Check(ctx, auth.Append, "snapshots"); err != nil {
+		return apierr.Status(err)
+	}
 	first, err := stream.Recv()
 	if err != nil {
 		return apierr.Status(fmt.Errorf("write snapshot file: %w", err))
@@ -400,7 +404,13 @@ func (w *snapshotWriter) commit(ctx context.Context) (*chunkbridgev1.SnapshotFil
 	pctx, cancel := commit.PublishContext(ctx)
 	defer cancel()
 	published = true // even if Put fails: it may have stored the file
-	if err := w.s.store.Put(pctx, w.path.key(), &buf, size, meta); err != nil {
+	// A snapshot file is written once: even two writers racing for one
+	// name cannot replace each other's file.
+	created, err := w.s.store.PutIfAbsent(pctx, w.path.key(), &buf, size, meta)
+	if err == nil && !created {
+		err = fmt.Errorf("%w: written by another client meanwhile", apierr.ErrExists)
+	}
+	if err != nil {
 		return nil, fmt.Errorf("snapshot file %s: %w", w.path, err)
 	}
 	return fileInfo(w.path, storage.Info{Size: size, Metadata: meta}), nil
@@ -477,6 +487,9 @@ func (s *Server) readSnapshotFile(ctx context.Context, p snapshotPath) (*pbsinde
 // ReadSnapshotDigests streams a snapshot file's digests in index order,
 // duplicates included.
 func (s *Server) ReadSnapshotDigests(req *chunkbridgev1.ReadSnapshotDigestsRequest, stream grpc.ServerStreamingServer[chunkbridgev1.ReadSnapshotDigestsResponse]) error {
+	if err := auth.Check(stream.Context(), auth.Read, "snapshots"); err != nil {
+		return apierr.Status(err)
+	}
 	ctx := stream.Context()
 	p, err := parseSnapshotPath(req.GetPath(), true)
 	if err == nil {
@@ -514,6 +527,9 @@ func (s *Server) ReadSnapshotDigests(req *chunkbridgev1.ReadSnapshotDigestsReque
 // ListSnapshots groups the snapshot files by snapshot, newest first within
 // a backup id.
 func (s *Server) ListSnapshots(ctx context.Context, req *chunkbridgev1.ListSnapshotsRequest) (*chunkbridgev1.ListSnapshotsResponse, error) {
+	if err := auth.Check(ctx, auth.Read, "snapshots"); err != nil {
+		return nil, apierr.Status(err)
+	}
 	prefix := snapshotPrefix
 	if req.GetType() != "" {
 		if err := checkType(req.GetType()); err != nil {
@@ -603,6 +619,9 @@ func snapshotDir(typ, id, t string) (string, error) {
 
 // GetSnapshot describes one snapshot.
 func (s *Server) GetSnapshot(ctx context.Context, req *chunkbridgev1.GetSnapshotRequest) (*chunkbridgev1.GetSnapshotResponse, error) {
+	if err := auth.Check(ctx, auth.Read, "snapshots"); err != nil {
+		return nil, apierr.Status(err)
+	}
 	dir, err := snapshotDir(req.GetType(), req.GetBackupId(), req.GetTime())
 	if err != nil {
 		return nil, apierr.Status(err)
@@ -619,6 +638,9 @@ func (s *Server) GetSnapshot(ctx context.Context, req *chunkbridgev1.GetSnapshot
 
 // DeleteSnapshot removes a snapshot's files.
 func (s *Server) DeleteSnapshot(ctx context.Context, req *chunkbridgev1.DeleteSnapshotRequest) (*chunkbridgev1.DeleteSnapshotResponse, error) {
+	if err := auth.Check(ctx, auth.Replace, "snapshots"); err != nil {
+		return nil, apierr.Status(err)
+	}
 	dir, err := snapshotDir(req.GetType(), req.GetBackupId(), req.GetTime())
 	if err != nil {
 		return nil, apierr.Status(err)

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
+	"github.com/chunkbridge/chunkbridge/auth"
 	"github.com/chunkbridge/chunkbridge/services/apierr"
 )
 
@@ -81,6 +82,11 @@ func (s *Server) StatChunk(ctx context.Context, req *chunkbridgev1.StatChunkRequ
 // than by the server's memory.
 func (s *Server) UploadChunks(stream grpc.BidiStreamingServer[chunkbridgev1.UploadChunksRequest, chunkbridgev1.UploadChunksResponse]) error {
 	ctx := stream.Context()
+	// Refused as a whole, before any data is read: a read-only client
+	// learns it at once, not once per chunk.
+	if err := auth.Check(ctx, auth.Append, "chunks"); err != nil {
+		return apierr.Status(err)
+	}
 	pending := make(chan chan *chunkbridgev1.UploadChunksResponse, s.window-1)
 	sent := make(chan error, 1)
 	go func() { sent <- sendInOrder(pending, stream.Send) }()

@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
+	"github.com/chunkbridge/chunkbridge/auth"
 	"github.com/chunkbridge/chunkbridge/format"
 	"github.com/chunkbridge/chunkbridge/services/apierr"
 	"github.com/chunkbridge/chunkbridge/storage"
@@ -119,6 +120,9 @@ type Upload struct {
 // that does not decode, or decodes to data that does not hash to the id,
 // is refused and nothing is stored.
 func (s *Service) Put(ctx context.Context, u Upload) (created bool, err error) {
+	if err := auth.Check(ctx, auth.Append, "chunks"); err != nil {
+		return false, err
+	}
 	defer func() { s.metrics.observeUpload(created, err) }()
 	if len(u.Data) > MaxSize {
 		return false, fmt.Errorf("chunk %s: %w: payload of %d bytes exceeds %d", u.ID, apierr.ErrInvalid, len(u.Data), MaxSize)
@@ -176,6 +180,9 @@ const MaxIDsPerCall = 100_000
 // FindMissing returns the ids the store lacks, in the order given. Ids not
 // in the presence cache are checked in parallel.
 func (s *Service) FindMissing(ctx context.Context, ids []ID) ([]ID, error) {
+	if err := auth.Check(ctx, auth.Read, "chunks"); err != nil {
+		return nil, err
+	}
 	if len(ids) > MaxIDsPerCall {
 		return nil, fmt.Errorf("%w: %d ids in one call, at most %d", apierr.ErrInvalid, len(ids), MaxIDsPerCall)
 	}
@@ -219,6 +226,9 @@ func (s *Service) FindMissing(ctx context.Context, ids []ID) ([]ID, error) {
 // stats come from the presence cache; the rest are read from storage
 // metadata in parallel.
 func (s *Service) Sizes(ctx context.Context, ids []ID) ([]int64, error) {
+	if err := auth.Check(ctx, auth.Read, "chunks"); err != nil {
+		return nil, err
+	}
 	if len(ids) > MaxIDsPerCall {
 		return nil, fmt.Errorf("%w: %d ids in one call, at most %d", apierr.ErrInvalid, len(ids), MaxIDsPerCall)
 	}
@@ -258,6 +268,9 @@ type Chunk struct {
 // Get reads one chunk as stored (zstd), or decoded and re-verified when raw
 // is true.
 func (s *Service) Get(ctx context.Context, id ID, raw bool) (Chunk, error) {
+	if err := auth.Check(ctx, auth.Read, "chunks"); err != nil {
+		return Chunk{}, err
+	}
 	if err := s.acquire(ctx); err != nil {
 		return Chunk{}, err
 	}
@@ -305,6 +318,9 @@ func (s *Service) Get(ctx context.Context, id ID, raw bool) (Chunk, error) {
 // checked against the largest valid chunk before anything is read; the
 // caller reads at most that many bytes and closes the reader.
 func (s *Service) OpenStored(ctx context.Context, id ID) (io.ReadCloser, int64, error) {
+	if err := auth.Check(ctx, auth.Read, "chunks"); err != nil {
+		return nil, 0, err
+	}
 	rc, size, err := storage.Open(ctx, s.store, id.Key())
 	if err != nil {
 		return nil, 0, storeErr(id, err)
@@ -352,6 +368,9 @@ func readErr(err error) error {
 
 // Stat describes a stored chunk.
 func (s *Service) Stat(ctx context.Context, id ID) (*chunkbridgev1.ChunkInfo, error) {
+	if err := auth.Check(ctx, auth.Read, "chunks"); err != nil {
+		return nil, err
+	}
 	gen := s.presence.generation()
 	info, err := s.store.Stat(ctx, id.Key())
 	if err != nil {

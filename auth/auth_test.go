@@ -1,0 +1,119 @@
+package auth_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/chunkbridge/chunkbridge/auth"
+	"github.com/chunkbridge/chunkbridge/services/apierr"
+)
+
+func write(t *testing.T, path, s string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(s), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestRolesAllowWhatTheirRankAllows(t *testing.T) {
+	cases := []struct {
+		role auth.Role
+		want []bool // Read, Append, Replace, Admin
+	}{
+		{auth.RoleRead, []bool{true, false, false, false}},
+		{auth.RoleAppend, []bool{true, true, false, false}},
+		{auth.RoleWrite, []bool{true, true, true, false}},
+		{auth.RoleAdmin, []bool{true, true, true, true}},
+	}
+	for _, c := range cases {
+		p := auth.Principal{Name: "p", Tenant: "t", Role: c.role}
+		for i, a := range []auth.Action{auth.Read, auth.Append, auth.Replace, auth.Admin} {
+			ctx := auth.NewContext(context.Background(), p)
+			err := auth.Check(ctx, a, "index x")
+			if (err == nil) != c.want[i] {
+				t.Errorf("%s %s: %v", c.role, a, err)
+			}
+			if err != nil && (!errors.Is(err, apierr.ErrPermission) || !strings.Contains(err.Error(), "p may not")) {
+				t.Errorf("refusal %v does not name the principal or is not ErrPermission", err)
+			}
+		}
+	}
+	if auth.FromContext(context.Background()) != auth.Anonymous {
+		t.Fatal("an unauthenticated context is not anonymous")
+	}
+}
+
+func TestFileTokensCertsAndReload(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "credentials.yaml")
+	readTok, readHash := auth.NewToken()
+	appendTok, appendHash := auth.NewToken()
+	write(t, path, `
+tenants:
+  - name: acme
+principals:
+  - name: reader
+    tenant: acme
+    role: read
+    token_sha256: `+readHash+`
+  - name: host-1
+    tenant: acme
+    role: append
+    cert_subject: CN=host-1,O=acme
+`)
+	r, err := auth.Load(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, err := r.Token(readTok); err != nil || p.Name != "reader" || p.Role != auth.RoleRead || p.Tenant != "acme" {
+		t.Fatalf("reader's token: %v, %v", p, err)
+	}
+	if _, err := r.Token(appendTok); !errors.Is(err, auth.ErrUnknownCredential) {
+		t.Fatalf("an unknown token: %v", err)
+	}
+	if p, err := r.Subject("CN=host-1,O=acme"); err != nil || p.Name != "host-1" || p.Role != auth.RoleAppend {
+		t.Fatalf("host-1's certificate: %v, %v", p, err)
+	}
+	// A change takes effect at the next reload; an invalid file does not.
+	write(t, path, "principals:\n  - name: writer\n    role: write\n    token_sha256: "+appendHash+"\n")
+	if !r.Reload() {
+		t.Fatal("a changed file was not reloaded")
+	}
+	if p, err := r.Token(appendTok); err != nil || p.Name != "writer" || p.Tenant != auth.DefaultTenant {
+		t.Fatalf("after the reload: %v, %v", p, err)
+	}
+	if _, err := r.Token(readTok); err == nil {
+		t.Fatal("a removed principal still authenticates")
+	}
+	write(t, path, "principals:\n  - name: broken\n    role: superuser\n    token_sha256: "+readHash+"\n")
+	if r.Reload() {
+		t.Fatal("an invalid file replaced the principals")
+	}
+	if _, err := r.Token(appendTok); err != nil {
+		t.Fatalf("after an invalid change the previous principals are gone: %v", err)
+	}
+}
+
+func TestFileIsValidated(t *testing.T) {
+	_, hash := auth.NewToken()
+	for name, body := range map[string]string{
+		"unknown role":       "principals: [{name: a, role: root, token_sha256: " + hash + "}]",
+		"no credential":      "principals: [{name: a, role: read}]",
+		"both credentials":   "principals: [{name: a, role: read, token_sha256: " + hash + ", cert_subject: CN=a}]",
+		"short hash":         "principals: [{name: a, role: read, token_sha256: abcd}]",
+		"unknown tenant":     "principals: [{name: a, tenant: nope, role: read, token_sha256: " + hash + "}]",
+		"duplicate name":     "principals: [{name: a, role: read, token_sha256: " + hash + "}, {name: a, role: read, cert_subject: CN=a}]",
+		"unknown field":      "principals: [{name: a, role: read, token: secret}]",
+		"bad principal name": "principals: [{name: 'a b', role: read, cert_subject: CN=a}]",
+	} {
+		path := filepath.Join(t.TempDir(), "c.yaml")
+		write(t, path, body)
+		if _, err := auth.Load(path, nil); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}

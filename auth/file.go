@@ -1,0 +1,277 @@
+package auth
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"regexp"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	yaml "go.yaml.in/yaml/v3"
+)
+
+// The credentials file (YAML), usually mounted from a Kubernetes Secret:
+//
+//	tenants:
+//	  - name: acme
+//	    dedup_domain: acme      # tenants in one domain share chunks
+//	principals:
+//	  - name: web-backup
+//	    tenant: acme
+//	    role: append
+//	    token_sha256: 9f86d0…   # hex SHA-256 of the token; never the token
+//	  - name: pmx-host-1
+//	    tenant: acme
+//	    role: append
+//	    cert_subject: CN=pmx-host-1,O=acme
+type fileFormat struct {
+	Tenants    []tenantEntry    `yaml:"tenants"`
+	Principals []principalEntry `yaml:"principals"`
+}
+
+type tenantEntry struct {
+	Name        string `yaml:"name"`
+	DedupDomain string `yaml:"dedup_domain"`
+}
+
+type principalEntry struct {
+	Name        string `yaml:"name"`
+	Tenant      string `yaml:"tenant"`
+	Role        string `yaml:"role"`
+	TokenSHA256 string `yaml:"token_sha256"`
+	CertSubject string `yaml:"cert_subject"`
+}
+
+// Tenant is a tenant's settings.
+type Tenant struct {
+	Name        string
+	DedupDomain string
+}
+
+type tokenEntry struct {
+	hash [32]byte
+	p    Principal
+}
+
+// table is one parsed version of the file.
+type table struct {
+	raw     []byte
+	tokens  []tokenEntry
+	certs   map[string]Principal
+	tenants map[string]Tenant
+}
+
+// Registry holds the principals of one credentials file and follows its
+// changes. The zero value is not usable; call Load or Static.
+type Registry struct {
+	path  string
+	log   *slog.Logger
+	cur   atomic.Pointer[table]
+	extra []tokenEntry // AddToken's: set before use, kept across reloads
+}
+
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$`)
+
+// Load reads the credentials file at path.
+func Load(path string, log *slog.Logger) (*Registry, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("credentials file: %w", err)
+	}
+	t, err := parse(raw)
+	if err != nil {
+		return nil, fmt.Errorf("credentials file %s: %w", path, err)
+	}
+	r := &Registry{path: path, log: log}
+	r.cur.Store(t)
+	return r, nil
+}
+
+// Static is a registry of fixed principals, each with a token: for the
+// single --auth-token-file and for tests.
+func Static(tokens map[string]Principal) *Registry {
+	t := &table{certs: map[string]Principal{}, tenants: map[string]Tenant{DefaultTenant: {Name: DefaultTenant, DedupDomain: DefaultTenant}}}
+	for tok, p := range tokens {
+		t.tokens = append(t.tokens, tokenEntry{sha256.Sum256([]byte(tok)), p})
+	}
+	r := &Registry{log: slog.Default()}
+	r.cur.Store(t)
+	return r
+}
+
+func parse(raw []byte) (*table, error) {
+	var f fileFormat
+	dec := yaml.NewDecoder(bytes.NewReader(raw))
+	dec.KnownFields(true)
+	if err := dec.Decode(&f); err != nil && !errors.Is(err, io.EOF) /* an empty file */ {
+		return nil, fmt.Errorf("not valid YAML for a credentials file: %w", err)
+	}
+	t := &table{raw: raw, certs: map[string]Principal{}, tenants: map[string]Tenant{}}
+	for i, e := range f.Tenants {
+		if !nameRE.MatchString(e.Name) {
+			return nil, fmt.Errorf("tenants[%d]: name %q: want letters, digits, '.', '_', '@' or '-'", i, e.Name)
+		}
+		if _, dup := t.tenants[e.Name]; dup {
+			return nil, fmt.Errorf("tenants[%d]: tenant %q is listed twice", i, e.Name)
+		}
+		if e.DedupDomain == "" {
+			e.DedupDomain = e.Name
+		}
+		t.tenants[e.Name] = Tenant(e)
+	}
+	if _, ok := t.tenants[DefaultTenant]; !ok {
+		t.tenants[DefaultTenant] = Tenant{Name: DefaultTenant, DedupDomain: DefaultTenant}
+	}
+	names := map[string]bool{}
+	for i, e := range f.Principals {
+		where := fmt.Sprintf("principals[%d] (%s)", i, e.Name)
+		if !nameRE.MatchString(e.Name) {
+			return nil, fmt.Errorf("principals[%d]: name %q: want letters, digits, '.', '_', '@' or '-'", i, e.Name)
+		}
+		if names[e.Name] {
+			return nil, fmt.Errorf("%s: the name is used twice", where)
+		}
+		names[e.Name] = true
+		if e.Tenant == "" {
+			e.Tenant = DefaultTenant
+		}
+		if _, ok := t.tenants[e.Tenant]; !ok {
+			return nil, fmt.Errorf("%s: tenant %q is not in tenants", where, e.Tenant)
+		}
+		role, err := ParseRole(e.Role)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", where, err)
+		}
+		p := Principal{Name: e.Name, Tenant: e.Tenant, Role: role}
+		switch {
+		case e.TokenSHA256 != "" && e.CertSubject != "":
+			return nil, fmt.Errorf("%s: give token_sha256 or cert_subject, not both", where)
+		case e.TokenSHA256 != "":
+			h, err := hex.DecodeString(strings.TrimSpace(e.TokenSHA256))
+			if err != nil || len(h) != 32 {
+				return nil, fmt.Errorf("%s: token_sha256 must be 64 hex digits (the SHA-256 of the token, as `chunkbridge auth add-token` prints it)", where)
+			}
+			t.tokens = append(t.tokens, tokenEntry{[32]byte(h), p})
+		case e.CertSubject != "":
+			if _, dup := t.certs[e.CertSubject]; dup {
+				return nil, fmt.Errorf("%s: cert_subject %q belongs to another principal too", where, e.CertSubject)
+			}
+			t.certs[e.CertSubject] = p
+		default:
+			return nil, fmt.Errorf("%s: give token_sha256 or cert_subject", where)
+		}
+	}
+	return t, nil
+}
+
+// ErrUnknownCredential: the token or certificate names no principal.
+var ErrUnknownCredential = errors.New("the credential names no principal")
+
+// Token returns the principal whose token this is. Every stored hash is
+// compared, in constant time, so the time taken says nothing about which
+// one matched or how closely.
+func (r *Registry) Token(token string) (Principal, error) {
+	h := sha256.Sum256([]byte(token))
+	var found Principal
+	ok := 0
+	for _, list := range [][]tokenEntry{r.cur.Load().tokens, r.extra} {
+		for _, e := range list {
+			m := subtle.ConstantTimeCompare(h[:], e.hash[:])
+			if m == 1 {
+				found = e.p
+			}
+			ok |= m
+		}
+	}
+	if ok == 0 {
+		return Principal{}, ErrUnknownCredential
+	}
+	return found, nil
+}
+
+// AddToken adds a principal with a token that is not in the file (the
+// single --auth-token-file token, the in-process services' own). Call it
+// before the registry is used.
+func (r *Registry) AddToken(token string, p Principal) {
+	r.extra = append(r.extra, tokenEntry{sha256.Sum256([]byte(token)), p})
+}
+
+// Subject returns the principal of a TLS client certificate subject (as
+// pkix.Name.String() spells it, e.g. "CN=pmx-host-1,O=acme").
+func (r *Registry) Subject(subject string) (Principal, error) {
+	p, ok := r.cur.Load().certs[subject]
+	if !ok {
+		return Principal{}, ErrUnknownCredential
+	}
+	return p, nil
+}
+
+// Tenant returns a tenant's settings.
+func (r *Registry) Tenant(name string) (Tenant, bool) {
+	t, ok := r.cur.Load().tenants[name]
+	return t, ok
+}
+
+// Watch re-reads the file every interval until ctx ends and switches to
+// it when its content changed and parses; a file that does not parse is
+// reported and the previous principals stay in force.
+func (r *Registry) Watch(ctx context.Context, interval time.Duration) {
+	if r.path == "" {
+		return
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		r.Reload()
+	}
+}
+
+// Reload reads the file once now; it reports whether the principals
+// changed.
+func (r *Registry) Reload() bool {
+	raw, err := os.ReadFile(r.path)
+	if err != nil {
+		r.log.Error("credentials file unreadable; the previous principals stay in force", "path", r.path, "err", err)
+		return false
+	}
+	if bytes.Equal(raw, r.cur.Load().raw) {
+		return false
+	}
+	t, err := parse(raw)
+	if err != nil {
+		r.log.Error("credentials file changed but is invalid; the previous principals stay in force", "path", r.path, "err", err)
+		return false
+	}
+	r.cur.Store(t)
+	r.log.Info("credentials file reloaded", "path", r.path, "principals", len(t.tokens)+len(t.certs), "tenants", len(t.tenants))
+	return true
+}
+
+// NewToken returns a new random token and the hex SHA-256 the credentials
+// file stores for it.
+func NewToken() (token, hash string) {
+	var b [32]byte
+	rand.Read(b[:])
+	token = "cbt_" + base64.RawURLEncoding.EncodeToString(b[:])
+	h := sha256.Sum256([]byte(token))
+	return token, hex.EncodeToString(h[:])
+}

@@ -1,0 +1,55 @@
+package auth
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
+)
+
+// A gateway authenticates its own clients and calls the chunk service with
+// its own (admin) credential; forwardKey names the client it acts for, so
+// that the services authorise the client, not the gateway. The services
+// honour it only from an admin principal (see Forwarded).
+const forwardKey = "chunkbridge-principal"
+
+// forward adds the principal ctx carries, if a listener authenticated
+// one, to the outgoing metadata.
+func forward(ctx context.Context) context.Context {
+	p, ok := Authenticated(ctx)
+	if !ok {
+		return ctx
+	}
+	return metadata.AppendToOutgoingContext(ctx, forwardKey, p.Name+";"+p.Tenant+";"+p.Role.String())
+}
+
+// ForwardUnary and ForwardStream are client interceptors for connections
+// to the chunk service: every call carries the principal it is made for.
+func ForwardUnary(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	return invoker(forward(ctx), method, req, reply, cc, opts...)
+}
+
+// ForwardStream: see ForwardUnary.
+func ForwardStream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	return streamer(forward(ctx), desc, cc, method, opts...)
+}
+
+// Forwarded returns the principal a caller acts for, if it named one.
+// The caller must be checked to be an admin before it is believed.
+func Forwarded(md metadata.MD) (Principal, bool, error) {
+	v := md.Get(forwardKey)
+	if len(v) == 0 {
+		return Principal{}, false, nil
+	}
+	f := strings.Split(v[len(v)-1], ";")
+	if len(f) != 3 || !nameRE.MatchString(f[0]) || !nameRE.MatchString(f[1]) {
+		return Principal{}, false, fmt.Errorf("malformed %s metadata %q", forwardKey, v[len(v)-1])
+	}
+	role, err := ParseRole(f[2])
+	if err != nil {
+		return Principal{}, false, fmt.Errorf("%s metadata: %w", forwardKey, err)
+	}
+	return Principal{Name: f[0], Tenant: f[1], Role: role}, true, nil
+}
