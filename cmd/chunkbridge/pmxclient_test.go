@@ -39,7 +39,7 @@ func writeRandomFile(t *testing.T, name string, n int) []byte {
 	return data
 }
 
-var summaryLine = regexp.MustCompile(`^snapshot (\S+): \S+ \S+ in [0-9.]+ s \(.*\), (\d+) chunks, (\d+) new, dedup \S+\n$`)
+var summaryLine = regexp.MustCompile(`^snapshot (\S+): \S+ \S+ in [0-9.]+ s \(.*\), (\d+) chunks: (\d+) uploaded \(.*\), (\d+) already stored( \(no earlier snapshot.*\))?\n$`)
 
 func TestPMXBackupRestoreHashes(t *testing.T) {
 	peer := pmxtest.NewPeer(t)
