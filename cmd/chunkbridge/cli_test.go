@@ -121,6 +121,7 @@ func TestExitCodes(t *testing.T) {
 		{2, []string{"pmx", "backup", "--type", "vm", "--id", "1"}, "want one input"},
 		{2, []string{"pmx", "backup", "--type", "toaster", "--id", "1", missing}, "--type"},
 		{2, []string{"pmx", "restore", "vm/1/latest/disk.img.fidx"}, "SNAPSHOT_PATH and OUT"},
+		{2, []string{"pmx", "restore", "--force", "vm/1/latest/disk.img.fidx"}, "SNAPSHOT_PATH and OUT"},
 		{2, []string{"pmx", "list", "--api", "ftp://x"}, "--api"},
 		{2, []string{"casync-ssh", "srv"}, "HOST COMMAND"},
 		{2, []string{"casync-remote", "fetch", "-", "-", "-", "-"}, "want pull or push"},
@@ -130,6 +131,8 @@ func TestExitCodes(t *testing.T) {
 		{1, []string{"pmx", "hashes", "--server", closed, "vm/1/latest/disk.img.fidx"}, "connect"},
 		{1, []string{"pmx", "backup", "--server", closed, "--type", "vm", "--id", "1", missing}, "no such file"},
 		{1, []string{"pmx", "list", "--api", "http://" + closed}, "pmx list"},
+		// stdin is /dev/null: refused before connecting.
+		{1, []string{"pmx", "backup", "--server", closed, "--type", "host", "--id", "1", "-"}, "stdin is empty; nothing stored (add --allow-empty"},
 		{1, []string{"casync-ssh", "srv", "casync", "pull", "-", "-", "/a.caibx", "-"}, "casync gateway"},
 		{0, []string{"version"}, "chunkbridge"},
 		{0, []string{"help"}, "Usage:"},
