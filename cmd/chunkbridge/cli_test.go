@@ -168,3 +168,35 @@ func closedAddr(t *testing.T) string {
 	l.Close()
 	return addr
 }
+
+// A --store or --s3-endpoint the program cannot mean is refused (exit 2)
+// with the accepted forms, and nothing is created: "s3:/bucket" used to
+// serve a local directory named "s3:".
+func TestStoreAndEndpointRefused(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the chunkbridge binary")
+	}
+	for _, tc := range []struct {
+		args []string
+		say  string
+	}{
+		{[]string{"--store", "s3:/bucket"}, "s3:// has two slashes"},
+		{[]string{"--store", "s3:bucket"}, "want a directory (./data, /srv/chunks) or s3://BUCKET[/PREFIX]"},
+		{[]string{"--store", "file:/srv"}, "not a store URL"},
+		{[]string{"--store", "s3://b", "--s3-endpoint", "ftp://127.0.0.1:9"}, "want HOST, HOST:PORT, http://HOST[:PORT] or https://HOST[:PORT]"},
+		{[]string{"--store", "s3://b", "--s3-endpoint", "http://127.0.0.1:9/bucket"}, "only a host and port"},
+		{[]string{"--store", "s3://b", "--s3-endpoint", "https://127.0.0.1:9", "--s3-insecure"}, "drop one"},
+	} {
+		dir := t.TempDir()
+		cmd := exec.Command(binary, append([]string{"serve", "chunk", "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"}, tc.args...)...)
+		cmd.Dir = dir
+		out, err := cmd.CombinedOutput()
+		var exit *exec.ExitError
+		if !errors.As(err, &exit) || exit.ExitCode() != exitUsage || !strings.Contains(string(out), tc.say) {
+			t.Errorf("%v: %v, want exit 2 saying %q:\n%s", tc.args, err, tc.say, out)
+		}
+		if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+			t.Errorf("%v created %v", tc.args, ents)
+		}
+	}
+}

@@ -77,9 +77,9 @@ type serveFlags struct {
 func (f *serveFlags) register(fs *flag.FlagSet, p parts) {
 	if p.services {
 		fs.StringVar(&f.store, "store", "./data", "where chunks live: a directory, or s3://bucket[/prefix]")
-		fs.StringVar(&f.s3Endpoint, "s3-endpoint", "", "S3 endpoint host[:port] (default AWS); credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+		fs.StringVar(&f.s3Endpoint, "s3-endpoint", "", "S3 endpoint HOST[:PORT], or http://HOST[:PORT] (plain HTTP) or https://HOST[:PORT] (default AWS); credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
 		fs.StringVar(&f.s3Region, "s3-region", "", "S3 region (default: discovered)")
-		fs.BoolVar(&f.s3Insecure, "s3-insecure", false, "talk to the S3 endpoint over plain HTTP")
+		fs.BoolVar(&f.s3Insecure, "s3-insecure", false, "talk to the S3 endpoint over plain HTTP (or write --s3-endpoint http://...)")
 		fs.StringVar(&f.grpcListen, "grpc-listen", "127.0.0.1:9090", "address of the gRPC services (chunk, catalog, admin, health, reflection)")
 		fs.IntVar(&f.maxConcurrentChunks, "max-concurrent-chunks", 0, "chunks verified, compressed or stored at once across the process; bounds memory to about 48 MiB each (default 4 × CPUs)")
 		fs.IntVar(&f.streamWindow, "stream-window", 16, "chunks in flight per upload or download stream")
