@@ -19,6 +19,12 @@ MINIO_IMAGE ?= chunkbridge-minio:dev
 # legacy builder needs nothing from a registry for FROM scratch.
 DOCKER ?= $(shell test -x /usr/bin/docker && echo /usr/bin/docker || echo docker)
 
+# What `chunkbridge version` and the build_info metric report. Set by the
+# linker, since a build with -buildvcs=false (GOFLAGS) has no VCS stamp.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT ?= $(shell c=$$(git rev-parse HEAD 2>/dev/null) && { git diff --quiet HEAD -- || c=$$c-dirty; echo $$c; })
+LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
+
 GO_TEST_FLAGS ?=
 BENCH_TIME ?= 2s
 
@@ -31,7 +37,7 @@ all: generate lint build test ## Generate, lint, build and test
 
 .PHONY: build
 build: ## Build bin/chunkbridge (static)
-	CGO_ENABLED=0 go build -trimpath -o bin/chunkbridge ./cmd/chunkbridge
+	CGO_ENABLED=0 go build -trimpath -ldflags '$(LDFLAGS)' -o bin/chunkbridge ./cmd/chunkbridge
 
 .PHONY: images
 images: build $(MINIO) ## Build the chunkbridge and MinIO images (FROM scratch, no registry)

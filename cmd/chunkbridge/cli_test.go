@@ -135,6 +135,8 @@ func TestExitCodes(t *testing.T) {
 		{1, []string{"pmx", "backup", "--server", closed, "--type", "host", "--id", "1", "-"}, "stdin is empty; nothing stored (add --allow-empty"},
 		{1, []string{"casync-ssh", "srv", "casync", "pull", "-", "-", "/a.caibx", "-"}, "casync gateway"},
 		{0, []string{"version"}, "chunkbridge"},
+		{0, []string{"version", "--json"}, `"goVersion": "go`},
+		{2, []string{"version", "--yaml"}, "flag provided but not defined"},
 		{0, []string{"help"}, "Usage:"},
 		{0, []string{"help", "gc"}, "Deletes the chunks"},
 	} {

@@ -29,6 +29,7 @@ import (
 	"github.com/chunkbridge/chunkbridge/gateway/pmx"
 	"github.com/chunkbridge/chunkbridge/gateway/rest"
 	"github.com/chunkbridge/chunkbridge/gateway/session"
+	"github.com/chunkbridge/chunkbridge/internal/buildinfo"
 	"github.com/chunkbridge/chunkbridge/services/admin"
 	"github.com/chunkbridge/chunkbridge/services/catalog"
 	"github.com/chunkbridge/chunkbridge/services/chunk"
@@ -147,7 +148,8 @@ func serve(ctx context.Context, mode string, args []string, stdout, stderr io.Wr
 		return err
 	}
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	build := buildinfo.Read(version, commit)
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), build.Collector())
 
 	var (
 		g, gctx   = errgroup.WithContext(ctx)
@@ -262,7 +264,7 @@ func serve(ctx context.Context, mode string, args []string, stdout, stderr io.Wr
 	}
 
 	f.http.Log = log
-	handler, err := rest.NewHandler(ctx, conn, rest.Options{API: p.rest, Gatherer: reg, Log: log, Limits: f.http, Chunks: chunks})
+	handler, err := rest.NewHandler(ctx, conn, rest.Options{API: p.rest, Gatherer: reg, Log: log, Limits: f.http, Chunks: chunks, Version: build.Version})
 	if err != nil {
 		return err
 	}
