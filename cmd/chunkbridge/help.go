@@ -170,7 +170,9 @@ go at the next gc. Prints each decision; --dry-run removes nothing.
 
 Prints what the store holds, from the AdminService at --chunk-service:
 chunks, stored and logical bytes, compression and dedup ratios, casync
-indexes and PMXBCKUP snapshots.
+indexes and PMXBCKUP snapshots, and when they were counted. While storage
+is unreachable the last count is shown, first labelled STALE with its age
+and the reason.
 `,
 	"version": `Usage: chunkbridge version [--json]
 

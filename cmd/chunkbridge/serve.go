@@ -345,7 +345,9 @@ func startServices(ctx context.Context, f serveFlags, log *slog.Logger, reg *pro
 	srv, grpcMetrics := newGRPCServer(log, reg, token, tlsConfig)
 	chunkbridgev1.RegisterChunkServiceServer(srv, chunk.NewServer(chunks, f.streamWindow))
 	chunkbridgev1.RegisterCatalogServiceServer(srv, cat)
-	adm, err := admin.New(admin.Config{Store: store, Chunks: chunks, Catalog: cat, Log: log, Registerer: reg, StatsTTL: f.statsTTL})
+	var monitor *readiness.Monitor // set below; stats label their figures stale while it says unreachable
+	ready := func() bool { return monitor == nil || monitor.Ready() }
+	adm, err := admin.New(admin.Config{Store: store, Chunks: chunks, Catalog: cat, Log: log, Registerer: reg, StatsTTL: f.statsTTL, Ready: ready})
 	if err != nil {
 		store.Close()
 		return nil, err
@@ -355,7 +357,7 @@ func startServices(ctx context.Context, f serveFlags, log *slog.Logger, reg *pro
 	healthpb.RegisterHealthServer(srv, hs)
 	reflection.Register(srv)
 	grpcMetrics.InitializeMetrics(srv)
-	monitor := readiness.New(store, hs, []string{
+	monitor = readiness.New(store, hs, []string{
 		chunkbridgev1.ChunkService_ServiceDesc.ServiceName,
 		chunkbridgev1.CatalogService_ServiceDesc.ServiceName,
 		chunkbridgev1.AdminService_ServiceDesc.ServiceName,
