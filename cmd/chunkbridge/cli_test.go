@@ -202,3 +202,33 @@ func TestStoreAndEndpointRefused(t *testing.T) {
 		}
 	}
 }
+
+// make install puts the binary and the casync shim links in PREFIX/bin,
+// where no root is needed, and the links run their commands.
+func TestMakeInstall(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs make and the Go toolchain")
+	}
+	if _, err := exec.LookPath("make"); err != nil {
+		t.Skip("no make")
+	}
+	prefix := t.TempDir()
+	cmd := exec.Command("make", "-C", "../..", "install", "PREFIX="+prefix)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("make install: %v\n%s", err, out)
+	}
+	for name, say := range map[string]string{
+		"chunkbridge":               "Usage: chunkbridge casync-ssh",
+		"chunkbridge-casync-ssh":    "Usage: chunkbridge casync-ssh",
+		"chunkbridge-casync-remote": "Usage: chunkbridge casync-remote",
+	} {
+		args := []string{"-h"}
+		if name == "chunkbridge" {
+			args = []string{"casync-ssh", "-h"}
+		}
+		out, err := exec.Command(filepath.Join(prefix, "bin", name), args...).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), say) {
+			t.Errorf("%s %v: %v\n%s", name, args, err, out)
+		}
+	}
+}
