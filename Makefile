@@ -19,6 +19,24 @@ MINIO_IMAGE ?= chunkbridge-minio:dev
 # legacy builder needs nothing from a registry for FROM scratch.
 DOCKER ?= $(shell test -x /usr/bin/docker && echo /usr/bin/docker || echo docker)
 
+# What `chunkbridge version` and the build_info metric report. Set by the
+# linker, since a build with -buildvcs=false (GOFLAGS) has no VCS stamp.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT ?= $(shell c=$$(git rev-parse HEAD 2>/dev/null) && { git diff --quiet HEAD -- || c=$$c-dirty; echo $$c; })
+LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
+
+# make install: the binary and the casync shim links. The default prefix
+# needs no root; DESTDIR stages a package.
+PREFIX ?= $(HOME)/.local
+DESTDIR ?=
+
+# The e2e suite's images get a tag of their own per run, so that runs
+# sharing a Docker engine never test each other's build (E2E_TAG=... to
+# choose it).
+ifndef E2E_TAG
+E2E_TAG := e2e-$(shell date -u +%Y%m%d%H%M%S)-$(shell od -An -N4 -tx1 /dev/urandom | tr -d ' \n')
+endif
+
 GO_TEST_FLAGS ?=
 BENCH_TIME ?= 2s
 
@@ -31,7 +49,7 @@ all: generate lint build test ## Generate, lint, build and test
 
 .PHONY: build
 build: ## Build bin/chunkbridge (static)
-	CGO_ENABLED=0 go build -trimpath -o bin/chunkbridge ./cmd/chunkbridge
+	CGO_ENABLED=0 go build -trimpath -ldflags '$(LDFLAGS)' -o bin/chunkbridge ./cmd/chunkbridge
 
 .PHONY: images
 images: build $(MINIO) ## Build the chunkbridge and MinIO images (FROM scratch, no registry)
@@ -41,6 +59,14 @@ images: build $(MINIO) ## Build the chunkbridge and MinIO images (FROM scratch, 
 	DOCKER_BUILDKIT=0 $(DOCKER) build -q -f deployments/Dockerfile -t $(IMAGE) .tmp/images/chunkbridge
 	ln -f $(MINIO) .tmp/images/minio/minio
 	DOCKER_BUILDKIT=0 $(DOCKER) build -q -f deployments/minio.Dockerfile -t $(MINIO_IMAGE) .tmp/images/minio
+
+.PHONY: install
+install: build ## Install bin/chunkbridge and the casync shims (chunkbridge-casync-ssh, -remote) in PREFIX/bin (default ~/.local: no root)
+	install -d "$(DESTDIR)$(PREFIX)/bin"
+	install -m 0755 bin/chunkbridge "$(DESTDIR)$(PREFIX)/bin/chunkbridge"
+	ln -sf chunkbridge "$(DESTDIR)$(PREFIX)/bin/chunkbridge-casync-ssh"
+	ln -sf chunkbridge "$(DESTDIR)$(PREFIX)/bin/chunkbridge-casync-remote"
+	@case ":$$PATH:" in *":$(PREFIX)/bin:"*) ;; *) echo "note: $(PREFIX)/bin is not on PATH; add it there (casync finds the shims through PATH)";; esac
 
 .PHONY: run
 run: build ## Run every service in one process on ./data (gRPC 127.0.0.1:9090, HTTP 127.0.0.1:8080)
@@ -53,11 +79,14 @@ test: $(BIN)/minio ## All tests: unit, integration on real MinIO and casync, man
 	$(MAKE) e2e
 
 .PHONY: e2e
-e2e: images ## The end-to-end suite: every service as its own container (needs Docker and casync)
-	cd e2e && go test -count=1 -timeout 20m $(GO_TEST_FLAGS) ./...
+e2e: ## The end-to-end suite: every service as its own container, images tagged E2E_TAG (unique per run; needs Docker and casync)
+	$(MAKE) images IMAGE=chunkbridge:$(E2E_TAG) MINIO_IMAGE=chunkbridge-minio:$(E2E_TAG)
+	status=0; (cd e2e && CHUNKBRIDGE_IMAGE=chunkbridge:$(E2E_TAG) CHUNKBRIDGE_MINIO_IMAGE=chunkbridge-minio:$(E2E_TAG) \
+	  go test -count=1 -timeout 20m $(GO_TEST_FLAGS) ./...) || status=$$?; \
+	$(DOCKER) rmi chunkbridge:$(E2E_TAG) chunkbridge-minio:$(E2E_TAG) >/dev/null 2>&1 || true; exit $$status
 
 .PHONY: test-short
-test-short: ## Unit tests only: no MinIO, no subprocesses
+test-short: ## Quick tests (-short): skips those that run the binary, casync or Docker; MinIO-backed cases still run if make tools built MinIO
 	go test -short -count=1 ./...
 
 .PHONY: bench

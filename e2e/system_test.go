@@ -26,7 +26,9 @@ import (
 	"github.com/chunkbridge/chunkbridge/deployments/kubernetes"
 )
 
-// Images built by `make images`; nothing is ever pulled.
+// Images built by `make images`; nothing is ever pulled. `make e2e` builds
+// them under a tag unique to its run and names them here, so that runs
+// sharing a Docker engine never test each other's build.
 var (
 	image      = envOr("CHUNKBRIDGE_IMAGE", "chunkbridge:dev")
 	minioImage = envOr("CHUNKBRIDGE_MINIO_IMAGE", "chunkbridge-minio:dev")

@@ -156,7 +156,8 @@ func TestBackupDynamicMatchesCasyncChunks(t *testing.T) {
 	}
 	line := sum.String()
 	if !strings.HasPrefix(line, "snapshot host/web-01/2026-11-25T10:00:00Z/root.pxar.didx: 3.0 MiB in ") ||
-		!strings.Contains(line, fmt.Sprintf(", %d chunks, %d new, dedup 1.0x", len(want), len(want))) {
+		!strings.Contains(line, fmt.Sprintf(", %d chunks: %d uploaded (", len(want), len(want))) ||
+		!strings.Contains(line, ", 0 already stored (no earlier snapshot of this file: every distinct chunk was sent") {
 		t.Fatalf("summary line %q", line)
 	}
 }
@@ -186,6 +187,11 @@ func TestBackupIncrementalFixed(t *testing.T) {
 	}
 	if r := second.DedupRatio(); r != 10 {
 		t.Fatalf("dedup ratio %v, want 10", r)
+	}
+	// The summary names what was sent and what was known to be stored,
+	// and claims no more.
+	if line := second.String(); !strings.HasSuffix(line, ", 20 chunks: 2 uploaded (8.0 KiB), 18 already stored") {
+		t.Fatalf("summary line %q", line)
 	}
 	if !bytes.Equal(restore(t, c, second.Path), data) {
 		t.Fatal("restore of the incremental backup differs")
@@ -226,7 +232,7 @@ func TestBackupIncrementalDynamic(t *testing.T) {
 	if p.Uploads() != n0 || same.NewChunks != 0 || same.ReusedChunks != first.Chunks {
 		t.Fatalf("unchanged data: %d uploads, summary %+v; want none", p.Uploads()-n0, same)
 	}
-	if !strings.Contains(same.String(), "dedup ∞") {
+	if !strings.HasSuffix(same.String(), fmt.Sprintf(" chunks: 0 uploaded (0 B), %d already stored", same.Chunks)) {
 		t.Fatalf("summary line %q", same.String())
 	}
 	// Insert bytes in the middle: only chunks around the insertion change.

@@ -16,8 +16,10 @@ type Stats struct {
 	// Chunks is the number of chunks indexed so far: NewChunks +
 	// ReusedChunks.
 	Chunks int64
-	// NewChunks were uploaded; ReusedChunks were in the previous snapshot
-	// or already uploaded in this run.
+	// NewChunks were uploaded: sent to the server, which may have held
+	// some of them already (the protocol does not say). ReusedChunks were
+	// not sent because they are known to be stored: in the previous
+	// snapshot or uploaded earlier in this run.
 	NewChunks, ReusedChunks int64
 	// BytesUploaded is the chunk data uploaded.
 	BytesUploaded int64
@@ -26,7 +28,7 @@ type Stats struct {
 }
 
 // DedupRatio returns BytesRead / BytesUploaded: how many bytes of input
-// each uploaded byte stands for. It is +Inf when nothing was uploaded but
+// each uploaded byte stands for (the client's saving, not the store's). It is +Inf when nothing was uploaded but
 // something read, and 1 for an empty input.
 func (s Stats) DedupRatio() float64 {
 	switch {
@@ -42,14 +44,20 @@ func (s Stats) DedupRatio() float64 {
 func (s Stats) Rate() float64 { return rate(s.BytesRead, s.Elapsed) }
 
 // String returns a one-line progress report, e.g.
-// "512.0 MiB of 1.0 GiB (50%), 243 MB/s, 8192 chunks, 60 new, dedup 136.5x".
+// "512.0 MiB of 1.0 GiB (50%), 243 MB/s, 8192 chunks: 60 uploaded, 8132 already stored".
 func (s Stats) String() string {
 	done := FormatSize(s.BytesRead)
 	if s.Total > 0 && s.Total >= s.BytesRead {
 		pct := 100 * float64(s.BytesRead) / float64(s.Total)
 		done = fmt.Sprintf("%s of %s (%.0f%%)", done, FormatSize(s.Total), pct)
 	}
-	return fmt.Sprintf("%s, %s, %d chunks, %d new, dedup %s", done, FormatRate(s.Rate()), s.Chunks, s.NewChunks, formatRatio(s.DedupRatio()))
+	return fmt.Sprintf("%s, %s, %s", done, FormatRate(s.Rate()), s.chunkCounts())
+}
+
+// chunkCounts says what was sent and what was not: "uploaded" counts
+// chunks sent, never whether the server lacked them.
+func (s Stats) chunkCounts() string {
+	return fmt.Sprintf("%d chunks: %d uploaded (%s), %d already stored", s.Chunks, s.NewChunks, FormatSize(s.BytesUploaded), s.ReusedChunks)
 }
 
 // BackupSummary is what a backup did.
@@ -67,11 +75,17 @@ type BackupSummary struct {
 
 // String returns the summary line, e.g. "snapshot
 // host/web-01/2026-11-25T10:00:00Z/root.pxar.didx: 1.0 GiB in 4.2 s
-// (243 MB/s), 16384 chunks, 120 new, dedup 136.5x".
+// (243 MB/s), 16384 chunks: 120 uploaded (7.5 MiB), 16264 already stored".
+// A first backup says that it had nothing to compare with: the server
+// may have held its chunks already (from casync or another backup) and
+// then stored nothing new, which the client cannot see.
 func (s *BackupSummary) String() string {
-	return fmt.Sprintf("snapshot %s: %s in %s (%s), %d chunks, %d new, dedup %s",
-		s.Path, FormatSize(s.BytesRead), formatSeconds(s.Elapsed), FormatRate(s.Rate()),
-		s.Chunks, s.NewChunks, formatRatio(s.DedupRatio()))
+	line := fmt.Sprintf("snapshot %s: %s in %s (%s), %s",
+		s.Path, FormatSize(s.BytesRead), formatSeconds(s.Elapsed), FormatRate(s.Rate()), s.chunkCounts())
+	if s.Base == "" && s.NewChunks > 0 {
+		line += " (no earlier snapshot of this file: every distinct chunk was sent; the server keeps one copy of any it already had)"
+	}
+	return line
 }
 
 // RestoreStats is a restore's progress.
@@ -146,13 +160,6 @@ func FormatRate(bytesPerSecond float64) string {
 
 func formatSeconds(d time.Duration) string {
 	return fmt.Sprintf("%.1f s", d.Seconds())
-}
-
-func formatRatio(r float64) string {
-	if math.IsInf(r, 1) {
-		return "∞"
-	}
-	return fmt.Sprintf("%.1fx", r)
 }
 
 func rate(n int64, d time.Duration) float64 {

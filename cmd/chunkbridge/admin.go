@@ -400,6 +400,13 @@ func adminStats(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if c.json {
 		return printJSON(stdout, s)
 	}
+	counted := time.Unix(s.CountedAt, 0)
+	age := time.Since(counted).Round(time.Second)
+	if s.StaleReason != "" {
+		// Old figures first say so, where they cannot be missed.
+		fmt.Fprintf(stdout, "STALE: the store figures below are %s old (counted at %s): %s\n",
+			age, counted.UTC().Format(time.RFC3339), s.StaleReason)
+	}
 	fmt.Fprintf(stdout, "chunks            %d\n", s.ChunkCount)
 	fmt.Fprintf(stdout, "stored bytes      %s (compressed)\n", pmxclient.FormatSize(s.StoredBytes))
 	fmt.Fprintf(stdout, "logical bytes     %s (uncompressed; compression ratio %.2f)\n", pmxclient.FormatSize(s.LogicalBytes), s.CompressionRatio)
@@ -410,6 +417,6 @@ func adminStats(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		fmt.Fprintf(stdout, "chunks without a recorded size: %d (read to be counted)\n", s.ChunksWithoutSize)
 	}
 	fmt.Fprintf(stdout, "this server since start: %d chunks written, %d deduplicated, %s received\n", s.ChunksWritten, s.ChunksDeduplicated, pmxclient.FormatSize(s.BytesReceived))
-	fmt.Fprintf(stdout, "counted at        %s\n", time.Unix(s.CountedAt, 0).UTC().Format(time.RFC3339))
+	fmt.Fprintf(stdout, "counted at        %s (%s ago)\n", counted.UTC().Format(time.RFC3339), age)
 	return nil
 }

@@ -121,6 +121,7 @@ func TestExitCodes(t *testing.T) {
 		{2, []string{"pmx", "backup", "--type", "vm", "--id", "1"}, "want one input"},
 		{2, []string{"pmx", "backup", "--type", "toaster", "--id", "1", missing}, "--type"},
 		{2, []string{"pmx", "restore", "vm/1/latest/disk.img.fidx"}, "SNAPSHOT_PATH and OUT"},
+		{2, []string{"pmx", "restore", "--force", "vm/1/latest/disk.img.fidx"}, "SNAPSHOT_PATH and OUT"},
 		{2, []string{"pmx", "list", "--api", "ftp://x"}, "--api"},
 		{2, []string{"casync-ssh", "srv"}, "HOST COMMAND"},
 		{2, []string{"casync-remote", "fetch", "-", "-", "-", "-"}, "want pull or push"},
@@ -130,8 +131,12 @@ func TestExitCodes(t *testing.T) {
 		{1, []string{"pmx", "hashes", "--server", closed, "vm/1/latest/disk.img.fidx"}, "connect"},
 		{1, []string{"pmx", "backup", "--server", closed, "--type", "vm", "--id", "1", missing}, "no such file"},
 		{1, []string{"pmx", "list", "--api", "http://" + closed}, "pmx list"},
+		// stdin is /dev/null: refused before connecting.
+		{1, []string{"pmx", "backup", "--server", closed, "--type", "host", "--id", "1", "-"}, "stdin is empty; nothing stored (add --allow-empty"},
 		{1, []string{"casync-ssh", "srv", "casync", "pull", "-", "-", "/a.caibx", "-"}, "casync gateway"},
 		{0, []string{"version"}, "chunkbridge"},
+		{0, []string{"version", "--json"}, `"goVersion": "go`},
+		{2, []string{"version", "--yaml"}, "flag provided but not defined"},
 		{0, []string{"help"}, "Usage:"},
 		{0, []string{"help", "gc"}, "Deletes the chunks"},
 	} {
@@ -164,4 +169,66 @@ func closedAddr(t *testing.T) string {
 	addr := l.Addr().String()
 	l.Close()
 	return addr
+}
+
+// A --store or --s3-endpoint the program cannot mean is refused (exit 2)
+// with the accepted forms, and nothing is created: "s3:/bucket" used to
+// serve a local directory named "s3:".
+func TestStoreAndEndpointRefused(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the chunkbridge binary")
+	}
+	for _, tc := range []struct {
+		args []string
+		say  string
+	}{
+		{[]string{"--store", "s3:/bucket"}, "s3:// has two slashes"},
+		{[]string{"--store", "s3:bucket"}, "want a directory (./data, /srv/chunks) or s3://BUCKET[/PREFIX]"},
+		{[]string{"--store", "file:/srv"}, "not a store URL"},
+		{[]string{"--store", "s3://b", "--s3-endpoint", "ftp://127.0.0.1:9"}, "want HOST, HOST:PORT, http://HOST[:PORT] or https://HOST[:PORT]"},
+		{[]string{"--store", "s3://b", "--s3-endpoint", "http://127.0.0.1:9/bucket"}, "only a host and port"},
+		{[]string{"--store", "s3://b", "--s3-endpoint", "https://127.0.0.1:9", "--s3-insecure"}, "drop one"},
+	} {
+		dir := t.TempDir()
+		cmd := exec.Command(binary, append([]string{"serve", "chunk", "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"}, tc.args...)...)
+		cmd.Dir = dir
+		out, err := cmd.CombinedOutput()
+		var exit *exec.ExitError
+		if !errors.As(err, &exit) || exit.ExitCode() != exitUsage || !strings.Contains(string(out), tc.say) {
+			t.Errorf("%v: %v, want exit 2 saying %q:\n%s", tc.args, err, tc.say, out)
+		}
+		if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+			t.Errorf("%v created %v", tc.args, ents)
+		}
+	}
+}
+
+// make install puts the binary and the casync shim links in PREFIX/bin,
+// where no root is needed, and the links run their commands.
+func TestMakeInstall(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs make and the Go toolchain")
+	}
+	if _, err := exec.LookPath("make"); err != nil {
+		t.Skip("no make")
+	}
+	prefix := t.TempDir()
+	cmd := exec.Command("make", "-C", "../..", "install", "PREFIX="+prefix)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("make install: %v\n%s", err, out)
+	}
+	for name, say := range map[string]string{
+		"chunkbridge":               "Usage: chunkbridge casync-ssh",
+		"chunkbridge-casync-ssh":    "Usage: chunkbridge casync-ssh",
+		"chunkbridge-casync-remote": "Usage: chunkbridge casync-remote",
+	} {
+		args := []string{"-h"}
+		if name == "chunkbridge" {
+			args = []string{"casync-ssh", "-h"}
+		}
+		out, err := exec.Command(filepath.Join(prefix, "bin", name), args...).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), say) {
+			t.Errorf("%s %v: %v\n%s", name, args, err, out)
+		}
+	}
 }

@@ -170,11 +170,15 @@ go at the next gc. Prints each decision; --dry-run removes nothing.
 
 Prints what the store holds, from the AdminService at --chunk-service:
 chunks, stored and logical bytes, compression and dedup ratios, casync
-indexes and PMXBCKUP snapshots.
+indexes and PMXBCKUP snapshots, and when they were counted. While storage
+is unreachable the last count is shown, first labelled STALE with its age
+and the reason.
 `,
-	"version": `Usage: chunkbridge version
+	"version": `Usage: chunkbridge version [--json]
 
-Prints chunkbridge's version, as the build set it.
+Prints this build's version (as the Makefile set it, else the module's),
+its VCS commit, whether the work tree had uncommitted changes (dirty), and
+the Go version it was built with.
 `,
 }
 

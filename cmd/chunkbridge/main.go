@@ -4,6 +4,9 @@ package main
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -11,6 +14,8 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+
+	"github.com/chunkbridge/chunkbridge/internal/buildinfo"
 )
 
 const usage = `chunkbridge: a deduplicated chunk store on S3 that speaks casync and PMXBCKUP
@@ -33,7 +38,7 @@ Usage:
   chunkbridge prune --keep-last N [--keep-daily N ...] [--type T --id ID] [--dry-run]
                                     apply a retention policy to PMXBCKUP snapshots
   chunkbridge stats                 what the store holds: chunks, bytes, dedup ratio, indexes, snapshots
-  chunkbridge version
+  chunkbridge version [--json]      version, VCS commit and Go version of this build
 
 The admin commands talk to the AdminService at --chunk-service (default
 127.0.0.1:9090). "chunkbridge COMMAND -h" (or "chunkbridge help COMMAND")
@@ -44,8 +49,32 @@ Exit status: 0 success, 1 the operation failed, 2 the command line is wrong
 with an environment variable: --grpc-listen is CHUNKBRIDGE_GRPC_LISTEN.
 `
 
-// version is set by the build (-ldflags "-X main.version=...").
-var version = "dev"
+// version and commit are set by the build (-ldflags "-X main.version=...
+// -X main.commit=..."); unset, buildinfo.Read uses what Go stamped.
+var version, commit = "dev", ""
+
+// printVersion runs `chunkbridge version [--json]`.
+func printVersion(args []string, stdout io.Writer) error {
+	fs := newFlagSet("version", stdout)
+	asJSON := fs.Bool("json", false, "print the version, commit, dirty flag and Go version as JSON")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return usagef("version: %v (see chunkbridge version -h)", err)
+	}
+	if fs.NArg() > 0 {
+		return usagef("version takes no arguments, only --json")
+	}
+	info := buildinfo.Read(version, commit)
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(info)
+	}
+	_, err := fmt.Fprintln(stdout, info.String())
+	return err
+}
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -70,7 +99,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return &exitError{code: exitUsage}
 	}
 	switch args[0] {
-	case "serve", "casync-remote", "casync-ssh", "version": // no flag set of their own to print help
+	case "serve", "casync-remote", "casync-ssh": // no flag set of their own to print help
 		if wantsHelp(args[1:]) {
 			return printHelp(stdout, args[0])
 		}
@@ -101,11 +130,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "stats":
 		return adminStats(ctx, args[1:], stdout, stderr)
 	case "version", "--version":
-		if len(args) > 1 {
-			return usagef("version takes no arguments")
-		}
-		fmt.Fprintln(stdout, "chunkbridge", version)
-		return nil
+		return printVersion(args[1:], stdout)
 	case "help", "-h", "--help":
 		if len(args) > 1 { // chunkbridge help gc
 			if _, ok := helps[strings.Join(args[1:], " ")]; ok {

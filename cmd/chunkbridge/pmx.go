@@ -19,8 +19,8 @@ import (
 
 const pmxUsage = `Usage:
   chunkbridge pmx backup  --server HOST:PORT --type vm|ct|host --id ID [--name NAME]
-                          [--fixed [--chunk-size N]] [--tls] [--tls-ca FILE] FILE|-
-  chunkbridge pmx restore --server HOST:PORT [--tls] [--tls-ca FILE] SNAPSHOT_PATH OUT|-
+                          [--fixed [--chunk-size N]] [--allow-empty] [--tls] [--tls-ca FILE] FILE|-
+  chunkbridge pmx restore --server HOST:PORT [--tls] [--tls-ca FILE] [--force] SNAPSHOT_PATH OUT|-
   chunkbridge pmx hashes  --server HOST:PORT [--tls] [--tls-ca FILE] SNAPSHOT_PATH
   chunkbridge pmx list    [--api http://HOST:8080 | --server HOST:PORT] [--type T] [--id ID]
 
@@ -28,8 +28,10 @@ backup   stores FILE (or stdin, -) as a new snapshot file <type>/<id>/<time>/<na
          cut by casync's chunker; with --fixed as <name>.fidx in equal blocks (disk
          images; needs a file or block device, not stdin). Only chunks that the newest
          snapshot of the same file lacks are uploaded. Prints the snapshot path.
+         An empty input is refused unless --allow-empty.
 restore  writes a snapshot file's content to OUT (or stdout, -), verifying every chunk;
-         OUT appears only when complete. The time may be "latest":
+         OUT appears only when complete, and replaces an existing file only with
+         --force. The time may be "latest":
          host/web-01/latest/root.pxar.didx.
 hashes   prints a snapshot file's chunk digests, one per line, in order.
 list     lists snapshot files through the REST API (default: port 8080 on the host of

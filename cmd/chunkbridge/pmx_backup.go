@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -25,6 +27,7 @@ func pmxBackup(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	chunkSize := sizeFlag(pmxclient.DefaultFixedChunkSize)
 	fs.Var(&chunkSize, "chunk-size", "block size with --fixed, e.g. 4M or 65536")
 	at := fs.String("time", "", "snapshot time, RFC 3339 (default: now); e.g. to import an older backup")
+	allowEmpty := fs.Bool("allow-empty", false, "store an empty input as an empty snapshot file (refused otherwise: an empty input is usually a mistake upstream)")
 	pos, err := parsePMXFlags(fs, args, stderr, 1, "one input: FILE, or - for stdin")
 	if err != nil {
 		return err
@@ -56,11 +59,24 @@ func pmxBackup(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return fmt.Errorf("pmx backup: %w", err)
 	}
 	defer closeIn()
+	if size == 0 && !*allowEmpty {
+		return fmt.Errorf("pmx backup: %s is empty; nothing stored (add --allow-empty to store an empty snapshot file)", describeEmpty(pos[0]))
+	}
 	if *fixed && size < 0 {
 		return usagef("pmx backup: --fixed needs the input's size, which goes into the index, and %s has none: "+
 			"back up a file or block device, or leave out --fixed for a dynamic backup", describeInput(pos[0]))
 	}
 
+	if size < 0 && !*allowEmpty {
+		// A stream's emptiness shows only when it is read: wait for its
+		// first byte before connecting, and put it back.
+		if in, err = nonEmpty(in); err != nil {
+			if errors.Is(err, io.EOF) {
+				return fmt.Errorf("pmx backup: %s is empty; nothing stored (add --allow-empty to store an empty snapshot file)", describeEmpty(pos[0]))
+			}
+			return fmt.Errorf("pmx backup: reading %s: %w", describeEmpty(pos[0]), err)
+		}
+	}
 	c, err := cf.dial(ctx)
 	if err != nil {
 		return fmt.Errorf("pmx backup: %w", err)
@@ -115,6 +131,28 @@ func openBackupInput(name string) (io.Reader, int64, func(), error) {
 		return f, size, closeF, nil
 	}
 	return f, -1, closeF, nil // a pipe, a character device: a stream
+}
+
+// nonEmpty reads r's first byte and returns a reader of all of r, or
+// io.EOF if r is empty.
+func nonEmpty(r io.Reader) (io.Reader, error) {
+	var first [1]byte
+	for {
+		n, err := r.Read(first[:])
+		if n > 0 {
+			return io.MultiReader(bytes.NewReader(first[:]), r), nil
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+}
+
+func describeEmpty(name string) string {
+	if name == "-" {
+		return "stdin"
+	}
+	return name
 }
 
 func describeInput(name string) string {

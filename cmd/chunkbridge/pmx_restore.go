@@ -17,11 +17,19 @@ func pmxRestore(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	fs := newFlagSet("pmx restore", stdout)
 	var cf pmxConnFlags
 	cf.register(fs)
+	force := fs.Bool("force", false, "replace OUT if it exists (a regular file; devices are always written in place)")
 	pos, err := parsePMXFlags(fs, args, stderr, 2, "SNAPSHOT_PATH and OUT (- for stdout)")
 	if err != nil {
 		return err
 	}
 	path, outName := pos[0], pos[1]
+	// Checked before connecting, and again (atomically) at the rename: a
+	// restore must not silently replace a file the user still needs.
+	if outName != "-" && !*force {
+		if st, err := os.Stat(outName); err == nil && st.Mode().IsRegular() {
+			return fmt.Errorf("pmx restore: %s exists; add --force to replace it", outName)
+		}
+	}
 	c, err := cf.dial(ctx)
 	if err != nil {
 		return fmt.Errorf("pmx restore: %w", err)
@@ -43,7 +51,7 @@ func pmxRestore(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		fmt.Fprintln(stderr, sum.String()) // stdout carries the data
 		return nil
 	}
-	out, err := createOutput(outName)
+	out, err := createOutput(outName, *force)
 	if err != nil {
 		return fmt.Errorf("pmx restore: %w", err)
 	}
@@ -67,9 +75,10 @@ func pmxRestore(ctx context.Context, args []string, stdout, stderr io.Writer) er
 type output struct {
 	*os.File
 	tmp, final string // tmp == "" when writing in place
+	replace    bool   // an existing regular file may be replaced
 }
 
-func createOutput(name string) (*output, error) {
+func createOutput(name string, replace bool) (*output, error) {
 	st, err := os.Stat(name)
 	switch {
 	case err == nil && st.IsDir():
@@ -96,7 +105,7 @@ func createOutput(name string) (*output, error) {
 		os.Remove(f.Name())
 		return nil, err
 	}
-	return &output{File: f, tmp: f.Name(), final: name}, nil
+	return &output{File: f, tmp: f.Name(), final: name, replace: replace}, nil
 }
 
 // commit makes the restored content durable and visible under its name.
@@ -105,8 +114,20 @@ func (o *output) commit() error {
 	if cerr := o.Close(); err == nil {
 		err = cerr
 	}
-	if err == nil && o.tmp != "" {
+	switch {
+	case err != nil || o.tmp == "":
+	case o.replace:
 		err = os.Rename(o.tmp, o.final)
+	default:
+		// A link fails if the name appeared during the restore, where a
+		// rename would replace it.
+		if err = os.Link(o.tmp, o.final); err == nil {
+			err = os.Remove(o.tmp)
+		} else if errors.Is(err, os.ErrExist) {
+			err = fmt.Errorf("%s appeared during the restore; add --force to replace it", o.final)
+		} else if _, serr := os.Lstat(o.final); errors.Is(serr, os.ErrNotExist) {
+			err = os.Rename(o.tmp, o.final) // a file system without hard links
+		}
 	}
 	if err != nil {
 		o.abort()

@@ -97,7 +97,11 @@ func pmxScenario(t *testing.T, p *process) {
 			// One backup id each: two backups of one id in the same second
 			// are the same snapshot, which EXCL refuses.
 			id := fmt.Sprint(100 + i)
-			snap := backup(t, p, nil, "--type", "vm", "--id", id, "--name", "disk.img", "--fixed", "--chunk-size", "1048576", writeFile(t, data))
+			args := []string{"--type", "vm", "--id", id, "--name", "disk.img", "--fixed", "--chunk-size", "1048576", writeFile(t, data)}
+			if size == 0 {
+				args = append(args, "--allow-empty") // refused without it
+			}
+			snap := backup(t, p, nil, args...)
 			if !strings.HasPrefix(snap, "vm/"+id+"/") || !strings.HasSuffix(snap, "/disk.img.fidx") {
 				t.Fatalf("snapshot path %q", snap)
 			}

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"flag"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
@@ -14,6 +15,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"github.com/chunkbridge/chunkbridge/pmxclient"
@@ -39,7 +41,7 @@ func writeRandomFile(t *testing.T, name string, n int) []byte {
 	return data
 }
 
-var summaryLine = regexp.MustCompile(`^snapshot (\S+): \S+ \S+ in [0-9.]+ s \(.*\), (\d+) chunks, (\d+) new, dedup \S+\n$`)
+var summaryLine = regexp.MustCompile(`^snapshot (\S+): \S+ \S+ in [0-9.]+ s \(.*\), (\d+) chunks: (\d+) uploaded \(.*\), (\d+) already stored( \(no earlier snapshot.*\))?\n$`)
 
 func TestPMXBackupRestoreHashes(t *testing.T) {
 	peer := pmxtest.NewPeer(t)
@@ -227,5 +229,88 @@ func TestWithDefaultPort(t *testing.T) {
 		if got := withDefaultPort(in, "8007"); got != want {
 			t.Errorf("withDefaultPort(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// restore replaces an existing file only with --force; without it, it
+// fails (exit 1) and leaves the file as it was.
+func TestPMXRestoreRefusesToOverwrite(t *testing.T) {
+	peer := pmxtest.NewPeer(t)
+	dir := t.TempDir()
+	in := filepath.Join(dir, "root.pxar")
+	data := writeRandomFile(t, in, 70000)
+	stdout, stderr, err := pmxRun(t, "backup", "--server", peer.Addr(), "--type", "host", "--id", "h", in)
+	if err != nil {
+		t.Fatalf("backup: %v\n%s", err, stderr)
+	}
+	path := summaryLine.FindStringSubmatch(stdout)[1]
+	out := filepath.Join(dir, "out")
+	if err := os.WriteFile(out, []byte("keep me"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = pmxRun(t, "restore", "--server", peer.Addr(), path, out)
+	if err == nil || !strings.Contains(err.Error(), out+" exists; add --force") || exitCode(err, io.Discard) != exitFailed {
+		t.Fatalf("restore onto an existing file: %v, want a refusal naming --force, exit 1", err)
+	}
+	if got, _ := os.ReadFile(out); string(got) != "keep me" {
+		t.Fatalf("the existing file was changed to %d bytes", len(got))
+	}
+	if _, _, err := pmxRun(t, "restore", "--server", peer.Addr(), path, out, "--force"); err != nil {
+		t.Fatalf("restore --force: %v", err)
+	}
+	if got, _ := os.ReadFile(out); !bytes.Equal(got, data) {
+		t.Fatal("restore --force did not replace the file")
+	}
+	// A name that appears while the restore runs is not replaced either.
+	o, err := createOutput(filepath.Join(dir, "late"), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "late"), []byte("late"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := o.commit(); err == nil || !strings.Contains(err.Error(), "appeared during the restore") {
+		t.Fatalf("commit over a file that appeared: %v", err)
+	}
+	if got, _ := os.ReadFile(filepath.Join(dir, "late")); string(got) != "late" {
+		t.Fatal("the file that appeared was replaced")
+	}
+}
+
+// An empty input makes no snapshot unless --allow-empty.
+func TestPMXBackupEmptyInput(t *testing.T) {
+	peer := pmxtest.NewPeer(t)
+	empty := filepath.Join(t.TempDir(), "empty.img")
+	if err := os.WriteFile(empty, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, fixed := range []string{"--fixed=false", "--fixed"} {
+		_, _, err := pmxRun(t, "backup", "--server", peer.Addr(), "--type", "vm", "--id", "1", fixed, empty)
+		if err == nil || !strings.Contains(err.Error(), "is empty; nothing stored (add --allow-empty") || exitCode(err, io.Discard) != exitFailed {
+			t.Fatalf("backup %s of an empty file: %v, want a refusal naming --allow-empty, exit 1", fixed, err)
+		}
+	}
+	if files := peer.Files(); len(files) != 0 {
+		t.Fatalf("refused empty backups published %v", files)
+	}
+	if _, stderr, err := pmxRun(t, "backup", "--server", peer.Addr(), "--type", "vm", "--id", "1", "--allow-empty", empty); err != nil {
+		t.Fatalf("backup --allow-empty: %v\n%s", err, stderr)
+	}
+	if files := peer.Files(); len(files) != 1 {
+		t.Fatalf("backup --allow-empty published %v", files)
+	}
+}
+
+// A stream is checked for its first byte, which is then backed up too.
+func TestNonEmpty(t *testing.T) {
+	if _, err := nonEmpty(strings.NewReader("")); err != io.EOF {
+		t.Fatalf("empty: %v, want io.EOF", err)
+	}
+	r, err := nonEmpty(iotest.OneByteReader(strings.NewReader("abc")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := io.ReadAll(r); string(got) != "abc" {
+		t.Fatalf("read %q", got)
 	}
 }

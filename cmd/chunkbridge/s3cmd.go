@@ -20,12 +20,12 @@ func s3Command(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	var f storeFlags
 	fs := newFlagSet("s3 mkbucket", stdout)
-	fs.StringVar(&f.s3Endpoint, "s3-endpoint", "", "S3 endpoint host[:port] (default AWS); credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+	fs.StringVar(&f.s3Endpoint, "s3-endpoint", "", "S3 endpoint HOST[:PORT] or http(s)://HOST[:PORT] (default AWS); credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
 	fs.StringVar(&f.s3Region, "s3-region", "", "S3 region")
 	fs.BoolVar(&f.s3Insecure, "s3-insecure", false, "plain HTTP")
 	var rest []string
 	for _, a := range args[1:] { // the URL may come before or after the flags
-		if strings.HasPrefix(a, "s3://") {
+		if strings.HasPrefix(strings.ToLower(a), "s3:") { // openStore refuses s3:/b
 			f.store = a
 		} else {
 			rest = append(rest, a)

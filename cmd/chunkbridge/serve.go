@@ -30,6 +30,7 @@ import (
 	"github.com/chunkbridge/chunkbridge/gateway/pmx"
 	"github.com/chunkbridge/chunkbridge/gateway/rest"
 	"github.com/chunkbridge/chunkbridge/gateway/session"
+	"github.com/chunkbridge/chunkbridge/internal/buildinfo"
 	"github.com/chunkbridge/chunkbridge/services/admin"
 	"github.com/chunkbridge/chunkbridge/services/catalog"
 	"github.com/chunkbridge/chunkbridge/services/chunk"
@@ -78,9 +79,9 @@ type serveFlags struct {
 func (f *serveFlags) register(fs *flag.FlagSet, p parts) {
 	if p.services {
 		fs.StringVar(&f.store, "store", "./data", "where chunks live: a directory, or s3://bucket[/prefix]")
-		fs.StringVar(&f.s3Endpoint, "s3-endpoint", "", "S3 endpoint host[:port] (default AWS); credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+		fs.StringVar(&f.s3Endpoint, "s3-endpoint", "", "S3 endpoint HOST[:PORT], or http://HOST[:PORT] (plain HTTP) or https://HOST[:PORT] (default AWS); credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
 		fs.StringVar(&f.s3Region, "s3-region", "", "S3 region (default: discovered)")
-		fs.BoolVar(&f.s3Insecure, "s3-insecure", false, "talk to the S3 endpoint over plain HTTP")
+		fs.BoolVar(&f.s3Insecure, "s3-insecure", false, "talk to the S3 endpoint over plain HTTP (or write --s3-endpoint http://...)")
 		fs.StringVar(&f.grpcListen, "grpc-listen", "127.0.0.1:9090", "address of the gRPC services (chunk, catalog, admin, health, reflection)")
 		fs.IntVar(&f.maxConcurrentChunks, "max-concurrent-chunks", 0, "chunks verified, compressed or stored at once across the process; bounds memory to about 48 MiB each (default 4 × CPUs)")
 		fs.IntVar(&f.streamWindow, "stream-window", 16, "chunks in flight per upload or download stream")
@@ -151,7 +152,8 @@ func serve(ctx context.Context, mode string, args []string, stdout, stderr io.Wr
 		return err
 	}
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	build := buildinfo.Read(version, commit)
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), build.Collector())
 
 	var (
 		g, gctx   = errgroup.WithContext(ctx)
@@ -270,7 +272,7 @@ func serve(ctx context.Context, mode string, args []string, stdout, stderr io.Wr
 	}
 
 	f.http.Log = log
-	handler, err := rest.NewHandler(ctx, conn, rest.Options{API: p.rest, Gatherer: reg, Log: log, Limits: f.http, Chunks: chunks})
+	handler, err := rest.NewHandler(ctx, conn, rest.Options{API: p.rest, Gatherer: reg, Log: log, Limits: f.http, Chunks: chunks, Version: build.Version})
 	if err != nil {
 		return err
 	}
@@ -351,7 +353,9 @@ func startServices(ctx context.Context, f serveFlags, log *slog.Logger, reg *pro
 	srv, grpcMetrics := newGRPCServer(log, reg, acc, tlsConfig)
 	chunkbridgev1.RegisterChunkServiceServer(srv, chunk.NewServer(chunks, f.streamWindow))
 	chunkbridgev1.RegisterCatalogServiceServer(srv, cat)
-	adm, err := admin.New(admin.Config{Store: store, Chunks: chunks, Catalog: cat, Log: log, Registerer: reg, StatsTTL: f.statsTTL})
+	var monitor *readiness.Monitor // set below; stats label their figures stale while it says unreachable
+	ready := func() bool { return monitor == nil || monitor.Ready() }
+	adm, err := admin.New(admin.Config{Store: store, Chunks: chunks, Catalog: cat, Log: log, Registerer: reg, StatsTTL: f.statsTTL, Ready: ready})
 	if err != nil {
 		store.Close()
 		return nil, err
@@ -361,7 +365,7 @@ func startServices(ctx context.Context, f serveFlags, log *slog.Logger, reg *pro
 	healthpb.RegisterHealthServer(srv, hs)
 	reflection.Register(srv)
 	grpcMetrics.InitializeMetrics(srv)
-	monitor := readiness.New(store, hs, []string{
+	monitor = readiness.New(store, hs, []string{
 		chunkbridgev1.ChunkService_ServiceDesc.ServiceName,
 		chunkbridgev1.CatalogService_ServiceDesc.ServiceName,
 		chunkbridgev1.AdminService_ServiceDesc.ServiceName,

@@ -444,9 +444,24 @@ func TestServeAllREST(t *testing.T) {
 	}
 
 	code, doc := get("/openapi.json")
-	var openapi struct{ Paths map[string]any }
+	var openapi struct {
+		Info  struct{ Title, Version string }
+		Paths map[string]any
+	}
 	if err := json.Unmarshal([]byte(doc), &openapi); code != 200 || err != nil {
 		t.Fatalf("/openapi.json = %d, %v", code, err)
+	}
+	// Title and version are the build's, not the generator's defaults.
+	out, err := exec.Command(binary, "version", "--json").Output()
+	var build struct {
+		Version, Commit, GoVersion string
+		Dirty                      bool
+	}
+	if err != nil || json.Unmarshal(out, &build) != nil || build.Version == "" || build.GoVersion == "" {
+		t.Fatalf("version --json: %v\n%s", err, out)
+	}
+	if openapi.Info.Title != "chunkbridge" || openapi.Info.Version != build.Version {
+		t.Errorf("/openapi.json info = %+v, want title chunkbridge, version %s", openapi.Info, build.Version)
 	}
 	for _, path := range []string{"/v1/chunks:findMissing", "/v1/chunks/{id}", "/v1/stats"} {
 		if openapi.Paths[path] == nil {
@@ -455,7 +470,11 @@ func TestServeAllREST(t *testing.T) {
 	}
 
 	code, metrics := get("/metrics")
-	for _, series := range []string{`chunkbridge_chunk_uploads_total{result="created"} 1`, "grpc_server_handled_total"} {
+	if build.Dirty {
+		build.Commit += "-dirty"
+	}
+	buildInfo := fmt.Sprintf(`chunkbridge_build_info{commit="%s",goversion="%s",version="%s"} 1`, build.Commit, build.GoVersion, build.Version)
+	for _, series := range []string{`chunkbridge_chunk_uploads_total{result="created"} 1`, "grpc_server_handled_total", buildInfo} {
 		if code != 200 || !strings.Contains(metrics, series) {
 			t.Errorf("/metrics lacks %s", series)
 		}

@@ -53,6 +53,9 @@ type pushing struct {
 	// catalog has published the index.
 	publishing, published chan struct{}
 	stored                atomic.Int64 // chunks this session created
+	// distinct ids the index names, and how many of them the store lacked
+	// and were requested: the rest were already stored and not sent.
+	distinct, requested atomic.Int64
 }
 
 // push accepts an index and the chunks the store lacks. The index goes to
@@ -272,7 +275,11 @@ func (c *conv) parseAndPublish(ctx context.Context, r *io.PipeReader, p *pushing
 		return fmt.Errorf("publishing index %s: %w", c.args.Index, err)
 	}
 	close(p.published)
-	c.log.Info("index published", "chunks", info.ChunkCount, "new", p.stored.Load(), "size", info.Size)
+	// "uploaded" are the chunks sent; "created" those the store lacked even
+	// then (a concurrent upload may have stored one in between).
+	d, up := p.distinct.Load(), p.requested.Load()
+	c.log.Info("index published", "chunks", info.ChunkCount, "distinct", d, "uploaded", up,
+		"already_stored", d-up, "created", p.stored.Load(), "size", info.Size)
 	return c.send(ctx, &caproto.Goodbye{})
 }
 
@@ -295,6 +302,7 @@ func (c *conv) parse(ctx context.Context, r io.Reader, p *pushing, request bool)
 		}
 		// Outstanding before requested: the chunk may be stored at once.
 		p.outstanding.add(missing)
+		p.requested.Add(int64(len(missing)))
 		for len(missing) > 0 {
 			n := min(len(missing), requestBatch)
 			req := &caproto.Request{IDs: make([][caproto.IDSize]byte, n)}
@@ -318,6 +326,7 @@ func (c *conv) parse(ctx context.Context, r io.Reader, p *pushing, request bool)
 		case !fresh:
 			return nil
 		}
+		p.distinct.Add(1)
 		batch = append(batch, b)
 		if len(batch) == checkBatch {
 			return flush()

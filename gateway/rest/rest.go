@@ -7,6 +7,7 @@ package rest
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -39,6 +40,9 @@ type Options struct {
 	// (default client.NewGRPC over conn; in the services' own process,
 	// client.NewLocal).
 	Chunks *client.Chunks
+	// Version is the build's version, served as /openapi.json's
+	// info.version (default "dev").
+	Version string
 }
 
 // NewHandler returns the HTTP handler over conn.
@@ -77,9 +81,13 @@ func NewHandler(ctx context.Context, conn *grpc.ClientConn, opts Options) (http.
 		return mux, nil
 	}
 
+	doc, err := openAPI(opts.Version)
+	if err != nil {
+		return nil, err
+	}
 	mux.HandleFunc("GET /openapi.json", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
-		w.Write(chunkbridgev1.OpenAPI)
+		w.Write(doc)
 	})
 	gw := runtime.NewServeMux(
 		runtime.WithMarshalerOption(runtime.MIMEWildcard, &runtime.JSONPb{
@@ -110,4 +118,27 @@ func NewHandler(ctx context.Context, conn *grpc.ClientConn, opts Options) (http.
 		Log:     opts.Log,
 	}))
 	return mux, nil
+}
+
+// openAPI returns the generated document with the title and version of
+// this build: protoc-gen-openapiv2 names it after the first proto file
+// and says "version not set", and the version is known only at build time.
+func openAPI(version string) ([]byte, error) {
+	if version == "" {
+		version = "dev"
+	}
+	var doc map[string]json.RawMessage
+	if err := json.Unmarshal(chunkbridgev1.OpenAPI, &doc); err != nil {
+		return nil, fmt.Errorf("openapi document: %w", err)
+	}
+	info, err := json.Marshal(map[string]string{
+		"title":       "chunkbridge",
+		"version":     version,
+		"description": "REST routes of chunkbridge's chunk, catalog and admin services (gRPC through grpc-gateway).",
+	})
+	if err != nil {
+		return nil, err
+	}
+	doc["info"] = info
+	return json.MarshalIndent(doc, "", "  ")
 }

@@ -30,6 +30,10 @@ type Config struct {
 	Registerer prometheus.Registerer
 	// StatsTTL is how long store counts are reused (default 10s).
 	StatsTTL time.Duration
+	// Ready reports whether storage answered the last health probe; while
+	// it does not, GetStats serves the last count marked stale instead of
+	// failing or waiting for a count that cannot finish. Nil: not asked.
+	Ready func() bool
 	// DefaultGrace is the GC grace period when a request gives none
 	// (default 24h).
 	DefaultGrace time.Duration

@@ -75,22 +75,36 @@ func (s *Server) fresh(c *storeCounts) bool {
 	return c != nil && !c.stale && time.Since(c.at) <= s.cfg.StatsTTL
 }
 
-// counts returns a count no older than the TTL, counting if needed.
-func (s *Server) counts(ctx context.Context) (*storeCounts, error) {
-	if c := s.stats.get(); s.fresh(c) {
-		return c, nil
+// counts returns a count no older than the TTL, counting if needed. When
+// storage is unreachable it returns the last count, if any, with the
+// reason it is stale: figures from before an outage must not pass for
+// current ones.
+func (s *Server) counts(ctx context.Context) (*storeCounts, string, error) {
+	last := s.stats.get()
+	if last != nil && s.cfg.Ready != nil && !s.cfg.Ready() {
+		return last, "storage is unreachable (the health probe fails); these are the figures of the last count", nil
+	}
+	if s.fresh(last) {
+		return last, "", nil
 	}
 	s.stats.counting.Lock()
 	defer s.stats.counting.Unlock()
 	if c := s.stats.get(); s.fresh(c) { // counted while we waited
-		return c, nil
+		return c, "", nil
 	}
 	c, err := s.count(ctx)
 	if err != nil {
-		return nil, err
+		if last = s.stats.get(); last != nil && errors.Is(err, storage.ErrUnavailable) {
+			why := "counting again failed, storage unavailable (" + err.Error() + "); these are the figures of the last count"
+			if last.stale {
+				why += ", and garbage collection deleted chunks since"
+			}
+			return last, why, nil
+		}
+		return nil, "", err
 	}
 	s.stats.set(c)
-	return c, nil
+	return c, "", nil
 }
 
 // refreshSoon counts in the background unless a count is running; the
@@ -186,7 +200,7 @@ func (s *Server) count(ctx context.Context) (*storeCounts, error) {
 // GetStats reports the store's counts (cached for the TTL) and this
 // process's upload counters.
 func (s *Server) GetStats(ctx context.Context, _ *chunkbridgev1.GetStatsRequest) (*chunkbridgev1.GetStatsResponse, error) {
-	c, err := s.counts(ctx)
+	c, staleReason, err := s.counts(ctx)
 	if err != nil {
 		return nil, apierr.Status(err)
 	}
@@ -207,5 +221,6 @@ func (s *Server) GetStats(ctx context.Context, _ *chunkbridgev1.GetStatsRequest)
 		SnapshotFiles:      c.catalog.SnapshotFiles,
 		BackupGroups:       c.catalog.BackupGroups,
 		ChunksWithoutSize:  c.noSize,
+		StaleReason:        staleReason,
 	}, nil
 }

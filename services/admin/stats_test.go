@@ -1,15 +1,22 @@
 package admin_test
 
 import (
+	"context"
+	"fmt"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
 	"github.com/chunkbridge/chunkbridge/services/admin"
+	"github.com/chunkbridge/chunkbridge/storage"
+	"github.com/chunkbridge/chunkbridge/storage/memory"
 )
 
 func TestStats(t *testing.T) {
@@ -81,5 +88,54 @@ func TestStats(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// outageStore fails every listing with ErrUnavailable while down.
+type outageStore struct {
+	storage.Store
+	down atomic.Bool
+}
+
+func (s *outageStore) List(ctx context.Context, prefix string, fn func(storage.Info) error) error {
+	if s.down.Load() {
+		return fmt.Errorf("list %s: %w: connection refused", prefix, storage.ErrUnavailable)
+	}
+	return s.Store.List(ctx, prefix, fn)
+}
+
+// During an outage GetStats serves the last count, saying it is stale and
+// why, instead of passing old figures for current ones.
+func TestStatsStaleDuringOutage(t *testing.T) {
+	st := &outageStore{Store: memory.New()}
+	// A TTL of 1ns: every call counts again, unless storage is down.
+	e := newEnv(t, st, admin.Config{StatsTTL: time.Nanosecond})
+	st.down.Store(true)
+	if _, err := e.adm.GetStats(t.Context(), &chunkbridgev1.GetStatsRequest{}); status.Code(err) != codes.Unavailable {
+		t.Fatalf("GetStats with no earlier count during an outage: %v; want UNAVAILABLE", err)
+	}
+	st.down.Store(false)
+	e.upload(t, makeBlobs(1, 3, 1000, sha256Alg))
+	fresh, err := e.adm.GetStats(t.Context(), &chunkbridgev1.GetStatsRequest{})
+	if err != nil || fresh.StaleReason != "" || fresh.ChunkCount != 3 {
+		t.Fatalf("GetStats = %v, %v; want 3 chunks, not stale", fresh, err)
+	}
+	st.down.Store(true)
+	stale, err := e.adm.GetStats(t.Context(), &chunkbridgev1.GetStatsRequest{})
+	if err != nil || stale.ChunkCount != 3 || stale.CountedAt != fresh.CountedAt ||
+		!strings.Contains(stale.StaleReason, "storage unavailable") || !strings.Contains(stale.StaleReason, "last count") {
+		t.Fatalf("GetStats during an outage = %v, %v; want the last count, labelled stale", stale, err)
+	}
+
+	// With the health probe's verdict, a count still within its TTL is
+	// labelled too.
+	st2 := &outageStore{Store: memory.New()}
+	e2 := newEnv(t, st2, admin.Config{StatsTTL: time.Hour, Ready: func() bool { return !st2.down.Load() }})
+	if s, err := e2.adm.GetStats(t.Context(), &chunkbridgev1.GetStatsRequest{}); err != nil || s.StaleReason != "" {
+		t.Fatalf("GetStats = %v, %v", s, err)
+	}
+	st2.down.Store(true)
+	if s, err := e2.adm.GetStats(t.Context(), &chunkbridgev1.GetStatsRequest{}); err != nil || !strings.Contains(s.StaleReason, "health probe fails") {
+		t.Fatalf("GetStats while the health probe fails = %v, %v; want it labelled stale", s, err)
 	}
 }

@@ -24,7 +24,8 @@ import (
 
 // Config locates a bucket.
 type Config struct {
-	// Endpoint is host[:port]; empty means AWS (s3.amazonaws.com).
+	// Endpoint is host[:port], or http(s)://host[:port], whose scheme
+	// decides TLS (see ParseEndpoint); empty means AWS (s3.amazonaws.com).
 	Endpoint string
 	// Bucket is created at Open when it does not exist.
 	Bucket string
@@ -79,6 +80,16 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if endpoint == "" {
 		endpoint = "s3.amazonaws.com"
 	}
+	endpoint, tls, err := ParseEndpoint(endpoint)
+	if err != nil {
+		return nil, err
+	}
+	if tls != nil {
+		if *tls && cfg.Insecure {
+			return nil, fmt.Errorf("S3 endpoint %q: https:// asks for TLS, but insecure (plain HTTP) is set too; drop one", cfg.Endpoint)
+		}
+		cfg.Insecure = !*tls
+	}
 	var creds *credentials.Credentials
 	if cfg.AccessKey != "" || cfg.SecretKey != "" {
 		creds = credentials.NewStaticV4(cfg.AccessKey, cfg.SecretKey, "")
@@ -109,18 +120,26 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	exists, err := client.BucketExists(ctx, cfg.Bucket)
 	if err != nil {
-		return nil, fmt.Errorf("s3 store %s: bucket %q: %w", endpoint, cfg.Bucket, classify(err))
+		return nil, fmt.Errorf("s3 store %s: bucket %q: %w", endpoint, cfg.Bucket, withCredentials(cfg, classify(err)))
 	}
 	if !exists {
 		err := client.MakeBucket(ctx, cfg.Bucket, minio.MakeBucketOptions{Region: cfg.Region})
 		if err != nil {
 			code := minio.ToErrorResponse(err).Code
 			if code != "BucketAlreadyOwnedByYou" && code != "BucketAlreadyExists" {
-				return nil, fmt.Errorf("s3 store %s: create bucket %q: %w", endpoint, cfg.Bucket, classify(err))
+				return nil, fmt.Errorf("s3 store %s: create bucket %q: %w", endpoint, cfg.Bucket, withCredentials(cfg, classify(err)))
 			}
 		}
 	}
 	return s, nil
+}
+
+// withCredentials adds to a refusal where credentials were looked for.
+func withCredentials(cfg Config, err error) error {
+	if errors.Is(err, storage.ErrPermission) {
+		return fmt.Errorf("%w (%s)", err, describeCredentials(cfg))
+	}
+	return err
 }
 
 func (s *Store) object(key string) (string, error) {

@@ -158,8 +158,13 @@ type GetStatsResponse struct {
 	// Stored chunks whose uncompressed size is not recorded (placed in the
 	// store by casync itself) and had to be read to be counted.
 	ChunksWithoutSize int64 `protobuf:"varint,15,opt,name=chunks_without_size,json=chunksWithoutSize,proto3" json:"chunks_without_size,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// Empty when the store figures were counted now or within the cache's
+	// few seconds while storage was reachable. Otherwise they are the last
+	// count (from counted_at), served because storage cannot be counted
+	// now, and this says why.
+	StaleReason   string `protobuf:"bytes,16,opt,name=stale_reason,json=staleReason,proto3" json:"stale_reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetStatsResponse) Reset() {
@@ -295,6 +300,13 @@ func (x *GetStatsResponse) GetChunksWithoutSize() int64 {
 		return x.ChunksWithoutSize
 	}
 	return 0
+}
+
+func (x *GetStatsResponse) GetStaleReason() string {
+	if x != nil {
+		return x.StaleReason
+	}
+	return ""
 }
 
 type RunGCRequest struct {
@@ -1560,7 +1572,7 @@ var File_chunkbridge_v1_admin_proto protoreflect.FileDescriptor
 const file_chunkbridge_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"\x1achunkbridge/v1/admin.proto\x12\x0echunkbridge.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x11\n" +
-	"\x0fGetStatsRequest\"\xd3\x04\n" +
+	"\x0fGetStatsRequest\"\xf6\x04\n" +
 	"\x10GetStatsResponse\x12\x1f\n" +
 	"\vchunk_count\x18\x01 \x01(\x03R\n" +
 	"chunkCount\x12!\n" +
@@ -1580,7 +1592,8 @@ const file_chunkbridge_v1_admin_proto_rawDesc = "" +
 	"\tsnapshots\x18\f \x01(\x03R\tsnapshots\x12%\n" +
 	"\x0esnapshot_files\x18\r \x01(\x03R\rsnapshotFiles\x12#\n" +
 	"\rbackup_groups\x18\x0e \x01(\x03R\fbackupGroups\x12.\n" +
-	"\x13chunks_without_size\x18\x0f \x01(\x03R\x11chunksWithoutSize\"X\n" +
+	"\x13chunks_without_size\x18\x0f \x01(\x03R\x11chunksWithoutSize\x12!\n" +
+	"\fstale_reason\x18\x10 \x01(\tR\vstaleReason\"X\n" +
 	"\fRunGCRequest\x12/\n" +
 	"\x05grace\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x05grace\x12\x17\n" +
 	"\adry_run\x18\x02 \x01(\bR\x06dryRun\"A\n" +

@@ -1,5 +1,5 @@
 // Package miniotest runs a real MinIO server for tests: the pinned binary
-// that `make minio` builds into .tmp/bin, as a child process on 127.0.0.1
+// that `make tools` builds into .tmp/bin, as a child process on 127.0.0.1
 // with a random port and a temporary data directory.
 //
 // When the binary is missing a test is skipped with instructions, except in
@@ -59,7 +59,7 @@ func Binary() (string, error) {
 		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
 			p := filepath.Join(dir, ".tmp", "bin", "minio")
 			if _, err := os.Stat(p); err != nil {
-				return "", fmt.Errorf("MinIO is not built at %s: run `make minio` (or set CHUNKBRIDGE_MINIO_BIN)", p)
+				return "", fmt.Errorf("MinIO is not built at %s: run `make tools` (or set CHUNKBRIDGE_MINIO_BIN)", p)
 			}
 			return p, nil
 		}
