@@ -136,16 +136,27 @@ func (c *Cluster) healthy(nodes []*Server) bool {
 func (c *Cluster) Kill(i int) { c.Nodes[i].Kill() }
 
 // Restart starts node i again on its port and drive, and waits until the
-// whole cluster is healthy again (WaitHealthy). The port cannot change in a
-// distributed MinIO: if another process took it meanwhile, that is the
-// error.
+// whole cluster is healthy again (WaitHealthy) or, while another node is
+// still stopped, until node i serves S3 with write quorum. The port cannot
+// change in a distributed MinIO: if another process took it meanwhile, that
+// is the error.
 func (c *Cluster) Restart(i int) error {
 	n := c.Nodes[i]
 	n.Kill()
 	if err := n.launch(); err != nil {
 		return err
 	}
-	if err := waitUntil(c.Nodes, func() bool { return c.healthy(c.Nodes) }); err != nil {
+	var running []*Server
+	for _, m := range c.Nodes {
+		if m.running() {
+			running = append(running, m)
+		}
+	}
+	ready := func() bool { return c.healthy(c.Nodes) }
+	if len(running) < len(c.Nodes) {
+		ready = func() bool { return n.probe("/minio/health/cluster") && n.answersS3() }
+	}
+	if err := waitUntil(running, ready); err != nil {
 		n.Kill()
 		return fmt.Errorf("restart MinIO node %d: %w", i, err)
 	}

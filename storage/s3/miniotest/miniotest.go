@@ -332,7 +332,7 @@ func tail(b []byte) string {
 func (s *Server) Kill() {
 	s.mu.Lock()
 	cmd, exited := s.cmd, s.exited
-	s.cmd = nil
+	s.cmd, s.exited = nil, nil // a stopped server is not awaited
 	s.mu.Unlock()
 	if cmd == nil {
 		return
