@@ -32,12 +32,7 @@ type Cluster struct {
 func StartCluster(t testing.TB) *Cluster {
 	t.Helper()
 	c, err := startCluster(t.TempDir())
-	if err != nil {
-		if isMissing(err) {
-			skipOrFail(t, err)
-		}
-		t.Fatalf("start a %d-node MinIO: %v", ClusterSize, err)
-	}
+	checkStart(t, err)
 	t.Cleanup(c.Close)
 	return c
 }

@@ -79,12 +79,7 @@ func Binary() (string, error) {
 func Start(t testing.TB) *Server {
 	t.Helper()
 	s, err := start(t.TempDir())
-	if err != nil {
-		if isMissing(err) {
-			skipOrFail(t, err)
-		}
-		t.Fatalf("start MinIO: %v", err)
-	}
+	checkStart(t, err)
 	t.Cleanup(s.Close)
 	return s
 }
@@ -92,6 +87,18 @@ func Start(t testing.TB) *Server {
 type missingErr struct{ error }
 
 func isMissing(err error) bool { _, ok := err.(missingErr); return ok }
+
+// checkStart skips or fails the test if MinIO did not start.
+func checkStart(t testing.TB, err error) {
+	t.Helper()
+	if err == nil {
+		return
+	}
+	if isMissing(err) {
+		skipOrFail(t, err)
+	}
+	t.Fatalf("start MinIO: %v", err)
+}
 
 func skipOrFail(t testing.TB, err error) {
 	t.Helper()
@@ -118,12 +125,7 @@ func Shared(t testing.TB) *Server {
 			shared, sharedErr = start(sharedDir)
 		}
 	})
-	if sharedErr != nil {
-		if isMissing(sharedErr) {
-			skipOrFail(t, sharedErr)
-		}
-		t.Fatalf("start MinIO: %v", sharedErr)
-	}
+	checkStart(t, sharedErr)
 	return shared
 }
 
