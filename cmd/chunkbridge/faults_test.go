@@ -97,8 +97,22 @@ func gatedRelay(t *testing.T, addr string, g *gate) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { l.Close(); wg.Wait() })
+	var (
+		mu    sync.Mutex
+		conns []net.Conn
+		wg    sync.WaitGroup
+	)
+	// At cleanup, connections still open (a test that failed early) are
+	// cut, so that no relay goroutine outlives the test.
+	t.Cleanup(func() {
+		l.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -107,25 +121,28 @@ func gatedRelay(t *testing.T, addr string, g *gate) string {
 			if err != nil {
 				return
 			}
-			wg.Add(1)
+			s, err := net.Dial("tcp", addr)
+			if err != nil {
+				c.Close()
+				continue // casync reports the relay's refusal
+			}
+			mu.Lock()
+			conns = append(conns, c, s)
+			mu.Unlock()
+			wg.Add(2)
 			go func() {
 				defer wg.Done()
-				defer c.Close()
-				s, err := net.Dial("tcp", addr)
-				if err != nil {
-					t.Errorf("relay to %s: %v", addr, err)
+				if _, err := io.Copy(s, &gatedReader{c, g}); errors.Is(err, errCut) {
+					s.Close()
+					c.Close()
 					return
 				}
-				defer s.Close()
-				go func() {
-					if _, err := io.Copy(s, &gatedReader{c, g}); errors.Is(err, errCut) {
-						s.Close()
-						c.Close()
-						return
-					}
-					s.(*net.TCPConn).CloseWrite()
-				}()
+				s.(*net.TCPConn).CloseWrite()
+			}()
+			go func() {
+				defer wg.Done()
 				io.Copy(c, s)
+				c.Close()
 			}()
 		}
 	}()
@@ -159,9 +176,8 @@ func (b *faultBackup) start() {
 }
 
 // A 4-node MinIO loses a node in the middle of concurrent backups over
-// casync (stock casync through the TCP gateway, which reads the input
-// through a gated relay) and PMXBCKUP (pmxclient, reading through a gated
-// reader). Gates hold four backups at half their data, so that they
+// casync (stock casync, its connection to the TCP gateway through a gated
+// relay) and PMXBCKUP (pmxclient, its input through a gated reader). Gates hold four backups at half their data, so that they
 // straddle the fault deterministically; two more run freely and race it.
 //
 //   - Node 3 dies once all gated backups are held. Writes keep quorum (3 of
@@ -217,9 +233,9 @@ func TestMinIONodeDiesDuringBackups(t *testing.T) {
 			if b.gate != nil {
 				relayed = tcpCasyncAt(t, gatedRelay(t, p.casync, b.gate))
 			}
-			b.run = func(in io.Reader) error {
+			b.run = func(io.Reader) error { // casync reads src itself
 				c := direct
-				if _, gated := in.(*gatedReader); gated {
+				if b.gate != nil {
 					c = relayed // the relay applies the gate
 				}
 				_, err := c.try("make", "--digest=sha256", "srv:/"+b.name, src)
@@ -240,6 +256,10 @@ func TestMinIONodeDiesDuringBackups(t *testing.T) {
 		}
 		backups = append(backups, b)
 	}
+	// Cleanups run last first: this one, before the relays', opens gates
+	// still shut when the test fails early.
+	openGates := sync.OnceFunc(func() { close(release) })
+	t.Cleanup(openGates)
 	for _, b := range backups {
 		b.start()
 	}
@@ -264,7 +284,7 @@ func TestMinIONodeDiesDuringBackups(t *testing.T) {
 		}
 	}
 	t.Logf("MinIO node 3 killed with four backups held mid-upload and %d of the two free ones running", running-4)
-	close(release)
+	openGates()
 	var again []*faultBackup
 	for _, b := range backups {
 		<-b.done
