@@ -45,13 +45,16 @@ type casyncEnv struct {
 	env []string
 }
 
-func tcpCasync(t *testing.T, p *process) *casyncEnv {
+func tcpCasync(t *testing.T, p *process) *casyncEnv { return tcpCasyncAt(t, p.casync) }
+
+// tcpCasyncAt is tcpCasync through another address, such as a relay.
+func tcpCasyncAt(t *testing.T, addr string) *casyncEnv {
 	dir := t.TempDir()
 	shim := filepath.Join(dir, "chunkbridge-casync-ssh")
 	if err := os.Symlink(binary, shim); err != nil {
 		t.Fatal(err)
 	}
-	return &casyncEnv{t: t, env: []string{"CASYNC_SSH_PATH=" + shim, "CHUNKBRIDGE_CASYNC_ADDR=" + p.casync}}
+	return &casyncEnv{t: t, env: []string{"CASYNC_SSH_PATH=" + shim, "CHUNKBRIDGE_CASYNC_ADDR=" + addr}}
 }
 
 func stdioCasync(t *testing.T, p *process) *casyncEnv {
@@ -66,6 +69,16 @@ func stdioCasync(t *testing.T, p *process) *casyncEnv {
 
 func (c *casyncEnv) run(args ...string) string {
 	c.t.Helper()
+	out, err := c.try(args...)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return out
+}
+
+// try runs casync and returns its failure as an error (for goroutines,
+// and for runs that may fail).
+func (c *casyncEnv) try(args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "casync", args...)
@@ -73,9 +86,9 @@ func (c *casyncEnv) run(args ...string) string {
 	cmd.Dir = c.t.TempDir()
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		c.t.Fatalf("casync %s: %v\n%s", strings.Join(args, " "), err, out)
+		return string(out), fmt.Errorf("casync %s: %w\n%s", strings.Join(args, " "), err, out)
 	}
-	return string(out)
+	return string(out), nil
 }
 
 // blob writes n bytes of random data with repeated regions, so that some

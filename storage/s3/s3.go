@@ -15,6 +15,7 @@ import (
 	"net/url"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
@@ -150,15 +151,21 @@ func (s *Store) object(key string) (string, error) {
 }
 
 // PutIfAbsent is a conditional PUT (If-None-Match: *): the bucket itself
-// decides which of several concurrent writers creates the object.
+// decides which of several concurrent writers creates the object. Once the
+// request has started, ctx ending does not abort it (see commitGrace).
 func (s *Store) PutIfAbsent(ctx context.Context, key string, r io.Reader, size int64, meta storage.Metadata) (bool, error) {
 	name, err := s.object(key)
 	if err != nil {
 		return false, err
 	}
+	if err := ctx.Err(); err != nil {
+		return false, fmt.Errorf("put %s: %w", key, err)
+	}
 	opts := putOptions(meta)
 	opts.SetMatchETagExcept("*")
-	_, err = s.client.PutObject(ctx, s.bucket, name, r, size, opts)
+	wctx, done := committing(ctx)
+	defer done()
+	_, err = s.client.PutObject(wctx, s.bucket, name, r, size, opts)
 	if err == nil {
 		return true, nil
 	}
@@ -176,16 +183,37 @@ func (s *Store) PutIfAbsent(ctx context.Context, key string, r io.Reader, size i
 	return false, fmt.Errorf("put %s: %w", key, classify(err))
 }
 
-// Put replaces the object. S3 makes a PUT visible only when complete.
+// Put replaces the object. S3 makes a PUT visible only when complete. Once
+// the request has started, ctx ending does not abort it (see commitGrace).
 func (s *Store) Put(ctx context.Context, key string, r io.Reader, size int64, meta storage.Metadata) error {
 	name, err := s.object(key)
 	if err != nil {
 		return err
 	}
-	if _, err := s.client.PutObject(ctx, s.bucket, name, r, size, putOptions(meta)); err != nil {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("put %s: %w", key, err)
+	}
+	wctx, done := committing(ctx)
+	defer done()
+	if _, err := s.client.PutObject(wctx, s.bucket, name, r, size, putOptions(meta)); err != nil {
 		return fmt.Errorf("put %s: %w", key, classify(err))
 	}
 	return nil
+}
+
+// commitGrace is how long a PUT goes on after its caller gave up. A PUT
+// aborted while an erasure-coded MinIO commits it can leave the object on
+// fewer drives than its write quorum: readable while every node is up, so
+// that a later conditional PUT reports it present, and gone once one more
+// node is down. So a PUT that has started is let finish, within bounds.
+const commitGrace = 10 * time.Second
+
+// committing returns the context of a PUT: not cancelled with ctx, but
+// commitGrace after it.
+func committing(ctx context.Context) (context.Context, context.CancelFunc) {
+	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	stop := context.AfterFunc(ctx, func() { time.AfterFunc(commitGrace, cancel) })
+	return wctx, func() { stop(); cancel() }
 }
 
 func putOptions(meta storage.Metadata) minio.PutObjectOptions {

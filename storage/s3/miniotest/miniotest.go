@@ -10,6 +10,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -17,6 +18,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -40,9 +42,11 @@ type Server struct {
 	Endpoint string
 
 	bin, dir string
-	mu       sync.Mutex
-	cmd      *exec.Cmd
-	exited   chan struct{}
+	// args follow `server --address Endpoint`; env adds to the environment.
+	args, env []string
+	mu        sync.Mutex
+	cmd       *exec.Cmd
+	exited    chan struct{}
 }
 
 // Binary finds the MinIO executable: $CHUNKBRIDGE_MINIO_BIN, or .tmp/bin/minio
@@ -75,12 +79,7 @@ func Binary() (string, error) {
 func Start(t testing.TB) *Server {
 	t.Helper()
 	s, err := start(t.TempDir())
-	if err != nil {
-		if isMissing(err) {
-			skipOrFail(t, err)
-		}
-		t.Fatalf("start MinIO: %v", err)
-	}
+	checkStart(t, err)
 	t.Cleanup(s.Close)
 	return s
 }
@@ -88,6 +87,18 @@ func Start(t testing.TB) *Server {
 type missingErr struct{ error }
 
 func isMissing(err error) bool { _, ok := err.(missingErr); return ok }
+
+// checkStart skips or fails the test if MinIO did not start.
+func checkStart(t testing.TB, err error) {
+	t.Helper()
+	if err == nil {
+		return
+	}
+	if isMissing(err) {
+		skipOrFail(t, err)
+	}
+	t.Fatalf("start MinIO: %v", err)
+}
 
 func skipOrFail(t testing.TB, err error) {
 	t.Helper()
@@ -114,12 +125,7 @@ func Shared(t testing.TB) *Server {
 			shared, sharedErr = start(sharedDir)
 		}
 	})
-	if sharedErr != nil {
-		if isMissing(sharedErr) {
-			skipOrFail(t, sharedErr)
-		}
-		t.Fatalf("start MinIO: %v", sharedErr)
-	}
+	checkStart(t, sharedErr)
 	return shared
 }
 
@@ -142,11 +148,14 @@ func start(dir string) (*Server, error) {
 	}
 	var lastErr error
 	for range 5 { // a picked port can be taken before MinIO binds it
-		port, err := freePort()
+		ports, err := freePorts(2)
 		if err != nil {
 			return nil, err
 		}
-		s := &Server{Endpoint: "127.0.0.1:" + strconv.Itoa(port), bin: bin, dir: dir}
+		s := &Server{
+			Endpoint: "127.0.0.1:" + strconv.Itoa(ports[0]), bin: bin, dir: dir,
+			args: []string{"--console-address", "127.0.0.1:" + strconv.Itoa(ports[1]), filepath.Join(dir, "data")},
+		}
 		if lastErr = s.run(); lastErr == nil {
 			return s, nil
 		}
@@ -154,32 +163,49 @@ func start(dir string) (*Server, error) {
 	return nil, lastErr
 }
 
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
+// freePorts returns n distinct loopback ports that were free a moment ago.
+// All are held open together, so that the kernel does not hand out one twice.
+func freePorts(n int) ([]int, error) {
+	var ports []int
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("pick a free port: %w", err)
+		}
+		defer l.Close()
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return ports, nil
 }
 
 // run starts the process and waits until MinIO reports ready.
 func (s *Server) run() error {
-	console, err := freePort()
-	if err != nil {
+	if err := s.launch(); err != nil {
 		return err
 	}
-	cmd := exec.Command(s.bin, "server", "--quiet", "--address", s.Endpoint,
-		"--console-address", "127.0.0.1:"+strconv.Itoa(console), filepath.Join(s.dir, "data"))
+	err := waitUntil([]*Server{s}, func() bool {
+		return s.probe("/minio/health/ready") && s.answersS3()
+	})
+	if err != nil {
+		s.Kill()
+	}
+	return err
+}
+
+// launch starts the process with the server's arguments and environment
+// and returns at once.
+func (s *Server) launch() error {
+	cmd := exec.Command(s.bin, append([]string{"server", "--quiet", "--address", s.Endpoint}, s.args...)...)
 	cmd.Env = append(os.Environ(),
 		"MINIO_ROOT_USER="+AccessKey,
 		"MINIO_ROOT_PASSWORD="+SecretKey,
 		"MINIO_UPDATE=off",
 		"MINIO_BROWSER=off",
 	)
-	logf, err := os.OpenFile(filepath.Join(s.dir, "minio.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	cmd.Env = append(cmd.Env, s.env...)
+	logf, err := os.OpenFile(s.logPath(), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
-		return err
+		return fmt.Errorf("open MinIO log: %w", err)
 	}
 	defer logf.Close()
 	cmd.Stdout, cmd.Stderr = logf, logf
@@ -193,33 +219,94 @@ func (s *Server) run() error {
 	s.mu.Lock()
 	s.cmd, s.exited = cmd, exited
 	s.mu.Unlock()
+	return nil
+}
 
-	deadline := time.Now().Add(60 * time.Second)
-	url := "http://" + s.Endpoint + "/minio/health/ready"
-	for time.Now().Before(deadline) {
+func (s *Server) logPath() string { return filepath.Join(s.dir, "minio.log") }
+
+// exitedErr is a server that exited while it was awaited.
+type exitedErr struct {
+	endpoint, log string
+}
+
+func (e exitedErr) Error() string {
+	return fmt.Sprintf("MinIO at %s exited during start-up: %s", e.endpoint, e.log)
+}
+
+// portTaken reports whether a server exited because its address was in use.
+func portTaken(err error) bool {
+	var e exitedErr
+	return errors.As(err, &e) && strings.Contains(e.log, "already in use")
+}
+
+// startTimeout bounds one start of a server or a cluster.
+const startTimeout = 60 * time.Second
+
+// waitUntil polls ready until it holds, one of the servers exits, or
+// startTimeout passes.
+func waitUntil(servers []*Server, ready func() bool) error {
+	deadline := time.Now().Add(startTimeout)
+	exited := make(chan *Server, len(servers))
+	stop := make(chan struct{})
+	defer close(stop)
+	for _, s := range servers {
+		s.mu.Lock()
+		ch := s.exited
+		s.mu.Unlock()
+		if ch == nil {
+			return fmt.Errorf("MinIO at %s is not running", s.Endpoint)
+		}
+		go func() {
+			select {
+			case <-ch:
+				exited <- s
+			case <-stop:
+			}
+		}()
+	}
+	for {
 		select {
-		case <-exited:
-			log, _ := os.ReadFile(filepath.Join(s.dir, "minio.log"))
-			return fmt.Errorf("MinIO exited during start-up: %s", tail(log))
+		case s := <-exited:
+			return s.exitErr()
 		default:
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-		resp, err := http.DefaultClient.Do(req)
-		cancel()
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK && s.answersS3() {
-				return nil
+		if ready() {
+			return nil
+		}
+		if !time.Now().Before(deadline) {
+			names := make([]string, len(servers))
+			for i, s := range servers {
+				names[i] = s.Endpoint
 			}
+			return fmt.Errorf("MinIO at %s not ready within %v", strings.Join(names, ", "), startTimeout)
 		}
 		select {
-		case <-exited:
+		case s := <-exited:
+			return s.exitErr()
 		case <-time.After(50 * time.Millisecond): // poll interval of a readiness probe
 		}
 	}
-	s.Kill()
-	return fmt.Errorf("MinIO at %s not ready within 60s", s.Endpoint)
+}
+
+func (s *Server) exitErr() error {
+	log, _ := os.ReadFile(s.logPath())
+	return exitedErr{s.Endpoint, tail(log)}
+}
+
+// probe reports whether a GET of a health path answers 200.
+func (s *Server) probe(path string) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+s.Endpoint+path, nil)
+	if err != nil {
+		return false
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
 }
 
 // answersS3 reports whether a signed S3 call succeeds: the health probe can
@@ -247,13 +334,19 @@ func tail(b []byte) string {
 func (s *Server) Kill() {
 	s.mu.Lock()
 	cmd, exited := s.cmd, s.exited
-	s.cmd = nil
+	s.cmd, s.exited = nil, nil // a stopped server is not awaited
 	s.mu.Unlock()
 	if cmd == nil {
 		return
 	}
 	cmd.Process.Kill()
 	<-exited
+}
+
+func (s *Server) running() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cmd != nil
 }
 
 // Restart starts the server again on the same address and data directory.
