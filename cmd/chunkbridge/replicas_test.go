@@ -45,7 +45,7 @@ const (
 	soakSegmentSize = 256 << 10
 	soakClients     = 4
 	// soakLive bounds the acknowledged backups alive at once: above it,
-	// every client round deletes one. It keeps marks short and GC frequent.
+	// a client round that prunes nothing deletes one. It keeps marks short and GC frequent.
 	soakLive = 24
 )
 
@@ -449,10 +449,10 @@ func (s *soakRun) client(w int, deadline time.Time) {
 			s.backupCasync(w, rng, r, dir)
 		}
 		switch x := rng.IntN(10); {
-		case len(s.live()) > soakLive || x < 3:
-			s.deleteOne(rng)
-		case x < 5:
+		case x < 2:
 			s.pruneOne(rng)
+		case x < 5 || len(s.live()) > soakLive:
+			s.deleteOne(rng)
 		}
 	}
 }
@@ -627,7 +627,7 @@ func (s *soakRun) deleteOne(rng *rand.Rand) {
 	s.mu.Unlock()
 }
 
-// pruneOne prunes a PMXBCKUP group, any client's, keeping its last 1 to 3
+// pruneOne prunes a PMXBCKUP group, any client's, keeping its last 1 or 2
 // snapshots, with `chunkbridge prune` through a replica chosen at random.
 func (s *soakRun) pruneOne(rng *rand.Rand) {
 	id := fmt.Sprintf("c%d-%d", rng.IntN(soakClients), rng.IntN(2))
@@ -636,7 +636,7 @@ func (s *soakRun) pruneOne(rng *rand.Rand) {
 	defer l.Unlock()
 	ri := rng.IntN(len(s.c.replicas))
 	var resp chunkbridgev1.PruneResponse
-	if code, msg := s.adminJSON(&resp, "prune", "--keep-last", fmt.Sprint(1+rng.IntN(3)), "--type", "host", "--id", id, "--chunk-service", s.c.replicas[ri].grpc); code != 0 {
+	if code, msg := s.adminJSON(&resp, "prune", "--keep-last", fmt.Sprint(1+rng.IntN(2)), "--type", "host", "--id", id, "--chunk-service", s.c.replicas[ri].grpc); code != 0 {
 		s.t.Errorf("prune host/%s through replica %d: exit %d\n%s", id, ri+1, code, msg)
 		return
 	}
