@@ -248,10 +248,14 @@ func (s *Server) getSnapshotAsIndex(name string, stream grpc.ServerStreamingServ
 	)
 	for _, ext := range []string{".fidx", ".didx"} {
 		var p snapshotPath
-		if p, err = parseSnapshotPath(base+ext, false); err != nil {
+		if p, err = parseSnapshotPath(base+ext, true); err != nil {
 			return apierr.Status(fmt.Errorf("index %s: %w", name, err))
 		}
-		f, d, err = s.readSnapshotFile(ctx, p)
+		// "latest" works here as in pmx restore: the newest snapshot of
+		// the group that has the file.
+		if p, err = s.resolve(ctx, p); err == nil {
+			f, d, err = s.readSnapshotFile(ctx, p)
+		}
 		if !errors.Is(err, apierr.ErrNotFound) {
 			break
 		}

@@ -133,6 +133,13 @@ func TestFixedSnapshot(t *testing.T) {
 	if parsed.Digest() != caindex.SHA256 || len(parsed.Chunks) != 3 || parsed.Size() != 10_000 || parsed.Chunks[2].Size() != 1808 || hex.EncodeToString(parsed.Chunks[1].ID[:]) != db {
 		t.Fatalf("blob index: %d chunks, %d bytes", len(parsed.Chunks), parsed.Size())
 	}
+	// "latest" names the newest snapshot there too, as in pmx restore.
+	if latest, err := f.get(t, "snapshots/vm/100/latest/disk.img.caibx"); err != nil || !bytes.Equal(latest, idx) {
+		t.Fatalf("the latest snapshot as an index: %v", err)
+	}
+	if _, err := f.get(t, "snapshots/vm/100/latest/nope.caibx"); status.Code(err) != codes.NotFound {
+		t.Fatalf("latest of a file no snapshot has: %v", err)
+	}
 	// EXCL on an existing snapshot is refused; a second file without EXCL
 	// joins it.
 	if res := f.write(t, create, nil, true); status.Code(res.err) != codes.AlreadyExists {
