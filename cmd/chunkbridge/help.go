@@ -174,6 +174,20 @@ indexes and PMXBCKUP snapshots, and when they were counted. While storage
 is unreachable the last count is shown, first labelled STALE with its age
 and the reason.
 `,
+	"auth": `Usage: chunkbridge auth add-token --tenant T --role R NAME [--json]
+
+Manages the principals of the credentials file that "serve
+--credentials-file" reads (docs/auth.md). add-token creates a principal
+with a new random token.
+`,
+	"auth add-token": `Usage: chunkbridge auth add-token [--tenant T] --role R [--json] NAME
+
+Creates a principal NAME with a new random token: prints the token, once,
+and the entry to add under "principals:" in the credentials file, which
+holds only the token's SHA-256. Nothing is written; a running serve picks
+the changed file up within --health-interval. Roles: read, append, write,
+admin. A tenant other than "default" must be listed under "tenants:".
+`,
 	"version": `Usage: chunkbridge version [--json]
 
 Prints this build's version (as the Makefile set it, else the module's),

@@ -38,6 +38,9 @@ Usage:
   chunkbridge prune --keep-last N [--keep-daily N ...] [--type T --id ID] [--dry-run]
                                     apply a retention policy to PMXBCKUP snapshots
   chunkbridge stats                 what the store holds: chunks, bytes, dedup ratio, indexes, snapshots
+  chunkbridge auth add-token --tenant T --role R NAME [--json]
+                                    create a principal: print its new token once and the
+                                    credentials file entry with the token's hash (docs/auth.md)
   chunkbridge version [--json]      version, VCS commit and Go version of this build
 
 The admin commands talk to the AdminService at --chunk-service (default
@@ -129,6 +132,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return adminPrune(ctx, args[1:], stdout, stderr)
 	case "stats":
 		return adminStats(ctx, args[1:], stdout, stderr)
+	case "auth":
+		return authCommand(args[1:], stdout, stderr)
 	case "version", "--version":
 		return printVersion(args[1:], stdout)
 	case "help", "-h", "--help":
