@@ -69,6 +69,7 @@ type serveFlags struct {
 	statsTTL               time.Duration
 	shutdownTimeout        time.Duration
 	logFormat, logLevel    string
+	allowAnonymous         bool
 	http                   rest.Limits
 	// The raw-protocol gateways' sessions (docs/session.md).
 	maxConns                  int
@@ -98,6 +99,7 @@ func (f *serveFlags) register(fs *flag.FlagSet, p parts) {
 	fs.StringVar(&f.credentialsFile, "credentials-file", "", "YAML file of principals (name, tenant, role, token hash or certificate subject) every REST and gRPC call must authenticate as; re-read when it changes (docs/auth.md)")
 	fs.StringVar(&f.tokenFile, "auth-token-file", "", "file holding an admin bearer token: accepted on every REST and gRPC call (health and metrics stay open), and sent by gateways to the chunk service")
 	fs.StringVar(&f.tlsClientCA, "tls-client-ca", "", "PEM file of the CA whose client certificates authenticate gRPC callers, by subject, against --credentials-file")
+	fs.BoolVar(&f.allowAnonymous, "allow-anonymous", false, "serve without --credentials-file or --auth-token-file on a non-loopback listener: every caller is then an admin (refused without this flag)")
 	fs.StringVar(&f.tlsCert, "tls-cert", "", "PEM certificate: serve HTTP and gRPC over TLS")
 	fs.StringVar(&f.tlsKey, "tls-key", "", "PEM private key for --tls-cert")
 	if p.casync {
@@ -142,6 +144,9 @@ func serve(ctx context.Context, mode string, args []string, stdout, stderr io.Wr
 		return err
 	}
 	log = log.With("service", "chunkbridge", "mode", mode)
+	if err := f.checkAnonymous(p, log); err != nil {
+		return err
+	}
 	acc, err := f.access(log, p.services)
 	if err != nil {
 		return err
