@@ -60,7 +60,16 @@ var listenFlags = map[string][]string{
 }
 
 // boolFlags take no value when written as "--flag".
-var boolFlags = map[string]bool{"s3-insecure": true}
+var boolFlags = map[string]bool{"s3-insecure": true, "allow-anonymous": true}
+
+// fileFlags name the files of credentials and certificates: each must be
+// mounted from a Secret (certificates may also come from a ConfigMap),
+// never baked into the image, and never by subPath, which a changed Secret
+// does not reach (the credentials file is re-read while serving).
+var fileFlags = map[string]bool{
+	"credentials-file": true, "auth-token-file": true, "tls-key": true, "pmx-tls-key": true,
+	"tls-cert": false, "tls-client-ca": false, "pmx-tls-cert": false, "pmx-tls-client-ca": false,
+}
 
 // policy holds what differs between renderings.
 type policy struct {
@@ -70,6 +79,10 @@ type policy struct {
 	secretsInRender bool
 	// imageTag, when set, is what every image tag must match.
 	imageTag *regexp.Regexp
+	// requireAuth: every listener authenticates its callers. The chunk
+	// service and each gateway read --credentials-file, no workload allows
+	// anonymous callers, and PMXBCKUP requires client certificates.
+	requireAuth bool
 }
 
 // workload is a Deployment, StatefulSet, Job or CronJob, reduced to what
@@ -575,6 +588,8 @@ func (c *checker) checkChunkbridge(w *workload, where string, ctr *corev1.Contai
 		}
 	}
 
+	c.checkAccess(w, where, ctr, mode, flags)
+
 	cmd := ""
 	if mode == "" && len(ctr.Args) > 0 {
 		cmd = ctr.Args[0]
@@ -594,8 +609,16 @@ func (c *checker) checkChunkbridge(w *workload, where string, ctr *corev1.Contai
 			if p := c.listenPort(t, "grpc-listen"); p != port {
 				return fmt.Sprintf("reaches port %d, but the chunk service's gRPC listens on %d", port, p)
 			}
-			if c.flagOf(t, "auth-token-file") != "" && flags["auth-token-file"] == "" {
-				return fmt.Sprintf("requires a bearer token (%s sets --auth-token-file), but this client sends none", t)
+			switch {
+			case c.flagOf(t, "auth-token-file") == "" && c.flagOf(t, "credentials-file") == "":
+			case flags["auth-token-file"] == "":
+				return fmt.Sprintf("requires a bearer token (%s sets --auth-token-file or --credentials-file), but this client sends none", t)
+			case c.flagOf(t, "auth-token-file") != "":
+				// The token the chunk service accepts as admin is the one sent.
+				want, got := c.secretFile(t, "auth-token-file"), c.secretFile(w, "auth-token-file")
+				if want != "" && got != "" && want != got {
+					return fmt.Sprintf("sends the token in %s, but %s accepts the one in %s", got, t, want)
+				}
 			}
 			return ""
 		})
@@ -633,6 +656,127 @@ func (c *checker) checkChunkbridge(w *workload, where string, ctr *corev1.Contai
 			}
 		}
 	}
+}
+
+// checkAccess: serve starts only with a credential or --allow-anonymous
+// (its listeners here are never loopback), a gateway with a credentials
+// file has the admin token to call the chunk service with, credentials and
+// keys come from Secrets, and where the rendering requires it every
+// listener authenticates.
+func (c *checker) checkAccess(w *workload, where string, ctr *corev1.Container, mode string, flags map[string]string) {
+	anonymous := flags["allow-anonymous"] != "" && flags["allow-anonymous"] != "false"
+	if mode != "" && flags["credentials-file"] == "" && flags["auth-token-file"] == "" && !anonymous {
+		c.errorf("%s: no --credentials-file or --auth-token-file: serve refuses to listen beyond loopback without one (or --allow-anonymous, to serve everyone as admin)", where)
+	}
+	if strings.HasSuffix(mode, "-gateway") && flags["credentials-file"] != "" && flags["auth-token-file"] == "" {
+		c.errorf("%s: --credentials-file without --auth-token-file: the gateway has no admin token to call the chunk service for its clients, and serve refuses to start", where)
+	}
+	for f, secretOnly := range fileFlags {
+		p, ok := flags[f]
+		if !ok {
+			continue
+		}
+		if msg := c.mountedFile(w, ctr, p, secretOnly); msg != "" {
+			c.errorf("%s: --%s=%s %s", where, f, p, msg)
+		}
+	}
+	if !c.pol.requireAuth {
+		return
+	}
+	if anonymous {
+		c.errorf("%s: --allow-anonymous: every caller would be an admin; nothing here may serve without authentication", where)
+	}
+	if mode == "" {
+		return
+	}
+	if flags["credentials-file"] == "" {
+		c.errorf("%s: no --credentials-file: every listener must authenticate its callers as principals here (docs/auth.md)", where)
+	}
+	if mode == "pmx-gateway" {
+		for _, pair := range [][2]string{{"pmx-tls-cert", "tls-cert"}, {"pmx-tls-key", "tls-key"}, {"pmx-tls-client-ca", "tls-client-ca"}} {
+			if flags[pair[0]] == "" && flags[pair[1]] == "" {
+				c.errorf("%s: no --%s (or --%s): PMXBCKUP has no field for a token, so its clients must authenticate by mutual TLS", where, pair[0], pair[1])
+			}
+		}
+	}
+}
+
+// mountedFile says what is wrong with the file p of ctr: "" when it lies
+// in a directory mount of a Secret volume (or a ConfigMap's, unless
+// secretOnly) that has it.
+func (c *checker) mountedFile(w *workload, ctr *corev1.Container, p string, secretOnly bool) string {
+	m, rel := mountOf(ctr, p)
+	if m == nil {
+		return "is on no volume mount: credentials and certificates come from a Secret"
+	}
+	if m.SubPath != "" {
+		return fmt.Sprintf("is mounted by subPath (volume %s): a changed Secret never reaches the process", m.Name)
+	}
+	for _, v := range w.spec.Volumes {
+		if v.Name != m.Name {
+			continue
+		}
+		var items []corev1.KeyToPath
+		switch {
+		case v.Secret != nil:
+			items = v.Secret.Items
+		case v.ConfigMap != nil && !secretOnly:
+			items = v.ConfigMap.Items
+		default:
+			return fmt.Sprintf("is on volume %s, which is not a Secret", m.Name)
+		}
+		if len(items) > 0 && !slices.ContainsFunc(items, func(it corev1.KeyToPath) bool { return path.Clean(it.Path) == rel }) {
+			return fmt.Sprintf("is not in volume %s: it maps no key to %s", m.Name, rel)
+		}
+		return ""
+	}
+	return fmt.Sprintf("is on mount %s, which names no volume of the pod", m.Name)
+}
+
+// mountOf is the volume mount of ctr that holds p (the deepest one), and
+// p's path inside it.
+func mountOf(ctr *corev1.Container, p string) (*corev1.VolumeMount, string) {
+	var best *corev1.VolumeMount
+	rel := ""
+	for i, m := range ctr.VolumeMounts {
+		dir := path.Clean(m.MountPath)
+		r, ok := strings.CutPrefix(path.Clean(p), dir+"/")
+		if path.Clean(p) == dir { // a file mounted by subPath
+			r, ok = "", true
+		}
+		if ok && (best == nil || len(dir) > len(path.Clean(best.MountPath))) {
+			best, rel = &ctr.VolumeMounts[i], r
+		}
+	}
+	return best, rel
+}
+
+// secretFile names the Secret key behind a file flag of w's chunkbridge
+// container ("Secret/name key k"), or "" where it is not one.
+func (c *checker) secretFile(w *workload, flag string) string {
+	for i := range w.spec.Containers {
+		ctr := &w.spec.Containers[i]
+		if imageName(ctr.Image) != image {
+			continue
+		}
+		m, rel := mountOf(ctr, c.flagsOf(ctr)[flag])
+		if m == nil {
+			return ""
+		}
+		for _, v := range w.spec.Volumes {
+			if v.Name != m.Name || v.Secret == nil {
+				continue
+			}
+			key := rel
+			for _, it := range v.Secret.Items {
+				if path.Clean(it.Path) == rel {
+					key = it.Key
+				}
+			}
+			return fmt.Sprintf("Secret/%s key %s", v.Secret.SecretName, key)
+		}
+	}
+	return ""
 }
 
 // checkAdmin holds the rules for an AdminService client run from a Job or

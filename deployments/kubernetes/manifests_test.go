@@ -2,6 +2,8 @@ package kubernetes
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -19,6 +21,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/yaml"
 )
 
 // renderings lists every kustomization that can be built on its own, with
@@ -30,14 +33,14 @@ var renderings = map[string]struct {
 	secrets []string
 }{
 	"base": {
-		secrets: []string{"chunkbridge-s3"},
+		secrets: []string{"chunkbridge-admin-token", "chunkbridge-credentials", "chunkbridge-s3"},
 	},
 	"overlays/dev": {
 		pol: policy{secretsInRender: true},
 	},
 	"overlays/production": {
-		pol:     policy{imageTag: regexp.MustCompile(`^v\d+\.\d+\.\d+$`)},
-		secrets: []string{"chunkbridge-rest-token", "chunkbridge-s3"},
+		pol:     policy{imageTag: regexp.MustCompile(`^v\d+\.\d+\.\d+$`), requireAuth: true},
+		secrets: []string{"chunkbridge-admin-token", "chunkbridge-credentials", "chunkbridge-pmx-tls", "chunkbridge-s3"},
 	},
 }
 
@@ -304,10 +307,14 @@ func TestCheckerCatchesCronJobViolations(t *testing.T) {
 			return objs
 		}, "CronJob/verify container verify: --chunk-service not set"},
 		{"GC sends no token the chunk service requires", func(objs []runtime.Object) []runtime.Object {
-			c := container(t, objs, "chunk")
-			c.Args = append(c.Args, "--auth-token-file=/etc/chunkbridge/token/token")
+			c := container(t, objs, "gc")
+			c.Args = slices.DeleteFunc(c.Args, func(a string) bool { return strings.HasPrefix(a, "--auth-token-file") })
 			return objs
 		}, "CronJob/gc container gc: --chunk-service chunk:9090 requires a bearer token"},
+		{"verify sends another Secret's token", func(objs []runtime.Object) []runtime.Object {
+			cronJob(t, objs, "verify").Spec.JobTemplate.Spec.Template.Spec.Volumes[0].Secret.SecretName = "chunkbridge-dev-tokens"
+			return objs
+		}, "CronJob/verify container verify: --chunk-service chunk:9090 sends the token in Secret/chunkbridge-dev-tokens key token, but Deployment/chunk accepts the one in Secret/chunkbridge-admin-token"},
 		{"NetworkPolicy forgets the GC pods", func(objs []runtime.Object) []runtime.Object {
 			np := find[*networkingv1.NetworkPolicy](t, objs, "chunk")
 			np.Spec.Ingress[0].From = slices.DeleteFunc(np.Spec.Ingress[0].From, func(p networkingv1.NetworkPolicyPeer) bool {
@@ -387,6 +394,138 @@ func TestCheckerCatchesCronJobViolations(t *testing.T) {
 			return objs
 		}, `CronJob/gc container gc: image "chunkbridge:dev": tag must match`},
 	})
+}
+
+// Access control: serve starts only with a credential; in production
+// every listener authenticates (credentials file from a Secret, admin token
+// for the gateways, PMXBCKUP over mutual TLS) and nothing is anonymous.
+func TestCheckerCatchesAccessViolations(t *testing.T) {
+	dropArg := func(ctr *corev1.Container, prefix string) {
+		n := len(ctr.Args)
+		ctr.Args = slices.DeleteFunc(ctr.Args, func(a string) bool { return strings.HasPrefix(a, prefix) })
+		if len(ctr.Args) == n {
+			t.Fatalf("container %s has no argument %s…", ctr.Name, prefix)
+		}
+	}
+	runViolations(t, "overlays/dev", []violation{
+		{"serve without any credential", func(objs []runtime.Object) []runtime.Object {
+			ctr := container(t, objs, "rest-gateway")
+			dropArg(ctr, "--credentials-file")
+			dropArg(ctr, "--auth-token-file")
+			return objs
+		}, "Deployment/rest-gateway container rest-gateway: no --credentials-file or --auth-token-file: serve refuses to listen beyond loopback"},
+		{"gateway without the admin token", func(objs []runtime.Object) []runtime.Object {
+			dropArg(container(t, objs, "casync-gateway"), "--auth-token-file")
+			return objs
+		}, "Deployment/casync-gateway container casync-gateway: --credentials-file without --auth-token-file"},
+		{"credentials file baked into the image", func(objs []runtime.Object) []runtime.Object {
+			replaceArg(t, container(t, objs, "chunk"), "--credentials-file=", "--credentials-file=/credentials.yaml")
+			return objs
+		}, "--credentials-file=/credentials.yaml is on no volume mount"},
+		{"credentials file from an emptyDir", func(objs []runtime.Object) []runtime.Object {
+			replaceArg(t, container(t, objs, "chunk"), "--credentials-file=", "--credentials-file=/tmp/credentials.yaml")
+			return objs
+		}, "--credentials-file=/tmp/credentials.yaml is on volume tmp, which is not a Secret"},
+		{"credentials file not in its Secret volume", func(objs []runtime.Object) []runtime.Object {
+			replaceArg(t, container(t, objs, "pmx-gateway"), "--credentials-file=", "--credentials-file=/etc/chunkbridge/credentials/creds.yaml")
+			return objs
+		}, "is not in volume credentials: it maps no key to creds.yaml"},
+		{"credentials file by subPath", func(objs []runtime.Object) []runtime.Object {
+			ctr := container(t, objs, "rest-gateway")
+			for i := range ctr.VolumeMounts {
+				if ctr.VolumeMounts[i].Name == "credentials" {
+					ctr.VolumeMounts[i].MountPath += "/credentials.yaml"
+					ctr.VolumeMounts[i].SubPath = "credentials.yaml"
+				}
+			}
+			return objs
+		}, "is mounted by subPath (volume credentials): a changed Secret never reaches the process"},
+	})
+	runViolations(t, "overlays/production", []violation{
+		{"gateway without credentials file", func(objs []runtime.Object) []runtime.Object {
+			dropArg(container(t, objs, "casync-gateway"), "--credentials-file")
+			return objs
+		}, "Deployment/casync-gateway container casync-gateway: no --credentials-file: every listener must authenticate"},
+		{"chunk service without credentials file", func(objs []runtime.Object) []runtime.Object {
+			dropArg(container(t, objs, "chunk"), "--credentials-file")
+			return objs
+		}, "Deployment/chunk container chunk: no --credentials-file"},
+		{"anonymous chunk service", func(objs []runtime.Object) []runtime.Object {
+			c := container(t, objs, "chunk")
+			c.Args = append(c.Args, "--allow-anonymous")
+			return objs
+		}, "Deployment/chunk container chunk: --allow-anonymous: every caller would be an admin"},
+		{"anonymous from the environment", func(objs []runtime.Object) []runtime.Object {
+			c := container(t, objs, "rest-gateway")
+			c.Env = append(c.Env, corev1.EnvVar{Name: "CHUNKBRIDGE_ALLOW_ANONYMOUS", Value: "true"})
+			return objs
+		}, "Deployment/rest-gateway container rest-gateway: --allow-anonymous"},
+		{"PMXBCKUP without client certificates", func(objs []runtime.Object) []runtime.Object {
+			dropArg(container(t, objs, "pmx-gateway"), "--tls-client-ca")
+			return objs
+		}, "Deployment/pmx-gateway container pmx-gateway: no --pmx-tls-client-ca (or --tls-client-ca): PMXBCKUP has no field for a token"},
+		{"PMXBCKUP without TLS", func(objs []runtime.Object) []runtime.Object {
+			ctr := container(t, objs, "pmx-gateway")
+			dropArg(ctr, "--pmx-tls-cert")
+			dropArg(ctr, "--pmx-tls-key")
+			return objs
+		}, "no --pmx-tls-cert (or --tls-cert)"},
+		{"PMXBCKUP key from a ConfigMap", func(objs []runtime.Object) []runtime.Object {
+			d := deployment(t, objs, "pmx-gateway")
+			for i, v := range d.Spec.Template.Spec.Volumes {
+				if v.Name == "pmx-tls" {
+					d.Spec.Template.Spec.Volumes[i].VolumeSource = corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
+						LocalObjectReference: corev1.LocalObjectReference{Name: "chunkbridge-s3-config"}, Items: v.Secret.Items}}
+				}
+			}
+			return objs
+		}, "--pmx-tls-key=/etc/chunkbridge/pmx-tls/tls.key is on volume pmx-tls, which is not a Secret"},
+		{"verify without the admin token", func(objs []runtime.Object) []runtime.Object {
+			dropArg(container(t, objs, "verify"), "--auth-token-file")
+			return objs
+		}, "CronJob/verify container verify: --chunk-service chunk:9090 requires a bearer token"},
+	})
+}
+
+// The dev overlay's read and append principals: their tokens, in the Secret
+// chunkbridge-dev-tokens, are in the credentials file the pods mount, with
+// those roles; the admin token is the one the pods share.
+func TestDevPrincipals(t *testing.T) {
+	objs := renderObjects(t, "overlays/dev")
+	secret := func(prefix string) *corev1.Secret {
+		for _, o := range objs {
+			if s, ok := o.(*corev1.Secret); ok && strings.HasPrefix(s.Name, prefix) {
+				return s
+			}
+		}
+		t.Fatalf("no Secret %s rendered", prefix)
+		return nil
+	}
+	var file struct {
+		Principals []struct {
+			Name, Role  string
+			TokenSHA256 string `json:"token_sha256"`
+		}
+	}
+	if err := yaml.UnmarshalStrict(secret("chunkbridge-credentials-").Data["credentials.yaml"], &file); err != nil {
+		t.Fatal(err)
+	}
+	tokens := find[*corev1.Secret](t, objs, "chunkbridge-dev-tokens")
+	roles := map[string]bool{}
+	for _, p := range file.Principals {
+		tok, ok := tokens.Data[p.Name]
+		sum := sha256.Sum256(tok)
+		if !ok || hex.EncodeToString(sum[:]) != p.TokenSHA256 {
+			t.Errorf("principal %s: chunkbridge-dev-tokens has no token %s whose SHA-256 is in the credentials file", p.Name, p.Name)
+		}
+		roles[p.Role] = true
+	}
+	if !roles["read"] || !roles["append"] || len(tokens.Data) != len(file.Principals) {
+		t.Errorf("dev principals %+v with tokens for %d: want a read and an append principal, each with its token", file.Principals, len(tokens.Data))
+	}
+	if len(secret("chunkbridge-admin-token-").Data["token"]) < 16 {
+		t.Error("the dev admin token is shorter than the 16 characters serve requires")
+	}
 }
 
 // The production overlay runs GC daily with the documented grace, against
