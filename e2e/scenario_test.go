@@ -23,6 +23,9 @@ import (
 type system struct {
 	minio, chunk, casync, pmx, rest *service
 	casyncAddr, pmxAddr             string
+	// The dev overlay's tokens: its read and append principals', and the
+	// admin token the pods share.
+	readToken, appendToken, adminToken string
 }
 
 func container0(t *testing.T, spec corev1.PodSpec, name string) corev1.Container {
@@ -61,17 +64,24 @@ func startSystem(t *testing.T) *system {
 		}
 		return env
 	}
-	s := &system{casyncAddr: "127.0.0.1:" + port["casync"], pmxAddr: "127.0.0.1:" + port["pmx"]}
+	s := &system{casyncAddr: "127.0.0.1:" + port["casync"], pmxAddr: "127.0.0.1:" + port["pmx"],
+		readToken:   m.secretValue(t, "chunkbridge-dev-tokens", "dev-read"),
+		appendToken: m.secretValue(t, "chunkbridge-dev-tokens", "dev-append"),
+		adminToken:  m.secretValue(t, "chunkbridge-admin-token", "token"),
+	}
 
 	mc := container0(t, m.sts["minio"].Spec.Template.Spec, "minio")
 	data := t.TempDir()
 	s.minio = run(t, "minio", minioImage, rewrite(mc.Args, cluster), envOf(mc, cluster), "/minio/health/ready", port["minio"], data+":/data")
 
-	cc := container0(t, m.deployments["chunk"].Spec.Template.Spec, "chunk")
-	s.chunk = run(t, "chunk", image, rewrite(cc.Args, withHTTP("chunk-http")), envOf(cc, cluster), "/readyz", port["chunk-http"])
+	// The credentials file and the admin token, mounted as the manifests do.
+	cspec := m.deployments["chunk"].Spec.Template.Spec
+	cc := container0(t, cspec, "chunk")
+	s.chunk = run(t, "chunk", image, rewrite(cc.Args, withHTTP("chunk-http")), envOf(cc, cluster), "/readyz", port["chunk-http"], m.secretMounts(t, cspec, cc)...)
 	gw := func(name, httpPort string) *service {
-		c := container0(t, m.deployments[name].Spec.Template.Spec, name)
-		return run(t, name, image, rewrite(c.Args, withHTTP(httpPort)), envOf(c, cluster), "/readyz", port[httpPort])
+		spec := m.deployments[name].Spec.Template.Spec
+		c := container0(t, spec, name)
+		return run(t, name, image, rewrite(c.Args, withHTTP(httpPort)), envOf(c, cluster), "/readyz", port[httpPort], m.secretMounts(t, spec, c)...)
 	}
 	s.casync = gw("casync-gateway", "casync-http")
 	s.pmx = gw("pmx-gateway", "pmx-http")
@@ -121,19 +131,35 @@ func (s *system) casyncEnv(t *testing.T) []string {
 	if err := os.Symlink(hostBinary, shim); err != nil {
 		t.Fatal(err)
 	}
-	return []string{"CASYNC_SSH_PATH=" + shim, "CHUNKBRIDGE_CASYNC_ADDR=" + s.casyncAddr}
+	// The backup client's token: an append principal adds, never replaces.
+	return []string{"CASYNC_SSH_PATH=" + shim, "CHUNKBRIDGE_CASYNC_ADDR=" + s.casyncAddr, "CHUNKBRIDGE_TOKEN=" + s.appendToken}
 }
 
-func getJSON(t *testing.T, url string, v any) {
+// get sends GET url with the bearer token (none if "") and returns the
+// status and body.
+func get(t *testing.T, token, url string) (int, []byte) {
 	t.Helper()
-	resp, err := http.Get(url)
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != 200 {
-		t.Fatalf("GET %s = %d %s", url, resp.StatusCode, body)
+	return resp.StatusCode, body
+}
+
+func getJSON(t *testing.T, token, url string, v any) {
+	t.Helper()
+	code, body := get(t, token, url)
+	if code != 200 {
+		t.Fatalf("GET %s = %d %s", url, code, body)
 	}
 	if v != nil {
 		if err := json.Unmarshal(body, v); err != nil {
@@ -154,6 +180,8 @@ func TestSystem(t *testing.T) {
 	s := startSystem(t)
 	env := s.casyncEnv(t)
 	rest := "http://" + s.rest.http
+	// casync sends a URL's user:password as HTTP Basic: the read principal.
+	restAsReader := "http://dev-read:" + s.readToken + "@" + s.rest.http
 	src := randomFile(t, 8<<20)
 
 	t.Run("casync through the TCP gateway", func(t *testing.T) {
@@ -164,7 +192,7 @@ func TestSystem(t *testing.T) {
 	})
 	t.Run("casync over HTTP", func(t *testing.T) {
 		out := filepath.Join(t.TempDir(), "out")
-		command(t, nil, "casync", "extract", "--store="+rest+"/casync/chunks", rest+"/casync/indexes/e2e/a.caibx", out)
+		command(t, nil, "casync", "extract", "--store="+restAsReader+"/casync/chunks", restAsReader+"/casync/indexes/e2e/a.caibx", out)
 		same(t, src, out)
 	})
 	var snapshot string
@@ -181,23 +209,34 @@ func TestSystem(t *testing.T) {
 	})
 	t.Run("REST", func(t *testing.T) {
 		var idx struct{ Indexes []struct{ Name string } }
-		getJSON(t, rest+"/v1/indexes", &idx)
+		getJSON(t, s.readToken, rest+"/v1/indexes", &idx)
 		if len(idx.Indexes) != 1 || idx.Indexes[0].Name != "e2e/a.caibx" {
 			t.Fatalf("indexes = %+v", idx)
 		}
 		var snaps struct {
 			Snapshots []struct{ Files []struct{ Path string } }
 		}
-		getJSON(t, rest+"/v1/snapshots", &snaps)
+		getJSON(t, s.readToken, rest+"/v1/snapshots", &snaps)
 		if len(snaps.Snapshots) != 1 || snaps.Snapshots[0].Files[0].Path != snapshot {
 			t.Fatalf("snapshots = %+v, want %s", snaps, snapshot)
 		}
 		var stats struct{ ChunkCount string }
-		getJSON(t, rest+"/v1/stats", &stats)
+		getJSON(t, s.adminToken, rest+"/v1/stats", &stats)
 		if stats.ChunkCount == "" || stats.ChunkCount == "0" {
 			t.Fatalf("stats = %+v", stats)
 		}
-		getJSON(t, rest+"/openapi.json", nil)
+		getJSON(t, s.readToken, rest+"/openapi.json", nil)
+		// The dev overlay's access control: no token, no answer; stats are
+		// for admins; health stays open.
+		if code, body := get(t, "", rest+"/v1/indexes"); code != http.StatusUnauthorized {
+			t.Errorf("GET /v1/indexes without a token = %d %s, want 401", code, body)
+		}
+		if code, body := get(t, s.appendToken, rest+"/v1/stats"); code != http.StatusForbidden {
+			t.Errorf("GET /v1/stats as dev-append = %d %s, want 403", code, body)
+		}
+		if code, body := get(t, "", rest+"/readyz"); code != http.StatusOK {
+			t.Errorf("GET /readyz without a token = %d %s, want 200", code, body)
+		}
 	})
 	t.Run("MinIO restart", func(t *testing.T) {
 		ctx := context.Background()

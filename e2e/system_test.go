@@ -224,6 +224,62 @@ func (m *manifests) env(t *testing.T, c corev1.Container) map[string]string {
 	return out
 }
 
+// secretMounts writes the Secret volumes that c mounts (the credentials
+// file, the admin token) to host directories, as the kubelet would, and
+// returns their read-only bind mounts at the manifests' mount paths.
+func (m *manifests) secretMounts(t *testing.T, spec corev1.PodSpec, c corev1.Container) []string {
+	t.Helper()
+	var binds []string
+	for _, vm := range c.VolumeMounts {
+		for _, v := range spec.Volumes {
+			if v.Name != vm.Name || v.Secret == nil {
+				continue
+			}
+			s := m.secrets[v.Secret.SecretName]
+			if s == nil {
+				t.Fatalf("volume %s: Secret %s is not in the dev overlay", v.Name, v.Secret.SecretName)
+			}
+			items := v.Secret.Items
+			if len(items) == 0 {
+				for k := range s.Data {
+					items = append(items, corev1.KeyToPath{Key: k, Path: k})
+				}
+			}
+			dir := t.TempDir()
+			// The container runs as 65532, not as this user.
+			if err := os.Chmod(dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			for _, it := range items {
+				data, ok := s.Data[it.Key]
+				if !ok {
+					t.Fatalf("volume %s: Secret %s has no key %s", v.Name, v.Secret.SecretName, it.Key)
+				}
+				if err := os.WriteFile(filepath.Join(dir, it.Path), data, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			binds = append(binds, dir+":"+vm.MountPath+":ro")
+		}
+	}
+	return binds
+}
+
+// secretValue is a key of a rendered Secret; name may omit the suffix
+// kustomize appends to a generated Secret's name.
+func (m *manifests) secretValue(t *testing.T, name, key string) string {
+	t.Helper()
+	for n, s := range m.secrets {
+		if n == name || strings.HasPrefix(n, name+"-") && len(n) == len(name)+11 {
+			if v, ok := s.Data[key]; ok {
+				return string(v)
+			}
+		}
+	}
+	t.Fatalf("the dev overlay has no Secret %s with key %s", name, key)
+	return ""
+}
+
 // rewrite turns cluster addresses into loopback ones: replace maps an
 // argument's or value's prefix (e.g. "--grpc-listen=0.0.0.0:9090" or
 // "chunk:9090") to its replacement.
