@@ -145,6 +145,17 @@ func (s *Server) handshake(nc net.Conn) bool {
 	}
 	tc.SetDeadline(time.Now().Add(session.OrDefault(s.HandshakeTimeout, 30*time.Second)))
 	if err := tc.Handshake(); err != nil {
+		var cve *tls.CertificateVerificationError
+		if errors.As(err, &cve) {
+			// A client certificate the client CA did not sign: audited.
+			subject := ""
+			if len(cve.UnverifiedCertificates) > 0 {
+				subject = cve.UnverifiedCertificates[0].Subject.String()
+			}
+			s.log().Warn("access refused", "listener", "pmx", "call", "TLS handshake", "principal", "", "remote", nc.RemoteAddr().String(),
+				"subject", subject, "reason", "the client certificate does not verify against the client CA: "+cve.Err.Error())
+			return false
+		}
 		s.log().Info("TLS handshake failed", "remote", nc.RemoteAddr().String(), "err", err)
 		return false
 	}
