@@ -2,15 +2,12 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -41,7 +38,7 @@ func pmxList(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if _, err := parsePMXFlags(fs, args, stderr, 0, "no arguments"); err != nil {
 		return err
 	}
-	hc, err := restClient(cf.tlsCA)
+	hc, err := restClient(&cf)
 	if err != nil {
 		return err
 	}
@@ -76,21 +73,14 @@ func pmxList(ctx context.Context, args []string, stdout, stderr io.Writer) error
 }
 
 // restClient is the HTTP client of the REST API: system roots, or the CA
-// in caFile.
-func restClient(caFile string) (*http.Client, error) {
-	if caFile == "" {
-		return http.DefaultClient, nil
-	}
-	pem, err := os.ReadFile(caFile)
-	if err != nil {
-		return nil, fmt.Errorf("--tls-ca: %w", err)
-	}
-	roots := x509.NewCertPool()
-	if !roots.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("--tls-ca %s: no PEM certificate found", caFile)
+// of --tls-ca (cf.tlsConfig, as for the gateway).
+func restClient(cf *pmxConnFlags) (*http.Client, error) {
+	cfg, err := cf.tlsConfig()
+	if err != nil || cfg == nil {
+		return http.DefaultClient, err
 	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: roots}
+	tr.TLSClientConfig = cfg
 	return &http.Client{Transport: tr}, nil
 }
 
