@@ -95,6 +95,9 @@ func Dial(ctx context.Context, addr string, tlsConfig *tls.Config) (*Client, err
 		tc := tls.Client(conn, cfg)
 		if err := tc.HandshakeContext(ctx); err != nil {
 			conn.Close()
+			if r := tlsRefused(addr, err); r != nil {
+				return nil, r
+			}
 			return nil, fmt.Errorf("pmx: TLS handshake with %s: %w", addr, err)
 		}
 		conn = tc
@@ -144,6 +147,9 @@ func readHello(ctx context.Context, conn net.Conn, r *pmxproto.Reader, addr stri
 	}
 	conn.SetReadDeadline(time.Time{})
 	if err != nil {
+		if r := tlsRefused(addr, err); r != nil {
+			return r
+		}
 		return fmt.Errorf("pmx: reading the Hello of %s (is it a PMXBCKUP server?): %w", addr, err)
 	}
 	if e, ok := p.(*pmxproto.Error); ok {

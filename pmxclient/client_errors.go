@@ -3,6 +3,7 @@ package pmxclient
 import (
 	"errors"
 	"fmt"
+	"net"
 
 	"github.com/chunkbridge/chunkbridge/format/pmxproto"
 )
@@ -15,7 +16,23 @@ var (
 	// ErrBusy is wrapped by the error of a request the server answered
 	// with Error(Busy), e.g. a second hash list while one is streaming.
 	ErrBusy = errors.New("pmx: server busy")
+	// ErrTLSRefused is wrapped by Dial's error when the server ended the
+	// TLS handshake with an alert, e.g. because it did not accept the
+	// client certificate (a gateway with access control verifies it
+	// against its client CA).
+	ErrTLSRefused = errors.New("pmx: the server refused the TLS handshake")
 )
+
+// tlsRefused wraps err with ErrTLSRefused if it is a TLS alert from the
+// server; with TLS 1.3 that alert arrives after the client's side of the
+// handshake, as the first read fails.
+func tlsRefused(addr string, err error) error {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "remote error" {
+		return fmt.Errorf("%w: %s: %w; does it want a client certificate signed by its client CA?", ErrTLSRefused, addr, op)
+	}
+	return nil
+}
 
 // ServerError is an Error packet the server sent in answer to a request.
 type ServerError struct {

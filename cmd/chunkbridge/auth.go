@@ -78,6 +78,54 @@ func (f securityFlags) serverTLS() (*tls.Config, error) {
 	return cfg, nil
 }
 
+// pmxTLS returns the PMXBCKUP listener's TLS config: --pmx-tls-cert,
+// --pmx-tls-key and --pmx-tls-client-ca, each defaulting to its --tls-*
+// flag; shared is the other listeners' config, used when none is given.
+func (f serveFlags) pmxTLS(shared *tls.Config) (*tls.Config, error) {
+	if f.pmxTLSCert == "" && f.pmxTLSKey == "" && f.pmxTLSClientCA == "" {
+		return shared, nil
+	}
+	or := func(a, b string) string {
+		if a != "" {
+			return a
+		}
+		return b
+	}
+	sec := securityFlags{tlsCert: or(f.pmxTLSCert, f.tlsCert), tlsKey: or(f.pmxTLSKey, f.tlsKey), tlsClientCA: or(f.pmxTLSClientCA, f.tlsClientCA)}
+	if sec.tlsCert == "" && sec.tlsKey == "" {
+		return nil, usagef("--pmx-tls-client-ca needs TLS on the PMXBCKUP listener: give --pmx-tls-cert/--pmx-tls-key or --tls-cert/--tls-key")
+	}
+	cfg, err := sec.serverTLS()
+	if err != nil {
+		return nil, fmt.Errorf("PMXBCKUP listener (--pmx-tls-cert, --pmx-tls-key, --pmx-tls-client-ca): %w", err)
+	}
+	return cfg, nil
+}
+
+// pmxAuthenticate authenticates PMXBCKUP connections. The protocol has no
+// credential, so the TLS client certificate, verified in the handshake
+// against the client CA (withCA: one is configured), names the principal
+// by its subject. The gateway answers a refusal with its reason and
+// audits it.
+func (a *access) pmxAuthenticate(withCA bool) func(*tls.ConnectionState) (auth.Principal, error) {
+	return func(state *tls.ConnectionState) (auth.Principal, error) {
+		switch {
+		case state == nil:
+			return auth.Principal{}, errors.New("PMXBCKUP clients authenticate with a TLS client certificate, and this gateway serves no TLS (--pmx-tls-cert/--pmx-tls-key)")
+		case !withCA:
+			return auth.Principal{}, errors.New("PMXBCKUP clients authenticate with a TLS client certificate, and this gateway has no client CA to verify one (--pmx-tls-client-ca)")
+		case len(state.VerifiedChains) == 0 || len(state.VerifiedChains[0]) == 0:
+			return auth.Principal{}, errors.New("no client certificate: connect with a certificate signed by the gateway's client CA whose subject is a principal's cert_subject (chunkbridge pmx --cert FILE --key FILE)")
+		}
+		subject := state.VerifiedChains[0][0].Subject.String()
+		p, err := a.reg.Subject(subject)
+		if err != nil {
+			return p, fmt.Errorf("the client certificate's subject %q is no principal's cert_subject in the credentials file", subject)
+		}
+		return p, nil
+	}
+}
+
 // clientCredentials are the transport credentials for the chunk service.
 func (f securityFlags) clientCredentials() (credentials.TransportCredentials, error) {
 	if !f.chunkServiceTLS {

@@ -106,7 +106,9 @@ chunk service at --chunk-service.
 	"serve pmx-gateway": `Usage: chunkbridge serve pmx-gateway [flags]
 
 Serves the PMXBCKUP backup protocol over TCP (optionally TLS), in front of
-the chunk service at --chunk-service.
+the chunk service at --chunk-service. With --credentials-file, clients
+authenticate by TLS client certificate only (--pmx-tls-client-ca): PMXBCKUP
+has no credential field (docs/auth.md).
 `,
 	"casync-remote": `Usage: chunkbridge casync-remote [--chunk-service ADDR] [--OPT=…] pull|push BASE ARCHIVE INDEX STORE
        (or the same as one string, or in SSH_ORIGINAL_COMMAND)

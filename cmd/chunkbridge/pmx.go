@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -19,10 +20,13 @@ import (
 
 const pmxUsage = `Usage:
   chunkbridge pmx backup  --server HOST:PORT --type vm|ct|host --id ID [--name NAME]
-                          [--fixed [--chunk-size N]] [--allow-empty] [--tls] [--tls-ca FILE] FILE|-
-  chunkbridge pmx restore --server HOST:PORT [--tls] [--tls-ca FILE] [--force] SNAPSHOT_PATH OUT|-
-  chunkbridge pmx hashes  --server HOST:PORT [--tls] [--tls-ca FILE] SNAPSHOT_PATH
-  chunkbridge pmx list    [--api http://HOST:8080 | --server HOST:PORT] [--type T] [--id ID]
+                          [--fixed [--chunk-size N]] [--allow-empty] [--tls] [--tls-ca FILE]
+                          [--cert FILE --key FILE] FILE|-
+  chunkbridge pmx restore --server HOST:PORT [--tls] [--tls-ca FILE] [--cert FILE --key FILE]
+                          [--force] SNAPSHOT_PATH OUT|-
+  chunkbridge pmx hashes  --server HOST:PORT [--tls] [--tls-ca FILE] [--cert FILE --key FILE] SNAPSHOT_PATH
+  chunkbridge pmx list    [--api http://HOST:8080 | --server HOST:PORT] [--token TOKEN] [--tls-ca FILE]
+                          [--type T] [--id ID]
 
 backup   stores FILE (or stdin, -) as a new snapshot file <type>/<id>/<time>/<name>.didx,
          cut by casync's chunker; with --fixed as <name>.fidx in equal blocks (disk
@@ -35,10 +39,13 @@ restore  writes a snapshot file's content to OUT (or stdout, -), verifying every
          host/web-01/latest/root.pxar.didx.
 hashes   prints a snapshot file's chunk digests, one per line, in order.
 list     lists snapshot files through the REST API (default: port 8080 on the host of
-         --server).
+         --server). With access control it needs a token (--token or CHUNKBRIDGE_TOKEN);
+         --tls-ca verifies an https:// --api.
 
-Every flag can also be set with an environment variable: --server is
-CHUNKBRIDGE_SERVER, --tls-ca is CHUNKBRIDGE_TLS_CA.
+A gateway with access control (docs/auth.md) wants a client certificate: --cert and
+--key, whose subject is a principal's cert_subject. Its role decides: read restores,
+append also backs up. Every flag can also be set with an environment variable:
+--server is CHUNKBRIDGE_SERVER, --tls-ca is CHUNKBRIDGE_TLS_CA, --cert is CHUNKBRIDGE_CERT.
 `
 
 // pmxMain runs `chunkbridge pmx ...`, the PMXBCKUP client.
@@ -71,6 +78,7 @@ type pmxConnFlags struct {
 	server         string
 	tls            bool
 	tlsCA          string
+	cert, key      string
 	connectTimeout time.Duration
 }
 
@@ -78,6 +86,8 @@ func (f *pmxConnFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.server, "server", "127.0.0.1:"+pmxDefaultPort, "the PMXBCKUP gateway, HOST[:PORT] (port "+pmxDefaultPort+" if omitted)")
 	fs.BoolVar(&f.tls, "tls", false, "connect over TLS")
 	fs.StringVar(&f.tlsCA, "tls-ca", "", "PEM file of the CA that signed the gateway's certificate (default: system roots); implies --tls")
+	fs.StringVar(&f.cert, "cert", "", "PEM client certificate: the credential of a gateway with access control (its subject is a principal's cert_subject); implies --tls")
+	fs.StringVar(&f.key, "key", "", "PEM private key of --cert")
 	fs.DurationVar(&f.connectTimeout, "connect-timeout", 15*time.Second, "how long to wait for the connection and the server's Hello")
 }
 
@@ -92,10 +102,23 @@ func withDefaultPort(hostport, port string) string {
 }
 
 func (f *pmxConnFlags) tlsConfig() (*tls.Config, error) {
-	if !f.tls && f.tlsCA == "" {
+	if (f.cert == "") != (f.key == "") {
+		return nil, usagef("--cert and --key go together: the client certificate and its private key")
+	}
+	if !f.tls && f.tlsCA == "" && f.cert == "" {
 		return nil, nil
 	}
 	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if f.cert != "" {
+		cert, err := tls.LoadX509KeyPair(f.cert, f.key)
+		if err != nil {
+			return nil, fmt.Errorf("--cert/--key: %w", err)
+		}
+		// Sent whichever CAs the gateway names as acceptable: one it does
+		// not accept fails the handshake with a reason, instead of being
+		// left out silently (Go's default) and refused as missing.
+		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &cert, nil }
+	}
 	if f.tlsCA != "" {
 		pem, err := os.ReadFile(f.tlsCA)
 		if err != nil {
@@ -120,6 +143,15 @@ func (f *pmxConnFlags) dial(ctx context.Context) (*pmxclient.Client, error) {
 	defer cancel()
 	c, err := pmxclient.Dial(dctx, f.addr(), cfg)
 	if err != nil {
+		var se *pmxclient.ServerError
+		switch {
+		case errors.As(err, &se):
+			return nil, err // the gateway refused this client, and said why
+		case errors.Is(err, pmxclient.ErrTLSRefused) && f.cert == "":
+			return nil, fmt.Errorf("%w (a gateway with access control wants a client certificate: --cert FILE --key FILE, or CHUNKBRIDGE_CERT and CHUNKBRIDGE_KEY)", err)
+		case errors.Is(err, pmxclient.ErrTLSRefused):
+			return nil, err
+		}
 		hint := "is `chunkbridge serve pmx-gateway` running there? Set --server or CHUNKBRIDGE_SERVER"
 		if cfg == nil {
 			hint += "; add --tls if the gateway uses TLS"
@@ -133,7 +165,7 @@ func (f *pmxConnFlags) dial(ctx context.Context) (*pmxclient.Client, error) {
 // about one that belongs to another pmx command.
 func pmxEnvNames() []string {
 	var names []string
-	for _, f := range []string{"server", "tls", "tls-ca", "connect-timeout", "type", "id", "name", "fixed", "chunk-size", "api"} {
+	for _, f := range []string{"server", "tls", "tls-ca", "cert", "key", "connect-timeout", "type", "id", "name", "fixed", "chunk-size", "api", "token"} {
 		names = append(names, envName(f))
 	}
 	return names

@@ -33,7 +33,13 @@ func pmxList(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	api := fs.String("api", "", "the REST API, http[s]://HOST[:PORT] (default: http://<host of --server>:"+restDefaultPort+")")
 	typ := fs.String("type", "", "only snapshots of this type: vm, ct or host")
 	id := fs.String("id", "", "only snapshots of this backup id")
+	token := fs.String("token", "", "bearer token of a principal with at least the read role, for a REST API with access control (better from CHUNKBRIDGE_TOKEN: a command line is visible to other users)")
+	fs.StringVar(&cf.tlsCA, "tls-ca", "", "PEM file of the CA that signed the REST API's certificate, for an https:// --api (default: system roots)")
 	if _, err := parsePMXFlags(fs, args, stderr, 0, "no arguments"); err != nil {
+		return err
+	}
+	hc, err := restClient(&cf)
+	if err != nil {
 		return err
 	}
 	base := *api
@@ -41,7 +47,7 @@ func pmxList(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		host, _, _ := net.SplitHostPort(cf.addr())
 		base = "http://" + net.JoinHostPort(host, restDefaultPort)
 	}
-	resp, err := listSnapshots(ctx, base, *typ, *id)
+	resp, err := listSnapshots(ctx, hc, base, *token, *typ, *id)
 	if err != nil {
 		return fmt.Errorf("pmx list: %w", err)
 	}
@@ -66,9 +72,22 @@ func pmxList(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	return nil
 }
 
+// restClient is the HTTP client of the REST API: system roots, or the CA
+// of --tls-ca (cf.tlsConfig, as for the gateway).
+func restClient(cf *pmxConnFlags) (*http.Client, error) {
+	cfg, err := cf.tlsConfig()
+	if err != nil || cfg == nil {
+		return http.DefaultClient, err
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = cfg
+	return &http.Client{Transport: tr}, nil
+}
+
 // listSnapshots asks base's REST API for the snapshots of a type and
-// backup id (either may be empty for all).
-func listSnapshots(ctx context.Context, base, typ, id string) (*chunkbridgev1.ListSnapshotsResponse, error) {
+// backup id (either may be empty for all), with token as the bearer
+// credential if not empty.
+func listSnapshots(ctx context.Context, hc *http.Client, base, token, typ, id string) (*chunkbridgev1.ListSnapshotsResponse, error) {
 	u, err := url.Parse(base)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, usagef("--api %q: want http://HOST[:PORT] or https://HOST[:PORT]", base)
@@ -88,7 +107,10 @@ func listSnapshots(ctx context.Context, base, typ, id string) (*chunkbridgev1.Li
 	if err != nil {
 		return nil, err
 	}
-	res, err := http.DefaultClient.Do(req)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	res, err := hc.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("%w (is the REST gateway running there? Set --api or CHUNKBRIDGE_API)", err)
 	}
@@ -105,6 +127,13 @@ func listSnapshots(ctx context.Context, base, typ, id string) (*chunkbridgev1.Li
 		}
 		if len(msg) > 500 {
 			msg = msg[:500] + "…"
+		}
+		if res.StatusCode == http.StatusUnauthorized {
+			hint := "; send a token with --token or CHUNKBRIDGE_TOKEN"
+			if token != "" {
+				hint = "; the token (--token or CHUNKBRIDGE_TOKEN) names no principal"
+			}
+			msg += hint
 		}
 		return nil, fmt.Errorf("GET %s: %s: %s", u, res.Status, msg)
 	}

@@ -60,6 +60,7 @@ type serveFlags struct {
 	casyncListen           string
 	pmxListen              string
 	pmxTLSCert, pmxTLSKey  string
+	pmxTLSClientCA         string
 	chunkService           string
 	maxConcurrentChunks    int
 	streamWindow           int
@@ -109,6 +110,7 @@ func (f *serveFlags) register(fs *flag.FlagSet, p parts) {
 		fs.StringVar(&f.pmxListen, "pmx-listen", "127.0.0.1:8007", "address of the PMXBCKUP gateway")
 		fs.StringVar(&f.pmxTLSCert, "pmx-tls-cert", "", "PEM certificate: PMXBCKUP over TLS (default: --tls-cert)")
 		fs.StringVar(&f.pmxTLSKey, "pmx-tls-key", "", "PEM private key for --pmx-tls-cert (default: --tls-key)")
+		fs.StringVar(&f.pmxTLSClientCA, "pmx-tls-client-ca", "", "PEM file of the CA whose client certificates authenticate PMXBCKUP clients, by subject, against --credentials-file (default: --tls-client-ca); with credentials, a client without one is refused")
 	}
 	if p.casync || p.pmx {
 		fs.IntVar(&f.maxConns, "max-connections", 4096, "connections each raw-protocol gateway (casync, PMXBCKUP) serves at once; beyond it a client is refused with a reason")
@@ -178,9 +180,6 @@ func serve(ctx context.Context, mode string, args []string, stdout, stderr io.Wr
 		g.Go(func() error { return svc.grpc.Serve(svc.loop) })
 		g.Go(func() error { svc.monitor.Run(gctx); return nil })
 		g.Go(func() error { svc.admin.WatchGC(gctx, f.healthInterval); return nil })
-		if acc.reg != nil {
-			g.Go(func() error { acc.reg.Watch(gctx, f.healthInterval); return nil })
-		}
 		// Quarantines in other replicas: the same cache reset as for GC.
 		g.Go(func() error { svc.chunks.WatchRemovals(gctx, f.healthInterval); return nil })
 		shutdown = append(shutdown, svc.stop)
@@ -213,6 +212,14 @@ func serve(ctx context.Context, mode string, args []string, stdout, stderr io.Wr
 		return err
 	}
 	defer conn.Close()
+	if acc.reg != nil {
+		// A gateway process follows the file too (certificate subjects).
+		every := f.healthInterval
+		if every <= 0 {
+			every = 2 * time.Second
+		}
+		g.Go(func() error { acc.reg.Watch(gctx, every); return nil })
+	}
 	if chunks == nil {
 		chunks = client.NewGRPC(conn)
 	}
@@ -252,11 +259,9 @@ func serve(ctx context.Context, mode string, args []string, stdout, stderr io.Wr
 	}
 
 	if p.pmx {
-		pmxTLS := tlsConfig
-		if f.pmxTLSCert != "" || f.pmxTLSKey != "" {
-			if pmxTLS, err = (securityFlags{tlsCert: f.pmxTLSCert, tlsKey: f.pmxTLSKey}).serverTLS(); err != nil {
-				return fmt.Errorf("--pmx-tls-cert/--pmx-tls-key: %w", err)
-			}
+		pmxTLS, err := f.pmxTLS(tlsConfig)
+		if err != nil {
+			return err
 		}
 		ln, err := net.Listen("tcp", f.pmxListen)
 		if err != nil {
@@ -265,6 +270,15 @@ func serve(ctx context.Context, mode string, args []string, stdout, stderr io.Wr
 		srv := &pmx.Server{
 			Chunks: chunks, Catalog: cat, Log: log.With("gateway", "pmx"), TLS: pmxTLS, Metrics: pmx.NewMetrics(reg),
 			MaxConns: f.maxConns, IdleTimeout: f.sessionIdle, WriteTimeout: f.sessionWrite, Shared: shared,
+		}
+		if acc.reg != nil {
+			// PMXBCKUP has no credential field: a client certificate is it.
+			withCA := pmxTLS != nil && pmxTLS.ClientCAs != nil
+			srv.Authenticate = acc.pmxAuthenticate(withCA)
+			if !withCA {
+				log.Warn("the PMXBCKUP gateway refuses every client: with credentials, PMXBCKUP clients authenticate by TLS client certificate only; " +
+					"give --pmx-tls-cert/--pmx-tls-key (or --tls-cert/--tls-key) and --pmx-tls-client-ca (or --tls-client-ca)")
+			}
 		}
 		listening = append(listening, "pmx", ln.Addr().String())
 		g.Go(func() error {

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
+	"github.com/chunkbridge/chunkbridge/auth"
 	"github.com/chunkbridge/chunkbridge/client"
 	"github.com/chunkbridge/chunkbridge/format"
 	"github.com/chunkbridge/chunkbridge/format/pmxproto"
@@ -76,6 +77,9 @@ type conn struct {
 	streams  map[uint8]*fileStream // open backup files by stream id
 	created  map[string]bool       // snapshots this connection created
 	hashList bool                  // a GetHashList is being answered
+	// audited: the refusals already logged, one line per kind of call
+	// per connection (a client refused every upload would flood the log).
+	audited map[string]bool
 }
 
 // lane is the work of one packet id.
@@ -119,6 +123,28 @@ func (c *conn) sendError(ctx context.Context, id uint8, code pmxproto.ErrorID, e
 		c.srv.Metrics.errors.Inc()
 	}
 	c.send(ctx, &pmxproto.Error{ID: id, Code: code, Reason: err.Error()})
+}
+
+// allowed checks that the connection's principal may do a (auth.Check).
+// The caller answers a refusal with its reason; it is audited here, one
+// "access refused" line per kind of call and connection.
+func (c *conn) allowed(ctx context.Context, a auth.Action, what, call string) error {
+	err := auth.Check(ctx, a, what)
+	if err == nil {
+		return nil
+	}
+	c.mu.Lock()
+	first := !c.audited[call]
+	if c.audited == nil {
+		c.audited = map[string]bool{}
+	}
+	c.audited[call] = true
+	c.mu.Unlock()
+	if first {
+		p := auth.FromContext(ctx)
+		c.log.Warn("access refused", "listener", "pmx", "call", call, "principal", p.Name, "tenant", p.Tenant, "reason", err.Error())
+	}
+	return err
 }
 
 // errorCode is the ErrorId for a service's error: Busy for what a client
@@ -322,6 +348,10 @@ func (c *conn) uploadChunk(ctx context.Context, req request) {
 		c.mu.Unlock()
 		c.requests.Release(req.size)
 	}
+	if err := c.allowed(ctx, auth.Append, "chunks", "UploadChunk"); err != nil {
+		refuse(err) // before the chunk service sees a byte of it
+		return
+	}
 	if len(p.Data) > format.MaxChunk {
 		// Stored, it could never be restored by every protocol: refused
 		// here at once rather than by the chunk service later.
@@ -421,6 +451,12 @@ func snapshotKey(p *pmxproto.CreateBackup) string {
 // createBackup opens a snapshot file in the catalog and answers
 // BackupCreated with its path, or Error.
 func (c *conn) createBackup(ctx context.Context, p *pmxproto.CreateBackup) {
+	// The catalog checks too; refused here, the reason names the
+	// principal and its role before a stream id is taken.
+	if err := c.allowed(ctx, auth.Append, "snapshots", "CreateBackup"); err != nil {
+		c.serviceError(ctx, p.ID, err)
+		return
+	}
 	fs := &fileStream{id: p.ID, fixed: !p.Dynamic(), done: make(chan struct{})}
 	c.mu.Lock()
 	_, inUse := c.streams[p.ID]

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/chunkbridge/chunkbridge/auth"
 	"github.com/chunkbridge/chunkbridge/client"
 	"github.com/chunkbridge/chunkbridge/format/pmxproto"
 	"github.com/chunkbridge/chunkbridge/gateway/session"
@@ -27,6 +28,17 @@ type Server struct {
 	Log     *slog.Logger
 	// TLS, when set, wraps every connection.
 	TLS *tls.Config
+	// Authenticate, if set, names the principal a connection acts for,
+	// from its TLS state once the handshake is done (nil on a plain
+	// connection): PMXBCKUP has no credential of its own, so a client
+	// certificate is the credential. An error refuses the connection: the
+	// client reads an Error with the reason in place of Hello, before it
+	// can send anything, and one "access refused" line is logged. Every
+	// call the session makes carries the principal (auth.NewContext), and
+	// the gateway and the services check each with auth.Check.
+	//
+	// Without it no principal is set: every connection is auth.Anonymous.
+	Authenticate func(state *tls.ConnectionState) (auth.Principal, error)
 	// Metrics may be nil.
 	Metrics *Metrics
 
@@ -133,6 +145,17 @@ func (s *Server) handshake(nc net.Conn) bool {
 	}
 	tc.SetDeadline(time.Now().Add(session.OrDefault(s.HandshakeTimeout, 30*time.Second)))
 	if err := tc.Handshake(); err != nil {
+		var cve *tls.CertificateVerificationError
+		if errors.As(err, &cve) {
+			// A client certificate the client CA did not sign: audited.
+			subject := ""
+			if len(cve.UnverifiedCertificates) > 0 {
+				subject = cve.UnverifiedCertificates[0].Subject.String()
+			}
+			s.log().Warn("access refused", "listener", "pmx", "call", "TLS handshake", "principal", "", "remote", nc.RemoteAddr().String(),
+				"subject", subject, "reason", "the client certificate does not verify against the client CA: "+cve.Err.Error())
+			return false
+		}
 		s.log().Info("TLS handshake failed", "remote", nc.RemoteAddr().String(), "err", err)
 		return false
 	}
@@ -144,7 +167,25 @@ func (s *Server) serveConn(nc net.Conn) {
 	if !s.handshake(nc) {
 		return
 	}
-	sess := session.New(context.Background(), nc, s.sessionConfig())
+	ctx := context.Background()
+	if s.Authenticate != nil {
+		var state *tls.ConnectionState
+		if tc, ok := nc.(*tls.Conn); ok {
+			cs := tc.ConnectionState()
+			state = &cs
+		}
+		p, err := s.Authenticate(state)
+		if err != nil {
+			s.log().Warn("access refused", "listener", "pmx", "call", "connect", "principal", "", "remote", nc.RemoteAddr().String(), "reason", err.Error())
+			if s.Metrics != nil {
+				s.Metrics.errors.Inc()
+			}
+			s.fail(nc, pmxproto.ErrorGeneric, "chunkbridge: access refused: "+err.Error())
+			return
+		}
+		ctx = auth.NewContext(ctx, p)
+	}
+	sess := session.New(ctx, nc, s.sessionConfig())
 	c := &conn{
 		srv: s, sess: sess, log: s.log().With("remote", nc.RemoteAddr().String()),
 		requests:  session.NewBudget(session.OrDefault(s.RequestBytes, defaultRequests)),
@@ -185,8 +226,13 @@ func (s *Server) refuse(nc net.Conn) {
 	if !s.handshake(nc) {
 		return
 	}
+	s.fail(nc, pmxproto.ErrorBusy, "chunkbridge: "+tcpserver.ErrTooManyConnections.Error())
+}
+
+// fail answers a connection with Error(code, reason) in place of Hello,
+// then closes it: a client reads why, not a reset.
+func (s *Server) fail(nc net.Conn, code pmxproto.ErrorID, reason string) {
 	sess := session.New(context.Background(), nc, session.Config{WriteTimeout: 5 * time.Second, DrainTimeout: time.Second, IdleTimeout: 5 * time.Second})
-	err := tcpserver.ErrTooManyConnections
-	sess.Fail(err, (&pmxproto.Error{ID: 0, Code: pmxproto.ErrorBusy, Reason: "chunkbridge: " + err.Error()}).Encode(nil))
+	sess.Fail(errors.New(reason), (&pmxproto.Error{ID: 0, Code: code, Reason: reason}).Encode(nil))
 	sess.Run(func(context.Context) error { return nil })
 }
