@@ -74,9 +74,18 @@ var fileFlags = map[string]bool{
 // policy holds what differs between renderings.
 type policy struct {
 	// secretsInRender: the rendering brings its own Secrets (dev), so every
-	// reference must resolve to one of them, key included. Otherwise no
-	// Secret may be rendered at all: values come from outside Git.
+	// reference must resolve to one of them, key included, except those in
+	// externalSecrets. Otherwise no Secret may be rendered at all: values
+	// come from outside Git.
 	secretsInRender bool
+	// externalSecrets: where the rendering brings its own Secrets, those it
+	// still expects to be created outside Git, such as dev's PMXBCKUP
+	// certificate and key (a private key is never committed).
+	externalSecrets []string
+	// pmxTLSFromOverlay: the PMXBCKUP gateway may have credentials without
+	// client certificates (base, whose overlays add components/pmx-mtls).
+	// Everywhere else such a gateway would refuse every client.
+	pmxTLSFromOverlay bool
 	// imageTag, when set, is what every image tag must match.
 	imageTag *regexp.Regexp
 	// requireAuth: every listener authenticates its callers. The chunk
@@ -154,6 +163,11 @@ func check(objs []runtime.Object, pol policy) (problems []string, secretRefs []s
 	if !pol.secretsInRender {
 		for name := range c.secrets {
 			c.errorf("Secret/%s: rendered, but this rendering expects its Secrets to be created outside Git", name)
+		}
+	}
+	for _, name := range pol.externalSecrets {
+		if c.secrets[name] != nil {
+			c.errorf("Secret/%s: rendered, but this rendering expects it to be created outside Git", name)
 		}
 	}
 	return c.problems, slices.Sorted(maps.Keys(c.secretRefs))
@@ -482,7 +496,7 @@ func (c *checker) configMap(where, name, key string, optional bool) *corev1.Conf
 // Secrets, checks that it resolves.
 func (c *checker) secret(where, name, key string, optional bool) {
 	c.secretRefs[name] = true
-	if !c.pol.secretsInRender || optional {
+	if !c.pol.secretsInRender || optional || slices.Contains(c.pol.externalSecrets, name) {
 		return
 	}
 	s := c.secrets[name]
@@ -680,6 +694,15 @@ func (c *checker) checkAccess(w *workload, where string, ctr *corev1.Container, 
 			c.errorf("%s: --%s=%s %s", where, f, p, msg)
 		}
 	}
+	if mode == "pmx-gateway" && !anonymous && !c.pol.pmxTLSFromOverlay && (c.pol.requireAuth || flags["credentials-file"] != "" || flags["auth-token-file"] != "") {
+		// With a credential, the PMXBCKUP gateway refuses every client
+		// without a certificate: PMXBCKUP has no field for a token.
+		for _, pair := range [][2]string{{"pmx-tls-cert", "tls-cert"}, {"pmx-tls-key", "tls-key"}, {"pmx-tls-client-ca", "tls-client-ca"}} {
+			if flags[pair[0]] == "" && flags[pair[1]] == "" {
+				c.errorf("%s: no --%s (or --%s): PMXBCKUP has no field for a token, so with access control its clients must authenticate by mutual TLS, and the gateway refuses every client without it", where, pair[0], pair[1])
+			}
+		}
+	}
 	if !c.pol.requireAuth {
 		return
 	}
@@ -691,13 +714,6 @@ func (c *checker) checkAccess(w *workload, where string, ctr *corev1.Container, 
 	}
 	if flags["credentials-file"] == "" {
 		c.errorf("%s: no --credentials-file: every listener must authenticate its callers as principals here (docs/auth.md)", where)
-	}
-	if mode == "pmx-gateway" {
-		for _, pair := range [][2]string{{"pmx-tls-cert", "tls-cert"}, {"pmx-tls-key", "tls-key"}, {"pmx-tls-client-ca", "tls-client-ca"}} {
-			if flags[pair[0]] == "" && flags[pair[1]] == "" {
-				c.errorf("%s: no --%s (or --%s): PMXBCKUP has no field for a token, so its clients must authenticate by mutual TLS", where, pair[0], pair[1])
-			}
-		}
 	}
 }
 

@@ -33,10 +33,14 @@ var renderings = map[string]struct {
 	secrets []string
 }{
 	"base": {
+		pol:     policy{pmxTLSFromOverlay: true},
 		secrets: []string{"chunkbridge-admin-token", "chunkbridge-credentials", "chunkbridge-s3"},
 	},
 	"overlays/dev": {
-		pol: policy{secretsInRender: true},
+		// Dev generates its Secrets, with public values, except PMXBCKUP's
+		// certificate and key: a dev user makes them with openssl (README.md),
+		// the e2e suite at test time.
+		pol: policy{secretsInRender: true, externalSecrets: []string{"chunkbridge-pmx-tls"}},
 	},
 	"overlays/production": {
 		pol:     policy{imageTag: regexp.MustCompile(`^v\d+\.\d+\.\d+$`), requireAuth: true},
@@ -55,17 +59,23 @@ func TestManifests(t *testing.T) {
 			if !r.pol.secretsInRender && !slices.Equal(secrets, r.secrets) {
 				t.Errorf("referenced Secrets %v, want %v (update README.md and this test together)", secrets, r.secrets)
 			}
+			for _, s := range r.pol.externalSecrets {
+				if !slices.Contains(secrets, s) {
+					t.Errorf("external Secret %s is referenced by no workload: drop it from externalSecrets", s)
+				}
+			}
 		})
 	}
 }
 
-// The Secrets production expects are documented for whoever creates them.
+// The Secrets production and dev expect from outside Git are documented
+// for whoever creates them.
 func TestReadmeNamesProductionSecrets(t *testing.T) {
 	readme, err := os.ReadFile("README.md")
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, s := range renderings["overlays/production"].secrets {
+	for _, s := range append(renderings["overlays/production"].secrets, renderings["overlays/dev"].pol.externalSecrets...) {
 		if !bytes.Contains(readme, []byte(s)) {
 			t.Errorf("README.md does not mention the Secret %s", s)
 		}
@@ -440,6 +450,27 @@ func TestCheckerCatchesAccessViolations(t *testing.T) {
 			}
 			return objs
 		}, "is mounted by subPath (volume credentials): a changed Secret never reaches the process"},
+		// With credentials, a PMXBCKUP gateway without client certificates
+		// refuses every client, dev's too.
+		{"dev PMXBCKUP without client CA", func(objs []runtime.Object) []runtime.Object {
+			dropArg(container(t, objs, "pmx-gateway"), "--pmx-tls-client-ca")
+			return objs
+		}, "Deployment/pmx-gateway container pmx-gateway: no --pmx-tls-client-ca (or --tls-client-ca): PMXBCKUP has no field for a token, so with access control"},
+		{"dev PMXBCKUP without TLS", func(objs []runtime.Object) []runtime.Object {
+			ctr := container(t, objs, "pmx-gateway")
+			dropArg(ctr, "--pmx-tls-cert")
+			dropArg(ctr, "--pmx-tls-key")
+			return objs
+		}, "no --pmx-tls-cert (or --tls-cert)"},
+		{"dev PMXBCKUP certificate Secret without the client CA", func(objs []runtime.Object) []runtime.Object {
+			d := deployment(t, objs, "pmx-gateway")
+			for i, v := range d.Spec.Template.Spec.Volumes {
+				if v.Name == "pmx-tls" {
+					d.Spec.Template.Spec.Volumes[i].Secret.Items = v.Secret.Items[:2]
+				}
+			}
+			return objs
+		}, "--pmx-tls-client-ca=/etc/chunkbridge/pmx-tls/ca.crt is not in volume pmx-tls: it maps no key to ca.crt"},
 	})
 	runViolations(t, "overlays/production", []violation{
 		{"gateway without credentials file", func(objs []runtime.Object) []runtime.Object {
@@ -461,7 +492,7 @@ func TestCheckerCatchesAccessViolations(t *testing.T) {
 			return objs
 		}, "Deployment/rest-gateway container rest-gateway: --allow-anonymous"},
 		{"PMXBCKUP without client certificates", func(objs []runtime.Object) []runtime.Object {
-			dropArg(container(t, objs, "pmx-gateway"), "--tls-client-ca")
+			dropArg(container(t, objs, "pmx-gateway"), "--pmx-tls-client-ca")
 			return objs
 		}, "Deployment/pmx-gateway container pmx-gateway: no --pmx-tls-client-ca (or --tls-client-ca): PMXBCKUP has no field for a token"},
 		{"PMXBCKUP without TLS", func(objs []runtime.Object) []runtime.Object {
@@ -489,7 +520,9 @@ func TestCheckerCatchesAccessViolations(t *testing.T) {
 
 // The dev overlay's read and append principals: their tokens, in the Secret
 // chunkbridge-dev-tokens, are in the credentials file the pods mount, with
-// those roles; the admin token is the one the pods share.
+// those roles; the admin token is the one the pods share. PMXBCKUP has
+// certificate principals instead (the e2e suite signs their subjects), an
+// append one at least.
 func TestDevPrincipals(t *testing.T) {
 	objs := renderObjects(t, "overlays/dev")
 	secret := func(prefix string) *corev1.Secret {
@@ -505,14 +538,21 @@ func TestDevPrincipals(t *testing.T) {
 		Principals []struct {
 			Name, Role  string
 			TokenSHA256 string `json:"token_sha256"`
+			CertSubject string `json:"cert_subject"`
 		}
 	}
 	if err := yaml.UnmarshalStrict(secret("chunkbridge-credentials-").Data["credentials.yaml"], &file); err != nil {
 		t.Fatal(err)
 	}
 	tokens := find[*corev1.Secret](t, objs, "chunkbridge-dev-tokens")
-	roles := map[string]bool{}
+	roles, certRoles := map[string]bool{}, map[string]bool{}
+	withToken := 0
 	for _, p := range file.Principals {
+		if p.CertSubject != "" {
+			certRoles[p.Role] = true
+			continue
+		}
+		withToken++
 		tok, ok := tokens.Data[p.Name]
 		sum := sha256.Sum256(tok)
 		if !ok || hex.EncodeToString(sum[:]) != p.TokenSHA256 {
@@ -520,8 +560,11 @@ func TestDevPrincipals(t *testing.T) {
 		}
 		roles[p.Role] = true
 	}
-	if !roles["read"] || !roles["append"] || len(tokens.Data) != len(file.Principals) {
+	if !roles["read"] || !roles["append"] || len(tokens.Data) != withToken {
 		t.Errorf("dev principals %+v with tokens for %d: want a read and an append principal, each with its token", file.Principals, len(tokens.Data))
+	}
+	if !certRoles["append"] {
+		t.Errorf("dev principals %+v: want an append principal with a cert_subject, for PMXBCKUP clients", file.Principals)
 	}
 	if len(secret("chunkbridge-admin-token-").Data["token"]) < 16 {
 		t.Error("the dev admin token is shorter than the 16 characters serve requires")
