@@ -26,6 +26,9 @@ type system struct {
 	// The dev overlay's tokens: its read and append principals', and the
 	// admin token the pods share.
 	readToken, appendToken, adminToken string
+	// PMXBCKUP's certificates: the Secret chunkbridge-pmx-tls the gateway
+	// mounts, and the dev-pmx-* principals' client certificates.
+	pki *pmxPKI
 }
 
 func container0(t *testing.T, spec corev1.PodSpec, name string) corev1.Container {
@@ -38,6 +41,7 @@ func container0(t *testing.T, spec corev1.PodSpec, name string) corev1.Container
 
 func startSystem(t *testing.T) *system {
 	m := loadManifests(t)
+	pki := newPMXPKI(t, m)
 	port := map[string]string{}
 	for _, n := range []string{"minio", "grpc", "chunk-http", "casync", "casync-http", "pmx", "pmx-http", "rest-http"} {
 		port[n] = freePort(t)
@@ -68,13 +72,15 @@ func startSystem(t *testing.T) *system {
 		readToken:   m.secretValue(t, "chunkbridge-dev-tokens", "dev-read"),
 		appendToken: m.secretValue(t, "chunkbridge-dev-tokens", "dev-append"),
 		adminToken:  m.secretValue(t, "chunkbridge-admin-token", "token"),
+		pki:         pki,
 	}
 
 	mc := container0(t, m.sts["minio"].Spec.Template.Spec, "minio")
 	data := t.TempDir()
 	s.minio = run(t, "minio", minioImage, rewrite(mc.Args, cluster), envOf(mc, cluster), "/minio/health/ready", port["minio"], data+":/data")
 
-	// The credentials file and the admin token, mounted as the manifests do.
+	// The credentials file, the admin token and (PMXBCKUP gateway) its
+	// certificates, mounted as the manifests do.
 	cspec := m.deployments["chunk"].Spec.Template.Spec
 	cc := container0(t, cspec, "chunk")
 	s.chunk = run(t, "chunk", image, rewrite(cc.Args, withHTTP("chunk-http")), envOf(cc, cluster), "/readyz", port["chunk-http"], m.secretMounts(t, cspec, cc)...)
@@ -124,6 +130,26 @@ func command(t *testing.T, env []string, name string, args ...string) string {
 		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out.String())
 	}
 	return out.String()
+}
+
+// refused runs a client command that must fail, saying want.
+func refused(t *testing.T, want, name string, args ...string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Dir = t.TempDir()
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), want) {
+		t.Fatalf("%s %s: %v, want it refused with %q:\n%s", name, strings.Join(args, " "), err, want, out)
+	}
+	t.Logf("refused as expected: %s", bytes.TrimSpace(out))
+}
+
+// pmxArgs are the arguments of `chunkbridge pmx CMD --server ADDR`, with
+// auth (the TLS flags of a client certificate, pmxPKI.args) and args.
+func (s *system) pmxArgs(cmd string, auth []string, args ...string) []string {
+	return append(append([]string{"pmx", cmd, "--server", s.pmxAddr}, auth...), args...)
 }
 
 func (s *system) casyncEnv(t *testing.T) []string {
@@ -196,16 +222,27 @@ func TestSystem(t *testing.T) {
 		same(t, src, out)
 	})
 	var snapshot string
+	// PMXBCKUP over mutual TLS: the backup client is dev-pmx-append, the
+	// restore needs no more than dev-pmx-read.
+	asAppend, asRead := s.pki.args(s.pki.append), s.pki.args(s.pki.read)
 	t.Run("PMXBCKUP backup and restore", func(t *testing.T) {
-		out := command(t, nil, hostBinary, "pmx", "backup", "--server", s.pmxAddr, "--type", "host", "--id", "e2e", "--name", "data.img", "--fixed", src)
+		out := command(t, nil, hostBinary, s.pmxArgs("backup", asAppend, "--type", "host", "--id", "e2e", "--name", "data.img", "--fixed", src)...)
 		m := snapshotLine.FindStringSubmatch(out)
 		if m == nil {
 			t.Fatalf("backup printed no snapshot path:\n%s", out)
 		}
 		snapshot = m[1]
 		restored := filepath.Join(t.TempDir(), "restored")
-		command(t, nil, hostBinary, "pmx", "restore", "--server", s.pmxAddr, snapshot, restored)
+		command(t, nil, hostBinary, s.pmxArgs("restore", asRead, snapshot, restored)...)
 		same(t, src, restored)
+	})
+	// Refused backups store nothing: the REST step below finds one snapshot.
+	t.Run("PMXBCKUP refuses clients without a valid certificate", func(t *testing.T) {
+		backup := []string{"--type", "host", "--id", "e2e-refused", "--name", "data.img", "--fixed", src}
+		refused(t, "no client certificate", hostBinary, s.pmxArgs("backup", []string{"--tls-ca", s.pki.ca}, backup...)...)
+		refused(t, "dev-pmx-read may not add snapshots", hostBinary, s.pmxArgs("backup", asRead, backup...)...)
+		refused(t, "handshake", hostBinary, s.pmxArgs("backup", s.pki.args(s.pki.stranger), backup...)...)
+		refused(t, "no client certificate", hostBinary, s.pmxArgs("restore", []string{"--tls-ca", s.pki.ca}, snapshot, filepath.Join(t.TempDir(), "restored"))...)
 	})
 	t.Run("REST", func(t *testing.T) {
 		var idx struct{ Indexes []struct{ Name string } }
@@ -275,7 +312,7 @@ func TestSystem(t *testing.T) {
 		command(t, env, "casync", "extract", "srv:/e2e/b.caibx", out)
 		same(t, src, out)
 		restored := filepath.Join(t.TempDir(), "restored")
-		command(t, nil, hostBinary, "pmx", "restore", "--server", s.pmxAddr, snapshot, restored)
+		command(t, nil, hostBinary, s.pmxArgs("restore", asRead, snapshot, restored)...)
 		same(t, src, restored)
 	})
 }
