@@ -143,7 +143,8 @@ func refused(t *testing.T, want, name string, args ...string) {
 	if err == nil || !strings.Contains(string(out), want) {
 		t.Fatalf("%s %s: %v, want it refused with %q:\n%s", name, strings.Join(args, " "), err, want, out)
 	}
-	t.Logf("refused as expected: %s", bytes.TrimSpace(out))
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	t.Logf("refused as expected: %s", lines[len(lines)-1])
 }
 
 // pmxArgs are the arguments of `chunkbridge pmx CMD --server ADDR`, with
@@ -241,7 +242,7 @@ func TestSystem(t *testing.T) {
 		backup := []string{"--type", "host", "--id", "e2e-refused", "--name", "data.img", "--fixed", src}
 		refused(t, "no client certificate", hostBinary, s.pmxArgs("backup", []string{"--tls-ca", s.pki.ca}, backup...)...)
 		refused(t, "dev-pmx-read may not add snapshots", hostBinary, s.pmxArgs("backup", asRead, backup...)...)
-		refused(t, "handshake", hostBinary, s.pmxArgs("backup", s.pki.args(s.pki.stranger), backup...)...)
+		refused(t, "refused the TLS handshake", hostBinary, s.pmxArgs("backup", s.pki.args(s.pki.stranger), backup...)...)
 		refused(t, "no client certificate", hostBinary, s.pmxArgs("restore", []string{"--tls-ca", s.pki.ca}, snapshot, filepath.Join(t.TempDir(), "restored"))...)
 	})
 	t.Run("REST", func(t *testing.T) {
