@@ -36,6 +36,8 @@ type harness struct {
 	srv     *casync.Server
 	chunks  *cbclient.Chunks
 	catalog chunkbridgev1.CatalogServiceClient
+	// token, if set, is sent in a version 2 preamble by dial.
+	token string
 }
 
 // transport is how the gateway reaches the chunk service: the typed
@@ -106,7 +108,11 @@ func (h *harness) dial(t *testing.T, words ...string) *client {
 	}
 	t.Cleanup(func() { c.Close() })
 	c.SetDeadline(time.Now().Add(30 * time.Second))
-	if err := casync.WritePreamble(c, append([]string{"casync"}, words...)); err != nil {
+	write := casync.WritePreamble
+	if h.token != "" {
+		write = func(w io.Writer, words []string) error { return casync.WritePreamble2(w, h.token, words) }
+	}
+	if err := write(c, append([]string{"casync"}, words...)); err != nil {
 		t.Fatal(err)
 	}
 	return &client{t: t, conn: c, r: caproto.NewReader(c, 0)}
