@@ -162,6 +162,9 @@ func serve(ctx context.Context, mode string, args []string, stdout, stderr io.Wr
 		listening = []any{"http", ""}
 		shutdown  []func(context.Context)
 	)
+	if acc.reg != nil { // every mode: a gateway's clients too follow the file
+		g.Go(func() error { acc.reg.Watch(gctx, f.healthInterval); return nil })
+	}
 	if p.services {
 		svc, err := startServices(ctx, f, log, reg, acc, tlsConfig)
 		if err != nil {
@@ -173,9 +176,6 @@ func serve(ctx context.Context, mode string, args []string, stdout, stderr io.Wr
 		g.Go(func() error { return svc.grpc.Serve(svc.loop) })
 		g.Go(func() error { svc.monitor.Run(gctx); return nil })
 		g.Go(func() error { svc.admin.WatchGC(gctx, f.healthInterval); return nil })
-		if acc.reg != nil {
-			g.Go(func() error { acc.reg.Watch(gctx, f.healthInterval); return nil })
-		}
 		// Quarantines in other replicas: the same cache reset as for GC.
 		g.Go(func() error { svc.chunks.WatchRemovals(gctx, f.healthInterval); return nil })
 		shutdown = append(shutdown, svc.stop)
@@ -235,6 +235,7 @@ func serve(ctx context.Context, mode string, args []string, stdout, stderr io.Wr
 			},
 			MaxConns: f.maxConns,
 		}
+		acc.casync(srv)
 		listening = append(listening, "casync", ln.Addr().String())
 		g.Go(func() error {
 			if err := srv.Serve(ln); !errors.Is(err, casync.ErrServerClosed) {
