@@ -1,6 +1,7 @@
 package casync_test
 
 import (
+	"io"
 	"net"
 	"strings"
 	"sync"
@@ -13,19 +14,10 @@ import (
 	"github.com/chunkbridge/chunkbridge/gateway/casync"
 )
 
-// dialToken is dial with a version 2 preamble carrying token.
+// dialToken is dial with a version 2 preamble carrying token, even "".
 func (h *harness) dialToken(t *testing.T, token string, words ...string) *client {
 	t.Helper()
-	c, err := net.Dial("tcp", h.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	c.SetDeadline(time.Now().Add(30 * time.Second))
-	if err := casync.WritePreamble2(c, token, append([]string{"casync"}, words...)); err != nil {
-		t.Fatal(err)
-	}
-	return &client{t: t, conn: c, r: caproto.NewReader(c, 0)}
+	return h.dialWith(t, func(w io.Writer, words []string) error { return casync.WritePreamble2(w, token, words) }, words)
 }
 
 // With Authenticate set, a session needs a token the registry knows, and

@@ -102,16 +102,22 @@ type client struct {
 
 func (h *harness) dial(t *testing.T, words ...string) *client {
 	t.Helper()
+	write := casync.WritePreamble
+	if h.token != "" {
+		write = func(w io.Writer, words []string) error { return casync.WritePreamble2(w, h.token, words) }
+	}
+	return h.dialWith(t, write, words)
+}
+
+// dialWith connects and sends the preamble write writes for words.
+func (h *harness) dialWith(t *testing.T, write func(io.Writer, []string) error, words []string) *client {
+	t.Helper()
 	c, err := net.Dial("tcp", h.addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
 	c.SetDeadline(time.Now().Add(30 * time.Second))
-	write := casync.WritePreamble
-	if h.token != "" {
-		write = func(w io.Writer, words []string) error { return casync.WritePreamble2(w, h.token, words) }
-	}
 	if err := write(c, append([]string{"casync"}, words...)); err != nil {
 		t.Fatal(err)
 	}
