@@ -117,3 +117,50 @@ func TestFileIsValidated(t *testing.T) {
 		}
 	}
 }
+
+// ByName finds a file's principal, token or certificate alike, follows a
+// reload, and never the principals AddToken added.
+func TestByName(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "credentials.yaml")
+	_, hash := auth.NewToken()
+	write(t, path, `
+tenants:
+  - name: acme
+principals:
+  - name: web-backup
+    tenant: acme
+    role: append
+    token_sha256: `+hash+`
+  - name: pmx-host-1
+    role: read
+    cert_subject: CN=pmx-host-1
+`)
+	reg, err := auth.Load(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg.AddToken("an-admin-token-0123456789", auth.Principal{Name: "token-file", Tenant: auth.DefaultTenant, Role: auth.RoleAdmin})
+	for name, want := range map[string]auth.Principal{
+		"web-backup": {Name: "web-backup", Tenant: "acme", Role: auth.RoleAppend},
+		"pmx-host-1": {Name: "pmx-host-1", Tenant: auth.DefaultTenant, Role: auth.RoleRead},
+	} {
+		if got, err := reg.ByName(name); err != nil || got != want {
+			t.Errorf("ByName(%q) = %v, %v; want %v", name, got, err, want)
+		}
+	}
+	for _, name := range []string{"token-file", "nobody", ""} {
+		if _, err := reg.ByName(name); !errors.Is(err, auth.ErrUnknownCredential) || !strings.Contains(err.Error(), "no principal") {
+			t.Errorf("ByName(%q): %v, want ErrUnknownCredential", name, err)
+		}
+	}
+	write(t, path, "principals:\n  - name: web-backup\n    role: write\n    token_sha256: "+hash+"\n")
+	if !reg.Reload() {
+		t.Fatal("not reloaded")
+	}
+	if got, err := reg.ByName("web-backup"); err != nil || got.Role != auth.RoleWrite || got.Tenant != auth.DefaultTenant {
+		t.Errorf("after the reload: %v, %v", got, err)
+	}
+	if _, err := reg.ByName("pmx-host-1"); err == nil {
+		t.Error("a removed principal is still found")
+	}
+}

@@ -70,6 +70,7 @@ type table struct {
 	tokens  []tokenEntry
 	certs   map[string]Principal
 	tenants map[string]Tenant
+	byName  map[string]Principal
 }
 
 // Registry holds the principals of one credentials file and follows its
@@ -104,9 +105,10 @@ func Load(path string, log *slog.Logger) (*Registry, error) {
 // Static is a registry of fixed principals, each with a token: for the
 // single --auth-token-file and for tests.
 func Static(tokens map[string]Principal) *Registry {
-	t := &table{certs: map[string]Principal{}, tenants: map[string]Tenant{DefaultTenant: {Name: DefaultTenant, DedupDomain: DefaultTenant}}}
+	t := &table{certs: map[string]Principal{}, tenants: map[string]Tenant{DefaultTenant: {Name: DefaultTenant, DedupDomain: DefaultTenant}}, byName: map[string]Principal{}}
 	for tok, p := range tokens {
 		t.tokens = append(t.tokens, tokenEntry{sha256.Sum256([]byte(tok)), p})
+		t.byName[p.Name] = p
 	}
 	r := &Registry{log: slog.Default()}
 	r.cur.Store(t)
@@ -120,7 +122,7 @@ func parse(raw []byte) (*table, error) {
 	if err := dec.Decode(&f); err != nil && !errors.Is(err, io.EOF) /* an empty file */ {
 		return nil, fmt.Errorf("not valid YAML for a credentials file: %w", err)
 	}
-	t := &table{raw: raw, certs: map[string]Principal{}, tenants: map[string]Tenant{}}
+	t := &table{raw: raw, certs: map[string]Principal{}, tenants: map[string]Tenant{}, byName: map[string]Principal{}}
 	for i, e := range f.Tenants {
 		if !nameRE.MatchString(e.Name) {
 			return nil, fmt.Errorf("tenants[%d]: name %q: want letters, digits, '.', '_', '@' or '-'", i, e.Name)
@@ -157,6 +159,7 @@ func parse(raw []byte) (*table, error) {
 			return nil, fmt.Errorf("%s: %w", where, err)
 		}
 		p := Principal{Name: e.Name, Tenant: e.Tenant, Role: role}
+		t.byName[e.Name] = p
 		switch {
 		case e.TokenSHA256 != "" && e.CertSubject != "":
 			return nil, fmt.Errorf("%s: give token_sha256 or cert_subject, not both", where)
@@ -216,6 +219,19 @@ func (r *Registry) Subject(subject string) (Principal, error) {
 	p, ok := r.cur.Load().certs[subject]
 	if !ok {
 		return Principal{}, ErrUnknownCredential
+	}
+	return p, nil
+}
+
+// ByName returns the principal of that name in the credentials file (or
+// Static's map), whatever its credential: for a listener that
+// authenticated the caller itself, such as sshd running casync-remote as
+// a key's forced command (`--principal NAME`). The principals AddToken
+// added are not found: they are no one a key could be mapped to.
+func (r *Registry) ByName(name string) (Principal, error) {
+	p, ok := r.cur.Load().byName[name]
+	if !ok {
+		return Principal{}, fmt.Errorf("%w: no principal is named %q", ErrUnknownCredential, name)
 	}
 	return p, nil
 }

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/chunkbridge/chunkbridge/auth"
+	"github.com/chunkbridge/chunkbridge/gateway/casync"
 	"github.com/chunkbridge/chunkbridge/services/apierr"
 )
 
@@ -225,6 +226,61 @@ func (a *access) token(header string) (auth.Principal, error) {
 // refused logs one audit line for a refused call; never the secret.
 func (a *access) refused(listener, what, principal string, err error) {
 	a.log.Warn("access refused", "listener", listener, "call", what, "principal", principal, "reason", err.Error())
+}
+
+// casync makes the casync TCP gateway authenticate the token of each
+// preamble (version 2) and audit its refusals. Without credentials it
+// serves every caller, as auth.Anonymous.
+func (a *access) casync(srv *casync.Server) {
+	a.casyncHandler(srv.Handler)
+	if a.reg != nil {
+		srv.Authenticate = a.reg.Token
+	}
+}
+
+// casyncHandler audits the sessions h refuses.
+func (a *access) casyncHandler(h *casync.Handler) {
+	h.Audit = func(principal string, args casync.Args, err error) {
+		a.refused("casync", casyncCall(args), principal, err)
+	}
+}
+
+// casyncCall names a casync session in audit lines: "push images/x.caibx".
+func casyncCall(args casync.Args) string {
+	call := "pull"
+	if args.Push {
+		call = "push"
+	}
+	if args.Index != "" {
+		call += " " + args.Index
+	}
+	return call
+}
+
+// remotePrincipal is the principal casync-remote acts as: the one named by
+// --principal in the credentials file. With neither, the session acts
+// with the hop token's own rights, as before credentials existed: whoever
+// may run casync-remote may read that token anyway. A name without a
+// file, a file without a name, and a name the file lacks are refused.
+func (a *access) remotePrincipal(ctx context.Context, file, name string, args casync.Args) (context.Context, error) {
+	call := casyncCall(args)
+	var err error
+	switch {
+	case name == "" && file == "":
+		return ctx, nil
+	case file == "":
+		err = fmt.Errorf("--principal %s needs %s, the credentials file that gives its tenant and role", name, envName("credentials-file"))
+	case name == "":
+		err = fmt.Errorf("%s is set, so name the principal this ssh key acts as: --principal NAME (in authorized_keys: command=\"chunkbridge-casync-remote --principal NAME\") or %s", envName("credentials-file"), envName("principal"))
+	default:
+		var p auth.Principal
+		if p, err = a.reg.ByName(name); err == nil {
+			return auth.NewContext(ctx, p), nil
+		}
+		err = fmt.Errorf("--principal %s: %w in %s", name, err, envName("credentials-file"))
+	}
+	a.refused("casync-remote", call, name, err)
+	return nil, fmt.Errorf("casync-remote: %w", err)
 }
 
 // requireHTTP wraps an HTTP handler: 401 without a valid credential,

@@ -25,16 +25,24 @@ import (
 
 // casyncRemote speaks caprotocol on stdin and stdout: ssh runs it as the
 // remote casync (CASYNC_REMOTE_PATH="chunkbridge casync-remote"). Its argv is
-// [--chunk-service ADDR] followed by casync's remote argv, with or without
-// casync's --log-level/--rate-limit-bps options, as words or as one string
-// (see remoteWords). CHUNKBRIDGE_SESSION_IDLE_TIMEOUT
+// [--chunk-service ADDR] [--principal NAME] followed by casync's remote
+// argv, with or without casync's --log-level/--rate-limit-bps options, as
+// words or as one string (see remoteWords). CHUNKBRIDGE_SESSION_IDLE_TIMEOUT
 // and CHUNKBRIDGE_SESSION_WRITE_TIMEOUT (Go durations) override the session's
 // idle timeout (10m) and write timeout (1m).
+//
+// ssh authenticated the user; --principal (or CHUNKBRIDGE_PRINCIPAL) names
+// the principal of CHUNKBRIDGE_CREDENTIALS_FILE the session acts as, so
+// that a key's forced command (authorized_keys command="chunkbridge-casync-remote
+// --principal web-backup") maps the key to it. The chunk service is called
+// with the admin token of CHUNKBRIDGE_AUTH_TOKEN_FILE, naming the principal
+// (auth.ForwardUnary), and authorises each call as that principal.
 func casyncRemote(ctx context.Context, argv []string, stderr io.Writer) error {
 	addr := os.Getenv(envName("chunk-service"))
 	if addr == "" {
 		addr = "127.0.0.1:9090"
 	}
+	principal := os.Getenv(envName("principal"))
 	var rest []string
 	for i := 0; i < len(argv); i++ {
 		switch w := argv[i]; {
@@ -43,6 +51,11 @@ func casyncRemote(ctx context.Context, argv []string, stderr io.Writer) error {
 			i++
 		case strings.HasPrefix(w, "--chunk-service="):
 			addr = strings.TrimPrefix(w, "--chunk-service=")
+		case w == "--principal" && i+1 < len(argv):
+			principal = argv[i+1]
+			i++
+		case strings.HasPrefix(w, "--principal="):
+			principal = strings.TrimPrefix(w, "--principal=")
 		default:
 			rest = append(rest, w)
 		}
@@ -62,13 +75,18 @@ func casyncRemote(ctx context.Context, argv []string, stderr io.Writer) error {
 	}
 	var sec securityFlags
 	sec.tokenFile = os.Getenv(envName("auth-token-file"))
+	sec.credentialsFile = os.Getenv(envName("credentials-file"))
 	sec.chunkServiceTLS = os.Getenv(envName("chunk-service-tls")) == "true"
 	sec.chunkServiceCA = os.Getenv(envName("chunk-service-ca"))
-	token, err := sec.loadToken()
+	acc, err := sec.access(log, false)
+	if err != nil {
+		return fmt.Errorf("casync-remote: %s: %w", envName("credentials-file"), err)
+	}
+	ctx, err = acc.remotePrincipal(ctx, sec.credentialsFile, principal, args)
 	if err != nil {
 		return err
 	}
-	conn, err := dialChunkService(addr, sec, token)
+	conn, err := dialChunkService(addr, sec, acc.hop)
 	if err != nil {
 		return err
 	}
@@ -78,6 +96,7 @@ func casyncRemote(ctx context.Context, argv []string, stderr io.Writer) error {
 		Catalog: client.NewCatalogGRPC(conn),
 		Log:     log,
 	}
+	acc.casyncHandler(h)
 	// The session's timeouts, for a client that stops reading or sending:
 	// the same CHUNKBRIDGE_SESSION_* variables as serve's flags.
 	for name, d := range map[string]*time.Duration{"session-idle-timeout": &h.IdleTimeout, "session-write-timeout": &h.WriteTimeout} {
@@ -152,7 +171,8 @@ func pollable(std *os.File, fd int) *os.File {
 // (CASYNC_SSH_PATH): `[OPTIONS] [--] DESTINATION COMMAND…`. Instead of running
 // the command on the destination it connects to the casync gateway at
 // $CHUNKBRIDGE_CASYNC_ADDR (or the destination's host and port, 8473 by
-// default), sends the command's words as the preamble, and relays bytes both
+// default), sends the command's words as the preamble (with the token of
+// CHUNKBRIDGE_TOKEN or CHUNKBRIDGE_TOKEN_FILE, if set), and relays bytes both
 // ways until both directions are done. An ABORT from the gateway has its
 // reason printed on stderr: casync itself shows only the errno.
 func casyncSSH(_ context.Context, argv []string, stderr io.Writer) error {
@@ -164,12 +184,23 @@ func casyncSSH(_ context.Context, argv []string, stderr io.Writer) error {
 	if addr == "" {
 		addr = net.JoinHostPort(call.host, cmp.Or(call.port, "8473"))
 	}
+	token, err := casyncToken()
+	if err != nil {
+		return fmt.Errorf("casync-ssh: %w", err)
+	}
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("casync-ssh: connect to the casync gateway at %s (set CHUNKBRIDGE_CASYNC_ADDR): %w", addr, err)
 	}
 	defer c.Close()
-	if err := casync.WritePreamble(c, call.command); err != nil {
+	// Without a token, version 1: what every gateway reads, and all one
+	// without credentials needs.
+	if token == "" {
+		err = casync.WritePreamble(c, call.command)
+	} else {
+		err = casync.WritePreamble2(c, token, call.command)
+	}
+	if err != nil {
 		return fmt.Errorf("casync-ssh: %w", err)
 	}
 	// casync hands us non-blocking pipes; os.File handles them through the
@@ -203,6 +234,29 @@ func casyncSSH(_ context.Context, argv []string, stderr io.Writer) error {
 		return fmt.Errorf("casync-ssh: relay from %s: %w", addr, err)
 	}
 	return nil
+}
+
+// casyncToken is the token casync-ssh sends the gateway: CHUNKBRIDGE_TOKEN,
+// or what the file CHUNKBRIDGE_TOKEN_FILE holds (surrounding white space
+// trimmed); "" when neither is set.
+func casyncToken() (string, error) {
+	token, file := os.Getenv(envName("token")), os.Getenv(envName("token-file"))
+	if token != "" && file != "" {
+		return "", fmt.Errorf("both %s and %s are set: set one", envName("token"), envName("token-file"))
+	}
+	if file != "" {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return "", fmt.Errorf("%s: %w", envName("token-file"), err)
+		}
+		if token = strings.TrimSpace(string(b)); token == "" {
+			return "", fmt.Errorf("%s %s is empty", envName("token-file"), file)
+		}
+	}
+	if len(token) > casync.MaxPreambleToken {
+		return "", fmt.Errorf("the token has %d bytes: at most %d", len(token), casync.MaxPreambleToken)
+	}
+	return token, nil
 }
 
 // sshCall is what ssh was asked to do: reach host (port "" unless the

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/hex"
+	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,7 +19,9 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
+	"github.com/chunkbridge/chunkbridge/auth"
 	"github.com/chunkbridge/chunkbridge/format/caproto"
+	"github.com/chunkbridge/chunkbridge/gateway/casync"
 )
 
 func TestParseSSHArgv(t *testing.T) {
@@ -289,4 +293,84 @@ func (c *casyncEnv) runFail(args ...string) string {
 		c.t.Fatalf("casync %s succeeded; want a refusal\n%s", strings.Join(args, " "), out)
 	}
 	return string(out)
+}
+
+// casync-ssh's token: CHUNKBRIDGE_TOKEN or the file CHUNKBRIDGE_TOKEN_FILE,
+// never both, never an empty file or one beyond the preamble's limit.
+func TestCasyncToken(t *testing.T) {
+	dir := t.TempDir()
+	file := func(s string) string {
+		p := filepath.Join(dir, fmt.Sprint(len(s)))
+		os.WriteFile(p, []byte(s), 0o600)
+		return p
+	}
+	for _, tc := range []struct {
+		token, file, want, fails string
+	}{
+		{"", "", "", ""},
+		{"cbt_abc", "", "cbt_abc", ""},
+		{"", file(" cbt_from_file\n"), "cbt_from_file", ""},
+		{"cbt_abc", file("cbt_x"), "", "set one"},
+		{"", file(" \n"), "", "is empty"},
+		{"", filepath.Join(dir, "absent"), "", "CHUNKBRIDGE_TOKEN_FILE"},
+		{strings.Repeat("t", 1025), "", "", "at most 1024"},
+	} {
+		t.Setenv("CHUNKBRIDGE_TOKEN", tc.token)
+		t.Setenv("CHUNKBRIDGE_TOKEN_FILE", tc.file)
+		got, err := casyncToken()
+		if got != tc.want || (err == nil) != (tc.fails == "") || (err != nil && !strings.Contains(err.Error(), tc.fails)) {
+			t.Errorf("token %.10q, file %q: %q, %v; want %q, error %q", tc.token, tc.file, got, err, tc.want, tc.fails)
+		}
+	}
+}
+
+// casync-remote's principal: none without credentials (as before them);
+// with the file, a name it has; any other combination is refused.
+func TestRemotePrincipal(t *testing.T) {
+	creds, _ := principals(t, t.TempDir())
+	var logs strings.Builder
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	withFile, err := securityFlags{credentialsFile: creds, tokenFile: adminTokenFile(t)}.access(log, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	without, err := securityFlags{tokenFile: adminTokenFile(t)}.access(log, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	args := casync.Args{Push: true, Index: "x.caibx"}
+	for _, tc := range []struct {
+		acc        *access
+		file, name string
+		want       string // the principal, or the error
+	}{
+		{without, "", "", "anonymous"},
+		{without, "", "write-user", "needs CHUNKBRIDGE_CREDENTIALS_FILE"},
+		{withFile, creds, "", "name the principal"},
+		{withFile, creds, "nobody", `no principal is named "nobody"`},
+		{withFile, creds, "token-file", `no principal is named "token-file"`},
+		{withFile, creds, "append-user", "append-user"},
+	} {
+		ctx, err := tc.acc.remotePrincipal(t.Context(), tc.file, tc.name, args)
+		got := ""
+		if err != nil {
+			got = err.Error()
+		} else {
+			got = auth.FromContext(ctx).Name
+		}
+		if !strings.Contains(got, tc.want) {
+			t.Errorf("file %q, --principal %q: %q, want %q", tc.file, tc.name, got, tc.want)
+		}
+	}
+	if n := strings.Count(logs.String(), "access refused"); n != 4 {
+		t.Errorf("%d refusals audited, want 4:\n%s", n, logs.String())
+	}
+}
+
+// adminTokenFile writes an admin token file.
+func adminTokenFile(t *testing.T) string {
+	p := filepath.Join(t.TempDir(), "token")
+	tok, _ := auth.NewToken()
+	os.WriteFile(p, []byte(tok), 0o600)
+	return p
 }

@@ -110,7 +110,7 @@ the chunk service at --chunk-service. With --credentials-file, clients
 authenticate by TLS client certificate only (--pmx-tls-client-ca): PMXBCKUP
 has no credential field (docs/auth.md).
 `,
-	"casync-remote": `Usage: chunkbridge casync-remote [--chunk-service ADDR] [--OPT=…] pull|push BASE ARCHIVE INDEX STORE
+	"casync-remote": `Usage: chunkbridge casync-remote [--chunk-service ADDR] [--principal NAME] [--OPT=…] pull|push BASE ARCHIVE INDEX STORE
        (or the same as one string, or in SSH_ORIGINAL_COMMAND)
 
 Speaks casync's remote protocol on stdin and stdout, storing in the chunk
@@ -119,6 +119,13 @@ service at --chunk-service (or CHUNKBRIDGE_CHUNK_SERVICE, default
 desync's CASYNC_REMOTE_PATH at a symlink named chunkbridge-casync-remote.
 When ssh runs it as a forced command (authorized_keys command="…"), the
 client's command is read from SSH_ORIGINAL_COMMAND.
+
+With credentials, --principal NAME (or CHUNKBRIDGE_PRINCIPAL) names the
+principal of CHUNKBRIDGE_CREDENTIALS_FILE the session acts as: ssh
+authenticated the user, so a key's forced command
+command="chunkbridge-casync-remote --principal web-backup" maps it to one.
+The chunk service is called with the admin token of
+CHUNKBRIDGE_AUTH_TOKEN_FILE and authorises each call as the principal.
 `,
 	"casync-ssh": `Usage: chunkbridge casync-ssh [SSH OPTIONS] [--] [user@]HOST[:PORT] COMMAND…
 
@@ -130,6 +137,10 @@ session. COMMAND is joined and split as ssh's remote shell would split it,
 so both casync's words and desync's one quoted string work. ssh's options
 are accepted and ignored, except -p. When the gateway ends the session with
 ABORT, its reason is printed on stderr.
+
+A gateway with credentials needs a token: CHUNKBRIDGE_TOKEN, or
+CHUNKBRIDGE_TOKEN_FILE naming a file that holds it. It is sent in the
+preamble (version 2); without one, version 1 is sent.
 `,
 	"pmx":         pmxUsage,
 	"pmx backup":  pmxHelp("backup"),

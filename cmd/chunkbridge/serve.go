@@ -169,6 +169,9 @@ func serve(ctx context.Context, mode string, args []string, stdout, stderr io.Wr
 		listening = []any{"http", ""}
 		shutdown  []func(context.Context)
 	)
+	if acc.reg != nil { // every mode: a gateway's clients too follow the file
+		g.Go(func() error { acc.reg.Watch(gctx, f.healthInterval); return nil })
+	}
 	if p.services {
 		svc, err := startServices(ctx, f, log, reg, acc, tlsConfig)
 		if err != nil {
@@ -247,6 +250,7 @@ func serve(ctx context.Context, mode string, args []string, stdout, stderr io.Wr
 			},
 			MaxConns: f.maxConns,
 		}
+		acc.casync(srv)
 		listening = append(listening, "casync", ln.Addr().String())
 		g.Go(func() error {
 			if err := srv.Serve(ln); !errors.Is(err, casync.ErrServerClosed) {

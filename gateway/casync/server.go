@@ -11,14 +11,17 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/chunkbridge/chunkbridge/auth"
 	"github.com/chunkbridge/chunkbridge/gateway/tcpserver"
+	"github.com/chunkbridge/chunkbridge/services/apierr"
 )
 
 // ErrServerClosed is returned by Serve after Shutdown.
 var ErrServerClosed = tcpserver.ErrServerClosed
 
 // Server accepts caprotocol sessions over TCP. Each connection starts with a
-// preamble (see WritePreamble) carrying casync's remote argv.
+// preamble (see ReadPreamble) carrying casync's remote argv and, in version
+// 2, the client's token.
 type Server struct {
 	Handler *Handler
 	// PreambleTimeout bounds the wait for the preamble (default 30s).
@@ -26,6 +29,13 @@ type Server struct {
 	// MaxConns caps the sessions served at once (0: no cap); a connection
 	// beyond it is answered with an ABORT saying so.
 	MaxConns int
+	// Authenticate, when set, turns the preamble's token into the
+	// principal the session runs as (auth.NewContext): the gateway has
+	// credentials. A preamble without a token (version 1, or version 2
+	// with an empty one), and a token it refuses, get an ABORT (EACCES)
+	// saying what to do, and no session. When nil, auth is off: both
+	// versions are served, as auth.Anonymous, and a token is ignored.
+	Authenticate func(token string) (auth.Principal, error)
 
 	once sync.Once
 	tcp  tcpserver.Server
@@ -66,18 +76,24 @@ func (srv *Server) handle(c net.Conn) {
 	}
 	br := bufio.NewReaderSize(c, 64<<10)
 	c.SetReadDeadline(time.Now().Add(timeout))
-	words, err := ReadPreamble(br)
+	pre, err := ReadPreamble(br)
 	c.SetReadDeadline(time.Time{})
+	conn := &tcpConn{Conn: c, r: br}
+	var ve *PreambleVersionError
+	if errors.As(err, &ve) {
+		// The client speaks caprotocol next, so it can be told why.
+		srv.Handler.refuse(context.Background(), conn, abortf(syscall.EPROTONOSUPPORT, "%v; upgrade the gateway, or use a client that sends version 2", err))
+		return
+	}
 	if err != nil {
 		if log != nil {
 			log.Warn("casync connection refused", "remote", c.RemoteAddr().String(), "err", err)
 		}
 		return
 	}
-	conn := &tcpConn{Conn: c, r: br}
 	var args Args
-	if len(words) > 0 {
-		args, err = ParseArgs(words[1:]) // words[0] is the remote program name
+	if len(pre.Words) > 0 {
+		args, err = ParseArgs(pre.Words[1:]) // Words[0] is the remote program name
 	} else {
 		err = errors.New("empty preamble")
 	}
@@ -86,7 +102,37 @@ func (srv *Server) handle(c net.Conn) {
 		srv.Handler.refuse(context.Background(), conn, abortf(syscall.EINVAL, "%v", err))
 		return
 	}
-	srv.Handler.Serve(context.Background(), conn, args)
+	ctx := context.Background()
+	if srv.Authenticate != nil {
+		p, err := srv.authenticate(pre)
+		if err != nil {
+			srv.Handler.audit("", args, err)
+			srv.Handler.refuse(ctx, conn, err)
+			return
+		}
+		ctx = auth.NewContext(ctx, p)
+	}
+	srv.Handler.Serve(ctx, conn, args)
+}
+
+// authenticate checks the preamble's token; its errors are the ABORT the
+// client reads, so they say what to do.
+func (srv *Server) authenticate(pre Preamble) (auth.Principal, error) {
+	if pre.Token == "" {
+		sent := "preamble version 1, which has no token"
+		if pre.Version > 1 {
+			sent = fmt.Sprintf("preamble version %d without a token", pre.Version)
+		}
+		return auth.Principal{}, abortf(syscall.EACCES,
+			"%v: this casync gateway needs a token: set CHUNKBRIDGE_TOKEN (or CHUNKBRIDGE_TOKEN_FILE, a file holding it) for chunkbridge-casync-ssh, which then sends it in preamble version 2 (this client sent %s)",
+			apierr.ErrUnauthenticated, sent)
+	}
+	p, err := srv.Authenticate(pre.Token)
+	if err != nil {
+		return auth.Principal{}, abortf(syscall.EACCES,
+			"%v: the token was refused (%v): check CHUNKBRIDGE_TOKEN or CHUNKBRIDGE_TOKEN_FILE", apierr.ErrUnauthenticated, err)
+	}
+	return p, nil
 }
 
 // refuseBusy answers a connection beyond MaxConns. The preamble is not

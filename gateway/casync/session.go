@@ -11,11 +11,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sync"
 	"syscall"
 	"time"
 
 	"google.golang.org/grpc/codes"
 
+	"github.com/chunkbridge/chunkbridge/auth"
 	"github.com/chunkbridge/chunkbridge/client"
 	"github.com/chunkbridge/chunkbridge/format/caindex"
 	"github.com/chunkbridge/chunkbridge/format/caproto"
@@ -74,6 +76,11 @@ type Handler struct {
 	BatchSize int
 	// Metrics may be nil.
 	Metrics *Metrics
+	// Audit, if set, is told of each session refused for want of access:
+	// a missing or wrong token (principal ""), or a role that does not
+	// allow what the session asked (a read principal pushing, an append
+	// one replacing an index). It is the gateway's audit line.
+	Audit func(principal string, args Args, err error)
 }
 
 // Conn is one caprotocol byte stream: a TCP connection, or stdin and
@@ -157,6 +164,8 @@ type conv struct {
 	remote caproto.Features
 	// queueBytes is the writer's queue bound.
 	queueBytes int64
+	// audited: one audit line a session.
+	audited sync.Once
 }
 
 func (h *Handler) sessionConfig() session.Config {
@@ -192,6 +201,24 @@ func (h *Handler) Serve(ctx context.Context, conn Conn, args Args) error {
 	return err
 }
 
+// refusedAccess reports whether err ended a session because its principal
+// may not do what it asked.
+func refusedAccess(ctx context.Context, err error) bool {
+	switch apierr.Code(err) {
+	case codes.PermissionDenied, codes.Unauthenticated:
+		return true
+	case codes.AlreadyExists:
+		return !auth.FromContext(ctx).Allows(auth.Replace)
+	}
+	return false
+}
+
+func (h *Handler) audit(principal string, args Args, err error) {
+	if h.Audit != nil {
+		h.Audit(principal, args, err)
+	}
+}
+
 // testHookServed, if set, runs when a session is over.
 var testHookServed func(verb string, err error)
 
@@ -205,6 +232,11 @@ func (c *conv) goWork(f func(ctx context.Context) error) {
 // end, not news for the client.
 func (c *conv) abortOn(ctx context.Context, err error) error {
 	if err != nil && ctx.Err() == nil {
+		if refusedAccess(ctx, err) {
+			// Before the ABORT goes out: a client that read it finds the
+			// refusal logged.
+			c.audited.Do(func() { c.h.audit(auth.FromContext(ctx).Name, c.args, err) })
+		}
 		c.s.SetFinal(abortFrame(err))
 	}
 	return err
@@ -248,6 +280,11 @@ func (c *conv) run(ctx context.Context) error {
 			return abortf(syscall.EINVAL, "%v", err)
 		}
 	}
+	if c.args.Push {
+		if err := c.mayPush(ctx); err != nil {
+			return err
+		}
+	}
 	if err := c.send(ctx, &caproto.Hello{Features: c.local}); err != nil {
 		return err
 	}
@@ -271,6 +308,33 @@ func (c *conv) run(ctx context.Context) error {
 		return c.push(ctx)
 	}
 	return c.pull(ctx)
+}
+
+// mayPush refuses, before HELLO, a push the session's principal may not
+// make. The services would refuse it too, but only once the client had
+// sent its index and chunks; the catalog's refusal to let an append
+// principal replace an index stays the atomic one (PutIfAbsent).
+func (c *conv) mayPush(ctx context.Context) error {
+	what := "chunks"
+	if c.args.Index != "" {
+		what = "chunks and index " + c.args.Index
+	}
+	if err := auth.Check(ctx, auth.Append, what); err != nil {
+		return err
+	}
+	p := auth.FromContext(ctx)
+	if c.args.Index == "" || p.Allows(auth.Replace) {
+		return nil
+	}
+	_, err := c.h.Catalog.StatIndex(ctx, c.args.Index)
+	switch {
+	case err == nil:
+		return fmt.Errorf("index %s %w, and %s may not replace it: its role %s only adds new indexes; push under a new name, or as a principal with the write role",
+			c.args.Index, apierr.ErrExists, p.Name, p.Role)
+	case errors.Is(err, apierr.ErrNotFound):
+		return nil
+	}
+	return fmt.Errorf("index %s: %w", c.args.Index, err)
 }
 
 // send queues a frame for the writer, waiting while its queue is full.

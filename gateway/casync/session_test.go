@@ -36,6 +36,8 @@ type harness struct {
 	srv     *casync.Server
 	chunks  *cbclient.Chunks
 	catalog chunkbridgev1.CatalogServiceClient
+	// token, if set, is sent in a version 2 preamble by dial.
+	token string
 }
 
 // transport is how the gateway reaches the chunk service: the typed
@@ -100,13 +102,23 @@ type client struct {
 
 func (h *harness) dial(t *testing.T, words ...string) *client {
 	t.Helper()
+	write := casync.WritePreamble
+	if h.token != "" {
+		write = func(w io.Writer, words []string) error { return casync.WritePreamble2(w, h.token, words) }
+	}
+	return h.dialWith(t, write, words)
+}
+
+// dialWith connects and sends the preamble write writes for words.
+func (h *harness) dialWith(t *testing.T, write func(io.Writer, []string) error, words []string) *client {
+	t.Helper()
 	c, err := net.Dial("tcp", h.addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
 	c.SetDeadline(time.Now().Add(30 * time.Second))
-	if err := casync.WritePreamble(c, append([]string{"casync"}, words...)); err != nil {
+	if err := write(c, append([]string{"casync"}, words...)); err != nil {
 		t.Fatal(err)
 	}
 	return &client{t: t, conn: c, r: caproto.NewReader(c, 0)}
