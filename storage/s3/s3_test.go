@@ -67,13 +67,25 @@ func TestConformanceOnCluster(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg.Endpoint = c.Nodes[3].Endpoint
-	rc, _, err := open(t, cfg).Get(t.Context(), "k")
-	if err != nil {
-		t.Fatalf("Get through the restarted node: %v", err)
-	}
-	defer rc.Close()
-	if got, err := io.ReadAll(rc); err != nil || !bytes.Equal(got, want) {
-		t.Fatalf("read through the restarted node: %q, %v; want %q", got, err, want)
+	// A restarted node may answer before it has reconnected to every
+	// peer (under load, a few seconds): then it does not see the object
+	// yet. Wait for that, not for a fixed time; it must come.
+	restarted := open(t, cfg)
+	deadline := time.Now().Add(time.Minute)
+	for {
+		rc, _, err := restarted.Get(t.Context(), "k")
+		if err == nil {
+			got, err := io.ReadAll(rc)
+			rc.Close()
+			if err != nil || !bytes.Equal(got, want) {
+				t.Fatalf("read through the restarted node: %q, %v; want %q", got, err, want)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("Get through the restarted node, a minute after its restart: %v", err)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 }
 
