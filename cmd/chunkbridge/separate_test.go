@@ -73,8 +73,10 @@ func TestSeparateServicesWithTokenAndTLS(t *testing.T) {
 		t.Fatalf("GetStats without a token = %v, want Unauthenticated", err)
 	}
 
-	// casync through the separate gateway.
+	// casync through the separate gateway, which with a token requires it
+	// in the preamble too.
 	c := tcpCasync(t, casyncGW)
+	c.env = append(c.env, "CHUNKBRIDGE_TOKEN="+token)
 	src := blob(t, 9, 2<<20)
 	c.run("make", "srv:/sep/x.caibx", src)
 	out := filepath.Join(t.TempDir(), "out")

@@ -169,9 +169,6 @@ func serve(ctx context.Context, mode string, args []string, stdout, stderr io.Wr
 		listening = []any{"http", ""}
 		shutdown  []func(context.Context)
 	)
-	if acc.reg != nil { // every mode: a gateway's clients too follow the file
-		g.Go(func() error { acc.reg.Watch(gctx, f.healthInterval); return nil })
-	}
 	if p.services {
 		svc, err := startServices(ctx, f, log, reg, acc, tlsConfig)
 		if err != nil {
@@ -216,7 +213,8 @@ func serve(ctx context.Context, mode string, args []string, stdout, stderr io.Wr
 	}
 	defer conn.Close()
 	if acc.reg != nil {
-		// A gateway process follows the file too (certificate subjects).
+		// Every mode follows the file: a gateway's clients too (tokens,
+		// certificate subjects). Gateways have no --health-interval.
 		every := f.healthInterval
 		if every <= 0 {
 			every = 2 * time.Second

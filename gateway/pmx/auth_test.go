@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -51,14 +52,16 @@ func TestAuthenticateRefusesTheConnection(t *testing.T) {
 // append principal backs up.
 func TestRolesOnTheSession(t *testing.T) {
 	onBothTransports(t, func(t *testing.T, tr transport) {
-		var who auth.Principal
+		// Set by the test, read by the server's connection goroutines: a
+		// network round trip orders them, which the race detector cannot see.
+		var who atomic.Pointer[auth.Principal]
 		h := newHarnessOn(t, tr, func(s *pmx.Server) {
-			s.Authenticate = func(*tls.ConnectionState) (auth.Principal, error) { return who, nil }
+			s.Authenticate = func(*tls.ConnectionState) (auth.Principal, error) { return *who.Load(), nil }
 		})
 		data := bytes.Repeat([]byte("roles on a PMXBCKUP session "), 40000)
 		ctx := t.Context()
 
-		who = auth.Principal{Name: "host-1", Tenant: auth.DefaultTenant, Role: auth.RoleAppend}
+		who.Store(&auth.Principal{Name: "host-1", Tenant: auth.DefaultTenant, Role: auth.RoleAppend})
 		appender, err := dialClient(t, h.addr)
 		if err != nil {
 			t.Fatal(err)
@@ -68,7 +71,7 @@ func TestRolesOnTheSession(t *testing.T) {
 			t.Fatalf("backup as append: %v", err)
 		}
 
-		who = auth.Principal{Name: "reader", Tenant: auth.DefaultTenant, Role: auth.RoleRead}
+		who.Store(&auth.Principal{Name: "reader", Tenant: auth.DefaultTenant, Role: auth.RoleRead})
 		reader, err := dialClient(t, h.addr)
 		if err != nil {
 			t.Fatal(err)
