@@ -194,7 +194,7 @@ func casyncSSH(_ context.Context, argv []string, stderr io.Writer) error {
 	}
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
-		return fmt.Errorf("casync-ssh: connect to the casync gateway at %s (set CHUNKBRIDGE_CASYNC_ADDR): %w", addr, err)
+		return fmt.Errorf("casync-ssh: connect to the casync gateway at %s (set CHUNKBRIDGE_CASYNC_ADDR, or casync_addr in the config profile): %w", addr, err)
 	}
 	defer c.Close()
 	// Without a token, version 1: what every gateway reads, and all one

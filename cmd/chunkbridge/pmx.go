@@ -89,6 +89,7 @@ func (f *pmxConnFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.cert, "cert", "", "PEM client certificate: the credential of a gateway with access control (its subject is a principal's cert_subject); implies --tls")
 	fs.StringVar(&f.key, "key", "", "PEM private key of --cert")
 	fs.DurationVar(&f.connectTimeout, "connect-timeout", 15*time.Second, "how long to wait for the connection and the server's Hello")
+	registerConfigFlags(fs)
 }
 
 // addr returns --server with the default port added if it has none.
@@ -165,7 +166,7 @@ func (f *pmxConnFlags) dial(ctx context.Context) (*pmxclient.Client, error) {
 // about one that belongs to another pmx command.
 func pmxEnvNames() []string {
 	var names []string
-	for _, f := range []string{"server", "tls", "tls-ca", "cert", "key", "connect-timeout", "type", "id", "name", "fixed", "chunk-size", "api", "token"} {
+	for _, f := range []string{"server", "tls", "tls-ca", "cert", "key", "connect-timeout", "type", "id", "name", "fixed", "chunk-size", "api", "token", "token-file", "json", "force", "allow-empty", "time"} {
 		names = append(names, envName(f))
 	}
 	return names
