@@ -144,6 +144,10 @@ ABORT, its reason is printed on stderr.
 A gateway with credentials needs a token: CHUNKBRIDGE_TOKEN, or
 CHUNKBRIDGE_TOKEN_FILE naming a file that holds it. It is sent in the
 preamble (version 2); without one, version 1 is sent.
+
+Without those variables, the profile of the config file
+(CHUNKBRIDGE_PROFILE, else its default_profile) gives casync_addr and
+token_file.
 `,
 	"pmx":         pmxUsage,
 	"pmx backup":  pmxHelp("backup"),

@@ -45,7 +45,10 @@ Usage:
   chunkbridge completion bash|zsh   a shell completion script for commands, subcommands and flags
 
 The admin commands talk to the AdminService at --chunk-service (default
-127.0.0.1:9090). "chunkbridge COMMAND -h" (or "chunkbridge help COMMAND")
+127.0.0.1:9090). The client commands (gc, verify, prune, stats, pmx,
+casync-ssh) also take their server and credentials from a profile of
+~/.config/chunkbridge/config.yaml (--profile, CHUNKBRIDGE_PROFILE); a flag
+wins over its CHUNKBRIDGE_* variable, which wins over the profile. "chunkbridge COMMAND -h" (or "chunkbridge help COMMAND")
 says what a command does and lists its flags.
 
 Exit status: 0 success, 1 the operation failed, 2 the command line is wrong
