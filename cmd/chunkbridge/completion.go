@@ -103,7 +103,29 @@ func (t compTables) script(tmpl string) string {
 	return r.Replace(tmpl)
 }
 
-const bashTemplate = `# bash completion for chunkbridge (chunkbridge completion bash)
+// completionBody is the part of both scripts after the command and
+// subcommand are found: offer a subcommand, else a flag of the command,
+// else a file. @OFFER@ is the shell's way to offer the words of a
+// variable (@OFFER@subs), @FILES@ its way to offer file names.
+const completionBody = `  case $cmd in
+@SUBS@  esac
+  if [[ -n $subs && -z $sub && $cur != -* ]]; then
+    @OFFER@subs
+    return
+  fi
+  key=$cmd
+  [[ -n $subs ]] && key="$cmd $sub"
+  case $key in
+@FLAGS@  esac
+  if [[ $cur == -* ]]; then
+    @OFFER@flags
+    return
+  fi
+  @FILES@
+}
+`
+
+var bashTemplate = `# bash completion for chunkbridge (chunkbridge completion bash)
 # Load it with: source <(chunkbridge completion bash)
 _chunkbridge() {
   local cur=${COMP_WORDS[COMP_CWORD]} cmd="" sub="" subs="" flags="" key i w
@@ -116,26 +138,11 @@ _chunkbridge() {
     COMPREPLY=($(compgen -W "@COMMANDS@" -- "$cur"))
     return
   fi
-  case $cmd in
-@SUBS@  esac
-  if [[ -n $subs && -z $sub && $cur != -* ]]; then
-    COMPREPLY=($(compgen -W "$subs" -- "$cur"))
-    return
-  fi
-  key=$cmd
-  [[ -n $subs ]] && key="$cmd $sub"
-  case $key in
-@FLAGS@  esac
-  if [[ $cur == -* ]]; then
-    COMPREPLY=($(compgen -W "$flags" -- "$cur"))
-    return
-  fi
-  COMPREPLY=($(compgen -f -- "$cur"))
-}
-complete -o filenames -F _chunkbridge chunkbridge
+` + strings.NewReplacer("@OFFER@subs", `COMPREPLY=($(compgen -W "$subs" -- "$cur"))`, "@OFFER@flags", `COMPREPLY=($(compgen -W "$flags" -- "$cur"))`,
+	"@FILES@", `COMPREPLY=($(compgen -f -- "$cur"))`).Replace(completionBody) + `complete -o filenames -F _chunkbridge chunkbridge
 `
 
-const zshTemplate = `#compdef chunkbridge
+var zshTemplate = `#compdef chunkbridge
 # zsh completion for chunkbridge (chunkbridge completion zsh)
 # Load it with: source <(chunkbridge completion zsh), or save it as _chunkbridge on $fpath.
 _chunkbridge() {
@@ -149,21 +156,6 @@ _chunkbridge() {
     compadd -- ${=:-"@COMMANDS@"}
     return
   fi
-  case $cmd in
-@SUBS@  esac
-  if [[ -n $subs && -z $sub && $cur != -* ]]; then
-    compadd -- ${=subs}
-    return
-  fi
-  key=$cmd
-  [[ -n $subs ]] && key="$cmd $sub"
-  case $key in
-@FLAGS@  esac
-  if [[ $cur == -* ]]; then
-    compadd -- ${=flags}
-    return
-  fi
-  _files
-}
-if [[ $funcstack[1] == _chunkbridge ]]; then _chunkbridge "$@"; else compdef _chunkbridge chunkbridge; fi
+` + strings.NewReplacer("@OFFER@subs", `compadd -- ${=subs}`, "@OFFER@flags", `compadd -- ${=flags}`, "@FILES@", "_files").Replace(completionBody) +
+	`if [[ $funcstack[1] == _chunkbridge ]]; then _chunkbridge "$@"; else compdef _chunkbridge chunkbridge; fi
 `
