@@ -50,8 +50,10 @@ func (c *clientFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&c.chunkServiceTLS, "chunk-service-tls", false, "connect to the chunk service over TLS")
 	fs.StringVar(&c.chunkServiceCA, "chunk-service-ca", "", "PEM file of the CA that signed the chunk service's certificate (default: system roots)")
 	fs.StringVar(&c.chunkServiceName, "chunk-service-server-name", "", "name to verify in the chunk service's certificate (default: from --chunk-service)")
-	fs.StringVar(&c.tokenFile, "auth-token-file", "", "file holding the bearer token the chunk service requires")
+	fs.StringVar(&c.tokenFile, "token-file", "", "file holding the bearer token the chunk service requires (profile: token_file)")
+	fs.StringVar(&c.tokenFile, "auth-token-file", "", "the same as --token-file (the name serve uses)")
 	fs.BoolVar(&c.json, "json", false, "print the result as JSON (protojson) instead of text")
+	registerConfigFlags(fs)
 }
 
 func (c *clientFlags) dial() (*grpc.ClientConn, chunkbridgev1.AdminServiceClient, error) {

@@ -180,17 +180,21 @@ func casyncSSH(_ context.Context, argv []string, stderr io.Writer) error {
 	if err != nil {
 		return usageError{fmt.Errorf("casync-ssh: %w", err)}
 	}
-	addr := os.Getenv("CHUNKBRIDGE_CASYNC_ADDR")
-	if addr == "" {
-		addr = net.JoinHostPort(call.host, cmp.Or(call.port, "8473"))
+	// casync gives ssh no options of ours: the environment, then the
+	// profile (CHUNKBRIDGE_PROFILE or the config file's default), then
+	// the destination.
+	profile, _, err := selectProfile(os.Getenv(envName("config")), os.Getenv(envName("profile")))
+	if err != nil {
+		return fmt.Errorf("casync-ssh: %w", err)
 	}
-	token, err := casyncToken()
+	addr := cmp.Or(os.Getenv(envName("casync-addr")), profile["casync-addr"], net.JoinHostPort(call.host, cmp.Or(call.port, "8473")))
+	token, err := casyncToken(profile["token-file"])
 	if err != nil {
 		return fmt.Errorf("casync-ssh: %w", err)
 	}
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
-		return fmt.Errorf("casync-ssh: connect to the casync gateway at %s (set CHUNKBRIDGE_CASYNC_ADDR): %w", addr, err)
+		return fmt.Errorf("casync-ssh: connect to the casync gateway at %s (set CHUNKBRIDGE_CASYNC_ADDR, or casync_addr in the config profile): %w", addr, err)
 	}
 	defer c.Close()
 	// Without a token, version 1: what every gateway reads, and all one
@@ -237,10 +241,13 @@ func casyncSSH(_ context.Context, argv []string, stderr io.Writer) error {
 }
 
 // casyncToken is the token casync-ssh sends the gateway: CHUNKBRIDGE_TOKEN,
-// or what the file CHUNKBRIDGE_TOKEN_FILE holds (surrounding white space
-// trimmed); "" when neither is set.
-func casyncToken() (string, error) {
+// or what the file CHUNKBRIDGE_TOKEN_FILE (else the profile's token_file,
+// profileFile) holds (surrounding white space trimmed); "" when none is set.
+func casyncToken(profileFile string) (string, error) {
 	token, file := os.Getenv(envName("token")), os.Getenv(envName("token-file"))
+	if token == "" && file == "" {
+		file = profileFile
+	}
 	if token != "" && file != "" {
 		return "", fmt.Errorf("both %s and %s are set: set one", envName("token"), envName("token-file"))
 	}

@@ -317,7 +317,7 @@ func TestCasyncToken(t *testing.T) {
 	} {
 		t.Setenv("CHUNKBRIDGE_TOKEN", tc.token)
 		t.Setenv("CHUNKBRIDGE_TOKEN_FILE", tc.file)
-		got, err := casyncToken()
+		got, err := casyncToken("")
 		if got != tc.want || (err == nil) != (tc.fails == "") || (err != nil && !strings.Contains(err.Error(), tc.fails)) {
 			t.Errorf("token %.10q, file %q: %q, %v; want %q, error %q", tc.token, tc.file, got, err, tc.want, tc.fails)
 		}

@@ -21,6 +21,8 @@ func envName(flagName string) string {
 // parseFlags parses args, then fills every flag not set on the command line
 // from its environment variable, and warns about CHUNKBRIDGE_ variables
 // that match no flag (a typo in a manifest would otherwise pass silently).
+// A client command's flag set (one with --profile) then takes the flags
+// still unset from the config file's profile (applyProfile).
 // A mistake is a usageError; -h prints fs.Usage and returns flag.ErrHelp.
 func parseFlags(fs *flag.FlagSet, args []string, log *slog.Logger, ignoreEnv ...string) error {
 	// The flag package would print errors and the help alike through Usage
@@ -42,7 +44,9 @@ func parseFlags(fs *flag.FlagSet, args []string, log *slog.Logger, ignoreEnv ...
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	known := map[string]bool{}
+	// The config file's variables are read by the client commands only;
+	// exported for them, they are no typo elsewhere.
+	known := map[string]bool{envName("config"): true, envName("profile"): true}
 	for _, name := range ignoreEnv {
 		known[name] = true
 	}
@@ -59,6 +63,13 @@ func parseFlags(fs *flag.FlagSet, args []string, log *slog.Logger, ignoreEnv ...
 	})
 	if err != nil {
 		return err
+	}
+	if fs.Lookup("profile") != nil { // a client command: flag > env > profile > default
+		given := map[string]bool{}
+		fs.Visit(func(f *flag.Flag) { given[f.Name] = true }) // the command line and the environment
+		if err := applyProfile(fs, given); err != nil {
+			return err
+		}
 	}
 	for _, kv := range os.Environ() {
 		name, _, _ := strings.Cut(kv, "=")

@@ -62,6 +62,9 @@ func printHelp(stdout io.Writer, command string) error {
 // errors.
 func newFlagSet(command string, stdout io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet("chunkbridge "+command, flag.ContinueOnError)
+	if flagSetCreated != nil {
+		flagSetCreated(fs)
+	}
 	fs.SetOutput(stdout)
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), helps[command])
@@ -141,6 +144,10 @@ ABORT, its reason is printed on stderr.
 A gateway with credentials needs a token: CHUNKBRIDGE_TOKEN, or
 CHUNKBRIDGE_TOKEN_FILE naming a file that holds it. It is sent in the
 preamble (version 2); without one, version 1 is sent.
+
+Without those variables, the profile of the config file
+(CHUNKBRIDGE_PROFILE, else its default_profile) gives casync_addr and
+token_file.
 `,
 	"pmx":         pmxUsage,
 	"pmx backup":  pmxHelp("backup"),
@@ -200,6 +207,24 @@ and the entry to add under "principals:" in the credentials file, which
 holds only the token's SHA-256. Nothing is written; a running serve picks
 the changed file up within --health-interval. Roles: read, append, write,
 admin. A tenant other than "default" must be listed under "tenants:".
+`,
+	"completion": `Usage: chunkbridge completion bash|zsh
+
+Prints a shell completion script for chunkbridge's commands, subcommands
+and flags, made from the same command and flag tables as the help:
+	source <(chunkbridge completion bash)    # in ~/.bashrc
+	source <(chunkbridge completion zsh)     # in ~/.zshrc, after compinit
+`,
+	"completion bash": `Usage: chunkbridge completion bash
+
+Prints the bash completion script of chunkbridge's commands, subcommands
+and flags; load it with: source <(chunkbridge completion bash)
+`,
+	"completion zsh": `Usage: chunkbridge completion zsh
+
+Prints the zsh completion script of chunkbridge's commands, subcommands
+and flags; load it with: source <(chunkbridge completion zsh) after
+compinit, or save it as _chunkbridge in a directory of $fpath.
 `,
 	"version": `Usage: chunkbridge version [--json]
 

@@ -42,9 +42,13 @@ Usage:
                                     create a principal: print its new token once and the
                                     credentials file entry with the token's hash (docs/auth.md)
   chunkbridge version [--json]      version, VCS commit and Go version of this build
+  chunkbridge completion bash|zsh   a shell completion script for commands, subcommands and flags
 
 The admin commands talk to the AdminService at --chunk-service (default
-127.0.0.1:9090). "chunkbridge COMMAND -h" (or "chunkbridge help COMMAND")
+127.0.0.1:9090). The client commands (gc, verify, prune, stats, pmx,
+casync-ssh) also take their server and credentials from a profile of
+~/.config/chunkbridge/config.yaml (--profile, CHUNKBRIDGE_PROFILE); a flag
+wins over its CHUNKBRIDGE_* variable, which wins over the profile. "chunkbridge COMMAND -h" (or "chunkbridge help COMMAND")
 says what a command does and lists its flags.
 
 Exit status: 0 success, 1 the operation failed, 2 the command line is wrong
@@ -134,6 +138,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return adminStats(ctx, args[1:], stdout, stderr)
 	case "auth":
 		return authCommand(args[1:], stdout, stderr)
+	case "completion":
+		return completion(args[1:], stdout)
 	case "version", "--version":
 		return printVersion(args[1:], stdout)
 	case "help", "-h", "--help":

@@ -34,6 +34,11 @@ func TestMain(m *testing.M) {
 			return 1
 		}
 		defer os.RemoveAll(dir)
+		// No user's config file (profiles) reaches the tests: they make
+		// their own.
+		os.Setenv("XDG_CONFIG_HOME", filepath.Join(dir, "config"))
+		os.Unsetenv("CHUNKBRIDGE_CONFIG")
+		os.Unsetenv("CHUNKBRIDGE_PROFILE")
 		binary = filepath.Join(dir, "chunkbridge")
 		out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput()
 		if err != nil {

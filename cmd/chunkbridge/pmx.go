@@ -25,8 +25,8 @@ const pmxUsage = `Usage:
   chunkbridge pmx restore --server HOST:PORT [--tls] [--tls-ca FILE] [--cert FILE --key FILE]
                           [--force] SNAPSHOT_PATH OUT|-
   chunkbridge pmx hashes  --server HOST:PORT [--tls] [--tls-ca FILE] [--cert FILE --key FILE] SNAPSHOT_PATH
-  chunkbridge pmx list    [--api http://HOST:8080 | --server HOST:PORT] [--token TOKEN] [--tls-ca FILE]
-                          [--type T] [--id ID]
+  chunkbridge pmx list    [--api http[s]://HOST:PORT] [--token-file FILE] [--tls-ca FILE]
+                          [--type T] [--id ID] [--json]
 
 backup   stores FILE (or stdin, -) as a new snapshot file <type>/<id>/<time>/<name>.didx,
          cut by casync's chunker; with --fixed as <name>.fidx in equal blocks (disk
@@ -38,14 +38,17 @@ restore  writes a snapshot file's content to OUT (or stdout, -), verifying every
          --force. The time may be "latest":
          host/web-01/latest/root.pxar.didx.
 hashes   prints a snapshot file's chunk digests, one per line, in order.
-list     lists snapshot files through the REST API (default: port 8080 on the host of
-         --server). With access control it needs a token (--token or CHUNKBRIDGE_TOKEN);
-         --tls-ca verifies an https:// --api.
+list     lists snapshot files through the REST API named by --api (PMXBCKUP has no
+         list packet; with --server set and no --api, list refuses rather than guess;
+         with neither, http://127.0.0.1:8080). With access control it needs a token
+         (--token-file, CHUNKBRIDGE_TOKEN); --tls-ca verifies an https:// --api.
 
 A gateway with access control (docs/auth.md) wants a client certificate: --cert and
 --key, whose subject is a principal's cert_subject. Its role decides: read restores,
 append also backs up. Every flag can also be set with an environment variable:
---server is CHUNKBRIDGE_SERVER, --tls-ca is CHUNKBRIDGE_TLS_CA, --cert is CHUNKBRIDGE_CERT.
+--server is CHUNKBRIDGE_SERVER, --tls-ca is CHUNKBRIDGE_TLS_CA, --cert is CHUNKBRIDGE_CERT;
+and the server settings with a profile of the config file (--profile, CHUNKBRIDGE_PROFILE:
+pmx_server, api, token_file, tls_ca, cert, key). --json prints the result as JSON.
 `
 
 // pmxMain runs `chunkbridge pmx ...`, the PMXBCKUP client.
@@ -89,6 +92,7 @@ func (f *pmxConnFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.cert, "cert", "", "PEM client certificate: the credential of a gateway with access control (its subject is a principal's cert_subject); implies --tls")
 	fs.StringVar(&f.key, "key", "", "PEM private key of --cert")
 	fs.DurationVar(&f.connectTimeout, "connect-timeout", 15*time.Second, "how long to wait for the connection and the server's Hello")
+	registerConfigFlags(fs)
 }
 
 // addr returns --server with the default port added if it has none.
@@ -165,7 +169,7 @@ func (f *pmxConnFlags) dial(ctx context.Context) (*pmxclient.Client, error) {
 // about one that belongs to another pmx command.
 func pmxEnvNames() []string {
 	var names []string
-	for _, f := range []string{"server", "tls", "tls-ca", "cert", "key", "connect-timeout", "type", "id", "name", "fixed", "chunk-size", "api", "token"} {
+	for _, f := range []string{"server", "tls", "tls-ca", "cert", "key", "connect-timeout", "type", "id", "name", "fixed", "chunk-size", "api", "token", "token-file", "json", "force", "allow-empty", "time"} {
 		names = append(names, envName(f))
 	}
 	return names

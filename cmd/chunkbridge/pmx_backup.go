@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -27,6 +28,7 @@ func pmxBackup(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	chunkSize := sizeFlag(pmxclient.DefaultFixedChunkSize)
 	fs.Var(&chunkSize, "chunk-size", "block size with --fixed, e.g. 4M or 65536")
 	at := fs.String("time", "", "snapshot time, RFC 3339 (default: now); e.g. to import an older backup")
+	asJSON := fs.Bool("json", false, "print the summary as JSON: path, base, chunk and byte counts")
 	allowEmpty := fs.Bool("allow-empty", false, "store an empty input as an empty snapshot file (refused otherwise: an empty input is usually a mistake upstream)")
 	pos, err := parsePMXFlags(fs, args, stderr, 1, "one input: FILE, or - for stdin")
 	if err != nil {
@@ -92,8 +94,44 @@ func pmxBackup(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
+	if *asJSON {
+		return writeJSON(stdout, backupJSON{
+			Path: sum.Path, Base: sum.Base, BaseChunks: sum.BaseChunks, Bytes: sum.BytesRead,
+			Chunks: sum.Chunks, UploadedChunks: sum.NewChunks, UploadedBytes: sum.BytesUploaded,
+			AlreadyStoredChunks: sum.ReusedChunks, Seconds: sum.Elapsed.Seconds(),
+		})
+	}
 	fmt.Fprintln(stdout, sum.String())
 	return nil
+}
+
+// backupJSON is what `pmx backup --json` prints.
+type backupJSON struct {
+	Path                string  `json:"path"`
+	Base                string  `json:"base,omitempty"` // the hash list the backup was incremental to
+	BaseChunks          int     `json:"base_chunks"`
+	Bytes               int64   `json:"bytes"`
+	Chunks              int64   `json:"chunks"`
+	UploadedChunks      int64   `json:"uploaded_chunks"`
+	UploadedBytes       int64   `json:"uploaded_bytes"`
+	AlreadyStoredChunks int64   `json:"already_stored_chunks"`
+	Seconds             float64 `json:"seconds"`
+}
+
+// restoreJSON is what `pmx restore --json` prints.
+type restoreJSON struct {
+	Path    string  `json:"path"`
+	Out     string  `json:"out"`
+	Bytes   int64   `json:"bytes"`
+	Chunks  int     `json:"chunks"`
+	Seconds float64 `json:"seconds"`
+}
+
+// writeJSON prints v as indented JSON.
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }
 
 // openBackupInput opens FILE or stdin ("-") and finds its size: a regular

@@ -5,9 +5,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -25,31 +25,47 @@ const restDefaultPort = "8080"
 const maxListResponse = 256 << 20
 
 // pmxList runs `chunkbridge pmx list`. PMXBCKUP has no packet to list
-// snapshots, so it asks the REST API: GET /v1/snapshots.
+// snapshots, so it asks the REST API named by --api (CHUNKBRIDGE_API, the
+// profile's api): GET /v1/snapshots. It never guesses the API from
+// --server: that address may be another server's.
 func pmxList(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("pmx list", stdout)
 	var cf pmxConnFlags
-	fs.StringVar(&cf.server, "server", "127.0.0.1:"+pmxDefaultPort, "the PMXBCKUP gateway, HOST[:PORT], whose host --api defaults to")
-	api := fs.String("api", "", "the REST API, http[s]://HOST[:PORT] (default: http://<host of --server>:"+restDefaultPort+")")
+	fs.StringVar(&cf.server, "server", "", "the PMXBCKUP gateway; not used by list, which needs --api (PMXBCKUP cannot list snapshots)")
+	api := fs.String("api", "", "the REST API that lists the snapshots, http[s]://HOST[:PORT] (default http://127.0.0.1:"+restDefaultPort+" when no --server is set either) (profile: api)")
 	typ := fs.String("type", "", "only snapshots of this type: vm, ct or host")
 	id := fs.String("id", "", "only snapshots of this backup id")
-	token := fs.String("token", "", "bearer token of a principal with at least the read role, for a REST API with access control (better from CHUNKBRIDGE_TOKEN: a command line is visible to other users)")
-	fs.StringVar(&cf.tlsCA, "tls-ca", "", "PEM file of the CA that signed the REST API's certificate, for an https:// --api (default: system roots)")
+	token := fs.String("token", "", "bearer token of a principal with at least the read role, for a REST API with access control (better from CHUNKBRIDGE_TOKEN or --token-file: a command line is visible to other users)")
+	tokenFile := fs.String("token-file", "", "file holding the bearer token (profile: token_file)")
+	fs.StringVar(&cf.tlsCA, "tls-ca", "", "PEM file of the CA that signed the REST API's certificate, for an https:// --api (default: system roots) (profile: tls_ca)")
+	asJSON := fs.Bool("json", false, "print the snapshot list as JSON (the REST answer, protojson)")
+	registerConfigFlags(fs)
 	if _, err := parsePMXFlags(fs, args, stderr, 0, "no arguments"); err != nil {
+		return err
+	}
+	base := *api
+	if base == "" {
+		if cf.server != "" {
+			return usagef("pmx list: PMXBCKUP has no packet that lists snapshots, so list asks the REST API, "+
+				"and --server (CHUNKBRIDGE_SERVER, the profile's pmx_server) names only the PMXBCKUP gateway %s: "+
+				"give that server's REST API with --api http[s]://HOST:PORT (or CHUNKBRIDGE_API, or api: in the config profile)", cf.server)
+		}
+		base = "http://127.0.0.1:" + restDefaultPort // make run's REST gateway, beside PMXBCKUP on 127.0.0.1:8007
+	}
+	bearer, err := listToken(*token, *tokenFile)
+	if err != nil {
 		return err
 	}
 	hc, err := restClient(&cf)
 	if err != nil {
 		return err
 	}
-	base := *api
-	if base == "" {
-		host, _, _ := net.SplitHostPort(cf.addr())
-		base = "http://" + net.JoinHostPort(host, restDefaultPort)
-	}
-	resp, err := listSnapshots(ctx, hc, base, *token, *typ, *id)
+	resp, err := listSnapshots(ctx, hc, base, bearer, *typ, *id)
 	if err != nil {
 		return fmt.Errorf("pmx list: %w", err)
+	}
+	if *asJSON {
+		return printJSON(stdout, resp)
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
 	n := 0
@@ -70,6 +86,25 @@ func pmxList(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		fmt.Fprintln(stderr, "pmx list: no snapshot files match")
 	}
 	return nil
+}
+
+// listToken is the bearer token of pmx list: --token, or what the file
+// --token-file holds; "" for none.
+func listToken(token, file string) (string, error) {
+	if file == "" {
+		return token, nil
+	}
+	if token != "" {
+		return "", usagef("pmx list: --token and --token-file (or their variables, or the profile's token_file) both set: give one")
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return "", fmt.Errorf("pmx list: --token-file: %w", err)
+	}
+	if token = strings.TrimSpace(string(b)); token == "" {
+		return "", fmt.Errorf("pmx list: --token-file %s is empty", file)
+	}
+	return token, nil
 }
 
 // restClient is the HTTP client of the REST API: system roots, or the CA

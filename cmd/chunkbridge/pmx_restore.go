@@ -17,6 +17,7 @@ func pmxRestore(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	fs := newFlagSet("pmx restore", stdout)
 	var cf pmxConnFlags
 	cf.register(fs)
+	asJSON := fs.Bool("json", false, "print the summary as JSON: path, out, bytes, chunks, seconds (on stderr when OUT is -)")
 	force := fs.Bool("force", false, "replace OUT if it exists (a regular file; devices are always written in place)")
 	pos, err := parsePMXFlags(fs, args, stderr, 2, "SNAPSHOT_PATH and OUT (- for stdout)")
 	if err != nil {
@@ -48,6 +49,9 @@ func pmxRestore(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		if err := w.Flush(); err != nil {
 			return fmt.Errorf("pmx restore: writing to stdout: %w", err)
 		}
+		if *asJSON {
+			return writeJSON(stderr, restoreSummaryJSON(sum, "-")) // stdout carries the data
+		}
 		fmt.Fprintln(stderr, sum.String()) // stdout carries the data
 		return nil
 	}
@@ -64,8 +68,15 @@ func pmxRestore(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err := out.commit(); err != nil {
 		return fmt.Errorf("pmx restore: %w", err)
 	}
+	if *asJSON {
+		return writeJSON(stdout, restoreSummaryJSON(sum, outName))
+	}
 	fmt.Fprintln(stdout, sum.String()+" to "+outName)
 	return nil
+}
+
+func restoreSummaryJSON(sum *pmxclient.RestoreSummary, out string) restoreJSON {
+	return restoreJSON{Path: sum.Path, Out: out, Bytes: sum.BytesWritten, Chunks: sum.ChunksDone, Seconds: sum.Elapsed.Seconds()}
 }
 
 // output is where a restore writes: a temporary file next to the target,
@@ -149,6 +160,7 @@ func pmxHashes(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fs := newFlagSet("pmx hashes", stdout)
 	var cf pmxConnFlags
 	cf.register(fs)
+	asJSON := fs.Bool("json", false, `print {"path": …, "digests": […]} instead of one digest per line`)
 	pos, err := parsePMXFlags(fs, args, stderr, 1, "SNAPSHOT_PATH")
 	if err != nil {
 		return err
@@ -161,6 +173,13 @@ func pmxHashes(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	ds, err := c.HashList(ctx, pos[0])
 	if err != nil {
 		return withListHint(err)
+	}
+	if *asJSON {
+		hexes := make([]string, len(ds))
+		for i, d := range ds {
+			hexes[i] = fmt.Sprint(d)
+		}
+		return writeJSON(stdout, map[string]any{"path": pos[0], "digests": hexes})
 	}
 	w := bufio.NewWriter(stdout)
 	for _, d := range ds {
