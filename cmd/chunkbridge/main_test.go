@@ -27,6 +27,9 @@ import (
 var binary string
 
 func TestMain(m *testing.M) {
+	if filepath.Base(os.Args[0]) == "grpcurl" { // TestREADME's stand-in
+		os.Exit(grpcurlMain(os.Args[1:]))
+	}
 	code := func() int {
 		dir, err := os.MkdirTemp("", "chunkbridge-bin-")
 		if err != nil {
@@ -97,6 +100,12 @@ func start(t testing.TB, env []string, args ...string) *process {
 // compare builds in one run).
 func startBinary(t testing.TB, binary string, env []string, args ...string) *process {
 	t.Helper()
+	return startBinaryIn(t, binary, t.TempDir(), env, args...)
+}
+
+// startBinaryIn is startBinary in the working directory dir.
+func startBinaryIn(t testing.TB, binary, dir string, env []string, args ...string) *process {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("runs the chunkbridge binary")
 	}
@@ -112,7 +121,7 @@ func startBinary(t testing.TB, binary string, env []string, args ...string) *pro
 	}
 	p := &process{cmd: exec.Command(binary, args...), exited: make(chan struct{}), logged: make(chan struct{}, 1)}
 	p.cmd.Env = append(os.Environ(), env...)
-	p.cmd.Dir = t.TempDir()
+	p.cmd.Dir = dir
 	stderr, err := p.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
