@@ -96,8 +96,10 @@ type Config struct {
 	// presence cache there.
 	OnChange func()
 	// BatchTimeout bounds one delete batch, from announcing it to its last
-	// delete (default 30s). A commit that sees a batch deleting for longer
-	// takes its GC for dead and re-checks its chunks.
+	// delete request (default 30s); a request already sent may finish up
+	// to the store's grace later (s3: 10s), which must stay under
+	// BatchTimeout/2 and LockTTL/8. A commit that sees a batch deleting
+	// for 1.5 × BatchTimeout takes its GC for dead and re-checks.
 	BatchTimeout time.Duration
 	// LockTTL is how long the GC lock lives without a heartbeat before
 	// another replica may take it over (default 2m).
@@ -333,7 +335,10 @@ func (g *Guard) settled(ctx context.Context) (st State, stale bool, err error) {
 		if first.IsZero() || st != seen {
 			first, seen = time.Now(), st
 		}
-		if time.Since(first) > g.cfg.BatchTimeout+g.cfg.BatchTimeout/4 {
+		// A batch's deletes end by its timeout plus the store's grace
+		// for a request already sent (the s3 store's is 10s), which
+		// BatchTimeout/2 covers.
+		if time.Since(first) > g.cfg.BatchTimeout+g.cfg.BatchTimeout/2 {
 			g.log.Warn("a garbage collection delete batch never ended; its run is taken for dead and the commit re-checks its chunks",
 				"run", st.Run, "holder", st.Holder, "gen", st.Gen)
 			return st, true, nil

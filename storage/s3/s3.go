@@ -201,7 +201,8 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader, size int64, me
 	return nil
 }
 
-// commitGrace is how long a PUT goes on after its caller gave up. A PUT
+// commitGrace is how long a PUT or a delete goes on after its caller gave
+// up. A PUT
 // aborted while an erasure-coded MinIO commits it can leave the object on
 // fewer drives than its write quorum: readable while every node is up, so
 // that a later conditional PUT reports it present, and gone once one more
@@ -284,7 +285,12 @@ func (s *Store) Delete(ctx context.Context, key string) error {
 	if err != nil {
 		return err
 	}
-	if err := s.client.RemoveObject(ctx, s.bucket, name, minio.RemoveObjectOptions{}); err != nil {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("delete %s: %w", key, err)
+	}
+	wctx, done := committing(ctx) // as a PUT: see commitGrace
+	defer done()
+	if err := s.client.RemoveObject(wctx, s.bucket, name, minio.RemoveObjectOptions{}); err != nil {
 		if minio.ToErrorResponse(err).Code == "NoSuchKey" {
 			return nil
 		}
@@ -307,20 +313,29 @@ func (s *Store) DeleteBatch(ctx context.Context, keys []string) error {
 		}
 		names[i] = name
 	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("delete %d objects: %w", len(keys), err)
+	}
+	// Once started, the batch is let finish like a PUT (commitGrace): a
+	// delete aborted mid-request can leave an object on fewer drives than
+	// its quorum. Garbage collection's batch timeout allows for the grace
+	// (docs/gc.md).
+	wctx, done := committing(ctx)
+	defer done()
 	objects := make(chan minio.ObjectInfo)
 	go func() {
 		defer close(objects)
 		for _, name := range names {
 			select {
 			case objects <- minio.ObjectInfo{Key: name}:
-			case <-ctx.Done():
+			case <-wctx.Done():
 				return
 			}
 		}
 	}()
 	var failed []string
 	var first error
-	for r := range s.client.RemoveObjectsWithResult(ctx, s.bucket, objects, minio.RemoveObjectsOptions{}) {
+	for r := range s.client.RemoveObjectsWithResult(wctx, s.bucket, objects, minio.RemoveObjectsOptions{}) {
 		if r.Err == nil || minio.ToErrorResponse(r.Err).Code == "NoSuchKey" {
 			continue
 		}
@@ -329,8 +344,8 @@ func (s *Store) DeleteBatch(ctx context.Context, keys []string) error {
 		}
 		failed = append(failed, strings.TrimPrefix(r.ObjectName, s.prefix))
 	}
-	if err := ctx.Err(); err != nil {
-		return err
+	if err := wctx.Err(); err != nil {
+		return fmt.Errorf("delete %d objects: %w", len(keys), err)
 	}
 	if first != nil {
 		shown := failed[:min(len(failed), 5)]

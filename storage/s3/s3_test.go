@@ -5,7 +5,9 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -188,5 +190,88 @@ func TestListWithMetadataOnMinIO(t *testing.T) {
 	}
 	if got["size"] != "99" || got["algorithm"] != "sha256" {
 		t.Fatalf("listed metadata = %v, want size 99 and algorithm sha256", got)
+	}
+}
+
+// cancellingProxy forwards TCP to MinIO and calls cancel as soon as it has
+// seen a request line starting with method: the client's context then
+// ends while its request is on the wire.
+func cancellingProxy(t *testing.T, target, method string, cancel context.CancelFunc) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				up, err := net.Dial("tcp", target)
+				if err != nil {
+					return
+				}
+				defer up.Close()
+				go io.Copy(c, up)
+				buf := make([]byte, 64<<10)
+				for {
+					n, err := c.Read(buf)
+					if n > 0 {
+						if bytes.HasPrefix(buf[:n], []byte(method+" ")) {
+							cancel()
+						}
+						up.Write(buf[:n])
+					}
+					if err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return l.Addr().String()
+}
+
+// A delete whose caller gives up while the request is on the wire
+// completes, as a PUT does: aborted, it could leave an erasure-coded
+// object on fewer drives than its quorum.
+func TestDeleteOutlivesItsCaller(t *testing.T) {
+	srv := miniotest.Shared(t)
+	cfg := srv.Config()
+	direct := open(t, cfg)
+	var keys []string
+	for i := range 20 {
+		k := "del/" + strconv.Itoa(i)
+		if err := direct.Put(t.Context(), k, strings.NewReader("x"), 1, nil); err != nil {
+			t.Fatal(err)
+		}
+		keys = append(keys, k)
+	}
+	for _, tc := range []struct {
+		method string
+		del    func(ctx context.Context, s *s3.Store) error
+		keys   []string
+	}{
+		{"DELETE", func(ctx context.Context, s *s3.Store) error { return s.Delete(ctx, keys[0]) }, keys[:1]},
+		{"POST", func(ctx context.Context, s *s3.Store) error { return s.DeleteBatch(ctx, keys[1:]) }, keys[1:]},
+	} {
+		ctx, cancel := context.WithCancel(t.Context())
+		pcfg := cfg
+		pcfg.Endpoint = cancellingProxy(t, srv.Endpoint, tc.method, cancel)
+		if err := tc.del(ctx, open(t, pcfg)); err != nil {
+			t.Fatalf("%s cancelled on the wire: %v; want it completed", tc.method, err)
+		}
+		if ctx.Err() == nil {
+			t.Fatalf("%s: the proxy did not cancel the caller", tc.method)
+		}
+		for _, k := range tc.keys {
+			if _, err := direct.Stat(t.Context(), k); !errors.Is(err, storage.ErrNotFound) {
+				t.Fatalf("%s: %s is still there (%v)", tc.method, k, err)
+			}
+		}
 	}
 }
