@@ -287,7 +287,19 @@ func (a *access) remotePrincipal(ctx context.Context, file, name string, args ca
 // except on the open paths; the principal travels in the request context.
 func (a *access) requireHTTP(next http.Handler) http.Handler {
 	if a.reg == nil {
-		return next
+		// Everyone is the admin: only a client that is no web page may
+		// call. A browser marks the requests a page makes (Origin,
+		// Sec-Fetch-Site), and a cross-site form POST to /v1/prune or a
+		// DNS-rebound page would otherwise act as the admin.
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			site := r.Header.Get("Sec-Fetch-Site")
+			if !openPath(r.URL.Path) && (r.Header.Get("Origin") != "" || (site != "" && site != "none")) {
+				a.refused("http", r.Method+" "+r.URL.Path, "", errors.New("a request from a web page, without credentials configured"))
+				http.Error(w, "forbidden: without credentials this server serves no requests made by web pages (Origin or Sec-Fetch-Site)", http.StatusForbidden)
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if openPath(r.URL.Path) {
