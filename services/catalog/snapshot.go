@@ -211,6 +211,14 @@ func (s *Server) newSnapshotWriter(ctx context.Context, c *chunkbridgev1.WriteSn
 	t := time.Now()
 	if c.GetTime() != nil {
 		t = c.GetTime().AsTime()
+		// A snapshot from the future would be "latest" for good and kept
+		// by every retention rule over real ones: an append-only client
+		// could push genuine backups out that way. Clocks may be a little
+		// apart, no more.
+		if limit := time.Now().Add(maxClockSkew); t.After(limit) {
+			return nil, fmt.Errorf("%w: snapshot time %s is in the future (this server's clock says %s); check the client's clock",
+				apierr.ErrInvalid, t.UTC().Format(time.RFC3339), time.Now().UTC().Format(time.RFC3339))
+		}
 	}
 	ext := ".didx"
 	if c.GetFixed() {
@@ -258,6 +266,9 @@ func (s *Server) newSnapshotWriter(ctx context.Context, c *chunkbridgev1.WriteSn
 	}
 	return w, nil
 }
+
+// maxClockSkew is how far in the future a snapshot's time may be.
+const maxClockSkew = 5 * time.Minute
 
 // refuse reports an unusable entry; the stream goes on, Commit will fail.
 func (w *snapshotWriter) refuse(code codes.Code, digest, format string, args ...any) error {

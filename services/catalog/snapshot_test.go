@@ -275,3 +275,19 @@ func TestFixedSlotsGrowWithEntries(t *testing.T) {
 		t.Fatalf("%d files announcing %d slots allocated %d MiB", files, slots, alloc>>20)
 	}
 }
+
+// A snapshot dated in the future is refused: it would be "latest" for good
+// and outrank real backups in every retention rule.
+func TestFutureSnapshotRefused(t *testing.T) {
+	f := newFixture(t, catalog.Config{})
+	d := f.storeChunk(t, []byte("future"))
+	future := timestamppb.New(time.Now().Add(time.Hour))
+	res := f.write(t, &Create{Type: "vm", BackupId: "100", Time: future, Name: "disk"}, []*Entry{{Offset: 0, Digest: d}}, true)
+	if status.Code(res.err) != codes.InvalidArgument || !strings.Contains(res.err.Error(), "in the future") {
+		t.Fatalf("a snapshot an hour ahead = %v, want InvalidArgument", res.err)
+	}
+	soon := timestamppb.New(time.Now().Add(time.Minute)) // clocks a little apart
+	if res := f.write(t, &Create{Type: "vm", BackupId: "100", Time: soon, Name: "disk"}, []*Entry{{Offset: 0, Digest: d}}, true); res.err != nil {
+		t.Fatalf("a snapshot a minute ahead = %v", res.err)
+	}
+}
