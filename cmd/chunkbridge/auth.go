@@ -320,6 +320,13 @@ func (a *access) requireHTTP(next http.Handler) http.Handler {
 		r = r.WithContext(auth.NewContext(r.Context(), p))
 		r.Header = r.Header.Clone()
 		r.Header.Del("Authorization")
+		// grpc-gateway turns Grpc-Metadata-* headers into metadata: a
+		// client must not add a credential or a principal that way.
+		for k := range r.Header {
+			if name, ok := strings.CutPrefix(strings.ToLower(k), "grpc-metadata-"); ok && (name == "authorization" || name == "chunkbridge-principal") {
+				r.Header.Del(k)
+			}
+		}
 		next.ServeHTTP(w, r)
 	})
 }
