@@ -176,6 +176,21 @@ func TestAccessControlGRPCAndREST(t *testing.T) {
 		r.SetBasicAuth(user, token)
 		return r.Header.Get("Authorization")
 	}
+	// A read principal cannot make itself an admin through headers the
+	// REST gateway turns into gRPC metadata.
+	for _, h := range [][2]string{{"Grpc-Metadata-Chunkbridge-Principal", "admin-user;default;admin"}, {"Grpc-Metadata-Authorization", "Bearer " + tok["admin"]}} {
+		req, _ := http.NewRequest("GET", "http://"+p.http+"/v1/stats", nil)
+		req.Header.Set("Authorization", "Bearer "+tok["read"])
+		req.Header.Set(h[0], h[1])
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusForbidden {
+			t.Errorf("read principal with %s: %d, want 403", h[0], resp.StatusCode)
+		}
+	}
 	chunkPath := fmt.Sprintf("/casync/chunks/%x/%x.cacnk", id[:2], id)
 	for _, tc := range []struct {
 		method, path, authz string
