@@ -236,12 +236,6 @@ func (r *Registry) ByName(name string) (Principal, error) {
 	return p, nil
 }
 
-// Tenant returns a tenant's settings.
-func (r *Registry) Tenant(name string) (Tenant, bool) {
-	t, ok := r.cur.Load().tenants[name]
-	return t, ok
-}
-
 // Watch re-reads the file every interval until ctx ends and switches to
 // it when its content changed and parses; a file that does not parse is
 // reported and the previous principals stay in force.

@@ -114,14 +114,8 @@ type Config struct {
 
 // Hooks let tests act at fixed points; nil hooks are skipped.
 type Hooks struct {
-	// Registered: a commit wrote its registration and has not read the
-	// state yet.
-	Registered func()
 	// Waiting: a commit read a deleting state and is about to wait.
 	Waiting func(State)
-	// Listed: a delete batch announced itself and listed the
-	// registrations; it has not decided yet.
-	Listed func()
 	// Renewed: a heartbeat tried to renew the GC lock.
 	Renewed func(error)
 }
@@ -307,9 +301,6 @@ func (g *Guard) Commit(ctx context.Context, t Ticket, ids IDs) (c *Commit, reche
 	c.registered = time.Now()
 	if err := g.store.Put(ctx, c.key, bytes.NewReader(body), int64(len(body)), storage.Metadata{"replica": g.replica}); err != nil {
 		return nil, false, fmt.Errorf("register %d chunks with garbage collection at %s: %w", len(ids), c.key, err)
-	}
-	if h := g.cfg.Hooks.Registered; h != nil {
-		h()
 	}
 	st, stale, err := g.settled(ctx)
 	if err != nil {

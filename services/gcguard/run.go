@@ -238,9 +238,6 @@ func (r *Run) Delete(ctx context.Context, fn func(ctx context.Context, protected
 	if err := r.scan(bctx); err != nil {
 		return err
 	}
-	if h := r.g.cfg.Hooks.Listed; h != nil {
-		h()
-	}
 	return fn(bctx, r.protected)
 }
 
