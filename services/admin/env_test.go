@@ -30,7 +30,6 @@ import (
 	"github.com/chunkbridge/chunkbridge/storage"
 	"github.com/chunkbridge/chunkbridge/storage/fs"
 	"github.com/chunkbridge/chunkbridge/storage/memory"
-	"github.com/chunkbridge/chunkbridge/storage/s3"
 	"github.com/chunkbridge/chunkbridge/storage/s3/miniotest"
 )
 
@@ -102,18 +101,7 @@ func fsStore(t testing.TB) storage.Store {
 	return s
 }
 
-func minioStore(t testing.TB) storage.Store {
-	if testing.Short() {
-		t.Skip("needs MinIO")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	s, err := s3.Open(ctx, miniotest.Shared(t).Config())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
-}
+func minioStore(t testing.TB) storage.Store { return miniotest.SharedStore(t) }
 
 var stores = []struct {
 	name string

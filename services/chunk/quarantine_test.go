@@ -9,7 +9,6 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/klauspost/compress/zstd"
 
@@ -18,7 +17,6 @@ import (
 	"github.com/chunkbridge/chunkbridge/services/chunk"
 	"github.com/chunkbridge/chunkbridge/storage"
 	"github.com/chunkbridge/chunkbridge/storage/fs"
-	"github.com/chunkbridge/chunkbridge/storage/s3"
 	"github.com/chunkbridge/chunkbridge/storage/s3/miniotest"
 	"github.com/chunkbridge/chunkbridge/storage/storagetest"
 )
@@ -34,18 +32,7 @@ var quarantineStores = []struct {
 		}
 		return s
 	}},
-	{"minio", func(t *testing.T) storage.Store {
-		if testing.Short() {
-			t.Skip("needs MinIO")
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		s, err := s3.Open(ctx, miniotest.Shared(t).Config())
-		if err != nil {
-			t.Fatal(err)
-		}
-		return s
-	}},
+	{"minio", func(t *testing.T) storage.Store { return miniotest.SharedStore(t) }},
 }
 
 func rawUpload(data []byte) chunk.Upload {

@@ -19,7 +19,6 @@ import (
 	"github.com/chunkbridge/chunkbridge/storage"
 	"github.com/chunkbridge/chunkbridge/storage/fs"
 	"github.com/chunkbridge/chunkbridge/storage/memory"
-	"github.com/chunkbridge/chunkbridge/storage/s3"
 	"github.com/chunkbridge/chunkbridge/storage/s3/miniotest"
 )
 
@@ -43,16 +42,7 @@ var stores = []struct {
 }{
 	{"memory", func(testing.TB) storage.Store { return memory.New() }},
 	{"fs", fsStore},
-	{"minio", func(t testing.TB) storage.Store {
-		if testing.Short() {
-			t.Skip("needs MinIO")
-		}
-		s, err := s3.Open(t.Context(), miniotest.Shared(t).Config())
-		if err != nil {
-			t.Fatal(err)
-		}
-		return s
-	}},
+	{"minio", func(t testing.TB) storage.Store { return miniotest.SharedStore(t) }},
 }
 
 func fsStore(t testing.TB) storage.Store {

@@ -375,3 +375,20 @@ func NewBucketName() string {
 	_, _ = rand.Read(b[:])
 	return "test-" + hex.EncodeToString(b[:])
 }
+
+// SharedStore opens a store on a fresh bucket of the shared server, closed
+// when the test ends. It skips in -short mode.
+func SharedStore(t testing.TB) *s3.Store {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("needs MinIO")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, err := s3.Open(ctx, Shared(t).Config())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
