@@ -3,14 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
-	"math/big"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -24,69 +19,8 @@ import (
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
 	"github.com/chunkbridge/chunkbridge/auth"
+	"github.com/chunkbridge/chunkbridge/internal/testpki"
 )
-
-// testCA is a certificate authority made for one test.
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	file string // its certificate, PEM
-}
-
-func newTestCA(t *testing.T, name string) *testCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-		BasicConstraintsValid: true, IsCA: true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	file := filepath.Join(t.TempDir(), "ca.pem")
-	if err := os.WriteFile(file, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return &testCA{cert: cert, key: key, file: file}
-}
-
-// issue writes a client certificate for subject, signed by ca, and its key.
-func (ca *testCA) issue(t *testing.T, subject pkix.Name) (certFile, keyFile string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
-	tmpl := &x509.Certificate{
-		SerialNumber: serial, Subject: subject,
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	certFile, keyFile = filepath.Join(dir, "client.pem"), filepath.Join(dir, "client-key.pem")
-	os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
-	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600)
-	return certFile, keyFile
-}
 
 // pmxEnvRun runs `chunkbridge pmx …` with extra environment variables and
 // returns its combined output and error.
@@ -124,14 +58,16 @@ func TestPMXOverMTLS(t *testing.T) {
 		t.Fatalf("pkix.Name.String() = %q: docs/auth.md's cert_subject example is wrong", got)
 	}
 	srvCert, srvKey := selfSigned(t)
-	ca := newTestCA(t, "chunkbridge test client CA")
-	rogue := newTestCA(t, "another CA")
-	appendCert, appendKey := ca.issue(t, acme("host-append"))
-	readCert, readKey := ca.issue(t, acme("host-read"))
-	strangerCert, strangerKey := ca.issue(t, acme("stranger"))
+	ca := testpki.NewCA(t, "chunkbridge test client CA")
+	caFile := testpki.WriteFile(t, t.TempDir(), "ca.pem", ca.PEM)
+	rogue := testpki.NewCA(t, "another CA")
+	client := x509.ExtKeyUsageClientAuth
+	appendCert, appendKey := ca.IssueFiles(t, acme("host-append"), client)
+	readCert, readKey := ca.IssueFiles(t, acme("host-read"), client)
+	strangerCert, strangerKey := ca.IssueFiles(t, acme("stranger"), client)
 	// Another CA's certificate with an authorised subject: the subject
 	// alone must not be enough.
-	rogueCert, rogueKey := rogue.issue(t, acme("host-append"))
+	rogueCert, rogueKey := rogue.IssueFiles(t, acme("host-append"), client)
 
 	listTok, listHash := auth.NewToken()
 	adminTok, adminHash := auth.NewToken()
@@ -164,7 +100,7 @@ principals:
 		}}
 	tls := []string{"--credentials-file", creds, "--tls-cert", srvCert, "--tls-key", srvKey}
 	t.Run("serve all", func(t *testing.T) {
-		p := start(t, nil, append([]string{"serve", "all", "--store", t.TempDir(), "--pmx-tls-client-ca", ca.file}, tls...)...)
+		p := start(t, nil, append([]string{"serve", "all", "--store", t.TempDir(), "--pmx-tls-client-ca", caFile}, tls...)...)
 		pmxMTLSScenario(t, p, p, srvCert, listTok, adminTok, cases)
 	})
 	// As in Kubernetes: the gateway authenticates the client and calls
@@ -174,7 +110,7 @@ principals:
 		os.WriteFile(tokenFile, []byte("gateway-token-of-the-pmx-test\n"), 0o600)
 		svc := start(t, nil, append([]string{"serve", "chunk", "--store", t.TempDir(), "--auth-token-file", tokenFile}, tls...)...)
 		gw := start(t, nil, append([]string{"serve", "pmx-gateway", "--chunk-service", svc.grpc, "--chunk-service-tls", "--chunk-service-ca", srvCert,
-			"--auth-token-file", tokenFile, "--tls-client-ca", ca.file}, tls...)...)
+			"--auth-token-file", tokenFile, "--tls-client-ca", caFile}, tls...)...)
 		pmxMTLSScenario(t, svc, gw, srvCert, "", adminTok, cases)
 	})
 }
