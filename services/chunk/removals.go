@@ -28,13 +28,12 @@ func (s *Service) announceRemoval(ctx context.Context, id ID) error {
 	var b [16]byte
 	rand.Read(b[:])
 	seq := hex.EncodeToString(b[:])
-	s.announced.Store(&seq)
 	stamp := []byte(time.Now().UTC().Format(time.RFC3339Nano))
 	return s.store.Put(ctx, removalsKey, bytes.NewReader(stamp), int64(len(stamp)), storage.Metadata{"seq": seq, "chunk": id.String()})
 }
 
 // WatchRemovals reads the removal marker every interval and empties this
-// process's presence cache when another process announced a removal. It
+// process's presence cache whenever it changed. It
 // returns when ctx ends.
 func (s *Service) WatchRemovals(ctx context.Context, interval time.Duration) {
 	last := ""
@@ -58,9 +57,11 @@ func (s *Service) pollRemovals(ctx context.Context, last string) string {
 	switch {
 	case err == nil:
 		seq := info.Metadata["seq"]
-		if own := s.announced.Load(); seq != last && (own == nil || seq != *own) {
+		// Its own announcements too: another process's announcement may
+		// have come and been overwritten by this one's since the last look.
+		if seq != last {
 			s.ForgetAll()
-			s.log.Info("chunk removal announced by another process: presence cache emptied", "chunk", info.Metadata["chunk"])
+			s.log.Info("chunk removal announced: presence cache emptied", "chunk", info.Metadata["chunk"])
 		}
 		return seq
 	case errors.Is(err, storage.ErrNotFound):

@@ -56,9 +56,6 @@ type Service struct {
 	// quarantineMu serialises quarantines of one id (striped by its
 	// first byte); see Quarantine.
 	quarantineMu [16]sync.Mutex
-	// announced is the seq of this process's last announced removal, which
-	// WatchRemovals need not act on.
-	announced atomic.Pointer[string]
 
 	written, deduplicated, received atomic.Int64
 }
