@@ -3,9 +3,12 @@ package chunk
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"time"
 
@@ -36,8 +39,14 @@ func QuarantinedPrefix(id ID) string {
 	return QuarantinePrefix + h[:4] + "/" + h + "."
 }
 
-func quarantineKey(id ID, at time.Time) string {
-	return QuarantinedPrefix(id) + at.UTC().Format("20060102T150405.000000000Z") + ".cacnk"
+func quarantineKey(id ID, stored []byte, size int64) string {
+	// Named by content: quarantining the same bytes again (a delete that
+	// failed, a read racing another) writes nothing new.
+	if stored == nil { // too large to hold: named by size only
+		return QuarantinedPrefix(id) + "size-" + strconv.FormatInt(size, 10) + ".cacnk"
+	}
+	sum := sha256.Sum256(stored)
+	return QuarantinedPrefix(id) + hex.EncodeToString(sum[:8]) + ".cacnk"
 }
 
 // QuarantinedError is a read that found a chunk corrupt and moved it to
@@ -102,8 +111,9 @@ func (s *Service) Quarantine(ctx context.Context, id ID, reason string) (string,
 	}
 	defer rc.Close()
 	var body io.Reader = rc
+	var stored []byte
 	if info.Size <= maxStored {
-		stored := make([]byte, info.Size)
+		stored = make([]byte, info.Size)
 		if _, err := io.ReadFull(rc, stored); err != nil {
 			return "", fmt.Errorf("re-read chunk %s: %w", id, readErr(err))
 		}
@@ -114,7 +124,7 @@ func (s *Service) Quarantine(ctx context.Context, id ID, reason string) (string,
 	} // else: too large to be any chunk; copied as it streams
 
 	now := time.Now()
-	key := quarantineKey(id, now)
+	key := quarantineKey(id, stored, info.Size)
 	meta := storage.Metadata{}
 	for k, v := range info.Metadata {
 		meta[k] = v
@@ -126,6 +136,14 @@ func (s *Service) Quarantine(ctx context.Context, id ID, reason string) (string,
 	}
 	// Forgotten before and after the delete, as garbage collection does:
 	// no existence answer from before the delete survives it.
+	// Only the object that was re-read goes: another replica may have
+	// quarantined it meanwhile and a client stored a good copy since.
+	if cur, err := s.store.Stat(ctx, id.Key()); err != nil || cur.Size != info.Size || !cur.Modified.Equal(info.Modified) {
+		if err == nil || errors.Is(err, storage.ErrNotFound) {
+			return key, nil
+		}
+		return "", fmt.Errorf("re-check chunk %s before removing it: %w", id, err)
+	}
 	s.Forget(id)
 	if err := s.store.Delete(ctx, id.Key()); err != nil {
 		return "", fmt.Errorf("remove corrupt chunk %s after copying it to %s: %w", id, key, err)

@@ -271,7 +271,15 @@ func (s *Service) Get(ctx context.Context, id ID, raw bool) (Chunk, error) {
 	if err := s.acquire(ctx); err != nil {
 		return Chunk{}, err
 	}
-	defer s.release()
+	// A quarantine re-reads and copies for up to a minute: it must not
+	// hold a work slot meanwhile, or reads of one corrupt chunk would
+	// starve every upload and download.
+	release := sync.OnceFunc(s.release)
+	defer release()
+	corrupt := func(err error) error {
+		release()
+		return s.corrupt(ctx, id, err)
+	}
 	rc, info, err := s.store.Get(ctx, id.Key())
 	if err != nil {
 		return Chunk{}, storeErr(id, err)
@@ -279,7 +287,7 @@ func (s *Service) Get(ctx context.Context, id ID, raw bool) (Chunk, error) {
 	defer rc.Close()
 	// The object size is checked before the buffer is allocated.
 	if err := checkStoredSize(id, info.Size); err != nil {
-		return Chunk{}, s.corrupt(ctx, id, err)
+		return Chunk{}, corrupt(err)
 	}
 	stored := make([]byte, info.Size)
 	if _, err := io.ReadFull(rc, stored); err != nil {
@@ -295,10 +303,10 @@ func (s *Service) Get(ctx context.Context, id ID, raw bool) (Chunk, error) {
 	// casync itself): decode, and learn the algorithm by hashing.
 	data, err := s.codec.decode(chunkbridgev1.Encoding_ENCODING_ZSTD, stored)
 	if err != nil {
-		return Chunk{}, s.corrupt(ctx, id, fmt.Errorf("chunk %s: %w: stored data does not decode: %v", id, apierr.ErrDigestMismatch, err))
+		return Chunk{}, corrupt(fmt.Errorf("chunk %s: %w: stored data does not decode: %v", id, apierr.ErrDigestMismatch, err))
 	}
 	if err := verify(id, &c, data); err != nil {
-		return Chunk{}, s.corrupt(ctx, id, err)
+		return Chunk{}, corrupt(err)
 	}
 	if raw {
 		c.Encoding, c.Data = chunkbridgev1.Encoding_ENCODING_RAW, data
