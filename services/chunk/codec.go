@@ -79,7 +79,9 @@ func newCodec() (*codec, error) {
 	if err != nil {
 		return nil, err
 	}
-	probe, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1), zstd.WithLowerEncoderMem(true))
+	// One encoder per CPU, as enc has: with one, every upload of a large
+	// chunk would wait its turn for the probe.
+	probe, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithLowerEncoderMem(true))
 	if err != nil {
 		return nil, err
 	}
