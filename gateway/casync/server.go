@@ -24,7 +24,9 @@ var ErrServerClosed = tcpserver.ErrServerClosed
 // 2, the client's token.
 type Server struct {
 	Handler *Handler
-	// PreambleTimeout bounds the wait for the preamble (default 30s).
+	// PreambleTimeout bounds the wait for the preamble (default 5s): the
+	// shim sends it in one write at connect, and until it has arrived an
+	// unauthenticated connection holds a slot and a buffer.
 	PreambleTimeout time.Duration
 	// MaxConns caps the sessions served at once (0: no cap); a connection
 	// beyond it is answered with an ABORT saying so.
@@ -72,7 +74,7 @@ func (srv *Server) handle(c net.Conn) {
 	log := srv.Handler.Log
 	timeout := srv.PreambleTimeout
 	if timeout <= 0 {
-		timeout = 30 * time.Second
+		timeout = 5 * time.Second
 	}
 	br := bufio.NewReaderSize(c, 64<<10)
 	c.SetReadDeadline(time.Now().Add(timeout))
