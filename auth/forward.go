@@ -10,10 +10,10 @@ import (
 )
 
 // A gateway authenticates its own clients and calls the chunk service with
-// its own (admin) credential; forwardKey names the client it acts for, so
+// its own (admin) credential; ForwardKey names the client it acts for, so
 // that the services authorise the client, not the gateway. The services
 // honour it only from an admin principal (see Forwarded).
-const forwardKey = "chunkbridge-principal"
+const ForwardKey = "chunkbridge-principal"
 
 // forward adds the principal ctx carries, if a listener authenticated
 // one, to the outgoing metadata.
@@ -22,7 +22,7 @@ func forward(ctx context.Context) context.Context {
 	if !ok {
 		return ctx
 	}
-	return metadata.AppendToOutgoingContext(ctx, forwardKey, p.Name+";"+p.Tenant+";"+p.Role.String())
+	return metadata.AppendToOutgoingContext(ctx, ForwardKey, p.Name+";"+p.Tenant+";"+p.Role.String())
 }
 
 // ForwardUnary and ForwardStream are client interceptors for connections
@@ -39,17 +39,17 @@ func ForwardStream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientCo
 // Forwarded returns the principal a caller acts for, if it named one.
 // The caller must be checked to be an admin before it is believed.
 func Forwarded(md metadata.MD) (Principal, bool, error) {
-	v := md.Get(forwardKey)
+	v := md.Get(ForwardKey)
 	if len(v) == 0 {
 		return Principal{}, false, nil
 	}
 	f := strings.Split(v[len(v)-1], ";")
 	if len(f) != 3 || !nameRE.MatchString(f[0]) || !nameRE.MatchString(f[1]) {
-		return Principal{}, false, fmt.Errorf("malformed %s metadata %q", forwardKey, v[len(v)-1])
+		return Principal{}, false, fmt.Errorf("malformed %s metadata %q", ForwardKey, v[len(v)-1])
 	}
 	role, err := ParseRole(f[2])
 	if err != nil {
-		return Principal{}, false, fmt.Errorf("%s metadata: %w", forwardKey, err)
+		return Principal{}, false, fmt.Errorf("%s metadata: %w", ForwardKey, err)
 	}
 	return Principal{Name: f[0], Tenant: f[1], Role: role}, true, nil
 }

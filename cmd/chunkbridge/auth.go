@@ -323,7 +323,7 @@ func (a *access) requireHTTP(next http.Handler) http.Handler {
 		// grpc-gateway turns Grpc-Metadata-* headers into metadata: a
 		// client must not add a credential or a principal that way.
 		for k := range r.Header {
-			if name, ok := strings.CutPrefix(strings.ToLower(k), "grpc-metadata-"); ok && (name == "authorization" || name == "chunkbridge-principal") {
+			if name, ok := strings.CutPrefix(strings.ToLower(k), "grpc-metadata-"); ok && (name == "authorization" || name == auth.ForwardKey) {
 				r.Header.Del(k)
 			}
 		}
