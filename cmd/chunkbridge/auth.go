@@ -53,9 +53,26 @@ func (f securityFlags) loadToken() (string, error) {
 	return token, nil
 }
 
+// loadCAPool reads the PEM certificates of path, named by the flag that
+// gave it.
+func loadCAPool(flag, path string) (*x509.CertPool, error) {
+	pem, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", flag, err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("%s %s: no PEM certificate found", flag, path)
+	}
+	return pool, nil
+}
+
 // serverTLS returns the listeners' TLS config, or nil without --tls-cert.
 func (f securityFlags) serverTLS() (*tls.Config, error) {
 	if f.tlsCert == "" && f.tlsKey == "" {
+		if f.tlsClientCA != "" {
+			return nil, usagef("--tls-client-ca needs --tls-cert and --tls-key: client certificates are sent only over TLS")
+		}
 		return nil, nil
 	}
 	cert, err := tls.LoadX509KeyPair(f.tlsCert, f.tlsKey)
@@ -64,13 +81,8 @@ func (f securityFlags) serverTLS() (*tls.Config, error) {
 	}
 	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	if f.tlsClientCA != "" {
-		pem, err := os.ReadFile(f.tlsClientCA)
-		if err != nil {
-			return nil, fmt.Errorf("--tls-client-ca: %w", err)
-		}
-		cfg.ClientCAs = x509.NewCertPool()
-		if !cfg.ClientCAs.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("--tls-client-ca %s: no PEM certificate found", f.tlsClientCA)
+		if cfg.ClientCAs, err = loadCAPool("--tls-client-ca", f.tlsClientCA); err != nil {
+			return nil, err
 		}
 		// Optional: token callers need no certificate; one that is sent
 		// must verify.
@@ -134,13 +146,9 @@ func (f securityFlags) clientCredentials() (credentials.TransportCredentials, er
 	}
 	cfg := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: f.chunkServiceName}
 	if f.chunkServiceCA != "" {
-		pem, err := os.ReadFile(f.chunkServiceCA)
-		if err != nil {
-			return nil, fmt.Errorf("--chunk-service-ca: %w", err)
-		}
-		cfg.RootCAs = x509.NewCertPool()
-		if !cfg.RootCAs.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("--chunk-service-ca %s: no PEM certificate found", f.chunkServiceCA)
+		var err error
+		if cfg.RootCAs, err = loadCAPool("--chunk-service-ca", f.chunkServiceCA); err != nil {
+			return nil, err
 		}
 	}
 	return credentials.NewTLS(cfg), nil
