@@ -37,16 +37,29 @@ type securityFlags struct {
 	chunkServiceName string
 }
 
+// readTokenFile reads a token from path, named by the flag or variable
+// that gave it: the file's text without surrounding white space.
+func readTokenFile(name, path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", name, err)
+	}
+	token := strings.TrimSpace(string(b))
+	if token == "" {
+		return "", fmt.Errorf("%s %s is empty", name, path)
+	}
+	return token, nil
+}
+
 // loadToken reads the token file; "" when auth is off.
 func (f securityFlags) loadToken() (string, error) {
 	if f.tokenFile == "" {
 		return "", nil
 	}
-	b, err := os.ReadFile(f.tokenFile)
+	token, err := readTokenFile("--auth-token-file", f.tokenFile)
 	if err != nil {
-		return "", fmt.Errorf("--auth-token-file: %w", err)
+		return "", err
 	}
-	token := strings.TrimSpace(string(b))
 	if len(token) < 16 {
 		return "", fmt.Errorf("--auth-token-file %s: the token must have at least 16 characters", f.tokenFile)
 	}

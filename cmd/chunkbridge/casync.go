@@ -252,12 +252,9 @@ func casyncToken(profileFile string) (string, error) {
 		return "", fmt.Errorf("both %s and %s are set: set one", envName("token"), envName("token-file"))
 	}
 	if file != "" {
-		b, err := os.ReadFile(file)
-		if err != nil {
-			return "", fmt.Errorf("%s: %w", envName("token-file"), err)
-		}
-		if token = strings.TrimSpace(string(b)); token == "" {
-			return "", fmt.Errorf("%s %s is empty", envName("token-file"), file)
+		var err error
+		if token, err = readTokenFile(envName("token-file"), file); err != nil {
+			return "", err
 		}
 	}
 	if len(token) > casync.MaxPreambleToken {

@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -97,14 +96,7 @@ func listToken(token, file string) (string, error) {
 	if token != "" {
 		return "", usagef("pmx list: --token and --token-file (or their variables, or the profile's token_file) both set: give one")
 	}
-	b, err := os.ReadFile(file)
-	if err != nil {
-		return "", fmt.Errorf("pmx list: --token-file: %w", err)
-	}
-	if token = strings.TrimSpace(string(b)); token == "" {
-		return "", fmt.Errorf("pmx list: --token-file %s is empty", file)
-	}
-	return token, nil
+	return readTokenFile("pmx list: --token-file", file)
 }
 
 // restClient is the HTTP client of the REST API: system roots, or the CA
