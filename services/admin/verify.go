@@ -523,10 +523,17 @@ func (v *verifyRun) checkMissing(ctx context.Context, through chunk.ID) error {
 	return g.Wait()
 }
 
-// quarantineOf names, in a missing chunk's problem, its newest quarantined
-// copy and why it was quarantined, if it has one; a failed look only
-// leaves the problem as it is.
+// quarantineOf names, in a missing chunk's problem, a quarantined copy of
+// it and why it was quarantined, if it has one; a failed look only leaves
+// the problem as it is. A problem past the report's limit is only counted:
+// it is not looked up.
 func (v *verifyRun) quarantineOf(ctx context.Context, id chunk.ID, p *Problem) {
+	v.mu.Lock()
+	full := len(v.problems) >= maxProblems
+	v.mu.Unlock()
+	if full {
+		return
+	}
 	var key string
 	if err := v.s.store.List(ctx, chunk.QuarantinedPrefix(id), func(i storage.Info) error { key = i.Key; return nil }); err != nil || key == "" {
 		return
