@@ -163,9 +163,6 @@ func (s *Store) PutIfAbsent(ctx context.Context, key string, r io.Reader, size i
 		return false, fmt.Errorf("put %s: %w", key, err)
 	}
 	defer os.Remove(tmp)
-	if err := s.syncData(tmp, size); err != nil {
-		return false, fmt.Errorf("put %s: %w", key, err)
-	}
 	if err := s.mkdirs(filepath.Dir(dst)); err != nil {
 		return false, fmt.Errorf("put %s: %w", key, err)
 	}
@@ -192,13 +189,8 @@ func (s *Store) putTmpfile(ctx context.Context, key, dst string, r io.Reader, si
 	if err := fill(ctx, f, r, size, meta); err != nil {
 		return false, fmt.Errorf("put %s: %w", key, err)
 	}
-	if size <= groupDataLimit {
-		err = s.sync.Sync()
-	} else {
-		err = f.Sync()
-	}
-	if err != nil {
-		return false, fmt.Errorf("put %s: sync: %w", key, classify(err))
+	if err := s.syncData(f, size); err != nil {
+		return false, fmt.Errorf("put %s: %w", key, err)
 	}
 	return s.publish(key, dst, func() error { return linkTmpfile(f, dst) })
 }
@@ -243,10 +235,6 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader, size int64, me
 	if err != nil {
 		return fmt.Errorf("put %s: %w", key, err)
 	}
-	if err := s.syncData(tmp, size); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("put %s: %w", key, err)
-	}
 	if err := s.mkdirs(filepath.Dir(dst)); err != nil {
 		os.Remove(tmp)
 		return fmt.Errorf("put %s: %w", key, err)
@@ -261,19 +249,15 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader, size int64, me
 	return nil
 }
 
-// syncData makes a written temporary file durable.
-func (s *Store) syncData(path string, size int64) error {
+// syncData makes a written temporary file durable: small files through
+// the group syncer (one syncfs for many writers), large ones with fsync.
+func (s *Store) syncData(f *os.File, size int64) error {
 	if size <= groupDataLimit {
 		if err := s.sync.Sync(); err != nil {
 			return fmt.Errorf("sync: %w", classify(err))
 		}
 		return nil
 	}
-	f, err := os.Open(path)
-	if err != nil {
-		return classify(err)
-	}
-	defer f.Close()
 	if err := f.Sync(); err != nil {
 		return fmt.Errorf("fsync: %w", classify(err))
 	}
@@ -281,7 +265,7 @@ func (s *Store) syncData(path string, size int64) error {
 }
 
 // writeTemp copies exactly size bytes into a new temporary file with its
-// metadata, returning its path; syncData makes it durable. On error nothing
+// metadata, durable (syncData), returning its path. On error nothing
 // is left.
 func (s *Store) writeTemp(ctx context.Context, r io.Reader, size int64, meta storage.Metadata) (path string, err error) {
 	var rnd [8]byte
@@ -300,6 +284,9 @@ func (s *Store) writeTemp(ctx context.Context, r io.Reader, size int64, meta sto
 		}
 	}()
 	if err := fill(ctx, f, r, size, meta); err != nil {
+		return "", err
+	}
+	if err := s.syncData(f, size); err != nil {
 		return "", err
 	}
 	return path, nil
