@@ -262,3 +262,18 @@ func lastLine(s string) string {
 	lines := strings.Split(strings.TrimSpace(s), "\n")
 	return lines[len(lines)-1]
 }
+
+// A process that is only the PMXBCKUP gateway, with credentials but no
+// client certificates, would refuse every client: it does not start.
+func TestPMXGatewayWithCredentialsNeedsClientCertificates(t *testing.T) {
+	dir := t.TempDir()
+	creds, tokens := principals(t, dir)
+	tokenFile := filepath.Join(dir, "token")
+	os.WriteFile(tokenFile, []byte(tokens["admin"]), 0o600)
+	cmd := exec.Command(binary, "serve", "pmx-gateway", "--chunk-service", "127.0.0.1:1", "--credentials-file", creds, "--auth-token-file", tokenFile,
+		"--pmx-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0")
+	out, err := cmd.CombinedOutput()
+	if code := cmd.ProcessState.ExitCode(); code != 2 || !strings.Contains(string(out), "client certificates") {
+		t.Fatalf("serve pmx-gateway with credentials and no client CA: exit %d, %v:\n%s", code, err, out)
+	}
+}

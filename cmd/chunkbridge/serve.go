@@ -265,6 +265,11 @@ func serve(ctx context.Context, mode string, args []string, stdout, stderr io.Wr
 		if err != nil {
 			return err
 		}
+		if acc.reg != nil && (pmxTLS == nil || pmxTLS.ClientCAs == nil) && !p.services {
+			// A process that is only this gateway would serve no one.
+			return usagef("serve %s with credentials needs TLS with client certificates: PMXBCKUP clients authenticate by certificate only; "+
+				"give --pmx-tls-cert/--pmx-tls-key (or --tls-cert/--tls-key) and --pmx-tls-client-ca (or --tls-client-ca)", mode)
+		}
 		ln, err := net.Listen("tcp", f.pmxListen)
 		if err != nil {
 			return fmt.Errorf("--pmx-listen %s: %w", f.pmxListen, err)
