@@ -76,14 +76,29 @@ type Principal struct {
 	Name   string
 	Tenant string
 	Role   Role
+	// Domain is the tenant's dedup domain: the chunk space its uploads
+	// go to and its files read from. Empty means DefaultDomain.
+	Domain string
+}
+
+// DedupDomain is p's dedup domain, DefaultDomain when none is set.
+func (p Principal) DedupDomain() string {
+	if p.Domain == "" {
+		return DefaultDomain
+	}
+	return p.Domain
 }
 
 // DefaultTenant owns everything stored before tenants existed, and is
 // every principal's tenant when the file names none.
 const DefaultTenant = "default"
 
+// DefaultDomain is the dedup domain of the chunks stored before domains
+// existed; the default tenant's, always.
+const DefaultDomain = "default"
+
 // Anonymous is the caller when no credentials file is configured.
-var Anonymous = Principal{Name: "anonymous", Tenant: DefaultTenant, Role: RoleAdmin}
+var Anonymous = Principal{Name: "anonymous", Tenant: DefaultTenant, Role: RoleAdmin, Domain: DefaultDomain}
 
 // Allows reports whether p may do a.
 func (p Principal) Allows(a Action) bool { return p.Role >= Role(a) }

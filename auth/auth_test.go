@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"google.golang.org/grpc/metadata"
+
 	"github.com/chunkbridge/chunkbridge/auth"
 	"github.com/chunkbridge/chunkbridge/services/apierr"
 )
@@ -141,8 +143,8 @@ principals:
 	}
 	reg.AddToken("an-admin-token-0123456789", auth.Principal{Name: "token-file", Tenant: auth.DefaultTenant, Role: auth.RoleAdmin})
 	for name, want := range map[string]auth.Principal{
-		"web-backup": {Name: "web-backup", Tenant: "acme", Role: auth.RoleAppend},
-		"pmx-host-1": {Name: "pmx-host-1", Tenant: auth.DefaultTenant, Role: auth.RoleRead},
+		"web-backup": {Name: "web-backup", Tenant: "acme", Role: auth.RoleAppend, Domain: "acme"},
+		"pmx-host-1": {Name: "pmx-host-1", Tenant: auth.DefaultTenant, Role: auth.RoleRead, Domain: auth.DefaultDomain},
 	} {
 		if got, err := reg.ByName(name); err != nil || got != want {
 			t.Errorf("ByName(%q) = %v, %v; want %v", name, got, err, want)
@@ -162,5 +164,75 @@ principals:
 	}
 	if _, err := reg.ByName("pmx-host-1"); err == nil {
 		t.Error("a removed principal is still found")
+	}
+}
+
+func TestTenantsDomainsAndQuotas(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "credentials.yaml")
+	_, hash := auth.NewToken()
+	write(t, path, `
+tenants:
+  - name: acme
+    quota:
+      logical_bytes: 2GiB
+  - name: acme-dev
+    dedup_domain: acme
+  - name: globex
+    dedup_domain: shared
+    quota:
+      stored_bytes: 500M
+principals:
+  - name: dev
+    tenant: acme-dev
+    role: write
+    token_sha256: `+hash+`
+`)
+	reg, err := auth.Load(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]auth.Tenant{
+		"default":  {Name: "default", DedupDomain: "default"},
+		"acme":     {Name: "acme", DedupDomain: "acme", LogicalQuota: 2 << 30},
+		"acme-dev": {Name: "acme-dev", DedupDomain: "acme"},
+		"globex":   {Name: "globex", DedupDomain: "shared", StoredQuota: 500 << 20},
+	}
+	for name, w := range want {
+		if got, ok := reg.Tenant(name); !ok || got != w {
+			t.Errorf("Tenant(%q) = %+v, %v; want %+v", name, got, ok, w)
+		}
+	}
+	if p, err := reg.ByName("dev"); err != nil || p.Domain != "acme" || p.DedupDomain() != "acme" {
+		t.Errorf("dev = %+v, %v: want the domain of its tenant, acme", p, err)
+	}
+	for _, bad := range []string{
+		"tenants:\n  - name: default\n    dedup_domain: other\n",
+		"tenants:\n  - name: a\n    dedup_domain: ../x\n",
+		"tenants:\n  - name: a\n    quota:\n      logical_bytes: lots\n",
+		"tenants:\n  - name: a\n    quota:\n      stored_bytes: 0\n",
+	} {
+		p := filepath.Join(t.TempDir(), "bad.yaml")
+		write(t, p, bad)
+		if _, err := auth.Load(p, nil); err == nil {
+			t.Errorf("Load accepted %q", bad)
+		}
+	}
+}
+
+func TestForwardedDomain(t *testing.T) {
+	for v, want := range map[string]auth.Principal{
+		"web;acme;append;shared": {Name: "web", Tenant: "acme", Role: auth.RoleAppend, Domain: "shared"},
+		// from a gateway that predates domains
+		"web;default;read": {Name: "web", Tenant: "default", Role: auth.RoleRead, Domain: auth.DefaultDomain},
+	} {
+		got, ok, err := auth.Forwarded(metadata.Pairs(auth.ForwardKey, v))
+		if err != nil || !ok || got != want {
+			t.Errorf("Forwarded(%q) = %+v, %v, %v; want %+v", v, got, ok, err, want)
+		}
+	}
+	for _, v := range []string{"web;acme;append;", "web;acme;append;a/b", "web;acme;append;x;y"} {
+		if _, _, err := auth.Forwarded(metadata.Pairs(auth.ForwardKey, v)); err == nil {
+			t.Errorf("Forwarded(%q) accepted", v)
+		}
 	}
 }

@@ -19,6 +19,8 @@ import (
 	"time"
 
 	yaml "go.yaml.in/yaml/v3"
+
+	"github.com/chunkbridge/chunkbridge/internal/bytesize"
 )
 
 // The credentials file (YAML), usually mounted from a Kubernetes Secret:
@@ -26,6 +28,9 @@ import (
 //	tenants:
 //	  - name: acme
 //	    dedup_domain: acme      # tenants in one domain share chunks
+//	    quota:                  # both optional
+//	      logical_bytes: 2TiB   # sum of its published files' sizes
+//	      stored_bytes: 500GiB  # chunks its uploads added to its domain
 //	principals:
 //	  - name: web-backup
 //	    tenant: acme
@@ -43,6 +48,10 @@ type fileFormat struct {
 type tenantEntry struct {
 	Name        string `yaml:"name"`
 	DedupDomain string `yaml:"dedup_domain"`
+	Quota       struct {
+		LogicalBytes string `yaml:"logical_bytes"`
+		StoredBytes  string `yaml:"stored_bytes"`
+	} `yaml:"quota"`
 }
 
 type principalEntry struct {
@@ -57,6 +66,8 @@ type principalEntry struct {
 type Tenant struct {
 	Name        string
 	DedupDomain string
+	// Quotas in bytes; 0 means none (docs/tenants.md).
+	LogicalQuota, StoredQuota int64
 }
 
 type tokenEntry struct {
@@ -107,6 +118,9 @@ func Load(path string, log *slog.Logger) (*Registry, error) {
 func Static(tokens map[string]Principal) *Registry {
 	t := &table{certs: map[string]Principal{}, tenants: map[string]Tenant{DefaultTenant: {Name: DefaultTenant, DedupDomain: DefaultTenant}}, byName: map[string]Principal{}}
 	for tok, p := range tokens {
+		if p.Domain == "" {
+			p.Domain = DefaultDomain
+		}
 		t.tokens = append(t.tokens, tokenEntry{sha256.Sum256([]byte(tok)), p})
 		t.byName[p.Name] = p
 	}
@@ -133,7 +147,28 @@ func parse(raw []byte) (*table, error) {
 		if e.DedupDomain == "" {
 			e.DedupDomain = e.Name
 		}
-		t.tenants[e.Name] = Tenant(e)
+		if !nameRE.MatchString(e.DedupDomain) {
+			return nil, fmt.Errorf("tenants[%d] (%s): dedup_domain %q: want letters, digits, '.', '_', '@' or '-'", i, e.Name, e.DedupDomain)
+		}
+		if e.Name == DefaultTenant && e.DedupDomain != DefaultDomain {
+			// Its files predate domains and reference the default chunks.
+			return nil, fmt.Errorf("tenants[%d]: the tenant %s always uses the dedup domain %s", i, DefaultTenant, DefaultDomain)
+		}
+		tn := Tenant{Name: e.Name, DedupDomain: e.DedupDomain}
+		for _, q := range []struct {
+			field, v string
+			to       *int64
+		}{{"logical_bytes", e.Quota.LogicalBytes, &tn.LogicalQuota}, {"stored_bytes", e.Quota.StoredBytes, &tn.StoredQuota}} {
+			if q.v == "" {
+				continue
+			}
+			n, err := bytesize.Parse(q.v)
+			if err != nil || n == 0 {
+				return nil, fmt.Errorf("tenants[%d] (%s): quota.%s: %q: want a size above 0 such as 500GiB, or no quota.%s for none", i, e.Name, q.field, q.v, q.field)
+			}
+			*q.to = n
+		}
+		t.tenants[e.Name] = tn
 	}
 	if _, ok := t.tenants[DefaultTenant]; !ok {
 		t.tenants[DefaultTenant] = Tenant{Name: DefaultTenant, DedupDomain: DefaultTenant}
@@ -158,7 +193,7 @@ func parse(raw []byte) (*table, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", where, err)
 		}
-		p := Principal{Name: e.Name, Tenant: e.Tenant, Role: role}
+		p := Principal{Name: e.Name, Tenant: e.Tenant, Role: role, Domain: t.tenants[e.Tenant].DedupDomain}
 		t.byName[e.Name] = p
 		switch {
 		case e.TokenSHA256 != "" && e.CertSubject != "":
@@ -179,6 +214,22 @@ func parse(raw []byte) (*table, error) {
 		}
 	}
 	return t, nil
+}
+
+// Tenant returns a tenant's settings from the file; false for a tenant it
+// does not list (one whose files remain after its entry was removed).
+func (r *Registry) Tenant(name string) (Tenant, bool) {
+	t, ok := r.cur.Load().tenants[name]
+	return t, ok
+}
+
+// Tenants returns every tenant the file lists.
+func (r *Registry) Tenants() []Tenant {
+	var out []Tenant
+	for _, t := range r.cur.Load().tenants {
+		out = append(out, t)
+	}
+	return out
 }
 
 // ErrUnknownCredential: the token or certificate names no principal.
@@ -210,6 +261,9 @@ func (r *Registry) Token(token string) (Principal, error) {
 // single --auth-token-file token, the in-process services' own). Call it
 // before the registry is used.
 func (r *Registry) AddToken(token string, p Principal) {
+	if p.Domain == "" {
+		p.Domain = DefaultDomain
+	}
 	r.extra = append(r.extra, tokenEntry{sha256.Sum256([]byte(token)), p})
 }
 

@@ -22,7 +22,7 @@ func forward(ctx context.Context) context.Context {
 	if !ok {
 		return ctx
 	}
-	return metadata.AppendToOutgoingContext(ctx, ForwardKey, p.Name+";"+p.Tenant+";"+p.Role.String())
+	return metadata.AppendToOutgoingContext(ctx, ForwardKey, p.Name+";"+p.Tenant+";"+p.Role.String()+";"+p.DedupDomain())
 }
 
 // ForwardUnary and ForwardStream are client interceptors for connections
@@ -44,12 +44,15 @@ func Forwarded(md metadata.MD) (Principal, bool, error) {
 		return Principal{}, false, nil
 	}
 	f := strings.Split(v[len(v)-1], ";")
-	if len(f) != 3 || !nameRE.MatchString(f[0]) || !nameRE.MatchString(f[1]) {
+	if len(f) == 3 { // from a gateway that predates dedup domains
+		f = append(f, DefaultDomain)
+	}
+	if len(f) != 4 || !nameRE.MatchString(f[0]) || !nameRE.MatchString(f[1]) || !nameRE.MatchString(f[3]) {
 		return Principal{}, false, fmt.Errorf("malformed %s metadata %q", ForwardKey, v[len(v)-1])
 	}
 	role, err := ParseRole(f[2])
 	if err != nil {
 		return Principal{}, false, fmt.Errorf("%s metadata: %w", ForwardKey, err)
 	}
-	return Principal{Name: f[0], Tenant: f[1], Role: role}, true, nil
+	return Principal{Name: f[0], Tenant: f[1], Role: role, Domain: f[3]}, true, nil
 }

@@ -67,7 +67,7 @@ func TestAuthAddToken(t *testing.T) {
 	if strings.Count(out, token) != 1 || strings.Contains(entry.String(), token) {
 		t.Errorf("the token must be printed once, and never in the entry:\n%s", out)
 	}
-	if p := load("principals:\n", entry.String(), token); p != (auth.Principal{Name: "web-backup", Tenant: "default", Role: auth.RoleAppend}) {
+	if p := load("principals:\n", entry.String(), token); p != (auth.Principal{Name: "web-backup", Tenant: "default", Role: auth.RoleAppend, Domain: "default"}) {
 		t.Errorf("the token authenticates as %v", p)
 	}
 
@@ -83,7 +83,7 @@ func TestAuthAddToken(t *testing.T) {
 	if j.Name != "auditor" || j.Tenant != "acme" || j.Role != "read" || j.Token == token || j.TokenSHA256 != hex.EncodeToString(sum[:]) {
 		t.Errorf("--json printed %+v", j)
 	}
-	if p := load("tenants:\n  - name: acme\nprincipals:\n", j.Entry, j.Token); p != (auth.Principal{Name: "auditor", Tenant: "acme", Role: auth.RoleRead}) {
+	if p := load("tenants:\n  - name: acme\nprincipals:\n", j.Entry, j.Token); p != (auth.Principal{Name: "auditor", Tenant: "acme", Role: auth.RoleRead, Domain: "acme"}) {
 		t.Errorf("the --json token authenticates as %v", p)
 	}
 

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/chunkbridge/chunkbridge/internal/bytesize"
 	"github.com/chunkbridge/chunkbridge/pmxclient"
 )
 
@@ -248,25 +249,12 @@ func (s *sizeFlag) String() string { return strconv.FormatInt(int64(*s), 10) }
 
 // Set parses a size such as 4M; see parseSize.
 func (s *sizeFlag) Set(v string) error {
-	n, err := parseSize(v)
+	n, err := bytesize.Parse(v)
 	if err != nil {
 		return err
 	}
 	*s = sizeFlag(n)
 	return nil
-}
-
-func parseSize(v string) (int64, error) {
-	t := strings.TrimSpace(v)
-	num := strings.TrimRight(t, "KMGiBkmgb")
-	unit := strings.ToUpper(strings.TrimSuffix(strings.TrimSuffix(t[len(num):], "B"), "b"))
-	shift := map[string]uint{"": 0, "K": 10, "KI": 10, "M": 20, "MI": 20, "G": 30, "GI": 30}
-	s, ok := shift[unit]
-	n, err := strconv.ParseInt(strings.TrimSpace(num), 10, 64)
-	if !ok || err != nil || n < 0 || n > (1<<62)>>s {
-		return 0, fmt.Errorf("%q is not a size; want bytes, optionally with K, M or G (KiB, MiB, GiB)", v)
-	}
-	return n << s, nil
 }
 
 // isTerminal reports whether w is a terminal, where a progress line makes

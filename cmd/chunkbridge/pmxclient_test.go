@@ -209,19 +209,6 @@ func TestSplitArgs(t *testing.T) {
 	}
 }
 
-func TestParseSize(t *testing.T) {
-	for in, want := range map[string]int64{"4194304": 4 << 20, "4M": 4 << 20, "4MiB": 4 << 20, "64K": 64 << 10, "64k": 64 << 10, "1G": 1 << 30, "100B": 100} {
-		if got, err := parseSize(in); err != nil || got != want {
-			t.Errorf("parseSize(%q) = %d, %v; want %d", in, got, err, want)
-		}
-	}
-	for _, in := range []string{"", "x", "4X", "-1", "1T", "99999999999G"} {
-		if _, err := parseSize(in); err == nil {
-			t.Errorf("parseSize(%q) succeeded", in)
-		}
-	}
-}
-
 func TestWithDefaultPort(t *testing.T) {
 	for in, want := range map[string]string{"h": "h:8007", "h:1": "h:1", "::1": "[::1]:8007", "[::1]": "[::1]:8007", "[::1]:9": "[::1]:9"} {
 		if got := withDefaultPort(in, "8007"); got != want {

@@ -1,6 +1,7 @@
 package memory_test
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/chunkbridge/chunkbridge/storage"
@@ -10,4 +11,17 @@ import (
 
 func TestConformance(t *testing.T) {
 	storagetest.Run(t, func(*testing.T) storage.Store { return memory.New() })
+}
+
+// The prefixed view passes the same suite, over a store that holds other
+// objects beside its prefix.
+func TestPrefixedConformance(t *testing.T) {
+	storagetest.Run(t, func(t *testing.T) storage.Store {
+		s := memory.New()
+		other := storage.Prefixed(s, "tenants/other/")
+		if _, err := other.PutIfAbsent(t.Context(), "indexes/x.caibx", strings.NewReader("x"), 1, nil); err != nil {
+			t.Fatal(err)
+		}
+		return storage.Prefixed(s, "tenants/t/")
+	})
 }
