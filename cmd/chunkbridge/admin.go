@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
+	"github.com/chunkbridge/chunkbridge/auth"
 	"github.com/chunkbridge/chunkbridge/pmxclient"
 )
 
@@ -208,6 +209,7 @@ func adminVerify(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		sample      float64
 		rate        rateFlag
 		resumeAfter string
+		resumeDom   string
 		maxDuration time.Duration
 		repair      pathsFlag
 	)
@@ -215,6 +217,7 @@ func adminVerify(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		fs.Float64Var(&sample, "sample", 1, "fraction of the stored chunks to read back, chosen at random (every reference is still checked)")
 		fs.Var(&rate, "rate-limit", "stored bytes read per second at most, e.g. 50M (MiB/s) or 100MB; 0 for no limit")
 		fs.StringVar(&resumeAfter, "resume-after", "", "continue an unfinished run after this chunk id (the last id it printed)")
+		fs.StringVar(&resumeDom, "resume-domain", "", "the dedup domain of --resume-after, as the unfinished run printed it (default: the default domain)")
 		fs.DurationVar(&maxDuration, "max-duration", 0, "stop after this long and print where to resume; 0 for no limit")
 		fs.Var(&repair, "repair-from", "after verifying, upload corrupt and missing chunks again from this casync store directory, file, or directory of files (repeatable)")
 	}); err != nil {
@@ -225,7 +228,7 @@ func adminVerify(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return err
 	}
 	defer conn.Close()
-	req := &chunkbridgev1.VerifyRequest{Sample: sample, RateLimit: int64(rate), ResumeAfter: resumeAfter}
+	req := &chunkbridgev1.VerifyRequest{Sample: sample, RateLimit: int64(rate), ResumeAfter: resumeAfter, ResumeDomain: resumeDom}
 	if maxDuration > 0 {
 		req.MaxDuration = durationpb.New(maxDuration)
 	}
@@ -292,6 +295,9 @@ func printVerify(w io.Writer, r *chunkbridgev1.VerifyReport) {
 		if what == "" {
 			what = p.Index
 		}
+		if p.DedupDomain != "" && p.DedupDomain != auth.DefaultDomain {
+			what += " (dedup domain " + p.DedupDomain + ")"
+		}
 		fmt.Fprintf(w, "%-13s %s\n", kind, what)
 		if len(p.ReferencedBy) > 0 {
 			fmt.Fprintf(w, "              referenced by %s\n", strings.Join(p.ReferencedBy, ", "))
@@ -317,7 +323,30 @@ func printVerify(w io.Writer, r *chunkbridgev1.VerifyReport) {
 		fmt.Fprintln(w, "unavailable chunks could not be read because storage was unreachable: that is no sign of damage; verify again later")
 	}
 	if !r.Complete {
-		fmt.Fprintf(w, "stopped early (%s): continue with --resume-after %s\n", r.StoppedReason, r.LastId)
+		resume := "--resume-after " + r.LastId
+		if r.LastDomain != "" && r.LastDomain != auth.DefaultDomain {
+			resume = "--resume-domain " + r.LastDomain + " " + resume
+		}
+		fmt.Fprintf(w, "stopped early (%s): continue with %s\n", r.StoppedReason, resume)
+	}
+}
+
+// printTenants prints each tenant's usage, when there is more than the
+// default tenant to tell apart.
+func printTenants(w io.Writer, tenants []*chunkbridgev1.TenantUsage) {
+	if len(tenants) < 2 {
+		return
+	}
+	quota := func(used, limit int64) string {
+		if limit == 0 {
+			return pmxclient.FormatSize(used)
+		}
+		return fmt.Sprintf("%s of %s (%.0f%%)", pmxclient.FormatSize(used), pmxclient.FormatSize(limit), 100*float64(used)/float64(limit))
+	}
+	fmt.Fprintln(w, "tenants:")
+	for _, t := range tenants {
+		fmt.Fprintf(w, "  %-16s domain %-12s logical %s, stored %s; %d casync indexes, %d snapshot files\n",
+			t.Tenant, t.DedupDomain, quota(t.LogicalBytes, t.LogicalBytesQuota), quota(t.StoredBytes, t.StoredBytesQuota), t.CasyncIndexes, t.SnapshotFiles)
 	}
 }
 
@@ -418,6 +447,7 @@ func adminStats(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if s.ChunksWithoutSize > 0 {
 		fmt.Fprintf(stdout, "chunks without a recorded size: %d (read to be counted)\n", s.ChunksWithoutSize)
 	}
+	printTenants(stdout, s.Tenants)
 	fmt.Fprintf(stdout, "this server since start: %d chunks written, %d deduplicated, %s received\n", s.ChunksWritten, s.ChunksDeduplicated, pmxclient.FormatSize(s.BytesReceived))
 	fmt.Fprintf(stdout, "counted at        %s (%s ago)\n", counted.UTC().Format(time.RFC3339), age)
 	return nil

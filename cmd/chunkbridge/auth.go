@@ -184,6 +184,24 @@ type access struct {
 	log *slog.Logger
 }
 
+// quotas are a tenant's quotas in the credentials file (read at each
+// call: a reload takes effect at once); none without one.
+func (a *access) quotas(tenant string) (logical, stored int64) {
+	if a == nil || a.reg == nil {
+		return 0, 0
+	}
+	t, _ := a.reg.Tenant(tenant)
+	return t.LogicalQuota, t.StoredQuota
+}
+
+// tenants lists the credentials file's tenants; nil without one.
+func (a *access) tenants() []auth.Tenant {
+	if a == nil || a.reg == nil {
+		return nil
+	}
+	return a.reg.Tenants()
+}
+
 // access builds the listeners' authentication from --credentials-file and
 // --auth-token-file. The token file's token is an admin principal
 // ("token-file"), and the token a gateway sends to the chunk service.

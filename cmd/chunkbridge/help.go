@@ -171,11 +171,12 @@ through the AdminService at --chunk-service. Chunks written within --grace
 of the start are kept, so that a backup still uploading keeps its chunks.
 Prints what was deleted and kept; --dry-run deletes nothing.
 `,
-	"verify": `Usage: chunkbridge verify [--sample F] [--rate-limit R] [--resume-after ID] [flags]
+	"verify": `Usage: chunkbridge verify [--sample F] [--rate-limit R] [--resume-domain D --resume-after ID] [flags]
 
 Reads stored chunks back and re-hashes them, and checks that every chunk an
 index or snapshot references is stored, through the AdminService at
---chunk-service. Prints each problem and what references it. Exits 0 if the
+--chunk-service: every dedup domain in turn, each tenant's files against
+its domain. Prints each problem and what references it. Exits 0 if the
 store is intact, 1 if anything is damaged, 3 if only storage outages got in
 the way (verify again later), 2 on usage errors.
 `,

@@ -32,7 +32,7 @@ Usage:
   chunkbridge s3 mkbucket s3://B    create the bucket if missing (for a Kubernetes Job)
   chunkbridge gc [--grace 24h] [--dry-run]
                                     delete the chunks no index or snapshot references
-  chunkbridge verify [--sample F] [--rate-limit R] [--resume-after ID] [--repair-from PATH]
+  chunkbridge verify [--sample F] [--rate-limit R] [--resume-domain D --resume-after ID] [--repair-from PATH]
                                     read chunks back, re-hash them, check every reference (exit 1 on damage);
                                     corrupt chunks go to quarantine; --repair-from uploads them again
   chunkbridge prune --keep-last N [--keep-daily N ...] [--type T --id ID] [--dry-run]

@@ -17,8 +17,11 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/proto"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
+	"github.com/chunkbridge/chunkbridge/auth"
 	"github.com/chunkbridge/chunkbridge/format"
 	"github.com/chunkbridge/chunkbridge/format/chunker"
 	"github.com/chunkbridge/chunkbridge/pmxclient"
@@ -42,12 +45,15 @@ import (
 // repairWanted is one damaged chunk to look for.
 type repairWanted struct {
 	problem  *chunkbridgev1.Problem
+	doms     []string // the dedup domains that lack it
 	repaired bool
 	note     string // why it is still damaged after an attempt
 }
 
 type repairRun struct {
-	stream               grpc.BidiStreamingClient[chunkbridgev1.UploadChunksRequest, chunkbridgev1.UploadChunksResponse]
+	ctx                  context.Context
+	conn                 *grpc.ClientConn
+	streams              map[string]grpc.BidiStreamingClient[chunkbridgev1.UploadChunksRequest, chunkbridgev1.UploadChunksResponse]
 	wanted               map[[32]byte]*repairWanted
 	left                 int // wanted and not yet repaired
 	progress             *progressLine
@@ -57,7 +63,8 @@ type repairRun struct {
 // repairFrom uploads the damaged chunks of report r found under paths and
 // prints a summary; it reports whether anything is still damaged.
 func repairFrom(ctx context.Context, conn *grpc.ClientConn, paths []string, r *chunkbridgev1.VerifyReport, stdout, stderr io.Writer) (bool, error) {
-	run := &repairRun{wanted: map[[32]byte]*repairWanted{}, progress: newProgressLine(stderr)}
+	run := &repairRun{ctx: ctx, conn: conn, wanted: map[[32]byte]*repairWanted{}, progress: newProgressLine(stderr),
+		streams: map[string]grpc.BidiStreamingClient[chunkbridgev1.UploadChunksRequest, chunkbridgev1.UploadChunksResponse]{}}
 	for _, p := range r.Problems {
 		if p.Kind != chunkbridgev1.Problem_KIND_CORRUPT && p.Kind != chunkbridgev1.Problem_KIND_MISSING {
 			continue
@@ -66,18 +73,28 @@ func repairFrom(ctx context.Context, conn *grpc.ClientConn, paths []string, r *c
 		if err != nil || len(b) != 32 {
 			continue
 		}
-		run.wanted[[32]byte(b)] = &repairWanted{problem: p}
+		dom := p.DedupDomain
+		if dom == "" {
+			dom = auth.DefaultDomain
+		}
+		if w, ok := run.wanted[[32]byte(b)]; ok { // damaged in two domains
+			w.doms = append(w.doms, dom)
+			w.problem.ReferencedBy = append(w.problem.ReferencedBy, p.ReferencedBy...)
+			continue
+		}
+		p = proto.Clone(p).(*chunkbridgev1.Problem)
+		run.wanted[[32]byte(b)] = &repairWanted{problem: p, doms: []string{dom}}
 	}
 	run.left = len(run.wanted)
 	if run.left == 0 {
 		fmt.Fprintln(stdout, "repair: no corrupt or missing chunks to upload again")
 		return r.Unreadable+r.IndexesCorrupt > 0, nil
 	}
-	stream, err := chunkbridgev1.NewChunkServiceClient(conn).UploadChunks(ctx)
-	if err != nil {
-		return true, rpcError("repair: open an upload stream to the chunk service", err)
-	}
-	run.stream = stream
+	defer func() {
+		for _, st := range run.streams {
+			st.CloseSend()
+		}
+	}()
 	for _, p := range paths {
 		if run.left == 0 {
 			break
@@ -87,7 +104,6 @@ func repairFrom(ctx context.Context, conn *grpc.ClientConn, paths []string, r *c
 			return true, err
 		}
 	}
-	stream.CloseSend()
 	run.progress.clear()
 	return run.summary(stdout, r), nil
 }
@@ -256,11 +272,47 @@ func (run *repairRun) chunkReader(ctx context.Context, r io.Reader, name string,
 // Only the stream's failure is an error.
 func (run *repairRun) upload(id [32]byte, alg chunkbridgev1.DigestAlgorithm, enc chunkbridgev1.Encoding, data []byte, from string) (bool, error) {
 	w := run.wanted[id]
-	if err := run.stream.Send(&chunkbridgev1.UploadChunksRequest{Id: hex.EncodeToString(id[:]), Algorithm: alg, Encoding: enc, Data: data}); err != nil {
-		_, err = run.stream.Recv() // the stream's own error
+	for len(w.doms) > 0 {
+		ok, err := run.uploadTo(w.doms[0], w, id, alg, enc, data, from)
+		if !ok || err != nil {
+			return false, err
+		}
+		w.doms = w.doms[1:]
+	}
+	w.repaired, w.note = true, ""
+	run.left--
+	return true, nil
+}
+
+// stream is the upload stream into one dedup domain's chunk space: the
+// admin names the domain the way a gateway names its client's principal.
+func (run *repairRun) stream(dom string) (grpc.BidiStreamingClient[chunkbridgev1.UploadChunksRequest, chunkbridgev1.UploadChunksResponse], error) {
+	if st, ok := run.streams[dom]; ok {
+		return st, nil
+	}
+	ctx := run.ctx
+	if dom != auth.DefaultDomain {
+		ctx = metadata.AppendToOutgoingContext(ctx, auth.ForwardKey, "verify-repair;"+auth.DefaultTenant+";admin;"+dom)
+	}
+	st, err := chunkbridgev1.NewChunkServiceClient(run.conn).UploadChunks(ctx)
+	if err != nil {
+		return nil, rpcError("repair: open an upload stream to the chunk service", err)
+	}
+	run.streams[dom] = st
+	return st, nil
+}
+
+// uploadTo uploads one chunk into one domain; see upload.
+func (run *repairRun) uploadTo(dom string, w *repairWanted, id [32]byte, alg chunkbridgev1.DigestAlgorithm, enc chunkbridgev1.Encoding, data []byte, from string) (bool, error) {
+	stream, err := run.stream(dom)
+	if err != nil {
+		return false, err
+	}
+	if err := stream.Send(&chunkbridgev1.UploadChunksRequest{Id: hex.EncodeToString(id[:]), Algorithm: alg, Encoding: enc, Data: data}); err != nil {
+		_, err = stream.Recv() // the stream's own error
 		return false, rpcError("repair: upload", err)
 	}
-	resp, err := run.stream.Recv()
+	resp, err := stream.Recv()
 	if err != nil {
 		return false, rpcError("repair: upload", err)
 	}
@@ -278,8 +330,6 @@ func (run *repairRun) upload(id [32]byte, alg chunkbridgev1.DigestAlgorithm, enc
 		w.note = "still corrupt in the store (verify could not move it to quarantine): run chunkbridge verify again, then repair"
 		return false, nil
 	}
-	w.repaired, w.note = true, ""
-	run.left--
 	return true, nil
 }
 

@@ -34,6 +34,7 @@ import (
 	"github.com/chunkbridge/chunkbridge/services/admin"
 	"github.com/chunkbridge/chunkbridge/services/catalog"
 	"github.com/chunkbridge/chunkbridge/services/chunk"
+	"github.com/chunkbridge/chunkbridge/services/quota"
 	"github.com/chunkbridge/chunkbridge/services/readiness"
 )
 
@@ -366,12 +367,13 @@ func startServices(ctx context.Context, f serveFlags, log *slog.Logger, reg *pro
 	if presence == 0 {
 		presence = -1
 	}
-	chunks, err := chunk.New(store, chunk.Config{MaxConcurrentChunks: f.maxConcurrentChunks, PresenceCacheSize: presence, Log: log}, chunk.NewMetrics(reg))
+	quotas := quota.New(acc.quotas, 0)
+	chunks, err := chunk.New(store, chunk.Config{MaxConcurrentChunks: f.maxConcurrentChunks, PresenceCacheSize: presence, Log: log, Quota: quotas}, chunk.NewMetrics(reg))
 	if err != nil {
 		store.Close()
 		return nil, err
 	}
-	cat, err := catalog.New(store, chunks, catalog.Config{SpoolDir: f.spoolDir})
+	cat, err := catalog.New(store, chunks, catalog.Config{SpoolDir: f.spoolDir, Quota: quotas})
 	if err != nil {
 		store.Close()
 		return nil, err
@@ -381,7 +383,7 @@ func startServices(ctx context.Context, f serveFlags, log *slog.Logger, reg *pro
 	chunkbridgev1.RegisterCatalogServiceServer(srv, cat)
 	var monitor *readiness.Monitor // set below; stats label their figures stale while it says unreachable
 	ready := func() bool { return monitor == nil || monitor.Ready() }
-	adm, err := admin.New(admin.Config{Store: store, Chunks: chunks, Catalog: cat, Log: log, Registerer: reg, StatsTTL: f.statsTTL, Ready: ready})
+	adm, err := admin.New(admin.Config{Store: store, Chunks: chunks, Catalog: cat, Log: log, Registerer: reg, StatsTTL: f.statsTTL, Ready: ready, Tenants: acc.tenants, Quota: quotas})
 	if err != nil {
 		store.Close()
 		return nil, err

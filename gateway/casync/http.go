@@ -381,11 +381,21 @@ func indexFail(w http.ResponseWriter, what string, err error, limit int64) {
 // (HTTPStatus of apierr.Code), with its message as text.
 func (h *HTTPStore) fail(w http.ResponseWriter, err error) {
 	c := apierr.Code(err)
-	code := HTTPStatus(c)
+	code := HTTPStatusOf(err)
 	if code >= 500 && h.Log != nil {
 		h.Log.Warn("casync HTTP store", "code", c.String(), "err", err)
 	}
 	http.Error(w, err.Error(), code)
+}
+
+// HTTPStatusOf is HTTPStatus of err's class, except for a tenant's quota
+// (apierr.ErrQuota): 507 Insufficient Storage, which tells a client that
+// retrying will not help, where a used-up budget is 429.
+func HTTPStatusOf(err error) int {
+	if errors.Is(apierr.FromStatus(err), apierr.ErrQuota) {
+		return http.StatusInsufficientStorage
+	}
+	return HTTPStatus(apierr.Code(err))
 }
 
 // HTTPStatus is the one mapping from the services' error classes (the

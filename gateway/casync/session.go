@@ -116,6 +116,9 @@ func errnoFor(err error) uint32 {
 	if e := caproto.Errno(err); e != 0 {
 		return e
 	}
+	if errors.Is(apierr.FromStatus(err), apierr.ErrQuota) {
+		return uint32(syscall.EDQUOT) // not EAGAIN: retrying does not help
+	}
 	if e, ok := errnoOfCode[apierr.Code(err)]; ok {
 		return uint32(e)
 	}

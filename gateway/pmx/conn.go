@@ -149,8 +149,12 @@ func (c *conn) allowed(ctx context.Context, a auth.Action, what, call string) er
 
 // errorCode is the ErrorId for a service's error: Busy for what a client
 // should retry later (a conflicting operation, a budget used up, the
-// service unreachable), Generic for the rest.
+// service unreachable), Generic for the rest, a tenant's quota included
+// (its message gives usage and limit).
 func errorCode(err error) pmxproto.ErrorID {
+	if errors.Is(apierr.FromStatus(err), apierr.ErrQuota) {
+		return pmxproto.ErrorGeneric // not Busy: retrying does not help
+	}
 	switch apierr.Code(err) {
 	case codes.Aborted, codes.ResourceExhausted, codes.Unavailable:
 		return pmxproto.ErrorBusy

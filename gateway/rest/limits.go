@@ -381,7 +381,7 @@ func errorHandler(limit int64) runtime.ErrorHandlerFunc {
 		case errors.As(err, &set):
 			// A routing error (404, 405) or one chosen above: as it is.
 		default:
-			err = &runtime.HTTPStatusError{HTTPStatus: casync.HTTPStatus(status.Code(err)), Err: err}
+			err = &runtime.HTTPStatusError{HTTPStatus: casync.HTTPStatusOf(err), Err: err}
 		}
 		runtime.DefaultHTTPErrorHandler(ctx, mux, m, w, r, err)
 	}

@@ -4,9 +4,11 @@
 package admin
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -14,8 +16,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
+	"github.com/chunkbridge/chunkbridge/auth"
 	"github.com/chunkbridge/chunkbridge/services/catalog"
 	"github.com/chunkbridge/chunkbridge/services/chunk"
+	"github.com/chunkbridge/chunkbridge/services/quota"
 	"github.com/chunkbridge/chunkbridge/storage"
 )
 
@@ -56,6 +60,12 @@ type Config struct {
 	DeleteBatch int
 	// Hooks let tests act at fixed points of a GC run.
 	Hooks Hooks
+	// Tenants lists the tenants of the credentials file, with their
+	// quotas, for the statistics; nil without one.
+	Tenants func() []auth.Tenant
+	// Quota, when set, counts each tenant's stored bytes with this
+	// service's count of the store.
+	Quota *quota.Book
 }
 
 // Hooks are called, when set, at fixed points of a GC run.
@@ -120,7 +130,49 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{store: cfg.Store, chunks: cfg.Chunks, catalog: cfg.Catalog, log: cfg.Log, cfg: cfg, prefixes: newPrefixes(cfg.ListPrefixes)}
 	s.metrics = newMetrics(cfg.Registerer, s)
+	if cfg.Quota != nil {
+		cfg.Quota.SetStoredCounter(func(ctx context.Context) (map[string]int64, error) {
+			c, _, err := s.counts(ctx)
+			if err != nil {
+				return nil, err
+			}
+			return c.tenantStored, nil
+		})
+	}
 	return s, nil
+}
+
+// domains returns the chunk space of every dedup domain a tenant is
+// bound to, the default domain's first (see chunk.Bindings).
+func (s *Server) domains(ctx context.Context) (map[string]storage.Store, error) {
+	names, err := s.domainNames(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]storage.Store, len(names))
+	for _, d := range names {
+		out[d] = s.chunks.DomainStore(d)
+	}
+	return out, nil
+}
+
+// domainNames is the distinct dedup domains tenants are bound to, sorted,
+// the default domain included.
+func (s *Server) domainNames(ctx context.Context) ([]string, error) {
+	b, err := chunk.Bindings(ctx, s.store)
+	if err != nil {
+		return nil, err
+	}
+	seen := map[string]bool{}
+	var names []string
+	for _, d := range b {
+		if !seen[d] {
+			seen[d] = true
+			names = append(names, d)
+		}
+	}
+	slices.Sort(names)
+	return names, nil
 }
 
 // prefixes divides the chunk id space into listing prefixes that GC,

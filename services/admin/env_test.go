@@ -17,16 +17,19 @@ import (
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/test/bufconn"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
+	"github.com/chunkbridge/chunkbridge/auth"
 	"github.com/chunkbridge/chunkbridge/format/caindex"
 	"github.com/chunkbridge/chunkbridge/services/admin"
 	"github.com/chunkbridge/chunkbridge/services/catalog"
 	"github.com/chunkbridge/chunkbridge/services/chunk"
 	"github.com/chunkbridge/chunkbridge/services/gcguard"
+	"github.com/chunkbridge/chunkbridge/services/quota"
 	"github.com/chunkbridge/chunkbridge/storage"
 	"github.com/chunkbridge/chunkbridge/storage/fs"
 	"github.com/chunkbridge/chunkbridge/storage/memory"
@@ -60,21 +63,36 @@ func newEnv(t testing.TB, store storage.Store, cfg admin.Config) *env {
 // the replica, hooks.
 func newEnvGuard(t testing.TB, store storage.Store, cfg admin.Config, gcfg gcguard.Config) *env {
 	t.Helper()
-	chunks, err := chunk.New(store, chunk.Config{}, nil)
+	return newEnvQuota(t, store, cfg, gcfg, nil)
+}
+
+// newEnvQuota is newEnvGuard with tenants' quotas.
+func newEnvQuota(t testing.TB, store storage.Store, cfg admin.Config, gcfg gcguard.Config, q *quota.Book) *env {
+	t.Helper()
+	chunks, err := chunk.New(store, chunk.Config{Quota: q}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	gcfg.OnChange = chunks.ForgetAll
-	cat, err := catalog.New(store, chunks, catalog.Config{SpoolDir: t.TempDir(), Guard: gcguard.New(store, gcfg)})
+	cat, err := catalog.New(store, chunks, catalog.Config{SpoolDir: t.TempDir(), Guard: gcguard.New(store, gcfg), Quota: q})
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.Store, cfg.Chunks, cfg.Catalog = store, chunks, cat
+	cfg.Store, cfg.Chunks, cfg.Catalog, cfg.Quota = store, chunks, cat, q
 	adm, err := admin.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	gs := grpc.NewServer()
+	// Calls run as the principal a test names with auth.ForwardKey (see
+	// as), else as auth.Anonymous, the admin of a store without
+	// credentials.
+	gs := grpc.NewServer(
+		grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+			return h(asForwarded(ctx), req)
+		}),
+		grpc.ChainStreamInterceptor(func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+			return h(srv, &principalStream{ss, asForwarded(ss.Context())})
+		}))
 	chunkbridgev1.RegisterCatalogServiceServer(gs, cat)
 	chunkbridgev1.RegisterAdminServiceServer(gs, adm)
 	lis := bufconn.Listen(1 << 20)
@@ -90,6 +108,28 @@ func newEnvGuard(t testing.TB, store storage.Store, cfg admin.Config, gcfg gcgua
 	return &env{store: store, chunks: chunks, cat: cat, admin: adm,
 		catalog: chunkbridgev1.NewCatalogServiceClient(conn), adm: chunkbridgev1.NewAdminServiceClient(conn)}
 }
+
+// as returns ctx for calls made as p (through the env's interceptors for
+// gRPC, directly for the chunk service).
+func as(ctx context.Context, p auth.Principal) context.Context {
+	ctx = metadata.AppendToOutgoingContext(ctx, auth.ForwardKey, p.Name+";"+p.Tenant+";"+p.Role.String()+";"+p.DedupDomain())
+	return auth.NewContext(ctx, p)
+}
+
+func asForwarded(ctx context.Context) context.Context {
+	md, _ := metadata.FromIncomingContext(ctx)
+	if p, ok, err := auth.Forwarded(md); err == nil && ok {
+		return auth.NewContext(ctx, p)
+	}
+	return ctx
+}
+
+type principalStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (s *principalStream) Context() context.Context { return s.ctx }
 
 func memoryStore(testing.TB) storage.Store { return memory.New() }
 
@@ -143,12 +183,19 @@ func makeBlobs(seed uint64, n, size int, alg chunkbridgev1.DigestAlgorithm) []bl
 // upload stores the blobs through the chunk service, 8 at a time.
 func (e *env) upload(t testing.TB, blobs ...[]blob) {
 	t.Helper()
+	e.uploadAs(t, auth.Anonymous, blobs...)
+}
+
+// uploadAs is upload made by p.
+func (e *env) uploadAs(t testing.TB, p auth.Principal, blobs ...[]blob) {
+	t.Helper()
+	ctx := auth.NewContext(context.Background(), p)
 	var g errgroup.Group
 	g.SetLimit(8)
 	for _, bs := range blobs {
 		for _, b := range bs {
 			g.Go(func() error {
-				_, err := e.chunks.Put(context.Background(), chunk.Upload{ID: b.id, Algorithm: b.alg, Encoding: chunkbridgev1.Encoding_ENCODING_RAW, Data: b.data})
+				_, err := e.chunks.Put(ctx, chunk.Upload{ID: b.id, Algorithm: b.alg, Encoding: chunkbridgev1.Encoding_ENCODING_RAW, Data: b.data})
 				return err
 			})
 		}

@@ -30,6 +30,7 @@ type gcProgress struct {
 	keptReferenced, keptRecent, keptProtect atomic.Int64
 	keptBytes                               atomic.Int64
 	prefixesDone                            atomic.Int32
+	prefixesTotal                           atomic.Int32
 }
 
 func (p *gcProgress) report(missing int64, took time.Duration) *chunkbridgev1.GCReport {
@@ -84,7 +85,7 @@ func (s *Server) GetGCStatus(ctx context.Context, _ *chunkbridgev1.GetGCStatusRe
 		resp.Phase, _ = p.phase.Load().(string)
 		resp.Progress = p.report(0, time.Since(p.started))
 		resp.PrefixesDone = p.prefixesDone.Load()
-		resp.PrefixesTotal = int32(len(s.prefixes.keys))
+		resp.PrefixesTotal = p.prefixesTotal.Load()
 	}
 	s.gcMu.Unlock()
 	if resp.Running {
@@ -163,7 +164,7 @@ func (s *Server) collect(ctx context.Context, grace time.Duration, dryRun bool) 
 
 func (s *Server) markAndSweep(ctx context.Context, run *gcguard.Run, p *gcProgress) (*chunkbridgev1.GCReport, error) {
 	refs := newRefSet()
-	files, err := s.mark(ctx, refs, func(r catalog.Referrer, err error) error {
+	files, err := s.mark(ctx, refs, nil, func(r catalog.Referrer, err error) error {
 		if errors.Is(err, apierr.ErrInvalid) { // stored, so not the caller's fault
 			err = fmt.Errorf("%w: %v", apierr.ErrCorrupt, err)
 		}
@@ -191,52 +192,65 @@ type candidate struct {
 	size int64
 }
 
-// sweep lists the chunk prefixes in parallel and deletes, in batches, the
-// unreferenced chunks older than the cutoff.
+// sweep lists the chunk prefixes of every dedup domain in parallel and
+// deletes, in batches, the unreferenced chunks older than the cutoff. A
+// chunk is kept when any tenant's file references its id, whatever the
+// tenant's domain: a credentials file that moved a tenant can then never
+// cost it its chunks, only leave some garbage (docs/tenants.md).
 func (s *Server) sweep(ctx context.Context, run *gcguard.Run, refs *refSet, p *gcProgress) error {
+	domains, err := s.domains(ctx)
+	if err != nil {
+		return fmt.Errorf("sweep: %w", err)
+	}
+	p.prefixesTotal.Store(int32(len(domains) * len(s.prefixes.keys)))
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(s.cfg.Workers)
-	for _, prefix := range s.prefixes.keys {
-		g.Go(func() error {
-			var batch []candidate
-			err := s.store.List(gctx, prefix, func(i storage.Info) error {
-				id, ok := chunkID(i.Key)
-				if !ok {
-					return nil // not a chunk this service wrote: never touched
-				}
-				p.scanned.Add(1)
-				p.scannedBytes.Add(i.Size)
-				switch {
-				case refs.see(id):
-					p.keptReferenced.Add(1)
-					p.keptBytes.Add(i.Size)
-				case !i.Modified.Before(p.cutoff):
-					p.keptRecent.Add(1)
-					p.keptBytes.Add(i.Size)
-				default:
-					batch = append(batch, candidate{id, i.Size})
-					if len(batch) == s.cfg.DeleteBatch {
-						err := s.deleteBatch(gctx, run, batch, p)
-						batch = batch[:0]
-						return err
-					}
-				}
-				return nil
-			})
-			if err == nil {
-				err = s.deleteBatch(gctx, run, batch, p)
-			}
-			p.prefixesDone.Add(1)
-			return err
-		})
+	for _, st := range domains {
+		for _, prefix := range s.prefixes.keys {
+			g.Go(func() error { return s.sweepPrefix(gctx, run, refs, p, st, prefix) })
+		}
 	}
 	return g.Wait()
+}
+
+// sweepPrefix sweeps one listing prefix of one domain's chunk space st.
+func (s *Server) sweepPrefix(ctx context.Context, run *gcguard.Run, refs *refSet, p *gcProgress, st storage.Store, prefix string) error {
+	var batch []candidate
+	err := st.List(ctx, prefix, func(i storage.Info) error {
+		id, ok := chunkID(i.Key)
+		if !ok {
+			return nil // not a chunk this service wrote: never touched
+		}
+		p.scanned.Add(1)
+		p.scannedBytes.Add(i.Size)
+		switch {
+		case refs.see(id):
+			p.keptReferenced.Add(1)
+			p.keptBytes.Add(i.Size)
+		case !i.Modified.Before(p.cutoff):
+			p.keptRecent.Add(1)
+			p.keptBytes.Add(i.Size)
+		default:
+			batch = append(batch, candidate{id, i.Size})
+			if len(batch) == s.cfg.DeleteBatch {
+				err := s.deleteBatch(ctx, run, st, batch, p)
+				batch = batch[:0]
+				return err
+			}
+		}
+		return nil
+	})
+	if err == nil {
+		err = s.deleteBatch(ctx, run, st, batch, p)
+	}
+	p.prefixesDone.Add(1)
+	return err
 }
 
 // deleteBatch deletes the candidates that no commit registered since the
 // mark, holding off commits while it decides and deletes. Each chunk is
 // forgotten by the chunk service's presence cache before and after.
-func (s *Server) deleteBatch(ctx context.Context, run *gcguard.Run, batch []candidate, p *gcProgress) error {
+func (s *Server) deleteBatch(ctx context.Context, run *gcguard.Run, st storage.Store, batch []candidate, p *gcProgress) error {
 	if len(batch) == 0 {
 		return nil
 	}
@@ -271,7 +285,7 @@ func (s *Server) deleteBatch(ctx context.Context, run *gcguard.Run, batch []cand
 		if h := s.cfg.Hooks.InDeleteBatch; h != nil {
 			h(ids)
 		}
-		err := storage.DeleteBatch(ctx, s.store, keys)
+		err := storage.DeleteBatch(ctx, st, keys)
 		for _, id := range ids {
 			s.chunks.Forget(id)
 		}

@@ -12,17 +12,21 @@ import (
 	"github.com/chunkbridge/chunkbridge/services/chunk"
 )
 
-// mark streams every published casync index and snapshot file into refs,
+// mark streams every published casync index and snapshot file (those only
+// selects, when set) into refs,
 // MarkWorkers files at a time, and returns how many files it read. A file
 // deleted since it was listed is skipped. onErr decides about a file that
 // could not be read: nil goes on (verification reports it), an error stops
 // the mark (garbage collection must not guess). done is called after each
 // file, if set.
-func (s *Server) mark(ctx context.Context, refs *refSet, onErr func(catalog.Referrer, error) error, done func()) (int64, error) {
+func (s *Server) mark(ctx context.Context, refs *refSet, only func(catalog.Referrer) bool, onErr func(catalog.Referrer, error) error, done func()) (int64, error) {
 	var files atomic.Int64
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(s.cfg.MarkWorkers)
 	err := s.catalog.ListReferrers(gctx, func(r catalog.Referrer) error {
+		if only != nil && !only(r) {
+			return nil
+		}
 		g.Go(func() error {
 			err := s.catalog.ScanReferrer(gctx, r, func(id chunk.ID) error {
 				refs.add(id)

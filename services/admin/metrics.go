@@ -65,6 +65,7 @@ type storeCollector struct{ s *Server }
 
 var storeDescs = struct {
 	chunks, stored, logical, referenced, dedup, compression, indexes, snapshots, files, groups, at *prometheus.Desc
+	tenantLogical, tenantStored, tenantLogicalQuota, tenantStoredQuota                             *prometheus.Desc
 }{
 	chunks:      prometheus.NewDesc("chunkbridge_store_chunks", "Chunks in the store.", nil, nil),
 	stored:      prometheus.NewDesc("chunkbridge_store_stored_bytes", "Bytes the stored (compressed) chunks occupy.", nil, nil),
@@ -77,11 +78,20 @@ var storeDescs = struct {
 	files:       prometheus.NewDesc("chunkbridge_catalog_snapshot_files", "PMXBCKUP snapshot files in the catalog.", nil, nil),
 	groups:      prometheus.NewDesc("chunkbridge_catalog_backup_groups", "PMXBCKUP backup groups (type and id).", nil, nil),
 	at:          prometheus.NewDesc("chunkbridge_store_counted_timestamp_seconds", "When the store figures were counted.", nil, nil),
+	tenantLogical: prometheus.NewDesc("chunkbridge_tenant_logical_bytes", "Bytes a tenant's casync indexes and snapshot files describe.",
+		[]string{"tenant", "dedup_domain"}, nil),
+	tenantStored: prometheus.NewDesc("chunkbridge_tenant_stored_bytes", "Stored bytes of the chunks a tenant's uploads added to its domain.",
+		[]string{"tenant", "dedup_domain"}, nil),
+	tenantLogicalQuota: prometheus.NewDesc("chunkbridge_tenant_logical_bytes_quota", "A tenant's logical-bytes quota (only tenants with one).",
+		[]string{"tenant"}, nil),
+	tenantStoredQuota: prometheus.NewDesc("chunkbridge_tenant_stored_bytes_quota", "A tenant's stored-bytes quota (only tenants with one).",
+		[]string{"tenant"}, nil),
 }
 
 func (c *storeCollector) Describe(ch chan<- *prometheus.Desc) {
 	d := storeDescs
-	for _, desc := range []*prometheus.Desc{d.chunks, d.stored, d.logical, d.referenced, d.dedup, d.compression, d.indexes, d.snapshots, d.files, d.groups, d.at} {
+	for _, desc := range []*prometheus.Desc{d.chunks, d.stored, d.logical, d.referenced, d.dedup, d.compression, d.indexes, d.snapshots, d.files, d.groups, d.at,
+		d.tenantLogical, d.tenantStored, d.tenantLogicalQuota, d.tenantStoredQuota} {
 		ch <- desc
 	}
 }
@@ -109,4 +119,14 @@ func (c *storeCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge(d.files, float64(counts.catalog.SnapshotFiles))
 	gauge(d.groups, float64(counts.catalog.BackupGroups))
 	gauge(d.at, float64(counts.at.Unix()))
+	for _, u := range c.s.tenantUsage(counts) {
+		ch <- prometheus.MustNewConstMetric(d.tenantLogical, prometheus.GaugeValue, float64(u.LogicalBytes), u.Tenant, u.DedupDomain)
+		ch <- prometheus.MustNewConstMetric(d.tenantStored, prometheus.GaugeValue, float64(u.StoredBytes), u.Tenant, u.DedupDomain)
+		if u.LogicalBytesQuota > 0 {
+			ch <- prometheus.MustNewConstMetric(d.tenantLogicalQuota, prometheus.GaugeValue, float64(u.LogicalBytesQuota), u.Tenant)
+		}
+		if u.StoredBytesQuota > 0 {
+			ch <- prometheus.MustNewConstMetric(d.tenantStoredQuota, prometheus.GaugeValue, float64(u.StoredBytesQuota), u.Tenant)
+		}
+	}
 }

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -12,8 +14,10 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
+	"github.com/chunkbridge/chunkbridge/auth"
 	"github.com/chunkbridge/chunkbridge/services/apierr"
 	"github.com/chunkbridge/chunkbridge/services/catalog"
+	"github.com/chunkbridge/chunkbridge/services/chunk"
 	"github.com/chunkbridge/chunkbridge/storage"
 )
 
@@ -23,6 +27,11 @@ type storeCounts struct {
 	chunks, stored, logical, noSize int64
 	catalog                         catalog.Summary
 	stale                           bool // chunks were deleted since
+	// Per tenant: its files, the stored bytes its uploads added, and
+	// its domain (from the bindings).
+	tenantFiles  map[string]catalog.Summary
+	tenantStored map[string]int64
+	tenantDomain map[string]string
 }
 
 func (c *storeCounts) dedupRatio() float64 {
@@ -126,75 +135,109 @@ func (s *Server) refreshSoon() {
 	}()
 }
 
-// count lists the chunk prefixes in parallel. The uncompressed size comes
-// from each chunk's metadata: in the listing where the store returns it
-// (MinIO), else from a Stat, and for a chunk without the metadata (placed
-// by casync itself) from reading it.
+// count lists the chunk prefixes of every domain in parallel. The
+// uncompressed size comes from each chunk's metadata: in the listing where
+// the store returns it (MinIO), else from a Stat, and for a chunk without
+// the metadata (placed by casync itself) from reading it. The same
+// metadata names the tenant whose upload stored the chunk.
 func (s *Server) count(ctx context.Context) (*storeCounts, error) {
-	var chunks, stored, logical, noSize atomic.Int64
-	list := s.store.List
-	if ml, ok := s.store.(storage.MetadataLister); ok {
-		list = ml.ListWithMetadata
+	bindings, err := chunk.Bindings(ctx, s.store)
+	if err != nil {
+		return nil, fmt.Errorf("count chunks: %w", err)
 	}
+	domains, err := s.domains(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("count chunks: %w", err)
+	}
+	c := &domainCount{tenants: map[string]int64{}}
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(s.cfg.Workers)
-	for _, prefix := range s.prefixes.keys {
-		g.Go(func() error {
-			var need []storage.Info
-			err := list(gctx, prefix, func(i storage.Info) error {
-				if _, ok := chunkID(i.Key); !ok {
-					return nil
-				}
-				chunks.Add(1)
-				stored.Add(i.Size)
-				if size, err := strconv.ParseInt(i.Metadata["size"], 10, 64); err == nil && i.Metadata != nil {
-					logical.Add(size)
-				} else {
-					need = append(need, i)
-				}
-				return nil
-			})
-			if err != nil {
-				return err
-			}
-			sg, sctx := errgroup.WithContext(gctx)
-			sg.SetLimit(8)
-			for _, i := range need {
-				id, _ := chunkID(i.Key)
-				sg.Go(func() error {
-					st, err := s.store.Stat(sctx, id.Key())
-					if err == nil {
-						if size, perr := strconv.ParseInt(st.Metadata["size"], 10, 64); perr == nil {
-							logical.Add(size)
-							return nil
-						}
-						// No recorded size: the chunk service reads it.
-						var info *chunkbridgev1.ChunkInfo
-						if info, err = s.chunks.Stat(sctx, id); err == nil {
-							logical.Add(info.GetSize())
-							noSize.Add(1)
-							return nil
-						}
-					}
-					if errors.Is(err, storage.ErrNotFound) || errors.Is(err, apierr.ErrNotFound) { // deleted meanwhile
-						chunks.Add(-1)
-						stored.Add(-i.Size)
-						return nil
-					}
-					return err
-				})
-			}
-			return sg.Wait()
-		})
+	for name, st := range domains {
+		for _, prefix := range s.prefixes.keys {
+			g.Go(func() error { return s.countPrefix(chunk.InDomain(gctx, name), name, st, prefix, c) })
+		}
 	}
 	if err := g.Wait(); err != nil {
 		return nil, fmt.Errorf("count chunks: %w", err)
 	}
-	sum, err := s.catalog.Summary(ctx)
+	sum, per, err := s.catalog.Summary(ctx)
 	if err != nil {
 		return nil, err
 	}
-	return &storeCounts{at: time.Now(), chunks: chunks.Load(), stored: stored.Load(), logical: logical.Load(), noSize: noSize.Load(), catalog: sum}, nil
+	return &storeCounts{at: time.Now(), chunks: c.chunks.Load(), stored: c.stored.Load(), logical: c.logical.Load(), noSize: c.noSize.Load(),
+		catalog: sum, tenantFiles: per, tenantStored: c.tenants, tenantDomain: bindings}, nil
+}
+
+// domainCount accumulates one count.
+type domainCount struct {
+	chunks, stored, logical, noSize atomic.Int64
+	mu                              sync.Mutex
+	tenants                         map[string]int64 // stored bytes by uploader
+}
+
+func (c *domainCount) add(meta storage.Metadata, domain string, stored int64) {
+	t := meta[chunk.MetaTenant]
+	if t == "" && domain == auth.DefaultDomain {
+		t = auth.DefaultTenant // stored before tenants existed
+	}
+	c.mu.Lock()
+	c.tenants[t] += stored
+	c.mu.Unlock()
+}
+
+// countPrefix counts one listing prefix of the domain's chunk space st.
+func (s *Server) countPrefix(ctx context.Context, domain string, st storage.Store, prefix string, c *domainCount) error {
+	list := st.List
+	if ml, ok := st.(storage.MetadataLister); ok {
+		list = ml.ListWithMetadata
+	}
+	var need []storage.Info
+	err := list(ctx, prefix, func(i storage.Info) error {
+		if _, ok := chunkID(i.Key); !ok {
+			return nil
+		}
+		c.chunks.Add(1)
+		c.stored.Add(i.Size)
+		if size, err := strconv.ParseInt(i.Metadata["size"], 10, 64); err == nil && i.Metadata != nil {
+			c.logical.Add(size)
+			c.add(i.Metadata, domain, i.Size)
+		} else {
+			need = append(need, i)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	sg, sctx := errgroup.WithContext(ctx)
+	sg.SetLimit(8)
+	for _, i := range need {
+		id, _ := chunkID(i.Key)
+		sg.Go(func() error {
+			info, err := st.Stat(sctx, id.Key())
+			if err == nil {
+				c.add(info.Metadata, domain, i.Size)
+				if size, perr := strconv.ParseInt(info.Metadata["size"], 10, 64); perr == nil {
+					c.logical.Add(size)
+					return nil
+				}
+				// No recorded size: the chunk service reads it.
+				var ci *chunkbridgev1.ChunkInfo
+				if ci, err = s.chunks.Stat(sctx, id); err == nil {
+					c.logical.Add(ci.GetSize())
+					c.noSize.Add(1)
+					return nil
+				}
+			}
+			if errors.Is(err, storage.ErrNotFound) || errors.Is(err, apierr.ErrNotFound) { // deleted meanwhile
+				c.chunks.Add(-1)
+				c.stored.Add(-i.Size)
+				return nil
+			}
+			return err
+		})
+	}
+	return sg.Wait()
 }
 
 // GetStats reports the store's counts (cached for the TTL) and this
@@ -222,5 +265,47 @@ func (s *Server) GetStats(ctx context.Context, _ *chunkbridgev1.GetStatsRequest)
 		BackupGroups:       c.catalog.BackupGroups,
 		ChunksWithoutSize:  c.noSize,
 		StaleReason:        staleReason,
+		Tenants:            s.tenantUsage(c),
 	}, nil
+}
+
+// tenantUsage lists every tenant that has files, stored chunks, a binding
+// or an entry in the credentials file, by name.
+func (s *Server) tenantUsage(c *storeCounts) []*chunkbridgev1.TenantUsage {
+	byName := map[string]*chunkbridgev1.TenantUsage{}
+	get := func(t string) *chunkbridgev1.TenantUsage {
+		u := byName[t]
+		if u == nil {
+			u = &chunkbridgev1.TenantUsage{Tenant: t, DedupDomain: c.tenantDomain[t]}
+			byName[t] = u
+		}
+		return u
+	}
+	for t, f := range c.tenantFiles {
+		u := get(t)
+		u.LogicalBytes, u.CasyncIndexes, u.SnapshotFiles = f.ContentBytes, f.CasyncIndexes, f.SnapshotFiles
+	}
+	for t, n := range c.tenantStored {
+		if t != "" {
+			get(t).StoredBytes = n
+		}
+	}
+	for t := range c.tenantDomain {
+		get(t)
+	}
+	if s.cfg.Tenants != nil {
+		for _, t := range s.cfg.Tenants() {
+			u := get(t.Name)
+			if u.DedupDomain == "" {
+				u.DedupDomain = t.DedupDomain
+			}
+			u.LogicalBytesQuota, u.StoredBytesQuota = t.LogicalQuota, t.StoredQuota
+		}
+	}
+	out := make([]*chunkbridgev1.TenantUsage, 0, len(byName))
+	for _, u := range byName {
+		out = append(out, u)
+	}
+	slices.SortFunc(out, func(a, b *chunkbridgev1.TenantUsage) int { return strings.Compare(a.Tenant, b.Tenant) })
+	return out
 }

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
+	"github.com/chunkbridge/chunkbridge/auth"
 	"github.com/chunkbridge/chunkbridge/services/apierr"
 	"github.com/chunkbridge/chunkbridge/services/catalog"
 	"github.com/chunkbridge/chunkbridge/services/chunk"
@@ -48,7 +49,12 @@ type verifyRun struct {
 	limit    *limiter
 	resume   *chunk.ID
 	deadline time.Time
-	refs     *refSet
+	// The domain being verified (in name order), its chunk space and the
+	// chunks its tenants' files reference; resumeDomain is where resume is.
+	dom, resumeDomain string
+	st                storage.Store
+	refs              *refSet
+	domains           int
 
 	listed, verified, bytesRead, logicalRead, quarantined atomic.Int64
 	prefixesDone                                          atomic.Int32
@@ -114,7 +120,11 @@ func (s *Server) Verify(req *chunkbridgev1.VerifyRequest, stream grpc.ServerStre
 }
 
 func (s *Server) newVerifyRun(req *chunkbridgev1.VerifyRequest) (*verifyRun, error) {
-	v := &verifyRun{s: s, sample: req.GetSample(), refs: newRefSet(), counts: map[chunkbridgev1.Problem_Kind]int64{}, damaged: map[string]bool{}}
+	v := &verifyRun{s: s, sample: req.GetSample(), refs: newRefSet(), counts: map[chunkbridgev1.Problem_Kind]int64{}, damaged: map[string]bool{},
+		resumeDomain: req.GetResumeDomain(), domains: 1}
+	if v.resumeDomain == "" && req.GetResumeAfter() != "" {
+		v.resumeDomain = auth.DefaultDomain // from before domains existed
+	}
 	if math.IsNaN(v.sample) || v.sample < 0 || v.sample > 1 {
 		return nil, fmt.Errorf("%w: sample %v: want a fraction in (0, 1], or 0 for all", apierr.ErrInvalid, req.GetSample())
 	}
@@ -153,7 +163,8 @@ func (v *verifyRun) progress() *chunkbridgev1.VerifyProgress {
 	}
 	return &chunkbridgev1.VerifyProgress{
 		ChunksListed: v.listed.Load(), ChunksVerified: v.verified.Load(), BytesRead: v.bytesRead.Load(),
-		Problems: n, LastId: v.lastID, PrefixesDone: v.prefixesDone.Load(), PrefixesTotal: int32(len(v.s.prefixes.keys)),
+		Problems: n, LastId: v.lastID, PrefixesDone: v.prefixesDone.Load(), PrefixesTotal: int32(v.domains * len(v.s.prefixes.keys)),
+		Domain: v.dom,
 	}
 }
 
@@ -191,8 +202,8 @@ func damages(kind chunkbridgev1.Problem_Kind) bool {
 	return false
 }
 
-func chunkProblem(kind chunkbridgev1.Problem_Kind, id chunk.ID, err error) *Problem {
-	return &Problem{Kind: kind, Id: id.String(), Message: err.Error(), Code: apierr.Code(err).String()}
+func (v *verifyRun) chunkProblem(kind chunkbridgev1.Problem_Kind, id chunk.ID, err error) *Problem {
+	return &Problem{Kind: kind, Id: id.String(), Message: err.Error(), Code: apierr.Code(err).String(), DedupDomain: v.dom}
 }
 
 func (v *verifyRun) stop(reason string) {
@@ -213,28 +224,47 @@ func (v *verifyRun) shouldStop() bool {
 }
 
 func (v *verifyRun) run(ctx context.Context) (*chunkbridgev1.VerifyReport, error) {
-	files, err := v.s.mark(ctx, v.refs, func(r catalog.Referrer, err error) error {
-		kind := chunkbridgev1.Problem_KIND_UNREADABLE
-		switch {
-		case errors.Is(err, apierr.ErrInvalid):
-			kind = chunkbridgev1.Problem_KIND_INDEX_CORRUPT
-		case errors.Is(err, storage.ErrUnavailable):
-			kind = chunkbridgev1.Problem_KIND_UNAVAILABLE
+	bindings, err := chunk.Bindings(ctx, v.s.store)
+	if err != nil {
+		return nil, fmt.Errorf("verify: %w", err)
+	}
+	names, err := v.s.domainNames(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("verify: %w", err)
+	}
+	if v.resumeDomain != "" && !slices.Contains(names, v.resumeDomain) {
+		return nil, fmt.Errorf("%w: resume domain %q: no tenant is bound to it (domains: %s)", apierr.ErrInvalid, v.resumeDomain, strings.Join(names, ", "))
+	}
+	v.mu.Lock()
+	v.domains = len(names)
+	v.mu.Unlock()
+	var files, referenced int64
+	complete := true
+	for _, d := range names {
+		if d < v.resumeDomain {
+			v.prefixesDone.Add(int32(len(v.s.prefixes.keys)))
+			continue
 		}
-		v.problem(&Problem{Kind: kind, Index: r.Name, Message: err.Error(), Code: apierr.Code(err).String()})
-		return nil
-	}, nil)
-	if err != nil {
-		return nil, err
+		if d != v.resumeDomain && v.resume != nil {
+			v.mu.Lock()
+			v.resume, v.lastID = nil, ""
+			v.mu.Unlock()
+		}
+		v.mu.Lock()
+		v.dom, v.st, v.refs = d, v.s.chunks.DomainStore(d), newRefSet()
+		v.mu.Unlock()
+		n, done, err := v.runDomain(chunk.InDomain(ctx, d), func(r catalog.Referrer) bool { return domainOf(bindings, r.Tenant) == d })
+		if err != nil {
+			return nil, err
+		}
+		files += n
+		referenced += v.refs.len()
+		if !done {
+			complete = false
+			break
+		}
 	}
-	through, complete, err := v.walk(ctx)
-	if err != nil {
-		return nil, err
-	}
-	if err := v.checkMissing(ctx, through); err != nil {
-		return nil, err
-	}
-	v.resolveReferrers(ctx)
+	v.resolveReferrers(ctx, bindings)
 
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -244,6 +274,9 @@ func (v *verifyRun) run(ctx context.Context) (*chunkbridgev1.VerifyReport, error
 	}
 	slices.Sort(damaged)
 	slices.SortFunc(v.problems, func(a, b *Problem) int {
+		if c := strings.Compare(a.DedupDomain, b.DedupDomain); c != 0 {
+			return c
+		}
 		if c := strings.Compare(a.Id, b.Id); c != 0 {
 			return c
 		}
@@ -252,7 +285,7 @@ func (v *verifyRun) run(ctx context.Context) (*chunkbridgev1.VerifyReport, error
 	r := &chunkbridgev1.VerifyReport{
 		Sample:           v.sample,
 		IndexFiles:       files,
-		ReferencedChunks: v.refs.len(),
+		ReferencedChunks: referenced,
 		ChunksListed:     v.listed.Load(),
 		ChunksVerified:   v.verified.Load(),
 		BytesRead:        v.bytesRead.Load(),
@@ -264,12 +297,50 @@ func (v *verifyRun) run(ctx context.Context) (*chunkbridgev1.VerifyReport, error
 		IndexesCorrupt:   v.counts[chunkbridgev1.Problem_KIND_INDEX_CORRUPT],
 		Problems:         v.problems,
 		LastId:           v.lastID,
+		LastDomain:       v.dom,
 		Complete:         complete,
 		StoppedReason:    v.stopReason,
 		Quarantined:      v.quarantined.Load(),
 		DamagedFiles:     damaged,
 	}
 	return r, nil
+}
+
+// domainOf is the dedup domain of a tenant's files; a tenant without a
+// binding (which a commit writes first) is looked for in the default one.
+func domainOf(bindings map[string]string, tenant string) string {
+	if d, ok := bindings[tenant]; ok {
+		return d
+	}
+	return auth.DefaultDomain
+}
+
+// runDomain verifies the current domain: marks the files only selects,
+// walks the chunk space, and checks the referenced chunks it did not see.
+// It reports the files read and whether the whole domain was covered.
+func (v *verifyRun) runDomain(ctx context.Context, only func(catalog.Referrer) bool) (int64, bool, error) {
+	files, err := v.s.mark(ctx, v.refs, only, func(r catalog.Referrer, err error) error {
+		kind := chunkbridgev1.Problem_KIND_UNREADABLE
+		switch {
+		case errors.Is(err, apierr.ErrInvalid):
+			kind = chunkbridgev1.Problem_KIND_INDEX_CORRUPT
+		case errors.Is(err, storage.ErrUnavailable):
+			kind = chunkbridgev1.Problem_KIND_UNAVAILABLE
+		}
+		v.problem(&Problem{Kind: kind, Index: r.Name, Message: err.Error(), Code: apierr.Code(err).String()})
+		return nil
+	}, nil)
+	if err != nil {
+		return 0, false, err
+	}
+	through, complete, err := v.walk(ctx)
+	if err != nil {
+		return 0, false, err
+	}
+	if err := v.checkMissing(ctx, through); err != nil {
+		return 0, false, err
+	}
+	return files, complete, nil
 }
 
 type listedChunk struct {
@@ -301,7 +372,7 @@ func (v *verifyRun) walk(ctx context.Context) (chunk.ID, bool, error) {
 		defer close(pages)
 		for p := first; p < len(v.s.prefixes.keys); p++ {
 			var pg = chunkPage{prefix: p}
-			pg.err = v.s.store.List(lctx, v.s.prefixes.keys[p], func(i storage.Info) error {
+			pg.err = v.st.List(lctx, v.s.prefixes.keys[p], func(i storage.Info) error {
 				id, ok := chunkID(i.Key)
 				if ok && (v.resume == nil || bytes.Compare(id[:], v.resume[:]) > 0) {
 					pg.entries = append(pg.entries, listedChunk{id, i.Size})
@@ -459,7 +530,7 @@ func (v *verifyRun) check(ctx context.Context, e listedChunk) error {
 			v.verified.Add(1)
 			v.bytesRead.Add(e.size)
 			v.s.metrics.verifyChunks.Inc()
-			p := chunkProblem(chunkbridgev1.Problem_KIND_CORRUPT, e.id, err)
+			p := v.chunkProblem(chunkbridgev1.Problem_KIND_CORRUPT, e.id, err)
 			if q := (*chunk.QuarantinedError)(nil); errors.As(err, &q) && q.Key != "" {
 				p.Quarantine = q.Key
 				v.quarantined.Add(1)
@@ -476,12 +547,12 @@ func (v *verifyRun) check(ctx context.Context, e listedChunk) error {
 				}
 			}
 			// Never evidence of damage: reported as unavailable.
-			v.problem(chunkProblem(chunkbridgev1.Problem_KIND_UNAVAILABLE, e.id, err))
+			v.problem(v.chunkProblem(chunkbridgev1.Problem_KIND_UNAVAILABLE, e.id, err))
 			if v.streak.Add(1) >= unavailableStreak {
 				v.stop(fmt.Sprintf("storage unavailable: %d chunks in a row could not be read; resume later", unavailableStreak))
 			}
 		default:
-			v.problem(chunkProblem(chunkbridgev1.Problem_KIND_UNREADABLE, e.id, err))
+			v.problem(v.chunkProblem(chunkbridgev1.Problem_KIND_UNREADABLE, e.id, err))
 			v.streak.Store(0)
 		}
 		return nil
@@ -502,20 +573,20 @@ func (v *verifyRun) checkMissing(ctx context.Context, through chunk.ID) error {
 	g.SetLimit(v.s.cfg.Workers)
 	for _, id := range ids {
 		g.Go(func() error {
-			_, err := v.s.store.Stat(gctx, id.Key())
+			_, err := v.st.Stat(gctx, id.Key())
 			switch {
 			case err == nil:
 			case gctx.Err() != nil:
 				return gctx.Err()
 			case errors.Is(err, storage.ErrNotFound):
-				p := &Problem{Kind: chunkbridgev1.Problem_KIND_MISSING, Id: id.String(), Code: codes.NotFound.String(),
+				p := &Problem{Kind: chunkbridgev1.Problem_KIND_MISSING, Id: id.String(), Code: codes.NotFound.String(), DedupDomain: v.dom,
 					Message: fmt.Sprintf("chunk %s is referenced but not in the store: upload it again (a backup of the same data, or chunkbridge verify --repair-from)", id)}
 				v.quarantineOf(gctx, id, p)
 				v.problem(p)
 			case errors.Is(err, storage.ErrUnavailable):
-				v.problem(chunkProblem(chunkbridgev1.Problem_KIND_UNAVAILABLE, id, fmt.Errorf("check that chunk %s exists: %w", id, err)))
+				v.problem(v.chunkProblem(chunkbridgev1.Problem_KIND_UNAVAILABLE, id, fmt.Errorf("check that chunk %s exists: %w", id, err)))
 			default:
-				v.problem(chunkProblem(chunkbridgev1.Problem_KIND_UNREADABLE, id, fmt.Errorf("check that chunk %s exists: %w", id, err)))
+				v.problem(v.chunkProblem(chunkbridgev1.Problem_KIND_UNREADABLE, id, fmt.Errorf("check that chunk %s exists: %w", id, err)))
 			}
 			return nil
 		})
@@ -535,12 +606,12 @@ func (v *verifyRun) quarantineOf(ctx context.Context, id chunk.ID, p *Problem) {
 		return
 	}
 	var key string
-	if err := v.s.store.List(ctx, chunk.QuarantinedPrefix(id), func(i storage.Info) error { key = i.Key; return nil }); err != nil || key == "" {
+	if err := v.st.List(ctx, chunk.QuarantinedPrefix(id), func(i storage.Info) error { key = i.Key; return nil }); err != nil || key == "" {
 		return
 	}
-	p.Quarantine = key
-	p.Message = fmt.Sprintf("chunk %s is referenced but not in the store: it was moved to quarantine as %s", id, key)
-	if info, err := v.s.store.Stat(ctx, key); err == nil && info.Metadata["reason"] != "" {
+	p.Quarantine = chunk.DomainPrefix(v.dom) + key // its name in the store
+	p.Message = fmt.Sprintf("chunk %s is referenced but not in the store: it was moved to quarantine as %s", id, p.Quarantine)
+	if info, err := v.st.Stat(ctx, key); err == nil && info.Metadata["reason"] != "" {
 		p.Message += fmt.Sprintf(" at %s (%s)", info.Metadata["quarantined"], info.Metadata["reason"])
 	}
 	p.Message += "; upload it again (a backup of the same data, or chunkbridge verify --repair-from)"
@@ -550,12 +621,17 @@ func (v *verifyRun) quarantineOf(ctx context.Context, id chunk.ID, p *Problem) {
 // chunk with a problem, the files that reference it. A missing chunk that
 // nothing references any more (its index was deleted and the chunk
 // collected meanwhile) is no problem and is dropped.
-func (v *verifyRun) resolveReferrers(ctx context.Context) {
+func (v *verifyRun) resolveReferrers(ctx context.Context, bindings map[string]string) {
+	type domainID struct {
+		dom string
+		id  chunk.ID
+	}
 	v.mu.Lock()
-	byID := map[chunk.ID][]*Problem{}
+	byID := map[domainID][]*Problem{}
 	for _, p := range v.problems {
 		if id, err := chunk.ParseID(p.Id); err == nil {
-			byID[id] = append(byID[id], p)
+			k := domainID{p.DedupDomain, id}
+			byID[k] = append(byID[k], p)
 		}
 	}
 	v.mu.Unlock()
@@ -568,8 +644,9 @@ func (v *verifyRun) resolveReferrers(ctx context.Context) {
 	err := v.s.catalog.ListReferrers(gctx, func(r catalog.Referrer) error {
 		g.Go(func() error {
 			seen := map[chunk.ID]bool{}
+			dom := domainOf(bindings, r.Tenant)
 			err := v.s.catalog.ScanReferrer(gctx, r, func(id chunk.ID) error {
-				if ps, ok := byID[id]; ok && !seen[id] {
+				if ps, ok := byID[domainID{dom, id}]; ok && !seen[id] {
 					seen[id] = true
 					mu.Lock()
 					for _, p := range ps {

@@ -14,6 +14,7 @@ package apierr
 import (
 	"context"
 	"errors"
+	"strings"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -70,7 +71,14 @@ var (
 	// ErrMissingChunks: an index or snapshot references chunks the store
 	// lacks; the client must upload them first.
 	ErrMissingChunks error = &kind{"missing chunks", ErrFailedPrecondition}
+	// ErrQuota: a tenant's quota would be exceeded; unlike the budgets of
+	// ErrExhausted, retrying does not help until usage or quota change.
+	// Its text, "quota exceeded: …", is how it crosses gRPC (a per-item
+	// code has no room for details): see Error.Unwrap.
+	ErrQuota error = &kind{quotaText, ErrExhausted}
 )
+
+const quotaText = "quota exceeded"
 
 // table is the one mapping between errors and codes, both ways.
 var table = []struct {
@@ -160,8 +168,13 @@ func (e *Error) Error() string { return e.msg }
 // Code is the gRPC code the service answered.
 func (e *Error) Code() codes.Code { return e.code }
 
-// Unwrap is the sentinel of the code.
-func (e *Error) Unwrap() error { return sentinel(e.code) }
+// Unwrap is the sentinel of the code, or the refinement its text names.
+func (e *Error) Unwrap() error {
+	if e.code == codes.ResourceExhausted && strings.Contains(e.msg, quotaText+": ") {
+		return ErrQuota
+	}
+	return sentinel(e.code)
+}
 
 // GRPCStatus lets a gateway pass the error on with its code unchanged.
 func (e *Error) GRPCStatus() *status.Status { return status.New(e.code, e.msg) }

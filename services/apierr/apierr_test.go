@@ -55,6 +55,7 @@ func TestRefinements(t *testing.T) {
 		{ErrDigestMismatch, codes.DataLoss, ErrDataLoss},
 		{ErrCorrupt, codes.DataLoss, ErrDataLoss},
 		{ErrMissingChunks, codes.FailedPrecondition, ErrFailedPrecondition},
+		{ErrQuota, codes.ResourceExhausted, ErrExhausted},
 		{storage.ErrNotFound, codes.NotFound, ErrNotFound},
 		{storage.ErrUnavailable, codes.Unavailable, ErrUnavailable},
 		{storage.ErrInvalidKey, codes.InvalidArgument, ErrInvalid},
@@ -67,6 +68,21 @@ func TestRefinements(t *testing.T) {
 		if back := FromStatus(Status(wrapped)); !errors.Is(back, c.parent) {
 			t.Errorf("%v came back as %v, not %v", c.err, back, c.parent)
 		}
+	}
+}
+
+// A quota refusal comes back as itself, through a status and through a
+// per-item code, and a budget refusal of the same code does not.
+func TestQuotaCrossesGRPC(t *testing.T) {
+	quota := fmt.Errorf("put index x: %w: tenant a: over its quota", ErrQuota)
+	for _, back := range []error{FromStatus(Status(quota)), FromCode(int32(Code(quota)), quota.Error())} {
+		if !errors.Is(back, ErrQuota) || !errors.Is(back, ErrExhausted) || back.Error() != quota.Error() {
+			t.Errorf("quota refusal came back as %v", back)
+		}
+	}
+	busy := fmt.Errorf("%w: 64 connections, the most a listener takes", ErrExhausted)
+	if back := FromStatus(Status(busy)); errors.Is(back, ErrQuota) || !errors.Is(back, ErrExhausted) {
+		t.Errorf("budget refusal came back as %v", back)
 	}
 }
 

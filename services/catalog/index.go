@@ -142,14 +142,24 @@ func (s *Server) publishIndex(ctx context.Context, name string, f *os.File, size
 		return nil, fmt.Errorf("put index %s: %w: it references %d chunks the store lacks (first: %s); upload them first",
 			name, apierr.ErrMissingChunks, nMissing, strings.Join(ids, ", "))
 	}
-	commit, recheck, err := s.guard.Commit(ctx, ticket, seen)
+	// The tenant's binding to its domain exists before any of its files.
+	chunks, err := s.chunks.DomainOf(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("put index %s: %w", name, err)
+	}
+	admitted, err := s.admit(ctx, sum.contentSize)
 	if err != nil {
 		return nil, fmt.Errorf("put index %s: %w", name, err)
 	}
 	published := false
+	defer func() { admitted(published) }()
+	commit, recheck, err := s.guard.Commit(ctx, ticket, seen)
+	if err != nil {
+		return nil, fmt.Errorf("put index %s: %w", name, err)
+	}
 	defer func() { commit.Done(context.WithoutCancel(ctx), published) }()
 	if recheck {
-		if err := s.recheck(ctx, seen); err != nil {
+		if err := s.recheck(ctx, chunks, seen); err != nil {
 			return nil, fmt.Errorf("put index %s: %w", name, err)
 		}
 	}
@@ -167,11 +177,11 @@ func (s *Server) publishIndex(ctx context.Context, name string, f *os.File, size
 	defer cancel()
 	published = true // even if Put fails: it may have stored the file
 	if auth.FromContext(ctx).Allows(auth.Replace) {
-		err = s.store.Put(pctx, indexPrefix+name, io.LimitReader(f, size), size, meta)
+		err = s.view(pctx).Put(pctx, indexPrefix+name, io.LimitReader(f, size), size, meta)
 	} else {
 		// An append-only principal adds, never replaces: atomically.
 		var created bool
-		created, err = s.store.PutIfAbsent(pctx, indexPrefix+name, io.LimitReader(f, size), size, meta)
+		created, err = s.view(pctx).PutIfAbsent(pctx, indexPrefix+name, io.LimitReader(f, size), size, meta)
 		if err == nil && !created {
 			err = fmt.Errorf("%w: %s may not replace it: its role %s only adds; replacing needs the write role",
 				apierr.ErrExists, auth.FromContext(ctx).Name, auth.FromContext(ctx).Role)
@@ -180,6 +190,7 @@ func (s *Server) publishIndex(ctx context.Context, name string, f *os.File, size
 	if err != nil {
 		return nil, fmt.Errorf("put index %s: %w", name, err)
 	}
+	s.referenced(ctx, seen)
 	return indexInfo(name, storage.Info{Size: size, Metadata: meta}), nil
 }
 
@@ -209,7 +220,7 @@ func (s *Server) GetIndex(req *chunkbridgev1.GetIndexRequest, stream grpc.Server
 	if strings.HasPrefix(name, snapshotPrefix) {
 		return s.getSnapshotAsIndex(name, stream)
 	}
-	rc, _, err := s.store.Get(stream.Context(), indexPrefix+name)
+	rc, _, err := s.view(stream.Context()).Get(stream.Context(), indexPrefix+name)
 	if err != nil {
 		return apierr.Status(notFound("index", name, err))
 	}
@@ -332,7 +343,7 @@ func (s *Server) StatIndex(ctx context.Context, req *chunkbridgev1.StatIndexRequ
 	if err != nil {
 		return nil, apierr.Status(err)
 	}
-	i, err := s.store.Stat(ctx, indexPrefix+name)
+	i, err := s.view(ctx).Stat(ctx, indexPrefix+name)
 	if err != nil {
 		return nil, apierr.Status(notFound("index", name, err))
 	}
@@ -359,7 +370,7 @@ func (s *Server) ListIndexes(ctx context.Context, req *chunkbridgev1.ListIndexes
 	errFull := errors.New("page full")
 	var names []string
 	more := false
-	err := s.store.List(ctx, prefix, func(i storage.Info) error {
+	err := s.view(ctx).List(ctx, prefix, func(i storage.Info) error {
 		name := strings.TrimPrefix(i.Key, indexPrefix)
 		if name <= req.GetPageToken() {
 			return nil
@@ -379,7 +390,7 @@ func (s *Server) ListIndexes(ctx context.Context, req *chunkbridgev1.ListIndexes
 	g.SetLimit(32)
 	for i, name := range names {
 		g.Go(func() error {
-			st, err := s.store.Stat(gctx, indexPrefix+name)
+			st, err := s.view(gctx).Stat(gctx, indexPrefix+name)
 			if errors.Is(err, storage.ErrNotFound) { // deleted meanwhile
 				return nil
 			}
@@ -415,10 +426,10 @@ func (s *Server) DeleteIndex(ctx context.Context, req *chunkbridgev1.DeleteIndex
 	if err != nil {
 		return nil, apierr.Status(err)
 	}
-	if _, err := s.store.Stat(ctx, indexPrefix+name); err != nil {
+	if _, err := s.view(ctx).Stat(ctx, indexPrefix+name); err != nil {
 		return nil, apierr.Status(notFound("index", name, err))
 	}
-	if err := s.store.Delete(ctx, indexPrefix+name); err != nil {
+	if err := s.view(ctx).Delete(ctx, indexPrefix+name); err != nil {
 		return nil, apierr.Status(fmt.Errorf("delete index %s: %w", name, err))
 	}
 	return &chunkbridgev1.DeleteIndexResponse{}, nil

@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/chunkbridge/chunkbridge/auth"
 	"github.com/chunkbridge/chunkbridge/format/pbsindex"
 	"github.com/chunkbridge/chunkbridge/services/apierr"
 	"github.com/chunkbridge/chunkbridge/services/chunk"
@@ -24,32 +25,65 @@ import (
 
 // Referrer is a published file that references chunks.
 type Referrer struct {
-	// Name is the file's key in the store: indexes/<name> for a casync
-	// index, snapshots/<type>/<id>/<time>/<file> for a snapshot file.
+	// Name is the file's key in the store: [tenants/<tenant>/]indexes/<name>
+	// for a casync index, [tenants/<tenant>/]snapshots/<type>/<id>/<time>/<file>
+	// for a snapshot file.
 	Name string
 	// Snapshot is true for a PMXBCKUP snapshot file.
 	Snapshot bool
+	// Tenant owns the file; its chunks are in the tenant's dedup domain.
+	Tenant string
 }
 
+// Local is the file's name as its tenant sees it (Name without the
+// tenant's prefix).
+func (r Referrer) Local() string { return strings.TrimPrefix(r.Name, TenantPrefix(r.Tenant)) }
+
 // ListReferrers calls fn for every published casync index and snapshot
-// file: indexes first, then snapshot files, each in key order. Files
+// file of every tenant: the default tenant's indexes, then its snapshot
+// files, then each other tenant's the same way, each in key order.
+// Tenants are found in the store, not in the credentials file, so the
+// files of a tenant no principal names any more are listed too. Files
 // committed after the listing passed their place are not seen; garbage
 // collection learns of them through the guard.
 func (s *Server) ListReferrers(ctx context.Context, fn func(Referrer) error) error {
-	err := s.store.List(ctx, indexPrefix, func(i storage.Info) error {
-		return fn(Referrer{Name: i.Key})
-	})
-	if err != nil {
+	return s.listReferrers(ctx, s.store.List, func(r Referrer, _ storage.Metadata) error { return fn(r) })
+}
+
+// listReferrers is ListReferrers with the listing function given
+// (List, or a MetadataLister's).
+func (s *Server) listReferrers(ctx context.Context, list func(context.Context, string, func(storage.Info) error) error, fn func(Referrer, storage.Metadata) error) error {
+	visit := func(i storage.Info, r Referrer) error {
+		rest := strings.TrimPrefix(i.Key, TenantPrefix(r.Tenant))
+		switch {
+		case strings.HasPrefix(rest, indexPrefix):
+		case strings.HasPrefix(rest, snapshotPrefix):
+			if _, err := parseSnapshotPath(strings.TrimPrefix(rest, snapshotPrefix), false); err != nil {
+				return nil // not a snapshot file: no client can reach it
+			}
+			r.Snapshot = true
+		default:
+			return nil // nothing a client can reach
+		}
+		r.Name = i.Key
+		return fn(r, i.Metadata)
+	}
+	def := Referrer{Tenant: auth.DefaultTenant}
+	if err := list(ctx, indexPrefix, func(i storage.Info) error { return visit(i, def) }); err != nil {
 		return fmt.Errorf("list indexes: %w", err)
 	}
-	err = s.store.List(ctx, snapshotPrefix, func(i storage.Info) error {
-		if _, err := parseSnapshotPath(strings.TrimPrefix(i.Key, snapshotPrefix), false); err != nil {
-			return nil // not a snapshot file: no client can reach it
+	if err := list(ctx, snapshotPrefix, func(i storage.Info) error { return visit(i, def) }); err != nil {
+		return fmt.Errorf("list snapshots: %w", err)
+	}
+	err := list(ctx, tenantsPrefix, func(i storage.Info) error {
+		tenant, _, ok := strings.Cut(strings.TrimPrefix(i.Key, tenantsPrefix), "/")
+		if !ok || tenant == auth.DefaultTenant {
+			return nil // the default tenant's live at the root
 		}
-		return fn(Referrer{Name: i.Key, Snapshot: true})
+		return visit(i, Referrer{Tenant: tenant})
 	})
 	if err != nil {
-		return fmt.Errorf("list snapshots: %w", err)
+		return fmt.Errorf("list tenants' indexes and snapshots: %w", err)
 	}
 	return nil
 }
@@ -119,13 +153,16 @@ type Summary struct {
 }
 
 // Summary reads every index's recorded content size: from the listing
-// where the store returns metadata, else with parallel Stat calls.
-func (s *Server) Summary(ctx context.Context) (Summary, error) {
+// where the store returns metadata, else with parallel Stat calls. It
+// returns the whole store's counts and each tenant's.
+func (s *Server) Summary(ctx context.Context) (Summary, map[string]Summary, error) {
+	type counts struct {
+		Summary
+		snaps, groups map[string]struct{}
+	}
 	var (
 		mu      sync.Mutex
-		sum     Summary
-		snaps   = map[string]struct{}{}
-		groups  = map[string]struct{}{}
+		tenants = map[string]*counts{}
 		g, gctx = errgroup.WithContext(ctx)
 	)
 	g.SetLimit(32)
@@ -133,15 +170,20 @@ func (s *Server) Summary(ctx context.Context) (Summary, error) {
 		size, _ := strconv.ParseInt(meta[metaContentSize], 10, 64)
 		mu.Lock()
 		defer mu.Unlock()
-		sum.ContentBytes += size
+		c := tenants[r.Tenant]
+		if c == nil {
+			c = &counts{snaps: map[string]struct{}{}, groups: map[string]struct{}{}}
+			tenants[r.Tenant] = c
+		}
+		c.ContentBytes += size
 		if !r.Snapshot {
-			sum.CasyncIndexes++
+			c.CasyncIndexes++
 			return
 		}
-		sum.SnapshotFiles++
-		p, _ := parseSnapshotPath(strings.TrimPrefix(r.Name, snapshotPrefix), false)
-		snaps[p.dir()] = struct{}{}
-		groups[p.typ+"/"+p.id] = struct{}{}
+		c.SnapshotFiles++
+		p, _ := parseSnapshotPath(strings.TrimPrefix(r.Local(), snapshotPrefix), false)
+		c.snaps[p.dir()] = struct{}{}
+		c.groups[p.typ+"/"+p.id] = struct{}{}
 	}
 	visit := func(r Referrer, meta storage.Metadata) error {
 		if meta != nil {
@@ -161,37 +203,36 @@ func (s *Server) Summary(ctx context.Context) (Summary, error) {
 		})
 		return nil
 	}
-	var err error
+	list := s.store.List
 	if ml, ok := s.store.(storage.MetadataLister); ok {
-		err = ml.ListWithMetadata(ctx, indexPrefix, func(i storage.Info) error {
-			return visit(Referrer{Name: i.Key}, i.Metadata)
-		})
-		if err == nil {
-			err = ml.ListWithMetadata(ctx, snapshotPrefix, func(i storage.Info) error {
-				if _, perr := parseSnapshotPath(strings.TrimPrefix(i.Key, snapshotPrefix), false); perr != nil {
-					return nil
-				}
-				return visit(Referrer{Name: i.Key, Snapshot: true}, i.Metadata)
-			})
-		}
-	} else {
-		err = s.ListReferrers(ctx, func(r Referrer) error { return visit(r, nil) })
+		list = ml.ListWithMetadata
 	}
+	err := s.listReferrers(ctx, list, visit)
 	if werr := g.Wait(); err == nil {
 		err = werr
 	}
 	if err != nil {
-		return Summary{}, err
+		return Summary{}, nil, err
 	}
-	sum.Snapshots, sum.BackupGroups = int64(len(snaps)), int64(len(groups))
-	return sum, nil
+	var total Summary
+	per := make(map[string]Summary, len(tenants))
+	for t, c := range tenants {
+		c.Snapshots, c.BackupGroups = int64(len(c.snaps)), int64(len(c.groups))
+		per[t] = c.Summary
+		total.CasyncIndexes += c.CasyncIndexes
+		total.SnapshotFiles += c.SnapshotFiles
+		total.ContentBytes += c.ContentBytes
+		total.Snapshots += c.Snapshots
+		total.BackupGroups += c.BackupGroups
+	}
+	return total, per, nil
 }
 
 // recheck confirms from storage, bypassing the presence cache, that every
 // id still exists. A commit calls it when garbage collection deleted
 // chunks after the commit had checked its own: it fails with
 // apierr.ErrMissingChunks if a deletion won the race.
-func (s *Server) recheck(ctx context.Context, ids gcguard.IDs) error {
+func (s *Server) recheck(ctx context.Context, chunks storage.Store, ids gcguard.IDs) error {
 	var (
 		mu      sync.Mutex
 		missing []chunk.ID
@@ -201,7 +242,7 @@ func (s *Server) recheck(ctx context.Context, ids gcguard.IDs) error {
 	g.SetLimit(64)
 	for id := range ids {
 		g.Go(func() error {
-			_, err := s.store.Stat(gctx, id.Key())
+			_, err := chunks.Stat(gctx, id.Key())
 			if errors.Is(err, storage.ErrNotFound) {
 				s.chunks.Forget(id)
 				mu.Lock()

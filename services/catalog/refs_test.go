@@ -56,10 +56,10 @@ func TestReferrersAndSummary(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []catalog.Referrer{
-		{Name: "indexes/b.caidx"}, {Name: "indexes/x/a.caibx"},
-		{Name: "snapshots/host/h/2026-11-24T10:00:00Z/root.pxar.didx", Snapshot: true},
-		{Name: "snapshots/host/h/2026-11-25T10:00:00Z/root.pxar.didx", Snapshot: true},
-		{Name: "snapshots/vm/1/2026-11-25T10:00:00Z/disk.fidx", Snapshot: true},
+		{Name: "indexes/b.caidx", Tenant: "default"}, {Name: "indexes/x/a.caibx", Tenant: "default"},
+		{Name: "snapshots/host/h/2026-11-24T10:00:00Z/root.pxar.didx", Snapshot: true, Tenant: "default"},
+		{Name: "snapshots/host/h/2026-11-25T10:00:00Z/root.pxar.didx", Snapshot: true, Tenant: "default"},
+		{Name: "snapshots/vm/1/2026-11-25T10:00:00Z/disk.fidx", Snapshot: true, Tenant: "default"},
 	}
 	if !slices.Equal(refs, want) {
 		t.Fatalf("ListReferrers = %v, want %v", refs, want)
@@ -83,12 +83,15 @@ func TestReferrersAndSummary(t *testing.T) {
 			t.Fatalf("ScanReferrer(%s) = %d ids, %v; want %d", tc.ref.Name, len(got), err, len(tc.want))
 		}
 	}
-	sum, err := f.server.Summary(t.Context())
+	sum, per, err := f.server.Summary(t.Context())
 	if err != nil {
 		t.Fatal(err)
 	}
 	if sum.CasyncIndexes != 2 || sum.SnapshotFiles != 3 || sum.Snapshots != 3 || sum.BackupGroups != 2 || sum.ContentBytes == 0 {
 		t.Fatalf("Summary = %+v", sum)
+	}
+	if len(per) != 1 || per["default"] != sum {
+		t.Fatalf("Summary per tenant = %+v; want the default tenant's, all of it", per)
 	}
 
 	// A file deleted meanwhile, a malformed one, and one that breaks off

@@ -252,14 +252,14 @@ func (s *Server) newSnapshotWriter(ctx context.Context, c *chunkbridgev1.WriteSn
 	if c.GetExclusive() {
 		exists := false
 		errStop := errors.New("stop")
-		err := s.store.List(ctx, prefix, func(storage.Info) error { exists = true; return errStop })
+		err := s.view(ctx).List(ctx, prefix, func(storage.Info) error { exists = true; return errStop })
 		if err != nil && !errors.Is(err, errStop) {
 			return nil, fmt.Errorf("snapshot %s: %w", w.path.dir(), err)
 		}
 		if exists {
 			return nil, fmt.Errorf("snapshot %s: %w (exclusive create)", w.path.dir(), apierr.ErrExists)
 		}
-	} else if _, err := s.store.Stat(ctx, w.path.key()); err == nil {
+	} else if _, err := s.view(ctx).Stat(ctx, w.path.key()); err == nil {
 		return nil, fmt.Errorf("snapshot file %s: %w", w.path, apierr.ErrExists)
 	} else if !errors.Is(err, storage.ErrNotFound) {
 		return nil, fmt.Errorf("snapshot file %s: %w", w.path, err)
@@ -400,14 +400,25 @@ func (w *snapshotWriter) commit(ctx context.Context) (*chunkbridgev1.SnapshotFil
 		meta[metaChunks], meta[metaContentSize] = strconv.Itoa(len(w.dynamic.Entries)), strconv.FormatUint(w.dynamic.Size(), 10)
 	}
 	ids := w.ids()
-	commit, recheck, err := w.s.guard.Commit(ctx, w.ticket, ids)
+	// The tenant's binding to its domain exists before any of its files.
+	chunks, err := w.s.chunks.DomainOf(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("snapshot file %s: %w", w.path, err)
+	}
+	content, _ := strconv.ParseInt(meta[metaContentSize], 10, 64)
+	admitted, err := w.s.admit(ctx, content)
 	if err != nil {
 		return nil, fmt.Errorf("snapshot file %s: %w", w.path, err)
 	}
 	published := false
+	defer func() { admitted(published) }()
+	commit, recheck, err := w.s.guard.Commit(ctx, w.ticket, ids)
+	if err != nil {
+		return nil, fmt.Errorf("snapshot file %s: %w", w.path, err)
+	}
 	defer func() { commit.Done(context.WithoutCancel(ctx), published) }()
 	if recheck {
-		if err := w.s.recheck(ctx, ids); err != nil {
+		if err := w.s.recheck(ctx, chunks, ids); err != nil {
 			return nil, fmt.Errorf("snapshot file %s: %w", w.path, err)
 		}
 	}
@@ -417,13 +428,14 @@ func (w *snapshotWriter) commit(ctx context.Context) (*chunkbridgev1.SnapshotFil
 	published = true // even if Put fails: it may have stored the file
 	// A snapshot file is written once: even two writers racing for one
 	// name cannot replace each other's file.
-	created, err := w.s.store.PutIfAbsent(pctx, w.path.key(), &buf, size, meta)
+	created, err := w.s.view(pctx).PutIfAbsent(pctx, w.path.key(), &buf, size, meta)
 	if err == nil && !created {
 		err = fmt.Errorf("%w: written by another client meanwhile", apierr.ErrExists)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("snapshot file %s: %w", w.path, err)
 	}
+	w.s.referenced(ctx, ids)
 	return fileInfo(w.path, storage.Info{Size: size, Metadata: meta}), nil
 }
 
@@ -457,7 +469,7 @@ func (s *Server) resolve(ctx context.Context, p snapshotPath) (snapshotPath, err
 		return p, nil
 	}
 	var newest string
-	err := s.store.List(ctx, snapshotPrefix+p.typ+"/"+p.id+"/", func(i storage.Info) error {
+	err := s.view(ctx).List(ctx, snapshotPrefix+p.typ+"/"+p.id+"/", func(i storage.Info) error {
 		parts := strings.Split(strings.TrimPrefix(i.Key, snapshotPrefix), "/")
 		if len(parts) == 4 && parts[3] == p.file && parts[2] > newest {
 			newest = parts[2]
@@ -476,7 +488,7 @@ func (s *Server) resolve(ctx context.Context, p snapshotPath) (snapshotPath, err
 
 // readSnapshotFile loads and parses a snapshot file.
 func (s *Server) readSnapshotFile(ctx context.Context, p snapshotPath) (*pbsindex.Fixed, *pbsindex.Dynamic, error) {
-	rc, _, err := s.store.Get(ctx, p.key())
+	rc, _, err := s.view(ctx).Get(ctx, p.key())
 	if err != nil {
 		return nil, nil, notFound("snapshot file", p.String(), err)
 	}
@@ -565,7 +577,7 @@ func (s *Server) ListSnapshots(ctx context.Context, req *chunkbridgev1.ListSnaps
 // and describes them from their metadata, fetched in parallel.
 func (s *Server) snapshots(ctx context.Context, prefix, onlyID string) ([]*chunkbridgev1.Snapshot, error) {
 	var paths []snapshotPath
-	err := s.store.List(ctx, prefix, func(i storage.Info) error {
+	err := s.view(ctx).List(ctx, prefix, func(i storage.Info) error {
 		p, err := parseSnapshotPath(strings.TrimPrefix(i.Key, snapshotPrefix), false)
 		if err == nil && (onlyID == "" || p.id == onlyID) {
 			paths = append(paths, p)
@@ -580,7 +592,7 @@ func (s *Server) snapshots(ctx context.Context, prefix, onlyID string) ([]*chunk
 	g.SetLimit(32)
 	for i, p := range paths {
 		g.Go(func() error {
-			st, err := s.store.Stat(gctx, p.key())
+			st, err := s.view(gctx).Stat(gctx, p.key())
 			if errors.Is(err, storage.ErrNotFound) {
 				return nil
 			}
@@ -657,14 +669,14 @@ func (s *Server) DeleteSnapshot(ctx context.Context, req *chunkbridgev1.DeleteSn
 		return nil, apierr.Status(err)
 	}
 	var keys []string
-	if err := s.store.List(ctx, snapshotPrefix+dir+"/", func(i storage.Info) error { keys = append(keys, i.Key); return nil }); err != nil {
+	if err := s.view(ctx).List(ctx, snapshotPrefix+dir+"/", func(i storage.Info) error { keys = append(keys, i.Key); return nil }); err != nil {
 		return nil, apierr.Status(fmt.Errorf("delete snapshot %s: %w", dir, err))
 	}
 	if len(keys) == 0 {
 		return nil, apierr.Status(fmt.Errorf("snapshot %s: %w", dir, apierr.ErrNotFound))
 	}
 	for _, k := range keys {
-		if err := s.store.Delete(ctx, k); err != nil {
+		if err := s.view(ctx).Delete(ctx, k); err != nil {
 			return nil, apierr.Status(fmt.Errorf("delete snapshot %s: %w", dir, err))
 		}
 	}

@@ -20,26 +20,35 @@ type presence struct {
 	max   int
 	gen   uint64
 	order *list.List // front = most recent; values are entry
-	items map[ID]*list.Element
+	items map[pkey]*list.Element
+	// domains is how many domain numbers forget must clear an id in.
+	domains func() uint32
+}
+
+// pkey is an id in one dedup domain (by its number in this process): a
+// chunk stored in one domain is not stored in another.
+type pkey struct {
+	dom uint32
+	id  ID
 }
 
 type entry struct {
-	id   ID
+	k    pkey
 	size int64
 }
 
-func newPresence(max int) *presence {
-	return &presence{max: max, order: list.New(), items: make(map[ID]*list.Element)}
+func newPresence(max int, domains func() uint32) *presence {
+	return &presence{max: max, order: list.New(), items: make(map[pkey]*list.Element), domains: domains}
 }
 
-func (p *presence) has(id ID) bool {
+func (p *presence) has(id pkey) bool {
 	_, ok := p.lookup(id)
 	return ok
 }
 
 // lookup reports whether id is known to be stored, and its size (0 when
 // not known).
-func (p *presence) lookup(id ID) (int64, bool) {
+func (p *presence) lookup(id pkey) (int64, bool) {
 	if p.max <= 0 {
 		return 0, false
 	}
@@ -63,7 +72,7 @@ func (p *presence) generation() uint64 {
 // add records id as stored; size 0 means unknown and keeps a known size.
 // gen is the generation read before storage was asked: if anything was
 // forgotten since, the answer may be stale and nothing is recorded.
-func (p *presence) add(id ID, size int64, gen uint64) {
+func (p *presence) add(id pkey, size int64, gen uint64) {
 	if p.max <= 0 {
 		return
 	}
@@ -83,7 +92,7 @@ func (p *presence) add(id ID, size int64, gen uint64) {
 	for p.order.Len() > p.max {
 		last := p.order.Back()
 		p.order.Remove(last)
-		delete(p.items, last.Value.(entry).id)
+		delete(p.items, last.Value.(entry).k)
 	}
 }
 
@@ -95,12 +104,17 @@ func (p *presence) forgetAll() {
 	clear(p.items)
 }
 
+// forget drops id in every domain: garbage collection deletes by id.
 func (p *presence) forget(id ID) {
+	n := p.domains()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.gen++
-	if e, ok := p.items[id]; ok {
-		p.order.Remove(e)
-		delete(p.items, id)
+	for d := range n {
+		k := pkey{d, id}
+		if e, ok := p.items[k]; ok {
+			p.order.Remove(e)
+			delete(p.items, k)
+		}
 	}
 }

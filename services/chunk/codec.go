@@ -25,6 +25,9 @@ const MaxSize = 16 << 20
 const (
 	metaAlgorithm = "algorithm"
 	metaSize      = "size"
+	// MetaTenant names the tenant whose upload stored the chunk: its
+	// stored bytes count against that tenant's quota.
+	MetaTenant    = "tenant"
 	algSHA256     = "sha256"
 	algSHA512_256 = "sha512-256"
 )

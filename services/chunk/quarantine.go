@@ -98,11 +98,16 @@ func (s *Service) corrupt(ctx context.Context, id ID, cause error) error {
 func (s *Service) Quarantine(ctx context.Context, id ID, reason string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), quarantineTimeout)
 	defer cancel()
+	d, err := s.domains.of(ctx, false)
+	if err != nil {
+		return "", err
+	}
+	st := d.store
 	mu := &s.quarantineMu[int(id[0])%len(s.quarantineMu)]
 	mu.Lock()
 	defer mu.Unlock()
 
-	rc, info, err := s.store.Get(ctx, id.Key())
+	rc, info, err := st.Get(ctx, id.Key())
 	if errors.Is(err, storage.ErrNotFound) {
 		return "", nil
 	}
@@ -125,37 +130,38 @@ func (s *Service) Quarantine(ctx context.Context, id ID, reason string) (string,
 
 	now := time.Now()
 	key := quarantineKey(id, stored, info.Size)
+	shown := DomainPrefix(d.name) + key // the object's name in the store
 	meta := storage.Metadata{}
 	for k, v := range info.Metadata {
 		meta[k] = v
 	}
 	meta["reason"] = metaText(reason)
 	meta["quarantined"] = now.UTC().Format(time.RFC3339Nano)
-	if _, err := s.store.PutIfAbsent(ctx, key, body, info.Size, meta); err != nil {
-		return "", fmt.Errorf("copy corrupt chunk %s to %s: %w", id, key, err)
+	if _, err := st.PutIfAbsent(ctx, key, body, info.Size, meta); err != nil {
+		return "", fmt.Errorf("copy corrupt chunk %s to %s: %w", id, shown, err)
 	}
 	// Forgotten before and after the delete, as garbage collection does:
 	// no existence answer from before the delete survives it.
 	// Only the object that was re-read goes: another replica may have
 	// quarantined it meanwhile and a client stored a good copy since.
-	if cur, err := s.store.Stat(ctx, id.Key()); err != nil || cur.Size != info.Size || !cur.Modified.Equal(info.Modified) {
+	if cur, err := st.Stat(ctx, id.Key()); err != nil || cur.Size != info.Size || !cur.Modified.Equal(info.Modified) {
 		if err == nil || errors.Is(err, storage.ErrNotFound) {
-			return key, nil
+			return shown, nil
 		}
 		return "", fmt.Errorf("re-check chunk %s before removing it: %w", id, err)
 	}
 	s.Forget(id)
-	if err := s.store.Delete(ctx, id.Key()); err != nil {
-		return "", fmt.Errorf("remove corrupt chunk %s after copying it to %s: %w", id, key, err)
+	if err := st.Delete(ctx, id.Key()); err != nil {
+		return "", fmt.Errorf("remove corrupt chunk %s after copying it to %s: %w", id, shown, err)
 	}
 	s.Forget(id)
 	s.metrics.quarantined.Inc()
-	s.log.Warn("corrupt chunk moved to quarantine; the next upload of its data stores a good copy", "chunk", id.String(), "quarantine", key, "reason", reason)
+	s.log.Warn("corrupt chunk moved to quarantine; the next upload of its data stores a good copy", "chunk", id.String(), "quarantine", shown, "reason", reason)
 	if err := s.announceRemoval(ctx, id); err != nil {
 		s.log.Warn("telling other replicas that a chunk was quarantined failed: they may answer \"stored\" for it until their next cache reset",
 			"chunk", id.String(), "err", err)
 	}
-	return key, nil
+	return shown, nil
 }
 
 // intact reports whether stored decodes and hashes to id.

@@ -23,6 +23,7 @@ import (
 	"github.com/chunkbridge/chunkbridge/auth"
 	"github.com/chunkbridge/chunkbridge/format"
 	"github.com/chunkbridge/chunkbridge/services/apierr"
+	"github.com/chunkbridge/chunkbridge/services/quota"
 	"github.com/chunkbridge/chunkbridge/storage"
 )
 
@@ -41,17 +42,23 @@ type Config struct {
 	StatConcurrency int
 	// Log receives quarantine events; nil discards them.
 	Log *slog.Logger
+	// Quota refuses new chunks of a tenant over its stored-bytes quota
+	// and learns what each upload stores; nil for no quotas.
+	Quota *quota.Book
 }
 
 // Service implements the chunk operations.
 type Service struct {
-	store    storage.Store
+	store    storage.Store // the root: domains are views of it
+	domains  *domains
 	codec    *codec
 	presence *presence
 	slots    chan struct{}
 	statConc int
 	metrics  *Metrics
 	log      *slog.Logger
+	quota    *quota.Book
+	serving  serving
 
 	// quarantineMu serialises quarantines of one id (striped by its
 	// first byte); see Quarantine.
@@ -81,15 +88,20 @@ func New(store storage.Store, cfg Config, metrics *Metrics) (*Service, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	return &Service{
+	ds := newDomains(store)
+	svc := &Service{
 		store:    store,
+		domains:  ds,
 		codec:    c,
-		presence: newPresence(cfg.PresenceCacheSize),
+		presence: newPresence(cfg.PresenceCacheSize, ds.count),
 		slots:    make(chan struct{}, cfg.MaxConcurrentChunks),
 		statConc: cfg.StatConcurrency,
 		metrics:  metrics,
 		log:      cfg.Log,
-	}, nil
+		quota:    cfg.Quota,
+	}
+	ds.onBind = svc.serving.bindingsChanged
+	return svc, nil
 }
 
 // acquire takes one of the process-wide work slots.
@@ -127,6 +139,11 @@ func (s *Service) Put(ctx context.Context, u Upload) (created bool, err error) {
 	if err := checkAlgorithm(u.Algorithm); err != nil {
 		return false, fmt.Errorf("chunk %s: %w", u.ID, err)
 	}
+	d, err := s.domains.of(ctx, false)
+	if err != nil {
+		return false, err
+	}
+	k := pkey{d.num, u.ID}
 	if err := s.acquire(ctx); err != nil {
 		return false, err
 	}
@@ -147,7 +164,8 @@ func (s *Service) Put(ctx context.Context, u Upload) (created bool, err error) {
 	}
 	s.received.Add(int64(len(data)))
 	s.metrics.bytesReceived.Add(float64(len(data)))
-	if s.presence.has(u.ID) {
+	if s.presence.has(k) {
+		s.Referenced(auth.FromContext(ctx).Tenant, u.ID)
 		s.deduplicated.Add(1)
 		return false, nil
 	}
@@ -155,14 +173,29 @@ func (s *Service) Put(ctx context.Context, u Upload) (created bool, err error) {
 	if u.Encoding != chunkbridgev1.Encoding_ENCODING_ZSTD {
 		stored = s.codec.compress(data)
 	}
-	meta := storage.Metadata{metaAlgorithm: algorithmName(u.Algorithm), metaSize: strconv.Itoa(len(data))}
+	tenant := auth.FromContext(ctx).Tenant
+	if err := s.quota.CheckStored(ctx, tenant); err != nil {
+		// Over quota, a chunk that is already stored is still welcome:
+		// it adds nothing.
+		gen := s.presence.generation()
+		if _, serr := d.store.Stat(ctx, u.ID.Key()); serr != nil {
+			return false, fmt.Errorf("chunk %s: %w", u.ID, err)
+		}
+		s.presence.add(k, int64(len(data)), gen)
+		s.Referenced(tenant, u.ID)
+		s.deduplicated.Add(1)
+		return false, nil
+	}
+	meta := storage.Metadata{metaAlgorithm: algorithmName(u.Algorithm), metaSize: strconv.Itoa(len(data)), MetaTenant: tenant}
 	gen := s.presence.generation()
-	created, err = s.store.PutIfAbsent(ctx, u.ID.Key(), bytes.NewReader(stored), int64(len(stored)), meta)
+	created, err = d.store.PutIfAbsent(ctx, u.ID.Key(), bytes.NewReader(stored), int64(len(stored)), meta)
 	if err != nil {
 		return false, fmt.Errorf("chunk %s: %w", u.ID, err)
 	}
-	s.presence.add(u.ID, int64(len(data)), gen)
+	s.presence.add(k, int64(len(data)), gen)
+	s.Referenced(tenant, u.ID) // it may read back what it uploaded
 	if created {
+		s.quota.AddStored(tenant, int64(len(stored)))
 		s.written.Add(1)
 		s.metrics.bytesStored.Add(float64(len(stored)))
 	} else {
@@ -183,21 +216,25 @@ func (s *Service) FindMissing(ctx context.Context, ids []ID) ([]ID, error) {
 	if len(ids) > MaxIDsPerCall {
 		return nil, fmt.Errorf("%w: %d ids in one call, at most %d", apierr.ErrInvalid, len(ids), MaxIDsPerCall)
 	}
+	d, err := s.domains.of(ctx, false)
+	if err != nil {
+		return nil, err
+	}
 	s.metrics.idsChecked.Add(float64(len(ids)))
 	missing := make([]bool, len(ids))
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(s.statConc)
 	for i, id := range ids {
-		if s.presence.has(id) {
+		if s.presence.has(pkey{d.num, id}) {
 			s.metrics.cacheHits.Inc()
 			continue
 		}
 		g.Go(func() error {
 			gen := s.presence.generation()
-			_, err := s.store.Stat(gctx, id.Key())
+			_, err := d.store.Stat(gctx, id.Key())
 			switch {
 			case err == nil:
-				s.presence.add(id, 0, gen)
+				s.presence.add(pkey{d.num, id}, 0, gen)
 			case errors.Is(err, storage.ErrNotFound):
 				missing[i] = true
 			default:
@@ -229,11 +266,15 @@ func (s *Service) Sizes(ctx context.Context, ids []ID) ([]int64, error) {
 	if len(ids) > MaxIDsPerCall {
 		return nil, fmt.Errorf("%w: %d ids in one call, at most %d", apierr.ErrInvalid, len(ids), MaxIDsPerCall)
 	}
+	d, err := s.domains.of(ctx, false)
+	if err != nil {
+		return nil, err
+	}
 	sizes := make([]int64, len(ids))
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(s.statConc)
 	for i, id := range ids {
-		if size, ok := s.presence.lookup(id); ok && size > 0 {
+		if size, ok := s.presence.lookup(pkey{d.num, id}); ok && size > 0 {
 			sizes[i] = size
 			continue
 		}
@@ -268,6 +309,13 @@ func (s *Service) Get(ctx context.Context, id ID, raw bool) (Chunk, error) {
 	if err := auth.Check(ctx, auth.Read, "chunks"); err != nil {
 		return Chunk{}, err
 	}
+	d, err := s.domains.of(ctx, false)
+	if err != nil {
+		return Chunk{}, err
+	}
+	if err := s.mayRead(ctx, d, id); err != nil {
+		return Chunk{}, err
+	}
 	if err := s.acquire(ctx); err != nil {
 		return Chunk{}, err
 	}
@@ -280,7 +328,7 @@ func (s *Service) Get(ctx context.Context, id ID, raw bool) (Chunk, error) {
 		release()
 		return s.corrupt(ctx, id, err)
 	}
-	rc, info, err := s.store.Get(ctx, id.Key())
+	rc, info, err := d.store.Get(ctx, id.Key())
 	if err != nil {
 		return Chunk{}, storeErr(id, err)
 	}
@@ -326,7 +374,14 @@ func (s *Service) OpenStored(ctx context.Context, id ID) (io.ReadCloser, int64, 
 	if err := auth.Check(ctx, auth.Read, "chunks"); err != nil {
 		return nil, 0, err
 	}
-	rc, size, err := storage.Open(ctx, s.store, id.Key())
+	d, err := s.domains.of(ctx, false)
+	if err != nil {
+		return nil, 0, err
+	}
+	if err := s.mayRead(ctx, d, id); err != nil {
+		return nil, 0, err
+	}
+	rc, size, err := storage.Open(ctx, d.store, id.Key())
 	if err != nil {
 		return nil, 0, storeErr(id, err)
 	}
@@ -376,8 +431,12 @@ func (s *Service) Stat(ctx context.Context, id ID) (*chunkbridgev1.ChunkInfo, er
 	if err := auth.Check(ctx, auth.Read, "chunks"); err != nil {
 		return nil, err
 	}
+	d, err := s.domains.of(ctx, false)
+	if err != nil {
+		return nil, err
+	}
 	gen := s.presence.generation()
-	info, err := s.store.Stat(ctx, id.Key())
+	info, err := d.store.Stat(ctx, id.Key())
 	if err != nil {
 		return nil, storeErr(id, err)
 	}
@@ -390,7 +449,7 @@ func (s *Service) Stat(ctx context.Context, id ID) (*chunkbridgev1.ChunkInfo, er
 		}
 		alg, size = c.Algorithm, c.Size
 	}
-	s.presence.add(id, size, gen)
+	s.presence.add(pkey{d.num, id}, size, gen)
 	return &chunkbridgev1.ChunkInfo{Id: id.String(), Algorithm: alg, Size: size, StoredSize: info.Size}, nil
 }
 
@@ -404,7 +463,7 @@ func (s *Service) Counters() Counters {
 	return Counters{Written: s.written.Load(), Deduplicated: s.deduplicated.Load(), BytesReceived: s.received.Load()}
 }
 
-// Forget drops id from the presence cache; garbage collection calls it
+// Forget drops id, in every domain, from the presence cache; garbage collection calls it
 // before deleting a chunk, and again once it is deleted. An existence
 // answer storage gave before a Forget is never cached after it (see
 // presence), so after the second Forget the cache cannot claim the chunk.

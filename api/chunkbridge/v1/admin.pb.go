@@ -85,7 +85,7 @@ func (x Problem_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Problem_Kind.Descriptor instead.
 func (Problem_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_chunkbridge_v1_admin_proto_rawDescGZIP(), []int{10, 0}
+	return file_chunkbridge_v1_admin_proto_rawDescGZIP(), []int{11, 0}
 }
 
 type GetStatsRequest struct {
@@ -162,7 +162,9 @@ type GetStatsResponse struct {
 	// few seconds while storage was reachable. Otherwise they are the last
 	// count (from counted_at), served because storage cannot be counted
 	// now, and this says why.
-	StaleReason   string `protobuf:"bytes,16,opt,name=stale_reason,json=staleReason,proto3" json:"stale_reason,omitempty"`
+	StaleReason string `protobuf:"bytes,16,opt,name=stale_reason,json=staleReason,proto3" json:"stale_reason,omitempty"`
+	// Each tenant's usage, from the same count, by tenant name.
+	Tenants       []*TenantUsage `protobuf:"bytes,17,rep,name=tenants,proto3" json:"tenants,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -309,6 +311,121 @@ func (x *GetStatsResponse) GetStaleReason() string {
 	return ""
 }
 
+func (x *GetStatsResponse) GetTenants() []*TenantUsage {
+	if x != nil {
+		return x.Tenants
+	}
+	return nil
+}
+
+// TenantUsage is what one tenant uses of the store (docs/tenants.md).
+type TenantUsage struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Tenant string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	// The dedup domain whose chunk space its files use.
+	DedupDomain string `protobuf:"bytes,2,opt,name=dedup_domain,json=dedupDomain,proto3" json:"dedup_domain,omitempty"`
+	// Bytes its casync indexes and snapshot files describe: what its
+	// logical-bytes quota limits.
+	LogicalBytes int64 `protobuf:"varint,3,opt,name=logical_bytes,json=logicalBytes,proto3" json:"logical_bytes,omitempty"`
+	// Stored (compressed) bytes of the chunks its uploads added to its
+	// domain: what its stored-bytes quota limits. A chunk counts for the
+	// tenant whose upload stored it first.
+	StoredBytes   int64 `protobuf:"varint,4,opt,name=stored_bytes,json=storedBytes,proto3" json:"stored_bytes,omitempty"`
+	CasyncIndexes int64 `protobuf:"varint,5,opt,name=casync_indexes,json=casyncIndexes,proto3" json:"casync_indexes,omitempty"`
+	SnapshotFiles int64 `protobuf:"varint,6,opt,name=snapshot_files,json=snapshotFiles,proto3" json:"snapshot_files,omitempty"`
+	// Its quotas from the credentials file; 0 means none.
+	LogicalBytesQuota int64 `protobuf:"varint,7,opt,name=logical_bytes_quota,json=logicalBytesQuota,proto3" json:"logical_bytes_quota,omitempty"`
+	StoredBytesQuota  int64 `protobuf:"varint,8,opt,name=stored_bytes_quota,json=storedBytesQuota,proto3" json:"stored_bytes_quota,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *TenantUsage) Reset() {
+	*x = TenantUsage{}
+	mi := &file_chunkbridge_v1_admin_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TenantUsage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TenantUsage) ProtoMessage() {}
+
+func (x *TenantUsage) ProtoReflect() protoreflect.Message {
+	mi := &file_chunkbridge_v1_admin_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TenantUsage.ProtoReflect.Descriptor instead.
+func (*TenantUsage) Descriptor() ([]byte, []int) {
+	return file_chunkbridge_v1_admin_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *TenantUsage) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *TenantUsage) GetDedupDomain() string {
+	if x != nil {
+		return x.DedupDomain
+	}
+	return ""
+}
+
+func (x *TenantUsage) GetLogicalBytes() int64 {
+	if x != nil {
+		return x.LogicalBytes
+	}
+	return 0
+}
+
+func (x *TenantUsage) GetStoredBytes() int64 {
+	if x != nil {
+		return x.StoredBytes
+	}
+	return 0
+}
+
+func (x *TenantUsage) GetCasyncIndexes() int64 {
+	if x != nil {
+		return x.CasyncIndexes
+	}
+	return 0
+}
+
+func (x *TenantUsage) GetSnapshotFiles() int64 {
+	if x != nil {
+		return x.SnapshotFiles
+	}
+	return 0
+}
+
+func (x *TenantUsage) GetLogicalBytesQuota() int64 {
+	if x != nil {
+		return x.LogicalBytesQuota
+	}
+	return 0
+}
+
+func (x *TenantUsage) GetStoredBytesQuota() int64 {
+	if x != nil {
+		return x.StoredBytesQuota
+	}
+	return 0
+}
+
 type RunGCRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Unreferenced chunks written less than this long before the collection
@@ -323,7 +440,7 @@ type RunGCRequest struct {
 
 func (x *RunGCRequest) Reset() {
 	*x = RunGCRequest{}
-	mi := &file_chunkbridge_v1_admin_proto_msgTypes[2]
+	mi := &file_chunkbridge_v1_admin_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -335,7 +452,7 @@ func (x *RunGCRequest) String() string {
 func (*RunGCRequest) ProtoMessage() {}
 
 func (x *RunGCRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chunkbridge_v1_admin_proto_msgTypes[2]
+	mi := &file_chunkbridge_v1_admin_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -348,7 +465,7 @@ func (x *RunGCRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunGCRequest.ProtoReflect.Descriptor instead.
 func (*RunGCRequest) Descriptor() ([]byte, []int) {
-	return file_chunkbridge_v1_admin_proto_rawDescGZIP(), []int{2}
+	return file_chunkbridge_v1_admin_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *RunGCRequest) GetGrace() *durationpb.Duration {
@@ -374,7 +491,7 @@ type RunGCResponse struct {
 
 func (x *RunGCResponse) Reset() {
 	*x = RunGCResponse{}
-	mi := &file_chunkbridge_v1_admin_proto_msgTypes[3]
+	mi := &file_chunkbridge_v1_admin_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -386,7 +503,7 @@ func (x *RunGCResponse) String() string {
 func (*RunGCResponse) ProtoMessage() {}
 
 func (x *RunGCResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chunkbridge_v1_admin_proto_msgTypes[3]
+	mi := &file_chunkbridge_v1_admin_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -399,7 +516,7 @@ func (x *RunGCResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunGCResponse.ProtoReflect.Descriptor instead.
 func (*RunGCResponse) Descriptor() ([]byte, []int) {
-	return file_chunkbridge_v1_admin_proto_rawDescGZIP(), []int{3}
+	return file_chunkbridge_v1_admin_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *RunGCResponse) GetReport() *GCReport {
@@ -448,7 +565,7 @@ type GCReport struct {
 
 func (x *GCReport) Reset() {
 	*x = GCReport{}
-	mi := &file_chunkbridge_v1_admin_proto_msgTypes[4]
+	mi := &file_chunkbridge_v1_admin_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -460,7 +577,7 @@ func (x *GCReport) String() string {
 func (*GCReport) ProtoMessage() {}
 
 func (x *GCReport) ProtoReflect() protoreflect.Message {
-	mi := &file_chunkbridge_v1_admin_proto_msgTypes[4]
+	mi := &file_chunkbridge_v1_admin_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -473,7 +590,7 @@ func (x *GCReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GCReport.ProtoReflect.Descriptor instead.
 func (*GCReport) Descriptor() ([]byte, []int) {
-	return file_chunkbridge_v1_admin_proto_rawDescGZIP(), []int{4}
+	return file_chunkbridge_v1_admin_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *GCReport) GetStarted() *timestamppb.Timestamp {
@@ -596,7 +713,7 @@ type GetGCStatusRequest struct {
 
 func (x *GetGCStatusRequest) Reset() {
 	*x = GetGCStatusRequest{}
-	mi := &file_chunkbridge_v1_admin_proto_msgTypes[5]
+	mi := &file_chunkbridge_v1_admin_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -608,7 +725,7 @@ func (x *GetGCStatusRequest) String() string {
 func (*GetGCStatusRequest) ProtoMessage() {}
 
 func (x *GetGCStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chunkbridge_v1_admin_proto_msgTypes[5]
+	mi := &file_chunkbridge_v1_admin_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -621,7 +738,7 @@ func (x *GetGCStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetGCStatusRequest.ProtoReflect.Descriptor instead.
 func (*GetGCStatusRequest) Descriptor() ([]byte, []int) {
-	return file_chunkbridge_v1_admin_proto_rawDescGZIP(), []int{5}
+	return file_chunkbridge_v1_admin_proto_rawDescGZIP(), []int{6}
 }
 
 type GetGCStatusResponse struct {
@@ -644,7 +761,7 @@ type GetGCStatusResponse struct {
 
 func (x *GetGCStatusResponse) Reset() {
 	*x = GetGCStatusResponse{}
-	mi := &file_chunkbridge_v1_admin_proto_msgTypes[6]
+	mi := &file_chunkbridge_v1_admin_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -656,7 +773,7 @@ func (x *GetGCStatusResponse) String() string {
 func (*GetGCStatusResponse) ProtoMessage() {}
 
 func (x *GetGCStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chunkbridge_v1_admin_proto_msgTypes[6]
+	mi := &file_chunkbridge_v1_admin_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -669,7 +786,7 @@ func (x *GetGCStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetGCStatusResponse.ProtoReflect.Descriptor instead.
 func (*GetGCStatusResponse) Descriptor() ([]byte, []int) {
-	return file_chunkbridge_v1_admin_proto_rawDescGZIP(), []int{6}
+	return file_chunkbridge_v1_admin_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetGCStatusResponse) GetRunning() bool {
@@ -726,14 +843,18 @@ type VerifyRequest struct {
 	// last_id of an earlier, unfinished run.
 	ResumeAfter string `protobuf:"bytes,3,opt,name=resume_after,json=resumeAfter,proto3" json:"resume_after,omitempty"`
 	// Stop after this long and report where to resume; unset for no limit.
-	MaxDuration   *durationpb.Duration `protobuf:"bytes,4,opt,name=max_duration,json=maxDuration,proto3" json:"max_duration,omitempty"`
+	MaxDuration *durationpb.Duration `protobuf:"bytes,4,opt,name=max_duration,json=maxDuration,proto3" json:"max_duration,omitempty"`
+	// The dedup domain resume_after is in: the report's last_domain. Domains
+	// are verified one after another in name order; those before this one
+	// are skipped. Empty: the default domain.
+	ResumeDomain  string `protobuf:"bytes,5,opt,name=resume_domain,json=resumeDomain,proto3" json:"resume_domain,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *VerifyRequest) Reset() {
 	*x = VerifyRequest{}
-	mi := &file_chunkbridge_v1_admin_proto_msgTypes[7]
+	mi := &file_chunkbridge_v1_admin_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -745,7 +866,7 @@ func (x *VerifyRequest) String() string {
 func (*VerifyRequest) ProtoMessage() {}
 
 func (x *VerifyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chunkbridge_v1_admin_proto_msgTypes[7]
+	mi := &file_chunkbridge_v1_admin_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -758,7 +879,7 @@ func (x *VerifyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyRequest.ProtoReflect.Descriptor instead.
 func (*VerifyRequest) Descriptor() ([]byte, []int) {
-	return file_chunkbridge_v1_admin_proto_rawDescGZIP(), []int{7}
+	return file_chunkbridge_v1_admin_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *VerifyRequest) GetSample() float64 {
@@ -789,6 +910,13 @@ func (x *VerifyRequest) GetMaxDuration() *durationpb.Duration {
 	return nil
 }
 
+func (x *VerifyRequest) GetResumeDomain() string {
+	if x != nil {
+		return x.ResumeDomain
+	}
+	return ""
+}
+
 type VerifyResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Result:
@@ -802,7 +930,7 @@ type VerifyResponse struct {
 
 func (x *VerifyResponse) Reset() {
 	*x = VerifyResponse{}
-	mi := &file_chunkbridge_v1_admin_proto_msgTypes[8]
+	mi := &file_chunkbridge_v1_admin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -814,7 +942,7 @@ func (x *VerifyResponse) String() string {
 func (*VerifyResponse) ProtoMessage() {}
 
 func (x *VerifyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chunkbridge_v1_admin_proto_msgTypes[8]
+	mi := &file_chunkbridge_v1_admin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -827,7 +955,7 @@ func (x *VerifyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyResponse.ProtoReflect.Descriptor instead.
 func (*VerifyResponse) Descriptor() ([]byte, []int) {
-	return file_chunkbridge_v1_admin_proto_rawDescGZIP(), []int{8}
+	return file_chunkbridge_v1_admin_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *VerifyResponse) GetResult() isVerifyResponse_Result {
@@ -887,13 +1015,15 @@ type VerifyProgress struct {
 	// Chunk id prefixes done, of prefixes_total.
 	PrefixesDone  int32 `protobuf:"varint,6,opt,name=prefixes_done,json=prefixesDone,proto3" json:"prefixes_done,omitempty"`
 	PrefixesTotal int32 `protobuf:"varint,7,opt,name=prefixes_total,json=prefixesTotal,proto3" json:"prefixes_total,omitempty"`
+	// The dedup domain being verified; last_id is in it.
+	Domain        string `protobuf:"bytes,8,opt,name=domain,proto3" json:"domain,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *VerifyProgress) Reset() {
 	*x = VerifyProgress{}
-	mi := &file_chunkbridge_v1_admin_proto_msgTypes[9]
+	mi := &file_chunkbridge_v1_admin_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -905,7 +1035,7 @@ func (x *VerifyProgress) String() string {
 func (*VerifyProgress) ProtoMessage() {}
 
 func (x *VerifyProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_chunkbridge_v1_admin_proto_msgTypes[9]
+	mi := &file_chunkbridge_v1_admin_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -918,7 +1048,7 @@ func (x *VerifyProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyProgress.ProtoReflect.Descriptor instead.
 func (*VerifyProgress) Descriptor() ([]byte, []int) {
-	return file_chunkbridge_v1_admin_proto_rawDescGZIP(), []int{9}
+	return file_chunkbridge_v1_admin_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *VerifyProgress) GetChunksListed() int64 {
@@ -970,6 +1100,13 @@ func (x *VerifyProgress) GetPrefixesTotal() int32 {
 	return 0
 }
 
+func (x *VerifyProgress) GetDomain() string {
+	if x != nil {
+		return x.Domain
+	}
+	return ""
+}
+
 // Problem is one chunk or index file that failed verification.
 type Problem struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -990,14 +1127,16 @@ type Problem struct {
 	// (quarantine/chunks/<4 hex>/<64 hex>.<time>.cacnk): set for a corrupt
 	// chunk this run moved out of chunks/, and for a missing chunk an earlier
 	// read or run moved there. Upload the chunk again to heal it.
-	Quarantine    string `protobuf:"bytes,7,opt,name=quarantine,proto3" json:"quarantine,omitempty"`
+	Quarantine string `protobuf:"bytes,7,opt,name=quarantine,proto3" json:"quarantine,omitempty"`
+	// The dedup domain whose chunk space the chunk is in.
+	DedupDomain   string `protobuf:"bytes,8,opt,name=dedup_domain,json=dedupDomain,proto3" json:"dedup_domain,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Problem) Reset() {
 	*x = Problem{}
-	mi := &file_chunkbridge_v1_admin_proto_msgTypes[10]
+	mi := &file_chunkbridge_v1_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1009,7 +1148,7 @@ func (x *Problem) String() string {
 func (*Problem) ProtoMessage() {}
 
 func (x *Problem) ProtoReflect() protoreflect.Message {
-	mi := &file_chunkbridge_v1_admin_proto_msgTypes[10]
+	mi := &file_chunkbridge_v1_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1022,7 +1161,7 @@ func (x *Problem) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Problem.ProtoReflect.Descriptor instead.
 func (*Problem) Descriptor() ([]byte, []int) {
-	return file_chunkbridge_v1_admin_proto_rawDescGZIP(), []int{10}
+	return file_chunkbridge_v1_admin_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Problem) GetKind() Problem_Kind {
@@ -1074,6 +1213,13 @@ func (x *Problem) GetQuarantine() string {
 	return ""
 }
 
+func (x *Problem) GetDedupDomain() string {
+	if x != nil {
+		return x.DedupDomain
+	}
+	return ""
+}
+
 type VerifyReport struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Started  *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=started,proto3" json:"started,omitempty"`
@@ -1111,14 +1257,16 @@ type VerifyReport struct {
 	// Store keys of the indexes and snapshot files that reference a corrupt,
 	// missing or unreadable chunk (sorted; at most 10 000): what cannot be
 	// restored until those chunks are uploaded again.
-	DamagedFiles  []string `protobuf:"bytes,20,rep,name=damaged_files,json=damagedFiles,proto3" json:"damaged_files,omitempty"`
+	DamagedFiles []string `protobuf:"bytes,20,rep,name=damaged_files,json=damagedFiles,proto3" json:"damaged_files,omitempty"`
+	// The dedup domain last_id is in: pass it as resume_domain.
+	LastDomain    string `protobuf:"bytes,21,opt,name=last_domain,json=lastDomain,proto3" json:"last_domain,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *VerifyReport) Reset() {
 	*x = VerifyReport{}
-	mi := &file_chunkbridge_v1_admin_proto_msgTypes[11]
+	mi := &file_chunkbridge_v1_admin_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1130,7 +1278,7 @@ func (x *VerifyReport) String() string {
 func (*VerifyReport) ProtoMessage() {}
 
 func (x *VerifyReport) ProtoReflect() protoreflect.Message {
-	mi := &file_chunkbridge_v1_admin_proto_msgTypes[11]
+	mi := &file_chunkbridge_v1_admin_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1143,7 +1291,7 @@ func (x *VerifyReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyReport.ProtoReflect.Descriptor instead.
 func (*VerifyReport) Descriptor() ([]byte, []int) {
-	return file_chunkbridge_v1_admin_proto_rawDescGZIP(), []int{11}
+	return file_chunkbridge_v1_admin_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *VerifyReport) GetStarted() *timestamppb.Timestamp {
@@ -1286,6 +1434,13 @@ func (x *VerifyReport) GetDamagedFiles() []string {
 	return nil
 }
 
+func (x *VerifyReport) GetLastDomain() string {
+	if x != nil {
+		return x.LastDomain
+	}
+	return ""
+}
+
 type PruneRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Keep the newest N snapshots.
@@ -1310,7 +1465,7 @@ type PruneRequest struct {
 
 func (x *PruneRequest) Reset() {
 	*x = PruneRequest{}
-	mi := &file_chunkbridge_v1_admin_proto_msgTypes[12]
+	mi := &file_chunkbridge_v1_admin_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1322,7 +1477,7 @@ func (x *PruneRequest) String() string {
 func (*PruneRequest) ProtoMessage() {}
 
 func (x *PruneRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chunkbridge_v1_admin_proto_msgTypes[12]
+	mi := &file_chunkbridge_v1_admin_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1335,7 +1490,7 @@ func (x *PruneRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PruneRequest.ProtoReflect.Descriptor instead.
 func (*PruneRequest) Descriptor() ([]byte, []int) {
-	return file_chunkbridge_v1_admin_proto_rawDescGZIP(), []int{12}
+	return file_chunkbridge_v1_admin_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *PruneRequest) GetKeepLast() int32 {
@@ -1415,7 +1570,7 @@ type PruneResponse struct {
 
 func (x *PruneResponse) Reset() {
 	*x = PruneResponse{}
-	mi := &file_chunkbridge_v1_admin_proto_msgTypes[13]
+	mi := &file_chunkbridge_v1_admin_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1427,7 +1582,7 @@ func (x *PruneResponse) String() string {
 func (*PruneResponse) ProtoMessage() {}
 
 func (x *PruneResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chunkbridge_v1_admin_proto_msgTypes[13]
+	mi := &file_chunkbridge_v1_admin_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1440,7 +1595,7 @@ func (x *PruneResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PruneResponse.ProtoReflect.Descriptor instead.
 func (*PruneResponse) Descriptor() ([]byte, []int) {
-	return file_chunkbridge_v1_admin_proto_rawDescGZIP(), []int{13}
+	return file_chunkbridge_v1_admin_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *PruneResponse) GetDecisions() []*PruneDecision {
@@ -1490,7 +1645,7 @@ type PruneDecision struct {
 
 func (x *PruneDecision) Reset() {
 	*x = PruneDecision{}
-	mi := &file_chunkbridge_v1_admin_proto_msgTypes[14]
+	mi := &file_chunkbridge_v1_admin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1502,7 +1657,7 @@ func (x *PruneDecision) String() string {
 func (*PruneDecision) ProtoMessage() {}
 
 func (x *PruneDecision) ProtoReflect() protoreflect.Message {
-	mi := &file_chunkbridge_v1_admin_proto_msgTypes[14]
+	mi := &file_chunkbridge_v1_admin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1515,7 +1670,7 @@ func (x *PruneDecision) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PruneDecision.ProtoReflect.Descriptor instead.
 func (*PruneDecision) Descriptor() ([]byte, []int) {
-	return file_chunkbridge_v1_admin_proto_rawDescGZIP(), []int{14}
+	return file_chunkbridge_v1_admin_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *PruneDecision) GetType() string {
@@ -1572,7 +1727,7 @@ var File_chunkbridge_v1_admin_proto protoreflect.FileDescriptor
 const file_chunkbridge_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"\x1achunkbridge/v1/admin.proto\x12\x0echunkbridge.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x11\n" +
-	"\x0fGetStatsRequest\"\xf6\x04\n" +
+	"\x0fGetStatsRequest\"\xad\x05\n" +
 	"\x10GetStatsResponse\x12\x1f\n" +
 	"\vchunk_count\x18\x01 \x01(\x03R\n" +
 	"chunkCount\x12!\n" +
@@ -1593,7 +1748,17 @@ const file_chunkbridge_v1_admin_proto_rawDesc = "" +
 	"\x0esnapshot_files\x18\r \x01(\x03R\rsnapshotFiles\x12#\n" +
 	"\rbackup_groups\x18\x0e \x01(\x03R\fbackupGroups\x12.\n" +
 	"\x13chunks_without_size\x18\x0f \x01(\x03R\x11chunksWithoutSize\x12!\n" +
-	"\fstale_reason\x18\x10 \x01(\tR\vstaleReason\"X\n" +
+	"\fstale_reason\x18\x10 \x01(\tR\vstaleReason\x125\n" +
+	"\atenants\x18\x11 \x03(\v2\x1b.chunkbridge.v1.TenantUsageR\atenants\"\xbc\x02\n" +
+	"\vTenantUsage\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12!\n" +
+	"\fdedup_domain\x18\x02 \x01(\tR\vdedupDomain\x12#\n" +
+	"\rlogical_bytes\x18\x03 \x01(\x03R\flogicalBytes\x12!\n" +
+	"\fstored_bytes\x18\x04 \x01(\x03R\vstoredBytes\x12%\n" +
+	"\x0ecasync_indexes\x18\x05 \x01(\x03R\rcasyncIndexes\x12%\n" +
+	"\x0esnapshot_files\x18\x06 \x01(\x03R\rsnapshotFiles\x12.\n" +
+	"\x13logical_bytes_quota\x18\a \x01(\x03R\x11logicalBytesQuota\x12,\n" +
+	"\x12stored_bytes_quota\x18\b \x01(\x03R\x10storedBytesQuota\"X\n" +
 	"\fRunGCRequest\x12/\n" +
 	"\x05grace\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x05grace\x12\x17\n" +
 	"\adry_run\x18\x02 \x01(\bR\x06dryRun\"A\n" +
@@ -1627,17 +1792,18 @@ const file_chunkbridge_v1_admin_proto_rawDesc = "" +
 	"\bprogress\x18\x03 \x01(\v2\x18.chunkbridge.v1.GCReportR\bprogress\x12#\n" +
 	"\rprefixes_done\x18\x04 \x01(\x05R\fprefixesDone\x12,\n" +
 	"\x04last\x18\x05 \x01(\v2\x18.chunkbridge.v1.GCReportR\x04last\x12%\n" +
-	"\x0eprefixes_total\x18\x06 \x01(\x05R\rprefixesTotal\"\xa7\x01\n" +
+	"\x0eprefixes_total\x18\x06 \x01(\x05R\rprefixesTotal\"\xcc\x01\n" +
 	"\rVerifyRequest\x12\x16\n" +
 	"\x06sample\x18\x01 \x01(\x01R\x06sample\x12\x1d\n" +
 	"\n" +
 	"rate_limit\x18\x02 \x01(\x03R\trateLimit\x12!\n" +
 	"\fresume_after\x18\x03 \x01(\tR\vresumeAfter\x12<\n" +
-	"\fmax_duration\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\vmaxDuration\"\x90\x01\n" +
+	"\fmax_duration\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\vmaxDuration\x12#\n" +
+	"\rresume_domain\x18\x05 \x01(\tR\fresumeDomain\"\x90\x01\n" +
 	"\x0eVerifyResponse\x12<\n" +
 	"\bprogress\x18\x01 \x01(\v2\x1e.chunkbridge.v1.VerifyProgressH\x00R\bprogress\x126\n" +
 	"\x06report\x18\x02 \x01(\v2\x1c.chunkbridge.v1.VerifyReportH\x00R\x06reportB\b\n" +
-	"\x06result\"\xfe\x01\n" +
+	"\x06result\"\x96\x02\n" +
 	"\x0eVerifyProgress\x12#\n" +
 	"\rchunks_listed\x18\x01 \x01(\x03R\fchunksListed\x12'\n" +
 	"\x0fchunks_verified\x18\x02 \x01(\x03R\x0echunksVerified\x12\x1d\n" +
@@ -1646,7 +1812,8 @@ const file_chunkbridge_v1_admin_proto_rawDesc = "" +
 	"\bproblems\x18\x04 \x01(\x03R\bproblems\x12\x17\n" +
 	"\alast_id\x18\x05 \x01(\tR\x06lastId\x12#\n" +
 	"\rprefixes_done\x18\x06 \x01(\x05R\fprefixesDone\x12%\n" +
-	"\x0eprefixes_total\x18\a \x01(\x05R\rprefixesTotal\"\xda\x02\n" +
+	"\x0eprefixes_total\x18\a \x01(\x05R\rprefixesTotal\x12\x16\n" +
+	"\x06domain\x18\b \x01(\tR\x06domain\"\xfd\x02\n" +
 	"\aProblem\x120\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x1c.chunkbridge.v1.Problem.KindR\x04kind\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x14\n" +
@@ -1656,14 +1823,15 @@ const file_chunkbridge_v1_admin_proto_rawDesc = "" +
 	"\rreferenced_by\x18\x06 \x03(\tR\freferencedBy\x12\x1e\n" +
 	"\n" +
 	"quarantine\x18\a \x01(\tR\n" +
-	"quarantine\"\x83\x01\n" +
+	"quarantine\x12!\n" +
+	"\fdedup_domain\x18\b \x01(\tR\vdedupDomain\"\x83\x01\n" +
 	"\x04Kind\x12\x14\n" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fKIND_CORRUPT\x10\x01\x12\x10\n" +
 	"\fKIND_MISSING\x10\x02\x12\x13\n" +
 	"\x0fKIND_UNREADABLE\x10\x03\x12\x14\n" +
 	"\x10KIND_UNAVAILABLE\x10\x04\x12\x16\n" +
-	"\x12KIND_INDEX_CORRUPT\x10\x05\"\xf3\x05\n" +
+	"\x12KIND_INDEX_CORRUPT\x10\x05\"\x94\x06\n" +
 	"\fVerifyReport\x124\n" +
 	"\astarted\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\astarted\x125\n" +
 	"\bduration\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\bduration\x12\x16\n" +
@@ -1689,7 +1857,9 @@ const file_chunkbridge_v1_admin_proto_rawDesc = "" +
 	"\bcomplete\x18\x11 \x01(\bR\bcomplete\x12%\n" +
 	"\x0estopped_reason\x18\x12 \x01(\tR\rstoppedReason\x12 \n" +
 	"\vquarantined\x18\x13 \x01(\x03R\vquarantined\x12#\n" +
-	"\rdamaged_files\x18\x14 \x03(\tR\fdamagedFiles\"\x9a\x02\n" +
+	"\rdamaged_files\x18\x14 \x03(\tR\fdamagedFiles\x12\x1f\n" +
+	"\vlast_domain\x18\x15 \x01(\tR\n" +
+	"lastDomain\"\x9a\x02\n" +
 	"\fPruneRequest\x12\x1b\n" +
 	"\tkeep_last\x18\x01 \x01(\x05R\bkeepLast\x12\x1f\n" +
 	"\vkeep_hourly\x18\x02 \x01(\x05R\n" +
@@ -1737,59 +1907,61 @@ func file_chunkbridge_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_chunkbridge_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_chunkbridge_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_chunkbridge_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_chunkbridge_v1_admin_proto_goTypes = []any{
 	(Problem_Kind)(0),             // 0: chunkbridge.v1.Problem.Kind
 	(*GetStatsRequest)(nil),       // 1: chunkbridge.v1.GetStatsRequest
 	(*GetStatsResponse)(nil),      // 2: chunkbridge.v1.GetStatsResponse
-	(*RunGCRequest)(nil),          // 3: chunkbridge.v1.RunGCRequest
-	(*RunGCResponse)(nil),         // 4: chunkbridge.v1.RunGCResponse
-	(*GCReport)(nil),              // 5: chunkbridge.v1.GCReport
-	(*GetGCStatusRequest)(nil),    // 6: chunkbridge.v1.GetGCStatusRequest
-	(*GetGCStatusResponse)(nil),   // 7: chunkbridge.v1.GetGCStatusResponse
-	(*VerifyRequest)(nil),         // 8: chunkbridge.v1.VerifyRequest
-	(*VerifyResponse)(nil),        // 9: chunkbridge.v1.VerifyResponse
-	(*VerifyProgress)(nil),        // 10: chunkbridge.v1.VerifyProgress
-	(*Problem)(nil),               // 11: chunkbridge.v1.Problem
-	(*VerifyReport)(nil),          // 12: chunkbridge.v1.VerifyReport
-	(*PruneRequest)(nil),          // 13: chunkbridge.v1.PruneRequest
-	(*PruneResponse)(nil),         // 14: chunkbridge.v1.PruneResponse
-	(*PruneDecision)(nil),         // 15: chunkbridge.v1.PruneDecision
-	(*durationpb.Duration)(nil),   // 16: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 17: google.protobuf.Timestamp
+	(*TenantUsage)(nil),           // 3: chunkbridge.v1.TenantUsage
+	(*RunGCRequest)(nil),          // 4: chunkbridge.v1.RunGCRequest
+	(*RunGCResponse)(nil),         // 5: chunkbridge.v1.RunGCResponse
+	(*GCReport)(nil),              // 6: chunkbridge.v1.GCReport
+	(*GetGCStatusRequest)(nil),    // 7: chunkbridge.v1.GetGCStatusRequest
+	(*GetGCStatusResponse)(nil),   // 8: chunkbridge.v1.GetGCStatusResponse
+	(*VerifyRequest)(nil),         // 9: chunkbridge.v1.VerifyRequest
+	(*VerifyResponse)(nil),        // 10: chunkbridge.v1.VerifyResponse
+	(*VerifyProgress)(nil),        // 11: chunkbridge.v1.VerifyProgress
+	(*Problem)(nil),               // 12: chunkbridge.v1.Problem
+	(*VerifyReport)(nil),          // 13: chunkbridge.v1.VerifyReport
+	(*PruneRequest)(nil),          // 14: chunkbridge.v1.PruneRequest
+	(*PruneResponse)(nil),         // 15: chunkbridge.v1.PruneResponse
+	(*PruneDecision)(nil),         // 16: chunkbridge.v1.PruneDecision
+	(*durationpb.Duration)(nil),   // 17: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 18: google.protobuf.Timestamp
 }
 var file_chunkbridge_v1_admin_proto_depIdxs = []int32{
-	16, // 0: chunkbridge.v1.RunGCRequest.grace:type_name -> google.protobuf.Duration
-	5,  // 1: chunkbridge.v1.RunGCResponse.report:type_name -> chunkbridge.v1.GCReport
-	17, // 2: chunkbridge.v1.GCReport.started:type_name -> google.protobuf.Timestamp
-	17, // 3: chunkbridge.v1.GCReport.cutoff:type_name -> google.protobuf.Timestamp
-	16, // 4: chunkbridge.v1.GCReport.duration:type_name -> google.protobuf.Duration
-	5,  // 5: chunkbridge.v1.GetGCStatusResponse.progress:type_name -> chunkbridge.v1.GCReport
-	5,  // 6: chunkbridge.v1.GetGCStatusResponse.last:type_name -> chunkbridge.v1.GCReport
-	16, // 7: chunkbridge.v1.VerifyRequest.max_duration:type_name -> google.protobuf.Duration
-	10, // 8: chunkbridge.v1.VerifyResponse.progress:type_name -> chunkbridge.v1.VerifyProgress
-	12, // 9: chunkbridge.v1.VerifyResponse.report:type_name -> chunkbridge.v1.VerifyReport
-	0,  // 10: chunkbridge.v1.Problem.kind:type_name -> chunkbridge.v1.Problem.Kind
-	17, // 11: chunkbridge.v1.VerifyReport.started:type_name -> google.protobuf.Timestamp
-	16, // 12: chunkbridge.v1.VerifyReport.duration:type_name -> google.protobuf.Duration
-	11, // 13: chunkbridge.v1.VerifyReport.problems:type_name -> chunkbridge.v1.Problem
-	15, // 14: chunkbridge.v1.PruneResponse.decisions:type_name -> chunkbridge.v1.PruneDecision
-	17, // 15: chunkbridge.v1.PruneDecision.time:type_name -> google.protobuf.Timestamp
-	1,  // 16: chunkbridge.v1.AdminService.GetStats:input_type -> chunkbridge.v1.GetStatsRequest
-	3,  // 17: chunkbridge.v1.AdminService.RunGC:input_type -> chunkbridge.v1.RunGCRequest
-	6,  // 18: chunkbridge.v1.AdminService.GetGCStatus:input_type -> chunkbridge.v1.GetGCStatusRequest
-	8,  // 19: chunkbridge.v1.AdminService.Verify:input_type -> chunkbridge.v1.VerifyRequest
-	13, // 20: chunkbridge.v1.AdminService.Prune:input_type -> chunkbridge.v1.PruneRequest
-	2,  // 21: chunkbridge.v1.AdminService.GetStats:output_type -> chunkbridge.v1.GetStatsResponse
-	4,  // 22: chunkbridge.v1.AdminService.RunGC:output_type -> chunkbridge.v1.RunGCResponse
-	7,  // 23: chunkbridge.v1.AdminService.GetGCStatus:output_type -> chunkbridge.v1.GetGCStatusResponse
-	9,  // 24: chunkbridge.v1.AdminService.Verify:output_type -> chunkbridge.v1.VerifyResponse
-	14, // 25: chunkbridge.v1.AdminService.Prune:output_type -> chunkbridge.v1.PruneResponse
-	21, // [21:26] is the sub-list for method output_type
-	16, // [16:21] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	3,  // 0: chunkbridge.v1.GetStatsResponse.tenants:type_name -> chunkbridge.v1.TenantUsage
+	17, // 1: chunkbridge.v1.RunGCRequest.grace:type_name -> google.protobuf.Duration
+	6,  // 2: chunkbridge.v1.RunGCResponse.report:type_name -> chunkbridge.v1.GCReport
+	18, // 3: chunkbridge.v1.GCReport.started:type_name -> google.protobuf.Timestamp
+	18, // 4: chunkbridge.v1.GCReport.cutoff:type_name -> google.protobuf.Timestamp
+	17, // 5: chunkbridge.v1.GCReport.duration:type_name -> google.protobuf.Duration
+	6,  // 6: chunkbridge.v1.GetGCStatusResponse.progress:type_name -> chunkbridge.v1.GCReport
+	6,  // 7: chunkbridge.v1.GetGCStatusResponse.last:type_name -> chunkbridge.v1.GCReport
+	17, // 8: chunkbridge.v1.VerifyRequest.max_duration:type_name -> google.protobuf.Duration
+	11, // 9: chunkbridge.v1.VerifyResponse.progress:type_name -> chunkbridge.v1.VerifyProgress
+	13, // 10: chunkbridge.v1.VerifyResponse.report:type_name -> chunkbridge.v1.VerifyReport
+	0,  // 11: chunkbridge.v1.Problem.kind:type_name -> chunkbridge.v1.Problem.Kind
+	18, // 12: chunkbridge.v1.VerifyReport.started:type_name -> google.protobuf.Timestamp
+	17, // 13: chunkbridge.v1.VerifyReport.duration:type_name -> google.protobuf.Duration
+	12, // 14: chunkbridge.v1.VerifyReport.problems:type_name -> chunkbridge.v1.Problem
+	16, // 15: chunkbridge.v1.PruneResponse.decisions:type_name -> chunkbridge.v1.PruneDecision
+	18, // 16: chunkbridge.v1.PruneDecision.time:type_name -> google.protobuf.Timestamp
+	1,  // 17: chunkbridge.v1.AdminService.GetStats:input_type -> chunkbridge.v1.GetStatsRequest
+	4,  // 18: chunkbridge.v1.AdminService.RunGC:input_type -> chunkbridge.v1.RunGCRequest
+	7,  // 19: chunkbridge.v1.AdminService.GetGCStatus:input_type -> chunkbridge.v1.GetGCStatusRequest
+	9,  // 20: chunkbridge.v1.AdminService.Verify:input_type -> chunkbridge.v1.VerifyRequest
+	14, // 21: chunkbridge.v1.AdminService.Prune:input_type -> chunkbridge.v1.PruneRequest
+	2,  // 22: chunkbridge.v1.AdminService.GetStats:output_type -> chunkbridge.v1.GetStatsResponse
+	5,  // 23: chunkbridge.v1.AdminService.RunGC:output_type -> chunkbridge.v1.RunGCResponse
+	8,  // 24: chunkbridge.v1.AdminService.GetGCStatus:output_type -> chunkbridge.v1.GetGCStatusResponse
+	10, // 25: chunkbridge.v1.AdminService.Verify:output_type -> chunkbridge.v1.VerifyResponse
+	15, // 26: chunkbridge.v1.AdminService.Prune:output_type -> chunkbridge.v1.PruneResponse
+	22, // [22:27] is the sub-list for method output_type
+	17, // [17:22] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_chunkbridge_v1_admin_proto_init() }
@@ -1797,7 +1969,7 @@ func file_chunkbridge_v1_admin_proto_init() {
 	if File_chunkbridge_v1_admin_proto != nil {
 		return
 	}
-	file_chunkbridge_v1_admin_proto_msgTypes[8].OneofWrappers = []any{
+	file_chunkbridge_v1_admin_proto_msgTypes[9].OneofWrappers = []any{
 		(*VerifyResponse_Progress)(nil),
 		(*VerifyResponse_Report)(nil),
 	}
@@ -1807,7 +1979,7 @@ func file_chunkbridge_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chunkbridge_v1_admin_proto_rawDesc), len(file_chunkbridge_v1_admin_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   15,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
