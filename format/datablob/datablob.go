@@ -142,8 +142,8 @@ type Blob struct {
 // Encrypted reports whether the blob carries ciphertext.
 func (b Blob) Encrypted() bool { return b.Kind.Encrypted() }
 
-// CRC returns the checksum the blob's header carries: CRC-32 (IEEE) of the
-// payload.
+// CRC returns CRC-32 (IEEE) of the payload: what the header of a blob that
+// Parse accepted carries, and what Encode writes.
 func (b Blob) CRC() uint32 { return crc32.ChecksumIEEE(b.Payload) }
 
 // EncodedSize returns the size of the encoded blob, header included.

@@ -384,6 +384,38 @@ func TestDecodeZstd(t *testing.T) {
 	}
 }
 
+// TestDecodeConcurrent: the shared decoder serves concurrent callers (run
+// with -race).
+func TestDecodeConcurrent(t *testing.T) {
+	enc, err := zstd.NewWriter(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error)
+	for i := range 8 {
+		data := bytes.Repeat([]byte{byte(i)}, 100000+i)
+		blob := zstdBlob(t, enc.EncodeAll(data, nil))
+		go func() {
+			for range 20 {
+				got, err := blob.Decode(datablob.MaxChunkSize)
+				if err == nil && !bytes.Equal(got, data) {
+					err = errors.New("wrong data")
+				}
+				if err != nil {
+					done <- err
+					return
+				}
+			}
+			done <- nil
+		}()
+	}
+	for range 8 {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // TestDecodeMemoryBounded: a 4 KiB bomb that would decode to 128 MiB is
 // refused having allocated a small multiple of the limit, whatever the
 // limit, not the bomb's size.
