@@ -6,7 +6,9 @@
 //   - caindex: casync's .caibx/.caidx index files;
 //   - chunker: casync's content-defined chunker;
 //   - pmxproto: PMXBCKUP packets;
-//   - pbsindex: Proxmox's .fidx/.didx index files.
+//   - pbsindex: Proxmox's .fidx/.didx index files;
+//   - datablob: the PBS DataBlob envelope of chunks and .blob files;
+//   - pbsmanifest: the index.json manifest of a PBS snapshot.
 //
 // This package holds the limits that span several formats, derived from
 // the formats' own, so that each is spelled once.
