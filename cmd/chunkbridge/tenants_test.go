@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"crypto/sha256"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"fmt"
 	"io"
 	"net/http"
@@ -12,12 +14,13 @@ import (
 	"testing"
 
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
 	"github.com/chunkbridge/chunkbridge/auth"
 	"github.com/chunkbridge/chunkbridge/format/caindex"
+	"github.com/chunkbridge/chunkbridge/internal/testpki"
 )
 
 // Tenants through every listener of `serve all`: acme's files are not
@@ -208,4 +211,100 @@ func bigIndex(t *testing.T, data []byte, n int) []byte {
 		t.Fatal(err)
 	}
 	return b.Bytes()
+}
+
+// PMXBCKUP with tenants: the client certificate's principal sets the
+// tenant. Another tenant's snapshot is not found (restore, hashes), and a
+// backup over the logical quota is refused with the quota's reason while
+// the tenant's earlier snapshot stays restorable.
+func TestPMXTenants(t *testing.T) {
+	srvCert, srvKey := selfSigned(t)
+	ca := testpki.NewCA(t, "tenants test client CA")
+	caFile := testpki.WriteFile(t, t.TempDir(), "ca.pem", ca.PEM)
+	cert := func(cn string) []string {
+		c, k := ca.IssueFiles(t, pkix.Name{CommonName: cn}, x509.ExtKeyUsageClientAuth)
+		return []string{"--cert", c, "--key", k}
+	}
+	creds := filepath.Join(t.TempDir(), "credentials.yaml")
+	os.WriteFile(creds, []byte(`tenants:
+  - name: acme
+  - name: globex
+  - name: tiny
+    quota:
+      logical_bytes: 1M
+principals:
+  - name: acme-host
+    tenant: acme
+    role: append
+    cert_subject: CN=acme-host
+  - name: globex-host
+    tenant: globex
+    role: write
+    cert_subject: CN=globex-host
+  - name: tiny-host
+    tenant: tiny
+    role: append
+    cert_subject: CN=tiny-host
+`), 0o600)
+	p := start(t, nil, "serve", "all", "--store", t.TempDir(), "--credentials-file", creds, "--tls-cert", srvCert, "--tls-key", srvKey, "--pmx-tls-client-ca", caFile)
+	waitHealth(t, tlsConn(t, p, srvCert, ""), healthpb.HealthCheckResponse_SERVING)
+	conn := []string{"--server", p.pmx, "--tls-ca", srvCert}
+	run := func(who string, args ...string) (string, error) {
+		return pmxEnvRun(nil, append(append(args, conn...), cert(who)...)...)
+	}
+	backup := func(who, id string, data []byte) (string, string, error) {
+		out, err := run(who, "backup", "--type", "host", "--id", id, "--name", "data.bin", writeFile(t, data))
+		m := snapshotRE.FindStringSubmatch(out)
+		if m == nil {
+			return "", out, err
+		}
+		return m[1], out, err
+	}
+	restore := func(who, snap string) ([]byte, string, error) {
+		dst := filepath.Join(t.TempDir(), "restored")
+		out, err := run(who, "restore", snap, dst)
+		b, _ := os.ReadFile(dst)
+		return b, out, err
+	}
+	var table []string
+	record := func(who, call, result string) {
+		table = append(table, fmt.Sprintf("| pmx | %s | %s | %s |", who, call, result))
+	}
+
+	data := randomBytes(91, 2<<20+5)
+	snap, out, err := backup("acme-host", "web", data)
+	if err != nil || snap == "" {
+		t.Fatalf("acme's backup: %v\n%s", err, out)
+	}
+	record("acme (append)", "backup", "served")
+	for _, call := range [][]string{{"restore"}, {"hashes", snap}} {
+		var out string
+		var err error
+		var got []byte
+		if call[0] == "restore" {
+			got, out, err = restore("globex-host", snap)
+		} else {
+			out, err = run("globex-host", call...)
+		}
+		if err == nil || len(got) != 0 || strings.Contains(out, "acme") {
+			t.Errorf("globex %s of acme's snapshot: %v, %d bytes; want refused, naming no other tenant:\n%s", call[0], err, len(got), out)
+		}
+		record("globex (other tenant)", call[0]+" of acme's snapshot", "refused: "+lastLine(out))
+	}
+
+	small := randomBytes(92, 300_000)
+	first, out, err := backup("tiny-host", "db", small)
+	if err != nil || first == "" {
+		t.Fatalf("tiny's backup within its quota: %v\n%s", err, out)
+	}
+	_, out, err = backup("tiny-host", "db-big", data)
+	if err == nil || !strings.Contains(out, "quota exceeded") || !strings.Contains(out, "quota of 1048576") {
+		t.Fatalf("tiny's backup over its quota: %v; want refused with usage and limit:\n%s", err, out)
+	}
+	record("tiny (quota 1 MiB)", "backup of 2 MiB", "refused: "+lastLine(out))
+	if got, out, err := restore("tiny-host", first); err != nil || !bytes.Equal(got, small) {
+		t.Fatalf("tiny's earlier snapshot after the refusal: %v\n%s", err, out)
+	}
+	record("tiny", "restore of its earlier snapshot", "served, byte-identical")
+	t.Logf("listener × case, as run:\n| listener | principal | call | result |\n|---|---|---|---|\n%s", strings.Join(table, "\n"))
 }
