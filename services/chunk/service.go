@@ -165,7 +165,7 @@ func (s *Service) Put(ctx context.Context, u Upload) (created bool, err error) {
 	s.received.Add(int64(len(data)))
 	s.metrics.bytesReceived.Add(float64(len(data)))
 	if s.presence.has(k) {
-		s.Referenced(auth.FromContext(ctx).Tenant, u.ID)
+		s.uploaded(ctx, u.ID)
 		s.deduplicated.Add(1)
 		return false, nil
 	}
@@ -182,7 +182,7 @@ func (s *Service) Put(ctx context.Context, u Upload) (created bool, err error) {
 			return false, fmt.Errorf("chunk %s: %w", u.ID, err)
 		}
 		s.presence.add(k, int64(len(data)), gen)
-		s.Referenced(tenant, u.ID)
+		s.uploaded(ctx, u.ID)
 		s.deduplicated.Add(1)
 		return false, nil
 	}
@@ -193,7 +193,7 @@ func (s *Service) Put(ctx context.Context, u Upload) (created bool, err error) {
 		return false, fmt.Errorf("chunk %s: %w", u.ID, err)
 	}
 	s.presence.add(k, int64(len(data)), gen)
-	s.Referenced(tenant, u.ID) // it may read back what it uploaded
+	s.uploaded(ctx, u.ID)
 	if created {
 		s.quota.AddStored(tenant, int64(len(stored)))
 		s.written.Add(1)

@@ -81,6 +81,15 @@ func (s *Service) Referenced(tenant string, ids ...ID) {
 	}
 }
 
+// uploaded records that ctx's principal uploaded id, so that it may read
+// it back before a file of its references it. Admins read everything and
+// need no record.
+func (s *Service) uploaded(ctx context.Context, id ID) {
+	if p := auth.FromContext(ctx); p.Role != auth.RoleAdmin {
+		s.Referenced(p.Tenant, id)
+	}
+}
+
 func (sv *serving) tenant(name string) *tenantRefs {
 	tr := sv.tenants[name]
 	if tr == nil {
