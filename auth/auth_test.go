@@ -236,3 +236,42 @@ func TestForwardedDomain(t *testing.T) {
 		}
 	}
 }
+
+// A session that follows the registry ends when its principal is revoked
+// or changed, and only then.
+func TestFollowEndsRevokedSessions(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "credentials.yaml")
+	tok, hash := auth.NewToken()
+	other, otherHash := auth.NewToken()
+	file := func(role string) string {
+		return "principals:\n  - name: web\n    role: " + role + "\n    token_sha256: " + hash +
+			"\n  - name: other\n    role: read\n    token_sha256: " + otherHash + "\n"
+	}
+	write(t, path, file("append"))
+	reg, err := auth.Load(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, _ := reg.Token(tok)
+	ctx, stop := reg.Follow(context.Background(), p, func() (auth.Principal, error) { return reg.Token(tok) })
+	defer stop()
+	po, _ := reg.Token(other)
+	octx, ostop := reg.Follow(context.Background(), po, func() (auth.Principal, error) { return reg.Token(other) })
+	defer ostop()
+
+	// A change that leaves both principals as they were ends nothing.
+	write(t, path, file("append")+"tenants:\n  - name: acme\n")
+	if !reg.Reload() {
+		t.Fatal("the changed file was not reloaded")
+	}
+	// web's role changes: its session ends with ErrRevoked; other's stays.
+	write(t, path, file("read"))
+	reg.Reload()
+	<-ctx.Done()
+	if !errors.Is(context.Cause(ctx), auth.ErrRevoked) {
+		t.Fatalf("cause %v, want ErrRevoked", context.Cause(ctx))
+	}
+	if octx.Err() != nil {
+		t.Fatalf("an unchanged principal's session ended: %v", context.Cause(octx))
+	}
+}

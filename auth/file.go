@@ -15,6 +15,7 @@ import (
 	"os"
 	"regexp"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -91,6 +92,9 @@ type Registry struct {
 	log   *slog.Logger
 	cur   atomic.Pointer[table]
 	extra []tokenEntry // AddToken's: set before use, kept across reloads
+
+	changeMu sync.Mutex
+	changed  chan struct{} // closed at the next change, then replaced
 }
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$`)
@@ -326,8 +330,59 @@ func (r *Registry) Reload() bool {
 		return false
 	}
 	r.cur.Store(t)
+	r.changeMu.Lock()
+	if r.changed != nil {
+		close(r.changed)
+		r.changed = nil
+	}
+	r.changeMu.Unlock()
 	r.log.Info("credentials file reloaded", "path", r.path, "principals", len(t.tokens)+len(t.certs), "tenants", len(t.tenants))
 	return true
+}
+
+// Changes returns a channel that is closed when the principals next
+// change (a reload of the file that changed it).
+func (r *Registry) Changes() <-chan struct{} {
+	r.changeMu.Lock()
+	defer r.changeMu.Unlock()
+	if r.changed == nil {
+		r.changed = make(chan struct{})
+	}
+	return r.changed
+}
+
+// ErrRevoked ends a session whose credential no longer names the
+// principal it started as.
+var ErrRevoked = errors.New("the session's credential was revoked or changed in the credentials file")
+
+// Follow returns ctx, cancelled with cause ErrRevoked as soon as a change
+// of r makes recheck (the session's own authentication, run again) fail
+// or name another principal than p: a revoked token or certificate, a
+// weaker role, another tenant. Long sessions (casync, PMXBCKUP) follow
+// it, so that revoking a principal also ends what it has open. The
+// caller calls stop when the session ends. A nil r follows nothing.
+func (r *Registry) Follow(ctx context.Context, p Principal, recheck func() (Principal, error)) (_ context.Context, stop func()) {
+	if r == nil {
+		return ctx, func() {}
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	go func() {
+		for {
+			ch := r.Changes()
+			// A change between the session's authentication and this
+			// first Changes call is caught by checking once now.
+			if now, err := recheck(); err != nil || now != p {
+				cancel(fmt.Errorf("%w: %s", ErrRevoked, p.Name))
+				return
+			}
+			select {
+			case <-ch:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return ctx, func() { cancel(context.Canceled) }
 }
 
 // NewToken returns a new random token and the hex SHA-256 the credentials

@@ -274,6 +274,7 @@ func (a *access) casync(srv *casync.Server) {
 	a.casyncHandler(srv.Handler)
 	if a.reg != nil {
 		srv.Authenticate = a.reg.Token
+		srv.Credentials = a.reg
 	}
 }
 

@@ -283,6 +283,7 @@ func serve(ctx context.Context, mode string, args []string, stdout, stderr io.Wr
 			// PMXBCKUP has no credential field: a client certificate is it.
 			withCA := pmxTLS != nil && pmxTLS.ClientCAs != nil
 			srv.Authenticate = acc.pmxAuthenticate(withCA)
+			srv.Credentials = acc.reg
 			if !withCA {
 				log.Warn("the PMXBCKUP gateway refuses every client: with credentials, PMXBCKUP clients authenticate by TLS client certificate only; " +
 					"give --pmx-tls-cert/--pmx-tls-key (or --tls-cert/--tls-key) and --pmx-tls-client-ca (or --tls-client-ca)")

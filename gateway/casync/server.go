@@ -38,6 +38,10 @@ type Server struct {
 	// saying what to do, and no session. When nil, auth is off: both
 	// versions are served, as auth.Anonymous, and a token is ignored.
 	Authenticate func(token string) (auth.Principal, error)
+	// Credentials, when set, end a session as soon as a change of the
+	// credentials file makes its token name another principal or none
+	// (auth.Registry.Follow).
+	Credentials *auth.Registry
 
 	once sync.Once
 	tcp  tcpserver.Server
@@ -113,6 +117,9 @@ func (srv *Server) handle(c net.Conn) {
 			return
 		}
 		ctx = auth.NewContext(ctx, p)
+		var stop func()
+		ctx, stop = srv.Credentials.Follow(ctx, p, func() (auth.Principal, error) { return srv.authenticate(pre) })
+		defer stop()
 	}
 	srv.Handler.Serve(ctx, conn, args)
 }

@@ -39,6 +39,10 @@ type Server struct {
 	//
 	// Without it no principal is set: every connection is auth.Anonymous.
 	Authenticate func(state *tls.ConnectionState) (auth.Principal, error)
+	// Credentials, when set, end a connection as soon as a change of the
+	// credentials file makes its certificate name another principal or
+	// none (auth.Registry.Follow).
+	Credentials *auth.Registry
 	// Metrics may be nil.
 	Metrics *Metrics
 
@@ -184,6 +188,9 @@ func (s *Server) serveConn(nc net.Conn) {
 			return
 		}
 		ctx = auth.NewContext(ctx, p)
+		var stop func()
+		ctx, stop = s.Credentials.Follow(ctx, p, func() (auth.Principal, error) { return s.Authenticate(state) })
+		defer stop()
 	}
 	sess := session.New(ctx, nc, s.sessionConfig())
 	c := &conn{
