@@ -2,6 +2,7 @@ package admin_test
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -11,6 +12,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
 	"github.com/chunkbridge/chunkbridge/auth"
@@ -259,6 +261,23 @@ func TestQuotas(t *testing.T) {
 				t.Fatalf("a.caibx after the refusal: %v, %v", info, err)
 			}
 
+			// A tenant whose files fill its logical quota stores no new chunk,
+			// and a fixed file that announces more than fits is refused at
+			// its start, before any chunk is sent.
+			set("globex", 2*size(first), 0)
+			extra := makeBlobs(14, 1, 1024, sha256Alg)[0]
+			_, err = e.chunks.Put(as(ctx, globex), chunk.Upload{ID: extra.id, Algorithm: extra.alg, Encoding: chunkbridgev1.Encoding_ENCODING_RAW, Data: extra.data})
+			if !errors.Is(err, apierr.ErrQuota) || e.existsIn(t, "globex", extra.id) {
+				t.Fatalf("a new chunk of a tenant whose files fill its quota: %v; want refused and not stored", err)
+			}
+			set("globex", 3*size(first), 0)
+			if err := e.createFixed(as(ctx, globex), size(first)+1); status.Code(err) != codes.ResourceExhausted {
+				t.Fatalf("a fixed file announcing more than its quota leaves: %v; want RESOURCE_EXHAUSTED at its start", err)
+			}
+			if err := e.createFixed(as(ctx, globex), size(first)); err != nil {
+				t.Fatalf("a fixed file that fits: %v", err)
+			}
+
 			// Stored bytes: globex's uploads stored some bytes; a quota below
 			// them refuses new chunks and commits, not re-uploads.
 			set("globex", 0, 1)
@@ -289,6 +308,21 @@ func (e *env) readsBackAs(t testing.TB, p auth.Principal, b blob) {
 	if err != nil || !bytes.Equal(c.Data, b.data) {
 		t.Fatalf("%s reads chunk %s: %v", p.Name, b.id, err)
 	}
+}
+
+// createFixed starts a fixed snapshot file of size bytes and reads the
+// server's first answer: an error if its Create was refused.
+func (e *env) createFixed(ctx context.Context, size int64) error {
+	stream, err := e.catalog.WriteSnapshotFile(ctx)
+	if err != nil {
+		return err
+	}
+	defer stream.CloseSend()
+	stream.Send(&chunkbridgev1.WriteSnapshotFileRequest{Step: &chunkbridgev1.WriteSnapshotFileRequest_Create_{
+		Create: &chunkbridgev1.WriteSnapshotFileRequest_Create{Type: "vm", BackupId: "100", Time: timestamppb.New(time.Date(2026, 11, 24, 10, 0, 0, 0, time.UTC)),
+			Name: "disk", Fixed: true, ChunkSize: 4 << 20, FileSize: size}}})
+	_, err = stream.Recv()
+	return err
 }
 
 // existsIn asks storage, not the presence cache, for a chunk of domain.

@@ -264,6 +264,18 @@ func (s *Server) newSnapshotWriter(ctx context.Context, c *chunkbridgev1.WriteSn
 	} else if !errors.Is(err, storage.ErrNotFound) {
 		return nil, fmt.Errorf("snapshot file %s: %w", w.path, err)
 	}
+	// A tenant over a quota is refused before any chunk is sent: at once
+	// when it is full, and for a fixed file when its announced size would
+	// not fit. The commit checks again.
+	tenant := auth.FromContext(ctx).Tenant
+	if err := errors.Join(s.cfg.Quota.LogicalFull(tenant), s.cfg.Quota.CheckStored(ctx, tenant)); err != nil {
+		return nil, fmt.Errorf("snapshot file %s: %w", w.path, err)
+	}
+	if w.fixed != nil {
+		if err := s.cfg.Quota.CheckLogical(ctx, tenant, int64(w.fixed.Size), s.contentBytes); err != nil {
+			return nil, fmt.Errorf("snapshot file %s: %w", w.path, err)
+		}
+	}
 	return w, nil
 }
 

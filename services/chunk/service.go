@@ -174,7 +174,7 @@ func (s *Service) Put(ctx context.Context, u Upload) (created bool, err error) {
 		stored = s.codec.compress(data)
 	}
 	tenant := auth.FromContext(ctx).Tenant
-	if err := s.quota.CheckStored(ctx, tenant); err != nil {
+	if err := errors.Join(s.quota.LogicalFull(tenant), s.quota.CheckStored(ctx, tenant)); err != nil {
 		// Over quota, a chunk that is already stored is still welcome:
 		// it adds nothing.
 		gen := s.presence.generation()

@@ -116,6 +116,39 @@ func (b *Book) ReserveLogical(ctx context.Context, tenant string, n int64, count
 	}, nil
 }
 
+// CheckLogical fails as ReserveLogical would for a file of n bytes, and
+// reserves nothing: a file that announces its size when it starts
+// (PMXBCKUP's fixed files) is refused before any of its chunks is sent.
+func (b *Book) CheckLogical(ctx context.Context, tenant string, n int64, count func(context.Context) (int64, error)) error {
+	done, err := b.ReserveLogical(ctx, tenant, n, count)
+	if err != nil {
+		return err
+	}
+	done(false)
+	return nil
+}
+
+// LogicalFull fails with apierr.ErrQuota when tenant's logical bytes, as
+// last counted here, already reach its quota: nothing it uploads could be
+// published, so its new chunks are refused too. It never counts.
+func (b *Book) LogicalFull(tenant string) error {
+	limit, _ := b.limitsOf(tenant)
+	if limit == 0 {
+		return nil
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	u := b.logical[tenant]
+	if u == nil || u.at.IsZero() {
+		return nil
+	}
+	if used := u.counted + u.added; used >= limit {
+		return fmt.Errorf("%w: tenant %s: its files describe %d bytes, its quota is %d: nothing more can be published, so nothing more is stored for it: delete or prune what it no longer needs, or raise quota.logical_bytes",
+			apierr.ErrQuota, tenant, used, limit)
+	}
+	return nil
+}
+
 // refreshLogical counts u again when its count is older than the TTL;
 // one count at a time, the others wait for it.
 func (b *Book) refreshLogical(ctx context.Context, u *usage, count func(context.Context) (int64, error)) error {
