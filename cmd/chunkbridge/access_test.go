@@ -23,18 +23,23 @@ import (
 	"github.com/chunkbridge/chunkbridge/format/caindex"
 )
 
-// principals writes a credentials file with one principal per role and
-// returns the file and each role's token.
+// principals writes a credentials file with one principal per role of
+// the default tenant, and "other", a write principal of the tenant
+// globex, and returns the file and each one's token.
 func principals(t *testing.T, dir string) (string, map[string]string) {
 	t.Helper()
 	tokens := map[string]string{}
 	var b strings.Builder
-	b.WriteString("principals:\n")
+	b.WriteString("tenants:\n  - name: globex\nprincipals:\n")
 	for _, role := range []string{"read", "append", "write", "admin"} {
 		tok, hash := auth.NewToken()
 		tokens[role] = tok
 		fmt.Fprintf(&b, "  - name: %s-user\n    role: %s\n    token_sha256: %s\n", role, role, hash)
 	}
+	// "other": a write principal of another tenant, in its own dedup domain.
+	tok, hash := auth.NewToken()
+	tokens["other"] = tok
+	fmt.Fprintf(&b, "  - name: other-user\n    tenant: globex\n    role: write\n    token_sha256: %s\n", hash)
 	path := filepath.Join(dir, "credentials.yaml")
 	if err := os.WriteFile(path, []byte(b.String()), 0o600); err != nil {
 		t.Fatal(err)
@@ -115,6 +120,10 @@ func TestAccessControlGRPCAndREST(t *testing.T) {
 		_, err := chunkbridgev1.NewCatalogServiceClient(dialAs(t, p.grpc, token)).ListIndexes(t.Context(), &chunkbridgev1.ListIndexesRequest{})
 		return err
 	}
+	statIndex := func(token, name string) error {
+		_, err := chunkbridgev1.NewCatalogServiceClient(dialAs(t, p.grpc, token)).StatIndex(t.Context(), &chunkbridgev1.StatIndexRequest{Name: name})
+		return err
+	}
 	deleteIndex := func(token, name string) error {
 		_, err := chunkbridgev1.NewCatalogServiceClient(dialAs(t, p.grpc, token)).DeleteIndex(t.Context(), &chunkbridgev1.DeleteIndexRequest{Name: name})
 		return err
@@ -138,6 +147,9 @@ func TestAccessControlGRPCAndREST(t *testing.T) {
 		{"put index, read", func() error { return putIndex(tok["read"], "a.caibx") }, codes.PermissionDenied},
 		{"put index, append", func() error { return putIndex(tok["append"], "a.caibx") }, codes.OK},
 		{"replace index, append", func() error { return putIndex(tok["append"], "a.caibx") }, codes.AlreadyExists},
+		{"stat index, other tenant", func() error { return statIndex(tok["other"], "a.caibx") }, codes.NotFound},
+		{"delete index, other tenant", func() error { return deleteIndex(tok["other"], "a.caibx") }, codes.NotFound},
+		{"stat index, read", func() error { return statIndex(tok["read"], "a.caibx") }, codes.OK},
 		{"delete index, append", func() error { return deleteIndex(tok["append"], "a.caibx") }, codes.PermissionDenied},
 		{"replace index, write", func() error { return putIndex(tok["write"], "a.caibx") }, codes.OK},
 		{"gc, write", func() error { return gc(tok["write"]) }, codes.PermissionDenied},
@@ -199,6 +211,7 @@ func TestAccessControlGRPCAndREST(t *testing.T) {
 		{"GET", "/v1/indexes", "", 401},
 		{"GET", "/v1/indexes", "Bearer " + wrong, 401},
 		{"GET", "/v1/indexes", "Bearer " + tok["read"], 200},
+		{"GET", "/v1/indexes/none.caibx", "Bearer " + tok["other"], 404},
 		{"GET", chunkPath, basic("read-user", tok["read"]), 200},
 		{"GET", chunkPath, basic("", tok["read"]), 200},
 		{"GET", chunkPath, basic("admin-user", tok["read"]), 401},

@@ -121,6 +121,19 @@ func TestCasyncAccessControl(t *testing.T) {
 			served("write", "push (replace)")
 			sameFile(t, second, extract("read"))
 			refused("read", other, first, "read-user may not add")
+			// Another tenant: the default tenant's index is not found, and
+			// the same name is its own file.
+			if out := l.as(t, "other").runFail("extract", index, filepath.Join(t.TempDir(), "out")); !strings.Contains(out, "No such file or directory") {
+				t.Errorf("%s: another tenant's pull of %s: want not found:\n%s", l.name, index, out)
+			}
+			t.Logf("| %s | other tenant | pull %s | refused: not found |", l.name, strings.TrimPrefix(index, "srv:/"))
+			l.as(t, "other").run("make", index, first)
+			served("other tenant", "push (its own index of the same name)")
+			sameFile(t, second, extract("read"))
+			out := filepath.Join(t.TempDir(), "out")
+			l.as(t, "other").run("extract", index, out)
+			sameFile(t, first, out)
+			served("other tenant", "pull (its own)")
 			if l.name == "tcp" {
 				refused("none", other, first, "needs a token: set CHUNKBRIDGE_TOKEN")
 				refused("wrong", other, first, "the token was refused")
