@@ -535,10 +535,18 @@ func TestDevPrincipals(t *testing.T) {
 		return nil
 	}
 	var file struct {
+		Tenants []struct {
+			Name        string
+			DedupDomain string `json:"dedup_domain"`
+			Quota       struct {
+				LogicalBytes string `json:"logical_bytes"`
+				StoredBytes  string `json:"stored_bytes"`
+			}
+		}
 		Principals []struct {
-			Name, Role  string
-			TokenSHA256 string `json:"token_sha256"`
-			CertSubject string `json:"cert_subject"`
+			Name, Role, Tenant string
+			TokenSHA256        string `json:"token_sha256"`
+			CertSubject        string `json:"cert_subject"`
 		}
 	}
 	if err := yaml.UnmarshalStrict(secret("chunkbridge-credentials-").Data["credentials.yaml"], &file); err != nil {
@@ -562,6 +570,24 @@ func TestDevPrincipals(t *testing.T) {
 	}
 	if !roles["read"] || !roles["append"] || len(tokens.Data) != withToken {
 		t.Errorf("dev principals %+v with tokens for %d: want a read and an append principal, each with its token", file.Principals, len(tokens.Data))
+	}
+	// A second tenant shows tenants: it is listed, and one principal is
+	// its own.
+	tenants := map[string]bool{}
+	for _, tn := range file.Tenants {
+		tenants[tn.Name] = true
+	}
+	ofTenant := 0
+	for _, p := range file.Principals {
+		if p.Tenant != "" {
+			if !tenants[p.Tenant] {
+				t.Errorf("principal %s: tenant %s is not under tenants:", p.Name, p.Tenant)
+			}
+			ofTenant++
+		}
+	}
+	if len(file.Tenants) == 0 || ofTenant == 0 {
+		t.Errorf("dev credentials: want a tenant besides the default with a principal of its own (docs/tenants.md)")
 	}
 	if !certRoles["append"] {
 		t.Errorf("dev principals %+v: want an append principal with a cert_subject, for PMXBCKUP clients", file.Principals)
