@@ -26,6 +26,7 @@ type system struct {
 	// The dev overlay's tokens: its read and append principals', and the
 	// admin token the pods share.
 	readToken, appendToken, adminToken string
+	teamBToken                         string // another tenant's append principal
 	// PMXBCKUP's certificates: the Secret chunkbridge-pmx-tls the gateway
 	// mounts, and the dev-pmx-* principals' client certificates.
 	pki *pmxPKI
@@ -71,6 +72,7 @@ func startSystem(t *testing.T) *system {
 	s := &system{casyncAddr: "127.0.0.1:" + port["casync"], pmxAddr: "127.0.0.1:" + port["pmx"],
 		readToken:   m.secretValue(t, "chunkbridge-dev-tokens", "dev-read"),
 		appendToken: m.secretValue(t, "chunkbridge-dev-tokens", "dev-append"),
+		teamBToken:  m.secretValue(t, "chunkbridge-dev-tokens", "dev-team-b-append"),
 		adminToken:  m.secretValue(t, "chunkbridge-admin-token", "token"),
 		pki:         pki,
 	}
@@ -271,6 +273,16 @@ func TestSystem(t *testing.T) {
 		}
 		if code, body := get(t, s.appendToken, rest+"/v1/stats"); code != http.StatusForbidden {
 			t.Errorf("GET /v1/stats as dev-append = %d %s, want 403", code, body)
+		}
+		// Another tenant (team-b) sees none of the default tenant's
+		// snapshots, through the REST gateway and the chunk service that
+		// run as separate containers (the principal is forwarded).
+		var teamB struct {
+			Snapshots []struct{ Files []struct{ Path string } }
+		}
+		getJSON(t, s.teamBToken, rest+"/v1/snapshots", &teamB)
+		if len(teamB.Snapshots) != 0 {
+			t.Errorf("team-b lists the default tenant's snapshots: %+v", teamB)
 		}
 		if code, body := get(t, "", rest+"/readyz"); code != http.StatusOK {
 			t.Errorf("GET /readyz without a token = %d %s, want 200", code, body)
