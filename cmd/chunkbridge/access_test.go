@@ -47,6 +47,33 @@ func principals(t *testing.T, dir string) (string, map[string]string) {
 	return path, tokens
 }
 
+// uploadAs uploads data as one SHA-256 chunk over gRPC with token; a
+// refused chunk is the status of its acknowledgement's code.
+func uploadAs(t *testing.T, p *process, token string, data []byte) error {
+	stream, err := chunkbridgev1.NewChunkServiceClient(dialAs(t, p.grpc, token)).UploadChunks(t.Context())
+	if err != nil {
+		return err
+	}
+	stream.Send(&chunkbridgev1.UploadChunksRequest{Id: fmt.Sprintf("%x", sha256.Sum256(data)), Algorithm: chunkbridgev1.DigestAlgorithm_DIGEST_ALGORITHM_SHA256, Encoding: chunkbridgev1.Encoding_ENCODING_RAW, Data: data})
+	stream.CloseSend()
+	resp, err := stream.Recv()
+	if err == nil && resp.GetCode() != 0 {
+		return status.Error(codes.Code(resp.GetCode()), resp.GetMessage())
+	}
+	return err
+}
+
+// putIndexAs publishes index under name over gRPC with token.
+func putIndexAs(t *testing.T, p *process, token, name string, index []byte) error {
+	stream, err := chunkbridgev1.NewCatalogServiceClient(dialAs(t, p.grpc, token)).PutIndex(t.Context())
+	if err != nil {
+		return err
+	}
+	stream.Send(&chunkbridgev1.PutIndexRequest{Name: name, Data: index})
+	_, err = stream.CloseAndRecv()
+	return err
+}
+
 type tokenCreds string
 
 func (c tokenCreds) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
@@ -94,28 +121,8 @@ func TestAccessControlGRPCAndREST(t *testing.T) {
 
 	data := []byte("access control test chunk")
 	id := sha256.Sum256(data)
-	upload := func(token string) error {
-		stream, err := chunkbridgev1.NewChunkServiceClient(dialAs(t, p.grpc, token)).UploadChunks(t.Context())
-		if err != nil {
-			return err
-		}
-		stream.Send(&chunkbridgev1.UploadChunksRequest{Id: fmt.Sprintf("%x", id), Algorithm: chunkbridgev1.DigestAlgorithm_DIGEST_ALGORITHM_SHA256, Encoding: chunkbridgev1.Encoding_ENCODING_RAW, Data: data})
-		stream.CloseSend()
-		resp, err := stream.Recv()
-		if err == nil && resp.GetCode() != 0 {
-			return status.Error(codes.Code(resp.GetCode()), resp.GetMessage())
-		}
-		return err
-	}
-	putIndex := func(token, name string) error {
-		stream, err := chunkbridgev1.NewCatalogServiceClient(dialAs(t, p.grpc, token)).PutIndex(t.Context())
-		if err != nil {
-			return err
-		}
-		stream.Send(&chunkbridgev1.PutIndexRequest{Name: name, Data: smallIndex(t, data)})
-		_, err = stream.CloseAndRecv()
-		return err
-	}
+	upload := func(token string) error { return uploadAs(t, p, token, data) }
+	putIndex := func(token, name string) error { return putIndexAs(t, p, token, name, smallIndex(t, data)) }
 	listIndexes := func(token string) error {
 		_, err := chunkbridgev1.NewCatalogServiceClient(dialAs(t, p.grpc, token)).ListIndexes(t.Context(), &chunkbridgev1.ListIndexesRequest{})
 		return err

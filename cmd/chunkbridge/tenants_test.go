@@ -54,28 +54,8 @@ func TestTenantsAcrossListeners(t *testing.T) {
 	}
 	data := bytes.Repeat([]byte("tenant test chunk "), 100)
 	id := sha256.Sum256(data)
-	upload := func(token string) error {
-		stream, err := chunkbridgev1.NewChunkServiceClient(dialAs(t, p.grpc, token)).UploadChunks(t.Context())
-		if err != nil {
-			return err
-		}
-		stream.Send(&chunkbridgev1.UploadChunksRequest{Id: fmt.Sprintf("%x", id), Algorithm: chunkbridgev1.DigestAlgorithm_DIGEST_ALGORITHM_SHA256, Encoding: chunkbridgev1.Encoding_ENCODING_RAW, Data: data})
-		stream.CloseSend()
-		resp, err := stream.Recv()
-		if err == nil && resp.GetCode() != 0 {
-			return status.Error(codes.Code(resp.GetCode()), resp.GetMessage())
-		}
-		return err
-	}
-	putIndex := func(token, name string, index []byte) error {
-		stream, err := chunkbridgev1.NewCatalogServiceClient(dialAs(t, p.grpc, token)).PutIndex(t.Context())
-		if err != nil {
-			return err
-		}
-		stream.Send(&chunkbridgev1.PutIndexRequest{Name: name, Data: index})
-		_, err = stream.CloseAndRecv()
-		return err
-	}
+	upload := func(token string) error { return uploadAs(t, p, token, data) }
+	putIndex := func(token, name string, index []byte) error { return putIndexAs(t, p, token, name, index) }
 	stat := func(token, name string) (*chunkbridgev1.IndexInfo, error) {
 		r, err := chunkbridgev1.NewCatalogServiceClient(dialAs(t, p.grpc, token)).StatIndex(t.Context(), &chunkbridgev1.StatIndexRequest{Name: name})
 		return r.GetIndex(), err
