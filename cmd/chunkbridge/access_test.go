@@ -20,7 +20,6 @@ import (
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
 	"github.com/chunkbridge/chunkbridge/auth"
-	"github.com/chunkbridge/chunkbridge/format/caindex"
 )
 
 // principals writes a credentials file with one principal per role of
@@ -95,20 +94,7 @@ func dialAs(t *testing.T, addr, token string) *grpc.ClientConn {
 }
 
 // smallIndex is a valid casync index over one stored chunk.
-func smallIndex(t *testing.T, data []byte) []byte {
-	t.Helper()
-	h, _ := caindex.BlobHeader(caindex.SHA256, 1, 4096, 1<<20)
-	var b strings.Builder
-	w, err := caindex.NewWriter(&b, h)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w.Add(sha256.Sum256(data), uint64(len(data)))
-	if err := w.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return []byte(b.String())
-}
+func smallIndex(t *testing.T, data []byte) []byte { return bigIndex(t, data, 1) }
 
 // Every role against gRPC and REST, with no credential, a wrong one and
 // the right one: refused calls store nothing; an append principal cannot
