@@ -23,10 +23,12 @@ import (
 	"google.golang.org/grpc/test/bufconn"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
+	"github.com/chunkbridge/chunkbridge/auth"
 	"github.com/chunkbridge/chunkbridge/internal/grpcfast"
 	"github.com/chunkbridge/chunkbridge/services/chunk"
 	"github.com/chunkbridge/chunkbridge/storage"
 	"github.com/chunkbridge/chunkbridge/storage/fs"
+	"github.com/chunkbridge/chunkbridge/storage/memory"
 	"github.com/chunkbridge/chunkbridge/storage/s3"
 	"github.com/chunkbridge/chunkbridge/storage/s3/miniotest"
 )
@@ -263,5 +265,72 @@ func BenchmarkGet(b *testing.B) {
 				})
 			}
 		}
+	}
+}
+
+// BenchmarkOpenStoredAs opens and reads stored chunks (the casync HTTP
+// store's GET) as an admin, as a tenant alone in its dedup domain, and as
+// a tenant of a shared domain, whose every read passes the serving rule
+// (a lookup among the ids its files reference): the cost of tenants on the
+// read path, as a ratio to the admin's.
+func BenchmarkOpenStoredAs(b *testing.B) {
+	store := memory.New()
+	svc, err := chunk.New(store, chunk.Config{}, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	alone := auth.Principal{Name: "a", Tenant: "alone", Role: auth.RoleWrite, Domain: "solo"}
+	shared := auth.Principal{Name: "s", Tenant: "s1", Role: auth.RoleWrite, Domain: "team"}
+	neighbour := auth.Principal{Name: "n", Tenant: "s2", Role: auth.RoleWrite, Domain: "team"}
+	base := benchData(64 << 10)
+	const distinct = 1024
+	ids := map[string][]chunk.ID{}
+	for _, p := range []auth.Principal{alone, shared, neighbour} {
+		ctx := auth.NewContext(context.Background(), p)
+		for i := range distinct {
+			data := variant(base, i)
+			id := chunk.ID(sha256.Sum256(data))
+			if _, err := svc.Put(ctx, chunk.Upload{ID: id, Algorithm: sha256Alg, Encoding: rawEnc, Data: data}); err != nil {
+				b.Fatal(err)
+			}
+			ids[p.Tenant] = append(ids[p.Tenant], id)
+		}
+	}
+	// The tenant's files reference its chunks; nothing it uploaded is
+	// remembered apart (a restart): every read is a lookup.
+	svc.SetReferences(func(_ context.Context, tenant string, each func(chunk.ID) error) error {
+		for _, id := range ids[tenant] {
+			if err := each(id); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	for _, c := range []struct {
+		name string
+		p    auth.Principal
+		ids  []chunk.ID
+	}{{"admin", auth.Anonymous, ids["alone"]}, {"tenant-alone", alone, ids["alone"]}, {"tenant-shared-domain", shared, ids["s1"]}} {
+		b.Run(c.name, func(b *testing.B) {
+			ctx := auth.NewContext(context.Background(), c.p)
+			if c.p.Role == auth.RoleAdmin {
+				ctx = chunk.InDomain(context.Background(), "solo")
+			}
+			buf := make([]byte, 128<<10)
+			b.SetBytes(64 << 10)
+			b.ResetTimer()
+			for i := range b.N {
+				rc, _, err := svc.OpenStored(ctx, c.ids[i%distinct])
+				if err != nil {
+					b.Fatal(err)
+				}
+				for {
+					if _, err := rc.Read(buf); err != nil {
+						break
+					}
+				}
+				rc.Close()
+			}
+		})
 	}
 }
