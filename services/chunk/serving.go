@@ -122,7 +122,8 @@ func (s *Service) mayRead(ctx context.Context, d *domain, id ID) error {
 
 // sharedDomain reports whether more than one tenant is bound to domain,
 // from the bindings in the store: read again after sharingTTL, when this
-// process bound a tenant, and when the bindings read lack tenant's own.
+// process bound a tenant, and when the bindings read lack tenant's own
+// (still lacking it, the domain counts as shared).
 // A tenant that joins the domain on another replica is seen within
 // sharingTTL.
 func (s *Service) sharedDomain(ctx context.Context, tenant, domain string) (bool, error) {
@@ -168,7 +169,10 @@ func (s *Service) sharedDomain(ctx context.Context, tenant, domain string) (bool
 		sv.bound, sv.readAt = b, time.Now()
 		sv.mu.Unlock()
 		if _, known := b[tenant]; !known {
-			return false, nil // no binding: it has nothing in any domain
+			// No binding in the store, yet this process routes the tenant
+			// to domain (its binding was deleted since): fail closed, the
+			// tenant reads what it references or uploaded.
+			return true, nil
 		}
 	}
 }
