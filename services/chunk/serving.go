@@ -54,8 +54,15 @@ type serving struct {
 type tenantRefs struct {
 	prefixes []uint64
 	at       time.Time
-	building chan struct{}
+	building *rebuild
 	recent   map[ID]struct{}
+}
+
+// rebuild is one rebuild of a tenant's set in progress; err is set before
+// done is closed.
+type rebuild struct {
+	done chan struct{}
+	err  error
 }
 
 // SetReferences gives the service its tenants' references; until then
@@ -204,17 +211,20 @@ func (sv *serving) references(ctx context.Context, tenant string, id ID) (bool, 
 			sv.mu.Unlock()
 			return false, nil
 		}
-		if wait := tr.building; wait != nil {
+		if b := tr.building; b != nil {
 			sv.mu.Unlock()
 			select {
-			case <-wait:
-				rebuilt = true
+			case <-b.done:
+				// A failed rebuild proves nothing: try again, as this
+				// call (never "not stored" because another call failed).
+				rebuilt = b.err == nil
 				continue
 			case <-ctx.Done():
 				return false, ctx.Err()
 			}
 		}
-		tr.building = make(chan struct{})
+		b := &rebuild{done: make(chan struct{})}
+		tr.building = b
 		refs := sv.refs
 		sv.mu.Unlock()
 		start := time.Now()
@@ -226,7 +236,8 @@ func (sv *serving) references(ctx context.Context, tenant string, id ID) (bool, 
 		slices.Sort(ps)
 		ps = slices.Compact(ps)
 		sv.mu.Lock()
-		close(tr.building)
+		b.err = err
+		close(b.done)
 		tr.building = nil
 		if err == nil {
 			tr.prefixes, tr.at = ps, start
