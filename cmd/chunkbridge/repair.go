@@ -290,10 +290,9 @@ func (run *repairRun) stream(dom string) (grpc.BidiStreamingClient[chunkbridgev1
 	if st, ok := run.streams[dom]; ok {
 		return st, nil
 	}
-	ctx := run.ctx
-	if dom != auth.DefaultDomain {
-		ctx = metadata.AppendToOutgoingContext(ctx, auth.ForwardKey, "verify-repair;"+auth.DefaultTenant+";admin;"+dom)
-	}
+	// Named for the default domain too: the admin's own principal works
+	// in its tenant's domain, which need not be the default one.
+	ctx := metadata.AppendToOutgoingContext(run.ctx, auth.ForwardKey, "verify-repair;"+auth.DefaultTenant+";admin;"+dom)
 	st, err := chunkbridgev1.NewChunkServiceClient(run.conn).UploadChunks(ctx)
 	if err != nil {
 		return nil, rpcError("repair: open an upload stream to the chunk service", err)

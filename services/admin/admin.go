@@ -132,10 +132,19 @@ func New(cfg Config) (*Server, error) {
 	s.metrics = newMetrics(cfg.Registerer, s)
 	if cfg.Quota != nil {
 		cfg.Quota.SetStoredCounter(func(ctx context.Context) (map[string]int64, error) {
-			c, _, err := s.counts(ctx)
+			// A count that starts now, never a cached one: the book
+			// forgets what it added before calling, so a count from
+			// before those additions (the statistics' TTL, or the last
+			// count while storage is unreachable) would lose them and
+			// let a tenant over its quota store again. The count is
+			// shared with the statistics.
+			s.stats.counting.Lock()
+			defer s.stats.counting.Unlock()
+			c, err := s.count(ctx)
 			if err != nil {
 				return nil, err
 			}
+			s.stats.set(c)
 			return c.tenantStored, nil
 		})
 	}

@@ -579,6 +579,9 @@ func (v *verifyRun) checkMissing(ctx context.Context, through chunk.ID) error {
 			case gctx.Err() != nil:
 				return gctx.Err()
 			case errors.Is(err, storage.ErrNotFound):
+				// No "stored" from before may survive: a client would
+				// skip uploading it again, and so would a repair.
+				v.s.chunks.Forget(id)
 				p := &Problem{Kind: chunkbridgev1.Problem_KIND_MISSING, Id: id.String(), Code: codes.NotFound.String(), DedupDomain: v.dom,
 					Message: fmt.Sprintf("chunk %s is referenced but not in the store: upload it again (a backup of the same data, or chunkbridge verify --repair-from)", id)}
 				v.quarantineOf(gctx, id, p)

@@ -106,9 +106,11 @@ func (p *presence) forgetAll() {
 
 // forget drops id in every domain: garbage collection deletes by id.
 func (p *presence) forget(id ID) {
-	n := p.domains()
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	// Counted under the lock: a domain numbered later can only add an
+	// answer after the gen++ below, which refuses it.
+	n := p.domains()
 	p.gen++
 	for d := range n {
 		k := pkey{d, id}

@@ -54,8 +54,15 @@ type serving struct {
 type tenantRefs struct {
 	prefixes []uint64
 	at       time.Time
-	building chan struct{}
+	building *rebuild
 	recent   map[ID]struct{}
+}
+
+// rebuild is one rebuild of a tenant's set in progress; err is set before
+// done is closed.
+type rebuild struct {
+	done chan struct{}
+	err  error
 }
 
 // SetReferences gives the service its tenants' references; until then
@@ -131,7 +138,8 @@ func (s *Service) mayRead(ctx context.Context, d *domain, id ID) error {
 
 // sharedDomain reports whether more than one tenant is bound to domain,
 // from the bindings in the store: read again after sharingTTL, when this
-// process bound a tenant, and when the bindings read lack tenant's own.
+// process bound a tenant, and when the bindings read lack tenant's own
+// (still lacking it, the domain counts as shared).
 // A tenant that joins the domain on another replica is seen within
 // sharingTTL.
 func (s *Service) sharedDomain(ctx context.Context, tenant, domain string) (bool, error) {
@@ -177,7 +185,10 @@ func (s *Service) sharedDomain(ctx context.Context, tenant, domain string) (bool
 		sv.bound, sv.readAt = b, time.Now()
 		sv.mu.Unlock()
 		if _, known := b[tenant]; !known {
-			return false, nil // no binding: it has nothing in any domain
+			// No binding in the store, yet this process routes the tenant
+			// to domain (its binding was deleted since): fail closed, the
+			// tenant reads what it references or uploaded.
+			return true, nil
 		}
 	}
 }
@@ -209,17 +220,20 @@ func (sv *serving) references(ctx context.Context, tenant string, id ID) (bool, 
 			sv.mu.Unlock()
 			return false, nil
 		}
-		if wait := tr.building; wait != nil {
+		if b := tr.building; b != nil {
 			sv.mu.Unlock()
 			select {
-			case <-wait:
-				rebuilt = true
+			case <-b.done:
+				// A failed rebuild proves nothing: try again, as this
+				// call (never "not stored" because another call failed).
+				rebuilt = b.err == nil
 				continue
 			case <-ctx.Done():
 				return false, ctx.Err()
 			}
 		}
-		tr.building = make(chan struct{})
+		b := &rebuild{done: make(chan struct{})}
+		tr.building = b
 		refs := sv.refs
 		sv.mu.Unlock()
 		start := time.Now()
@@ -231,7 +245,8 @@ func (sv *serving) references(ctx context.Context, tenant string, id ID) (bool, 
 		slices.Sort(ps)
 		ps = slices.Compact(ps)
 		sv.mu.Lock()
-		close(tr.building)
+		b.err = err
+		close(b.done)
 		tr.building = nil
 		if err == nil {
 			tr.prefixes, tr.at = ps, start
