@@ -353,7 +353,7 @@ func printTenants(w io.Writer, tenants []*chunkbridgev1.TenantUsage) {
 func adminPrune(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var c clientFlags
 	var last, hourly, daily, weekly, monthly, yearly int
-	var typ, id string
+	var typ, id, tenant string
 	var dryRun bool
 	if err := parseClientFlags("prune", args, stdout, stderr, &c, func(fs *flag.FlagSet) {
 		fs.IntVar(&last, "keep-last", 0, "keep the N newest snapshots of each backup group")
@@ -364,6 +364,7 @@ func adminPrune(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		fs.IntVar(&yearly, "keep-yearly", 0, "keep the newest snapshot of each of the last N years that have one")
 		fs.StringVar(&typ, "type", "", "only backup groups of this type (vm, ct, host)")
 		fs.StringVar(&id, "id", "", "only this backup id (with --type)")
+		fs.StringVar(&tenant, "tenant", "", "only this tenant's snapshots (default: every tenant's, each on its own)")
 		fs.BoolVar(&dryRun, "dry-run", false, "print what would be kept and removed; remove nothing")
 	}); err != nil {
 		return err
@@ -378,7 +379,7 @@ func adminPrune(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	defer conn.Close()
 	resp, err := adm.Prune(ctx, &chunkbridgev1.PruneRequest{
 		KeepLast: int32(last), KeepHourly: int32(hourly), KeepDaily: int32(daily), KeepWeekly: int32(weekly),
-		KeepMonthly: int32(monthly), KeepYearly: int32(yearly), Type: typ, BackupId: id, DryRun: dryRun,
+		KeepMonthly: int32(monthly), KeepYearly: int32(yearly), Type: typ, BackupId: id, DryRun: dryRun, Tenant: tenant,
 	})
 	if err != nil {
 		return rpcError("prune", err)
@@ -399,7 +400,11 @@ func adminPrune(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			default:
 				action = "would remove"
 			}
-			fmt.Fprintf(stdout, "%-12s %s/%s/%s  %s", action, d.Type, d.BackupId, d.Time.AsTime().UTC().Format(time.RFC3339), d.Reason)
+			owner := ""
+			if d.Tenant != "" && d.Tenant != auth.DefaultTenant {
+				owner = d.Tenant + ": "
+			}
+			fmt.Fprintf(stdout, "%-12s %s%s/%s/%s  %s", action, owner, d.Type, d.BackupId, d.Time.AsTime().UTC().Format(time.RFC3339), d.Reason)
 			if d.Error != "" {
 				fmt.Fprintf(stdout, ": %s", d.Error)
 			}

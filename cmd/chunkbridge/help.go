@@ -180,7 +180,7 @@ its domain. Prints each problem and what references it. Exits 0 if the
 store is intact, 1 if anything is damaged, 3 if only storage outages got in
 the way (verify again later), 2 on usage errors.
 `,
-	"prune": `Usage: chunkbridge prune --keep-last N [--keep-daily N ...] [--type T --id ID] [--dry-run] [flags]
+	"prune": `Usage: chunkbridge prune --keep-last N [--keep-daily N ...] [--type T --id ID] [--tenant T] [--dry-run] [flags]
 
 Applies a retention policy to PMXBCKUP snapshots, through the AdminService
 at --chunk-service: keeps the snapshots a --keep-* option selects in each

@@ -35,7 +35,7 @@ Usage:
   chunkbridge verify [--sample F] [--rate-limit R] [--resume-domain D --resume-after ID] [--repair-from PATH]
                                     read chunks back, re-hash them, check every reference (exit 1 on damage);
                                     corrupt chunks go to quarantine; --repair-from uploads them again
-  chunkbridge prune --keep-last N [--keep-daily N ...] [--type T --id ID] [--dry-run]
+  chunkbridge prune --keep-last N [--keep-daily N ...] [--type T --id ID] [--tenant T] [--dry-run]
                                     apply a retention policy to PMXBCKUP snapshots
   chunkbridge stats                 what the store holds: chunks, bytes, dedup ratio, indexes, snapshots
   chunkbridge auth add-token --tenant T --role R NAME [--json]

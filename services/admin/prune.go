@@ -3,13 +3,18 @@ package admin
 import (
 	"context"
 	"fmt"
+	"maps"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc/status"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
+	"github.com/chunkbridge/chunkbridge/auth"
 	"github.com/chunkbridge/chunkbridge/services/apierr"
+	"github.com/chunkbridge/chunkbridge/services/chunk"
 )
 
 // Policy is a retention policy with Proxmox Backup Server's keep-* options.
@@ -120,7 +125,33 @@ func decide(p Policy, times []time.Time) []verdict {
 
 const snapshotTimeLayout = "2006-01-02T15:04:05Z"
 
-// Prune applies the policy to each backup group and deletes the snapshots
+// decideGroups applies p to each backup group of one tenant's snapshots
+// (sorted by group, newest first within a group, as ListSnapshots gives
+// them).
+func decideGroups(p Policy, tenant string, snaps []*chunkbridgev1.Snapshot) []*chunkbridgev1.PruneDecision {
+	var out []*chunkbridgev1.PruneDecision
+	for start := 0; start < len(snaps); {
+		end := start
+		for end < len(snaps) && snaps[end].GetType() == snaps[start].GetType() && snaps[end].GetBackupId() == snaps[start].GetBackupId() {
+			end++
+		}
+		group := snaps[start:end]
+		times := make([]time.Time, len(group))
+		for i, sn := range group {
+			times[i] = sn.GetTime().AsTime()
+		}
+		for i, v := range decide(p, times) {
+			out = append(out, &chunkbridgev1.PruneDecision{
+				Type: group[i].GetType(), BackupId: group[i].GetBackupId(), Time: group[i].GetTime(), Keep: v.keep, Reason: v.reason, Tenant: tenant,
+			})
+		}
+		start = end
+	}
+	return out
+}
+
+// Prune applies the policy to each backup group of every tenant (or the
+// one named) and deletes the snapshots
 // it does not keep, through the catalog.
 func (s *Server) Prune(ctx context.Context, req *chunkbridgev1.PruneRequest) (*chunkbridgev1.PruneResponse, error) {
 	p := Policy{Last: int(req.GetKeepLast()), Hourly: int(req.GetKeepHourly()), Daily: int(req.GetKeepDaily()),
@@ -133,29 +164,30 @@ func (s *Server) Prune(ctx context.Context, req *chunkbridgev1.PruneRequest) (*c
 	if req.GetBackupId() != "" && req.GetType() == "" {
 		return nil, apierr.Status(fmt.Errorf("%w: a backup id needs its type", apierr.ErrInvalid))
 	}
-	list, err := s.catalog.ListSnapshots(ctx, &chunkbridgev1.ListSnapshotsRequest{Type: req.GetType(), BackupId: req.GetBackupId()})
+	bindings, err := chunk.Bindings(ctx, s.store)
 	if err != nil {
-		return nil, err
+		return nil, apierr.Status(fmt.Errorf("prune: %w", err))
 	}
-	// ListSnapshots sorts by group, newest first within a group.
+	tenants := slices.Sorted(maps.Keys(bindings))
+	if t := req.GetTenant(); t != "" {
+		if _, ok := bindings[t]; !ok {
+			return nil, apierr.Status(fmt.Errorf("%w: tenant %q has stored nothing (tenants: %s)", apierr.ErrNotFound, t, strings.Join(tenants, ", ")))
+		}
+		tenants = []string{t}
+	}
+	// Each tenant's snapshots are listed and deleted as that tenant: the
+	// admin acts for it, with its own rights.
+	caller := auth.FromContext(ctx)
+	as := map[string]context.Context{}
 	resp := &chunkbridgev1.PruneResponse{}
-	snaps := list.GetSnapshots()
-	for start := 0; start < len(snaps); {
-		end := start
-		for end < len(snaps) && snaps[end].GetType() == snaps[start].GetType() && snaps[end].GetBackupId() == snaps[start].GetBackupId() {
-			end++
+	for _, t := range tenants {
+		tctx := auth.NewContext(ctx, auth.Principal{Name: caller.Name, Tenant: t, Role: caller.Role, Domain: bindings[t]})
+		as[t] = tctx
+		list, err := s.catalog.ListSnapshots(tctx, &chunkbridgev1.ListSnapshotsRequest{Type: req.GetType(), BackupId: req.GetBackupId()})
+		if err != nil {
+			return nil, err
 		}
-		group := snaps[start:end]
-		times := make([]time.Time, len(group))
-		for i, sn := range group {
-			times[i] = sn.GetTime().AsTime()
-		}
-		for i, v := range decide(p, times) {
-			resp.Decisions = append(resp.Decisions, &chunkbridgev1.PruneDecision{
-				Type: group[i].GetType(), BackupId: group[i].GetBackupId(), Time: group[i].GetTime(), Keep: v.keep, Reason: v.reason,
-			})
-		}
-		start = end
+		resp.Decisions = append(resp.Decisions, decideGroups(p, t, list.GetSnapshots())...)
 	}
 	for _, d := range resp.Decisions {
 		if d.Keep {
@@ -167,19 +199,19 @@ func (s *Server) Prune(ctx context.Context, req *chunkbridgev1.PruneRequest) (*c
 			continue
 		}
 		when := d.GetTime().AsTime().UTC().Format(snapshotTimeLayout)
-		_, err := s.catalog.DeleteSnapshot(ctx, &chunkbridgev1.DeleteSnapshotRequest{Type: d.Type, BackupId: d.BackupId, Time: when})
+		_, err := s.catalog.DeleteSnapshot(as[d.Tenant], &chunkbridgev1.DeleteSnapshotRequest{Type: d.Type, BackupId: d.BackupId, Time: when})
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil, apierr.Status(ctx.Err())
 			}
 			d.Error = status.Convert(err).Message()
 			resp.Failed++
-			s.log.Warn("prune: delete snapshot failed", "type", d.Type, "backup_id", d.BackupId, "time", when, "err", d.Error)
+			s.log.Warn("prune: delete snapshot failed", "tenant", d.Tenant, "type", d.Type, "backup_id", d.BackupId, "time", when, "err", d.Error)
 			continue
 		}
 		d.Removed = true
 		s.metrics.pruneRemoved.Inc()
-		s.log.Info("prune: snapshot removed", "type", d.Type, "backup_id", d.BackupId, "time", when, "reason", d.Reason)
+		s.log.Info("prune: snapshot removed", "tenant", d.Tenant, "type", d.Type, "backup_id", d.BackupId, "time", when, "reason", d.Reason)
 	}
 	return resp, nil
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/chunkbridge/chunkbridge/services/gcguard"
 	"github.com/chunkbridge/chunkbridge/services/quota"
 	"github.com/chunkbridge/chunkbridge/storage"
+	"github.com/chunkbridge/chunkbridge/storage/memory"
 )
 
 // Three tenants: acme and acme-dev share the dedup domain acme; globex is
@@ -333,4 +334,45 @@ func (e *env) existsIn(t testing.TB, domain string, id chunk.ID) bool {
 		t.Fatal(err)
 	}
 	return err == nil
+}
+
+// Prune by an admin covers every tenant, each tenant's groups on their
+// own (the same group name in two tenants is two groups), or only the
+// tenant it names.
+func TestPruneCoversEveryTenant(t *testing.T) {
+	e := newEnv(t, memory.New(), admin.Config{})
+	ctx := t.Context()
+	blobs := makeBlobs(81, 2, 1024, sha256Alg)
+	for _, p := range []auth.Principal{globex, acmeWriter} {
+		e.uploadAs(t, p, blobs)
+		for i := range 3 {
+			when := time.Date(2026, 11, 20+i, 10, 0, 0, 0, time.UTC)
+			if err := e.writeSnapshot(as(ctx, p), "host", "web", when, "root.pxar", blobs); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	count := func(p auth.Principal) int {
+		snaps, err := e.catalog.ListSnapshots(as(ctx, p), &chunkbridgev1.ListSnapshotsRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(snaps.GetSnapshots())
+	}
+	resp, err := e.adm.Prune(ctx, &chunkbridgev1.PruneRequest{KeepLast: 2, Tenant: "globex"})
+	if err != nil || resp.Removed != 1 || count(globex) != 2 || count(acmeWriter) != 3 {
+		t.Fatalf("prune --tenant globex --keep-last 2: %v, %v; globex keeps %d, acme %d; want only globex's oldest removed", resp, err, count(globex), count(acmeWriter))
+	}
+	resp, err = e.adm.Prune(ctx, &chunkbridgev1.PruneRequest{KeepLast: 1})
+	if err != nil || resp.Removed != 3 || count(globex) != 1 || count(acmeWriter) != 1 {
+		t.Fatalf("prune --keep-last 1 of every tenant: %v, %v; globex keeps %d, acme %d; want one each", resp, err, count(globex), count(acmeWriter))
+	}
+	for _, d := range resp.Decisions {
+		if d.Tenant != "globex" && d.Tenant != "acme" {
+			t.Fatalf("decision %v names no tenant", d)
+		}
+	}
+	if _, err := e.adm.Prune(ctx, &chunkbridgev1.PruneRequest{KeepLast: 1, Tenant: "nobody"}); status.Code(err) != codes.NotFound {
+		t.Fatalf("prune of a tenant that stored nothing: %v; want NOT_FOUND", err)
+	}
 }

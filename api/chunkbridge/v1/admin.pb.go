@@ -1458,7 +1458,10 @@ type PruneRequest struct {
 	Type     string `protobuf:"bytes,7,opt,name=type,proto3" json:"type,omitempty"`
 	BackupId string `protobuf:"bytes,8,opt,name=backup_id,json=backupId,proto3" json:"backup_id,omitempty"`
 	// Decide and report; delete nothing.
-	DryRun        bool `protobuf:"varint,9,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	DryRun bool `protobuf:"varint,9,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	// Only this tenant's snapshots; empty for every tenant's, each tenant's
+	// groups on their own (docs/tenants.md).
+	Tenant        string `protobuf:"bytes,10,opt,name=tenant,proto3" json:"tenant,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1556,6 +1559,13 @@ func (x *PruneRequest) GetDryRun() bool {
 	return false
 }
 
+func (x *PruneRequest) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
 type PruneResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Every snapshot considered, by group, newest first.
@@ -1638,7 +1648,9 @@ type PruneDecision struct {
 	// The snapshot was deleted (false in a dry run and for kept snapshots).
 	Removed bool `protobuf:"varint,6,opt,name=removed,proto3" json:"removed,omitempty"`
 	// Why the deletion failed, if it did.
-	Error         string `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
+	Error string `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
+	// The tenant the snapshot belongs to.
+	Tenant        string `protobuf:"bytes,8,opt,name=tenant,proto3" json:"tenant,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1718,6 +1730,13 @@ func (x *PruneDecision) GetRemoved() bool {
 func (x *PruneDecision) GetError() string {
 	if x != nil {
 		return x.Error
+	}
+	return ""
+}
+
+func (x *PruneDecision) GetTenant() string {
+	if x != nil {
+		return x.Tenant
 	}
 	return ""
 }
@@ -1859,7 +1878,7 @@ const file_chunkbridge_v1_admin_proto_rawDesc = "" +
 	"\vquarantined\x18\x13 \x01(\x03R\vquarantined\x12#\n" +
 	"\rdamaged_files\x18\x14 \x03(\tR\fdamagedFiles\x12\x1f\n" +
 	"\vlast_domain\x18\x15 \x01(\tR\n" +
-	"lastDomain\"\x9a\x02\n" +
+	"lastDomain\"\xb2\x02\n" +
 	"\fPruneRequest\x12\x1b\n" +
 	"\tkeep_last\x18\x01 \x01(\x05R\bkeepLast\x12\x1f\n" +
 	"\vkeep_hourly\x18\x02 \x01(\x05R\n" +
@@ -1873,12 +1892,14 @@ const file_chunkbridge_v1_admin_proto_rawDesc = "" +
 	"keepYearly\x12\x12\n" +
 	"\x04type\x18\a \x01(\tR\x04type\x12\x1b\n" +
 	"\tbackup_id\x18\b \x01(\tR\bbackupId\x12\x17\n" +
-	"\adry_run\x18\t \x01(\bR\x06dryRun\"\x92\x01\n" +
+	"\adry_run\x18\t \x01(\bR\x06dryRun\x12\x16\n" +
+	"\x06tenant\x18\n" +
+	" \x01(\tR\x06tenant\"\x92\x01\n" +
 	"\rPruneResponse\x12;\n" +
 	"\tdecisions\x18\x01 \x03(\v2\x1d.chunkbridge.v1.PruneDecisionR\tdecisions\x12\x12\n" +
 	"\x04kept\x18\x02 \x01(\x05R\x04kept\x12\x18\n" +
 	"\aremoved\x18\x03 \x01(\x05R\aremoved\x12\x16\n" +
-	"\x06failed\x18\x04 \x01(\x05R\x06failed\"\xcc\x01\n" +
+	"\x06failed\x18\x04 \x01(\x05R\x06failed\"\xe4\x01\n" +
 	"\rPruneDecision\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x1b\n" +
 	"\tbackup_id\x18\x02 \x01(\tR\bbackupId\x12.\n" +
@@ -1886,7 +1907,8 @@ const file_chunkbridge_v1_admin_proto_rawDesc = "" +
 	"\x04keep\x18\x04 \x01(\bR\x04keep\x12\x16\n" +
 	"\x06reason\x18\x05 \x01(\tR\x06reason\x12\x18\n" +
 	"\aremoved\x18\x06 \x01(\bR\aremoved\x12\x14\n" +
-	"\x05error\x18\a \x01(\tR\x05error2\x8c\x03\n" +
+	"\x05error\x18\a \x01(\tR\x05error\x12\x16\n" +
+	"\x06tenant\x18\b \x01(\tR\x06tenant2\x8c\x03\n" +
 	"\fAdminService\x12M\n" +
 	"\bGetStats\x12\x1f.chunkbridge.v1.GetStatsRequest\x1a .chunkbridge.v1.GetStatsResponse\x12D\n" +
 	"\x05RunGC\x12\x1c.chunkbridge.v1.RunGCRequest\x1a\x1d.chunkbridge.v1.RunGCResponse\x12V\n" +
