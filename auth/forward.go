@@ -45,6 +45,11 @@ func Forwarded(md metadata.MD) (Principal, bool, error) {
 	}
 	f := strings.Split(v[len(v)-1], ";")
 	if len(f) == 3 { // from a gateway that predates dedup domains
+		if f[1] != DefaultTenant {
+			// Its tenant's domain is unknown here: guessing would bind the
+			// tenant to the wrong chunk space for good.
+			return Principal{}, false, fmt.Errorf("%s metadata %q names no dedup domain for tenant %s: the gateway predates tenants; upgrade it", ForwardKey, v[len(v)-1], f[1])
+		}
 		f = append(f, DefaultDomain)
 	}
 	if len(f) != 4 || !nameRE.MatchString(f[0]) || !nameRE.MatchString(f[1]) || !nameRE.MatchString(f[3]) {
