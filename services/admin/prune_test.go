@@ -67,3 +67,49 @@ func TestPruneThenGC(t *testing.T) {
 		}
 	}
 }
+
+// A snapshot with several files is kept or removed whole: a policy counts
+// snapshots, never files, so two files backed up together keep the same
+// history.
+func TestPruneKeepsSnapshotFilesTogether(t *testing.T) {
+	e := newEnv(t, memoryStore(t), admin.Config{})
+	root := makeBlobs(3, 3, 512, sha256Alg)
+	etc := makeBlobs(4, 3, 512, sha256Alg)
+	e.upload(t, root, etc)
+	day := func(d int) time.Time { return time.Date(2026, 11, d, 10, 0, 0, 0, time.UTC) }
+	for i, d := range []int{25, 24, 23} {
+		e.mustWriteSnapshot(t, "host", "h", day(d), "root.pxar", root[i:i+1])
+		e.mustWriteSnapshot(t, "host", "h", day(d), "etc.pxar", etc[i:i+1])
+	}
+	files := func() map[string][]string {
+		resp, err := e.catalog.ListSnapshots(t.Context(), &chunkbridgev1.ListSnapshotsRequest{Type: "host", BackupId: "h"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string][]string{}
+		for _, s := range resp.Snapshots {
+			day := s.Time.AsTime().Format("02")
+			for _, f := range s.Files {
+				out[day] = append(out[day], f.Name)
+			}
+		}
+		return out
+	}
+	if got := files(); len(got) != 3 || len(got["23"]) != 2 {
+		t.Fatalf("before prune: %v; want 3 snapshots of 2 files", got)
+	}
+	resp, err := e.adm.Prune(t.Context(), &chunkbridgev1.PruneRequest{KeepLast: 1, Type: "host", BackupId: "h"})
+	if err != nil || resp.Kept != 1 || resp.Removed != 2 || resp.Failed != 0 {
+		t.Fatalf("prune: %v, %v", resp, err)
+	}
+	got := files()
+	if len(got) != 1 || len(got["25"]) != 2 {
+		t.Fatalf("after prune: %v; want the newest snapshot with both its files", got)
+	}
+	// Both files of each removed snapshot are gone: GC frees their chunks,
+	// and keeps both files' chunks of the kept one.
+	r := e.gc(t, 0, false)
+	if r.ChunksDeleted != 4 || e.exists(t, root[1].id) || e.exists(t, etc[2].id) || !e.exists(t, root[0].id) || !e.exists(t, etc[0].id) {
+		t.Fatalf("GC after prune: %d chunks deleted, want the 4 of the removed snapshots' files", r.ChunksDeleted)
+	}
+}
