@@ -469,3 +469,56 @@ func TestHalfCloseAfterBackupFinished(t *testing.T) {
 	}
 	c.expectClosed()
 }
+
+// A snapshot holds several files: CreateBackup without EXCL adds one to a
+// snapshot, new or made by another connection, and refuses only a file of
+// the same name; with EXCL it refuses a snapshot that has a file, unless
+// this connection made it (the original server's rule).
+func TestSnapshotWithSeveralFiles(t *testing.T) { onBothTransports(t, testSnapshotWithSeveralFiles) }
+
+func testSnapshotWithSeveralFiles(t *testing.T, tr transport) {
+	h := newHarnessOn(t, tr)
+	c := h.dial(t)
+	d := c.upload(1, []byte("shared chunk"))
+	file := func(c *client, id uint8, flags pmxproto.Flags, name string) string {
+		t.Helper()
+		path := c.create(&pmxproto.CreateBackup{ID: id, BackupType: pmxproto.BackupHost, Timestamp: ts, Flags: flags | pmxproto.FlagDynamicChunks, BackupID: "multi", Name: name})
+		c.send(&pmxproto.BackupDataDynamic{ID: id, Entries: []pmxproto.DynamicEntry{{Offset: 0, Digest: d}}}, &pmxproto.BackupFinished{ID: id})
+		c.expectOk(id)
+		return path
+	}
+	first := file(c, 2, pmxproto.FlagExcl, "root.pxar")
+	file(c, 3, pmxproto.FlagExcl, "etc.pxar") // this connection made the snapshot
+
+	// Another connection: EXCL is refused, a new file without it joins.
+	c2 := h.dial(t)
+	c2.send(&pmxproto.CreateBackup{ID: 2, BackupType: pmxproto.BackupHost, Timestamp: ts, Flags: pmxproto.FlagExcl | pmxproto.FlagDynamicChunks, BackupID: "multi", Name: "home.pxar"})
+	c2.expectError(2, pmxproto.ErrorGeneric, "exists")
+	third := file(c2, 2, 0, "home.pxar")
+	if dir := first[:strings.LastIndex(first, "/")]; !strings.HasPrefix(third, dir+"/") {
+		t.Fatalf("second connection's file %s is not in the first one's snapshot %s", third, dir)
+	}
+	// A file the snapshot has is refused, with or without EXCL, on any
+	// connection; the connection stays usable.
+	for _, cl := range []*client{c, c2} {
+		cl.send(&pmxproto.CreateBackup{ID: 4, BackupType: pmxproto.BackupHost, Timestamp: ts, Flags: pmxproto.FlagDynamicChunks, BackupID: "multi", Name: "root.pxar"})
+		cl.expectError(4, pmxproto.ErrorGeneric, "exists")
+	}
+	// Without EXCL a new snapshot is made as well.
+	c2.create(&pmxproto.CreateBackup{ID: 5, BackupType: pmxproto.BackupHost, Timestamp: ts + 60, Flags: pmxproto.FlagDynamicChunks, BackupID: "multi", Name: "root.pxar"})
+	c2.send(&pmxproto.BackupDataDynamic{ID: 5, Entries: []pmxproto.DynamicEntry{{Offset: 0, Digest: d}}}, &pmxproto.BackupFinished{ID: 5})
+	c2.expectOk(5)
+
+	snaps, err := h.catalog.ListSnapshots(t.Context(), &chunkbridgev1.ListSnapshotsRequest{Type: "host", BackupId: "multi"})
+	if err != nil || len(snaps.Snapshots) != 2 || len(snaps.Snapshots[0].Files) != 1 {
+		t.Fatalf("snapshots = %v, %v; want the new one of one file, then the one of three", snaps, err)
+	}
+	var names []string
+	for _, f := range snaps.Snapshots[1].Files {
+		names = append(names, f.Name)
+	}
+	slices.Sort(names)
+	if want := []string{"etc.pxar.didx", "home.pxar.didx", "root.pxar.didx"}; !slices.Equal(names, want) {
+		t.Fatalf("snapshot files %v, want %v", names, want)
+	}
+}
