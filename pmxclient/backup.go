@@ -49,7 +49,14 @@ type BackupOptions struct {
 	Size int64
 	// Time is the snapshot time; zero means now. Two backups of one
 	// backup id in the same second collide: the snapshot already exists.
+	// The files of one snapshot share its time: give them all the same.
 	Time time.Time
+	// AddToSnapshot adds the file to the snapshot at Time, new or not
+	// (CreateBackup without EXCL): how the second and later files of a
+	// snapshot are written. The server still refuses a file the snapshot
+	// has. Unset, the snapshot must be new (EXCL), so that a backup never
+	// mixes its files into an older run's snapshot by accident.
+	AddToSnapshot bool
 	// Progress, if set, is called from Backup's goroutine at most every
 	// ProgressInterval, and once at the end.
 	Progress func(Stats)
@@ -103,7 +110,7 @@ func Backup(ctx context.Context, c *Client, opts BackupOptions) (*BackupSummary,
 	}
 	known = nil
 
-	spec := BackupSpec{Type: opts.Type, ID: opts.ID, Name: opts.Name, Time: opts.Time, Fixed: opts.Fixed, Exclusive: true}
+	spec := BackupSpec{Type: opts.Type, ID: opts.ID, Name: opts.Name, Time: opts.Time, Fixed: opts.Fixed, Exclusive: !opts.AddToSnapshot}
 	if opts.Fixed {
 		spec.ChunkSize, spec.FileSize = uint32(opts.ChunkSize), uint64(opts.Size)
 	} else {

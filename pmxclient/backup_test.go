@@ -371,3 +371,26 @@ func TestBackupCancelled(t *testing.T) {
 		t.Fatal("a cancelled backup published a file")
 	}
 }
+
+// The files of one snapshot: the first is created with EXCL, the others
+// join it with AddToSnapshot; without it a second file is refused.
+func TestBackupSeveralFilesIntoOneSnapshot(t *testing.T) {
+	p := pmxtest.NewPeer(t)
+	c := p.Dial(t)
+	root, etc := randomBytes(11, 300<<10), randomBytes(12, 5000)
+	opts := func(name string, data []byte, add bool) pmxclient.BackupOptions {
+		return pmxclient.BackupOptions{Type: pmxproto.BackupHost, ID: "web-01", Name: name, Input: bytes.NewReader(data),
+			Size: int64(len(data)), Time: snapTime, AddToSnapshot: add}
+	}
+	first := backup(t, p, c, opts("root.pxar", root, false))
+	if _, err := pmxclient.Backup(ctxT(t), c, opts("etc.pxar", etc, false)); err == nil || !strings.Contains(err.Error(), "exists") {
+		t.Fatalf("a second exclusive file: %v, want the snapshot refused as existing", err)
+	}
+	second := backup(t, p, c, opts("etc.pxar", etc, true))
+	if want := "host/web-01/2026-11-25T10:00:00Z/etc.pxar.didx"; second.Path != want || first.Path != "host/web-01/2026-11-25T10:00:00Z/root.pxar.didx" {
+		t.Fatalf("paths %s and %s, want both in one snapshot", first.Path, second.Path)
+	}
+	if !bytes.Equal(restore(t, c, first.Path), root) || !bytes.Equal(restore(t, c, second.Path), etc) {
+		t.Fatal("a file of the snapshot restores differently")
+	}
+}
