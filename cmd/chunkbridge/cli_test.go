@@ -118,7 +118,7 @@ func TestExitCodes(t *testing.T) {
 		{2, []string{"prune", "--chunk-service", closed}, "--keep-"},
 		{2, []string{"stats", "extra"}, "unexpected argument"},
 		{2, []string{"pmx"}, "Usage:"},
-		{2, []string{"pmx", "backup", "--type", "vm", "--id", "1"}, "want one input"},
+		{2, []string{"pmx", "backup", "--type", "vm", "--id", "1"}, "want an input"},
 		{2, []string{"pmx", "backup", "--type", "toaster", "--id", "1", missing}, "--type"},
 		{2, []string{"pmx", "restore", "vm/1/latest/disk.img.fidx"}, "SNAPSHOT_PATH and OUT"},
 		{2, []string{"pmx", "restore", "--force", "vm/1/latest/disk.img.fidx"}, "SNAPSHOT_PATH and OUT"},

@@ -169,7 +169,7 @@ func TestPMXListNamesItsAPI(t *testing.T) {
 		t.Fatalf("profile without api: %v", err)
 	}
 	stdout, _, err := pmxRun(t, "list", "--profile", "q")
-	if err != nil || !strings.Contains(stdout, "host/web-01/2026-11-25T10:00:00Z/a.didx") {
+	if err != nil || !strings.Contains(stdout, "host/web-01/2026-11-25T10:00:00Z: 1 file") || !strings.Contains(stdout, "  a.didx ") {
 		t.Fatalf("profile with api: %q, %v", stdout, err)
 	}
 	if len(*auths) != 1 || (*auths)[0] != "Bearer cbt_profile-token-0123456789" {

@@ -20,8 +20,8 @@ import (
 
 const pmxUsage = `Usage:
   chunkbridge pmx backup  --server HOST:PORT --type vm|ct|host --id ID [--name NAME]
-                          [--fixed [--chunk-size N]] [--allow-empty] [--tls] [--tls-ca FILE]
-                          [--cert FILE --key FILE] FILE|-
+                          [--fixed] [--chunk-size N] [--time T [--add]] [--allow-empty]
+                          [--tls] [--tls-ca FILE] [--cert FILE --key FILE] FILE|-|NAME:PATH...
   chunkbridge pmx restore --server HOST:PORT [--tls] [--tls-ca FILE] [--cert FILE --key FILE]
                           [--force] SNAPSHOT_PATH OUT|-
   chunkbridge pmx hashes  --server HOST:PORT [--tls] [--tls-ca FILE] [--cert FILE --key FILE] SNAPSHOT_PATH
@@ -30,8 +30,12 @@ const pmxUsage = `Usage:
 
 backup   stores FILE (or stdin, -) as a new snapshot file <type>/<id>/<time>/<name>.didx,
          cut by casync's chunker; with --fixed as <name>.fidx in equal blocks (disk
-         images; needs a file or block device, not stdin). Only chunks that the newest
-         snapshot of the same file lacks are uploaded. Prints the snapshot path.
+         images; needs a file or block device, not stdin). Several inputs, each NAME:PATH
+         (root.pxar:- disk.img:/dev/sda), go into one snapshot over one connection; a NAME
+         ending in .img is fixed (an image, as proxmox-backup-client names them), --fixed
+         makes every input fixed. The snapshot must be new; --add --time T adds the files
+         to the snapshot at T. Only chunks that the newest snapshot of the same file lacks
+         are uploaded. Prints a summary per file, with its snapshot path.
          An empty input is refused unless --allow-empty.
 restore  writes a snapshot file's content to OUT (or stdout, -), verifying every chunk;
          OUT appears only when complete, and replaces an existing file only with
@@ -165,7 +169,7 @@ func (f *pmxConnFlags) dial(ctx context.Context) (*pmxclient.Client, error) {
 // about one that belongs to another pmx command.
 func pmxEnvNames() []string {
 	var names []string
-	for _, f := range []string{"server", "tls", "tls-ca", "cert", "key", "connect-timeout", "type", "id", "name", "fixed", "chunk-size", "api", "token", "token-file", "json", "force", "allow-empty", "time"} {
+	for _, f := range []string{"server", "tls", "tls-ca", "cert", "key", "connect-timeout", "type", "id", "name", "fixed", "chunk-size", "api", "token", "token-file", "json", "force", "allow-empty", "time", "add"} {
 		names = append(names, envName(f))
 	}
 	return names
@@ -173,18 +177,22 @@ func pmxEnvNames() []string {
 
 // parsePMXFlags parses args, in which flags may come before or after the
 // positional arguments, fills unset flags from the environment, and
-// returns the positional arguments; there must be want of them.
+// returns the positional arguments; there must be want of them, or at
+// least one if want is oneOrMore.
 func parsePMXFlags(fs *flag.FlagSet, args []string, stderr io.Writer, want int, what string) ([]string, error) {
 	flags, pos := splitArgs(fs, args)
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	if err := parseFlags(fs, flags, log, pmxEnvNames()...); err != nil {
 		return nil, err
 	}
-	if len(pos) != want {
+	if len(pos) != want && (want != oneOrMore || len(pos) == 0) {
 		return nil, usagef("%s: want %s, got %d arguments (see %s -h)", strings.TrimPrefix(fs.Name(), "chunkbridge "), what, len(pos), fs.Name())
 	}
 	return pos, nil
 }
+
+// oneOrMore is parsePMXFlags's want for "at least one argument".
+const oneOrMore = -1
 
 // pmxSynopsis returns the usage line of name ("pmx backup") from pmxUsage.
 func pmxSynopsis(name string) string {

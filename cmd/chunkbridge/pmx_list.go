@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"net/http"
@@ -31,31 +32,25 @@ func pmxList(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs := newFlagSet("pmx list", stdout)
 	var cf pmxConnFlags
 	fs.StringVar(&cf.server, "server", "", "the PMXBCKUP gateway; not used by list, which needs --api (PMXBCKUP cannot list snapshots)")
-	api := fs.String("api", "", "the REST API that lists the snapshots, http[s]://HOST[:PORT] (default http://127.0.0.1:"+restDefaultPort+" when no --server is set either) (profile: api)")
+	var rf restFlags
+	rf.register(fs, "lists the snapshots (default http://127.0.0.1:"+restDefaultPort+" when no --server is set either)")
 	typ := fs.String("type", "", "only snapshots of this type: vm, ct or host")
 	id := fs.String("id", "", "only snapshots of this backup id")
-	token := fs.String("token", "", "bearer token of a principal with at least the read role, for a REST API with access control (better from CHUNKBRIDGE_TOKEN or --token-file: a command line is visible to other users)")
-	tokenFile := fs.String("token-file", "", "file holding the bearer token (profile: token_file)")
 	fs.StringVar(&cf.tlsCA, "tls-ca", "", "PEM file of the CA that signed the REST API's certificate, for an https:// --api (default: system roots) (profile: tls_ca)")
 	asJSON := fs.Bool("json", false, "print the snapshot list as JSON (the REST answer, protojson)")
 	registerConfigFlags(fs)
 	if _, err := parsePMXFlags(fs, args, stderr, 0, "no arguments"); err != nil {
 		return err
 	}
-	base := *api
-	if base == "" {
+	if rf.api == "" {
 		if cf.server != "" {
 			return usagef("pmx list: PMXBCKUP has no packet that lists snapshots, so list asks the REST API, "+
 				"and --server (CHUNKBRIDGE_SERVER, the profile's pmx_server) names only the PMXBCKUP gateway %s: "+
 				"give that server's REST API with --api http[s]://HOST:PORT (or CHUNKBRIDGE_API, or api: in the config profile)", cf.server)
 		}
-		base = "http://127.0.0.1:" + restDefaultPort // make run's REST gateway, beside PMXBCKUP on 127.0.0.1:8007
+		rf.api = "http://127.0.0.1:" + restDefaultPort // make run's REST gateway, beside PMXBCKUP on 127.0.0.1:8007
 	}
-	bearer, err := listToken(*token, *tokenFile)
-	if err != nil {
-		return err
-	}
-	hc, err := restClient(&cf)
+	base, bearer, hc, err := rf.client(&cf, "pmx list")
 	if err != nil {
 		return err
 	}
@@ -66,15 +61,24 @@ func pmxList(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if *asJSON {
 		return printJSON(stdout, resp)
 	}
+	// One line per snapshot, then its files: a snapshot is kept, pruned
+	// and restored whole.
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
 	n := 0
 	for _, s := range resp.GetSnapshots() {
+		var total int64
+		for _, f := range s.GetFiles() {
+			total += f.GetContentSize()
+		}
+		// No tab: the files of each snapshot align among themselves.
+		fmt.Fprintf(tw, "%s/%s/%s: %s, %s\n", s.GetType(), s.GetBackupId(), s.GetTime().AsTime().UTC().Format(time.RFC3339),
+			plural(len(s.GetFiles()), "file"), pmxclient.FormatSize(total))
 		for _, f := range s.GetFiles() {
 			kind := "dynamic"
 			if f.GetFixed() {
 				kind = "fixed"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%d chunks\t%s\n", f.GetPath(), pmxclient.FormatSize(f.GetContentSize()), f.GetChunkCount(), kind)
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", f.GetName(), pmxclient.FormatSize(f.GetContentSize()), plural(int(f.GetChunkCount()), "chunk"), kind)
 			n++
 		}
 	}
@@ -87,16 +91,41 @@ func pmxList(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	return nil
 }
 
-// listToken is the bearer token of pmx list: --token, or what the file
-// --token-file holds; "" for none.
-func listToken(token, file string) (string, error) {
-	if file == "" {
-		return token, nil
+// plural is "1 file", "2 files".
+func plural(n int, what string) string {
+	if n == 1 {
+		return "1 " + what
 	}
-	if token != "" {
-		return "", usagef("pmx list: --token and --token-file (or their variables, or the profile's token_file) both set: give one")
+	return fmt.Sprintf("%d %ss", n, what)
+}
+
+// restFlags name the REST API that pmx commands ask what PMXBCKUP cannot
+// tell: which snapshots and files there are.
+type restFlags struct {
+	api, token, tokenFile string
+}
+
+func (f *restFlags) register(fs *flag.FlagSet, what string) {
+	fs.StringVar(&f.api, "api", "", "the REST API that "+what+", http[s]://HOST[:PORT] (profile: api)")
+	fs.StringVar(&f.token, "token", "", "bearer token of a principal with at least the read role, for a REST API with access control (better from CHUNKBRIDGE_TOKEN or --token-file: a command line is visible to other users)")
+	fs.StringVar(&f.tokenFile, "token-file", "", "file holding the bearer token (profile: token_file)")
+}
+
+// client returns the API's base URL, the bearer token ("" for none) and
+// the HTTP client, whose TLS settings are cf's (--tls-ca).
+func (f *restFlags) client(cf *pmxConnFlags, cmd string) (string, string, *http.Client, error) {
+	bearer := f.token
+	if f.tokenFile != "" {
+		if f.token != "" {
+			return "", "", nil, usagef("%s: --token and --token-file (or their variables, or the profile's token_file) both set: give one", cmd)
+		}
+		var err error
+		if bearer, err = readTokenFile(cmd+": --token-file", f.tokenFile); err != nil {
+			return "", "", nil, err
+		}
 	}
-	return readTokenFile("pmx list: --token-file", file)
+	hc, err := restClient(cf)
+	return f.api, bearer, hc, err
 }
 
 // restClient is the HTTP client of the REST API: system roots, or the CA

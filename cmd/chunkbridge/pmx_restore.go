@@ -8,22 +8,39 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
+	"time"
 
+	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
 	"github.com/chunkbridge/chunkbridge/pmxclient"
 )
 
-// pmxRestore runs `chunkbridge pmx restore`.
+// pmxRestore runs `chunkbridge pmx restore`: a snapshot file into a file,
+// or a snapshot's files into a directory.
 func pmxRestore(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("pmx restore", stdout)
 	var cf pmxConnFlags
 	cf.register(fs)
-	asJSON := fs.Bool("json", false, "print the summary as JSON: path, out, bytes, chunks, seconds (on stderr when OUT is -)")
-	force := fs.Bool("force", false, "replace OUT if it exists (a regular file; devices are always written in place)")
-	pos, err := parsePMXFlags(fs, args, stderr, 2, "SNAPSHOT_PATH and OUT (- for stdout)")
+	var rf restFlags
+	rf.register(fs, "lists a snapshot's files when it is restored whole (PMXBCKUP cannot list them)")
+	name := fs.String("name", "", "with a SNAPSHOT (<type>/<id>/<time>), the one file to restore into OUT, as pmx list shows it (root.pxar.didx) or without .didx/.fidx")
+	asJSON := fs.Bool("json", false, "print the summary as JSON: path, out, bytes, chunks, seconds (on stderr when OUT is -; a list for a whole snapshot)")
+	force := fs.Bool("force", false, "replace OUT (or the files in DIR) if it exists (a regular file; devices are always written in place)")
+	pos, err := parsePMXFlags(fs, args, stderr, 2, "SNAPSHOT_PATH and OUT (- for stdout), or SNAPSHOT and DIR")
 	if err != nil {
 		return err
 	}
-	path, outName := pos[0], pos[1]
+	path, outName := strings.Trim(pos[0], "/"), pos[1]
+	switch parts := strings.Split(path, "/"); {
+	case len(parts) == 4 && *name != "":
+		return usagef("pmx restore: %s names a file already; --name goes with a snapshot, <type>/<id>/<time>", pos[0])
+	case len(parts) == 3 && *name == "":
+		return pmxRestoreSnapshot(ctx, &cf, &rf, path, outName, *force, *asJSON, stdout, stderr)
+	case len(parts) == 3:
+		path += "/" + *name
+	case len(parts) != 4:
+		return usagef("pmx restore: %q: want a snapshot file <type>/<id>/<time>/<file>, or a snapshot <type>/<id>/<time> (the time may be latest)", pos[0])
+	}
 	// Checked before connecting, and again (atomically) at the rename: a
 	// restore must not silently replace a file the user still needs.
 	if outName != "-" && !*force {
@@ -36,6 +53,9 @@ func pmxRestore(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return fmt.Errorf("pmx restore: %w", err)
 	}
 	defer c.Close()
+	if path, err = fileExtension(ctx, c, path); err != nil {
+		return withListHint(err)
+	}
 
 	bar := newProgressLine(stderr)
 	progress := func(s pmxclient.RestoreStats) { bar.show(s.String()) }
@@ -55,23 +75,123 @@ func pmxRestore(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		fmt.Fprintln(stderr, sum.String()) // stdout carries the data
 		return nil
 	}
-	out, err := createOutput(outName, *force)
-	if err != nil {
-		return fmt.Errorf("pmx restore: %w", err)
-	}
-	sum, err := pmxclient.Restore(ctx, c, path, out, progress)
+	sum, err := restoreInto(ctx, c, path, outName, *force, progress)
 	bar.clear()
 	if err != nil {
-		out.abort()
-		return withListHint(err)
-	}
-	if err := out.commit(); err != nil {
-		return fmt.Errorf("pmx restore: %w", err)
+		return err
 	}
 	if *asJSON {
 		return writeJSON(stdout, restoreSummaryJSON(sum, outName))
 	}
 	fmt.Fprintln(stdout, sum.String()+" to "+outName)
+	return nil
+}
+
+// fileExtension completes a snapshot file path given without .didx or
+// .fidx (as --name may be) with the one the snapshot has.
+func fileExtension(ctx context.Context, c *pmxclient.Client, path string) (string, error) {
+	if strings.HasSuffix(path, ".didx") || strings.HasSuffix(path, ".fidx") {
+		return path, nil
+	}
+	// PMXBCKUP cannot stat a file: its hash list is the cheapest probe.
+	for _, ext := range []string{".didx", ".fidx"} {
+		_, err := c.HashList(ctx, path+ext)
+		if err == nil {
+			return path + ext, nil
+		}
+		if !errors.Is(err, pmxclient.ErrNotFound) {
+			return "", fmt.Errorf("pmx restore: %w", err)
+		}
+	}
+	return "", fmt.Errorf("pmx restore: the snapshot has neither %s.didx nor %s.fidx: %w", path, path, pmxclient.ErrNotFound)
+}
+
+// restoreInto restores a snapshot file into the file out: complete or
+// not at all.
+func restoreInto(ctx context.Context, c *pmxclient.Client, path, out string, force bool, progress func(pmxclient.RestoreStats)) (*pmxclient.RestoreSummary, error) {
+	o, err := createOutput(out, force)
+	if err != nil {
+		return nil, fmt.Errorf("pmx restore: %w", err)
+	}
+	sum, err := pmxclient.Restore(ctx, c, path, o, progress)
+	if err != nil {
+		o.abort()
+		return nil, withListHint(err)
+	}
+	if err := o.commit(); err != nil {
+		return nil, fmt.Errorf("pmx restore: %w", err)
+	}
+	return sum, nil
+}
+
+// pmxRestoreSnapshot restores every file of a snapshot into dir, each as
+// its name without .didx/.fidx (root.pxar.didx as dir/root.pxar), over
+// one connection. PMXBCKUP cannot list a snapshot's files: the REST API
+// (--api) does.
+func pmxRestoreSnapshot(ctx context.Context, cf *pmxConnFlags, rf *restFlags, snap, dir string, force, asJSON bool, stdout, stderr io.Writer) error {
+	if dir == "-" {
+		return usagef("pmx restore: a whole snapshot goes into a directory, not stdout; restore one file to - with --name FILE")
+	}
+	if rf.api == "" {
+		return usagef("pmx restore: restoring all of %s needs its list of files, which PMXBCKUP cannot give: name the REST API with --api http[s]://HOST:PORT "+
+			"(or CHUNKBRIDGE_API, or api: in the config profile), or restore one file with --name FILE", snap)
+	}
+	base, bearer, hc, err := rf.client(cf, "pmx restore")
+	if err != nil {
+		return err
+	}
+	parts := strings.Split(snap, "/")
+	resp, err := listSnapshots(ctx, hc, base, bearer, parts[0], parts[1])
+	if err != nil {
+		return fmt.Errorf("pmx restore: listing the files of %s: %w", snap, err)
+	}
+	var files []*chunkbridgev1.SnapshotFileInfo
+	for _, s := range resp.GetSnapshots() { // newest first
+		if t := s.GetTime().AsTime().UTC().Format(time.RFC3339); t == parts[2] || parts[2] == "latest" {
+			snap, files = parts[0]+"/"+parts[1]+"/"+t, s.GetFiles()
+			break
+		}
+	}
+	if len(files) == 0 {
+		return fmt.Errorf("pmx restore: snapshot %s: %w (see the snapshots with chunkbridge pmx list)", snap, pmxclient.ErrNotFound)
+	}
+	if st, err := os.Stat(dir); err == nil && !st.IsDir() {
+		return fmt.Errorf("pmx restore: %s is not a directory; a whole snapshot is restored into one (or restore one file with --name FILE)", dir)
+	}
+	outs := make([]string, len(files))
+	for i, f := range files {
+		outs[i] = filepath.Join(dir, strings.TrimSuffix(strings.TrimSuffix(f.GetName(), ".didx"), ".fidx"))
+		if !force {
+			if st, err := os.Stat(outs[i]); err == nil && st.Mode().IsRegular() {
+				return fmt.Errorf("pmx restore: %s exists; add --force to replace it", outs[i])
+			}
+		}
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("pmx restore: %w", err)
+	}
+	c, err := cf.dial(ctx)
+	if err != nil {
+		return fmt.Errorf("pmx restore: %w", err)
+	}
+	defer c.Close()
+	bar := newProgressLine(stderr)
+	var sums []restoreJSON
+	for i, f := range files {
+		label := fmt.Sprintf("%s (%d/%d): ", f.GetName(), i+1, len(files))
+		sum, err := restoreInto(ctx, c, f.GetPath(), outs[i], force, func(s pmxclient.RestoreStats) { bar.show(label + s.String()) })
+		bar.clear()
+		if err != nil {
+			return fmt.Errorf("%w (%d of the %d files of %s restored)", err, i, len(files), snap)
+		}
+		sums = append(sums, restoreSummaryJSON(sum, outs[i]))
+		if !asJSON {
+			fmt.Fprintln(stdout, sum.String()+" to "+outs[i])
+		}
+	}
+	if asJSON {
+		return writeJSON(stdout, map[string]any{"snapshot": snap, "files": sums})
+	}
 	return nil
 }
 

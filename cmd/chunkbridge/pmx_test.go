@@ -59,6 +59,25 @@ func restore(t *testing.T, p *process, snapshot string) []byte {
 	return b
 }
 
+// listed reports whether pmx list's output names the snapshot file: its
+// snapshot's line, then the file's among those that follow.
+func listed(out, file string) bool {
+	head := snapshotOf(file) + ": "
+	i := strings.Index(out, head)
+	if i < 0 {
+		return false
+	}
+	for _, l := range strings.Split(out[i:], "\n")[1:] {
+		if !strings.HasPrefix(l, "  ") {
+			return false
+		}
+		if strings.HasPrefix(l, "  "+file[len(snapshotOf(file))+1:]+" ") {
+			return true
+		}
+	}
+	return false
+}
+
 func randomBytes(seed uint64, n int) []byte {
 	rng := rand.New(rand.NewPCG(seed, 11))
 	b := make([]byte, n)
@@ -171,8 +190,84 @@ func pmxScenario(t *testing.T, p *process) {
 			t.Fatalf("pmx hashes printed %d lines", len(hashes))
 		}
 		list := pmxCLI(t, nil, "list", "--api", "http://"+p.http)
-		if !strings.Contains(list, first) {
+		if !listed(list, first) {
 			t.Fatalf("pmx list lacks %s:\n%s", first, list)
 		}
 	})
+}
+
+// Several files in one snapshot, end to end: one pmx backup writes them
+// over one connection, a second one adds a file with --add, list shows
+// them together, restore brings back one or all, and casync reads each
+// through the HTTP store.
+func TestPMXSnapshotOfSeveralFiles(t *testing.T) {
+	p := start(t, nil, "serve", "all", "--store", t.TempDir())
+	waitHealth(t, p.conn(t), healthpb.HealthCheckResponse_SERVING)
+	api := "http://" + p.http
+	root, disk, etc := randomBytes(61, 2<<20+7), randomBytes(62, 3<<20), randomBytes(63, 100<<10)
+	const when = "2026-11-25T10:00:00Z"
+	const snap = "host/web-01/" + when
+	out := pmxCLI(t, nil, "backup", "--server", p.pmx, "--type", "host", "--id", "web-01", "--time", when,
+		"--chunk-size", "1M", "root.pxar:"+writeFile(t, root), "disk.img:"+writeFile(t, disk))
+	// A summary per file, in order, then one for the snapshot.
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 3 || !strings.HasPrefix(lines[0], "snapshot "+snap+"/root.pxar.didx: ") ||
+		!strings.HasPrefix(lines[1], "snapshot "+snap+"/disk.img.fidx: ") || !strings.HasPrefix(lines[2], "snapshot "+snap+": 2 files, ") {
+		t.Fatalf("pmx backup of two files printed:\n%s", out)
+	}
+
+	// The snapshot is taken: a second run without --add is refused whole,
+	// with --add a file joins it over another connection, and a file it
+	// has is refused even so.
+	if out, err := pmxEnvRun(nil, "backup", "--server", p.pmx, "--type", "host", "--id", "web-01", "--time", when, "etc.pxar:"+writeFile(t, etc)); err == nil || !strings.Contains(out, "exists") {
+		t.Fatalf("a second backup into the snapshot without --add: %v\n%s", err, out)
+	}
+	added := backup(t, p, etc, "--type", "host", "--id", "web-01", "--time", when, "--add", "etc.pxar:-")
+	if added != snap+"/etc.pxar.didx" {
+		t.Fatalf("--add wrote %s, want it in %s", added, snap)
+	}
+	if out, err := pmxEnvRun(nil, "backup", "--server", p.pmx, "--type", "host", "--id", "web-01", "--time", when, "--add", "root.pxar:"+writeFile(t, etc)); err == nil || !strings.Contains(out, "exists") {
+		t.Fatalf("--add of a file the snapshot has: %v\n%s", err, out)
+	}
+
+	list := pmxCLI(t, nil, "list", "--api", api, "--type", "host", "--id", "web-01")
+	for _, f := range []string{"root.pxar.didx", "disk.img.fidx", "etc.pxar.didx"} {
+		if !listed(list, snap+"/"+f) {
+			t.Fatalf("pmx list lacks %s under %s:\n%s", f, snap, list)
+		}
+	}
+	if !strings.Contains(list, snap+": 3 files, ") || !regexp.MustCompile(`\n  disk\.img\.fidx +3\.0 MiB +3 chunks +fixed\n`).MatchString(list) {
+		t.Fatalf("pmx list: want the snapshot's 3 files with size, chunk count and kind:\n%s", list)
+	}
+
+	// One file by --name (as listed, or without .didx/.fidx), or them all.
+	dst := t.TempDir()
+	pmxCLI(t, nil, "restore", "--server", p.pmx, snap, "--name", "disk.img", filepath.Join(dst, "one"))
+	sameFile(t, writeFile(t, disk), filepath.Join(dst, "one"))
+	pmxCLI(t, nil, "restore", "--server", p.pmx, "host/web-01/latest", "--name", "root.pxar.didx", filepath.Join(dst, "two"))
+	sameFile(t, writeFile(t, root), filepath.Join(dst, "two"))
+	if out, err := pmxEnvRun(nil, "restore", "--server", p.pmx, snap, filepath.Join(dst, "all")); err == nil || !strings.Contains(out, "--api") || !strings.Contains(out, "--name") {
+		t.Fatalf("restore of a whole snapshot without --api: %v, want a usage error naming --api and --name\n%s", err, out)
+	}
+	all := filepath.Join(dst, "all")
+	out = pmxCLI(t, nil, "restore", "--server", p.pmx, "--api", api, snap, all)
+	for name, want := range map[string][]byte{"root.pxar": root, "disk.img": disk, "etc.pxar": etc} {
+		sameFile(t, writeFile(t, want), filepath.Join(all, name))
+		if !strings.Contains(out, " to "+filepath.Join(all, name)+"\n") {
+			t.Fatalf("restore summary lacks %s:\n%s", name, out)
+		}
+	}
+	if out, err := pmxEnvRun(nil, "restore", "--server", p.pmx, "--api", api, snap, all); err == nil || !strings.Contains(out, "--force") {
+		t.Fatalf("a second restore into the same directory: %v, want refused without --force\n%s", err, out)
+	}
+
+	// Every file of the snapshot is a casync blob index in the HTTP store.
+	needCasync(t)
+	c := tcpCasync(t, p)
+	base := "http://" + p.http + "/casync"
+	for name, want := range map[string][]byte{"root.pxar.didx": root, "disk.img.fidx": disk, "etc.pxar.didx": etc} {
+		got := filepath.Join(t.TempDir(), "out")
+		c.run("extract", "--store="+base+"/chunks", base+"/indexes/snapshots/"+snap+"/"+strings.TrimSuffix(strings.TrimSuffix(name, ".didx"), ".fidx")+".caibx", got)
+		sameFile(t, writeFile(t, want), got)
+	}
 }

@@ -168,7 +168,9 @@ func TestPMXList(t *testing.T) {
 		// As grpc-gateway marshals it: camelCase, int64 as strings.
 		fmt.Fprint(w, `{"snapshots":[{"type":"host","backupId":"web-01","time":"2026-11-25T10:00:00Z","files":[
 			{"path":"host/web-01/2026-11-25T10:00:00Z/root.pxar.didx","name":"root.pxar.didx","fixed":false,
-			 "contentSize":"1073741824","chunkCount":"16384","chunkSize":"0","size":"659456","unknownField":1}]},
+			 "contentSize":"1073741824","chunkCount":"16384","chunkSize":"0","size":"659456","unknownField":1},
+			{"path":"host/web-01/2026-11-25T10:00:00Z/etc.pxar.didx","name":"etc.pxar.didx","fixed":false,
+			 "contentSize":"5000","chunkCount":"1","chunkSize":"0","size":"4136"}]},
 			{"type":"host","backupId":"web-01","time":"2026-11-24T10:00:00Z","files":[
 			{"path":"host/web-01/2026-11-24T10:00:00Z/disk.img.fidx","name":"disk.img.fidx","fixed":true,
 			 "contentSize":"4194304","chunkCount":"1","chunkSize":"4194304","size":"4128"}]}]}`)
@@ -181,8 +183,12 @@ func TestPMXList(t *testing.T) {
 	if query != "backupId=web-01&type=host" {
 		t.Fatalf("query %q", query)
 	}
-	want := "host/web-01/2026-11-25T10:00:00Z/root.pxar.didx  1.0 GiB  16384 chunks  dynamic\n" +
-		"host/web-01/2026-11-24T10:00:00Z/disk.img.fidx   4.0 MiB  1 chunks      fixed\n"
+	// A snapshot, then each of its files.
+	want := "host/web-01/2026-11-25T10:00:00Z: 2 files, 1.0 GiB\n" +
+		"  root.pxar.didx  1.0 GiB  16384 chunks  dynamic\n" +
+		"  etc.pxar.didx   4.9 KiB  1 chunk       dynamic\n" +
+		"host/web-01/2026-11-24T10:00:00Z: 1 file, 4.0 MiB\n" +
+		"  disk.img.fidx  4.0 MiB  1 chunk  fixed\n"
 	if stdout != want {
 		t.Fatalf("list printed\n%q\nwant\n%q", stdout, want)
 	}
