@@ -246,8 +246,9 @@ func (s *Server) newSnapshotWriter(ctx context.Context, c *chunkbridgev1.WriteSn
 		}
 		w.dynamic = &pbsindex.Dynamic{UUID: pbsindex.NewUUID(), CTime: now}
 	}
-	// A snapshot file is written once. EXCL also refuses a snapshot that
-	// has any file already.
+	// A snapshot file is written once. EXCL refuses a snapshot that has
+	// any file already (PMXBCKUP's meaning: the snapshot must be new);
+	// without it a file joins the snapshot, new or not.
 	prefix := snapshotPrefix + w.path.dir() + "/"
 	if c.GetExclusive() {
 		exists := false
@@ -259,10 +260,18 @@ func (s *Server) newSnapshotWriter(ctx context.Context, c *chunkbridgev1.WriteSn
 		if exists {
 			return nil, fmt.Errorf("snapshot %s: %w (exclusive create)", w.path.dir(), apierr.ErrExists)
 		}
-	} else if _, err := s.view(ctx).Stat(ctx, w.path.key()); err == nil {
-		return nil, fmt.Errorf("snapshot file %s: %w", w.path, apierr.ErrExists)
-	} else if !errors.Is(err, storage.ErrNotFound) {
-		return nil, fmt.Errorf("snapshot file %s: %w", w.path, err)
+	} else {
+		// A name is used once per snapshot, whatever its kind: casync
+		// reads foo.fidx and foo.didx both as foo.caibx.
+		other := w.path
+		other.file = c.GetName() + map[string]string{".fidx": ".didx", ".didx": ".fidx"}[ext]
+		for _, p := range []snapshotPath{w.path, other} {
+			if _, err := s.view(ctx).Stat(ctx, p.key()); err == nil {
+				return nil, fmt.Errorf("snapshot file %s: %w (a snapshot has one file of a name: pick another name, or another snapshot time)", p, apierr.ErrExists)
+			} else if !errors.Is(err, storage.ErrNotFound) {
+				return nil, fmt.Errorf("snapshot file %s: %w", p, err)
+			}
+		}
 	}
 	// A tenant over a quota is refused before any chunk is sent: at once
 	// when it is full, and for a fixed file when its announced size would

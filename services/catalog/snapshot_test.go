@@ -252,6 +252,44 @@ func TestSnapshotRefusals(t *testing.T) {
 	}
 }
 
+// A snapshot holds several files: without exclusive a file joins it, and
+// only a name it has is refused, of either kind (casync reads foo.fidx and
+// foo.didx both as foo.caibx); exclusive refuses the snapshot.
+func TestSnapshotOfSeveralFiles(t *testing.T) {
+	f := newFixture(t, catalog.Config{})
+	small := f.storeChunk(t, []byte("small"))
+	create := func(name string, fixed, exclusive bool) *Create {
+		c := &Create{Type: "host", BackupId: "h", Time: at("2026-01-01T00:00:00Z"), Name: name, Exclusive: exclusive}
+		if fixed {
+			c.Fixed, c.ChunkSize, c.FileSize = true, 5, 5
+		}
+		return c
+	}
+	entry := []*Entry{{Offset: 0, Slot: 0, Digest: small}}
+	for _, c := range []*Create{create("root.pxar", false, true), create("etc.pxar", false, false), create("disk.img", true, false)} {
+		if res := f.write(t, c, entry, true); res.err != nil || res.file == nil {
+			t.Fatalf("%s: %+v", c.Name, res)
+		}
+	}
+	for _, tc := range []struct {
+		create *Create
+		says   string
+	}{
+		{create("new.pxar", false, true), "exclusive"},
+		{create("etc.pxar", false, false), "etc.pxar.didx"},
+		{create("etc.pxar", true, false), "etc.pxar.didx"},
+		{create("disk.img", false, false), "disk.img.fidx"},
+	} {
+		if res := f.write(t, tc.create, entry, true); status.Code(res.err) != codes.AlreadyExists || !strings.Contains(res.err.Error(), tc.says) {
+			t.Fatalf("Create %s (fixed %v, exclusive %v) = %v, want AlreadyExists naming %s", tc.create.Name, tc.create.Fixed, tc.create.Exclusive, res.err, tc.says)
+		}
+	}
+	snap, err := f.catalog.GetSnapshot(t.Context(), &chunkbridgev1.GetSnapshotRequest{Type: "host", BackupId: "h", Time: "2026-01-01T00:00:00Z"})
+	if err != nil || len(snap.Snapshot.Files) != 3 {
+		t.Fatalf("GetSnapshot = %v, %v; want 3 files", snap, err)
+	}
+}
+
 // A Create announcing the most slots allowed allocates nothing for them:
 // memory follows the entries sent, so an open file, or one entry at its
 // last slot, costs bytes, not the 528 MiB the size field claims.
