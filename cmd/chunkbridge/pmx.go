@@ -23,7 +23,8 @@ const pmxUsage = `Usage:
                           [--fixed] [--chunk-size N] [--time T [--add]] [--allow-empty]
                           [--tls] [--tls-ca FILE] [--cert FILE --key FILE] FILE|-|NAME:PATH...
   chunkbridge pmx restore --server HOST:PORT [--tls] [--tls-ca FILE] [--cert FILE --key FILE]
-                          [--force] SNAPSHOT_PATH OUT|-
+                          [--force] SNAPSHOT_PATH OUT|-  |  SNAPSHOT --name FILE OUT|-
+                          |  SNAPSHOT --api URL [--token-file FILE] DIR
   chunkbridge pmx hashes  --server HOST:PORT [--tls] [--tls-ca FILE] [--cert FILE --key FILE] SNAPSHOT_PATH
   chunkbridge pmx list    [--api http[s]://HOST:PORT] [--token-file FILE] [--tls-ca FILE]
                           [--type T] [--id ID] [--json]
@@ -40,9 +41,13 @@ backup   stores FILE (or stdin, -) as a new snapshot file <type>/<id>/<time>/<na
 restore  writes a snapshot file's content to OUT (or stdout, -), verifying every chunk;
          OUT appears only when complete, and replaces an existing file only with
          --force. The time may be "latest":
-         host/web-01/latest/root.pxar.didx.
+         host/web-01/latest/root.pxar.didx. A SNAPSHOT (<type>/<id>/<time>) with
+         --name FILE restores that file (root.pxar.didx, or root.pxar); without --name,
+         every file of it into the directory DIR, each as its name without .didx/.fidx
+         (DIR/root.pxar): the list of files comes from the REST API, --api.
 hashes   prints a snapshot file's chunk digests, one per line, in order.
-list     lists snapshot files through the REST API named by --api (PMXBCKUP has no
+list     lists the snapshots, each followed by its files (name, size, chunk count,
+         fixed or dynamic), through the REST API named by --api (PMXBCKUP has no
          list packet; with --server set and no --api, list refuses rather than guess;
          with neither, http://127.0.0.1:8080). With access control it needs a token
          (--token-file, CHUNKBRIDGE_TOKEN); --tls-ca verifies an https:// --api.
