@@ -11,12 +11,14 @@ import (
 	"github.com/chunkbridge/chunkbridge/services/admin"
 )
 
+// day is 10:00 UTC on a day of November 2026.
+func day(d int) time.Time { return time.Date(2026, 11, d, 10, 0, 0, 0, time.UTC) }
+
 func TestPruneThenGC(t *testing.T) {
 	e := newEnv(t, memoryStore(t), admin.Config{})
 	shared := makeBlobs(1, 3, 512, sha256Alg)
 	own := makeBlobs(2, 4, 512, sha256Alg)
 	e.upload(t, shared, own)
-	day := func(d int) time.Time { return time.Date(2026, 11, d, 10, 0, 0, 0, time.UTC) }
 	for i, d := range []int{25, 24, 23} {
 		e.mustWriteSnapshot(t, "host", "a", day(d), "root.pxar", concat(shared, own[i:i+1]))
 	}
@@ -76,7 +78,6 @@ func TestPruneKeepsSnapshotFilesTogether(t *testing.T) {
 	root := makeBlobs(3, 3, 512, sha256Alg)
 	etc := makeBlobs(4, 3, 512, sha256Alg)
 	e.upload(t, root, etc)
-	day := func(d int) time.Time { return time.Date(2026, 11, d, 10, 0, 0, 0, time.UTC) }
 	for i, d := range []int{25, 24, 23} {
 		e.mustWriteSnapshot(t, "host", "h", day(d), "root.pxar", root[i:i+1])
 		e.mustWriteSnapshot(t, "host", "h", day(d), "etc.pxar", etc[i:i+1])
