@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -303,5 +305,66 @@ func TestNonEmpty(t *testing.T) {
 	}
 	if got, _ := io.ReadAll(r); string(got) != "abc" {
 		t.Fatalf("read %q", got)
+	}
+}
+
+// Several inputs of pmx backup: named NAME:PATH, fixed when --fixed or
+// named *.img, into one snapshot; mistakes are refused before anything is
+// sent.
+func TestPMXBackupSeveralInputs(t *testing.T) {
+	peer := pmxtest.NewPeer(t)
+	t.Setenv("CHUNKBRIDGE_SERVER", peer.Addr())
+	dir := t.TempDir()
+	a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b:c")
+	writeRandomFile(t, a, 100<<10)
+	writeRandomFile(t, b, 3000)
+	base := []string{"backup", "--type", "vm", "--id", "9", "--time", "2026-11-25T10:00:00Z"}
+	for _, tc := range []struct {
+		args []string
+		says string
+	}{
+		{[]string{"--name", "x", a, b}, "--name names the one input"},
+		{[]string{"x:" + a, "x:" + b}, "two inputs are named x"},
+		{[]string{a, "a:" + b}, "two inputs are named a"},
+		{[]string{"x:-", "y:-"}, "stdin (-) can be read once only"},
+		{[]string{"x:"}, "want NAME:PATH"},
+		{[]string{"--chunk-size", "1M", "x:" + a}, "--chunk-size applies to fixed inputs only"},
+		{[]string{"x.img:-"}, "--fixed needs the input's size"},
+	} {
+		_, _, err := pmxRun(t, append(base, tc.args...)...)
+		var u usageError
+		if !errors.As(err, &u) || !strings.Contains(err.Error(), tc.says) {
+			t.Fatalf("backup %v: %v, want a usage error saying %q", tc.args, err, tc.says)
+		}
+	}
+	if _, _, err := pmxRun(t, "backup", "--type", "vm", "--id", "9", "--add", "x:"+a); err == nil || !strings.Contains(err.Error(), "--add needs --time") {
+		t.Fatalf("--add without --time: %v", err)
+	}
+	if n := len(peer.Files()); n != 0 {
+		t.Fatalf("refused command lines published %d files", n)
+	}
+
+	// A plain FILE is named by its base name, even with a ":" in it when
+	// it starts a path; disk.img is fixed by its name.
+	stdout, _, err := pmxRun(t, append(base, "--json", "--chunk-size", "64K", "disk.img:"+a, b)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got struct {
+		Snapshot string
+		Files    []backupJSON
+	}
+	if err := json.Unmarshal([]byte(stdout), &got); err != nil {
+		t.Fatalf("--json of two files: %v\n%s", err, stdout)
+	}
+	const snap = "vm/9/2026-11-25T10:00:00Z"
+	if got.Snapshot != snap || len(got.Files) != 2 || got.Files[0].Path != snap+"/disk.img.fidx" || got.Files[1].Path != snap+"/b:c.didx" ||
+		got.Files[0].Chunks != 2 || got.Files[1].Bytes != 3000 {
+		t.Fatalf("--json printed %+v", got)
+	}
+	// --fixed makes every input fixed.
+	stdout, _, err = pmxRun(t, "backup", "--type", "vm", "--id", "9", "--time", "2026-11-26T10:00:00Z", "--fixed", "one:"+a, "two:"+b)
+	if err != nil || !strings.Contains(stdout, "/one.fidx: ") || !strings.Contains(stdout, "/two.fidx: ") || !strings.Contains(stdout, ": 2 files, ") {
+		t.Fatalf("--fixed of two inputs: %v\n%s", err, stdout)
 	}
 }
