@@ -57,6 +57,11 @@ type BackupOptions struct {
 	// has. Unset, the snapshot must be new (EXCL), so that a backup never
 	// mixes its files into an older run's snapshot by accident.
 	AddToSnapshot bool
+	// Known, if not nil, is shared by the backups of one run on one
+	// connection (the files of a snapshot): a chunk one of them uploaded,
+	// or found in its previous snapshot, is not sent again by the next.
+	// Backup adds to it. Nil means a set of this backup's own.
+	Known map[Digest]struct{}
 	// Progress, if set, is called from Backup's goroutine at most every
 	// ProgressInterval, and once at the end.
 	Progress func(Stats)
@@ -104,7 +109,11 @@ func Backup(ctx context.Context, c *Client, opts BackupOptions) (*BackupSummary,
 		return nil, fmt.Errorf("pmx: backup: reading the previous snapshot's digests: %w", err)
 	}
 	sum.BaseChunks = len(known)
-	set := make(map[Digest]struct{}, len(known))
+	set := opts.Known
+	if set == nil {
+		set = make(map[Digest]struct{}, len(known))
+	}
+	sum.sharedKnown = len(set)
 	for _, d := range known {
 		set[d] = struct{}{}
 	}

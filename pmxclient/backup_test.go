@@ -394,3 +394,22 @@ func TestBackupSeveralFilesIntoOneSnapshot(t *testing.T) {
 		t.Fatal("a file of the snapshot restores differently")
 	}
 }
+
+// The files of one run share what is known to be stored: a chunk the
+// first file uploaded is not sent again for the second.
+func TestBackupSharesKnownChunksAcrossFiles(t *testing.T) {
+	p := pmxtest.NewPeer(t)
+	c := p.Dial(t)
+	data := randomBytes(13, 8<<10)
+	known := map[pmxclient.Digest]struct{}{}
+	for i, name := range []string{"a.img", "b.img"} {
+		sum := backup(t, p, c, pmxclient.BackupOptions{Type: pmxproto.BackupVM, ID: "1", Name: name, Fixed: true, ChunkSize: 4096,
+			Input: bytes.NewReader(data), Size: int64(len(data)), Time: snapTime, AddToSnapshot: i > 0, Known: known})
+		if want := int64(2 * (1 - i)); sum.NewChunks != want || sum.ReusedChunks != 2-want {
+			t.Fatalf("%s: %d chunks uploaded, %d reused; want %d uploaded", name, sum.NewChunks, sum.ReusedChunks, want)
+		}
+	}
+	if p.Uploads() != 2 {
+		t.Fatalf("%d uploads for two files of the same 2 chunks, want 2", p.Uploads())
+	}
+}

@@ -71,6 +71,9 @@ type BackupSummary struct {
 	// BaseChunks is the number of digests in that hash list.
 	BaseChunks int
 	Stats
+	// sharedKnown is how many chunks earlier files of the run were known
+	// to have stored (BackupOptions.Known) when this one started.
+	sharedKnown int
 }
 
 // String returns the summary line, e.g. "snapshot
@@ -82,7 +85,10 @@ type BackupSummary struct {
 func (s *BackupSummary) String() string {
 	line := fmt.Sprintf("snapshot %s: %s in %s (%s), %s",
 		s.Path, FormatSize(s.BytesRead), formatSeconds(s.Elapsed), FormatRate(s.Rate()), s.chunkCounts())
-	if s.Base == "" && s.NewChunks > 0 {
+	switch {
+	case s.Base == "" && s.NewChunks > 0 && s.sharedKnown > 0:
+		line += " (no earlier snapshot of this file: every distinct chunk the earlier files of this run had not sent was sent; the server keeps one copy of any it already had)"
+	case s.Base == "" && s.NewChunks > 0:
 		line += " (no earlier snapshot of this file: every distinct chunk was sent; the server keeps one copy of any it already had)"
 	}
 	return line

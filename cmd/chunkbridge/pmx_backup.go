@@ -79,6 +79,7 @@ func pmxBackup(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	bar := newProgressLine(stderr)
 	start := time.Now()
 	var sums []*pmxclient.BackupSummary
+	known := map[pmxclient.Digest]struct{}{} // shared: files often share chunks
 	for i, in := range inputs {
 		label := ""
 		if len(inputs) > 1 {
@@ -89,6 +90,7 @@ func pmxBackup(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			Input: in.r, Size: in.size, Time: when,
 			// The first file makes the snapshot (EXCL), the others join it.
 			AddToSnapshot: *add || i > 0,
+			Known:         known,
 			Progress:      func(s pmxclient.Stats) { bar.show(label + s.String()) },
 		})
 		bar.clear()
