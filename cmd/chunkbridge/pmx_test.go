@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -259,6 +260,14 @@ func TestPMXSnapshotOfSeveralFiles(t *testing.T) {
 	}
 	if out, err := pmxEnvRun(nil, "restore", "--server", p.pmx, "--api", api, snap, all); err == nil || !strings.Contains(out, "--force") {
 		t.Fatalf("a second restore into the same directory: %v, want refused without --force\n%s", err, out)
+	}
+	var again struct {
+		Snapshot string
+		Files    []restoreJSON
+	}
+	if err := json.Unmarshal([]byte(pmxCLI(t, nil, "restore", "--server", p.pmx, "--api", api, "--force", "--json", "host/web-01/latest", all)), &again); err != nil ||
+		again.Snapshot != snap || len(again.Files) != 3 || again.Files[0].Bytes == 0 {
+		t.Fatalf("restore --force --json of the latest snapshot: %+v, %v", again, err)
 	}
 
 	// Every file of the snapshot is a casync blob index in the HTTP store.
