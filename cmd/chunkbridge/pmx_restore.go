@@ -146,13 +146,23 @@ func pmxRestoreSnapshot(ctx context.Context, cf *pmxConnFlags, rf *restFlags, sn
 		return fmt.Errorf("pmx restore: listing the files of %s: %w", snap, err)
 	}
 	var files []*chunkbridgev1.SnapshotFileInfo
+	found := false
 	for _, s := range resp.GetSnapshots() { // newest first
 		if t := s.GetTime().AsTime().UTC().Format(time.RFC3339); t == parts[2] || parts[2] == "latest" {
-			snap, files = parts[0]+"/"+parts[1]+"/"+t, s.GetFiles()
+			snap, found = parts[0]+"/"+parts[1]+"/"+t, true
+			for _, f := range s.GetFiles() {
+				// Only indexes go through PMXBCKUP; a snapshot written
+				// by another protocol may hold other files too.
+				if n := f.GetName(); strings.HasSuffix(n, ".didx") || strings.HasSuffix(n, ".fidx") {
+					files = append(files, f)
+				} else {
+					fmt.Fprintf(stderr, "pmx restore: skipped %s/%s: PMXBCKUP restores .didx and .fidx files only\n", snap, n)
+				}
+			}
 			break
 		}
 	}
-	if len(files) == 0 {
+	if !found {
 		return fmt.Errorf("pmx restore: snapshot %s: %w (see the snapshots with chunkbridge pmx list)", snap, pmxclient.ErrNotFound)
 	}
 	if st, err := os.Stat(dir); err == nil && !st.IsDir() {
