@@ -276,3 +276,25 @@ func TestFollowEndsRevokedSessions(t *testing.T) {
 		t.Fatalf("an unchanged principal's session ended: %v", context.Cause(octx))
 	}
 }
+
+// A Proxmox API token id (user@realm!tokenname) is a principal name, in
+// the file and forwarded; a tenant or domain name still may not hold '!'.
+func TestProxmoxTokenNames(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "credentials.yaml")
+	tok, hash := auth.NewToken()
+	write(t, path, "tenants: [{name: acme}]\nprincipals: [{name: 'backup@pbs!host1', tenant: acme, role: append, token_sha256: "+hash+"}]\n")
+	reg, err := auth.Load(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, err := reg.Token(tok); err != nil || p.Name != "backup@pbs!host1" {
+		t.Fatalf("Token: %v, %v", p, err)
+	}
+	if got, ok, err := auth.Forwarded(metadata.Pairs(auth.ForwardKey, "backup@pbs!host1;acme;append;acme")); err != nil || !ok || got.Name != "backup@pbs!host1" {
+		t.Fatalf("Forwarded: %v, %v, %v", got, ok, err)
+	}
+	write(t, path, "tenants: [{name: 'ac!me'}]\nprincipals: [{name: a, role: read, token_sha256: "+hash+"}]\n")
+	if _, err := auth.Load(path, nil); err == nil {
+		t.Fatal("a tenant named with '!' was accepted")
+	}
+}

@@ -14,8 +14,8 @@ import (
 // Load checks them; a tenant other than DefaultTenant must also be listed
 // under "tenants:".
 func NewTokenEntry(name, tenant, role string) (token, hash, entry string, err error) {
-	if !nameRE.MatchString(name) {
-		return "", "", "", fmt.Errorf("name %q: want 1 to 128 letters, digits, '.', '_', '@' or '-', starting with a letter or digit", name)
+	if !principalRE.MatchString(name) {
+		return "", "", "", fmt.Errorf("name %q: want 1 to 128 letters, digits, '.', '_', '@', '!' or '-', starting with a letter or digit", name)
 	}
 	if tenant == "" {
 		tenant = DefaultTenant

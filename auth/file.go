@@ -99,6 +99,11 @@ type Registry struct {
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$`)
 
+// principalRE is nameRE plus '!' for principal names only: a Proxmox API
+// token's id is user@realm!tokenname. Tenants and domains name store
+// paths and keep nameRE.
+var principalRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._@!-]{0,127}$`)
+
 // Load reads the credentials file at path.
 func Load(path string, log *slog.Logger) (*Registry, error) {
 	if log == nil {
@@ -180,8 +185,8 @@ func parse(raw []byte) (*table, error) {
 	names := map[string]bool{}
 	for i, e := range f.Principals {
 		where := fmt.Sprintf("principals[%d] (%s)", i, e.Name)
-		if !nameRE.MatchString(e.Name) {
-			return nil, fmt.Errorf("principals[%d]: name %q: want letters, digits, '.', '_', '@' or '-'", i, e.Name)
+		if !principalRE.MatchString(e.Name) {
+			return nil, fmt.Errorf("principals[%d]: name %q: want letters, digits, '.', '_', '@', '!' or '-'", i, e.Name)
 		}
 		if names[e.Name] {
 			return nil, fmt.Errorf("%s: the name is used twice", where)

@@ -52,7 +52,7 @@ func Forwarded(md metadata.MD) (Principal, bool, error) {
 		}
 		f = append(f, DefaultDomain)
 	}
-	if len(f) != 4 || !nameRE.MatchString(f[0]) || !nameRE.MatchString(f[1]) || !nameRE.MatchString(f[3]) {
+	if len(f) != 4 || !principalRE.MatchString(f[0]) || !nameRE.MatchString(f[1]) || !nameRE.MatchString(f[3]) {
 		return Principal{}, false, fmt.Errorf("malformed %s metadata %q", ForwardKey, v[len(v)-1])
 	}
 	role, err := ParseRole(f[2])
