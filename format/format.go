@@ -7,6 +7,7 @@
 //   - chunker: casync's content-defined chunker;
 //   - pmxproto: PMXBCKUP packets;
 //   - pbsindex: Proxmox's .fidx/.didx index files;
+//   - pbsidx: the checksummed .fidx/.didx of today's Proxmox Backup Server, which the PBS gateway serves;
 //   - datablob: the PBS DataBlob envelope of chunks and .blob files;
 //   - pbsmanifest: the index.json manifest of a PBS snapshot.
 //
