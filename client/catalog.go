@@ -518,3 +518,69 @@ func (w *SnapshotWriter) Next() (SnapshotFileInfo, error) {
 // Abort abandons the file: nothing is published (unless the commit was
 // already answered). Next then fails.
 func (w *SnapshotWriter) Abort() { w.cancel() }
+
+// PutSnapshotBlob stores data as the blob file name (ending in ".blob") of
+// the snapshot typ/backupID/t, once: an existing one is apierr.ErrExists.
+func (c *Catalog) PutSnapshotBlob(ctx context.Context, typ, backupID string, t time.Time, name string, data []byte) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	s, err := c.c.PutSnapshotBlob(ctx)
+	if err != nil {
+		return apierr.FromStatus(err)
+	}
+	const piece = 1 << 20
+	first := &chunkbridgev1.PutSnapshotBlobRequest{Type: typ, BackupId: backupID, Time: timestamppb.New(t), Name: name}
+	for off := 0; off == 0 || off < len(data); off += piece {
+		msg := first
+		if off > 0 {
+			msg = &chunkbridgev1.PutSnapshotBlobRequest{}
+		}
+		msg.Data = data[off:min(off+piece, len(data))]
+		if err := s.Send(msg); err != nil {
+			break // io.EOF: CloseAndRecv has the catalog's status
+		}
+	}
+	_, err = s.CloseAndRecv()
+	return apierr.FromStatus(err)
+}
+
+// GetSnapshotFile reads a snapshot's blob or index file (in the catalog's
+// format) whole; a file larger than limit bytes is apierr.ErrExhausted.
+func (c *Catalog) GetSnapshotFile(ctx context.Context, path string, limit int64) ([]byte, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	s, err := c.c.GetSnapshotFile(ctx, &chunkbridgev1.GetSnapshotFileRequest{Path: path})
+	if err != nil {
+		return nil, apierr.FromStatus(err)
+	}
+	var out []byte
+	for {
+		resp, err := s.Recv()
+		if errors.Is(err, io.EOF) {
+			return out, nil
+		}
+		if err != nil {
+			return nil, apierr.FromStatus(err)
+		}
+		if int64(len(out)+len(resp.GetData())) > limit {
+			return nil, fmt.Errorf("%w: snapshot file %s is larger than %d bytes", apierr.ErrExhausted, path, limit)
+		}
+		out = append(out, resp.GetData()...)
+	}
+}
+
+// ListSnapshots lists the snapshots (of typ and backupID if set), newest
+// first within a backup id.
+func (c *Catalog) ListSnapshots(ctx context.Context, typ, backupID string) ([]*chunkbridgev1.Snapshot, error) {
+	resp, err := c.c.ListSnapshots(ctx, &chunkbridgev1.ListSnapshotsRequest{Type: typ, BackupId: backupID})
+	if err != nil {
+		return nil, apierr.FromStatus(err)
+	}
+	return resp.GetSnapshots(), nil
+}
+
+// DeleteSnapshot removes a snapshot's files; t is RFC 3339 UTC.
+func (c *Catalog) DeleteSnapshot(ctx context.Context, typ, backupID, t string) error {
+	_, err := c.c.DeleteSnapshot(ctx, &chunkbridgev1.DeleteSnapshotRequest{Type: typ, BackupId: backupID, Time: t})
+	return apierr.FromStatus(err)
+}

@@ -598,8 +598,22 @@ func (s *Server) ListSnapshots(ctx context.Context, req *chunkbridgev1.ListSnaps
 // and describes them from their metadata, fetched in parallel.
 func (s *Server) snapshots(ctx context.Context, prefix, onlyID string) ([]*chunkbridgev1.Snapshot, error) {
 	var paths []snapshotPath
+	blobs := map[string][]*chunkbridgev1.SnapshotBlobInfo{}
+	var blobDirs []snapshotPath // snapshots seen through a blob, in listing order
 	err := s.view(ctx).List(ctx, prefix, func(i storage.Info) error {
-		p, err := parseSnapshotPath(strings.TrimPrefix(i.Key, snapshotPrefix), false)
+		rel := strings.TrimPrefix(i.Key, snapshotPrefix)
+		if _, ok := parseBlobPath(rel); ok {
+			parts := strings.Split(rel, "/")
+			p := snapshotPath{parts[0], parts[1], parts[2], parts[3]}
+			if onlyID == "" || p.id == onlyID {
+				if blobs[p.dir()] == nil {
+					blobDirs = append(blobDirs, p)
+				}
+				blobs[p.dir()] = append(blobs[p.dir()], &chunkbridgev1.SnapshotBlobInfo{Name: p.file, Size: i.Size})
+			}
+			return nil
+		}
+		p, err := parseSnapshotPath(rel, false)
 		if err == nil && (onlyID == "" || p.id == onlyID) {
 			paths = append(paths, p)
 		}
@@ -640,6 +654,16 @@ func (s *Server) snapshots(ctx context.Context, prefix, onlyID string) ([]*chunk
 			out = append(out, snap)
 		}
 		snap.Files = append(snap.Files, infos[i])
+	}
+	for _, p := range blobDirs {
+		snap := byDir[p.dir()]
+		if snap == nil {
+			// A snapshot of blobs only.
+			snap = &chunkbridgev1.Snapshot{Type: p.typ, BackupId: p.id, Time: timestamppb.New(mustTime(p.time))}
+			byDir[p.dir()] = snap
+			out = append(out, snap)
+		}
+		snap.Blobs = blobs[p.dir()]
 	}
 	sort.SliceStable(out, func(i, j int) bool {
 		a, b := out[i], out[j]
@@ -696,6 +720,11 @@ func (s *Server) DeleteSnapshot(ctx context.Context, req *chunkbridgev1.DeleteSn
 	if len(keys) == 0 {
 		return nil, apierr.Status(fmt.Errorf("snapshot %s: %w", dir, apierr.ErrNotFound))
 	}
+	// The PBS manifest goes first: a delete cut short leaves a snapshot
+	// PBS listings no longer show, never one missing files.
+	sort.SliceStable(keys, func(i, j int) bool {
+		return strings.HasSuffix(keys[i], "/index.json.blob") && !strings.HasSuffix(keys[j], "/index.json.blob")
+	})
 	for _, k := range keys {
 		if err := s.view(ctx).Delete(ctx, k); err != nil {
 			return nil, apierr.Status(fmt.Errorf("delete snapshot %s: %w", dir, err))

@@ -686,10 +686,12 @@ func (x *SnapshotFileInfo) GetSize() int64 {
 type Snapshot struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// "vm", "ct" or "host".
-	Type          string                 `protobuf:"bytes,1,opt,name=type,proto3" json:"type,omitempty"`
-	BackupId      string                 `protobuf:"bytes,2,opt,name=backup_id,json=backupId,proto3" json:"backup_id,omitempty"`
-	Time          *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=time,proto3" json:"time,omitempty"`
-	Files         []*SnapshotFileInfo    `protobuf:"bytes,4,rep,name=files,proto3" json:"files,omitempty"`
+	Type     string                 `protobuf:"bytes,1,opt,name=type,proto3" json:"type,omitempty"`
+	BackupId string                 `protobuf:"bytes,2,opt,name=backup_id,json=backupId,proto3" json:"backup_id,omitempty"`
+	Time     *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=time,proto3" json:"time,omitempty"`
+	Files    []*SnapshotFileInfo    `protobuf:"bytes,4,rep,name=files,proto3" json:"files,omitempty"`
+	// The snapshot's blob files (PBS), e.g. index.json.blob.
+	Blobs         []*SnapshotBlobInfo `protobuf:"bytes,5,rep,name=blobs,proto3" json:"blobs,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -752,6 +754,68 @@ func (x *Snapshot) GetFiles() []*SnapshotFileInfo {
 	return nil
 }
 
+func (x *Snapshot) GetBlobs() []*SnapshotBlobInfo {
+	if x != nil {
+		return x.Blobs
+	}
+	return nil
+}
+
+// SnapshotBlobInfo describes one blob file of a snapshot.
+type SnapshotBlobInfo struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The file name, ending in ".blob".
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Bytes stored (the DataBlob as sent).
+	Size          int64 `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SnapshotBlobInfo) Reset() {
+	*x = SnapshotBlobInfo{}
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SnapshotBlobInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SnapshotBlobInfo) ProtoMessage() {}
+
+func (x *SnapshotBlobInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SnapshotBlobInfo.ProtoReflect.Descriptor instead.
+func (*SnapshotBlobInfo) Descriptor() ([]byte, []int) {
+	return file_chunkbridge_v1_catalog_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *SnapshotBlobInfo) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *SnapshotBlobInfo) GetSize() int64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
 type WriteSnapshotFileRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Step:
@@ -766,7 +830,7 @@ type WriteSnapshotFileRequest struct {
 
 func (x *WriteSnapshotFileRequest) Reset() {
 	*x = WriteSnapshotFileRequest{}
-	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[13]
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -778,7 +842,7 @@ func (x *WriteSnapshotFileRequest) String() string {
 func (*WriteSnapshotFileRequest) ProtoMessage() {}
 
 func (x *WriteSnapshotFileRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[13]
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -791,7 +855,7 @@ func (x *WriteSnapshotFileRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteSnapshotFileRequest.ProtoReflect.Descriptor instead.
 func (*WriteSnapshotFileRequest) Descriptor() ([]byte, []int) {
-	return file_chunkbridge_v1_catalog_proto_rawDescGZIP(), []int{13}
+	return file_chunkbridge_v1_catalog_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *WriteSnapshotFileRequest) GetStep() isWriteSnapshotFileRequest_Step {
@@ -864,7 +928,7 @@ type WriteSnapshotFileResponse struct {
 
 func (x *WriteSnapshotFileResponse) Reset() {
 	*x = WriteSnapshotFileResponse{}
-	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[14]
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -876,7 +940,7 @@ func (x *WriteSnapshotFileResponse) String() string {
 func (*WriteSnapshotFileResponse) ProtoMessage() {}
 
 func (x *WriteSnapshotFileResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[14]
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -889,7 +953,7 @@ func (x *WriteSnapshotFileResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteSnapshotFileResponse.ProtoReflect.Descriptor instead.
 func (*WriteSnapshotFileResponse) Descriptor() ([]byte, []int) {
-	return file_chunkbridge_v1_catalog_proto_rawDescGZIP(), []int{14}
+	return file_chunkbridge_v1_catalog_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *WriteSnapshotFileResponse) GetStep() isWriteSnapshotFileResponse_Step {
@@ -958,7 +1022,7 @@ type ReadSnapshotDigestsRequest struct {
 
 func (x *ReadSnapshotDigestsRequest) Reset() {
 	*x = ReadSnapshotDigestsRequest{}
-	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[15]
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -970,7 +1034,7 @@ func (x *ReadSnapshotDigestsRequest) String() string {
 func (*ReadSnapshotDigestsRequest) ProtoMessage() {}
 
 func (x *ReadSnapshotDigestsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[15]
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -983,7 +1047,7 @@ func (x *ReadSnapshotDigestsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadSnapshotDigestsRequest.ProtoReflect.Descriptor instead.
 func (*ReadSnapshotDigestsRequest) Descriptor() ([]byte, []int) {
-	return file_chunkbridge_v1_catalog_proto_rawDescGZIP(), []int{15}
+	return file_chunkbridge_v1_catalog_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ReadSnapshotDigestsRequest) GetPath() string {
@@ -1003,7 +1067,7 @@ type ReadSnapshotDigestsResponse struct {
 
 func (x *ReadSnapshotDigestsResponse) Reset() {
 	*x = ReadSnapshotDigestsResponse{}
-	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[16]
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1015,7 +1079,7 @@ func (x *ReadSnapshotDigestsResponse) String() string {
 func (*ReadSnapshotDigestsResponse) ProtoMessage() {}
 
 func (x *ReadSnapshotDigestsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[16]
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1028,7 +1092,7 @@ func (x *ReadSnapshotDigestsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadSnapshotDigestsResponse.ProtoReflect.Descriptor instead.
 func (*ReadSnapshotDigestsResponse) Descriptor() ([]byte, []int) {
-	return file_chunkbridge_v1_catalog_proto_rawDescGZIP(), []int{16}
+	return file_chunkbridge_v1_catalog_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ReadSnapshotDigestsResponse) GetDigests() []string {
@@ -1050,7 +1114,7 @@ type ListSnapshotsRequest struct {
 
 func (x *ListSnapshotsRequest) Reset() {
 	*x = ListSnapshotsRequest{}
-	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[17]
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1062,7 +1126,7 @@ func (x *ListSnapshotsRequest) String() string {
 func (*ListSnapshotsRequest) ProtoMessage() {}
 
 func (x *ListSnapshotsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[17]
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1075,7 +1139,7 @@ func (x *ListSnapshotsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSnapshotsRequest.ProtoReflect.Descriptor instead.
 func (*ListSnapshotsRequest) Descriptor() ([]byte, []int) {
-	return file_chunkbridge_v1_catalog_proto_rawDescGZIP(), []int{17}
+	return file_chunkbridge_v1_catalog_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListSnapshotsRequest) GetType() string {
@@ -1101,7 +1165,7 @@ type ListSnapshotsResponse struct {
 
 func (x *ListSnapshotsResponse) Reset() {
 	*x = ListSnapshotsResponse{}
-	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[18]
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1113,7 +1177,7 @@ func (x *ListSnapshotsResponse) String() string {
 func (*ListSnapshotsResponse) ProtoMessage() {}
 
 func (x *ListSnapshotsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[18]
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1126,7 +1190,7 @@ func (x *ListSnapshotsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSnapshotsResponse.ProtoReflect.Descriptor instead.
 func (*ListSnapshotsResponse) Descriptor() ([]byte, []int) {
-	return file_chunkbridge_v1_catalog_proto_rawDescGZIP(), []int{18}
+	return file_chunkbridge_v1_catalog_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListSnapshotsResponse) GetSnapshots() []*Snapshot {
@@ -1148,7 +1212,7 @@ type GetSnapshotRequest struct {
 
 func (x *GetSnapshotRequest) Reset() {
 	*x = GetSnapshotRequest{}
-	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[19]
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1160,7 +1224,7 @@ func (x *GetSnapshotRequest) String() string {
 func (*GetSnapshotRequest) ProtoMessage() {}
 
 func (x *GetSnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[19]
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1173,7 +1237,7 @@ func (x *GetSnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSnapshotRequest.ProtoReflect.Descriptor instead.
 func (*GetSnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_chunkbridge_v1_catalog_proto_rawDescGZIP(), []int{19}
+	return file_chunkbridge_v1_catalog_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *GetSnapshotRequest) GetType() string {
@@ -1206,7 +1270,7 @@ type GetSnapshotResponse struct {
 
 func (x *GetSnapshotResponse) Reset() {
 	*x = GetSnapshotResponse{}
-	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[20]
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1218,7 +1282,7 @@ func (x *GetSnapshotResponse) String() string {
 func (*GetSnapshotResponse) ProtoMessage() {}
 
 func (x *GetSnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[20]
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1231,7 +1295,7 @@ func (x *GetSnapshotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSnapshotResponse.ProtoReflect.Descriptor instead.
 func (*GetSnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_chunkbridge_v1_catalog_proto_rawDescGZIP(), []int{20}
+	return file_chunkbridge_v1_catalog_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *GetSnapshotResponse) GetSnapshot() *Snapshot {
@@ -1252,7 +1316,7 @@ type DeleteSnapshotRequest struct {
 
 func (x *DeleteSnapshotRequest) Reset() {
 	*x = DeleteSnapshotRequest{}
-	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[21]
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1264,7 +1328,7 @@ func (x *DeleteSnapshotRequest) String() string {
 func (*DeleteSnapshotRequest) ProtoMessage() {}
 
 func (x *DeleteSnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[21]
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1277,7 +1341,7 @@ func (x *DeleteSnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSnapshotRequest.ProtoReflect.Descriptor instead.
 func (*DeleteSnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_chunkbridge_v1_catalog_proto_rawDescGZIP(), []int{21}
+	return file_chunkbridge_v1_catalog_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *DeleteSnapshotRequest) GetType() string {
@@ -1309,7 +1373,7 @@ type DeleteSnapshotResponse struct {
 
 func (x *DeleteSnapshotResponse) Reset() {
 	*x = DeleteSnapshotResponse{}
-	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[22]
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1321,7 +1385,7 @@ func (x *DeleteSnapshotResponse) String() string {
 func (*DeleteSnapshotResponse) ProtoMessage() {}
 
 func (x *DeleteSnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[22]
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1334,7 +1398,230 @@ func (x *DeleteSnapshotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSnapshotResponse.ProtoReflect.Descriptor instead.
 func (*DeleteSnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_chunkbridge_v1_catalog_proto_rawDescGZIP(), []int{22}
+	return file_chunkbridge_v1_catalog_proto_rawDescGZIP(), []int{23}
+}
+
+type PutSnapshotBlobRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The first message names the snapshot and the blob.
+	Type     string `protobuf:"bytes,1,opt,name=type,proto3" json:"type,omitempty"`
+	BackupId string `protobuf:"bytes,2,opt,name=backup_id,json=backupId,proto3" json:"backup_id,omitempty"`
+	// The snapshot time, whole seconds, UTC; required.
+	Time *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=time,proto3" json:"time,omitempty"`
+	// The file name, ending in ".blob"; no "/".
+	Name string `protobuf:"bytes,4,opt,name=name,proto3" json:"name,omitempty"`
+	// The next bytes of the blob.
+	Data          []byte `protobuf:"bytes,5,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutSnapshotBlobRequest) Reset() {
+	*x = PutSnapshotBlobRequest{}
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutSnapshotBlobRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutSnapshotBlobRequest) ProtoMessage() {}
+
+func (x *PutSnapshotBlobRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutSnapshotBlobRequest.ProtoReflect.Descriptor instead.
+func (*PutSnapshotBlobRequest) Descriptor() ([]byte, []int) {
+	return file_chunkbridge_v1_catalog_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *PutSnapshotBlobRequest) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *PutSnapshotBlobRequest) GetBackupId() string {
+	if x != nil {
+		return x.BackupId
+	}
+	return ""
+}
+
+func (x *PutSnapshotBlobRequest) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *PutSnapshotBlobRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *PutSnapshotBlobRequest) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+type PutSnapshotBlobResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The store-relative path.
+	Path          string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	Size          int64  `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutSnapshotBlobResponse) Reset() {
+	*x = PutSnapshotBlobResponse{}
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutSnapshotBlobResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutSnapshotBlobResponse) ProtoMessage() {}
+
+func (x *PutSnapshotBlobResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutSnapshotBlobResponse.ProtoReflect.Descriptor instead.
+func (*PutSnapshotBlobResponse) Descriptor() ([]byte, []int) {
+	return file_chunkbridge_v1_catalog_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *PutSnapshotBlobResponse) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *PutSnapshotBlobResponse) GetSize() int64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+type GetSnapshotFileRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A store-relative path <type>/<id>/<time>/<file>, file ending in
+	// .blob, .fidx or .didx.
+	Path          string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetSnapshotFileRequest) Reset() {
+	*x = GetSnapshotFileRequest{}
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetSnapshotFileRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetSnapshotFileRequest) ProtoMessage() {}
+
+func (x *GetSnapshotFileRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetSnapshotFileRequest.ProtoReflect.Descriptor instead.
+func (*GetSnapshotFileRequest) Descriptor() ([]byte, []int) {
+	return file_chunkbridge_v1_catalog_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *GetSnapshotFileRequest) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+type GetSnapshotFileResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Data          []byte                 `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetSnapshotFileResponse) Reset() {
+	*x = GetSnapshotFileResponse{}
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetSnapshotFileResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetSnapshotFileResponse) ProtoMessage() {}
+
+func (x *GetSnapshotFileResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetSnapshotFileResponse.ProtoReflect.Descriptor instead.
+func (*GetSnapshotFileResponse) Descriptor() ([]byte, []int) {
+	return file_chunkbridge_v1_catalog_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *GetSnapshotFileResponse) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
 }
 
 // Create opens the file; it must come first, once.
@@ -1363,7 +1650,7 @@ type WriteSnapshotFileRequest_Create struct {
 
 func (x *WriteSnapshotFileRequest_Create) Reset() {
 	*x = WriteSnapshotFileRequest_Create{}
-	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[23]
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1375,7 +1662,7 @@ func (x *WriteSnapshotFileRequest_Create) String() string {
 func (*WriteSnapshotFileRequest_Create) ProtoMessage() {}
 
 func (x *WriteSnapshotFileRequest_Create) ProtoReflect() protoreflect.Message {
-	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[23]
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1388,7 +1675,7 @@ func (x *WriteSnapshotFileRequest_Create) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteSnapshotFileRequest_Create.ProtoReflect.Descriptor instead.
 func (*WriteSnapshotFileRequest_Create) Descriptor() ([]byte, []int) {
-	return file_chunkbridge_v1_catalog_proto_rawDescGZIP(), []int{13, 0}
+	return file_chunkbridge_v1_catalog_proto_rawDescGZIP(), []int{14, 0}
 }
 
 func (x *WriteSnapshotFileRequest_Create) GetType() string {
@@ -1462,7 +1749,7 @@ type WriteSnapshotFileRequest_Entry struct {
 
 func (x *WriteSnapshotFileRequest_Entry) Reset() {
 	*x = WriteSnapshotFileRequest_Entry{}
-	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[24]
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1474,7 +1761,7 @@ func (x *WriteSnapshotFileRequest_Entry) String() string {
 func (*WriteSnapshotFileRequest_Entry) ProtoMessage() {}
 
 func (x *WriteSnapshotFileRequest_Entry) ProtoReflect() protoreflect.Message {
-	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[24]
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1487,7 +1774,7 @@ func (x *WriteSnapshotFileRequest_Entry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteSnapshotFileRequest_Entry.ProtoReflect.Descriptor instead.
 func (*WriteSnapshotFileRequest_Entry) Descriptor() ([]byte, []int) {
-	return file_chunkbridge_v1_catalog_proto_rawDescGZIP(), []int{13, 1}
+	return file_chunkbridge_v1_catalog_proto_rawDescGZIP(), []int{14, 1}
 }
 
 func (x *WriteSnapshotFileRequest_Entry) GetSlot() int64 {
@@ -1520,7 +1807,7 @@ type WriteSnapshotFileRequest_Entries struct {
 
 func (x *WriteSnapshotFileRequest_Entries) Reset() {
 	*x = WriteSnapshotFileRequest_Entries{}
-	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[25]
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1532,7 +1819,7 @@ func (x *WriteSnapshotFileRequest_Entries) String() string {
 func (*WriteSnapshotFileRequest_Entries) ProtoMessage() {}
 
 func (x *WriteSnapshotFileRequest_Entries) ProtoReflect() protoreflect.Message {
-	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[25]
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1545,7 +1832,7 @@ func (x *WriteSnapshotFileRequest_Entries) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteSnapshotFileRequest_Entries.ProtoReflect.Descriptor instead.
 func (*WriteSnapshotFileRequest_Entries) Descriptor() ([]byte, []int) {
-	return file_chunkbridge_v1_catalog_proto_rawDescGZIP(), []int{13, 2}
+	return file_chunkbridge_v1_catalog_proto_rawDescGZIP(), []int{14, 2}
 }
 
 func (x *WriteSnapshotFileRequest_Entries) GetEntries() []*WriteSnapshotFileRequest_Entry {
@@ -1564,7 +1851,7 @@ type WriteSnapshotFileRequest_Commit struct {
 
 func (x *WriteSnapshotFileRequest_Commit) Reset() {
 	*x = WriteSnapshotFileRequest_Commit{}
-	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[26]
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1576,7 +1863,7 @@ func (x *WriteSnapshotFileRequest_Commit) String() string {
 func (*WriteSnapshotFileRequest_Commit) ProtoMessage() {}
 
 func (x *WriteSnapshotFileRequest_Commit) ProtoReflect() protoreflect.Message {
-	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[26]
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1589,7 +1876,7 @@ func (x *WriteSnapshotFileRequest_Commit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteSnapshotFileRequest_Commit.ProtoReflect.Descriptor instead.
 func (*WriteSnapshotFileRequest_Commit) Descriptor() ([]byte, []int) {
-	return file_chunkbridge_v1_catalog_proto_rawDescGZIP(), []int{13, 3}
+	return file_chunkbridge_v1_catalog_proto_rawDescGZIP(), []int{14, 3}
 }
 
 type WriteSnapshotFileResponse_Created struct {
@@ -1603,7 +1890,7 @@ type WriteSnapshotFileResponse_Created struct {
 
 func (x *WriteSnapshotFileResponse_Created) Reset() {
 	*x = WriteSnapshotFileResponse_Created{}
-	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[27]
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1615,7 +1902,7 @@ func (x *WriteSnapshotFileResponse_Created) String() string {
 func (*WriteSnapshotFileResponse_Created) ProtoMessage() {}
 
 func (x *WriteSnapshotFileResponse_Created) ProtoReflect() protoreflect.Message {
-	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[27]
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1628,7 +1915,7 @@ func (x *WriteSnapshotFileResponse_Created) ProtoReflect() protoreflect.Message 
 
 // Deprecated: Use WriteSnapshotFileResponse_Created.ProtoReflect.Descriptor instead.
 func (*WriteSnapshotFileResponse_Created) Descriptor() ([]byte, []int) {
-	return file_chunkbridge_v1_catalog_proto_rawDescGZIP(), []int{14, 0}
+	return file_chunkbridge_v1_catalog_proto_rawDescGZIP(), []int{15, 0}
 }
 
 func (x *WriteSnapshotFileResponse_Created) GetPath() string {
@@ -1659,7 +1946,7 @@ type WriteSnapshotFileResponse_EntryRefused struct {
 
 func (x *WriteSnapshotFileResponse_EntryRefused) Reset() {
 	*x = WriteSnapshotFileResponse_EntryRefused{}
-	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[28]
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1671,7 +1958,7 @@ func (x *WriteSnapshotFileResponse_EntryRefused) String() string {
 func (*WriteSnapshotFileResponse_EntryRefused) ProtoMessage() {}
 
 func (x *WriteSnapshotFileResponse_EntryRefused) ProtoReflect() protoreflect.Message {
-	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[28]
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1684,7 +1971,7 @@ func (x *WriteSnapshotFileResponse_EntryRefused) ProtoReflect() protoreflect.Mes
 
 // Deprecated: Use WriteSnapshotFileResponse_EntryRefused.ProtoReflect.Descriptor instead.
 func (*WriteSnapshotFileResponse_EntryRefused) Descriptor() ([]byte, []int) {
-	return file_chunkbridge_v1_catalog_proto_rawDescGZIP(), []int{14, 1}
+	return file_chunkbridge_v1_catalog_proto_rawDescGZIP(), []int{15, 1}
 }
 
 func (x *WriteSnapshotFileResponse_EntryRefused) GetCode() int32 {
@@ -1717,7 +2004,7 @@ type WriteSnapshotFileResponse_Committed struct {
 
 func (x *WriteSnapshotFileResponse_Committed) Reset() {
 	*x = WriteSnapshotFileResponse_Committed{}
-	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[29]
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1729,7 +2016,7 @@ func (x *WriteSnapshotFileResponse_Committed) String() string {
 func (*WriteSnapshotFileResponse_Committed) ProtoMessage() {}
 
 func (x *WriteSnapshotFileResponse_Committed) ProtoReflect() protoreflect.Message {
-	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[29]
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1742,7 +2029,7 @@ func (x *WriteSnapshotFileResponse_Committed) ProtoReflect() protoreflect.Messag
 
 // Deprecated: Use WriteSnapshotFileResponse_Committed.ProtoReflect.Descriptor instead.
 func (*WriteSnapshotFileResponse_Committed) Descriptor() ([]byte, []int) {
-	return file_chunkbridge_v1_catalog_proto_rawDescGZIP(), []int{14, 2}
+	return file_chunkbridge_v1_catalog_proto_rawDescGZIP(), []int{15, 2}
 }
 
 func (x *WriteSnapshotFileResponse_Committed) GetFile() *SnapshotFileInfo {
@@ -1798,12 +2085,16 @@ const file_chunkbridge_v1_catalog_proto_rawDesc = "" +
 	"chunkCount\x12\x1d\n" +
 	"\n" +
 	"chunk_size\x18\x06 \x01(\x03R\tchunkSize\x12\x12\n" +
-	"\x04size\x18\a \x01(\x03R\x04size\"\xa3\x01\n" +
+	"\x04size\x18\a \x01(\x03R\x04size\"\xdb\x01\n" +
 	"\bSnapshot\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x1b\n" +
 	"\tbackup_id\x18\x02 \x01(\tR\bbackupId\x12.\n" +
 	"\x04time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x126\n" +
-	"\x05files\x18\x04 \x03(\v2 .chunkbridge.v1.SnapshotFileInfoR\x05files\"\xa2\x05\n" +
+	"\x05files\x18\x04 \x03(\v2 .chunkbridge.v1.SnapshotFileInfoR\x05files\x126\n" +
+	"\x05blobs\x18\x05 \x03(\v2 .chunkbridge.v1.SnapshotBlobInfoR\x05blobs\":\n" +
+	"\x10SnapshotBlobInfo\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04size\x18\x02 \x01(\x03R\x04size\"\xa2\x05\n" +
 	"\x18WriteSnapshotFileRequest\x12I\n" +
 	"\x06create\x18\x01 \x01(\v2/.chunkbridge.v1.WriteSnapshotFileRequest.CreateH\x00R\x06create\x12L\n" +
 	"\aentries\x18\x02 \x01(\v20.chunkbridge.v1.WriteSnapshotFileRequest.EntriesH\x00R\aentries\x12I\n" +
@@ -1859,7 +2150,20 @@ const file_chunkbridge_v1_catalog_proto_rawDesc = "" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x1b\n" +
 	"\tbackup_id\x18\x02 \x01(\tR\bbackupId\x12\x12\n" +
 	"\x04time\x18\x03 \x01(\tR\x04time\"\x18\n" +
-	"\x16DeleteSnapshotResponse2\xab\a\n" +
+	"\x16DeleteSnapshotResponse\"\xa1\x01\n" +
+	"\x16PutSnapshotBlobRequest\x12\x12\n" +
+	"\x04type\x18\x01 \x01(\tR\x04type\x12\x1b\n" +
+	"\tbackup_id\x18\x02 \x01(\tR\bbackupId\x12.\n" +
+	"\x04time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x12\n" +
+	"\x04name\x18\x04 \x01(\tR\x04name\x12\x12\n" +
+	"\x04data\x18\x05 \x01(\fR\x04data\"A\n" +
+	"\x17PutSnapshotBlobResponse\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x12\x12\n" +
+	"\x04size\x18\x02 \x01(\x03R\x04size\",\n" +
+	"\x16GetSnapshotFileRequest\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\"-\n" +
+	"\x17GetSnapshotFileResponse\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data2\xf7\b\n" +
 	"\x0eCatalogService\x12O\n" +
 	"\bPutIndex\x12\x1f.chunkbridge.v1.PutIndexRequest\x1a .chunkbridge.v1.PutIndexResponse(\x01\x12O\n" +
 	"\bGetIndex\x12\x1f.chunkbridge.v1.GetIndexRequest\x1a .chunkbridge.v1.GetIndexResponse0\x01\x12P\n" +
@@ -1870,7 +2174,9 @@ const file_chunkbridge_v1_catalog_proto_rawDesc = "" +
 	"\x13ReadSnapshotDigests\x12*.chunkbridge.v1.ReadSnapshotDigestsRequest\x1a+.chunkbridge.v1.ReadSnapshotDigestsResponse0\x01\x12\\\n" +
 	"\rListSnapshots\x12$.chunkbridge.v1.ListSnapshotsRequest\x1a%.chunkbridge.v1.ListSnapshotsResponse\x12V\n" +
 	"\vGetSnapshot\x12\".chunkbridge.v1.GetSnapshotRequest\x1a#.chunkbridge.v1.GetSnapshotResponse\x12_\n" +
-	"\x0eDeleteSnapshot\x12%.chunkbridge.v1.DeleteSnapshotRequest\x1a&.chunkbridge.v1.DeleteSnapshotResponseBEZCgithub.com/chunkbridge/chunkbridge/api/chunkbridge/v1;chunkbridgev1b\x06proto3"
+	"\x0eDeleteSnapshot\x12%.chunkbridge.v1.DeleteSnapshotRequest\x1a&.chunkbridge.v1.DeleteSnapshotResponse\x12d\n" +
+	"\x0fPutSnapshotBlob\x12&.chunkbridge.v1.PutSnapshotBlobRequest\x1a'.chunkbridge.v1.PutSnapshotBlobResponse(\x01\x12d\n" +
+	"\x0fGetSnapshotFile\x12&.chunkbridge.v1.GetSnapshotFileRequest\x1a'.chunkbridge.v1.GetSnapshotFileResponse0\x01BEZCgithub.com/chunkbridge/chunkbridge/api/chunkbridge/v1;chunkbridgev1b\x06proto3"
 
 var (
 	file_chunkbridge_v1_catalog_proto_rawDescOnce sync.Once
@@ -1884,7 +2190,7 @@ func file_chunkbridge_v1_catalog_proto_rawDescGZIP() []byte {
 	return file_chunkbridge_v1_catalog_proto_rawDescData
 }
 
-var file_chunkbridge_v1_catalog_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_chunkbridge_v1_catalog_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_chunkbridge_v1_catalog_proto_goTypes = []any{
 	(*IndexInfo)(nil),                              // 0: chunkbridge.v1.IndexInfo
 	(*PutIndexRequest)(nil),                        // 1: chunkbridge.v1.PutIndexRequest
@@ -1899,71 +2205,82 @@ var file_chunkbridge_v1_catalog_proto_goTypes = []any{
 	(*DeleteIndexResponse)(nil),                    // 10: chunkbridge.v1.DeleteIndexResponse
 	(*SnapshotFileInfo)(nil),                       // 11: chunkbridge.v1.SnapshotFileInfo
 	(*Snapshot)(nil),                               // 12: chunkbridge.v1.Snapshot
-	(*WriteSnapshotFileRequest)(nil),               // 13: chunkbridge.v1.WriteSnapshotFileRequest
-	(*WriteSnapshotFileResponse)(nil),              // 14: chunkbridge.v1.WriteSnapshotFileResponse
-	(*ReadSnapshotDigestsRequest)(nil),             // 15: chunkbridge.v1.ReadSnapshotDigestsRequest
-	(*ReadSnapshotDigestsResponse)(nil),            // 16: chunkbridge.v1.ReadSnapshotDigestsResponse
-	(*ListSnapshotsRequest)(nil),                   // 17: chunkbridge.v1.ListSnapshotsRequest
-	(*ListSnapshotsResponse)(nil),                  // 18: chunkbridge.v1.ListSnapshotsResponse
-	(*GetSnapshotRequest)(nil),                     // 19: chunkbridge.v1.GetSnapshotRequest
-	(*GetSnapshotResponse)(nil),                    // 20: chunkbridge.v1.GetSnapshotResponse
-	(*DeleteSnapshotRequest)(nil),                  // 21: chunkbridge.v1.DeleteSnapshotRequest
-	(*DeleteSnapshotResponse)(nil),                 // 22: chunkbridge.v1.DeleteSnapshotResponse
-	(*WriteSnapshotFileRequest_Create)(nil),        // 23: chunkbridge.v1.WriteSnapshotFileRequest.Create
-	(*WriteSnapshotFileRequest_Entry)(nil),         // 24: chunkbridge.v1.WriteSnapshotFileRequest.Entry
-	(*WriteSnapshotFileRequest_Entries)(nil),       // 25: chunkbridge.v1.WriteSnapshotFileRequest.Entries
-	(*WriteSnapshotFileRequest_Commit)(nil),        // 26: chunkbridge.v1.WriteSnapshotFileRequest.Commit
-	(*WriteSnapshotFileResponse_Created)(nil),      // 27: chunkbridge.v1.WriteSnapshotFileResponse.Created
-	(*WriteSnapshotFileResponse_EntryRefused)(nil), // 28: chunkbridge.v1.WriteSnapshotFileResponse.EntryRefused
-	(*WriteSnapshotFileResponse_Committed)(nil),    // 29: chunkbridge.v1.WriteSnapshotFileResponse.Committed
-	(DigestAlgorithm)(0),                           // 30: chunkbridge.v1.DigestAlgorithm
-	(*timestamppb.Timestamp)(nil),                  // 31: google.protobuf.Timestamp
+	(*SnapshotBlobInfo)(nil),                       // 13: chunkbridge.v1.SnapshotBlobInfo
+	(*WriteSnapshotFileRequest)(nil),               // 14: chunkbridge.v1.WriteSnapshotFileRequest
+	(*WriteSnapshotFileResponse)(nil),              // 15: chunkbridge.v1.WriteSnapshotFileResponse
+	(*ReadSnapshotDigestsRequest)(nil),             // 16: chunkbridge.v1.ReadSnapshotDigestsRequest
+	(*ReadSnapshotDigestsResponse)(nil),            // 17: chunkbridge.v1.ReadSnapshotDigestsResponse
+	(*ListSnapshotsRequest)(nil),                   // 18: chunkbridge.v1.ListSnapshotsRequest
+	(*ListSnapshotsResponse)(nil),                  // 19: chunkbridge.v1.ListSnapshotsResponse
+	(*GetSnapshotRequest)(nil),                     // 20: chunkbridge.v1.GetSnapshotRequest
+	(*GetSnapshotResponse)(nil),                    // 21: chunkbridge.v1.GetSnapshotResponse
+	(*DeleteSnapshotRequest)(nil),                  // 22: chunkbridge.v1.DeleteSnapshotRequest
+	(*DeleteSnapshotResponse)(nil),                 // 23: chunkbridge.v1.DeleteSnapshotResponse
+	(*PutSnapshotBlobRequest)(nil),                 // 24: chunkbridge.v1.PutSnapshotBlobRequest
+	(*PutSnapshotBlobResponse)(nil),                // 25: chunkbridge.v1.PutSnapshotBlobResponse
+	(*GetSnapshotFileRequest)(nil),                 // 26: chunkbridge.v1.GetSnapshotFileRequest
+	(*GetSnapshotFileResponse)(nil),                // 27: chunkbridge.v1.GetSnapshotFileResponse
+	(*WriteSnapshotFileRequest_Create)(nil),        // 28: chunkbridge.v1.WriteSnapshotFileRequest.Create
+	(*WriteSnapshotFileRequest_Entry)(nil),         // 29: chunkbridge.v1.WriteSnapshotFileRequest.Entry
+	(*WriteSnapshotFileRequest_Entries)(nil),       // 30: chunkbridge.v1.WriteSnapshotFileRequest.Entries
+	(*WriteSnapshotFileRequest_Commit)(nil),        // 31: chunkbridge.v1.WriteSnapshotFileRequest.Commit
+	(*WriteSnapshotFileResponse_Created)(nil),      // 32: chunkbridge.v1.WriteSnapshotFileResponse.Created
+	(*WriteSnapshotFileResponse_EntryRefused)(nil), // 33: chunkbridge.v1.WriteSnapshotFileResponse.EntryRefused
+	(*WriteSnapshotFileResponse_Committed)(nil),    // 34: chunkbridge.v1.WriteSnapshotFileResponse.Committed
+	(DigestAlgorithm)(0),                           // 35: chunkbridge.v1.DigestAlgorithm
+	(*timestamppb.Timestamp)(nil),                  // 36: google.protobuf.Timestamp
 }
 var file_chunkbridge_v1_catalog_proto_depIdxs = []int32{
-	30, // 0: chunkbridge.v1.IndexInfo.algorithm:type_name -> chunkbridge.v1.DigestAlgorithm
-	31, // 1: chunkbridge.v1.IndexInfo.created:type_name -> google.protobuf.Timestamp
+	35, // 0: chunkbridge.v1.IndexInfo.algorithm:type_name -> chunkbridge.v1.DigestAlgorithm
+	36, // 1: chunkbridge.v1.IndexInfo.created:type_name -> google.protobuf.Timestamp
 	0,  // 2: chunkbridge.v1.PutIndexResponse.index:type_name -> chunkbridge.v1.IndexInfo
 	0,  // 3: chunkbridge.v1.StatIndexResponse.index:type_name -> chunkbridge.v1.IndexInfo
 	0,  // 4: chunkbridge.v1.ListIndexesResponse.indexes:type_name -> chunkbridge.v1.IndexInfo
-	31, // 5: chunkbridge.v1.Snapshot.time:type_name -> google.protobuf.Timestamp
+	36, // 5: chunkbridge.v1.Snapshot.time:type_name -> google.protobuf.Timestamp
 	11, // 6: chunkbridge.v1.Snapshot.files:type_name -> chunkbridge.v1.SnapshotFileInfo
-	23, // 7: chunkbridge.v1.WriteSnapshotFileRequest.create:type_name -> chunkbridge.v1.WriteSnapshotFileRequest.Create
-	25, // 8: chunkbridge.v1.WriteSnapshotFileRequest.entries:type_name -> chunkbridge.v1.WriteSnapshotFileRequest.Entries
-	26, // 9: chunkbridge.v1.WriteSnapshotFileRequest.commit:type_name -> chunkbridge.v1.WriteSnapshotFileRequest.Commit
-	27, // 10: chunkbridge.v1.WriteSnapshotFileResponse.created:type_name -> chunkbridge.v1.WriteSnapshotFileResponse.Created
-	28, // 11: chunkbridge.v1.WriteSnapshotFileResponse.refused:type_name -> chunkbridge.v1.WriteSnapshotFileResponse.EntryRefused
-	29, // 12: chunkbridge.v1.WriteSnapshotFileResponse.committed:type_name -> chunkbridge.v1.WriteSnapshotFileResponse.Committed
-	12, // 13: chunkbridge.v1.ListSnapshotsResponse.snapshots:type_name -> chunkbridge.v1.Snapshot
-	12, // 14: chunkbridge.v1.GetSnapshotResponse.snapshot:type_name -> chunkbridge.v1.Snapshot
-	31, // 15: chunkbridge.v1.WriteSnapshotFileRequest.Create.time:type_name -> google.protobuf.Timestamp
-	24, // 16: chunkbridge.v1.WriteSnapshotFileRequest.Entries.entries:type_name -> chunkbridge.v1.WriteSnapshotFileRequest.Entry
-	31, // 17: chunkbridge.v1.WriteSnapshotFileResponse.Created.time:type_name -> google.protobuf.Timestamp
-	11, // 18: chunkbridge.v1.WriteSnapshotFileResponse.Committed.file:type_name -> chunkbridge.v1.SnapshotFileInfo
-	1,  // 19: chunkbridge.v1.CatalogService.PutIndex:input_type -> chunkbridge.v1.PutIndexRequest
-	3,  // 20: chunkbridge.v1.CatalogService.GetIndex:input_type -> chunkbridge.v1.GetIndexRequest
-	5,  // 21: chunkbridge.v1.CatalogService.StatIndex:input_type -> chunkbridge.v1.StatIndexRequest
-	7,  // 22: chunkbridge.v1.CatalogService.ListIndexes:input_type -> chunkbridge.v1.ListIndexesRequest
-	9,  // 23: chunkbridge.v1.CatalogService.DeleteIndex:input_type -> chunkbridge.v1.DeleteIndexRequest
-	13, // 24: chunkbridge.v1.CatalogService.WriteSnapshotFile:input_type -> chunkbridge.v1.WriteSnapshotFileRequest
-	15, // 25: chunkbridge.v1.CatalogService.ReadSnapshotDigests:input_type -> chunkbridge.v1.ReadSnapshotDigestsRequest
-	17, // 26: chunkbridge.v1.CatalogService.ListSnapshots:input_type -> chunkbridge.v1.ListSnapshotsRequest
-	19, // 27: chunkbridge.v1.CatalogService.GetSnapshot:input_type -> chunkbridge.v1.GetSnapshotRequest
-	21, // 28: chunkbridge.v1.CatalogService.DeleteSnapshot:input_type -> chunkbridge.v1.DeleteSnapshotRequest
-	2,  // 29: chunkbridge.v1.CatalogService.PutIndex:output_type -> chunkbridge.v1.PutIndexResponse
-	4,  // 30: chunkbridge.v1.CatalogService.GetIndex:output_type -> chunkbridge.v1.GetIndexResponse
-	6,  // 31: chunkbridge.v1.CatalogService.StatIndex:output_type -> chunkbridge.v1.StatIndexResponse
-	8,  // 32: chunkbridge.v1.CatalogService.ListIndexes:output_type -> chunkbridge.v1.ListIndexesResponse
-	10, // 33: chunkbridge.v1.CatalogService.DeleteIndex:output_type -> chunkbridge.v1.DeleteIndexResponse
-	14, // 34: chunkbridge.v1.CatalogService.WriteSnapshotFile:output_type -> chunkbridge.v1.WriteSnapshotFileResponse
-	16, // 35: chunkbridge.v1.CatalogService.ReadSnapshotDigests:output_type -> chunkbridge.v1.ReadSnapshotDigestsResponse
-	18, // 36: chunkbridge.v1.CatalogService.ListSnapshots:output_type -> chunkbridge.v1.ListSnapshotsResponse
-	20, // 37: chunkbridge.v1.CatalogService.GetSnapshot:output_type -> chunkbridge.v1.GetSnapshotResponse
-	22, // 38: chunkbridge.v1.CatalogService.DeleteSnapshot:output_type -> chunkbridge.v1.DeleteSnapshotResponse
-	29, // [29:39] is the sub-list for method output_type
-	19, // [19:29] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	13, // 7: chunkbridge.v1.Snapshot.blobs:type_name -> chunkbridge.v1.SnapshotBlobInfo
+	28, // 8: chunkbridge.v1.WriteSnapshotFileRequest.create:type_name -> chunkbridge.v1.WriteSnapshotFileRequest.Create
+	30, // 9: chunkbridge.v1.WriteSnapshotFileRequest.entries:type_name -> chunkbridge.v1.WriteSnapshotFileRequest.Entries
+	31, // 10: chunkbridge.v1.WriteSnapshotFileRequest.commit:type_name -> chunkbridge.v1.WriteSnapshotFileRequest.Commit
+	32, // 11: chunkbridge.v1.WriteSnapshotFileResponse.created:type_name -> chunkbridge.v1.WriteSnapshotFileResponse.Created
+	33, // 12: chunkbridge.v1.WriteSnapshotFileResponse.refused:type_name -> chunkbridge.v1.WriteSnapshotFileResponse.EntryRefused
+	34, // 13: chunkbridge.v1.WriteSnapshotFileResponse.committed:type_name -> chunkbridge.v1.WriteSnapshotFileResponse.Committed
+	12, // 14: chunkbridge.v1.ListSnapshotsResponse.snapshots:type_name -> chunkbridge.v1.Snapshot
+	12, // 15: chunkbridge.v1.GetSnapshotResponse.snapshot:type_name -> chunkbridge.v1.Snapshot
+	36, // 16: chunkbridge.v1.PutSnapshotBlobRequest.time:type_name -> google.protobuf.Timestamp
+	36, // 17: chunkbridge.v1.WriteSnapshotFileRequest.Create.time:type_name -> google.protobuf.Timestamp
+	29, // 18: chunkbridge.v1.WriteSnapshotFileRequest.Entries.entries:type_name -> chunkbridge.v1.WriteSnapshotFileRequest.Entry
+	36, // 19: chunkbridge.v1.WriteSnapshotFileResponse.Created.time:type_name -> google.protobuf.Timestamp
+	11, // 20: chunkbridge.v1.WriteSnapshotFileResponse.Committed.file:type_name -> chunkbridge.v1.SnapshotFileInfo
+	1,  // 21: chunkbridge.v1.CatalogService.PutIndex:input_type -> chunkbridge.v1.PutIndexRequest
+	3,  // 22: chunkbridge.v1.CatalogService.GetIndex:input_type -> chunkbridge.v1.GetIndexRequest
+	5,  // 23: chunkbridge.v1.CatalogService.StatIndex:input_type -> chunkbridge.v1.StatIndexRequest
+	7,  // 24: chunkbridge.v1.CatalogService.ListIndexes:input_type -> chunkbridge.v1.ListIndexesRequest
+	9,  // 25: chunkbridge.v1.CatalogService.DeleteIndex:input_type -> chunkbridge.v1.DeleteIndexRequest
+	14, // 26: chunkbridge.v1.CatalogService.WriteSnapshotFile:input_type -> chunkbridge.v1.WriteSnapshotFileRequest
+	16, // 27: chunkbridge.v1.CatalogService.ReadSnapshotDigests:input_type -> chunkbridge.v1.ReadSnapshotDigestsRequest
+	18, // 28: chunkbridge.v1.CatalogService.ListSnapshots:input_type -> chunkbridge.v1.ListSnapshotsRequest
+	20, // 29: chunkbridge.v1.CatalogService.GetSnapshot:input_type -> chunkbridge.v1.GetSnapshotRequest
+	22, // 30: chunkbridge.v1.CatalogService.DeleteSnapshot:input_type -> chunkbridge.v1.DeleteSnapshotRequest
+	24, // 31: chunkbridge.v1.CatalogService.PutSnapshotBlob:input_type -> chunkbridge.v1.PutSnapshotBlobRequest
+	26, // 32: chunkbridge.v1.CatalogService.GetSnapshotFile:input_type -> chunkbridge.v1.GetSnapshotFileRequest
+	2,  // 33: chunkbridge.v1.CatalogService.PutIndex:output_type -> chunkbridge.v1.PutIndexResponse
+	4,  // 34: chunkbridge.v1.CatalogService.GetIndex:output_type -> chunkbridge.v1.GetIndexResponse
+	6,  // 35: chunkbridge.v1.CatalogService.StatIndex:output_type -> chunkbridge.v1.StatIndexResponse
+	8,  // 36: chunkbridge.v1.CatalogService.ListIndexes:output_type -> chunkbridge.v1.ListIndexesResponse
+	10, // 37: chunkbridge.v1.CatalogService.DeleteIndex:output_type -> chunkbridge.v1.DeleteIndexResponse
+	15, // 38: chunkbridge.v1.CatalogService.WriteSnapshotFile:output_type -> chunkbridge.v1.WriteSnapshotFileResponse
+	17, // 39: chunkbridge.v1.CatalogService.ReadSnapshotDigests:output_type -> chunkbridge.v1.ReadSnapshotDigestsResponse
+	19, // 40: chunkbridge.v1.CatalogService.ListSnapshots:output_type -> chunkbridge.v1.ListSnapshotsResponse
+	21, // 41: chunkbridge.v1.CatalogService.GetSnapshot:output_type -> chunkbridge.v1.GetSnapshotResponse
+	23, // 42: chunkbridge.v1.CatalogService.DeleteSnapshot:output_type -> chunkbridge.v1.DeleteSnapshotResponse
+	25, // 43: chunkbridge.v1.CatalogService.PutSnapshotBlob:output_type -> chunkbridge.v1.PutSnapshotBlobResponse
+	27, // 44: chunkbridge.v1.CatalogService.GetSnapshotFile:output_type -> chunkbridge.v1.GetSnapshotFileResponse
+	33, // [33:45] is the sub-list for method output_type
+	21, // [21:33] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_chunkbridge_v1_catalog_proto_init() }
@@ -1972,12 +2289,12 @@ func file_chunkbridge_v1_catalog_proto_init() {
 		return
 	}
 	file_chunkbridge_v1_chunk_proto_init()
-	file_chunkbridge_v1_catalog_proto_msgTypes[13].OneofWrappers = []any{
+	file_chunkbridge_v1_catalog_proto_msgTypes[14].OneofWrappers = []any{
 		(*WriteSnapshotFileRequest_Create_)(nil),
 		(*WriteSnapshotFileRequest_Entries_)(nil),
 		(*WriteSnapshotFileRequest_Commit_)(nil),
 	}
-	file_chunkbridge_v1_catalog_proto_msgTypes[14].OneofWrappers = []any{
+	file_chunkbridge_v1_catalog_proto_msgTypes[15].OneofWrappers = []any{
 		(*WriteSnapshotFileResponse_Created_)(nil),
 		(*WriteSnapshotFileResponse_Refused)(nil),
 		(*WriteSnapshotFileResponse_Committed_)(nil),
@@ -1988,7 +2305,7 @@ func file_chunkbridge_v1_catalog_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chunkbridge_v1_catalog_proto_rawDesc), len(file_chunkbridge_v1_catalog_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   30,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -29,6 +29,8 @@ const (
 	CatalogService_ListSnapshots_FullMethodName       = "/chunkbridge.v1.CatalogService/ListSnapshots"
 	CatalogService_GetSnapshot_FullMethodName         = "/chunkbridge.v1.CatalogService/GetSnapshot"
 	CatalogService_DeleteSnapshot_FullMethodName      = "/chunkbridge.v1.CatalogService/DeleteSnapshot"
+	CatalogService_PutSnapshotBlob_FullMethodName     = "/chunkbridge.v1.CatalogService/PutSnapshotBlob"
+	CatalogService_GetSnapshotFile_FullMethodName     = "/chunkbridge.v1.CatalogService/GetSnapshotFile"
 )
 
 // CatalogServiceClient is the client API for CatalogService service.
@@ -70,6 +72,14 @@ type CatalogServiceClient interface {
 	// DeleteSnapshot removes a snapshot and its files; chunks stay until
 	// garbage collection.
 	DeleteSnapshot(ctx context.Context, in *DeleteSnapshotRequest, opts ...grpc.CallOption) (*DeleteSnapshotResponse, error)
+	// PutSnapshotBlob stores a blob file (a PBS DataBlob such as
+	// index.json.blob, as sent) in a snapshot, once. The first message names
+	// it; the data follows in any number of messages, 128 MiB and its
+	// envelope's header at most.
+	PutSnapshotBlob(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[PutSnapshotBlobRequest, PutSnapshotBlobResponse], error)
+	// GetSnapshotFile streams one file of a snapshot as stored: a blob, or
+	// an index file in the catalog's format.
+	GetSnapshotFile(ctx context.Context, in *GetSnapshotFileRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[GetSnapshotFileResponse], error)
 }
 
 type catalogServiceClient struct {
@@ -204,6 +214,38 @@ func (c *catalogServiceClient) DeleteSnapshot(ctx context.Context, in *DeleteSna
 	return out, nil
 }
 
+func (c *catalogServiceClient) PutSnapshotBlob(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[PutSnapshotBlobRequest, PutSnapshotBlobResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &CatalogService_ServiceDesc.Streams[4], CatalogService_PutSnapshotBlob_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[PutSnapshotBlobRequest, PutSnapshotBlobResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type CatalogService_PutSnapshotBlobClient = grpc.ClientStreamingClient[PutSnapshotBlobRequest, PutSnapshotBlobResponse]
+
+func (c *catalogServiceClient) GetSnapshotFile(ctx context.Context, in *GetSnapshotFileRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[GetSnapshotFileResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &CatalogService_ServiceDesc.Streams[5], CatalogService_GetSnapshotFile_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[GetSnapshotFileRequest, GetSnapshotFileResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type CatalogService_GetSnapshotFileClient = grpc.ServerStreamingClient[GetSnapshotFileResponse]
+
 // CatalogServiceServer is the server API for CatalogService service.
 // All implementations must embed UnimplementedCatalogServiceServer
 // for forward compatibility.
@@ -243,6 +285,14 @@ type CatalogServiceServer interface {
 	// DeleteSnapshot removes a snapshot and its files; chunks stay until
 	// garbage collection.
 	DeleteSnapshot(context.Context, *DeleteSnapshotRequest) (*DeleteSnapshotResponse, error)
+	// PutSnapshotBlob stores a blob file (a PBS DataBlob such as
+	// index.json.blob, as sent) in a snapshot, once. The first message names
+	// it; the data follows in any number of messages, 128 MiB and its
+	// envelope's header at most.
+	PutSnapshotBlob(grpc.ClientStreamingServer[PutSnapshotBlobRequest, PutSnapshotBlobResponse]) error
+	// GetSnapshotFile streams one file of a snapshot as stored: a blob, or
+	// an index file in the catalog's format.
+	GetSnapshotFile(*GetSnapshotFileRequest, grpc.ServerStreamingServer[GetSnapshotFileResponse]) error
 	mustEmbedUnimplementedCatalogServiceServer()
 }
 
@@ -282,6 +332,12 @@ func (UnimplementedCatalogServiceServer) GetSnapshot(context.Context, *GetSnapsh
 }
 func (UnimplementedCatalogServiceServer) DeleteSnapshot(context.Context, *DeleteSnapshotRequest) (*DeleteSnapshotResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteSnapshot not implemented")
+}
+func (UnimplementedCatalogServiceServer) PutSnapshotBlob(grpc.ClientStreamingServer[PutSnapshotBlobRequest, PutSnapshotBlobResponse]) error {
+	return status.Error(codes.Unimplemented, "method PutSnapshotBlob not implemented")
+}
+func (UnimplementedCatalogServiceServer) GetSnapshotFile(*GetSnapshotFileRequest, grpc.ServerStreamingServer[GetSnapshotFileResponse]) error {
+	return status.Error(codes.Unimplemented, "method GetSnapshotFile not implemented")
 }
 func (UnimplementedCatalogServiceServer) mustEmbedUnimplementedCatalogServiceServer() {}
 func (UnimplementedCatalogServiceServer) testEmbeddedByValue()                        {}
@@ -448,6 +504,24 @@ func _CatalogService_DeleteSnapshot_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _CatalogService_PutSnapshotBlob_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(CatalogServiceServer).PutSnapshotBlob(&grpc.GenericServerStream[PutSnapshotBlobRequest, PutSnapshotBlobResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type CatalogService_PutSnapshotBlobServer = grpc.ClientStreamingServer[PutSnapshotBlobRequest, PutSnapshotBlobResponse]
+
+func _CatalogService_GetSnapshotFile_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(GetSnapshotFileRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(CatalogServiceServer).GetSnapshotFile(m, &grpc.GenericServerStream[GetSnapshotFileRequest, GetSnapshotFileResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type CatalogService_GetSnapshotFileServer = grpc.ServerStreamingServer[GetSnapshotFileResponse]
+
 // CatalogService_ServiceDesc is the grpc.ServiceDesc for CatalogService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -500,6 +574,16 @@ var CatalogService_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "ReadSnapshotDigests",
 			Handler:       _CatalogService_ReadSnapshotDigests_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "PutSnapshotBlob",
+			Handler:       _CatalogService_PutSnapshotBlob_Handler,
+			ClientStreams: true,
+		},
+		{
+			StreamName:    "GetSnapshotFile",
+			Handler:       _CatalogService_GetSnapshotFile_Handler,
 			ServerStreams: true,
 		},
 	},

@@ -1,0 +1,142 @@
+package catalog
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+
+	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
+	"github.com/chunkbridge/chunkbridge/auth"
+	"github.com/chunkbridge/chunkbridge/format/datablob"
+	"github.com/chunkbridge/chunkbridge/services/apierr"
+	"github.com/chunkbridge/chunkbridge/storage"
+)
+
+// Blob files of a snapshot (PBS: index.json.blob, client.log.blob, …) sit
+// next to its index files, under the same tenant view. They reference no
+// chunks, so garbage collection and verification skip them (their names
+// are no .fidx/.didx).
+
+// maxBlob is the largest blob file: PBS's 128 MiB and its envelope.
+const maxBlob = datablob.MaxEncodedSize
+
+const blobSuffix = ".blob"
+
+func checkBlobName(name string) error {
+	if err := checkFileName(name); err != nil {
+		return err
+	}
+	if !strings.HasSuffix(name, blobSuffix) || name == blobSuffix {
+		return fmt.Errorf("%w: blob file %q: want a name ending in %s", apierr.ErrInvalid, name, blobSuffix)
+	}
+	return nil
+}
+
+// PutSnapshotBlob stores a blob file in a snapshot, once.
+func (s *Server) PutSnapshotBlob(stream grpc.ClientStreamingServer[chunkbridgev1.PutSnapshotBlobRequest, chunkbridgev1.PutSnapshotBlobResponse]) error {
+	ctx := stream.Context()
+	if err := auth.Check(ctx, auth.Append, "snapshots"); err != nil {
+		return apierr.Status(err)
+	}
+	first, err := stream.Recv()
+	if err != nil {
+		return apierr.Status(fmt.Errorf("put snapshot blob: %w", err))
+	}
+	if first.GetTime() == nil {
+		return apierr.Status(fmt.Errorf("%w: put snapshot blob: the snapshot time is required", apierr.ErrInvalid))
+	}
+	t := first.GetTime().AsTime()
+	if t.After(time.Now().Add(maxClockSkew)) {
+		return apierr.Status(fmt.Errorf("%w: snapshot time %s is in the future; check the client's clock", apierr.ErrInvalid, t.UTC().Format(time.RFC3339)))
+	}
+	dir, err := snapshotDir(first.GetType(), first.GetBackupId(), t.UTC().Format(snapshotTimeLayout))
+	if err == nil {
+		err = checkBlobName(first.GetName())
+	}
+	if err != nil {
+		return apierr.Status(err)
+	}
+	path := dir + "/" + first.GetName()
+	var buf bytes.Buffer
+	for msg := first; ; {
+		if buf.Len()+len(msg.GetData()) > maxBlob {
+			return apierr.Status(fmt.Errorf("%w: blob file %s: larger than %d bytes (128 MiB of data and its DataBlob header); store less in one blob", apierr.ErrInvalid, path, maxBlob))
+		}
+		buf.Write(msg.GetData())
+		msg, err = stream.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return err
+		}
+	}
+	size := int64(buf.Len())
+	meta := storage.Metadata{metaCreated: time.Now().UTC().Format(time.RFC3339Nano)}
+	created, err := s.view(ctx).PutIfAbsent(ctx, snapshotPrefix+path, &buf, size, meta)
+	if err == nil && !created {
+		err = apierr.ErrExists
+	}
+	if err != nil {
+		return apierr.Status(fmt.Errorf("blob file %s: %w", path, err))
+	}
+	return stream.SendAndClose(&chunkbridgev1.PutSnapshotBlobResponse{Path: path, Size: size})
+}
+
+// GetSnapshotFile streams a blob or index file of a snapshot as stored.
+func (s *Server) GetSnapshotFile(req *chunkbridgev1.GetSnapshotFileRequest, stream grpc.ServerStreamingServer[chunkbridgev1.GetSnapshotFileResponse]) error {
+	ctx := stream.Context()
+	if err := auth.Check(ctx, auth.Read, "snapshots"); err != nil {
+		return apierr.Status(err)
+	}
+	path := strings.TrimPrefix(req.GetPath(), "/")
+	if p, ok := parseBlobPath(path); ok {
+		path = p
+	} else {
+		p, err := parseSnapshotPath(path, false)
+		if err != nil {
+			return apierr.Status(err)
+		}
+		path = p.String()
+	}
+	rc, _, err := s.view(ctx).Get(ctx, snapshotPrefix+path)
+	if err != nil {
+		return apierr.Status(notFound("snapshot file", path, err))
+	}
+	defer rc.Close()
+	buf := make([]byte, 1<<20)
+	for {
+		n, err := io.ReadFull(rc, buf)
+		if n > 0 {
+			if err := stream.Send(&chunkbridgev1.GetSnapshotFileResponse{Data: buf[:n]}); err != nil {
+				return err
+			}
+		}
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			return nil
+		}
+		if err != nil {
+			return apierr.Status(fmt.Errorf("snapshot file %s: %w", path, err))
+		}
+	}
+}
+
+// parseBlobPath reports whether path is a valid <type>/<id>/<time>/<name>.blob.
+func parseBlobPath(path string) (string, bool) {
+	parts := strings.Split(path, "/")
+	if len(parts) != 4 {
+		return "", false
+	}
+	if _, err := snapshotDir(parts[0], parts[1], parts[2]); err != nil {
+		return "", false
+	}
+	if checkBlobName(parts[3]) != nil {
+		return "", false
+	}
+	return path, true
+}
