@@ -1,0 +1,711 @@
+package pbs
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+
+	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
+	"github.com/chunkbridge/chunkbridge/auth"
+	"github.com/chunkbridge/chunkbridge/client"
+	"github.com/chunkbridge/chunkbridge/format/datablob"
+	"github.com/chunkbridge/chunkbridge/format/pbsidx"
+	"github.com/chunkbridge/chunkbridge/format/pbsindex"
+	"github.com/chunkbridge/chunkbridge/format/pbsmanifest"
+	"github.com/chunkbridge/chunkbridge/gateway/session"
+	"github.com/chunkbridge/chunkbridge/services/apierr"
+)
+
+// manifestName is the snapshot's manifest, written last (at finish).
+const manifestName = "index.json.blob"
+
+// fixedChunkSize is PBS's fixed index chunk size: clients never send one.
+const fixedChunkSize = 4 << 20
+
+// maxIndexFile bounds a stored index file the gateway reads whole to
+// convert: the catalog's own limit of 16 Mi entries.
+const maxIndexFile = pbsindex.HeaderSize + pbsindex.DefaultMaxEntries*pbsindex.DynamicEntrySize
+
+// backup is one backup session: one snapshot, written by one connection.
+// Nothing of it is visible to PBS listings before finish writes its
+// manifest.
+type backup struct {
+	srv    *Server
+	ctx    context.Context
+	p      auth.Principal
+	snap   snapshot
+	log    *slog.Logger
+	remote string
+	mux    *http.ServeMux
+	// uploads bounds the chunk and blob bytes read and not yet stored.
+	uploads *session.Budget
+
+	putMu    sync.Mutex
+	uploader *client.Uploader
+
+	mu       sync.Mutex
+	known    map[client.ID]uint64 // chunks usable in appends, and their sizes
+	writers  map[int]*writer
+	nextWID  int
+	written  int // files closed and blobs stored
+	manifest []byte
+	finished bool
+}
+
+// writer is one open index.
+type writer struct {
+	name    string // archive name, e.g. root.pxar.didx
+	fixed   bool
+	size    uint64 // fixed: the image size; dynamic: the running end
+	slots   uint64
+	count   uint64
+	digests map[uint64]client.ID // fixed: by slot
+	entries []client.SnapshotEntry
+	csum    *pbsidx.Csum // dynamic: as entries arrive
+}
+
+func (s *Server) newBackup(ctx context.Context, p auth.Principal, snap snapshot, remote string) (*backup, error) {
+	b := &backup{
+		srv: s, ctx: ctx, p: p, snap: snap, remote: remote,
+		log:     s.log().With("remote", remote, "principal", p.Name, "snapshot", snap.dir()),
+		uploads: session.NewBudget(session.OrDefault(s.UploadBytes, defaultUploadBytes)),
+		known:   map[client.ID]uint64{}, writers: map[int]*writer{},
+	}
+	// A snapshot is written once: an existing one is refused before any
+	// upload (the catalog would refuse its files anyway).
+	snaps, err := s.Catalog.ListSnapshots(ctx, snap.typ, snap.id)
+	if err != nil {
+		return nil, fmt.Errorf("listing the backup group: %w", err)
+	}
+	for _, sn := range snaps {
+		if sn.GetTime().AsTime().Equal(snap.time) {
+			return nil, fmt.Errorf("%w: snapshot %s exists already; back up under a new time", apierr.ErrExists, snap.dir())
+		}
+	}
+	m := http.NewServeMux()
+	m.HandleFunc("GET /previous", b.previous)
+	m.HandleFunc("GET /previous_backup_time", b.previousTime)
+	m.HandleFunc("POST /dynamic_index", b.create)
+	m.HandleFunc("POST /fixed_index", b.create)
+	m.HandleFunc("POST /dynamic_chunk", b.chunk)
+	m.HandleFunc("POST /fixed_chunk", b.chunk)
+	m.HandleFunc("PUT /dynamic_index", b.appendEntries)
+	m.HandleFunc("PUT /fixed_index", b.appendEntries)
+	m.HandleFunc("POST /dynamic_close", b.close)
+	m.HandleFunc("POST /fixed_close", b.close)
+	m.HandleFunc("POST /blob", b.blob)
+	m.HandleFunc("POST /finish", b.finish)
+	m.HandleFunc("GET /speedtest", func(w http.ResponseWriter, r *http.Request) { io.Copy(io.Discard, r.Body); reply(w, nil) })
+	b.mux = m
+	return b, nil
+}
+
+func (b *backup) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	r.URL.Path = cleanPath(r.URL.Path)
+	r = r.WithContext(auth.NewContext(r.Context(), b.p))
+	b.mux.ServeHTTP(w, r)
+}
+
+// fail answers a refused request, logging it.
+func (b *backup) fail(w http.ResponseWriter, r *http.Request, err error) {
+	if errors.Is(err, apierr.ErrPermission) {
+		b.srv.audit(b.p, b.remote, r.Method+" "+r.URL.Path, err)
+	} else {
+		b.log.Info("request refused", "call", r.Method+" "+r.URL.Path, "err", err)
+	}
+	replyErr(w, err)
+}
+
+// end runs when the connection is gone: an unfinished snapshot's open
+// writers are dropped (their files were never published).
+func (b *backup) end() {
+	b.putMu.Lock()
+	if b.uploader != nil {
+		b.uploader.Close()
+	}
+	b.putMu.Unlock()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.finished && (b.written > 0 || len(b.writers) > 0) {
+		b.log.Warn("backup session ended without finish; no manifest was written, so PBS listings do not show the snapshot")
+	}
+}
+
+// previousSnapshot is the newest snapshot of the group before this one
+// that has a manifest.
+func (b *backup) previousSnapshot(ctx context.Context) (*chunkbridgev1.Snapshot, error) {
+	snaps, err := b.srv.Catalog.ListSnapshots(ctx, b.snap.typ, b.snap.id)
+	if err != nil {
+		return nil, err
+	}
+	for _, sn := range snaps { // newest first
+		if sn.GetTime().AsTime().Before(b.snap.time) && hasManifest(sn) {
+			return sn, nil
+		}
+	}
+	return nil, fmt.Errorf("%w: no previous snapshot of %s/%s", apierr.ErrNotFound, b.snap.typ, b.snap.id)
+}
+
+func hasManifest(sn *chunkbridgev1.Snapshot) bool {
+	for _, bl := range sn.GetBlobs() {
+		if bl.GetName() == manifestName {
+			return true
+		}
+	}
+	return false
+}
+
+func (b *backup) previousTime(w http.ResponseWriter, r *http.Request) {
+	sn, err := b.previousSnapshot(r.Context())
+	if errors.Is(err, apierr.ErrNotFound) {
+		reply(w, nil)
+		return
+	}
+	if err != nil {
+		b.fail(w, r, err)
+		return
+	}
+	reply(w, sn.GetTime().AsTime().Unix())
+}
+
+// previous sends a file of the previous snapshot; an index's chunks become
+// known to this session, so appends may reference them unsent.
+func (b *backup) previous(w http.ResponseWriter, r *http.Request) {
+	ps, err := readParams(r)
+	if err != nil {
+		b.fail(w, r, err)
+		return
+	}
+	name, _ := ps.str("archive-name")
+	sn, err := b.previousSnapshot(r.Context())
+	if err != nil {
+		b.fail(w, r, err)
+		return
+	}
+	dir := snapshot{typ: sn.GetType(), id: sn.GetBackupId(), time: sn.GetTime().AsTime()}.dir()
+	data, chunks, err := b.srv.readFile(r.Context(), dir, name)
+	if err != nil {
+		b.fail(w, r, err)
+		return
+	}
+	b.mu.Lock()
+	if len(b.known)+len(chunks) > session.OrDefault(b.srv.MaxChunks, defaultMaxChunks) {
+		b.mu.Unlock()
+		b.fail(w, r, fmt.Errorf("%w: this session knows too many chunks", apierr.ErrExhausted))
+		return
+	}
+	for id, size := range chunks {
+		b.known[id] = size
+	}
+	b.mu.Unlock()
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Write(data)
+}
+
+// readFile reads a snapshot file for a client: a blob as stored, an index
+// converted to today's PBS format, with its chunks and their sizes.
+func (s *Server) readFile(ctx context.Context, dir, name string) ([]byte, map[client.ID]uint64, error) {
+	if strings.Contains(name, "/") || name == "" {
+		return nil, nil, fmt.Errorf("%w: file name %q", apierr.ErrInvalid, name)
+	}
+	if strings.HasSuffix(name, ".blob") {
+		data, err := s.Catalog.GetSnapshotFile(ctx, dir+"/"+name, datablob.MaxEncodedSize)
+		return data, nil, err
+	}
+	if !strings.HasSuffix(name, ".didx") && !strings.HasSuffix(name, ".fidx") {
+		return nil, nil, fmt.Errorf("%w: file name %q: want a .didx, .fidx or .blob name", apierr.ErrInvalid, name)
+	}
+	raw, err := s.Catalog.GetSnapshotFile(ctx, dir+"/"+name, maxIndexFile)
+	if err != nil {
+		return nil, nil, err
+	}
+	chunks := map[client.ID]uint64{}
+	if strings.HasSuffix(name, ".fidx") {
+		f, err := pbsindex.ParseFixed(raw)
+		if err != nil {
+			return nil, nil, fmt.Errorf("%w: stored index %s/%s: %v", apierr.ErrDataLoss, dir, name, err)
+		}
+		out := &pbsidx.Fixed{UUID: f.UUID, CTime: int64(f.CTime), Size: f.Size, ChunkSize: f.ChunkSize, Digests: f.Digests}
+		for i, d := range f.Digests {
+			size := f.ChunkSize
+			if i == len(f.Digests)-1 {
+				size = f.Size - uint64(i)*f.ChunkSize
+			}
+			chunks[client.ID(d)] = size
+		}
+		data, err := pbsidx.AppendFixed(nil, out)
+		return data, chunks, err
+	}
+	d, err := pbsindex.ParseDynamic(raw)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: stored index %s/%s: %v", apierr.ErrDataLoss, dir, name, err)
+	}
+	out := &pbsidx.Dynamic{UUID: d.UUID, CTime: int64(d.CTime), Entries: make([]pbsidx.DynamicEntry, len(d.Entries))}
+	var start uint64
+	for i, e := range d.Entries {
+		out.Entries[i] = pbsidx.DynamicEntry{End: e.End, Digest: e.Digest}
+		chunks[client.ID(e.Digest)] = e.End - start
+		start = e.End
+	}
+	data, err := pbsidx.AppendDynamic(nil, out)
+	return data, chunks, err
+}
+
+// archiveName checks an index's archive name.
+func archiveName(name string, fixed bool) error {
+	ext := ".didx"
+	if fixed {
+		ext = ".fidx"
+	}
+	base, ok := strings.CutSuffix(name, ext)
+	if !ok || base == "" || strings.ContainsAny(name, "/\\\x00") || len(name) > 255 || name == manifestName {
+		return fmt.Errorf("%w: archive-name %q: want NAME%s", apierr.ErrInvalid, name, ext)
+	}
+	return nil
+}
+
+func (b *backup) create(w http.ResponseWriter, r *http.Request) {
+	fixed := r.URL.Path == "/fixed_index"
+	ps, err := readParams(r)
+	if err != nil {
+		b.fail(w, r, err)
+		return
+	}
+	name, _ := ps.str("archive-name")
+	if err := archiveName(name, fixed); err != nil {
+		b.fail(w, r, err)
+		return
+	}
+	wr := &writer{name: name, fixed: fixed}
+	if fixed {
+		if _, ok := ps.str("reuse-csum"); ok {
+			b.fail(w, r, fmt.Errorf("%w: reuse-csum (incremental fixed index) is not supported yet; back up the whole image", apierr.ErrInvalid))
+			return
+		}
+		size, err := ps.int("size")
+		if err != nil || size < 0 {
+			b.fail(w, r, fmt.Errorf("%w: fixed_index size: %v", apierr.ErrInvalid, err))
+			return
+		}
+		wr.size = uint64(size)
+		wr.slots, _ = pbsidx.Slots(wr.size, fixedChunkSize)
+		if wr.slots > pbsindex.DefaultMaxEntries {
+			b.fail(w, r, fmt.Errorf("%w: fixed_index size %d: more than %d chunks", apierr.ErrInvalid, size, pbsindex.DefaultMaxEntries))
+			return
+		}
+		wr.digests = map[uint64]client.ID{}
+	} else {
+		wr.csum = pbsidx.NewCsum()
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.finished {
+		b.fail(w, r, fmt.Errorf("%w: the backup is finished", apierr.ErrInvalid))
+		return
+	}
+	if len(b.writers) >= session.OrDefault(b.srv.MaxOpenWriters, defaultWriters) {
+		b.fail(w, r, fmt.Errorf("%w: %d index writers are open; close one first", apierr.ErrInvalid, len(b.writers)))
+		return
+	}
+	for _, o := range b.writers {
+		if o.name == name {
+			b.fail(w, r, fmt.Errorf("%w: archive %s is open already", apierr.ErrExists, name))
+			return
+		}
+	}
+	b.nextWID++
+	b.writers[b.nextWID] = wr
+	reply(w, b.nextWID)
+}
+
+// readBody reads a DataBlob body of exactly n bytes within the session's
+// upload budget; release gives the bytes back.
+func (b *backup) readBody(r *http.Request, n, limit int64) (data []byte, release func(), err error) {
+	if n < datablob.HeaderSize || n > limit {
+		return nil, nil, fmt.Errorf("%w: encoded-size %d: want %d to %d", apierr.ErrInvalid, n, datablob.HeaderSize, limit)
+	}
+	if r.ContentLength >= 0 && r.ContentLength != n {
+		return nil, nil, fmt.Errorf("%w: encoded-size %d but the body has %d bytes", apierr.ErrInvalid, n, r.ContentLength)
+	}
+	if err := b.uploads.Acquire(r.Context(), n); err != nil {
+		return nil, nil, err
+	}
+	release = func() { b.uploads.Release(n) }
+	data = make([]byte, n)
+	if _, err := io.ReadFull(r.Body, data); err != nil {
+		release()
+		return nil, nil, fmt.Errorf("%w: reading %d bytes of body: %v", apierr.ErrInvalid, n, err)
+	}
+	if m, _ := r.Body.Read(make([]byte, 1)); m > 0 {
+		release()
+		return nil, nil, fmt.Errorf("%w: the body is longer than encoded-size %d", apierr.ErrInvalid, n)
+	}
+	return data, release, nil
+}
+
+// chunk stores one uploaded chunk.
+func (b *backup) chunk(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	wid, _ := strconv.Atoi(q.Get("wid"))
+	b.mu.Lock()
+	_, open := b.writers[wid]
+	b.mu.Unlock()
+	if !open {
+		b.fail(w, r, fmt.Errorf("%w: no open writer %q", apierr.ErrInvalid, q.Get("wid")))
+		return
+	}
+	id, err := client.ParseID(q.Get("digest"))
+	if err != nil {
+		b.fail(w, r, fmt.Errorf("%w: digest %q: want 64 hex characters", apierr.ErrInvalid, q.Get("digest")))
+		return
+	}
+	size, err := strconv.ParseInt(q.Get("size"), 10, 64)
+	if err != nil || size < 1 || size > datablob.MaxChunkSize {
+		b.fail(w, r, fmt.Errorf("%w: size %q: want 1 to %d", apierr.ErrInvalid, q.Get("size"), datablob.MaxChunkSize))
+		return
+	}
+	enc, _ := strconv.ParseInt(q.Get("encoded-size"), 10, 64)
+	body, release, err := b.readBody(r, enc, datablob.MaxEncodedChunkSize)
+	if err != nil {
+		b.fail(w, r, err)
+		return
+	}
+	defer release()
+	blob, err := datablob.ParseChunk(body)
+	if err == nil && blob.Encrypted() {
+		err = errors.New("encrypted backups are not supported yet: back up without --crypt-mode encrypt (or without a key)")
+	}
+	var plain []byte
+	if err == nil {
+		plain, err = blob.Decode(int(size))
+	}
+	if err == nil && int64(len(plain)) != size {
+		err = fmt.Errorf("the chunk decodes to %d bytes, not size %d", len(plain), size)
+	}
+	if err != nil {
+		b.fail(w, r, fmt.Errorf("%w: chunk %s: %v", apierr.ErrInvalid, id, err))
+		return
+	}
+	up := client.Upload{ID: id, Algorithm: chunkbridgev1.DigestAlgorithm_DIGEST_ALGORITHM_SHA256, Encoding: chunkbridgev1.Encoding_ENCODING_RAW, Data: plain}
+	if blob.Kind == datablob.Zstd {
+		// Stored as sent: the service checks the digest of its content.
+		up.Encoding, up.Data = chunkbridgev1.Encoding_ENCODING_ZSTD, blob.Payload
+	}
+	if err := b.put(r.Context(), up); err != nil {
+		b.fail(w, r, fmt.Errorf("chunk %s: %w", id, err))
+		return
+	}
+	b.mu.Lock()
+	if len(b.known) < session.OrDefault(b.srv.MaxChunks, defaultMaxChunks) {
+		b.known[id] = uint64(size)
+	}
+	b.mu.Unlock()
+	reply(w, nil)
+}
+
+// put stores one chunk through the session's ordered uploader and waits
+// for its result.
+func (b *backup) put(ctx context.Context, up client.Upload) error {
+	res := make(chan client.Result, 1)
+	b.putMu.Lock()
+	if b.uploader == nil {
+		u, err := b.srv.Chunks.NewUploader(b.ctx, client.UploadOptions{})
+		if err != nil {
+			b.putMu.Unlock()
+			return err
+		}
+		b.uploader = u
+	}
+	err := b.uploader.Put(ctx, up, func(r client.Result) { res <- r })
+	if err != nil {
+		// A failed stream is replaced for the next chunk.
+		b.uploader.Abort()
+		b.uploader = nil
+	}
+	b.putMu.Unlock()
+	if err != nil {
+		return err
+	}
+	select {
+	case r := <-res:
+		return r.Err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// appendEntries places uploaded or known chunks in an open index.
+func (b *backup) appendEntries(w http.ResponseWriter, r *http.Request) {
+	ps, err := readParams(r)
+	if err != nil {
+		b.fail(w, r, err)
+		return
+	}
+	wid, err := ps.int("wid")
+	var digests []string
+	var offsets []uint64
+	if err == nil {
+		err = errors.Join(ps.list("digest-list", &digests), ps.list("offset-list", &offsets))
+	}
+	if err == nil && len(digests) != len(offsets) {
+		err = fmt.Errorf("%w: %d digests and %d offsets", apierr.ErrInvalid, len(digests), len(offsets))
+	}
+	if err != nil {
+		b.fail(w, r, err)
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	wr := b.writers[int(wid)]
+	if wr == nil || wr.fixed != (r.URL.Path == "/fixed_index") {
+		b.fail(w, r, fmt.Errorf("%w: no open writer %d of this kind", apierr.ErrInvalid, wid))
+		return
+	}
+	for i, hexd := range digests {
+		id, err := client.ParseID(hexd)
+		if err != nil {
+			b.fail(w, r, fmt.Errorf("%w: digest %q", apierr.ErrInvalid, hexd))
+			return
+		}
+		size, ok := b.known[id]
+		if !ok {
+			b.fail(w, r, fmt.Errorf("%w: no such chunk %s: upload it first (neither uploaded nor in the previous snapshot in this session)", apierr.ErrInvalid, id))
+			return
+		}
+		off := offsets[i]
+		if wr.fixed {
+			slot := off / fixedChunkSize
+			want := uint64(fixedChunkSize)
+			if slot+1 == wr.slots {
+				want = wr.size - slot*fixedChunkSize
+			}
+			if off%fixedChunkSize != 0 || slot >= wr.slots || size != want {
+				b.fail(w, r, fmt.Errorf("%w: chunk %s of %d bytes at offset %d does not fit the %d-byte image's %d-byte slots", apierr.ErrInvalid, id, size, off, wr.size, fixedChunkSize))
+				return
+			}
+			if _, dup := wr.digests[slot]; !dup {
+				wr.count++
+			}
+			wr.digests[slot] = id
+			continue
+		}
+		if off != wr.size {
+			b.fail(w, r, fmt.Errorf("%w: chunk %s at offset %d: the index ends at %d", apierr.ErrInvalid, id, off, wr.size))
+			return
+		}
+		if len(wr.entries) >= pbsindex.DefaultMaxEntries {
+			b.fail(w, r, fmt.Errorf("%w: more than %d chunks in one index", apierr.ErrInvalid, pbsindex.DefaultMaxEntries))
+			return
+		}
+		wr.entries = append(wr.entries, client.SnapshotEntry{Offset: int64(off), ID: id})
+		wr.size += size
+		wr.count++
+		wr.csum.AddEntry(wr.size, pbsidx.Digest(id))
+	}
+	reply(w, nil)
+}
+
+// close checks an index against the client's count, size and checksum,
+// then publishes it in the snapshot.
+func (b *backup) close(w http.ResponseWriter, r *http.Request) {
+	ps, err := readParams(r)
+	if err != nil {
+		b.fail(w, r, err)
+		return
+	}
+	wid, err1 := ps.int("wid")
+	count, err2 := ps.int("chunk-count")
+	size, err3 := ps.int("size")
+	csum, _ := ps.str("csum")
+	if err := errors.Join(err1, err2, err3); err != nil {
+		b.fail(w, r, err)
+		return
+	}
+	b.mu.Lock()
+	wr := b.writers[int(wid)]
+	if wr == nil || wr.fixed != (r.URL.Path == "/fixed_close") {
+		b.mu.Unlock()
+		b.fail(w, r, fmt.Errorf("%w: no open writer %d of this kind", apierr.ErrInvalid, wid))
+		return
+	}
+	delete(b.writers, int(wid)) // a failed close ends the writer: nothing is published
+	b.mu.Unlock()
+	var sum [32]byte
+	if wr.fixed {
+		if wr.count != wr.slots {
+			b.fail(w, r, fmt.Errorf("%w: %s: %d of %d chunks appended; nothing was published", apierr.ErrInvalid, wr.name, wr.count, wr.slots))
+			return
+		}
+		c := pbsidx.NewCsum()
+		wr.entries = make([]client.SnapshotEntry, wr.slots)
+		for slot := range wr.slots {
+			c.AddDigest(pbsidx.Digest(wr.digests[slot]))
+			wr.entries[slot] = client.SnapshotEntry{Slot: int64(slot), ID: wr.digests[slot]}
+		}
+		sum = c.Sum()
+	} else {
+		sum = wr.csum.Sum()
+	}
+	switch {
+	case uint64(count) != wr.count:
+		err = fmt.Errorf("chunk-count %d, but %d chunks were appended", count, wr.count)
+	case uint64(size) != wr.size:
+		err = fmt.Errorf("size %d, but the chunks appended make %d bytes", size, wr.size)
+	case !strings.EqualFold(csum, hex.EncodeToString(sum[:])):
+		err = fmt.Errorf("csum %q, but the chunks appended sum to %x", csum, sum)
+	}
+	if err != nil {
+		b.fail(w, r, fmt.Errorf("%w: %s: %v; nothing was published", apierr.ErrInvalid, wr.name, err))
+		return
+	}
+	if err := b.publish(r.Context(), wr); err != nil {
+		b.fail(w, r, fmt.Errorf("%s: %w", wr.name, err))
+		return
+	}
+	b.mu.Lock()
+	b.written++
+	b.mu.Unlock()
+	reply(w, nil)
+}
+
+// publish writes a closed index through the catalog, which checks every
+// chunk is stored.
+func (b *backup) publish(ctx context.Context, wr *writer) error {
+	create := client.SnapshotCreate{Type: b.snap.typ, BackupID: b.snap.id, Time: b.snap.time, Name: wr.name[:len(wr.name)-5], Fixed: wr.fixed}
+	if wr.fixed {
+		create.ChunkSize, create.FileSize = fixedChunkSize, int64(wr.size)
+		if wr.size == 0 {
+			create.ChunkSize = fixedChunkSize
+		}
+	}
+	sw, err := b.srv.Catalog.WriteSnapshotFile(ctx, create)
+	if err != nil {
+		return err
+	}
+	defer sw.Abort()
+	sent := make(chan error, 1)
+	go func() {
+		const batch = 4096
+		for off := 0; off < len(wr.entries); off += batch {
+			if err := sw.Entries(wr.entries[off:min(off+batch, len(wr.entries))]...); err != nil {
+				sent <- err
+				return
+			}
+		}
+		sent <- sw.Commit()
+	}()
+	var refused error
+	for {
+		_, err := sw.Next()
+		var re *client.RefusedEntry
+		if errors.As(err, &re) {
+			if refused == nil {
+				refused = re
+			}
+			continue
+		}
+		if err != nil {
+			<-sent
+			if refused != nil {
+				return fmt.Errorf("%w; nothing was published", refused)
+			}
+			return err
+		}
+		return <-sent
+	}
+}
+
+// blob stores a blob file; the manifest waits for finish.
+func (b *backup) blob(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	name := q.Get("file-name")
+	if !strings.HasSuffix(name, ".blob") || name == ".blob" || strings.ContainsAny(name, "/\\\x00") || len(name) > 255 {
+		b.fail(w, r, fmt.Errorf("%w: file-name %q: want NAME.blob", apierr.ErrInvalid, name))
+		return
+	}
+	enc, _ := strconv.ParseInt(q.Get("encoded-size"), 10, 64)
+	limit := int64(datablob.MaxEncodedSize)
+	if name == manifestName {
+		limit = pbsmanifest.MaxSize + datablob.HeaderSize
+	}
+	body, release, err := b.readBody(r, enc, limit)
+	if err != nil {
+		b.fail(w, r, err)
+		return
+	}
+	defer release()
+	blob, err := datablob.Parse(body)
+	if err != nil {
+		b.fail(w, r, fmt.Errorf("%w: blob %s: %v", apierr.ErrInvalid, name, err))
+		return
+	}
+	if name == manifestName {
+		if blob.Encrypted() {
+			b.fail(w, r, fmt.Errorf("%w: the manifest may not be encrypted", apierr.ErrInvalid))
+			return
+		}
+		plain, err := blob.Decode(pbsmanifest.MaxSize)
+		var m *pbsmanifest.Manifest
+		if err == nil {
+			m, err = pbsmanifest.Parse(plain)
+		}
+		if err == nil && (string(m.BackupType) != b.snap.typ || m.BackupID != b.snap.id || m.BackupTime != b.snap.time.Unix()) {
+			err = fmt.Errorf("it names %s/%s/%d, not this backup", m.BackupType, m.BackupID, m.BackupTime)
+		}
+		if err != nil {
+			b.fail(w, r, fmt.Errorf("%w: manifest: %v", apierr.ErrInvalid, err))
+			return
+		}
+		b.mu.Lock()
+		b.manifest = body
+		b.mu.Unlock()
+		reply(w, nil)
+		return
+	}
+	if err := b.srv.Catalog.PutSnapshotBlob(r.Context(), b.snap.typ, b.snap.id, b.snap.time, name, body); err != nil {
+		b.fail(w, r, fmt.Errorf("blob %s: %w", name, err))
+		return
+	}
+	b.mu.Lock()
+	b.written++
+	b.mu.Unlock()
+	reply(w, nil)
+}
+
+// finish publishes the manifest, which makes the snapshot visible.
+func (b *backup) finish(w http.ResponseWriter, r *http.Request) {
+	b.mu.Lock()
+	var err error
+	switch {
+	case b.finished:
+		err = errors.New("the backup is finished already")
+	case len(b.writers) > 0:
+		err = fmt.Errorf("%d index writers are still open; close them first", len(b.writers))
+	case b.written == 0:
+		err = errors.New("nothing was written")
+	case b.manifest == nil:
+		err = errors.New("no manifest (index.json.blob) was uploaded")
+	}
+	manifest := b.manifest
+	if err == nil {
+		b.finished = true
+	}
+	b.mu.Unlock()
+	if err != nil {
+		b.fail(w, r, fmt.Errorf("%w: finish: %v", apierr.ErrInvalid, err))
+		return
+	}
+	if err := b.srv.Catalog.PutSnapshotBlob(r.Context(), b.snap.typ, b.snap.id, b.snap.time, manifestName, manifest); err != nil {
+		b.fail(w, r, fmt.Errorf("finish: %w", err))
+		return
+	}
+	b.log.Info("backup finished")
+	reply(w, nil)
+}

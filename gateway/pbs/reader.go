@@ -1,0 +1,132 @@
+package pbs
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync"
+
+	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
+	"github.com/chunkbridge/chunkbridge/auth"
+	"github.com/chunkbridge/chunkbridge/client"
+	"github.com/chunkbridge/chunkbridge/format/datablob"
+	"github.com/chunkbridge/chunkbridge/gateway/session"
+	"github.com/chunkbridge/chunkbridge/services/apierr"
+)
+
+// reader is one reader session: it serves the files of one snapshot, and
+// only the chunks of the files it downloaded.
+type reader struct {
+	srv    *Server
+	p      auth.Principal
+	snap   snapshot
+	log    *slog.Logger
+	remote string
+	mux    *http.ServeMux
+
+	mu         sync.Mutex
+	registered map[client.ID]bool
+}
+
+func (s *Server) newReader(_ context.Context, p auth.Principal, snap snapshot, remote string) http.Handler {
+	rd := &reader{srv: s, p: p, snap: snap, remote: remote, registered: map[client.ID]bool{},
+		log: s.log().With("remote", remote, "principal", p.Name, "snapshot", snap.dir())}
+	m := http.NewServeMux()
+	m.HandleFunc("GET /download", rd.download)
+	m.HandleFunc("GET /chunk", rd.chunk)
+	m.HandleFunc("GET /speedtest", func(w http.ResponseWriter, r *http.Request) { reply(w, nil) })
+	rd.mux = m
+	return rd
+}
+
+func (rd *reader) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	r.URL.Path = cleanPath(r.URL.Path)
+	rd.mux.ServeHTTP(w, r.WithContext(auth.NewContext(r.Context(), rd.p)))
+}
+
+func (rd *reader) fail(w http.ResponseWriter, r *http.Request, err error) {
+	rd.log.Info("request refused", "call", r.Method+" "+r.URL.Path, "err", err)
+	replyErr(w, err)
+}
+
+func (rd *reader) download(w http.ResponseWriter, r *http.Request) {
+	ps, err := readParams(r)
+	if err != nil {
+		rd.fail(w, r, err)
+		return
+	}
+	name, _ := ps.str("file-name")
+	data, chunks, err := rd.srv.readFile(r.Context(), rd.snap.dir(), name)
+	if err != nil {
+		rd.fail(w, r, err)
+		return
+	}
+	rd.mu.Lock()
+	if len(rd.registered)+len(chunks) > session.OrDefault(rd.srv.MaxChunks, defaultMaxChunks) {
+		rd.mu.Unlock()
+		rd.fail(w, r, fmt.Errorf("%w: this session has registered too many chunks", apierr.ErrExhausted))
+		return
+	}
+	for id := range chunks {
+		rd.registered[id] = true
+	}
+	rd.mu.Unlock()
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Write(data)
+}
+
+// chunk serves a chunk of a downloaded file as a DataBlob: a stored zstd
+// frame goes out as it is, wrapped.
+func (rd *reader) chunk(w http.ResponseWriter, r *http.Request) {
+	ps, err := readParams(r)
+	if err != nil {
+		rd.fail(w, r, err)
+		return
+	}
+	hexd, _ := ps.str("digest")
+	id, err := client.ParseID(hexd)
+	if err != nil {
+		rd.fail(w, r, fmt.Errorf("%w: digest %q", apierr.ErrInvalid, hexd))
+		return
+	}
+	rd.mu.Lock()
+	ok := rd.registered[id]
+	rd.mu.Unlock()
+	if !ok {
+		rd.fail(w, r, fmt.Errorf("%w: chunk %s is in no file downloaded in this session", apierr.ErrNotFound, id))
+		return
+	}
+	dl := rd.srv.Chunks.Download(r.Context(), []client.ID{id}, client.DownloadOptions{})
+	defer dl.Close()
+	c, err := dl.Next()
+	if err == nil {
+		err = c.Err
+	}
+	if err != nil {
+		rd.fail(w, r, fmt.Errorf("chunk %s: %w", id, err))
+		return
+	}
+	var blob []byte
+	switch c.Encoding {
+	case chunkbridgev1.Encoding_ENCODING_ZSTD:
+		blob, err = datablob.EncodeZstd(c.Data)
+	case chunkbridgev1.Encoding_ENCODING_RAW:
+		blob, err = datablob.EncodeRaw(c.Data)
+	default:
+		// Anything else is asked for again, decoded.
+		dl2 := rd.srv.Chunks.Download(r.Context(), []client.ID{id}, client.DownloadOptions{Raw: true})
+		defer dl2.Close()
+		if c, err = dl2.Next(); err == nil && c.Err == nil {
+			blob, err = datablob.EncodeRaw(c.Data)
+		} else if err == nil {
+			err = c.Err
+		}
+	}
+	if err != nil {
+		rd.fail(w, r, fmt.Errorf("chunk %s: %w", id, err))
+		return
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Write(blob)
+}

@@ -1,0 +1,336 @@
+// Package pbs is the Proxmox Backup Server gateway (docs/pbs.md): a TLS
+// listener where an HTTP/1.1 upgrade starts the backup or reader protocol
+// over HTTP/2 (reference pbs-protocol.md §4, §5), and plain HTTPS requests
+// reach the management routes a client needs. A datastore is the caller's
+// tenant; snapshots are the catalog's.
+package pbs
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/net/http2"
+
+	"github.com/chunkbridge/chunkbridge/auth"
+	"github.com/chunkbridge/chunkbridge/client"
+	"github.com/chunkbridge/chunkbridge/gateway/session"
+	"github.com/chunkbridge/chunkbridge/gateway/tcpserver"
+)
+
+// ErrServerClosed is returned by Serve after Shutdown.
+var ErrServerClosed = tcpserver.ErrServerClosed
+
+// The upgrade protocols.
+const (
+	BackupProtocol = "proxmox-backup-protocol-v1"
+	ReaderProtocol = "proxmox-backup-reader-protocol-v1"
+)
+
+// Server serves PBS clients.
+type Server struct {
+	Chunks  *client.Chunks
+	Catalog *client.Catalog
+	Log     *slog.Logger
+	// TLS is required: PBS clients speak nothing else.
+	TLS *tls.Config
+	// Authenticate checks an API token (name user@realm!tokenname and its
+	// secret) and returns the principal it maps to. Nil: no credentials
+	// are configured and every caller is auth.Anonymous.
+	Authenticate func(name, secret string) (auth.Principal, error)
+
+	// MaxConns caps the connections served at once (default 1024).
+	MaxConns int
+	// IdleTimeout closes an HTTP/2 connection without streams (default
+	// 10m); HandshakeTimeout bounds the TLS handshake and the upgrade
+	// request (default 30s).
+	IdleTimeout, HandshakeTimeout time.Duration
+	// UploadBytes bounds the chunk and blob bodies a connection holds at
+	// once, read and not yet stored (default 64 MiB): HTTP/2 windows let a
+	// client send 32 MiB per stream, this caps the sum over its streams.
+	UploadBytes int64
+	// MaxOpenWriters bounds a backup session's open index writers
+	// (default 16); MaxChunks the digests one session may know (uploaded,
+	// from its previous snapshot, or registered by downloads; default 16 Mi).
+	MaxOpenWriters, MaxChunks int
+
+	once sync.Once
+	tcp  tcpserver.Server
+	mgmt *http.Server
+	mln  *connListener
+}
+
+const (
+	defaultMaxConns    = 1024
+	defaultUploadBytes = 64 << 20
+	defaultWriters     = 16
+	defaultMaxChunks   = 16 << 20
+	// PBS's HTTP/2 sizes.
+	windowSize = 32 << 20
+	frameSize  = 4 << 20
+)
+
+func (s *Server) log() *slog.Logger {
+	if s.Log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return s.Log
+}
+
+func (s *Server) init() {
+	s.once.Do(func() {
+		s.tcp.Handle = s.serveConn
+		s.tcp.MaxConns = session.OrDefault(s.MaxConns, defaultMaxConns)
+		s.tcp.Log = s.Log
+		s.tcp.Wrap = func(c net.Conn) net.Conn { return tls.Server(c, s.TLS) }
+		s.mln = &connListener{conns: make(chan net.Conn), done: make(chan struct{})}
+		s.mgmt = &http.Server{
+			Handler:           s.managementHandler(),
+			ReadHeaderTimeout: session.OrDefault(s.HandshakeTimeout, 30*time.Second),
+			IdleTimeout:       time.Minute,
+			MaxHeaderBytes:    64 << 10,
+			ErrorLog:          slog.NewLogLogger(s.log().Handler(), slog.LevelDebug),
+		}
+		go s.mgmt.Serve(s.mln)
+	})
+}
+
+// Serve accepts connections until Shutdown.
+func (s *Server) Serve(ln net.Listener) error {
+	if s.TLS == nil {
+		return errors.New("pbs gateway: TLS is required (PBS clients speak nothing else): give a certificate and key")
+	}
+	s.init()
+	return s.tcp.Serve(ln)
+}
+
+// Shutdown stops accepting and waits for connections until ctx ends.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.init()
+	s.mgmt.Shutdown(ctx)
+	return s.tcp.Shutdown(ctx)
+}
+
+// Fingerprint is the SHA-256 of a certificate's DER, as proxmox-backup-client's
+// --fingerprint spells it (colon-separated lowercase hex).
+func Fingerprint(der []byte) string {
+	sum := sha256.Sum256(der)
+	h := hex.EncodeToString(sum[:])
+	parts := make([]string, 0, len(sum))
+	for i := 0; i < len(h); i += 2 {
+		parts = append(parts, h[i:i+2])
+	}
+	return strings.Join(parts, ":")
+}
+
+// audit logs one refused call.
+func (s *Server) audit(p auth.Principal, remote, call string, err error) {
+	s.log().Warn("access refused", "listener", "pbs", "call", call, "principal", p.Name, "tenant", p.Tenant, "remote", remote, "reason", err.Error())
+}
+
+// authenticate reads a PBSAPIToken header (both spellings).
+func (s *Server) authenticate(header string) (auth.Principal, error) {
+	if s.Authenticate == nil {
+		return auth.Anonymous, nil
+	}
+	rest, ok := strings.CutPrefix(header, "PBSAPIToken=")
+	if !ok {
+		rest, ok = strings.CutPrefix(header, "PBSAPIToken ")
+	}
+	if !ok {
+		return auth.Principal{}, errors.New("no API token: send Authorization: PBSAPIToken=user@realm!tokenname:secret (tickets are not supported)")
+	}
+	name, secret, ok := strings.Cut(rest, ":")
+	if !ok || name == "" || secret == "" {
+		return auth.Principal{}, errors.New("malformed API token: want user@realm!tokenname:secret")
+	}
+	return s.Authenticate(name, secret)
+}
+
+// cleanPath maps //api2/json/x (proxmox-backup-client, Proxmox VE) and
+// /api2/json/x (the Go client) to one spelling.
+func cleanPath(p string) string { return "/" + strings.TrimLeft(p, "/") }
+
+func (s *Server) serveConn(nc net.Conn) {
+	remote := nc.RemoteAddr().String()
+	tc := nc.(*tls.Conn)
+	nc.SetDeadline(time.Now().Add(session.OrDefault(s.HandshakeTimeout, 30*time.Second)))
+	if err := tc.Handshake(); err != nil {
+		s.log().Info("TLS handshake failed", "remote", remote, "err", err)
+		return
+	}
+	br := bufio.NewReaderSize(nc, 16<<10)
+	// The Go client sends no Host header, which net/http's server refuses:
+	// the first request is read here, and only non-upgrade requests go on
+	// to the management server.
+	req, err := http.ReadRequest(br)
+	if err != nil {
+		s.log().Info("reading the first request", "remote", remote, "err", err)
+		return
+	}
+	nc.SetDeadline(time.Time{})
+	if req.Header.Get("Upgrade") == "" {
+		c := &replayConn{Conn: nc, r: br, first: req, closed: make(chan struct{})}
+		select {
+		case s.mln.conns <- c:
+			<-c.closed
+		case <-s.mln.done:
+		}
+		return
+	}
+	s.upgrade(nc, br, req, remote)
+}
+
+// fail answers an upgrade request with a plain HTTP error.
+func fail(nc net.Conn, status int, msg string) {
+	nc.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	fmt.Fprintf(nc, "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
+		status, http.StatusText(status), len(msg), msg)
+}
+
+func (s *Server) upgrade(nc net.Conn, br *bufio.Reader, req *http.Request, remote string) {
+	path := cleanPath(req.URL.Path)
+	proto := req.Header.Get("Upgrade")
+	var reader bool
+	switch {
+	case path == "/api2/json/backup" && proto == BackupProtocol:
+	case path == "/api2/json/reader" && proto == ReaderProtocol:
+		reader = true
+	default:
+		fail(nc, http.StatusBadRequest, fmt.Sprintf("unknown upgrade %q on %s: want %s on /api2/json/backup or %s on /api2/json/reader", proto, path, BackupProtocol, ReaderProtocol))
+		return
+	}
+	call := "backup"
+	if reader {
+		call = "reader"
+	}
+	p, err := s.authenticate(req.Header.Get("Authorization"))
+	if err != nil {
+		s.audit(auth.Principal{}, remote, call, err)
+		fail(nc, http.StatusUnauthorized, "authentication failed: "+err.Error())
+		return
+	}
+	ctx, cancel := context.WithCancel(auth.NewContext(context.Background(), p))
+	defer cancel()
+	q := req.URL.Query()
+	snap, status, err := s.snapshotParams(q, p)
+	if err == nil {
+		want := auth.Read
+		if !reader {
+			want = auth.Append
+		}
+		if err = auth.Check(ctx, want, "backups"); err != nil {
+			status = http.StatusForbidden
+		}
+	}
+	if err != nil {
+		if status == http.StatusForbidden || status == http.StatusNotFound {
+			s.audit(p, remote, call, err)
+		}
+		fail(nc, status, err.Error())
+		return
+	}
+	var h http.Handler
+	if reader {
+		h = s.newReader(ctx, p, snap, remote)
+	} else {
+		b, err := s.newBackup(ctx, p, snap, remote)
+		if err != nil {
+			fail(nc, statusOf(err), err.Error())
+			return
+		}
+		h = b
+	}
+	nc.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	if _, err := fmt.Fprintf(nc, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: %s\r\nConnection: upgrade\r\n\r\n", proto); err != nil {
+		return
+	}
+	nc.SetWriteDeadline(time.Time{})
+	h2 := &http2.Server{
+		MaxConcurrentStreams:         64,
+		MaxReadFrameSize:             frameSize,
+		MaxUploadBufferPerConnection: windowSize,
+		MaxUploadBufferPerStream:     windowSize,
+		IdleTimeout:                  session.OrDefault(s.IdleTimeout, 10*time.Minute),
+		WriteByteTimeout:             time.Minute,
+	}
+	h2.ServeConn(&bufferedConn{Conn: nc, r: br}, &http2.ServeConnOpts{
+		Context: ctx,
+		Handler: h,
+	})
+	if b, ok := h.(*backup); ok {
+		b.end()
+	}
+}
+
+// bufferedConn reads what the upgrade request's reader buffered first.
+type bufferedConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c *bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// replayConn hands the management server a connection whose first request
+// was read already: it is written back in front of the rest.
+type replayConn struct {
+	net.Conn
+	r      io.Reader
+	first  *http.Request
+	once   sync.Once
+	cOnce  sync.Once
+	closed chan struct{}
+}
+
+func (c *replayConn) Read(p []byte) (int, error) {
+	c.once.Do(func() {
+		var b strings.Builder
+		if c.first.Host == "" {
+			c.first.Host = "localhost" // the Go client sends none
+		}
+		c.first.Write(&b)
+		c.r = io.MultiReader(strings.NewReader(b.String()), c.r)
+	})
+	return c.r.Read(p)
+}
+
+func (c *replayConn) Close() error {
+	err := c.Conn.Close()
+	c.cOnce.Do(func() { close(c.closed) })
+	return err
+}
+
+// connListener feeds the management server the connections serveConn
+// passes on.
+type connListener struct {
+	conns chan net.Conn
+	done  chan struct{}
+	once  sync.Once
+}
+
+func (l *connListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *connListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *connListener) Addr() net.Addr { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)} }
