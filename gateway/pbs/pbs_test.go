@@ -1,0 +1,317 @@
+package pbs_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+	"golang.org/x/net/http2"
+
+	chunkclient "github.com/chunkbridge/chunkbridge/client"
+	"github.com/chunkbridge/chunkbridge/format/datablob"
+	"github.com/chunkbridge/chunkbridge/format/pbsidx"
+	"github.com/chunkbridge/chunkbridge/gateway/pbs"
+	"github.com/chunkbridge/chunkbridge/services/catalog"
+	"github.com/chunkbridge/chunkbridge/services/chunk"
+	"github.com/chunkbridge/chunkbridge/services/servicetest"
+	"github.com/chunkbridge/chunkbridge/storage/fs"
+)
+
+func selfSigned(t *testing.T) tls.Certificate {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), DNSNames: []string{"localhost"}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+type harness struct {
+	addr string
+	svcs *servicetest.Services
+}
+
+func newHarness(t *testing.T) *harness {
+	st, err := fs.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	svcs := servicetest.Start(t, st, chunk.Config{}, catalog.Config{})
+	srv := &pbs.Server{Chunks: chunkclient.NewLocal(svcs.Chunks, 0), Catalog: chunkclient.NewCatalogGRPC(svcs.Conn),
+		TLS: &tls.Config{Certificates: []tls.Certificate{selfSigned(t)}}}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+	})
+	return &harness{addr: ln.Addr().String(), svcs: svcs}
+}
+
+// session is a test client: the upgrade by hand (no Host header, as the
+// Go client sends it), then HTTP/2 on the same connection.
+type session struct {
+	t  *testing.T
+	cc *http2.ClientConn
+}
+
+type bufConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c bufConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+func (h *harness) open(t *testing.T, path, proto string, q url.Values) (*session, error) {
+	conn, err := tls.Dial("tcp", h.addr, &tls.Config{InsecureSkipVerify: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	fmt.Fprintf(conn, "GET %s?%s HTTP/1.1\r\nUpgrade: %s\r\nConnection: upgrade\r\n\r\n", path, q.Encode(), proto)
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		body, _ := io.ReadAll(resp.Body)
+		return nil, fmt.Errorf("%d %s", resp.StatusCode, body)
+	}
+	cc, err := (&http2.Transport{}).NewClientConn(bufConn{conn, br})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &session{t: t, cc: cc}, nil
+}
+
+func snapQuery(epoch int64) url.Values {
+	return url.Values{"store": {"default"}, "backup-type": {"host"}, "backup-id": {"web1"}, "backup-time": {fmt.Sprint(epoch)}}
+}
+
+// call sends one request; a body that is not []byte goes as JSON.
+func (s *session) call(method, path string, body any) (int, []byte) {
+	var rd io.Reader
+	ct := "application/octet-stream"
+	switch b := body.(type) {
+	case nil:
+	case []byte:
+		rd = bytes.NewReader(b)
+	default:
+		j, _ := json.Marshal(b)
+		rd, ct = bytes.NewReader(j), "application/json"
+	}
+	req, _ := http.NewRequest(method, "https://localhost"+path, rd)
+	req.Header.Set("Content-Type", ct)
+	resp, err := s.cc.RoundTrip(req)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	out, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, out
+}
+
+func (s *session) ok(method, path string, body any) []byte {
+	s.t.Helper()
+	st, out := s.call(method, path, body)
+	if st != http.StatusOK {
+		s.t.Fatalf("%s %s: %d %s", method, path, st, out)
+	}
+	return out
+}
+
+func chunkBlob(t *testing.T, data []byte, compress bool) []byte {
+	if compress {
+		enc, _ := zstd.NewWriter(nil)
+		b, err := datablob.EncodeZstd(enc.EncodeAll(data, nil))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	b, _ := datablob.EncodeRaw(data)
+	return b
+}
+
+func makeChunks(seed byte, n, size int) [][]byte {
+	var out [][]byte
+	for i := range n {
+		c := bytes.Repeat([]byte{seed, byte(i)}, size/2)
+		out = append(out, c)
+	}
+	return out
+}
+
+// backup writes a dynamic archive of chunks (uploading those not in
+// known) plus the manifest; it returns the uploads made.
+func backupRun(t *testing.T, h *harness, epoch int64, chunks [][]byte, usePrevious bool) int {
+	s, err := h.open(t, "/api2/json/backup", pbs.BackupProtocol, snapQuery(epoch))
+	if err != nil {
+		t.Fatal(err)
+	}
+	known := map[string]bool{}
+	if usePrevious {
+		st, idx := s.call("GET", "/previous?archive-name=root.pxar.didx", nil)
+		if st == http.StatusOK {
+			d, err := pbsidx.ParseDynamic(idx, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, e := range d.Entries {
+				known[hex.EncodeToString(e.Digest[:])] = true
+			}
+		}
+	}
+	var wid int
+	json.Unmarshal(s.ok("POST", "/dynamic_index", map[string]any{"archive-name": "root.pxar.didx"}), &struct{ Data *int }{&wid})
+	var digests []string
+	var offsets []uint64
+	var off uint64
+	uploads := 0
+	csum := pbsidx.NewCsum()
+	for i, c := range chunks {
+		sum := sha256.Sum256(c)
+		d := hex.EncodeToString(sum[:])
+		if !known[d] {
+			b := chunkBlob(t, c, i%2 == 0)
+			s.ok("POST", fmt.Sprintf("/dynamic_chunk?wid=%d&digest=%s&size=%d&encoded-size=%d", wid, d, len(c), len(b)), b)
+			known[d] = true
+			uploads++
+		}
+		digests = append(digests, d)
+		offsets = append(offsets, off)
+		off += uint64(len(c))
+		csum.AddEntry(off, sum)
+	}
+	s.ok("PUT", "/dynamic_index", map[string]any{"wid": wid, "digest-list": digests, "offset-list": offsets})
+	sum := csum.Sum()
+	s.ok("POST", "/dynamic_close", map[string]any{"wid": wid, "chunk-count": len(chunks), "size": off, "csum": hex.EncodeToString(sum[:])})
+	manifest := fmt.Sprintf(`{"backup-type":"host","backup-id":"web1","backup-time":%d,"files":[{"filename":"root.pxar.didx","crypt-mode":"none","size":%d,"csum":"%x"}],"unprotected":{},"signature":null}`, epoch, off, sum)
+	mb, _ := datablob.EncodeRaw([]byte(manifest))
+	s.ok("POST", fmt.Sprintf("/blob?file-name=index.json.blob&encoded-size=%d", len(mb)), mb)
+	s.ok("POST", "/finish", nil)
+	return uploads
+}
+
+func TestBackupIncrementalRestore(t *testing.T) {
+	h := newHarness(t)
+	t1 := time.Now().Add(-time.Hour).Unix()
+	first := makeChunks(1, 6, 64<<10)
+	if n := backupRun(t, h, t1, first, true); n != 6 {
+		t.Fatalf("first backup uploaded %d chunks, want 6", n)
+	}
+	// The second run changes one chunk: only it is uploaded.
+	second := append([][]byte{}, first...)
+	second[3] = bytes.Repeat([]byte{9}, 50<<10)
+	if n := backupRun(t, h, t1+60, second, true); n != 1 {
+		t.Fatalf("incremental backup uploaded %d chunks, want 1", n)
+	}
+	// Restore the second snapshot through the reader.
+	r, err := h.open(t, "//api2/json/reader", pbs.ReaderProtocol, snapQuery(t1+60))
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx := r.ok("GET", "/download?file-name=root.pxar.didx", nil)
+	d, err := pbsidx.ParseDynamic(idx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []byte
+	for _, e := range d.Entries {
+		b := r.ok("GET", "/chunk?digest="+hex.EncodeToString(e.Digest[:]), nil)
+		blob, err := datablob.ParseChunk(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		plain, err := blob.Decode(datablob.MaxChunkSize)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, plain...)
+	}
+	if !bytes.Equal(got, bytes.Join(second, nil)) {
+		t.Fatal("restored data differs")
+	}
+	if st, _ := r.call("GET", "/chunk?digest="+strings.Repeat("ab", 32), nil); st != http.StatusNotFound {
+		t.Fatalf("an unregistered chunk: %d", st)
+	}
+	// The manifest is served too.
+	r.ok("GET", "/download?file-name=index.json.blob", nil)
+}
+
+func TestRefusedBackups(t *testing.T) {
+	h := newHarness(t)
+	epoch := time.Now().Add(-time.Hour).Unix()
+	s, err := h.open(t, "/api2/json/backup", pbs.BackupProtocol, snapQuery(epoch))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wid int
+	json.Unmarshal(s.ok("POST", "/dynamic_index", map[string]any{"archive-name": "a.didx"}), &struct{ Data *int }{&wid})
+	c := bytes.Repeat([]byte("x"), 1000)
+	sum := sha256.Sum256(c)
+	d := hex.EncodeToString(sum[:])
+	// A wrong CRC.
+	b := chunkBlob(t, c, false)
+	b[8] ^= 1
+	if st, out := s.call("POST", fmt.Sprintf("/dynamic_chunk?wid=%d&digest=%s&size=1000&encoded-size=%d", wid, d, len(b)), b); st != http.StatusBadRequest {
+		t.Fatalf("a wrong CRC: %d %s", st, out)
+	}
+	// A wrong digest: the chunk service refuses it.
+	other := sha256.Sum256([]byte("other"))
+	b = chunkBlob(t, c, true)
+	if st, out := s.call("POST", fmt.Sprintf("/dynamic_chunk?wid=%d&digest=%x&size=1000&encoded-size=%d", wid, other, len(b)), b); st < 400 || st >= 500 {
+		t.Fatalf("a wrong digest: %d %s", st, out)
+	}
+	// An append of a digest never uploaded.
+	if st, out := s.call("PUT", "/dynamic_index", map[string]any{"wid": wid, "digest-list": []string{d}, "offset-list": []int{0}}); st != http.StatusBadRequest || !strings.Contains(string(out), "no such chunk") {
+		t.Fatalf("an unknown digest: %d %s", st, out)
+	}
+	s.ok("POST", fmt.Sprintf("/dynamic_chunk?wid=%d&digest=%s&size=1000&encoded-size=%d", wid, d, len(b)), b)
+	s.ok("PUT", "/dynamic_index", map[string]any{"wid": wid, "digest-list": []string{d}, "offset-list": []int{0}})
+	// Finish with a writer open.
+	if st, out := s.call("POST", "/finish", nil); st != http.StatusBadRequest || !strings.Contains(string(out), "open") {
+		t.Fatalf("finish with an open writer: %d %s", st, out)
+	}
+	// A wrong csum at close: nothing published.
+	if st, out := s.call("POST", "/dynamic_close", map[string]any{"wid": wid, "chunk-count": 1, "size": 1000, "csum": strings.Repeat("00", 32)}); st != http.StatusBadRequest || !strings.Contains(string(out), "csum") {
+		t.Fatalf("a wrong csum: %d %s", st, out)
+	}
+	if st, out := s.call("POST", "/finish", nil); st != http.StatusBadRequest {
+		t.Fatalf("finish with nothing written: %d %s", st, out)
+	}
+	snaps, err := chunkclient.NewCatalogGRPC(h.svcs.Conn).ListSnapshots(context.Background(), "", "")
+	if err != nil || len(snaps) != 0 {
+		t.Fatalf("something was published: %v, %v", snaps, err)
+	}
+	// Another datastore is not found; a namespace is refused.
+	q := snapQuery(epoch)
+	q.Set("store", "other")
+	if _, err := h.open(t, "/api2/json/backup", pbs.BackupProtocol, q); err == nil || !strings.HasPrefix(err.Error(), "404") {
+		t.Fatalf("another datastore: %v", err)
+	}
+}
