@@ -17,6 +17,9 @@ func (f *serveFlags) listeners(p parts) [][2]string {
 	if p.pmx {
 		l = append(l, [2]string{"--pmx-listen", f.pmxListen})
 	}
+	if p.pbs && f.pbsAddr != "" {
+		l = append(l, [2]string{"--pbs-addr", f.pbsAddr})
+	}
 	return append(l, [2]string{"--http-listen", f.httpListen})
 }
 

@@ -44,14 +44,16 @@ type parts struct {
 	rest     bool // REST routes, OpenAPI, casync HTTP store
 	casync   bool // casync gateway over TCP
 	pmx      bool // PMXBCKUP gateway over TCP (optional TLS)
+	pbs      bool // Proxmox Backup Server gateway (TLS, HTTP/2)
 }
 
 var modes = map[string]parts{
-	"all":            {services: true, rest: true, casync: true, pmx: true},
+	"all":            {services: true, rest: true, casync: true, pmx: true, pbs: true},
 	"chunk":          {services: true},
 	"casync-gateway": {casync: true},
 	"rest-gateway":   {rest: true},
 	"pmx-gateway":    {pmx: true},
+	"pbs-gateway":    {pbs: true},
 }
 
 type serveFlags struct {
@@ -62,6 +64,8 @@ type serveFlags struct {
 	pmxListen              string
 	pmxTLSCert, pmxTLSKey  string
 	pmxTLSClientCA         string
+	pbsAddr                string
+	pbsTLSCert, pbsTLSKey  string
 	chunkService           string
 	maxConcurrentChunks    int
 	streamWindow           int
@@ -112,6 +116,15 @@ func (f *serveFlags) register(fs *flag.FlagSet, p parts) {
 		fs.StringVar(&f.pmxTLSCert, "pmx-tls-cert", "", "PEM certificate: PMXBCKUP over TLS (default: --tls-cert)")
 		fs.StringVar(&f.pmxTLSKey, "pmx-tls-key", "", "PEM private key for --pmx-tls-cert (default: --tls-key)")
 		fs.StringVar(&f.pmxTLSClientCA, "pmx-tls-client-ca", "", "PEM file of the CA whose client certificates authenticate PMXBCKUP clients, by subject, against --credentials-file (default: --tls-client-ca); with credentials, a client without one is refused")
+	}
+	if p.pbs {
+		def := ""
+		if !p.services {
+			def = "127.0.0.1:8008"
+		}
+		fs.StringVar(&f.pbsAddr, "pbs-addr", def, "address of the Proxmox Backup Server gateway (HTTPS and HTTP/2; empty: off); needs --pbs-tls-cert and --pbs-tls-key")
+		fs.StringVar(&f.pbsTLSCert, "pbs-tls-cert", "", "PEM certificate of the PBS gateway; its SHA-256 fingerprint is logged at start for clients that pin it")
+		fs.StringVar(&f.pbsTLSKey, "pbs-tls-key", "", "PEM private key for --pbs-tls-cert")
 	}
 	if p.casync || p.pmx {
 		fs.IntVar(&f.maxConns, "max-connections", 4096, "connections each raw-protocol gateway (casync, PMXBCKUP) serves at once; beyond it a client is refused with a reason")
@@ -297,6 +310,14 @@ func serve(ctx context.Context, mode string, args []string, stdout, stderr io.Wr
 			return nil
 		})
 		shutdown = append([]func(context.Context){func(ctx context.Context) { srv.Shutdown(ctx) }}, shutdown...)
+	}
+
+	if p.pbs && f.pbsAddr != "" {
+		stop, err := f.servePBS(g, log, acc, chunks, cat, &listening)
+		if err != nil {
+			return err
+		}
+		shutdown = append([]func(context.Context){stop}, shutdown...)
 	}
 
 	f.http.Log = log

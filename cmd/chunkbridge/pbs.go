@@ -1,0 +1,67 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/chunkbridge/chunkbridge/auth"
+	"github.com/chunkbridge/chunkbridge/client"
+	"github.com/chunkbridge/chunkbridge/gateway/pbs"
+)
+
+// servePBS starts the Proxmox Backup Server gateway (docs/pbs.md) and
+// returns its shutdown.
+func (f *serveFlags) servePBS(g *errgroup.Group, log *slog.Logger, acc *access, chunks *client.Chunks, cat *client.Catalog, listening *[]any) (func(context.Context), error) {
+	if f.pbsTLSCert == "" || f.pbsTLSKey == "" {
+		return nil, usagef("--pbs-addr %s needs --pbs-tls-cert and --pbs-tls-key: PBS clients speak TLS only", f.pbsAddr)
+	}
+	cert, err := tls.LoadX509KeyPair(f.pbsTLSCert, f.pbsTLSKey)
+	if err != nil {
+		return nil, fmt.Errorf("--pbs-tls-cert/--pbs-tls-key: %w", err)
+	}
+	ln, err := net.Listen("tcp", f.pbsAddr)
+	if err != nil {
+		return nil, fmt.Errorf("--pbs-addr %s: %w", f.pbsAddr, err)
+	}
+	plog := log.With("gateway", "pbs")
+	srv := &pbs.Server{
+		Chunks: chunks, Catalog: cat, Log: plog, MaxConns: f.maxConnsOr(1024),
+		// PBS clients do the HTTP/1.1 upgrade themselves: no ALPN h2.
+		TLS: &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12, NextProtos: []string{"http/1.1"}},
+	}
+	if acc.reg != nil {
+		srv.Authenticate = func(name, secret string) (auth.Principal, error) {
+			p, err := acc.reg.Token(secret)
+			if err == nil && p.Name != name {
+				err = auth.ErrUnknownCredential // the secret is another principal's
+			}
+			if err != nil {
+				return auth.Principal{}, fmt.Errorf("API token %s: %w", name, err)
+			}
+			return p, nil
+		}
+	}
+	plog.Info("PBS gateway certificate", "fingerprint", pbs.Fingerprint(cert.Certificate[0]))
+	*listening = append(*listening, "pbs", ln.Addr().String())
+	g.Go(func() error {
+		if err := srv.Serve(ln); !errors.Is(err, pbs.ErrServerClosed) {
+			return fmt.Errorf("pbs gateway: %w", err)
+		}
+		return nil
+	})
+	return func(ctx context.Context) { srv.Shutdown(ctx) }, nil
+}
+
+// maxConnsOr is --max-connections when the mode has it, else def.
+func (f *serveFlags) maxConnsOr(def int) int {
+	if f.maxConns > 0 {
+		return f.maxConns
+	}
+	return def
+}
