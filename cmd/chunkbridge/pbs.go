@@ -36,6 +36,7 @@ func (f *serveFlags) servePBS(g *errgroup.Group, log *slog.Logger, acc *access, 
 		TLS: &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12, NextProtos: []string{"http/1.1"}},
 	}
 	if acc.reg != nil {
+		srv.Credentials = acc.reg
 		srv.Authenticate = func(name, secret string) (auth.Principal, error) {
 			p, err := acc.reg.Token(secret)
 			if err == nil && p.Name != name {

@@ -49,6 +49,10 @@ type Server struct {
 	// secret) and returns the principal it maps to. Nil: no credentials
 	// are configured and every caller is auth.Anonymous.
 	Authenticate func(name, secret string) (auth.Principal, error)
+	// Credentials, if set, ends a backup or reader session as soon as a
+	// change of the credentials file revokes or changes its principal
+	// (auth.Registry.Follow).
+	Credentials *auth.Registry
 
 	// MaxConns caps the connections served at once (default 1024).
 	MaxConns int
@@ -223,6 +227,15 @@ func (s *Server) upgrade(nc net.Conn, br *bufio.Reader, req *http.Request, remot
 	}
 	ctx, cancel := context.WithCancel(auth.NewContext(context.Background(), p))
 	defer cancel()
+	if s.Credentials != nil {
+		var stop func()
+		header := req.Header.Get("Authorization")
+		ctx, stop = s.Credentials.Follow(ctx, p, func() (auth.Principal, error) { return s.authenticate(header) })
+		defer stop()
+	}
+	// The connection ends with its context (a revoked principal), and
+	// every request with it.
+	defer context.AfterFunc(ctx, func() { nc.Close() })()
 	q := req.URL.Query()
 	snap, status, err := s.snapshotParams(q, p)
 	if err == nil {
