@@ -154,6 +154,10 @@ func (s *Server) deleteSnapshot(w http.ResponseWriter, r *http.Request) {
 	if err == nil {
 		err = nsOK(q.Get("ns"))
 	}
+	if err == nil {
+		// The catalog checks it too; refused here first, before anything.
+		err = auth.Check(r.Context(), auth.Replace, "snapshots")
+	}
 	var snap snapshot
 	if err == nil {
 		snap, err = parseSnapshot(q.Get("backup-type"), q.Get("backup-id"), q.Get("backup-time"))

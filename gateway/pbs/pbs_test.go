@@ -25,6 +25,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"golang.org/x/net/http2"
 
+	"github.com/chunkbridge/chunkbridge/auth"
 	chunkclient "github.com/chunkbridge/chunkbridge/client"
 	"github.com/chunkbridge/chunkbridge/format/datablob"
 	"github.com/chunkbridge/chunkbridge/format/pbsidx"
@@ -50,7 +51,9 @@ type harness struct {
 	svcs *servicetest.Services
 }
 
-func newHarness(t *testing.T) *harness {
+func newHarness(t *testing.T) *harness { return newHarnessWith(t) }
+
+func newHarnessWith(t *testing.T, configure ...func(*pbs.Server)) *harness {
 	st, err := fs.Open(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -58,6 +61,9 @@ func newHarness(t *testing.T) *harness {
 	svcs := servicetest.Start(t, st, chunk.Config{}, catalog.Config{})
 	srv := &pbs.Server{Chunks: chunkclient.NewLocal(svcs.Chunks, 0), Catalog: chunkclient.NewCatalogGRPC(svcs.Conn),
 		TLS: &tls.Config{Certificates: []tls.Certificate{selfSigned(t)}}}
+	for _, f := range configure {
+		f(srv)
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -313,5 +319,132 @@ func TestRefusedBackups(t *testing.T) {
 	q.Set("store", "other")
 	if _, err := h.open(t, "/api2/json/backup", pbs.BackupProtocol, q); err == nil || !strings.HasPrefix(err.Error(), "404") {
 		t.Fatalf("another datastore: %v", err)
+	}
+}
+
+// A fixed index (an image in 4 MiB slots, the last one shorter) backed up
+// and read back.
+func TestFixedBackupRestore(t *testing.T) {
+	h := newHarness(t)
+	epoch := time.Now().Add(-time.Hour).Unix()
+	img := make([]byte, 9<<20+123)
+	rand.Read(img)
+	s, err := h.open(t, "/api2/json/backup", pbs.BackupProtocol, snapQuery(epoch))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wid int
+	json.Unmarshal(s.ok("POST", "/fixed_index", map[string]any{"archive-name": "disk.img.fidx", "size": len(img)}), &struct{ Data *int }{&wid})
+	csum := pbsidx.NewCsum()
+	var digests []string
+	var offsets []int
+	for off := 0; off < len(img); off += 4 << 20 {
+		c := img[off:min(off+4<<20, len(img))]
+		sum := sha256.Sum256(c)
+		b := chunkBlob(t, c, false)
+		s.ok("POST", fmt.Sprintf("/fixed_chunk?wid=%d&digest=%x&size=%d&encoded-size=%d", wid, sum, len(c), len(b)), b)
+		digests = append(digests, hex.EncodeToString(sum[:]))
+		offsets = append(offsets, off)
+		csum.AddDigest(sum)
+	}
+	// Appended out of order: the slots say where each goes.
+	s.ok("PUT", "/fixed_index", map[string]any{"wid": wid, "digest-list": digests[1:], "offset-list": offsets[1:]})
+	s.ok("PUT", "/fixed_index", map[string]any{"wid": wid, "digest-list": digests[:1], "offset-list": offsets[:1]})
+	sum := csum.Sum()
+	s.ok("POST", "/fixed_close", map[string]any{"wid": wid, "chunk-count": 3, "size": len(img), "csum": hex.EncodeToString(sum[:])})
+	mb, _ := datablob.EncodeRaw([]byte(fmt.Sprintf(`{"backup-type":"host","backup-id":"web1","backup-time":%d,"files":[],"unprotected":{},"signature":null}`, epoch)))
+	s.ok("POST", fmt.Sprintf("/blob?file-name=index.json.blob&encoded-size=%d", len(mb)), mb)
+	s.ok("POST", "/finish", nil)
+
+	r, err := h.open(t, "/api2/json/reader", pbs.ReaderProtocol, snapQuery(epoch))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := pbsidx.ParseFixed(r.ok("GET", "/download?file-name=disk.img.fidx", nil), 0)
+	if err != nil || f.Size != uint64(len(img)) || f.ChunkSize != 4<<20 {
+		t.Fatalf("fixed index: %+v, %v", f, err)
+	}
+	var got []byte
+	for _, d := range f.Digests {
+		blob, err := datablob.ParseChunk(r.ok("GET", "/chunk?digest="+hex.EncodeToString(d[:]), nil))
+		if err != nil {
+			t.Fatal(err)
+		}
+		plain, _ := blob.Decode(datablob.MaxChunkSize)
+		got = append(got, plain...)
+	}
+	if !bytes.Equal(got, img) {
+		t.Fatal("restored image differs")
+	}
+}
+
+// API tokens: both spellings, the principal's tenant as the datastore,
+// roles enforced (read: no backup; append: no delete), refusals logged.
+func TestTokensAndRoles(t *testing.T) {
+	h := newHarnessWith(t, func(s *pbs.Server) {
+		s.Authenticate = func(name, secret string) (auth.Principal, error) {
+			switch name + ":" + secret {
+			case "reader@pbs!r:s1":
+				return auth.Principal{Name: name, Tenant: "acme", Role: auth.RoleRead}, nil
+			case "backup@pbs!b:s2":
+				return auth.Principal{Name: name, Tenant: "acme", Role: auth.RoleAppend}, nil
+			}
+			return auth.Principal{}, auth.ErrUnknownCredential
+		}
+	})
+	q := snapQuery(time.Now().Unix() - 10)
+	q.Set("store", "acme")
+	upgrade := func(header string) (int, string) {
+		conn, err := tls.Dial("tcp", h.addr, &tls.Config{InsecureSkipVerify: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		fmt.Fprintf(conn, "GET /api2/json/backup?%s HTTP/1.1\r\nAuthorization: %s\r\nUpgrade: %s\r\n\r\n", q.Encode(), header, pbs.BackupProtocol)
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if st, _ := upgrade("PBSAPIToken=backup@pbs!b:s2"); st != http.StatusSwitchingProtocols {
+		t.Fatalf("append token (=): %d", st)
+	}
+	if st, _ := upgrade("PBSAPIToken backup@pbs!b:s2"); st != http.StatusSwitchingProtocols {
+		t.Fatalf("append token (space): %d", st)
+	}
+	if st, body := upgrade("PBSAPIToken=reader@pbs!r:s1"); st != http.StatusForbidden || !strings.Contains(body, "reading only") {
+		t.Fatalf("read token backing up: %d %s", st, body)
+	}
+	if st, _ := upgrade("PBSAPIToken=backup@pbs!b:wrong"); st != http.StatusUnauthorized {
+		t.Fatalf("a wrong secret: %d", st)
+	}
+	if st, _ := upgrade(""); st != http.StatusUnauthorized {
+		t.Fatalf("no token: %d", st)
+	}
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	get := func(method, path, header string) (int, string) {
+		req, _ := http.NewRequest(method, "https://"+h.addr+path, nil)
+		req.Header.Set("Authorization", header)
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if st, body := get("GET", "/api2/json/admin/datastore", "PBSAPIToken=reader@pbs!r:s1"); st != 200 || !strings.Contains(body, `"store":"acme"`) {
+		t.Fatalf("datastore list: %d %s", st, body)
+	}
+	if st, _ := get("GET", "//api2/json/admin/datastore/other/snapshots", "PBSAPIToken=reader@pbs!r:s1"); st != http.StatusNotFound {
+		t.Fatalf("another datastore: %d", st)
+	}
+	if st, body := get("DELETE", "/api2/json/admin/datastore/acme/snapshots?backup-type=host&backup-id=web1&backup-time=1", "PBSAPIToken=backup@pbs!b:s2"); st != http.StatusForbidden {
+		t.Fatalf("append deleting: %d %s", st, body)
+	}
+	if st, _ := get("GET", "/api2/json/version", "PBSAPIToken=nobody@pbs!x:y"); st != http.StatusUnauthorized {
+		t.Fatalf("an unknown token: %d", st)
 	}
 }
