@@ -1,11 +1,16 @@
 package pbs
 
 import (
+	"errors"
+	"fmt"
 	"net/http"
 	"sort"
+	"time"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
 	"github.com/chunkbridge/chunkbridge/auth"
+	"github.com/chunkbridge/chunkbridge/services/admin"
+	"github.com/chunkbridge/chunkbridge/services/apierr"
 )
 
 // The management routes over plain HTTPS (reference §7): version, the
@@ -24,6 +29,7 @@ func (s *Server) managementHandler() http.Handler {
 	m.HandleFunc("GET /api2/json/admin/datastore/{store}/groups", s.groups)
 	m.HandleFunc("GET /api2/json/admin/datastore/{store}/snapshots", s.listSnapshots)
 	m.HandleFunc("DELETE /api2/json/admin/datastore/{store}/snapshots", s.deleteSnapshot)
+	m.HandleFunc("POST /api2/json/admin/datastore/{store}/prune", s.prune)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		r.URL.Path = cleanPath(r.URL.Path)
 		p, err := s.authenticate(r.Header.Get("Authorization"))
@@ -170,4 +176,72 @@ func (s *Server) deleteSnapshot(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	reply(w, nil)
+}
+
+// prune applies PBS's keep-* options to one backup group's snapshots (those
+// with a manifest) and deletes the others as the caller: a write principal
+// may, an append or read one only asks for a dry run.
+func (s *Server) prune(w http.ResponseWriter, r *http.Request) {
+	p := auth.FromContext(r.Context())
+	ps, err := readParams(r)
+	if err == nil {
+		err = storeOK(r.PathValue("store"), p)
+	}
+	ns, _ := ps.str("ns")
+	if err == nil {
+		err = nsOK(ns)
+	}
+	typ, _ := ps.str("backup-type")
+	id, _ := ps.str("backup-id")
+	if err == nil {
+		_, err = parseSnapshot(typ, id, "0")
+	}
+	var pol admin.Policy
+	for _, k := range []struct {
+		name string
+		into *int
+	}{{"keep-last", &pol.Last}, {"keep-hourly", &pol.Hourly}, {"keep-daily", &pol.Daily}, {"keep-weekly", &pol.Weekly}, {"keep-monthly", &pol.Monthly}, {"keep-yearly", &pol.Yearly}} {
+		if _, ok := ps[k.name]; !ok || err != nil {
+			continue
+		}
+		n, perr := ps.int(k.name)
+		if perr != nil || n < 0 || n > 1<<20 {
+			err = fmt.Errorf("%w: %s: want a count", apierr.ErrInvalid, k.name)
+		}
+		*k.into = int(n)
+	}
+	dry, _ := ps.str("dry-run")
+	dryRun := dry == "true" || dry == "1"
+	if err == nil && !dryRun {
+		err = auth.Check(r.Context(), auth.Replace, "snapshots")
+	}
+	if err != nil {
+		s.refuse(w, r, err)
+		return
+	}
+	q := r.URL.Query()
+	q.Set("backup-type", typ)
+	q.Set("backup-id", id)
+	r.URL.RawQuery = q.Encode()
+	snaps, ok := s.visible(w, r)
+	if !ok {
+		return
+	}
+	times := make([]time.Time, len(snaps))
+	for i, sn := range snaps {
+		times[i] = sn.GetTime().AsTime()
+	}
+	keep, _ := pol.Decide(times)
+	out := []map[string]any{}
+	for i, sn := range snaps {
+		if !keep[i] && !dryRun {
+			err := s.Catalog.DeleteSnapshot(r.Context(), sn.GetType(), sn.GetBackupId(), times[i].UTC().Format("2006-01-02T15:04:05Z"))
+			if err != nil && !errors.Is(err, apierr.ErrNotFound) {
+				s.refuse(w, r, fmt.Errorf("prune: deleting %s/%s/%d: %w", sn.GetType(), sn.GetBackupId(), times[i].Unix(), err))
+				return
+			}
+		}
+		out = append(out, map[string]any{"backup-type": sn.GetType(), "backup-id": sn.GetBackupId(), "backup-time": times[i].Unix(), "keep": keep[i], "protected": false})
+	}
+	reply(w, out)
 }

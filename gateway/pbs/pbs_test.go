@@ -267,6 +267,46 @@ func TestBackupIncrementalRestore(t *testing.T) {
 	}
 	// The manifest is served too.
 	r.ok("GET", "/download?file-name=index.json.blob", nil)
+
+	// Management: both snapshots are listed; a dry-run prune keeps the
+	// newest and deletes nothing, a real one deletes the other.
+	var list struct {
+		Data []struct {
+			Time  int64 `json:"backup-time"`
+			Files []struct {
+				Filename string `json:"filename"`
+			} `json:"files"`
+			Keep bool `json:"keep"`
+		} `json:"data"`
+	}
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	do := func(method, path string, body string) {
+		t.Helper()
+		req, _ := http.NewRequest(method, "https://"+h.addr+path, strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		list.Data = nil
+		if err := json.NewDecoder(resp.Body).Decode(&list); err != nil || resp.StatusCode != 200 {
+			t.Fatalf("%s %s: %d %v", method, path, resp.StatusCode, err)
+		}
+	}
+	do("GET", "/api2/json/admin/datastore/default/snapshots", "")
+	if len(list.Data) != 2 || list.Data[0].Time != t1+60 || len(list.Data[0].Files) != 2 {
+		t.Fatalf("snapshots: %+v", list.Data)
+	}
+	do("POST", "/api2/json/admin/datastore/default/prune", `{"backup-type":"host","backup-id":"web1","keep-last":1,"dry-run":true}`)
+	if len(list.Data) != 2 || !list.Data[0].Keep || list.Data[1].Keep {
+		t.Fatalf("dry run: %+v", list.Data)
+	}
+	do("POST", "/api2/json/admin/datastore/default/prune?backup-type=host&backup-id=web1&keep-last=1", "")
+	do("GET", "/api2/json/admin/datastore/default/snapshots", "")
+	if len(list.Data) != 1 || list.Data[0].Time != t1+60 {
+		t.Fatalf("after prune: %+v", list.Data)
+	}
 }
 
 func TestRefusedBackups(t *testing.T) {

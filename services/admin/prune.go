@@ -42,6 +42,17 @@ func (p Policy) none() bool {
 	return p.Last == 0 && p.Hourly == 0 && p.Daily == 0 && p.Weekly == 0 && p.Monthly == 0 && p.Yearly == 0
 }
 
+// Decide applies p to the snapshot times of one backup group, newest
+// first: for each, whether it is kept and which rule decided. The PBS
+// gateway prunes with it as its caller, whose role may delete snapshots
+// without being an admin.
+func (p Policy) Decide(times []time.Time) (keep []bool, reasons []string) {
+	for _, v := range decide(p, times) {
+		keep, reasons = append(keep, v.keep), append(reasons, v.reason)
+	}
+	return keep, reasons
+}
+
 // verdict is a rule's decision about one snapshot.
 type verdict struct {
 	keep   bool
