@@ -66,7 +66,8 @@ type Server struct {
 	UploadBytes int64
 	// MaxOpenWriters bounds a backup session's open index writers
 	// (default 16); MaxChunks the digests one session may know (uploaded,
-	// from its previous snapshot, or registered by downloads; default 16 Mi).
+	// from its previous snapshot, or registered by downloads; default 4 Mi,
+	// about 200 MiB of map).
 	MaxOpenWriters, MaxChunks int
 
 	once sync.Once
@@ -79,7 +80,7 @@ const (
 	defaultMaxConns    = 1024
 	defaultUploadBytes = 64 << 20
 	defaultWriters     = 16
-	defaultMaxChunks   = 16 << 20
+	defaultMaxChunks   = 4 << 20
 	// PBS's HTTP/2 sizes.
 	windowSize = 32 << 20
 	frameSize  = 4 << 20
@@ -277,6 +278,10 @@ func (s *Server) upgrade(nc net.Conn, br *bufio.Reader, req *http.Request, remot
 		MaxUploadBufferPerStream:     windowSize,
 		IdleTimeout:                  session.OrDefault(s.IdleTimeout, 10*time.Minute),
 		WriteByteTimeout:             time.Minute,
+		// A peer that sends nothing for a minute is pinged, and dropped
+		// if it does not answer: a vanished client frees its streams.
+		ReadIdleTimeout: time.Minute,
+		PingTimeout:     15 * time.Second,
 	}
 	h2.ServeConn(&bufferedConn{Conn: nc, r: br}, &http2.ServeConnOpts{
 		Context: ctx,
