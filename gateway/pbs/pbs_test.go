@@ -18,6 +18,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -36,7 +37,7 @@ import (
 	"github.com/chunkbridge/chunkbridge/storage/fs"
 )
 
-func selfSigned(t *testing.T) tls.Certificate {
+func selfSigned(t testing.TB) tls.Certificate {
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), DNSNames: []string{"localhost"}}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
@@ -51,9 +52,9 @@ type harness struct {
 	svcs *servicetest.Services
 }
 
-func newHarness(t *testing.T) *harness { return newHarnessWith(t) }
+func newHarness(t testing.TB) *harness { return newHarnessWith(t) }
 
-func newHarnessWith(t *testing.T, configure ...func(*pbs.Server)) *harness {
+func newHarnessWith(t testing.TB, configure ...func(*pbs.Server)) *harness {
 	st, err := fs.Open(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -80,7 +81,7 @@ func newHarnessWith(t *testing.T, configure ...func(*pbs.Server)) *harness {
 // session is a test client: the upgrade by hand (no Host header, as the
 // Go client sends it), then HTTP/2 on the same connection.
 type session struct {
-	t  *testing.T
+	t  testing.TB
 	cc *http2.ClientConn
 }
 
@@ -91,7 +92,7 @@ type bufConn struct {
 
 func (c bufConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 
-func (h *harness) open(t *testing.T, path, proto string, q url.Values) (*session, error) {
+func (h *harness) open(t testing.TB, path, proto string, q url.Values) (*session, error) {
 	conn, err := tls.Dial("tcp", h.addr, &tls.Config{InsecureSkipVerify: true})
 	if err != nil {
 		t.Fatal(err)
@@ -150,7 +151,7 @@ func (s *session) ok(method, path string, body any) []byte {
 	return out
 }
 
-func chunkBlob(t *testing.T, data []byte, compress bool) []byte {
+func chunkBlob(t testing.TB, data []byte, compress bool) []byte {
 	if compress {
 		enc, _ := zstd.NewWriter(nil)
 		b, err := datablob.EncodeZstd(enc.EncodeAll(data, nil))
@@ -486,5 +487,114 @@ func TestTokensAndRoles(t *testing.T) {
 	}
 	if st, _ := get("GET", "/api2/json/version", "PBSAPIToken=nobody@pbs!x:y"); st != http.StatusUnauthorized {
 		t.Fatalf("an unknown token: %d", st)
+	}
+}
+
+// BenchmarkPBS backs up a random image in 4 MiB fixed chunks (raw
+// DataBlobs, as clients send data zstd does not shrink) through the
+// gateway on the fs store, four uploads in flight, then restores it
+// through the reader, four downloads in flight. BENCH_PBS_MIB sets the
+// size (default 256).
+func BenchmarkPBS(b *testing.B) {
+	size := 256
+	if s := os.Getenv("BENCH_PBS_MIB"); s != "" {
+		fmt.Sscan(s, &size)
+	}
+	img := make([]byte, size<<20)
+	rand.Read(img)
+	const cs = 4 << 20
+	for i := range b.N {
+		h := newHarness(b)
+		epoch := time.Now().Add(-time.Hour).Unix() + int64(i)
+		start := time.Now()
+		s, err := h.open(b, "/api2/json/backup", pbs.BackupProtocol, snapQuery(epoch))
+		if err != nil {
+			b.Fatal(err)
+		}
+		var wid int
+		json.Unmarshal(s.ok("POST", "/fixed_index", map[string]any{"archive-name": "disk.img.fidx", "size": len(img)}), &struct{ Data *int }{&wid})
+		n := len(img) / cs
+		digests := make([]string, n)
+		offsets := make([]int, n)
+		csum := pbsidx.NewCsum()
+		work := make(chan int)
+		done := make(chan struct{})
+		for range 4 {
+			go func() {
+				for k := range work {
+					c := img[k*cs : (k+1)*cs]
+					sum := sha256.Sum256(c)
+					blob, _ := datablob.EncodeRaw(c)
+					// Not s.ok: Fatal belongs to the benchmark's goroutine.
+					if st, out := s.call("POST", fmt.Sprintf("/fixed_chunk?wid=%d&digest=%x&size=%d&encoded-size=%d", wid, sum, len(c), len(blob)), blob); st != http.StatusOK {
+						panic(fmt.Sprintf("upload: %d %s", st, out))
+					}
+					digests[k], offsets[k] = hex.EncodeToString(sum[:]), k*cs
+				}
+				done <- struct{}{}
+			}()
+		}
+		for k := range n {
+			work <- k
+		}
+		close(work)
+		for range 4 {
+			<-done
+		}
+		for _, d := range digests {
+			raw, _ := hex.DecodeString(d)
+			csum.AddDigest(pbsidx.Digest(raw))
+		}
+		for off := 0; off < n; off += 128 {
+			s.ok("PUT", "/fixed_index", map[string]any{"wid": wid, "digest-list": digests[off:min(off+128, n)], "offset-list": offsets[off:min(off+128, n)]})
+		}
+		sum := csum.Sum()
+		s.ok("POST", "/fixed_close", map[string]any{"wid": wid, "chunk-count": n, "size": len(img), "csum": hex.EncodeToString(sum[:])})
+		mb, _ := datablob.EncodeRaw([]byte(fmt.Sprintf(`{"backup-type":"host","backup-id":"web1","backup-time":%d,"files":[],"unprotected":{},"signature":null}`, epoch)))
+		s.ok("POST", fmt.Sprintf("/blob?file-name=index.json.blob&encoded-size=%d", len(mb)), mb)
+		s.ok("POST", "/finish", nil)
+		backup := time.Since(start)
+
+		start = time.Now()
+		r, err := h.open(b, "/api2/json/reader", pbs.ReaderProtocol, snapQuery(epoch))
+		if err != nil {
+			b.Fatal(err)
+		}
+		f, err := pbsidx.ParseFixed(r.ok("GET", "/download?file-name=disk.img.fidx", nil), 0)
+		if err != nil {
+			b.Fatal(err)
+		}
+		out := make([]byte, len(img))
+		work = make(chan int)
+		for range 4 {
+			go func() {
+				for k := range work {
+					_, body := r.call("GET", "/chunk?digest="+hex.EncodeToString(f.Digests[k][:]), nil)
+					blob, err := datablob.ParseChunk(body)
+					if err == nil {
+						var plain []byte
+						plain, err = blob.Decode(datablob.MaxChunkSize)
+						copy(out[k*cs:], plain)
+					}
+					if err != nil {
+						panic(err)
+					}
+				}
+				done <- struct{}{}
+			}()
+		}
+		for k := range f.Digests {
+			work <- k
+		}
+		close(work)
+		for range 4 {
+			<-done
+		}
+		restore := time.Since(start)
+		if !bytes.Equal(out, img) {
+			b.Fatal("restored image differs")
+		}
+		b.ReportMetric(float64(len(img))/1e6/backup.Seconds(), "backup-MB/s")
+		b.ReportMetric(float64(len(img))/1e6/restore.Seconds(), "restore-MB/s")
 	}
 }
