@@ -23,12 +23,8 @@ func AppendFixed(dst []byte, f *Fixed) ([]byte, error) {
 
 // AppendDynamic appends d's encoding to dst, its checksum computed.
 func AppendDynamic(dst []byte, d *Dynamic) ([]byte, error) {
-	var prev uint64
-	for i, e := range d.Entries {
-		if e.End <= prev && !(i == 0 && e.End == 0) {
-			return dst, formatErr(ErrInvalid, HeaderSize+i*DynamicEntrySize, "entry %d ends at %d, not after %d", i, e.End, prev)
-		}
-		prev = e.End
+	if err := checkEnds(d.Entries); err != nil {
+		return dst, err
 	}
 	h := make([]byte, HeaderSize)
 	copy(h, DynamicMagic[:])
@@ -103,18 +99,28 @@ func ParseDynamic(b []byte, maxEntries int) (*Dynamic, error) {
 		return nil, formatErr(ErrTooLarge, HeaderSize, "%d entries, at most %d", n, maxEntries)
 	}
 	d := &Dynamic{UUID: UUID(b[offUUID:]), CTime: int64(le.Uint64(b[offCTime:])), Entries: make([]DynamicEntry, n)}
-	var prev uint64
 	for i := range d.Entries {
 		rec := body[i*DynamicEntrySize:]
-		e := DynamicEntry{End: le.Uint64(rec), Digest: Digest(rec[8:])}
-		if e.End <= prev && !(i == 0 && e.End == 0) {
-			return nil, formatErr(ErrInvalid, HeaderSize+i*DynamicEntrySize, "entry %d ends at %d, not after %d", i, e.End, prev)
-		}
-		prev = e.End
-		d.Entries[i] = e
+		d.Entries[i] = DynamicEntry{End: le.Uint64(rec), Digest: Digest(rec[8:])}
+	}
+	if err := checkEnds(d.Entries); err != nil {
+		return nil, err
 	}
 	if d.Csum() != [32]byte(b[offCsum:]) {
 		return nil, formatErr(ErrCsum, offCsum, "the header's checksum is not that of the entries")
 	}
 	return d, nil
+}
+
+// checkEnds checks that every chunk ends after the one before it, so no
+// chunk but a first one is empty.
+func checkEnds(entries []DynamicEntry) error {
+	var prev uint64
+	for i, e := range entries {
+		if e.End <= prev && !(i == 0 && e.End == 0) {
+			return formatErr(ErrInvalid, HeaderSize+i*DynamicEntrySize, "entry %d ends at %d, not after %d", i, e.End, prev)
+		}
+		prev = e.End
+	}
+	return nil
 }

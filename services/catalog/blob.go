@@ -109,21 +109,7 @@ func (s *Server) GetSnapshotFile(req *chunkbridgev1.GetSnapshotFileRequest, stre
 		return apierr.Status(notFound("snapshot file", path, err))
 	}
 	defer rc.Close()
-	buf := make([]byte, 1<<20)
-	for {
-		n, err := io.ReadFull(rc, buf)
-		if n > 0 {
-			if err := stream.Send(&chunkbridgev1.GetSnapshotFileResponse{Data: buf[:n]}); err != nil {
-				return err
-			}
-		}
-		if err == io.EOF || err == io.ErrUnexpectedEOF {
-			return nil
-		}
-		if err != nil {
-			return apierr.Status(fmt.Errorf("snapshot file %s: %w", path, err))
-		}
-	}
+	return sendPieces(rc, func(b []byte) error { return stream.Send(&chunkbridgev1.GetSnapshotFileResponse{Data: b}) }, "snapshot file "+path)
 }
 
 // parseBlobPath reports whether path is a valid <type>/<id>/<time>/<name>.blob.

@@ -225,11 +225,17 @@ func (s *Server) GetIndex(req *chunkbridgev1.GetIndexRequest, stream grpc.Server
 		return apierr.Status(notFound("index", name, err))
 	}
 	defer rc.Close()
+	return sendPieces(rc, func(b []byte) error { return stream.Send(&chunkbridgev1.GetIndexResponse{Data: b}) }, "get index "+name)
+}
+
+// sendPieces sends what r holds in pieces of 1 MiB at most; a read error
+// is a status naming what.
+func sendPieces(r io.Reader, send func([]byte) error, what string) error {
 	buf := make([]byte, 1<<20)
 	for {
-		n, err := io.ReadFull(rc, buf)
+		n, err := io.ReadFull(r, buf)
 		if n > 0 {
-			if err := stream.Send(&chunkbridgev1.GetIndexResponse{Data: buf[:n]}); err != nil {
+			if err := send(buf[:n]); err != nil {
 				return err
 			}
 		}
@@ -237,7 +243,7 @@ func (s *Server) GetIndex(req *chunkbridgev1.GetIndexRequest, stream grpc.Server
 			return nil
 		}
 		if err != nil {
-			return apierr.Status(fmt.Errorf("get index %s: %w", name, err))
+			return apierr.Status(fmt.Errorf("%s: %w", what, err))
 		}
 	}
 }
