@@ -24,13 +24,13 @@ import (
 	"time"
 
 	"github.com/klauspost/compress/zstd"
-	"golang.org/x/net/http2"
 
 	"github.com/chunkbridge/chunkbridge/auth"
 	chunkclient "github.com/chunkbridge/chunkbridge/client"
 	"github.com/chunkbridge/chunkbridge/format/datablob"
 	"github.com/chunkbridge/chunkbridge/format/pbsidx"
 	"github.com/chunkbridge/chunkbridge/gateway/pbs"
+	"github.com/chunkbridge/chunkbridge/gateway/pbs/pbstest"
 	"github.com/chunkbridge/chunkbridge/services/catalog"
 	"github.com/chunkbridge/chunkbridge/services/chunk"
 	"github.com/chunkbridge/chunkbridge/services/servicetest"
@@ -78,90 +78,23 @@ func newHarnessWith(t testing.TB, configure ...func(*pbs.Server)) *harness {
 	return &harness{addr: ln.Addr().String(), svcs: svcs}
 }
 
-// session is a test client: the upgrade by hand (no Host header, as the
-// Go client sends it), then HTTP/2 on the same connection.
-type session struct {
-	t  testing.TB
-	cc *http2.ClientConn
-}
-
-type bufConn struct {
-	net.Conn
-	r *bufio.Reader
-}
-
-func (c bufConn) Read(p []byte) (int, error) { return c.r.Read(p) }
-
-func (h *harness) open(t testing.TB, path, proto string, q url.Values) (*session, error) {
-	conn, err := tls.Dial("tcp", h.addr, &tls.Config{InsecureSkipVerify: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	fmt.Fprintf(conn, "GET %s?%s HTTP/1.1\r\nUpgrade: %s\r\nConnection: upgrade\r\n\r\n", path, q.Encode(), proto)
-	br := bufio.NewReader(conn)
-	resp, err := http.ReadResponse(br, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if resp.StatusCode != http.StatusSwitchingProtocols {
-		body, _ := io.ReadAll(resp.Body)
-		return nil, fmt.Errorf("%d %s", resp.StatusCode, body)
-	}
-	cc, err := (&http2.Transport{}).NewClientConn(bufConn{conn, br})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &session{t: t, cc: cc}, nil
+func (h *harness) open(t testing.TB, path, proto string, q url.Values) (*pbstest.Session, error) {
+	return pbstest.Open(t, h.addr, path, proto, "", q)
 }
 
 func snapQuery(epoch int64) url.Values {
 	return url.Values{"store": {"default"}, "backup-type": {"host"}, "backup-id": {"web1"}, "backup-time": {fmt.Sprint(epoch)}}
 }
 
-// call sends one request; a body that is not []byte goes as JSON.
-func (s *session) call(method, path string, body any) (int, []byte) {
-	var rd io.Reader
-	ct := "application/octet-stream"
-	switch b := body.(type) {
-	case nil:
-	case []byte:
-		rd = bytes.NewReader(b)
-	default:
-		j, _ := json.Marshal(b)
-		rd, ct = bytes.NewReader(j), "application/json"
-	}
-	req, _ := http.NewRequest(method, "https://localhost"+path, rd)
-	req.Header.Set("Content-Type", ct)
-	resp, err := s.cc.RoundTrip(req)
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	out, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, out
-}
+var zenc, _ = zstd.NewWriter(nil)
 
-func (s *session) ok(method, path string, body any) []byte {
-	s.t.Helper()
-	st, out := s.call(method, path, body)
-	if st != http.StatusOK {
-		s.t.Fatalf("%s %s: %d %s", method, path, st, out)
-	}
-	return out
-}
+func zstdFrame(b []byte) []byte { return zenc.EncodeAll(b, nil) }
 
 func chunkBlob(t testing.TB, data []byte, compress bool) []byte {
 	if compress {
-		enc, _ := zstd.NewWriter(nil)
-		b, err := datablob.EncodeZstd(enc.EncodeAll(data, nil))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return b
+		return pbstest.Blob(t, data, zstdFrame)
 	}
-	b, _ := datablob.EncodeRaw(data)
-	return b
+	return pbstest.Blob(t, data, nil)
 }
 
 func makeChunks(seed byte, n, size int) [][]byte {
@@ -173,68 +106,37 @@ func makeChunks(seed byte, n, size int) [][]byte {
 	return out
 }
 
-// backup writes a dynamic archive of chunks (uploading those not in
-// known) plus the manifest; it returns the uploads made.
-func backupRun(t *testing.T, h *harness, epoch int64, chunks [][]byte, usePrevious bool) int {
+// backupRun backs up chunks as root.pxar.didx of host/web1 at epoch,
+// with the previous snapshot's chunks known; it returns the uploads made.
+func backupRun(t *testing.T, h *harness, epoch int64, chunks [][]byte) int {
 	s, err := h.open(t, "/api2/json/backup", pbs.BackupProtocol, snapQuery(epoch))
 	if err != nil {
 		t.Fatal(err)
 	}
 	known := map[string]bool{}
-	if usePrevious {
-		st, idx := s.call("GET", "/previous?archive-name=root.pxar.didx", nil)
-		if st == http.StatusOK {
-			d, err := pbsidx.ParseDynamic(idx, 0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, e := range d.Entries {
-				known[hex.EncodeToString(e.Digest[:])] = true
-			}
+	if st, idx := s.Call("GET", "/previous?archive-name=root.pxar.didx", nil); st == http.StatusOK {
+		d, err := pbsidx.ParseDynamic(idx, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range d.Entries {
+			known[hex.EncodeToString(e.Digest[:])] = true
 		}
 	}
-	var wid int
-	json.Unmarshal(s.ok("POST", "/dynamic_index", map[string]any{"archive-name": "root.pxar.didx"}), &struct{ Data *int }{&wid})
-	var digests []string
-	var offsets []uint64
-	var off uint64
-	uploads := 0
-	csum := pbsidx.NewCsum()
-	for i, c := range chunks {
-		sum := sha256.Sum256(c)
-		d := hex.EncodeToString(sum[:])
-		if !known[d] {
-			b := chunkBlob(t, c, i%2 == 0)
-			s.ok("POST", fmt.Sprintf("/dynamic_chunk?wid=%d&digest=%s&size=%d&encoded-size=%d", wid, d, len(c), len(b)), b)
-			known[d] = true
-			uploads++
-		}
-		digests = append(digests, d)
-		offsets = append(offsets, off)
-		off += uint64(len(c))
-		csum.AddEntry(off, sum)
-	}
-	s.ok("PUT", "/dynamic_index", map[string]any{"wid": wid, "digest-list": digests, "offset-list": offsets})
-	sum := csum.Sum()
-	s.ok("POST", "/dynamic_close", map[string]any{"wid": wid, "chunk-count": len(chunks), "size": off, "csum": hex.EncodeToString(sum[:])})
-	manifest := fmt.Sprintf(`{"backup-type":"host","backup-id":"web1","backup-time":%d,"files":[{"filename":"root.pxar.didx","crypt-mode":"none","size":%d,"csum":"%x"}],"unprotected":{},"signature":null}`, epoch, off, sum)
-	mb, _ := datablob.EncodeRaw([]byte(manifest))
-	s.ok("POST", fmt.Sprintf("/blob?file-name=index.json.blob&encoded-size=%d", len(mb)), mb)
-	s.ok("POST", "/finish", nil)
-	return uploads
+	return s.Backup("root.pxar.didx", "web1", epoch, chunks, known, zstdFrame)
 }
 
 func TestBackupIncrementalRestore(t *testing.T) {
 	h := newHarness(t)
 	t1 := time.Now().Add(-time.Hour).Unix()
 	first := makeChunks(1, 6, 64<<10)
-	if n := backupRun(t, h, t1, first, true); n != 6 {
+	if n := backupRun(t, h, t1, first); n != 6 {
 		t.Fatalf("first backup uploaded %d chunks, want 6", n)
 	}
 	// The second run changes one chunk: only it is uploaded.
 	second := append([][]byte{}, first...)
 	second[3] = bytes.Repeat([]byte{9}, 50<<10)
-	if n := backupRun(t, h, t1+60, second, true); n != 1 {
+	if n := backupRun(t, h, t1+60, second); n != 1 {
 		t.Fatalf("incremental backup uploaded %d chunks, want 1", n)
 	}
 	// Restore the second snapshot through the reader.
@@ -242,32 +144,15 @@ func TestBackupIncrementalRestore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	idx := r.ok("GET", "/download?file-name=root.pxar.didx", nil)
-	d, err := pbsidx.ParseDynamic(idx, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var got []byte
-	for _, e := range d.Entries {
-		b := r.ok("GET", "/chunk?digest="+hex.EncodeToString(e.Digest[:]), nil)
-		blob, err := datablob.ParseChunk(b)
-		if err != nil {
-			t.Fatal(err)
-		}
-		plain, err := blob.Decode(datablob.MaxChunkSize)
-		if err != nil {
-			t.Fatal(err)
-		}
-		got = append(got, plain...)
-	}
+	got := r.Restore("root.pxar.didx")
 	if !bytes.Equal(got, bytes.Join(second, nil)) {
 		t.Fatal("restored data differs")
 	}
-	if st, _ := r.call("GET", "/chunk?digest="+strings.Repeat("ab", 32), nil); st != http.StatusNotFound {
+	if st, _ := r.Call("GET", "/chunk?digest="+strings.Repeat("ab", 32), nil); st != http.StatusNotFound {
 		t.Fatalf("an unregistered chunk: %d", st)
 	}
 	// The manifest is served too.
-	r.ok("GET", "/download?file-name=index.json.blob", nil)
+	r.OK("GET", "/download?file-name=index.json.blob", nil)
 
 	// Management: both snapshots are listed; a dry-run prune keeps the
 	// newest and deletes nothing, a real one deletes the other.
@@ -318,37 +203,37 @@ func TestRefusedBackups(t *testing.T) {
 		t.Fatal(err)
 	}
 	var wid int
-	json.Unmarshal(s.ok("POST", "/dynamic_index", map[string]any{"archive-name": "a.didx"}), &struct{ Data *int }{&wid})
+	json.Unmarshal(s.OK("POST", "/dynamic_index", map[string]any{"archive-name": "a.didx"}), &struct{ Data *int }{&wid})
 	c := bytes.Repeat([]byte("x"), 1000)
 	sum := sha256.Sum256(c)
 	d := hex.EncodeToString(sum[:])
 	// A wrong CRC.
 	b := chunkBlob(t, c, false)
 	b[8] ^= 1
-	if st, out := s.call("POST", fmt.Sprintf("/dynamic_chunk?wid=%d&digest=%s&size=1000&encoded-size=%d", wid, d, len(b)), b); st != http.StatusBadRequest {
+	if st, out := s.Call("POST", fmt.Sprintf("/dynamic_chunk?wid=%d&digest=%s&size=1000&encoded-size=%d", wid, d, len(b)), b); st != http.StatusBadRequest {
 		t.Fatalf("a wrong CRC: %d %s", st, out)
 	}
 	// A wrong digest: the chunk service refuses it.
 	other := sha256.Sum256([]byte("other"))
 	b = chunkBlob(t, c, true)
-	if st, out := s.call("POST", fmt.Sprintf("/dynamic_chunk?wid=%d&digest=%x&size=1000&encoded-size=%d", wid, other, len(b)), b); st < 400 || st >= 500 {
+	if st, out := s.Call("POST", fmt.Sprintf("/dynamic_chunk?wid=%d&digest=%x&size=1000&encoded-size=%d", wid, other, len(b)), b); st < 400 || st >= 500 {
 		t.Fatalf("a wrong digest: %d %s", st, out)
 	}
 	// An append of a digest never uploaded.
-	if st, out := s.call("PUT", "/dynamic_index", map[string]any{"wid": wid, "digest-list": []string{d}, "offset-list": []int{0}}); st != http.StatusBadRequest || !strings.Contains(string(out), "no such chunk") {
+	if st, out := s.Call("PUT", "/dynamic_index", map[string]any{"wid": wid, "digest-list": []string{d}, "offset-list": []int{0}}); st != http.StatusBadRequest || !strings.Contains(string(out), "no such chunk") {
 		t.Fatalf("an unknown digest: %d %s", st, out)
 	}
-	s.ok("POST", fmt.Sprintf("/dynamic_chunk?wid=%d&digest=%s&size=1000&encoded-size=%d", wid, d, len(b)), b)
-	s.ok("PUT", "/dynamic_index", map[string]any{"wid": wid, "digest-list": []string{d}, "offset-list": []int{0}})
+	s.OK("POST", fmt.Sprintf("/dynamic_chunk?wid=%d&digest=%s&size=1000&encoded-size=%d", wid, d, len(b)), b)
+	s.OK("PUT", "/dynamic_index", map[string]any{"wid": wid, "digest-list": []string{d}, "offset-list": []int{0}})
 	// Finish with a writer open.
-	if st, out := s.call("POST", "/finish", nil); st != http.StatusBadRequest || !strings.Contains(string(out), "open") {
+	if st, out := s.Call("POST", "/finish", nil); st != http.StatusBadRequest || !strings.Contains(string(out), "open") {
 		t.Fatalf("finish with an open writer: %d %s", st, out)
 	}
 	// A wrong csum at close: nothing published.
-	if st, out := s.call("POST", "/dynamic_close", map[string]any{"wid": wid, "chunk-count": 1, "size": 1000, "csum": strings.Repeat("00", 32)}); st != http.StatusBadRequest || !strings.Contains(string(out), "csum") {
+	if st, out := s.Call("POST", "/dynamic_close", map[string]any{"wid": wid, "chunk-count": 1, "size": 1000, "csum": strings.Repeat("00", 32)}); st != http.StatusBadRequest || !strings.Contains(string(out), "csum") {
 		t.Fatalf("a wrong csum: %d %s", st, out)
 	}
-	if st, out := s.call("POST", "/finish", nil); st != http.StatusBadRequest {
+	if st, out := s.Call("POST", "/finish", nil); st != http.StatusBadRequest {
 		t.Fatalf("finish with nothing written: %d %s", st, out)
 	}
 	snaps, err := chunkclient.NewCatalogGRPC(h.svcs.Conn).ListSnapshots(context.Background(), "", "")
@@ -375,7 +260,7 @@ func TestFixedBackupRestore(t *testing.T) {
 		t.Fatal(err)
 	}
 	var wid int
-	json.Unmarshal(s.ok("POST", "/fixed_index", map[string]any{"archive-name": "disk.img.fidx", "size": len(img)}), &struct{ Data *int }{&wid})
+	json.Unmarshal(s.OK("POST", "/fixed_index", map[string]any{"archive-name": "disk.img.fidx", "size": len(img)}), &struct{ Data *int }{&wid})
 	csum := pbsidx.NewCsum()
 	var digests []string
 	var offsets []int
@@ -383,31 +268,31 @@ func TestFixedBackupRestore(t *testing.T) {
 		c := img[off:min(off+4<<20, len(img))]
 		sum := sha256.Sum256(c)
 		b := chunkBlob(t, c, false)
-		s.ok("POST", fmt.Sprintf("/fixed_chunk?wid=%d&digest=%x&size=%d&encoded-size=%d", wid, sum, len(c), len(b)), b)
+		s.OK("POST", fmt.Sprintf("/fixed_chunk?wid=%d&digest=%x&size=%d&encoded-size=%d", wid, sum, len(c), len(b)), b)
 		digests = append(digests, hex.EncodeToString(sum[:]))
 		offsets = append(offsets, off)
 		csum.AddDigest(sum)
 	}
 	// Appended out of order: the slots say where each goes.
-	s.ok("PUT", "/fixed_index", map[string]any{"wid": wid, "digest-list": digests[1:], "offset-list": offsets[1:]})
-	s.ok("PUT", "/fixed_index", map[string]any{"wid": wid, "digest-list": digests[:1], "offset-list": offsets[:1]})
+	s.OK("PUT", "/fixed_index", map[string]any{"wid": wid, "digest-list": digests[1:], "offset-list": offsets[1:]})
+	s.OK("PUT", "/fixed_index", map[string]any{"wid": wid, "digest-list": digests[:1], "offset-list": offsets[:1]})
 	sum := csum.Sum()
-	s.ok("POST", "/fixed_close", map[string]any{"wid": wid, "chunk-count": 3, "size": len(img), "csum": hex.EncodeToString(sum[:])})
+	s.OK("POST", "/fixed_close", map[string]any{"wid": wid, "chunk-count": 3, "size": len(img), "csum": hex.EncodeToString(sum[:])})
 	mb, _ := datablob.EncodeRaw([]byte(fmt.Sprintf(`{"backup-type":"host","backup-id":"web1","backup-time":%d,"files":[],"unprotected":{},"signature":null}`, epoch)))
-	s.ok("POST", fmt.Sprintf("/blob?file-name=index.json.blob&encoded-size=%d", len(mb)), mb)
-	s.ok("POST", "/finish", nil)
+	s.OK("POST", fmt.Sprintf("/blob?file-name=index.json.blob&encoded-size=%d", len(mb)), mb)
+	s.OK("POST", "/finish", nil)
 
 	r, err := h.open(t, "/api2/json/reader", pbs.ReaderProtocol, snapQuery(epoch))
 	if err != nil {
 		t.Fatal(err)
 	}
-	f, err := pbsidx.ParseFixed(r.ok("GET", "/download?file-name=disk.img.fidx", nil), 0)
+	f, err := pbsidx.ParseFixed(r.OK("GET", "/download?file-name=disk.img.fidx", nil), 0)
 	if err != nil || f.Size != uint64(len(img)) || f.ChunkSize != 4<<20 {
 		t.Fatalf("fixed index: %+v, %v", f, err)
 	}
 	var got []byte
 	for _, d := range f.Digests {
-		blob, err := datablob.ParseChunk(r.ok("GET", "/chunk?digest="+hex.EncodeToString(d[:]), nil))
+		blob, err := datablob.ParseChunk(r.OK("GET", "/chunk?digest="+hex.EncodeToString(d[:]), nil))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -512,7 +397,7 @@ func BenchmarkPBS(b *testing.B) {
 			b.Fatal(err)
 		}
 		var wid int
-		json.Unmarshal(s.ok("POST", "/fixed_index", map[string]any{"archive-name": "disk.img.fidx", "size": len(img)}), &struct{ Data *int }{&wid})
+		json.Unmarshal(s.OK("POST", "/fixed_index", map[string]any{"archive-name": "disk.img.fidx", "size": len(img)}), &struct{ Data *int }{&wid})
 		n := len(img) / cs
 		digests := make([]string, n)
 		offsets := make([]int, n)
@@ -526,7 +411,7 @@ func BenchmarkPBS(b *testing.B) {
 					sum := sha256.Sum256(c)
 					blob, _ := datablob.EncodeRaw(c)
 					// Not s.ok: Fatal belongs to the benchmark's goroutine.
-					if st, out := s.call("POST", fmt.Sprintf("/fixed_chunk?wid=%d&digest=%x&size=%d&encoded-size=%d", wid, sum, len(c), len(blob)), blob); st != http.StatusOK {
+					if st, out := s.Call("POST", fmt.Sprintf("/fixed_chunk?wid=%d&digest=%x&size=%d&encoded-size=%d", wid, sum, len(c), len(blob)), blob); st != http.StatusOK {
 						panic(fmt.Sprintf("upload: %d %s", st, out))
 					}
 					digests[k], offsets[k] = hex.EncodeToString(sum[:]), k*cs
@@ -546,13 +431,13 @@ func BenchmarkPBS(b *testing.B) {
 			csum.AddDigest(pbsidx.Digest(raw))
 		}
 		for off := 0; off < n; off += 128 {
-			s.ok("PUT", "/fixed_index", map[string]any{"wid": wid, "digest-list": digests[off:min(off+128, n)], "offset-list": offsets[off:min(off+128, n)]})
+			s.OK("PUT", "/fixed_index", map[string]any{"wid": wid, "digest-list": digests[off:min(off+128, n)], "offset-list": offsets[off:min(off+128, n)]})
 		}
 		sum := csum.Sum()
-		s.ok("POST", "/fixed_close", map[string]any{"wid": wid, "chunk-count": n, "size": len(img), "csum": hex.EncodeToString(sum[:])})
+		s.OK("POST", "/fixed_close", map[string]any{"wid": wid, "chunk-count": n, "size": len(img), "csum": hex.EncodeToString(sum[:])})
 		mb, _ := datablob.EncodeRaw([]byte(fmt.Sprintf(`{"backup-type":"host","backup-id":"web1","backup-time":%d,"files":[],"unprotected":{},"signature":null}`, epoch)))
-		s.ok("POST", fmt.Sprintf("/blob?file-name=index.json.blob&encoded-size=%d", len(mb)), mb)
-		s.ok("POST", "/finish", nil)
+		s.OK("POST", fmt.Sprintf("/blob?file-name=index.json.blob&encoded-size=%d", len(mb)), mb)
+		s.OK("POST", "/finish", nil)
 		backup := time.Since(start)
 
 		start = time.Now()
@@ -560,7 +445,7 @@ func BenchmarkPBS(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		f, err := pbsidx.ParseFixed(r.ok("GET", "/download?file-name=disk.img.fidx", nil), 0)
+		f, err := pbsidx.ParseFixed(r.OK("GET", "/download?file-name=disk.img.fidx", nil), 0)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -569,7 +454,7 @@ func BenchmarkPBS(b *testing.B) {
 		for range 4 {
 			go func() {
 				for k := range work {
-					_, body := r.call("GET", "/chunk?digest="+hex.EncodeToString(f.Digests[k][:]), nil)
+					_, body := r.Call("GET", "/chunk?digest="+hex.EncodeToString(f.Digests[k][:]), nil)
 					blob, err := datablob.ParseChunk(body)
 					if err == nil {
 						var plain []byte
