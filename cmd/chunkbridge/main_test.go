@@ -59,6 +59,7 @@ func TestMain(m *testing.M) {
 type process struct {
 	cmd                     *exec.Cmd
 	grpc, http, casync, pmx string
+	pbs                     string
 	exited                  chan struct{}
 	mu                      sync.Mutex
 	log                     strings.Builder
@@ -129,7 +130,7 @@ func startBinaryIn(t testing.TB, binary, dir string, env []string, args ...strin
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	listening := make(chan [4]string, 1)
+	listening := make(chan [5]string, 1)
 	go func() {
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
@@ -141,9 +142,9 @@ func startBinaryIn(t testing.TB, binary, dir string, env []string, args ...strin
 			case p.logged <- struct{}{}:
 			default:
 			}
-			var rec struct{ Msg, GRPC, HTTP, Casync, PMX string }
+			var rec struct{ Msg, GRPC, HTTP, Casync, PMX, PBS string }
 			if json.Unmarshal([]byte(line), &rec) == nil && rec.Msg == "listening" {
-				listening <- [4]string{rec.GRPC, rec.HTTP, rec.Casync, rec.PMX}
+				listening <- [5]string{rec.GRPC, rec.HTTP, rec.Casync, rec.PMX, rec.PBS}
 			}
 		}
 		p.cmd.Wait()
@@ -151,7 +152,7 @@ func startBinaryIn(t testing.TB, binary, dir string, env []string, args ...strin
 	}()
 	select {
 	case addrs := <-listening:
-		p.grpc, p.http, p.casync, p.pmx = addrs[0], addrs[1], addrs[2], addrs[3]
+		p.grpc, p.http, p.casync, p.pmx, p.pbs = addrs[0], addrs[1], addrs[2], addrs[3], addrs[4]
 	case <-p.exited:
 		t.Fatalf("chunkbridge exited before listening:\n%s", p.logs())
 	case <-time.After(60 * time.Second):

@@ -1,0 +1,103 @@
+package main
+
+import (
+	"bytes"
+	"crypto/rand"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chunkbridge/chunkbridge/auth"
+	"github.com/chunkbridge/chunkbridge/gateway/pbs"
+	"github.com/chunkbridge/chunkbridge/gateway/pbs/pbstest"
+)
+
+// The PBS gateway in serve all and as a separate process in front of the
+// chunk service: an API token's principal backs up into its tenant (the
+// datastore), the services see it as that principal (forwarded by the
+// separate gateway), a read token restores, and the refusals are logged.
+func TestPBSGateway(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the chunkbridge binary")
+	}
+	cert, key := selfSigned(t)
+	backupTok, backupHash := auth.NewToken()
+	readTok, readHash := auth.NewToken()
+	creds := filepath.Join(t.TempDir(), "credentials.yaml")
+	os.WriteFile(creds, []byte(fmt.Sprintf(`
+tenants:
+  - name: acme
+principals:
+  - name: 'backup@pbs!host1'
+    tenant: acme
+    role: append
+    token_sha256: %s
+  - name: 'reader@pbs!r'
+    tenant: acme
+    role: read
+    token_sha256: %s
+`, backupHash, readHash)), 0o600)
+	pbsFlags := []string{"--pbs-addr", "127.0.0.1:0", "--pbs-tls-cert", cert, "--pbs-tls-key", key, "--credentials-file", creds}
+
+	run := func(t *testing.T, gw *process, store string) {
+		if !gw.waitLog(`"fingerprint":"`) {
+			t.Fatalf("no fingerprint in the start log:\n%s", gw.logs())
+		}
+		chunks := make([][]byte, 5)
+		for i := range chunks {
+			chunks[i] = make([]byte, 100<<10)
+			rand.Read(chunks[i])
+		}
+		epoch := time.Now().Add(-time.Minute).Unix()
+		s, err := pbstest.Open(t, gw.pbs, "//api2/json/backup", pbs.BackupProtocol, "PBSAPIToken=backup@pbs!host1:"+backupTok, pbstest.Query("acme", "host", "web1", epoch))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := s.Backup("root.pxar.didx", "web1", epoch, chunks, map[string]bool{}, nil); n != 5 {
+			t.Fatalf("uploaded %d chunks", n)
+		}
+		// The read token restores; it may not back up.
+		r, err := pbstest.Open(t, gw.pbs, "/api2/json/reader", pbs.ReaderProtocol, "PBSAPIToken reader@pbs!r:"+readTok, pbstest.Query("acme", "host", "web1", epoch))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(r.Restore("root.pxar.didx"), bytes.Join(chunks, nil)) {
+			t.Fatal("restored data differs")
+		}
+		if _, err := pbstest.Open(t, gw.pbs, "/api2/json/backup", pbs.BackupProtocol, "PBSAPIToken=reader@pbs!r:"+readTok, pbstest.Query("acme", "host", "web1", epoch+1)); err == nil || !strings.HasPrefix(err.Error(), "403") {
+			t.Fatalf("a read token backing up: %v", err)
+		}
+		// The snapshot is the tenant's: another tenant's name is not found,
+		// and a wrong secret is refused.
+		if _, err := pbstest.Open(t, gw.pbs, "/api2/json/reader", pbs.ReaderProtocol, "PBSAPIToken=reader@pbs!r:"+readTok, pbstest.Query("default", "host", "web1", epoch)); err == nil || !strings.HasPrefix(err.Error(), "404") {
+			t.Fatalf("another datastore: %v", err)
+		}
+		if _, err := pbstest.Open(t, gw.pbs, "/api2/json/reader", pbs.ReaderProtocol, "PBSAPIToken=reader@pbs!r:"+backupTok, pbstest.Query("acme", "host", "web1", epoch)); err == nil || !strings.HasPrefix(err.Error(), "401") {
+			t.Fatalf("another principal's secret: %v", err)
+		}
+		if !gw.waitLog(`"access refused","service":"chunkbridge"`) || !strings.Contains(gw.logs(), `"listener":"pbs"`) {
+			t.Fatalf("no audit line:\n%s", gw.logs())
+		}
+		// The services stored it as the principal: in its tenant.
+		when := time.Unix(epoch, 0).UTC().Format(time.RFC3339)
+		for _, f := range []string{"root.pxar.didx", "index.json.blob"} {
+			if _, err := os.Stat(filepath.Join(store, "tenants/acme/snapshots/host/web1", when, f)); err != nil {
+				t.Errorf("not in the tenant's snapshot: %v", err)
+			}
+		}
+	}
+	t.Run("serve all", func(t *testing.T) {
+		store := t.TempDir()
+		run(t, start(t, nil, append([]string{"serve", "all", "--store", store}, pbsFlags...)...), store)
+	})
+	t.Run("separate gateway", func(t *testing.T) {
+		tokenFile := filepath.Join(t.TempDir(), "token")
+		os.WriteFile(tokenFile, []byte("gateway-token-of-the-pbs-test\n"), 0o600)
+		store := t.TempDir()
+		svc := start(t, nil, "serve", "chunk", "--store", store, "--auth-token-file", tokenFile, "--credentials-file", creds)
+		run(t, start(t, nil, append([]string{"serve", "pbs-gateway", "--chunk-service", svc.grpc, "--auth-token-file", tokenFile}, pbsFlags...)...), store)
+	})
+}
