@@ -49,6 +49,8 @@ type backup struct {
 
 	putMu    sync.Mutex
 	uploader *client.Uploader
+	// files serialises previous: an index is read whole and converted.
+	files sync.Mutex
 
 	mu       sync.Mutex
 	known    map[client.ID]uint64 // chunks usable in appends, and their sizes
@@ -190,6 +192,8 @@ func (b *backup) previous(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	dir := snapshot{typ: sn.GetType(), id: sn.GetBackupId(), time: sn.GetTime().AsTime()}.dir()
+	b.files.Lock()
+	defer b.files.Unlock()
 	data, chunks, err := b.srv.readFile(r.Context(), dir, name)
 	if err != nil {
 		b.fail(w, r, err)

@@ -25,13 +25,20 @@ type reader struct {
 	remote string
 	mux    *http.ServeMux
 
+	// held bounds the chunk bytes fetched and not yet written.
+	held *session.Budget
+	// files serialises downloads of files: an index is read whole and
+	// converted, so one at a time per connection.
+	files sync.Mutex
+
 	mu         sync.Mutex
 	registered map[client.ID]bool
 }
 
 func (s *Server) newReader(_ context.Context, p auth.Principal, snap snapshot, remote string) http.Handler {
 	rd := &reader{srv: s, p: p, snap: snap, remote: remote, registered: map[client.ID]bool{},
-		log: s.log().With("remote", remote, "principal", p.Name, "snapshot", snap.dir())}
+		held: session.NewBudget(session.OrDefault(s.DownloadBytes, defaultDLBytes)),
+		log:  s.log().With("remote", remote, "principal", p.Name, "snapshot", snap.dir())}
 	m := http.NewServeMux()
 	m.HandleFunc("GET /download", rd.download)
 	m.HandleFunc("GET /chunk", rd.chunk)
@@ -57,6 +64,8 @@ func (rd *reader) download(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	name, _ := ps.str("file-name")
+	rd.files.Lock()
+	defer rd.files.Unlock()
 	data, chunks, err := rd.srv.readFile(r.Context(), rd.snap.dir(), name)
 	if err != nil {
 		rd.fail(w, r, err)
@@ -97,6 +106,16 @@ func (rd *reader) chunk(w http.ResponseWriter, r *http.Request) {
 		rd.fail(w, r, fmt.Errorf("%w: chunk %s is in no file downloaded in this session", apierr.ErrNotFound, id))
 		return
 	}
+	// The largest chunk is held before the fetch; the rest of it goes
+	// back once the chunk's size is known, the chunk's own share once
+	// it is written.
+	const most = datablob.MaxEncodedChunkSize
+	if err := rd.held.Acquire(r.Context(), most); err != nil {
+		rd.fail(w, r, err)
+		return
+	}
+	held := int64(most)
+	defer func() { rd.held.Release(held) }()
 	dl := rd.srv.Chunks.Download(r.Context(), []client.ID{id}, client.DownloadOptions{})
 	defer dl.Close()
 	c, err := dl.Next()
@@ -126,6 +145,10 @@ func (rd *reader) chunk(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		rd.fail(w, r, fmt.Errorf("chunk %s: %w", id, err))
 		return
+	}
+	if n := int64(len(blob)); n < held {
+		rd.held.Release(held - n)
+		held = n
 	}
 	w.Header().Set("Content-Type", "application/octet-stream")
 	w.Write(blob)

@@ -64,6 +64,11 @@ type Server struct {
 	// once, read and not yet stored (default 64 MiB): HTTP/2 windows let a
 	// client send 32 MiB per stream, this caps the sum over its streams.
 	UploadBytes int64
+	// DownloadBytes bounds the chunk bytes a reader connection holds for
+	// its client, fetched and not yet written (default 64 MiB): each chunk
+	// request takes the largest chunk's size before the fetch and gives
+	// back the difference once its size is known.
+	DownloadBytes int64
 	// MaxOpenWriters bounds a backup session's open index writers
 	// (default 16); MaxChunks the digests one session may know (uploaded,
 	// from its previous snapshot, or registered by downloads; default 4 Mi,
@@ -79,6 +84,7 @@ type Server struct {
 const (
 	defaultMaxConns    = 1024
 	defaultUploadBytes = 64 << 20
+	defaultDLBytes     = 64 << 20
 	defaultWriters     = 16
 	defaultMaxChunks   = 4 << 20
 	// PBS's HTTP/2 sizes.
