@@ -10,7 +10,6 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
-	"github.com/chunkbridge/chunkbridge/auth"
 	"github.com/chunkbridge/chunkbridge/client"
 	"github.com/chunkbridge/chunkbridge/gateway/pbs"
 )
@@ -35,19 +34,9 @@ func (f *serveFlags) servePBS(g *errgroup.Group, log *slog.Logger, acc *access, 
 		// PBS clients do the HTTP/1.1 upgrade themselves: no ALPN h2.
 		TLS: &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12, NextProtos: []string{"http/1.1"}},
 	}
-	if acc.reg != nil {
-		srv.Credentials = acc.reg
-		srv.Authenticate = func(name, secret string) (auth.Principal, error) {
-			p, err := acc.reg.Token(secret)
-			if err == nil && p.Name != name {
-				err = auth.ErrUnknownCredential // the secret is another principal's
-			}
-			if err != nil {
-				return auth.Principal{}, fmt.Errorf("API token %s: %w", name, err)
-			}
-			return p, nil
-		}
-	}
+	// Tokens and tickets map onto the credentials file's principals;
+	// without one every caller is anonymous.
+	srv.Credentials = acc.reg
 	plog.Info("PBS gateway certificate", "fingerprint", pbs.Fingerprint(cert.Certificate[0]))
 	*listening = append(*listening, "pbs", ln.Addr().String())
 	g.Go(func() error {

@@ -32,7 +32,11 @@ func (s *Server) managementHandler() http.Handler {
 	m.HandleFunc("POST /api2/json/admin/datastore/{store}/prune", s.prune)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		r.URL.Path = cleanPath(r.URL.Path)
-		p, err := s.authenticate(r.Header.Get("Authorization"))
+		if r.Method == http.MethodPost && r.URL.Path == "/api2/json/access/ticket" {
+			s.login(w, r)
+			return
+		}
+		p, err := s.authenticateRequest(r, r.Method != http.MethodGet && r.Method != http.MethodHead)
 		if err != nil {
 			s.audit(auth.Principal{}, r.RemoteAddr, r.Method+" "+r.URL.Path, err)
 			http.Error(w, "authentication failed: "+err.Error(), http.StatusUnauthorized)

@@ -45,14 +45,14 @@ type Server struct {
 	Log     *slog.Logger
 	// TLS is required: PBS clients speak nothing else.
 	TLS *tls.Config
-	// Authenticate checks an API token (name user@realm!tokenname and its
-	// secret) and returns the principal it maps to. Nil: no credentials
-	// are configured and every caller is auth.Anonymous.
-	Authenticate func(name, secret string) (auth.Principal, error)
-	// Credentials, if set, ends a backup or reader session as soon as a
-	// change of the credentials file revokes or changes its principal
-	// (auth.Registry.Follow).
+	// Credentials authenticates callers: an API token user@realm!tokenname
+	// with its secret is the principal of that name whose token is the
+	// secret, and a ticket names a principal. A session ends as soon as a
+	// change of the file revokes or changes its principal
+	// (auth.Registry.Follow). Nil: every caller is auth.Anonymous.
 	Credentials *auth.Registry
+	// Authenticate, if set, replaces the token check of Credentials (tests).
+	Authenticate func(name, secret string) (auth.Principal, error)
 
 	// MaxConns caps the connections served at once (default 1024).
 	MaxConns int
@@ -150,9 +150,28 @@ func (s *Server) audit(p auth.Principal, remote, call string, err error) {
 	s.log().Warn("access refused", "listener", "pbs", "call", call, "principal", p.Name, "tenant", p.Tenant, "remote", remote, "reason", err.Error())
 }
 
+// checkToken maps an API token onto its principal.
+func (s *Server) checkToken(name, secret string) (auth.Principal, error) {
+	if s.Authenticate != nil {
+		return s.Authenticate(name, secret)
+	}
+	p, err := s.Credentials.Token(secret)
+	if err == nil && p.Name != name {
+		err = auth.ErrUnknownCredential // the secret is another principal's
+	}
+	if err != nil {
+		return auth.Principal{}, fmt.Errorf("API token %s: %w", name, err)
+	}
+	return p, nil
+}
+
+// open reports whether no credentials are configured: everyone is
+// auth.Anonymous.
+func (s *Server) open() bool { return s.Authenticate == nil && s.Credentials == nil }
+
 // authenticate reads a PBSAPIToken header (both spellings).
 func (s *Server) authenticate(header string) (auth.Principal, error) {
-	if s.Authenticate == nil {
+	if s.open() {
 		return auth.Anonymous, nil
 	}
 	rest, ok := strings.CutPrefix(header, "PBSAPIToken=")
@@ -160,13 +179,13 @@ func (s *Server) authenticate(header string) (auth.Principal, error) {
 		rest, ok = strings.CutPrefix(header, "PBSAPIToken ")
 	}
 	if !ok {
-		return auth.Principal{}, errors.New("no API token: send Authorization: PBSAPIToken=user@realm!tokenname:secret (tickets are not supported)")
+		return auth.Principal{}, errors.New("no credential: send Authorization: PBSAPIToken=user@realm!tokenname:secret, or log in at /api2/json/access/ticket")
 	}
 	name, secret, ok := strings.Cut(rest, ":")
 	if !ok || name == "" || secret == "" {
 		return auth.Principal{}, errors.New("malformed API token: want user@realm!tokenname:secret")
 	}
-	return s.Authenticate(name, secret)
+	return s.checkToken(name, secret)
 }
 
 // cleanPath maps //api2/json/x (proxmox-backup-client, Proxmox VE) and
@@ -226,7 +245,8 @@ func (s *Server) upgrade(nc net.Conn, br *bufio.Reader, req *http.Request, remot
 	if reader {
 		call = "reader"
 	}
-	p, err := s.authenticate(req.Header.Get("Authorization"))
+	// An upgrade is a GET: as with PBS, a ticket needs no CSRF token.
+	p, err := s.authenticateRequest(req, false)
 	if err != nil {
 		s.audit(auth.Principal{}, remote, call, err)
 		fail(nc, http.StatusUnauthorized, "authentication failed: "+err.Error())
@@ -236,8 +256,7 @@ func (s *Server) upgrade(nc net.Conn, br *bufio.Reader, req *http.Request, remot
 	defer cancel()
 	if s.Credentials != nil {
 		var stop func()
-		header := req.Header.Get("Authorization")
-		ctx, stop = s.Credentials.Follow(ctx, p, func() (auth.Principal, error) { return s.authenticate(header) })
+		ctx, stop = s.Credentials.Follow(ctx, p, func() (auth.Principal, error) { return s.authenticateRequest(req, false) })
 		defer stop()
 	}
 	// The connection ends with its context (a revoked principal), and
