@@ -78,7 +78,7 @@ func newFlagSet(command string, stdout io.Writer) *flag.FlagSet {
 // "chunkbridge"; -h prints it. TestHelpOnEveryCommand walks the commands of
 // the usage text and wants an entry for each.
 var helps = map[string]string{
-	"serve": `Usage: chunkbridge serve all|chunk|casync-gateway|rest-gateway|pmx-gateway [flags]
+	"serve": `Usage: chunkbridge serve all|chunk|casync-gateway|rest-gateway|pmx-gateway|pbs-gateway [flags]
 
 Runs chunkbridge's services and gateways until SIGINT or SIGTERM, then
 finishes in-flight calls. "all" runs everything in one process; the other
@@ -89,7 +89,8 @@ modes run one part each, for separate deployments. Run
 
 Runs everything in one process on one store: the chunk, catalog and admin
 gRPC services, the REST gateway (REST, OpenAPI, the casync HTTP store,
-metrics, health), the casync gateway and the PMXBCKUP gateway.
+metrics, health), the casync gateway and the PMXBCKUP gateway, and the
+Proxmox Backup Server gateway when --pbs-addr is given.
 `,
 	"serve chunk": `Usage: chunkbridge serve chunk [flags]
 
@@ -112,6 +113,16 @@ Serves the PMXBCKUP backup protocol over TCP (optionally TLS), in front of
 the chunk service at --chunk-service. With --credentials-file, clients
 authenticate by TLS client certificate only (--pmx-tls-client-ca): PMXBCKUP
 has no credential field (docs/auth.md).
+`,
+	"serve pbs-gateway": `Usage: chunkbridge serve pbs-gateway [flags]
+
+Serves the Proxmox Backup Server protocol (HTTPS, HTTP/2 after an upgrade)
+to proxmox-backup-client, Proxmox VE and proxmoxbackupclient_go, in front
+of the chunk service at --chunk-service, on --pbs-addr with
+--pbs-tls-cert/--pbs-tls-key; it logs the certificate's fingerprint at
+start. Clients authenticate with API tokens (user@realm!tokenname:secret,
+a principal of --credentials-file); the datastore is the principal's tenant
+(docs/pbs.md).
 `,
 	"casync-remote": `Usage: chunkbridge casync-remote [--chunk-service ADDR] [--principal NAME] [--OPT=…] pull|push BASE ARCHIVE INDEX STORE
        (or the same as one string, or in SSH_ORIGINAL_COMMAND)

@@ -26,6 +26,7 @@ Usage:
   chunkbridge serve casync-gateway  casync's protocol over TCP, in front of a chunk service
   chunkbridge serve rest-gateway    REST, OpenAPI and the casync HTTP store, in front of a chunk service
   chunkbridge serve pmx-gateway     PMXBCKUP over TCP (optional TLS), in front of a chunk service
+  chunkbridge serve pbs-gateway     the Proxmox Backup Server protocol (TLS, HTTP/2), in front of a chunk service
   chunkbridge casync-remote ...     casync's protocol on stdin/stdout: what ssh runs as the remote casync
   chunkbridge casync-ssh HOST ...   a CASYNC_SSH_PATH that relays casync's session to a casync gateway
   chunkbridge pmx backup|restore|hashes|list ...  the PMXBCKUP client ("chunkbridge pmx help")
@@ -114,12 +115,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	switch args[0] {
 	case "serve":
 		if len(args) < 2 {
-			return usagef("serve: which service? want one of: all, chunk, casync-gateway, rest-gateway, pmx-gateway")
+			return usagef("serve: which service? want one of: all, chunk, casync-gateway, rest-gateway, pmx-gateway, pbs-gateway")
 		}
 		if _, ok := modes[args[1]]; ok {
 			return serve(ctx, args[1], args[2:], stdout, stderr)
 		}
-		return usagef("serve %s: unknown service; want one of: all, chunk, casync-gateway, rest-gateway, pmx-gateway", args[1])
+		return usagef("serve %s: unknown service; want one of: all, chunk, casync-gateway, rest-gateway, pmx-gateway, pbs-gateway", args[1])
 	case "casync-remote":
 		return casyncRemote(ctx, args[1:], stderr)
 	case "casync-ssh":
