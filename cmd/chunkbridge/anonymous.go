@@ -17,8 +17,8 @@ func (f *serveFlags) listeners(p parts) [][2]string {
 	if p.pmx {
 		l = append(l, [2]string{"--pmx-listen", f.pmxListen})
 	}
-	if p.pbs && f.pbsAddr != "" {
-		l = append(l, [2]string{"--pbs-addr", f.pbsAddr})
+	if p.pbs && f.pbsListen != "" {
+		l = append(l, [2]string{"--pbs-listen", f.pbsListen})
 	}
 	return append(l, [2]string{"--http-listen", f.httpListen})
 }

@@ -90,7 +90,7 @@ modes run one part each, for separate deployments. Run
 Runs everything in one process on one store: the chunk, catalog and admin
 gRPC services, the REST gateway (REST, OpenAPI, the casync HTTP store,
 metrics, health), the casync gateway and the PMXBCKUP gateway, and the
-Proxmox Backup Server gateway when --pbs-addr is given.
+Proxmox Backup Server gateway when --pbs-listen is given.
 `,
 	"serve chunk": `Usage: chunkbridge serve chunk [flags]
 
@@ -118,7 +118,7 @@ has no credential field (docs/auth.md).
 
 Serves the Proxmox Backup Server protocol (HTTPS, HTTP/2 after an upgrade)
 to proxmox-backup-client, Proxmox VE and proxmoxbackupclient_go, in front
-of the chunk service at --chunk-service, on --pbs-addr with
+of the chunk service at --chunk-service, on --pbs-listen with
 --pbs-tls-cert/--pbs-tls-key; it logs the certificate's fingerprint at
 start. Clients authenticate with API tokens (user@realm!tokenname:secret,
 a principal of --credentials-file); the datastore is the principal's tenant

@@ -18,15 +18,15 @@ import (
 // returns its shutdown.
 func (f *serveFlags) servePBS(g *errgroup.Group, log *slog.Logger, acc *access, chunks *client.Chunks, cat *client.Catalog, listening *[]any) (func(context.Context), error) {
 	if f.pbsTLSCert == "" || f.pbsTLSKey == "" {
-		return nil, usagef("--pbs-addr %s needs --pbs-tls-cert and --pbs-tls-key: PBS clients speak TLS only", f.pbsAddr)
+		return nil, usagef("--pbs-listen %s needs --pbs-tls-cert and --pbs-tls-key: PBS clients speak TLS only", f.pbsListen)
 	}
 	cert, err := tls.LoadX509KeyPair(f.pbsTLSCert, f.pbsTLSKey)
 	if err != nil {
 		return nil, fmt.Errorf("--pbs-tls-cert/--pbs-tls-key: %w", err)
 	}
-	ln, err := net.Listen("tcp", f.pbsAddr)
+	ln, err := net.Listen("tcp", f.pbsListen)
 	if err != nil {
-		return nil, fmt.Errorf("--pbs-addr %s: %w", f.pbsAddr, err)
+		return nil, fmt.Errorf("--pbs-listen %s: %w", f.pbsListen, err)
 	}
 	plog := log.With("gateway", "pbs")
 	srv := &pbs.Server{

@@ -44,7 +44,7 @@ principals:
     role: read
     token_sha256: %s
 `, backupHash, readHash)), 0o600)
-	pbsFlags := []string{"--pbs-addr", "127.0.0.1:0", "--pbs-tls-cert", cert, "--pbs-tls-key", key, "--credentials-file", creds}
+	pbsFlags := []string{"--pbs-listen", "127.0.0.1:0", "--pbs-tls-cert", cert, "--pbs-tls-key", key, "--credentials-file", creds}
 
 	run := func(t *testing.T, gw *process, store string) {
 		if !gw.waitLog(`"fingerprint":"`) {

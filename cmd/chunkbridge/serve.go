@@ -64,7 +64,7 @@ type serveFlags struct {
 	pmxListen              string
 	pmxTLSCert, pmxTLSKey  string
 	pmxTLSClientCA         string
-	pbsAddr                string
+	pbsListen              string
 	pbsTLSCert, pbsTLSKey  string
 	chunkService           string
 	maxConcurrentChunks    int
@@ -122,7 +122,7 @@ func (f *serveFlags) register(fs *flag.FlagSet, p parts) {
 		if !p.services {
 			def = "127.0.0.1:8008"
 		}
-		fs.StringVar(&f.pbsAddr, "pbs-addr", def, "address of the Proxmox Backup Server gateway (HTTPS and HTTP/2; empty: off); needs --pbs-tls-cert and --pbs-tls-key")
+		fs.StringVar(&f.pbsListen, "pbs-listen", def, "address of the Proxmox Backup Server gateway (HTTPS and HTTP/2; empty: off); needs --pbs-tls-cert and --pbs-tls-key")
 		fs.StringVar(&f.pbsTLSCert, "pbs-tls-cert", "", "PEM certificate of the PBS gateway; its SHA-256 fingerprint is logged at start for clients that pin it")
 		fs.StringVar(&f.pbsTLSKey, "pbs-tls-key", "", "PEM private key for --pbs-tls-cert")
 	}
@@ -312,7 +312,7 @@ func serve(ctx context.Context, mode string, args []string, stdout, stderr io.Wr
 		shutdown = append([]func(context.Context){func(ctx context.Context) { srv.Shutdown(ctx) }}, shutdown...)
 	}
 
-	if p.pbs && f.pbsAddr != "" {
+	if p.pbs && f.pbsListen != "" {
 		stop, err := f.servePBS(g, log, acc, chunks, cat, &listening)
 		if err != nil {
 			return err
