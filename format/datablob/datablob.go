@@ -1,5 +1,5 @@
 // Package datablob reads and writes the DataBlob envelope of the Proxmox
-// Backup Server protocol (reference pbs-protocol.md §2; docs/formats.md
+// Backup Server protocol (docs/formats.md
 // §10): every chunk and every .blob file that a PBS client uploads or
 // downloads travels in one.
 //

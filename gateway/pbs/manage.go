@@ -13,7 +13,7 @@ import (
 	"github.com/chunkbridge/chunkbridge/services/apierr"
 )
 
-// The management routes over plain HTTPS (reference §7): version, the
+// The management routes over plain HTTPS (docs/pbs.md, "Management routes"): version, the
 // datastore list (the caller's tenant), groups, snapshots and snapshot
 // delete. Only snapshots with a manifest exist for PBS clients.
 

@@ -83,7 +83,7 @@ func parseSnapshot(typ, id, t string) (snapshot, error) {
 const maxParamBody = 4 << 20
 
 // params merges the query string and a JSON object body: clients use
-// either (reference §4). Values are kept as JSON for the caller to decode.
+// either (docs/pbs.md, "Backup protocol"). Values are kept as JSON for the caller to decode.
 type params map[string]json.RawMessage
 
 func readParams(r *http.Request) (params, error) {

@@ -1,6 +1,6 @@
 // Package pbs is the Proxmox Backup Server gateway (docs/pbs.md): a TLS
 // listener where an HTTP/1.1 upgrade starts the backup or reader protocol
-// over HTTP/2 (reference pbs-protocol.md §4, §5), and plain HTTPS requests
+// over HTTP/2 (docs/pbs.md), and plain HTTPS requests
 // reach the management routes a client needs. A datastore is the caller's
 // tenant; snapshots are the catalog's.
 package pbs
