@@ -1,7 +1,6 @@
 // Package datablob reads and writes the DataBlob envelope of the Proxmox
-// Backup Server protocol (docs/formats.md
-// §10): every chunk and every .blob file that a PBS client uploads or
-// downloads travels in one.
+// Backup Server protocol (docs/formats.md §10): every chunk and every
+// .blob file that a PBS client uploads or downloads travels in one.
 //
 // A DataBlob is an 8-byte magic that names its kind, a CRC-32 (IEEE,
 // little-endian) and, for the two encrypted kinds, a 16-byte IV and a
