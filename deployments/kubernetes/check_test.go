@@ -56,6 +56,7 @@ var listenFlags = map[string][]string{
 	"chunk":          {"grpc-listen", "http-listen"},
 	"casync-gateway": {"casync-listen", "http-listen"},
 	"pmx-gateway":    {"pmx-listen", "http-listen"},
+	"pbs-gateway":    {"pbs-listen", "http-listen"},
 	"rest-gateway":   {"http-listen"},
 }
 
@@ -67,8 +68,8 @@ var boolFlags = map[string]bool{"s3-insecure": true, "allow-anonymous": true}
 // never baked into the image, and never by subPath, which a changed Secret
 // does not reach (the credentials file is re-read while serving).
 var fileFlags = map[string]bool{
-	"credentials-file": true, "auth-token-file": true, "tls-key": true, "pmx-tls-key": true,
-	"tls-cert": false, "tls-client-ca": false, "pmx-tls-cert": false, "pmx-tls-client-ca": false,
+	"credentials-file": true, "auth-token-file": true, "tls-key": true, "pmx-tls-key": true, "pbs-tls-key": true,
+	"tls-cert": false, "tls-client-ca": false, "pmx-tls-cert": false, "pmx-tls-client-ca": false, "pbs-tls-cert": false,
 }
 
 // policy holds what differs between renderings.

@@ -34,17 +34,17 @@ var renderings = map[string]struct {
 }{
 	"base": {
 		pol:     policy{pmxTLSFromOverlay: true},
-		secrets: []string{"chunkbridge-admin-token", "chunkbridge-credentials", "chunkbridge-s3"},
+		secrets: []string{"chunkbridge-admin-token", "chunkbridge-credentials", "chunkbridge-pbs-tls", "chunkbridge-s3"},
 	},
 	"overlays/dev": {
 		// Dev generates its Secrets, with public values, except PMXBCKUP's
 		// certificate and key: a dev user makes them with openssl (README.md),
 		// the e2e suite at test time.
-		pol: policy{secretsInRender: true, externalSecrets: []string{"chunkbridge-pmx-tls"}},
+		pol: policy{secretsInRender: true, externalSecrets: []string{"chunkbridge-pbs-tls", "chunkbridge-pmx-tls"}},
 	},
 	"overlays/production": {
 		pol:     policy{imageTag: regexp.MustCompile(`^v\d+\.\d+\.\d+$`), requireAuth: true},
-		secrets: []string{"chunkbridge-admin-token", "chunkbridge-credentials", "chunkbridge-pmx-tls", "chunkbridge-s3"},
+		secrets: []string{"chunkbridge-admin-token", "chunkbridge-credentials", "chunkbridge-pbs-tls", "chunkbridge-pmx-tls", "chunkbridge-s3"},
 	},
 }
 
