@@ -17,6 +17,9 @@ import (
 // the suite makes it here, at test time.
 const pmxTLSSecret = "chunkbridge-pmx-tls"
 
+// pbsTLSSecret is the PBS gateway's certificate, made outside Git too.
+const pbsTLSSecret = "chunkbridge-pbs-tls"
+
 // The dev overlay's PMXBCKUP principals (overlays/dev/credentials.yaml):
 // their cert_subject is the subject of the certificates signed here.
 var (
@@ -36,15 +39,18 @@ type pmxPKI struct {
 	stranger     pmxClient // signed by another CA, with dev-pmx-append's subject
 }
 
-// newPMXPKI makes the certificates and adds the Secret chunkbridge-pmx-tls
+// newPMXPKI makes the certificates and adds the Secrets chunkbridge-pmx-tls
+// and chunkbridge-pbs-tls (the PBS gateway's certificate)
 // (tls.crt, tls.key, ca.crt, as the README's openssl commands make it) to
 // the rendered dev overlay, so that secretMounts mounts it where the
 // manifests do. The overlay must reference it without rendering it, and its
 // credentials file must name the client certificates' subjects.
 func newPMXPKI(t *testing.T, m *manifests) *pmxPKI {
 	t.Helper()
-	if _, ok := m.secrets[pmxTLSSecret]; ok {
-		t.Fatalf("the dev overlay renders Secret %s: it holds a private key and is made outside Git", pmxTLSSecret)
+	for _, name := range []string{pmxTLSSecret, pbsTLSSecret} {
+		if _, ok := m.secrets[name]; ok {
+			t.Fatalf("the dev overlay renders Secret %s: it holds a private key and is made outside Git", name)
+		}
 	}
 	creds := m.secretValue(t, "chunkbridge-credentials", "credentials.yaml")
 	for _, n := range []pkix.Name{pmxAppendSubject, pmxReadSubject} {
@@ -62,6 +68,10 @@ func newPMXPKI(t *testing.T, m *manifests) *pmxPKI {
 	secret := &corev1.Secret{Data: map[string][]byte{"tls.crt": srvCert, "tls.key": srvKey, "ca.crt": ca.PEM}}
 	secret.Name = pmxTLSSecret
 	m.secrets[pmxTLSSecret] = secret
+	pbsCert, pbsKey := ca.Issue(t, pkix.Name{CommonName: "pbs-gateway"}, x509.ExtKeyUsageServerAuth)
+	pbsSecret := &corev1.Secret{Data: map[string][]byte{"tls.crt": pbsCert, "tls.key": pbsKey}}
+	pbsSecret.Name = pbsTLSSecret
+	m.secrets[pbsTLSSecret] = pbsSecret
 	return p
 }
 

@@ -16,13 +16,16 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+
+	"github.com/chunkbridge/chunkbridge/gateway/pbs"
+	"github.com/chunkbridge/chunkbridge/gateway/pbs/pbstest"
 )
 
 // system is the whole deployment on one machine: MinIO, the chunk service
 // and the three gateways, each its own container.
 type system struct {
-	minio, chunk, casync, pmx, rest *service
-	casyncAddr, pmxAddr             string
+	minio, chunk, casync, pmx, pbs, rest *service
+	casyncAddr, pmxAddr, pbsAddr    string
 	// The dev overlay's tokens: its read and append principals', and the
 	// admin token the pods share.
 	readToken, appendToken, adminToken string
@@ -44,7 +47,7 @@ func startSystem(t *testing.T) *system {
 	m := loadManifests(t)
 	pki := newPMXPKI(t, m)
 	port := map[string]string{}
-	for _, n := range []string{"minio", "grpc", "chunk-http", "casync", "casync-http", "pmx", "pmx-http", "rest-http"} {
+	for _, n := range []string{"minio", "grpc", "chunk-http", "casync", "casync-http", "pmx", "pmx-http", "pbs", "pbs-http", "rest-http"} {
 		port[n] = freePort(t)
 	}
 	cluster := map[string]string{
@@ -69,7 +72,7 @@ func startSystem(t *testing.T) *system {
 		}
 		return env
 	}
-	s := &system{casyncAddr: "127.0.0.1:" + port["casync"], pmxAddr: "127.0.0.1:" + port["pmx"],
+	s := &system{casyncAddr: "127.0.0.1:" + port["casync"], pmxAddr: "127.0.0.1:" + port["pmx"], pbsAddr: "127.0.0.1:" + port["pbs"],
 		readToken:   m.secretValue(t, "chunkbridge-dev-tokens", "dev-read"),
 		appendToken: m.secretValue(t, "chunkbridge-dev-tokens", "dev-append"),
 		teamBToken:  m.secretValue(t, "chunkbridge-dev-tokens", "dev-team-b-append"),
@@ -86,14 +89,17 @@ func startSystem(t *testing.T) *system {
 	cspec := m.deployments["chunk"].Spec.Template.Spec
 	cc := container0(t, cspec, "chunk")
 	s.chunk = run(t, "chunk", image, rewrite(cc.Args, withHTTP("chunk-http")), envOf(cc, cluster), "/readyz", port["chunk-http"], m.secretMounts(t, cspec, cc)...)
-	gw := func(name, httpPort string) *service {
+	gw := func(name, httpPort string, listen map[string]string) *service {
 		spec := m.deployments[name].Spec.Template.Spec
 		c := container0(t, spec, name)
-		return run(t, name, image, rewrite(c.Args, withHTTP(httpPort)), envOf(c, cluster), "/readyz", port[httpPort], m.secretMounts(t, spec, c)...)
+		args := rewrite(rewrite(c.Args, listen), withHTTP(httpPort))
+		return run(t, name, image, args, envOf(c, cluster), "/readyz", port[httpPort], m.secretMounts(t, spec, c)...)
 	}
-	s.casync = gw("casync-gateway", "casync-http")
-	s.pmx = gw("pmx-gateway", "pmx-http")
-	s.rest = gw("rest-gateway", "rest-http")
+	s.casync = gw("casync-gateway", "casync-http", nil)
+	s.pmx = gw("pmx-gateway", "pmx-http", nil)
+	// PBS clients look for 8007 too: on one machine it gets its own port.
+	s.pbs = gw("pbs-gateway", "pbs-http", map[string]string{"0.0.0.0:8007": "127.0.0.1:" + port["pbs"]})
+	s.rest = gw("rest-gateway", "rest-http", nil)
 	return s
 }
 
@@ -286,6 +292,33 @@ func TestSystem(t *testing.T) {
 		}
 		if code, body := get(t, "", rest+"/readyz"); code != http.StatusOK {
 			t.Errorf("GET /readyz without a token = %d %s, want 200", code, body)
+		}
+	})
+	// Today's Proxmox protocol: the dev append principal backs up through
+	// the PBS gateway with its API token; the read principal restores.
+	t.Run("PBS backup and restore", func(t *testing.T) {
+		epoch := time.Now().Add(-time.Minute).Unix()
+		chunks := make([][]byte, 4)
+		for i := range chunks {
+			chunks[i] = make([]byte, 200<<10)
+			rand.Read(chunks[i])
+		}
+		b, err := pbstest.Open(t, s.pbsAddr, "//api2/json/backup", pbs.BackupProtocol, "PBSAPIToken=dev-append:"+s.appendToken, pbstest.Query("default", "host", "e2e-pbs", epoch))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := b.Backup("root.pxar.didx", "e2e-pbs", epoch, chunks, map[string]bool{}, nil); n != len(chunks) {
+			t.Fatalf("uploaded %d chunks, want %d", n, len(chunks))
+		}
+		r, err := pbstest.Open(t, s.pbsAddr, "/api2/json/reader", pbs.ReaderProtocol, "PBSAPIToken dev-read:"+s.readToken, pbstest.Query("default", "host", "e2e-pbs", epoch))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(r.Restore("root.pxar.didx"), bytes.Join(chunks, nil)) {
+			t.Fatal("the PBS restore differs from the backup")
+		}
+		if _, err := pbstest.Open(t, s.pbsAddr, "/api2/json/backup", pbs.BackupProtocol, "PBSAPIToken=dev-read:"+s.readToken, pbstest.Query("default", "host", "e2e-pbs", epoch+1)); err == nil || !strings.HasPrefix(err.Error(), "403") {
+			t.Fatalf("a backup with the read token: %v, want 403", err)
 		}
 	})
 	t.Run("MinIO restart", func(t *testing.T) {
