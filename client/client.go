@@ -45,6 +45,12 @@ type Upload struct {
 	Algorithm chunkbridgev1.DigestAlgorithm
 	Encoding  chunkbridgev1.Encoding
 	Data      []byte
+	// Encrypted stores Data, an encrypted DataBlob (Encoding
+	// ENCODING_DATABLOB), in the encrypted space: as sent, once its CRC is
+	// checked, since its id cannot be (docs/pbs.md). Size is then the
+	// uncompressed size the client declares.
+	Encrypted bool
+	Size      int64
 }
 
 // Chunk is one downloaded chunk. Err is this chunk's own failure (not
@@ -64,12 +70,12 @@ type Chunks struct{ t transport }
 
 // transport is what a Chunks needs from a way of reaching the service.
 type transport interface {
-	findMissing(ctx context.Context, ids []ID) ([]ID, error)
+	findMissing(ctx context.Context, ids []ID, encrypted bool) ([]ID, error)
 	stat(ctx context.Context, id ID) (*chunkbridgev1.ChunkInfo, error)
 	// openUpload opens a stream that will have at most window chunks
 	// unacknowledged.
 	openUpload(ctx context.Context, window int) (upStream, error)
-	openDownload(ctx context.Context, ids []ID, raw bool) (downStream, error)
+	openDownload(ctx context.Context, ids []ID, opts DownloadOptions) (downStream, error)
 	// openStored opens one chunk's stored bytes; the error may be a
 	// status or a typed error.
 	openStored(ctx context.Context, id ID) (io.ReadCloser, int64, error)
@@ -107,9 +113,19 @@ func NewLocal(svc *chunk.Service, window int) *Chunks {
 
 // FindMissing returns the ids of ids that the store lacks, in order.
 func (c *Chunks) FindMissing(ctx context.Context, ids []ID) ([]ID, error) {
+	return c.findMissing(ctx, ids, false)
+}
+
+// FindMissingEncrypted is FindMissing in the encrypted space: an id
+// stored only as a plain chunk is missing there.
+func (c *Chunks) FindMissingEncrypted(ctx context.Context, ids []ID) ([]ID, error) {
+	return c.findMissing(ctx, ids, true)
+}
+
+func (c *Chunks) findMissing(ctx context.Context, ids []ID, encrypted bool) ([]ID, error) {
 	var missing []ID
 	for off := 0; off < len(ids); off += maxIDsPerCall {
-		m, err := c.t.findMissing(ctx, ids[off:min(len(ids), off+maxIDsPerCall)])
+		m, err := c.t.findMissing(ctx, ids[off:min(len(ids), off+maxIDsPerCall)], encrypted)
 		if err != nil {
 			return nil, fmt.Errorf("find missing chunks: %w", apierr.FromStatus(err))
 		}

@@ -14,6 +14,9 @@ type DownloadOptions struct {
 	// Raw asks for the uncompressed, re-verified data; otherwise chunks
 	// come as stored (a zstd frame), without decoding.
 	Raw bool
+	// Encrypted reads from the encrypted space: chunks come as stored
+	// (ENCODING_DATABLOB), their CRC checked, whatever Raw says.
+	Encrypted bool
 }
 
 // Download yields chunks in the order of the ids asked for. The service
@@ -24,7 +27,7 @@ type Download struct {
 	cancel context.CancelFunc
 	t      transport
 	ids    []ID
-	raw    bool
+	opts   DownloadOptions
 	next   int // index of the first id not yet asked of the service
 	s      downStream
 	err    error
@@ -33,7 +36,7 @@ type Download struct {
 // Download starts fetching ids; Next yields them.
 func (c *Chunks) Download(ctx context.Context, ids []ID, opts DownloadOptions) *Download {
 	ctx, cancel := context.WithCancel(ctx)
-	return &Download{ctx: ctx, cancel: cancel, t: c.t, ids: ids, raw: opts.Raw}
+	return &Download{ctx: ctx, cancel: cancel, t: c.t, ids: ids, opts: opts}
 }
 
 // Next returns the next chunk; a chunk that could not be read has Err set
@@ -52,7 +55,7 @@ func (d *Download) Next() (Chunk, error) {
 				return Chunk{}, io.EOF
 			}
 			batch := d.ids[d.next:min(len(d.ids), d.next+maxIDsPerCall)]
-			s, err := d.t.openDownload(d.ctx, batch, d.raw)
+			s, err := d.t.openDownload(d.ctx, batch, d.opts)
 			if err != nil {
 				return Chunk{}, d.fail(err)
 			}

@@ -25,8 +25,8 @@ func hexIDs(ids []ID) []string {
 	return out
 }
 
-func (t grpcTransport) findMissing(ctx context.Context, ids []ID) ([]ID, error) {
-	resp, err := t.c.FindMissingChunks(ctx, &chunkbridgev1.FindMissingChunksRequest{Ids: hexIDs(ids)})
+func (t grpcTransport) findMissing(ctx context.Context, ids []ID, encrypted bool) ([]ID, error) {
+	resp, err := t.c.FindMissingChunks(ctx, &chunkbridgev1.FindMissingChunksRequest{Ids: hexIDs(ids), Encrypted: encrypted})
 	if err != nil {
 		return nil, err
 	}
@@ -63,7 +63,7 @@ func (t grpcTransport) openUpload(ctx context.Context, _ int) (upStream, error) 
 // it; the Uploader still holds it until the acknowledgement, as the local
 // transport needs.
 func (g grpcUpload) send(u *Upload) error {
-	return g.s.Send(&chunkbridgev1.UploadChunksRequest{Id: u.ID.String(), Algorithm: u.Algorithm, Encoding: u.Encoding, Data: u.Data})
+	return g.s.Send(&chunkbridgev1.UploadChunksRequest{Id: u.ID.String(), Algorithm: u.Algorithm, Encoding: u.Encoding, Data: u.Data, Encrypted: u.Encrypted, Size: u.Size})
 }
 
 func (g grpcUpload) recv() (bool, error, error) {
@@ -80,12 +80,12 @@ type grpcDownload struct {
 	s chunkbridgev1.ChunkService_DownloadChunksClient
 }
 
-func (t grpcTransport) openDownload(ctx context.Context, ids []ID, raw bool) (downStream, error) {
+func (t grpcTransport) openDownload(ctx context.Context, ids []ID, opts DownloadOptions) (downStream, error) {
 	enc := chunkbridgev1.Encoding_ENCODING_ZSTD
-	if raw {
+	if opts.Raw {
 		enc = chunkbridgev1.Encoding_ENCODING_RAW
 	}
-	s, err := t.c.DownloadChunks(ctx, &chunkbridgev1.DownloadChunksRequest{Ids: hexIDs(ids), Encoding: enc})
+	s, err := t.c.DownloadChunks(ctx, &chunkbridgev1.DownloadChunksRequest{Ids: hexIDs(ids), Encoding: enc, Encrypted: opts.Encrypted})
 	if err != nil {
 		return nil, err
 	}
@@ -111,7 +111,7 @@ func (g grpcDownload) recv() (Chunk, error) {
 func (t grpcTransport) openStored(ctx context.Context, id ID) (io.ReadCloser, int64, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	s, err := t.openDownload(ctx, []ID{id}, false)
+	s, err := t.openDownload(ctx, []ID{id}, DownloadOptions{})
 	if err != nil {
 		return nil, 0, err
 	}

@@ -23,7 +23,10 @@ type localTransport struct {
 	window int
 }
 
-func (t *localTransport) findMissing(ctx context.Context, ids []ID) ([]ID, error) {
+func (t *localTransport) findMissing(ctx context.Context, ids []ID, encrypted bool) ([]ID, error) {
+	if encrypted {
+		ctx = chunk.Encrypted(ctx)
+	}
 	return t.svc.FindMissing(ctx, ids)
 }
 
@@ -75,12 +78,16 @@ func (l *localUpload) send(u *Upload) error {
 		<-l.running
 		return io.ErrShortBuffer // more unacknowledged chunks than the Uploader's window
 	}
-	up := chunk.Upload{ID: u.ID, Algorithm: u.Algorithm, Encoding: u.Encoding, Data: u.Data}
+	up := chunk.Upload{ID: u.ID, Algorithm: u.Algorithm, Encoding: u.Encoding, Data: u.Data, Size: u.Size}
+	ctx := l.ctx
+	if u.Encrypted {
+		ctx = chunk.Encrypted(ctx)
+	}
 	go func() {
 		var r putResult
 		defer func() { <-l.running; res <- r }()
 		defer recovered("put", up.ID, &r.err)
-		r.created, r.err = l.svc.Put(l.ctx, up)
+		r.created, r.err = l.svc.Put(ctx, up)
 	}()
 	return nil
 }
@@ -119,8 +126,12 @@ type localDownload struct {
 
 // openDownload reads ahead at most window chunks, as the gRPC server does;
 // a caller that stops reading stops the reads.
-func (t *localTransport) openDownload(ctx context.Context, ids []ID, raw bool) (downStream, error) {
+func (t *localTransport) openDownload(ctx context.Context, ids []ID, opts DownloadOptions) (downStream, error) {
 	d := &localDownload{ctx: ctx, pending: make(chan chan Chunk, t.window-1)}
+	gctx := ctx
+	if opts.Encrypted {
+		gctx = chunk.Encrypted(ctx)
+	}
 	go func() {
 		defer close(d.pending)
 		for _, id := range ids {
@@ -137,7 +148,7 @@ func (t *localTransport) openDownload(ctx context.Context, ids []ID, raw bool) (
 					res <- Chunk{ID: id, Algorithm: c.Algorithm, Size: c.Size, Encoding: c.Encoding, Data: c.Data, Err: err}
 				}()
 				defer recovered("get", id, &err)
-				c, err = t.svc.Get(ctx, id, raw)
+				c, err = t.svc.Get(gctx, id, opts.Raw)
 			}()
 		}
 	}()

@@ -21,6 +21,33 @@ import (
 // domain, so tenants in different domains share nothing, not even the
 // answer "already stored".
 
+// EncryptedPrefix holds, inside a domain's chunk space, the space of
+// encrypted chunks (docs/pbs.md, encrypted backups): the DataBlobs
+// clients sent, which the server cannot decrypt, so cannot re-hash. It has
+// the plain space's layout under its own prefix (encrypted/chunks/…,
+// encrypted/quarantine/…), so that garbage collection, verification and
+// statistics walk it with the plain space's code; casync, which reads
+// chunks/ only, never sees it. The .cacnk suffix there names the layout,
+// not the content: each object is a DataBlob, not a zstd frame.
+const EncryptedPrefix = "encrypted/"
+
+type encryptedKey struct{}
+
+// Encrypted returns ctx for calls on the encrypted space of the domain
+// they work in: Put stores the DataBlob as sent after its CRC check,
+// FindMissing, Sizes, Stat and Get look only there. A plain chunk and an
+// encrypted chunk of one id are two objects, and neither answers an
+// existence check for the other.
+func Encrypted(ctx context.Context) context.Context {
+	return context.WithValue(ctx, encryptedKey{}, true)
+}
+
+// IsEncrypted reports whether ctx works on the encrypted space.
+func IsEncrypted(ctx context.Context) bool {
+	e, _ := ctx.Value(encryptedKey{}).(bool)
+	return e
+}
+
 // DomainPrefix is where domain's chunk space lives in the store.
 func DomainPrefix(domain string) string {
 	if domain == auth.DefaultDomain {
@@ -54,9 +81,17 @@ func InDomain(ctx context.Context, domain string) context.Context {
 
 // domain is one dedup domain as this process uses it.
 type domain struct {
-	name  string
-	num   uint32 // its number in the presence cache's keys
-	store storage.Store
+	name      string
+	encrypted bool   // the domain's encrypted space
+	prefix    string // where store is in the root
+	num       uint32 // its number in the presence cache's keys
+	store     storage.Store
+}
+
+// spaceKey names a chunk space: a domain's plain or encrypted one.
+type spaceKey struct {
+	name      string
+	encrypted bool
 }
 
 // domains holds the domains this process has used, and the tenant
@@ -66,30 +101,37 @@ type domains struct {
 	// onBind is called when this process bound a tenant to a domain.
 	onBind func()
 	mu     sync.RWMutex
-	byNm   map[string]*domain
+	byNm   map[spaceKey]*domain
 	bound  map[string]string // tenant → domain, as read or written
 }
 
 func newDomains(root storage.Store) *domains {
-	d := &domains{root: root, byNm: map[string]*domain{}, bound: map[string]string{}}
-	d.get(auth.DefaultDomain) // number 0
+	d := &domains{root: root, byNm: map[spaceKey]*domain{}, bound: map[string]string{}}
+	d.get(auth.DefaultDomain, false) // number 0
 	return d
 }
 
-func (ds *domains) get(name string) *domain {
+// get returns a domain's plain or encrypted space; each has its own
+// number, so the presence cache never answers for the other.
+func (ds *domains) get(name string, encrypted bool) *domain {
+	k := spaceKey{name, encrypted}
 	ds.mu.RLock()
-	d, ok := ds.byNm[name]
+	d, ok := ds.byNm[k]
 	ds.mu.RUnlock()
 	if ok {
 		return d
 	}
 	ds.mu.Lock()
 	defer ds.mu.Unlock()
-	if d, ok := ds.byNm[name]; ok {
+	if d, ok := ds.byNm[k]; ok {
 		return d
 	}
-	d = &domain{name: name, num: uint32(len(ds.byNm)), store: storage.Prefixed(ds.root, DomainPrefix(name))}
-	ds.byNm[name] = d
+	prefix := DomainPrefix(name)
+	if encrypted {
+		prefix += EncryptedPrefix
+	}
+	d = &domain{name: name, encrypted: encrypted, prefix: prefix, num: uint32(len(ds.byNm)), store: storage.Prefixed(ds.root, prefix)}
+	ds.byNm[k] = d
 	return d
 }
 
@@ -104,22 +146,23 @@ func (ds *domains) count() uint32 {
 // after checking the principal's tenant is bound to it. strict makes the
 // check for admins too (a commit: their files are their tenant's).
 func (ds *domains) of(ctx context.Context, strict bool) (*domain, error) {
+	enc := IsEncrypted(ctx)
 	if name, ok := ctx.Value(domainKey{}).(string); ok {
-		return ds.get(name), nil
+		return ds.get(name, enc), nil
 	}
 	p := auth.FromContext(ctx)
 	name := p.DedupDomain()
 	if p.Role == auth.RoleAdmin && !strict {
 		// An admin works on any domain's chunks (verify --repair-from
 		// names one); its own files still go through the strict check.
-		return ds.get(name), nil
+		return ds.get(name, enc), nil
 	}
 	if p.Tenant != auth.DefaultTenant || name != auth.DefaultDomain {
 		if err := ds.bind(ctx, p.Tenant, name); err != nil {
 			return nil, err
 		}
 	}
-	return ds.get(name), nil
+	return ds.get(name, enc), nil
 }
 
 // bind checks that tenant is bound to domain, binding it if it is not
@@ -205,7 +248,12 @@ func Bindings(ctx context.Context, store storage.Store) (map[string]string, erro
 }
 
 // DomainStore is domain's chunk space: its chunks/ and quarantine/.
-func (s *Service) DomainStore(domain string) storage.Store { return s.domains.get(domain).store }
+func (s *Service) DomainStore(domain string) storage.Store { return s.domains.get(domain, false).store }
+
+// EncryptedStore is domain's encrypted space, laid out as DomainStore.
+func (s *Service) EncryptedStore(domain string) storage.Store {
+	return s.domains.get(domain, true).store
+}
 
 // DomainOf is the chunk space ctx's principal works in, once its
 // tenant's binding is checked (written, for a tenant's first use): a

@@ -52,6 +52,9 @@ func (s *Server) FindMissingChunks(ctx context.Context, req *chunkbridgev1.FindM
 	if err != nil {
 		return nil, err
 	}
+	if req.GetEncrypted() {
+		ctx = Encrypted(ctx)
+	}
 	missing, err := s.svc.FindMissing(ctx, ids)
 	if err != nil {
 		return nil, apierr.Status(err)
@@ -68,6 +71,9 @@ func (s *Server) StatChunk(ctx context.Context, req *chunkbridgev1.StatChunkRequ
 	id, err := ParseID(req.GetId())
 	if err != nil {
 		return nil, apierr.Status(err)
+	}
+	if req.GetEncrypted() {
+		ctx = Encrypted(ctx)
 	}
 	info, err := s.svc.Stat(ctx, id)
 	if err != nil {
@@ -123,7 +129,10 @@ func (s *Server) upload(ctx context.Context, req *chunkbridgev1.UploadChunksRequ
 	resp := &chunkbridgev1.UploadChunksResponse{Id: req.GetId()}
 	id, err := ParseID(req.GetId())
 	if err == nil {
-		resp.Created, err = s.svc.Put(ctx, Upload{ID: id, Algorithm: req.GetAlgorithm(), Encoding: req.GetEncoding(), Data: req.GetData()})
+		if req.GetEncrypted() {
+			ctx = Encrypted(ctx)
+		}
+		resp.Created, err = s.svc.Put(ctx, Upload{ID: id, Algorithm: req.GetAlgorithm(), Encoding: req.GetEncoding(), Data: req.GetData(), Size: req.GetSize()})
 	}
 	if err != nil {
 		resp.Code, resp.Message = int32(apierr.Code(err)), err.Error()
@@ -139,6 +148,10 @@ func (s *Server) DownloadChunks(req *chunkbridgev1.DownloadChunksRequest, stream
 	if err != nil {
 		return err
 	}
+	sctx := stream.Context()
+	if req.GetEncrypted() {
+		sctx = Encrypted(sctx)
+	}
 	var raw bool
 	switch req.GetEncoding() {
 	case chunkbridgev1.Encoding_ENCODING_UNSPECIFIED, chunkbridgev1.Encoding_ENCODING_ZSTD:
@@ -150,12 +163,12 @@ func (s *Server) DownloadChunks(req *chunkbridgev1.DownloadChunksRequest, stream
 	if len(ids) == 1 {
 		// One chunk (an HTTP GET, for one): nothing to read ahead, so no
 		// goroutine and queue per call.
-		if err := stream.Send(s.download(stream.Context(), ids[0], raw)); err != nil {
+		if err := stream.Send(s.download(sctx, ids[0], raw)); err != nil {
 			return err
 		}
 		return apierr.Status(stream.Context().Err())
 	}
-	ctx, cancel := context.WithCancel(stream.Context())
+	ctx, cancel := context.WithCancel(sctx)
 	defer cancel()
 	pending := make(chan chan *chunkbridgev1.DownloadChunksResponse, s.window-1)
 	go func() {

@@ -130,7 +130,7 @@ func (s *Service) Quarantine(ctx context.Context, id ID, reason string) (string,
 
 	now := time.Now()
 	key := quarantineKey(id, stored, info.Size)
-	shown := DomainPrefix(d.name) + key // the object's name in the store
+	shown := d.prefix + key // the object's name in the store
 	meta := storage.Metadata{}
 	for k, v := range info.Metadata {
 		meta[k] = v
@@ -166,6 +166,9 @@ func (s *Service) Quarantine(ctx context.Context, id ID, reason string) (string,
 
 // intact reports whether stored decodes and hashes to id.
 func (s *Service) intact(id ID, meta storage.Metadata, stored []byte) bool {
+	if meta[metaEncrypted] == "true" {
+		return checkEncrypted(id, stored) == nil
+	}
 	data, err := s.codec.decode(chunkbridgev1.Encoding_ENCODING_ZSTD, stored)
 	if err != nil {
 		return false

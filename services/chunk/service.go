@@ -122,6 +122,10 @@ type Upload struct {
 	Algorithm chunkbridgev1.DigestAlgorithm
 	Encoding  chunkbridgev1.Encoding
 	Data      []byte
+	// Size is the uncompressed size the client declares for an encrypted
+	// chunk (ENCODING_DATABLOB), which the server cannot decode to learn
+	// it; ignored otherwise.
+	Size int64
 }
 
 // Put verifies and stores one chunk. It reports created=false for a chunk
@@ -148,6 +152,9 @@ func (s *Service) Put(ctx context.Context, u Upload) (created bool, err error) {
 		return false, err
 	}
 	defer s.release()
+	if d.encrypted {
+		return s.putEncrypted(ctx, d, u)
+	}
 
 	data, err := s.codec.decode(u.Encoding, u.Data)
 	if err != nil {
@@ -344,6 +351,15 @@ func (s *Service) Get(ctx context.Context, id ID, raw bool) (Chunk, error) {
 	c := Chunk{ID: id, Algorithm: parseAlgorithm(info.Metadata[metaAlgorithm]), Encoding: chunkbridgev1.Encoding_ENCODING_ZSTD, Data: stored}
 	c.Size, _ = strconv.ParseInt(info.Metadata[metaSize], 10, 64)
 	s.metrics.bytesServed.Add(float64(len(stored)))
+	if d.encrypted {
+		// Served as stored whatever raw asks: only the client can decrypt.
+		// The CRC is the one check the server can make.
+		c.Encoding = chunkbridgev1.Encoding_ENCODING_DATABLOB
+		if err := checkEncrypted(id, stored); err != nil {
+			return Chunk{}, corrupt(err)
+		}
+		return c, nil
+	}
 	if !raw && c.Algorithm != chunkbridgev1.DigestAlgorithm_DIGEST_ALGORITHM_UNSPECIFIED && c.Size > 0 {
 		return c, nil
 	}
@@ -377,6 +393,11 @@ func (s *Service) OpenStored(ctx context.Context, id ID) (io.ReadCloser, int64, 
 	d, err := s.domains.of(ctx, false)
 	if err != nil {
 		return nil, 0, err
+	}
+	if d.encrypted {
+		// casync's HTTP store is its only caller: it must never get an
+		// encrypted chunk in place of a zstd frame.
+		return nil, 0, fmt.Errorf("chunk %s: %w: encrypted chunks are served by Get, as DataBlobs, not as casync chunks", id, apierr.ErrInvalid)
 	}
 	if err := s.mayRead(ctx, d, id); err != nil {
 		return nil, 0, err
@@ -442,7 +463,7 @@ func (s *Service) Stat(ctx context.Context, id ID) (*chunkbridgev1.ChunkInfo, er
 	}
 	alg := parseAlgorithm(info.Metadata[metaAlgorithm])
 	size, _ := strconv.ParseInt(info.Metadata[metaSize], 10, 64)
-	if alg == chunkbridgev1.DigestAlgorithm_DIGEST_ALGORITHM_UNSPECIFIED || size <= 0 {
+	if !d.encrypted && (alg == chunkbridgev1.DigestAlgorithm_DIGEST_ALGORITHM_UNSPECIFIED || size <= 0) {
 		c, err := s.Get(ctx, id, false)
 		if err != nil {
 			return nil, err
@@ -450,7 +471,7 @@ func (s *Service) Stat(ctx context.Context, id ID) (*chunkbridgev1.ChunkInfo, er
 		alg, size = c.Algorithm, c.Size
 	}
 	s.presence.add(pkey{d.num, id}, size, gen)
-	return &chunkbridgev1.ChunkInfo{Id: id.String(), Algorithm: alg, Size: size, StoredSize: info.Size}, nil
+	return &chunkbridgev1.ChunkInfo{Id: id.String(), Algorithm: alg, Size: size, StoredSize: info.Size, Encrypted: d.encrypted}, nil
 }
 
 // Counters are what this process has done since it started.

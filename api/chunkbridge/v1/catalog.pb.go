@@ -598,7 +598,9 @@ type SnapshotFileInfo struct {
 	// Fixed files: the chunk size.
 	ChunkSize int64 `protobuf:"varint,6,opt,name=chunk_size,json=chunkSize,proto3" json:"chunk_size,omitempty"`
 	// Size of the index file.
-	Size          int64 `protobuf:"varint,7,opt,name=size,proto3" json:"size,omitempty"`
+	Size int64 `protobuf:"varint,7,opt,name=size,proto3" json:"size,omitempty"`
+	// Its chunks are encrypted (see WriteSnapshotFileRequest.Create).
+	Encrypted     bool `protobuf:"varint,8,opt,name=encrypted,proto3" json:"encrypted,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -680,6 +682,13 @@ func (x *SnapshotFileInfo) GetSize() int64 {
 		return x.Size
 	}
 	return 0
+}
+
+func (x *SnapshotFileInfo) GetEncrypted() bool {
+	if x != nil {
+		return x.Encrypted
+	}
+	return false
 }
 
 // Snapshot is one backup of one backup id at one time.
@@ -1643,7 +1652,11 @@ type WriteSnapshotFileRequest_Create struct {
 	// Fixed files: the image size; dynamic files: 0.
 	FileSize int64 `protobuf:"varint,7,opt,name=file_size,json=fileSize,proto3" json:"file_size,omitempty"`
 	// Fail if the file already exists in the snapshot.
-	Exclusive     bool `protobuf:"varint,8,opt,name=exclusive,proto3" json:"exclusive,omitempty"`
+	Exclusive bool `protobuf:"varint,8,opt,name=exclusive,proto3" json:"exclusive,omitempty"`
+	// The file's chunks are encrypted (a PBS archive with crypt-mode
+	// encrypt): entries are checked in the encrypted chunk space, and the
+	// file is never served to casync.
+	Encrypted     bool `protobuf:"varint,9,opt,name=encrypted,proto3" json:"encrypted,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1730,6 +1743,13 @@ func (x *WriteSnapshotFileRequest_Create) GetFileSize() int64 {
 func (x *WriteSnapshotFileRequest_Create) GetExclusive() bool {
 	if x != nil {
 		return x.Exclusive
+	}
+	return false
+}
+
+func (x *WriteSnapshotFileRequest_Create) GetEncrypted() bool {
+	if x != nil {
+		return x.Encrypted
 	}
 	return false
 }
@@ -2075,7 +2095,7 @@ const file_chunkbridge_v1_catalog_proto_rawDesc = "" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"(\n" +
 	"\x12DeleteIndexRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"\x15\n" +
-	"\x13DeleteIndexResponse\"\xc7\x01\n" +
+	"\x13DeleteIndexResponse\"\xe5\x01\n" +
 	"\x10SnapshotFileInfo\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
@@ -2085,7 +2105,8 @@ const file_chunkbridge_v1_catalog_proto_rawDesc = "" +
 	"chunkCount\x12\x1d\n" +
 	"\n" +
 	"chunk_size\x18\x06 \x01(\x03R\tchunkSize\x12\x12\n" +
-	"\x04size\x18\a \x01(\x03R\x04size\"\xdb\x01\n" +
+	"\x04size\x18\a \x01(\x03R\x04size\x12\x1c\n" +
+	"\tencrypted\x18\b \x01(\bR\tencrypted\"\xdb\x01\n" +
 	"\bSnapshot\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x1b\n" +
 	"\tbackup_id\x18\x02 \x01(\tR\bbackupId\x12.\n" +
@@ -2094,11 +2115,11 @@ const file_chunkbridge_v1_catalog_proto_rawDesc = "" +
 	"\x05blobs\x18\x05 \x03(\v2 .chunkbridge.v1.SnapshotBlobInfoR\x05blobs\":\n" +
 	"\x10SnapshotBlobInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
-	"\x04size\x18\x02 \x01(\x03R\x04size\"\xa2\x05\n" +
+	"\x04size\x18\x02 \x01(\x03R\x04size\"\xc0\x05\n" +
 	"\x18WriteSnapshotFileRequest\x12I\n" +
 	"\x06create\x18\x01 \x01(\v2/.chunkbridge.v1.WriteSnapshotFileRequest.CreateH\x00R\x06create\x12L\n" +
 	"\aentries\x18\x02 \x01(\v20.chunkbridge.v1.WriteSnapshotFileRequest.EntriesH\x00R\aentries\x12I\n" +
-	"\x06commit\x18\x03 \x01(\v2/.chunkbridge.v1.WriteSnapshotFileRequest.CommitH\x00R\x06commit\x1a\xed\x01\n" +
+	"\x06commit\x18\x03 \x01(\v2/.chunkbridge.v1.WriteSnapshotFileRequest.CommitH\x00R\x06commit\x1a\x8b\x02\n" +
 	"\x06Create\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x1b\n" +
 	"\tbackup_id\x18\x02 \x01(\tR\bbackupId\x12.\n" +
@@ -2108,7 +2129,8 @@ const file_chunkbridge_v1_catalog_proto_rawDesc = "" +
 	"\n" +
 	"chunk_size\x18\x06 \x01(\x03R\tchunkSize\x12\x1b\n" +
 	"\tfile_size\x18\a \x01(\x03R\bfileSize\x12\x1c\n" +
-	"\texclusive\x18\b \x01(\bR\texclusive\x1aK\n" +
+	"\texclusive\x18\b \x01(\bR\texclusive\x12\x1c\n" +
+	"\tencrypted\x18\t \x01(\bR\tencrypted\x1aK\n" +
 	"\x05Entry\x12\x12\n" +
 	"\x04slot\x18\x01 \x01(\x03R\x04slot\x12\x16\n" +
 	"\x06offset\x18\x02 \x01(\x03R\x06offset\x12\x16\n" +

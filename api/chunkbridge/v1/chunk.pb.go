@@ -84,6 +84,9 @@ const (
 	Encoding_ENCODING_ZSTD Encoding = 2
 	Encoding_ENCODING_XZ   Encoding = 3
 	Encoding_ENCODING_GZIP Encoding = 4
+	// A Proxmox DataBlob of an encrypted kind, as the client sent it: how
+	// encrypted chunks are uploaded and served (see the encrypted flags).
+	Encoding_ENCODING_DATABLOB Encoding = 5
 )
 
 // Enum value maps for Encoding.
@@ -94,6 +97,7 @@ var (
 		2: "ENCODING_ZSTD",
 		3: "ENCODING_XZ",
 		4: "ENCODING_GZIP",
+		5: "ENCODING_DATABLOB",
 	}
 	Encoding_value = map[string]int32{
 		"ENCODING_UNSPECIFIED": 0,
@@ -101,6 +105,7 @@ var (
 		"ENCODING_ZSTD":        2,
 		"ENCODING_XZ":          3,
 		"ENCODING_GZIP":        4,
+		"ENCODING_DATABLOB":    5,
 	}
 )
 
@@ -134,7 +139,9 @@ func (Encoding) EnumDescriptor() ([]byte, []int) {
 type FindMissingChunksRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Chunk ids, 64 hex characters each.
-	Ids           []string `protobuf:"bytes,1,rep,name=ids,proto3" json:"ids,omitempty"`
+	Ids []string `protobuf:"bytes,1,rep,name=ids,proto3" json:"ids,omitempty"`
+	// Look in the encrypted space (see UploadChunksRequest.encrypted).
+	Encrypted     bool `protobuf:"varint,2,opt,name=encrypted,proto3" json:"encrypted,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -174,6 +181,13 @@ func (x *FindMissingChunksRequest) GetIds() []string {
 		return x.Ids
 	}
 	return nil
+}
+
+func (x *FindMissingChunksRequest) GetEncrypted() bool {
+	if x != nil {
+		return x.Encrypted
+	}
+	return false
 }
 
 type FindMissingChunksResponse struct {
@@ -230,7 +244,15 @@ type UploadChunksRequest struct {
 	// How data is compressed.
 	Encoding Encoding `protobuf:"varint,3,opt,name=encoding,proto3,enum=chunkbridge.v1.Encoding" json:"encoding,omitempty"`
 	// The payload; at most 16 MiB, and at most 16 MiB once decoded.
-	Data          []byte `protobuf:"bytes,4,opt,name=data,proto3" json:"data,omitempty"`
+	Data []byte `protobuf:"bytes,4,opt,name=data,proto3" json:"data,omitempty"`
+	// An encrypted chunk (a PBS backup with crypt-mode encrypt): data is a
+	// DataBlob of an encrypted kind (encoding ENCODING_DATABLOB), stored as
+	// sent once its CRC is checked, in the encrypted space, apart from plain
+	// chunks and never served to casync. id is the client's keyed digest,
+	// which the server cannot check.
+	Encrypted bool `protobuf:"varint,5,opt,name=encrypted,proto3" json:"encrypted,omitempty"`
+	// The uncompressed size the client declares; required when encrypted.
+	Size          int64 `protobuf:"varint,6,opt,name=size,proto3" json:"size,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -291,6 +313,20 @@ func (x *UploadChunksRequest) GetData() []byte {
 		return x.Data
 	}
 	return nil
+}
+
+func (x *UploadChunksRequest) GetEncrypted() bool {
+	if x != nil {
+		return x.Encrypted
+	}
+	return false
+}
+
+func (x *UploadChunksRequest) GetSize() int64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
 }
 
 type UploadChunksResponse struct {
@@ -373,7 +409,10 @@ type DownloadChunksRequest struct {
 	Ids []string `protobuf:"bytes,1,rep,name=ids,proto3" json:"ids,omitempty"`
 	// ENCODING_ZSTD (or unspecified) returns the stored bytes; ENCODING_RAW
 	// returns the decoded, re-verified data.
-	Encoding      Encoding `protobuf:"varint,2,opt,name=encoding,proto3,enum=chunkbridge.v1.Encoding" json:"encoding,omitempty"`
+	Encoding Encoding `protobuf:"varint,2,opt,name=encoding,proto3,enum=chunkbridge.v1.Encoding" json:"encoding,omitempty"`
+	// Read from the encrypted space: chunks come as stored, ENCODING_DATABLOB,
+	// with their CRC checked, whatever encoding asks.
+	Encrypted     bool `protobuf:"varint,3,opt,name=encrypted,proto3" json:"encrypted,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -420,6 +459,13 @@ func (x *DownloadChunksRequest) GetEncoding() Encoding {
 		return x.Encoding
 	}
 	return Encoding_ENCODING_UNSPECIFIED
+}
+
+func (x *DownloadChunksRequest) GetEncrypted() bool {
+	if x != nil {
+		return x.Encrypted
+	}
+	return false
 }
 
 type DownloadChunksResponse struct {
@@ -520,8 +566,10 @@ func (x *DownloadChunksResponse) GetSize() int64 {
 }
 
 type StatChunkRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Look in the encrypted space.
+	Encrypted     bool `protobuf:"varint,2,opt,name=encrypted,proto3" json:"encrypted,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -561,6 +609,13 @@ func (x *StatChunkRequest) GetId() string {
 		return x.Id
 	}
 	return ""
+}
+
+func (x *StatChunkRequest) GetEncrypted() bool {
+	if x != nil {
+		return x.Encrypted
+	}
+	return false
 }
 
 type StatChunkResponse struct {
@@ -615,7 +670,10 @@ type ChunkInfo struct {
 	// Uncompressed size in bytes.
 	Size int64 `protobuf:"varint,3,opt,name=size,proto3" json:"size,omitempty"`
 	// Size of the stored (zstd) object in bytes.
-	StoredSize    int64 `protobuf:"varint,4,opt,name=stored_size,json=storedSize,proto3" json:"stored_size,omitempty"`
+	StoredSize int64 `protobuf:"varint,4,opt,name=stored_size,json=storedSize,proto3" json:"stored_size,omitempty"`
+	// The chunk is in the encrypted space: stored_size is its DataBlob's,
+	// size what the client declared.
+	Encrypted     bool `protobuf:"varint,5,opt,name=encrypted,proto3" json:"encrypted,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -678,28 +736,39 @@ func (x *ChunkInfo) GetStoredSize() int64 {
 	return 0
 }
 
+func (x *ChunkInfo) GetEncrypted() bool {
+	if x != nil {
+		return x.Encrypted
+	}
+	return false
+}
+
 var File_chunkbridge_v1_chunk_proto protoreflect.FileDescriptor
 
 const file_chunkbridge_v1_chunk_proto_rawDesc = "" +
 	"\n" +
-	"\x1achunkbridge/v1/chunk.proto\x12\x0echunkbridge.v1\",\n" +
+	"\x1achunkbridge/v1/chunk.proto\x12\x0echunkbridge.v1\"J\n" +
 	"\x18FindMissingChunksRequest\x12\x10\n" +
-	"\x03ids\x18\x01 \x03(\tR\x03ids\"5\n" +
+	"\x03ids\x18\x01 \x03(\tR\x03ids\x12\x1c\n" +
+	"\tencrypted\x18\x02 \x01(\bR\tencrypted\"5\n" +
 	"\x19FindMissingChunksResponse\x12\x18\n" +
-	"\amissing\x18\x01 \x03(\tR\amissing\"\xae\x01\n" +
+	"\amissing\x18\x01 \x03(\tR\amissing\"\xe0\x01\n" +
 	"\x13UploadChunksRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12=\n" +
 	"\talgorithm\x18\x02 \x01(\x0e2\x1f.chunkbridge.v1.DigestAlgorithmR\talgorithm\x124\n" +
 	"\bencoding\x18\x03 \x01(\x0e2\x18.chunkbridge.v1.EncodingR\bencoding\x12\x12\n" +
-	"\x04data\x18\x04 \x01(\fR\x04data\"n\n" +
+	"\x04data\x18\x04 \x01(\fR\x04data\x12\x1c\n" +
+	"\tencrypted\x18\x05 \x01(\bR\tencrypted\x12\x12\n" +
+	"\x04size\x18\x06 \x01(\x03R\x04size\"n\n" +
 	"\x14UploadChunksResponse\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04code\x18\x02 \x01(\x05R\x04code\x12\x18\n" +
 	"\amessage\x18\x03 \x01(\tR\amessage\x12\x18\n" +
-	"\acreated\x18\x04 \x01(\bR\acreated\"_\n" +
+	"\acreated\x18\x04 \x01(\bR\acreated\"}\n" +
 	"\x15DownloadChunksRequest\x12\x10\n" +
 	"\x03ids\x18\x01 \x03(\tR\x03ids\x124\n" +
-	"\bencoding\x18\x02 \x01(\x0e2\x18.chunkbridge.v1.EncodingR\bencoding\"\xf3\x01\n" +
+	"\bencoding\x18\x02 \x01(\x0e2\x18.chunkbridge.v1.EncodingR\bencoding\x12\x1c\n" +
+	"\tencrypted\x18\x03 \x01(\bR\tencrypted\"\xf3\x01\n" +
 	"\x16DownloadChunksResponse\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04code\x18\x02 \x01(\x05R\x04code\x12\x18\n" +
@@ -707,27 +776,30 @@ const file_chunkbridge_v1_chunk_proto_rawDesc = "" +
 	"\bencoding\x18\x04 \x01(\x0e2\x18.chunkbridge.v1.EncodingR\bencoding\x12\x12\n" +
 	"\x04data\x18\x05 \x01(\fR\x04data\x12=\n" +
 	"\talgorithm\x18\x06 \x01(\x0e2\x1f.chunkbridge.v1.DigestAlgorithmR\talgorithm\x12\x12\n" +
-	"\x04size\x18\a \x01(\x03R\x04size\"\"\n" +
+	"\x04size\x18\a \x01(\x03R\x04size\"@\n" +
 	"\x10StatChunkRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"D\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1c\n" +
+	"\tencrypted\x18\x02 \x01(\bR\tencrypted\"D\n" +
 	"\x11StatChunkResponse\x12/\n" +
-	"\x05chunk\x18\x01 \x01(\v2\x19.chunkbridge.v1.ChunkInfoR\x05chunk\"\x8f\x01\n" +
+	"\x05chunk\x18\x01 \x01(\v2\x19.chunkbridge.v1.ChunkInfoR\x05chunk\"\xad\x01\n" +
 	"\tChunkInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12=\n" +
 	"\talgorithm\x18\x02 \x01(\x0e2\x1f.chunkbridge.v1.DigestAlgorithmR\talgorithm\x12\x12\n" +
 	"\x04size\x18\x03 \x01(\x03R\x04size\x12\x1f\n" +
 	"\vstored_size\x18\x04 \x01(\x03R\n" +
-	"storedSize*q\n" +
+	"storedSize\x12\x1c\n" +
+	"\tencrypted\x18\x05 \x01(\bR\tencrypted*q\n" +
 	"\x0fDigestAlgorithm\x12 \n" +
 	"\x1cDIGEST_ALGORITHM_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17DIGEST_ALGORITHM_SHA256\x10\x01\x12\x1f\n" +
-	"\x1bDIGEST_ALGORITHM_SHA512_256\x10\x02*m\n" +
+	"\x1bDIGEST_ALGORITHM_SHA512_256\x10\x02*\x84\x01\n" +
 	"\bEncoding\x12\x18\n" +
 	"\x14ENCODING_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fENCODING_RAW\x10\x01\x12\x11\n" +
 	"\rENCODING_ZSTD\x10\x02\x12\x0f\n" +
 	"\vENCODING_XZ\x10\x03\x12\x11\n" +
-	"\rENCODING_GZIP\x10\x042\x8c\x03\n" +
+	"\rENCODING_GZIP\x10\x04\x12\x15\n" +
+	"\x11ENCODING_DATABLOB\x10\x052\x8c\x03\n" +
 	"\fChunkService\x12h\n" +
 	"\x11FindMissingChunks\x12(.chunkbridge.v1.FindMissingChunksRequest\x1a).chunkbridge.v1.FindMissingChunksResponse\x12]\n" +
 	"\fUploadChunks\x12#.chunkbridge.v1.UploadChunksRequest\x1a$.chunkbridge.v1.UploadChunksResponse(\x010\x01\x12a\n" +

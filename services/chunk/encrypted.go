@@ -1,0 +1,87 @@
+package chunk
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+
+	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
+	"github.com/chunkbridge/chunkbridge/auth"
+	"github.com/chunkbridge/chunkbridge/format"
+	"github.com/chunkbridge/chunkbridge/format/datablob"
+	"github.com/chunkbridge/chunkbridge/services/apierr"
+	"github.com/chunkbridge/chunkbridge/storage"
+)
+
+// metaEncrypted marks an object of the encrypted space, for a reader of
+// the store that sees the object alone (a quarantined copy, say).
+const metaEncrypted = "encrypted"
+
+// putEncrypted stores an encrypted chunk in d, the encrypted space: the
+// DataBlob as the client sent it, once its CRC is checked. Its id is the
+// client's keyed digest of data the server never sees, so unlike a plain
+// chunk's it is not verified: a client can only hurt its own backups
+// with a wrong one, since the space is never read by casync nor
+// deduplicated with plain chunks.
+func (s *Service) putEncrypted(ctx context.Context, d *domain, u Upload) (created bool, err error) {
+	if u.Encoding != chunkbridgev1.Encoding_ENCODING_DATABLOB {
+		return false, fmt.Errorf("chunk %s: %w: an encrypted chunk is sent as a DataBlob (ENCODING_DATABLOB), not %s", u.ID, apierr.ErrInvalid, u.Encoding)
+	}
+	if err := checkEncrypted(u.ID, u.Data); err != nil {
+		return false, err
+	}
+	if u.Size < 1 || u.Size > format.MaxChunk {
+		return false, fmt.Errorf("chunk %s: %w: declared size %d: want 1 to %d", u.ID, apierr.ErrInvalid, u.Size, format.MaxChunk)
+	}
+	k := pkey{d.num, u.ID}
+	s.received.Add(u.Size)
+	s.metrics.bytesReceived.Add(float64(u.Size))
+	if s.presence.has(k) {
+		s.uploaded(ctx, u.ID)
+		s.deduplicated.Add(1)
+		return false, nil
+	}
+	tenant := auth.FromContext(ctx).Tenant
+	if err := errors.Join(s.quota.LogicalFull(tenant), s.quota.CheckStored(ctx, tenant)); err != nil {
+		gen := s.presence.generation()
+		if _, serr := d.store.Stat(ctx, u.ID.Key()); serr != nil {
+			return false, fmt.Errorf("chunk %s: %w", u.ID, err)
+		}
+		s.presence.add(k, u.Size, gen)
+		s.uploaded(ctx, u.ID)
+		s.deduplicated.Add(1)
+		return false, nil
+	}
+	meta := storage.Metadata{metaAlgorithm: algorithmName(u.Algorithm), metaSize: strconv.FormatInt(u.Size, 10), MetaTenant: tenant, metaEncrypted: "true"}
+	gen := s.presence.generation()
+	created, err = d.store.PutIfAbsent(ctx, u.ID.Key(), bytes.NewReader(u.Data), int64(len(u.Data)), meta)
+	if err != nil {
+		return false, fmt.Errorf("encrypted chunk %s: %w", u.ID, err)
+	}
+	s.presence.add(k, u.Size, gen)
+	s.uploaded(ctx, u.ID)
+	if created {
+		s.quota.AddStored(tenant, int64(len(u.Data)))
+		s.written.Add(1)
+		s.metrics.bytesStored.Add(float64(len(u.Data)))
+	} else {
+		s.deduplicated.Add(1)
+	}
+	return created, nil
+}
+
+// checkEncrypted checks an encrypted chunk's DataBlob: one of the
+// encrypted kinds, whole, with its CRC right. A failure is a digest
+// mismatch, as for a plain chunk whose data does not hash to its id.
+func checkEncrypted(id ID, blob []byte) error {
+	b, err := datablob.ParseChunk(blob)
+	if err == nil && !b.Encrypted() {
+		return fmt.Errorf("chunk %s: %w: a %s DataBlob is not encrypted: send it as a plain chunk, whose digest the server checks", id, apierr.ErrInvalid, b.Kind)
+	}
+	if err != nil {
+		return fmt.Errorf("chunk %s: %w: encrypted DataBlob: %v", id, apierr.ErrDigestMismatch, err)
+	}
+	return nil
+}
