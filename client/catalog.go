@@ -332,6 +332,10 @@ type SnapshotCreate struct {
 	ChunkSize, FileSize int64
 	// Exclusive fails with apierr.ErrExists if the file is already there.
 	Exclusive bool
+	// Encrypted: the file's chunks were uploaded encrypted (Upload's
+	// Encrypted), so they are looked for in the encrypted space, and the
+	// file is never served to casync or PMXBCKUP.
+	Encrypted bool
 }
 
 // SnapshotEntry places one chunk: at Slot of a fixed file, or at Offset
@@ -352,6 +356,8 @@ type SnapshotFileInfo struct {
 	ChunkSize int64
 	// Size is the index file's.
 	Size int64
+	// Encrypted: the file's chunks are in the encrypted space.
+	Encrypted bool
 }
 
 // RefusedEntry is an entry the catalog cannot use; the stream goes on, but
@@ -387,6 +393,7 @@ func (c *Catalog) WriteSnapshotFile(ctx context.Context, create SnapshotCreate) 
 		msg := &chunkbridgev1.WriteSnapshotFileRequest_Create{
 			Type: create.Type, BackupId: create.BackupID, Name: create.Name,
 			Fixed: create.Fixed, ChunkSize: create.ChunkSize, FileSize: create.FileSize, Exclusive: create.Exclusive,
+			Encrypted: create.Encrypted,
 		}
 		if !create.Time.IsZero() {
 			msg.Time = timestamppb.New(create.Time)
@@ -508,7 +515,7 @@ func (w *SnapshotWriter) Next() (SnapshotFileInfo, error) {
 			f := step.Committed.GetFile()
 			return SnapshotFileInfo{
 				Path: f.GetPath(), Name: f.GetName(), Fixed: f.GetFixed(), ContentSize: f.GetContentSize(),
-				ChunkCount: f.GetChunkCount(), ChunkSize: f.GetChunkSize(), Size: f.GetSize(),
+				ChunkCount: f.GetChunkCount(), ChunkSize: f.GetChunkSize(), Size: f.GetSize(), Encrypted: f.GetEncrypted(),
 			}, nil
 		}
 		// An answer this client does not know: skip it.

@@ -50,6 +50,8 @@ const (
 	// Metadata of snapshot files.
 	metaFixed     = "fixed"
 	metaChunkSize = "chunk-size"
+	// metaEncrypted marks a file whose chunks are in the encrypted space.
+	metaEncrypted = "encrypted"
 )
 
 var (
@@ -319,7 +321,7 @@ func (w *snapshotWriter) flush(ctx context.Context) error {
 		valid[i] = true
 		ids = append(ids, id)
 	}
-	sizes, err := w.s.chunks.Sizes(ctx, ids)
+	sizes, err := w.s.chunks.Sizes(w.chunkCtx(ctx), ids)
 	if err != nil {
 		return fmt.Errorf("snapshot file %s: %w", w.path, err)
 	}
@@ -404,6 +406,9 @@ func (w *snapshotWriter) commit(ctx context.Context) (*chunkbridgev1.SnapshotFil
 	}
 	var buf bytes.Buffer
 	meta := storage.Metadata{metaCreated: time.Now().UTC().Format(time.RFC3339Nano)}
+	if w.create.GetEncrypted() {
+		meta[metaEncrypted] = "true"
+	}
 	if f := w.fixed; f != nil {
 		if filled := int64(len(f.Digests) + len(w.sparse)); filled != w.slots {
 			return nil, fmt.Errorf("%w: snapshot file %s: %d of %d slots are filled; nothing was published", apierr.ErrInvalid, w.path, filled, w.slots)
@@ -422,7 +427,7 @@ func (w *snapshotWriter) commit(ctx context.Context) (*chunkbridgev1.SnapshotFil
 	}
 	ids := w.ids()
 	// The tenant's binding to its domain exists before any of its files.
-	chunks, err := w.s.chunks.DomainOf(ctx)
+	chunks, err := w.s.chunks.DomainOf(w.chunkCtx(ctx))
 	if err != nil {
 		return nil, fmt.Errorf("snapshot file %s: %w", w.path, err)
 	}
@@ -460,6 +465,15 @@ func (w *snapshotWriter) commit(ctx context.Context) (*chunkbridgev1.SnapshotFil
 	return fileInfo(w.path, storage.Info{Size: size, Metadata: meta}), nil
 }
 
+// chunkCtx is ctx for the chunk service's checks of the file's entries:
+// an encrypted file's chunks are looked for in the encrypted space only.
+func (w *snapshotWriter) chunkCtx(ctx context.Context) context.Context {
+	if w.create.GetEncrypted() {
+		return chunk.Encrypted(ctx)
+	}
+	return ctx
+}
+
 // ids is the set of chunks the file references.
 func (w *snapshotWriter) ids() gcguard.IDs {
 	ids := gcguard.IDs{}
@@ -476,7 +490,7 @@ func (w *snapshotWriter) ids() gcguard.IDs {
 }
 
 func fileInfo(p snapshotPath, i storage.Info) *chunkbridgev1.SnapshotFileInfo {
-	info := &chunkbridgev1.SnapshotFileInfo{Path: p.String(), Name: p.file, Size: i.Size, Fixed: i.Metadata[metaFixed] == "true"}
+	info := &chunkbridgev1.SnapshotFileInfo{Path: p.String(), Name: p.file, Size: i.Size, Fixed: i.Metadata[metaFixed] == "true", Encrypted: i.Metadata[metaEncrypted] == "true"}
 	info.ContentSize, _ = strconv.ParseInt(i.Metadata[metaContentSize], 10, 64)
 	info.ChunkCount, _ = strconv.ParseInt(i.Metadata[metaChunks], 10, 64)
 	info.ChunkSize, _ = strconv.ParseInt(i.Metadata[metaChunkSize], 10, 64)
@@ -507,13 +521,19 @@ func (s *Server) resolve(ctx context.Context, p snapshotPath) (snapshotPath, err
 	return p, nil
 }
 
-// readSnapshotFile loads and parses a snapshot file.
+// readSnapshotFile loads and parses a snapshot file for a reader that
+// fetches its chunks from the plain space (casync, PMXBCKUP): an
+// encrypted file is refused, its chunks being DataBlobs only the PBS
+// reader serves.
 func (s *Server) readSnapshotFile(ctx context.Context, p snapshotPath) (*pbsindex.Fixed, *pbsindex.Dynamic, error) {
-	rc, _, err := s.view(ctx).Get(ctx, p.key())
+	rc, info, err := s.view(ctx).Get(ctx, p.key())
 	if err != nil {
 		return nil, nil, notFound("snapshot file", p.String(), err)
 	}
 	defer rc.Close()
+	if info.Metadata[metaEncrypted] == "true" {
+		return nil, nil, fmt.Errorf("%w: snapshot file %s is an encrypted PBS archive: only a Proxmox Backup client with its key can restore it (through the PBS gateway), not casync or PMXBCKUP", apierr.ErrFailedPrecondition, p)
+	}
 	if strings.HasSuffix(p.file, ".fidx") {
 		f, err := pbsindex.ReadFixed(rc, maxEntries)
 		if err != nil {
