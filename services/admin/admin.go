@@ -151,18 +151,36 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
-// domains returns the chunk space of every dedup domain a tenant is
-// bound to, the default domain's first (see chunk.Bindings).
-func (s *Server) domains(ctx context.Context) (map[string]storage.Store, error) {
+// domains returns the chunk spaces, plain and encrypted, of every dedup
+// domain a tenant is bound to, the default domain's first (see
+// chunk.Bindings).
+func (s *Server) domains(ctx context.Context) ([]space, error) {
 	names, err := s.domainNames(ctx)
 	if err != nil {
 		return nil, err
 	}
-	out := make(map[string]storage.Store, len(names))
+	out := make([]space, 0, 2*len(names))
 	for _, d := range names {
-		out[d] = s.chunks.DomainStore(d)
+		out = append(out, space{d, false, s.chunks.DomainStore(d)}, space{d, true, s.chunks.EncryptedStore(d)})
 	}
 	return out, nil
+}
+
+// space is one chunk space: a domain's plain or its encrypted one (see
+// chunk.EncryptedPrefix), laid out alike so that one walk serves both.
+type space struct {
+	domain    string
+	encrypted bool
+	st        storage.Store
+}
+
+// ctx is ctx for chunk service calls on the space.
+func (sp space) ctx(ctx context.Context) context.Context {
+	ctx = chunk.InDomain(ctx, sp.domain)
+	if sp.encrypted {
+		ctx = chunk.Encrypted(ctx)
+	}
+	return ctx
 }
 
 // domainNames is the distinct dedup domains tenants are bound to, sorted,

@@ -258,13 +258,17 @@ func (e *env) mustPutIndex(t testing.TB, name string, blobs []blob) {
 // writeSnapshot commits a dynamic snapshot file of the blobs (SHA-256)
 // through WriteSnapshotFile.
 func (e *env) writeSnapshot(ctx context.Context, typ, id string, when time.Time, name string, blobs []blob) error {
+	return e.writeSnapshotFile(ctx, &chunkbridgev1.WriteSnapshotFileRequest_Create{Type: typ, BackupId: id, Time: timestamppb.New(when), Name: name}, blobs)
+}
+
+// writeSnapshotFile commits a dynamic snapshot file of the blobs as
+// create says.
+func (e *env) writeSnapshotFile(ctx context.Context, create *chunkbridgev1.WriteSnapshotFileRequest_Create, blobs []blob) error {
 	stream, err := e.catalog.WriteSnapshotFile(ctx)
 	if err != nil {
 		return err
 	}
-	stream.Send(&chunkbridgev1.WriteSnapshotFileRequest{Step: &chunkbridgev1.WriteSnapshotFileRequest_Create_{
-		Create: &chunkbridgev1.WriteSnapshotFileRequest_Create{Type: typ, BackupId: id, Time: timestamppb.New(when), Name: name},
-	}})
+	stream.Send(&chunkbridgev1.WriteSnapshotFileRequest{Step: &chunkbridgev1.WriteSnapshotFileRequest_Create_{Create: create}})
 	var entries []*chunkbridgev1.WriteSnapshotFileRequest_Entry
 	var off int64
 	for _, b := range blobs {

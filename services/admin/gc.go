@@ -164,7 +164,9 @@ func (s *Server) collect(ctx context.Context, grace time.Duration, dryRun bool) 
 
 func (s *Server) markAndSweep(ctx context.Context, run *gcguard.Run, p *gcProgress) (*chunkbridgev1.GCReport, error) {
 	refs := newRefSet()
-	files, err := s.mark(ctx, refs, nil, func(r catalog.Referrer, err error) error {
+	// One set for both spaces: a chunk is kept when any file references
+	// its id, plain or encrypted (the sweep goes over both).
+	files, err := s.mark(ctx, refs, nil, nil, func(r catalog.Referrer, err error) error {
 		if errors.Is(err, apierr.ErrInvalid) { // stored, so not the caller's fault
 			err = fmt.Errorf("%w: %v", apierr.ErrCorrupt, err)
 		}
@@ -205,9 +207,9 @@ func (s *Server) sweep(ctx context.Context, run *gcguard.Run, refs *refSet, p *g
 	p.prefixesTotal.Store(int32(len(domains) * len(s.prefixes.keys)))
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(s.cfg.Workers)
-	for _, st := range domains {
+	for _, sp := range domains {
 		for _, prefix := range s.prefixes.keys {
-			g.Go(func() error { return s.sweepPrefix(gctx, run, refs, p, st, prefix) })
+			g.Go(func() error { return s.sweepPrefix(gctx, run, refs, p, sp.st, prefix) })
 		}
 	}
 	return g.Wait()

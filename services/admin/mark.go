@@ -13,13 +13,16 @@ import (
 )
 
 // mark streams every published casync index and snapshot file (those only
-// selects, when set) into refs,
-// MarkWorkers files at a time, and returns how many files it read. A file
+// selects, when set) into refs, the chunks of encrypted files into encRefs
+// when it is set, MarkWorkers files at a time, and returns how many files it read. A file
 // deleted since it was listed is skipped. onErr decides about a file that
 // could not be read: nil goes on (verification reports it), an error stops
 // the mark (garbage collection must not guess). done is called after each
 // file, if set.
-func (s *Server) mark(ctx context.Context, refs *refSet, only func(catalog.Referrer) bool, onErr func(catalog.Referrer, error) error, done func()) (int64, error) {
+func (s *Server) mark(ctx context.Context, refs, encRefs *refSet, only func(catalog.Referrer) bool, onErr func(catalog.Referrer, error) error, done func()) (int64, error) {
+	if encRefs == nil {
+		encRefs = refs
+	}
 	var files atomic.Int64
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(s.cfg.MarkWorkers)
@@ -28,8 +31,12 @@ func (s *Server) mark(ctx context.Context, refs *refSet, only func(catalog.Refer
 			return nil
 		}
 		g.Go(func() error {
-			err := s.catalog.ScanReferrer(gctx, r, func(id chunk.ID) error {
-				refs.add(id)
+			err := s.catalog.ScanReferrerSpace(gctx, r, func(id chunk.ID, encrypted bool) error {
+				if encrypted {
+					encRefs.add(id)
+				} else {
+					refs.add(id)
+				}
 				return nil
 			})
 			switch {

@@ -152,9 +152,9 @@ func (s *Server) count(ctx context.Context) (*storeCounts, error) {
 	c := &domainCount{tenants: map[string]int64{}}
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(s.cfg.Workers)
-	for name, st := range domains {
+	for _, sp := range domains {
 		for _, prefix := range s.prefixes.keys {
-			g.Go(func() error { return s.countPrefix(chunk.InDomain(gctx, name), name, st, prefix, c) })
+			g.Go(func() error { return s.countPrefix(sp.ctx(gctx), sp.domain, sp.st, prefix, c) })
 		}
 	}
 	if err := g.Wait(); err != nil {

@@ -54,7 +54,11 @@ type verifyRun struct {
 	dom, resumeDomain string
 	st                storage.Store
 	refs              *refSet
-	domains           int
+	// encrypted: st and refs are the domain's encrypted space and the
+	// chunks its encrypted files reference (encRefs, until walked).
+	encrypted bool
+	encRefs   *refSet
+	domains   int
 
 	listed, verified, bytesRead, logicalRead, quarantined atomic.Int64
 	prefixesDone                                          atomic.Int32
@@ -163,7 +167,7 @@ func (v *verifyRun) progress() *chunkbridgev1.VerifyProgress {
 	}
 	return &chunkbridgev1.VerifyProgress{
 		ChunksListed: v.listed.Load(), ChunksVerified: v.verified.Load(), BytesRead: v.bytesRead.Load(),
-		Problems: n, LastId: v.lastID, PrefixesDone: v.prefixesDone.Load(), PrefixesTotal: int32(v.domains * len(v.s.prefixes.keys)),
+		Problems: n, LastId: v.lastID, PrefixesDone: v.prefixesDone.Load(), PrefixesTotal: int32(2 * v.domains * len(v.s.prefixes.keys)),
 		Domain: v.dom,
 	}
 }
@@ -242,7 +246,7 @@ func (v *verifyRun) run(ctx context.Context) (*chunkbridgev1.VerifyReport, error
 	complete := true
 	for _, d := range names {
 		if d < v.resumeDomain {
-			v.prefixesDone.Add(int32(len(v.s.prefixes.keys)))
+			v.prefixesDone.Add(int32(2 * len(v.s.prefixes.keys)))
 			continue
 		}
 		if d != v.resumeDomain && v.resume != nil {
@@ -251,14 +255,15 @@ func (v *verifyRun) run(ctx context.Context) (*chunkbridgev1.VerifyReport, error
 			v.mu.Unlock()
 		}
 		v.mu.Lock()
-		v.dom, v.st, v.refs = d, v.s.chunks.DomainStore(d), newRefSet()
+		v.dom, v.st, v.refs, v.encrypted, v.encRefs = d, v.s.chunks.DomainStore(d), newRefSet(), false, newRefSet()
 		v.mu.Unlock()
+		plainRefs, encRefs := v.refs, v.encRefs
 		n, done, err := v.runDomain(chunk.InDomain(ctx, d), func(r catalog.Referrer) bool { return domainOf(bindings, r.Tenant) == d })
 		if err != nil {
 			return nil, err
 		}
 		files += n
-		referenced += v.refs.len()
+		referenced += plainRefs.len() + encRefs.len()
 		if !done {
 			complete = false
 			break
@@ -319,7 +324,7 @@ func domainOf(bindings map[string]string, tenant string) string {
 // walks the chunk space, and checks the referenced chunks it did not see.
 // It reports the files read and whether the whole domain was covered.
 func (v *verifyRun) runDomain(ctx context.Context, only func(catalog.Referrer) bool) (int64, bool, error) {
-	files, err := v.s.mark(ctx, v.refs, only, func(r catalog.Referrer, err error) error {
+	files, err := v.s.mark(ctx, v.refs, v.encRefs, only, func(r catalog.Referrer, err error) error {
 		kind := chunkbridgev1.Problem_KIND_UNREADABLE
 		switch {
 		case errors.Is(err, apierr.ErrInvalid):
@@ -339,6 +344,31 @@ func (v *verifyRun) runDomain(ctx context.Context, only func(catalog.Referrer) b
 	}
 	if err := v.checkMissing(ctx, through); err != nil {
 		return 0, false, err
+	}
+	if !complete {
+		return files, false, nil
+	}
+	// The encrypted space, once the plain one is done, is walked whole:
+	// resume points are the plain space's. Each object's DataBlob CRC is
+	// checked (its id cannot be), and the encrypted files' chunks are
+	// looked for there only.
+	v.mu.Lock()
+	v.st, v.refs, v.encrypted, v.resume = v.s.chunks.EncryptedStore(v.dom), v.encRefs, true, nil
+	v.mu.Unlock()
+	ectx := chunk.Encrypted(ctx)
+	through, complete, err = v.walk(ectx)
+	if err != nil {
+		return 0, false, err
+	}
+	if err := v.checkMissing(ectx, through); err != nil {
+		return 0, false, err
+	}
+	if !complete {
+		// A resume point in the encrypted space means nothing to the
+		// plain walk a resumed run starts with: it starts the domain over.
+		v.mu.Lock()
+		v.lastID = ""
+		v.mu.Unlock()
 	}
 	return files, complete, nil
 }
@@ -613,6 +643,9 @@ func (v *verifyRun) quarantineOf(ctx context.Context, id chunk.ID, p *Problem) {
 		return
 	}
 	p.Quarantine = chunk.DomainPrefix(v.dom) + key // its name in the store
+	if v.encrypted {
+		p.Quarantine = chunk.DomainPrefix(v.dom) + chunk.EncryptedPrefix + key
+	}
 	p.Message = fmt.Sprintf("chunk %s is referenced but not in the store: it was moved to quarantine as %s", id, p.Quarantine)
 	if info, err := v.st.Stat(ctx, key); err == nil && info.Metadata["reason"] != "" {
 		p.Message += fmt.Sprintf(" at %s (%s)", info.Metadata["quarantined"], info.Metadata["reason"])

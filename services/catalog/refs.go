@@ -109,15 +109,23 @@ func (e *errReader) Read(p []byte) (int, error) {
 // apierr.ErrInvalid; a storage failure keeps its storage error (e.g.
 // storage.ErrUnavailable). Errors from each are returned unchanged.
 func (s *Server) ScanReferrer(ctx context.Context, r Referrer, each func(chunk.ID) error) error {
+	return s.ScanReferrerSpace(ctx, r, func(id chunk.ID, _ bool) error { return each(id) })
+}
+
+// ScanReferrerSpace is ScanReferrer telling each whether the file's
+// chunks are in the encrypted space (a snapshot file of an encrypted PBS
+// archive) or the plain one.
+func (s *Server) ScanReferrerSpace(ctx context.Context, r Referrer, each func(id chunk.ID, encrypted bool) error) error {
 	rc, info, err := s.store.Get(ctx, r.Name)
 	if err != nil {
 		return notFound("file", r.Name, err)
 	}
 	defer rc.Close()
+	encrypted := info.Metadata[metaEncrypted] == "true"
 	er := &errReader{r: rc}
 	var eachErr error
 	call := func(id chunk.ID) error {
-		if err := each(id); err != nil {
+		if err := each(id, encrypted); err != nil {
 			eachErr = err
 			return err
 		}
