@@ -53,12 +53,24 @@ type backup struct {
 	files sync.Mutex
 
 	mu       sync.Mutex
-	known    map[client.ID]uint64 // chunks usable in appends, and their sizes
+	known    map[knownKey]uint64 // chunks usable in appends, and their sizes
 	writers  map[int]*writer
 	nextWID  int
 	written  int // files closed and blobs stored
 	manifest []byte
+	// modes is the crypt mode of each manifest file (manifestModes), and
+	// archives whether each index closed in this session is encrypted:
+	// finish checks they agree.
+	modes    map[string]pbsmanifest.CryptMode
+	archives map[string]bool
 	finished bool
+}
+
+// knownKey is a chunk as appends name it: a plain and an encrypted chunk
+// are two chunks, even of one digest (they are in two chunk spaces).
+type knownKey struct {
+	id        client.ID
+	encrypted bool
 }
 
 // writer is one open index.
@@ -71,6 +83,35 @@ type writer struct {
 	digests map[uint64]client.ID // fixed: by slot
 	entries []client.SnapshotEntry
 	csum    *pbsidx.Csum // dynamic: as entries arrive
+	// mode is set by the first chunk uploaded or appended: an archive is
+	// all plain or all encrypted (crypt-mode encrypt), never mixed.
+	mode archiveMode
+}
+
+type archiveMode uint8
+
+const (
+	modeUnset archiveMode = iota
+	modePlain
+	modeEncrypted
+)
+
+func modeOf(encrypted bool) archiveMode {
+	if encrypted {
+		return modeEncrypted
+	}
+	return modePlain
+}
+
+// take sets the writer's mode, or refuses a chunk of the other one.
+func (wr *writer) take(m archiveMode) error {
+	if wr.mode == modeUnset {
+		wr.mode = m
+	}
+	if wr.mode != m {
+		return fmt.Errorf("%w: archive %s mixes encrypted and plain chunks: an archive is backed up with one crypt mode", apierr.ErrInvalid, wr.name)
+	}
+	return nil
 }
 
 func (s *Server) newBackup(ctx context.Context, p auth.Principal, snap snapshot, remote string) (*backup, error) {
@@ -78,7 +119,7 @@ func (s *Server) newBackup(ctx context.Context, p auth.Principal, snap snapshot,
 		srv: s, ctx: ctx, p: p, snap: snap, remote: remote,
 		log:     s.log().With("remote", remote, "principal", p.Name, "snapshot", snap.dir()),
 		uploads: session.NewBudget(session.OrDefault(s.UploadBytes, defaultUploadBytes)),
-		known:   map[client.ID]uint64{}, writers: map[int]*writer{},
+		known:   map[knownKey]uint64{}, writers: map[int]*writer{}, archives: map[string]bool{},
 	}
 	// A snapshot is written once: an existing one is refused before any
 	// upload (the catalog would refuse its files anyway).
@@ -192,6 +233,7 @@ func (b *backup) previous(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	dir := snapshot{typ: sn.GetType(), id: sn.GetBackupId(), time: sn.GetTime().AsTime()}.dir()
+	encrypted := fileEncrypted(sn, name)
 	b.files.Lock()
 	defer b.files.Unlock()
 	data, chunks, err := b.srv.readFile(r.Context(), dir, name)
@@ -206,7 +248,7 @@ func (b *backup) previous(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	for id, size := range chunks {
-		b.known[id] = size
+		b.known[knownKey{id, encrypted}] = size
 	}
 	b.mu.Unlock()
 	w.Header().Set("Content-Type", "application/octet-stream")
@@ -359,7 +401,7 @@ func (b *backup) chunk(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	wid, _ := strconv.Atoi(q.Get("wid"))
 	b.mu.Lock()
-	_, open := b.writers[wid]
+	wr, open := b.writers[wid]
 	b.mu.Unlock()
 	if !open {
 		b.fail(w, r, fmt.Errorf("%w: no open writer %q", apierr.ErrInvalid, q.Get("wid")))
@@ -384,7 +426,8 @@ func (b *backup) chunk(w http.ResponseWriter, r *http.Request) {
 	defer release()
 	blob, err := datablob.ParseChunk(body)
 	if err == nil && blob.Encrypted() {
-		err = errors.New("encrypted backups are not supported yet: back up without --crypt-mode encrypt (or without a key)")
+		b.encryptedChunk(w, r, wr, id, size, blob, body)
+		return
 	}
 	var plain []byte
 	if err == nil {
@@ -402,13 +445,40 @@ func (b *backup) chunk(w http.ResponseWriter, r *http.Request) {
 		// Stored as sent: the service checks the digest of its content.
 		up.Encoding, up.Data = chunkbridgev1.Encoding_ENCODING_ZSTD, blob.Payload
 	}
+	b.store(w, r, wr, up, uint64(size))
+}
+
+// encryptedChunk stores a chunk of an encrypted archive: its DataBlob as
+// sent (Parse checked the CRC), in the encrypted chunk space. Neither its
+// digest, keyed with the client's secret, nor its size can be checked
+// against data the server cannot decrypt; an uncompressed encrypted blob
+// at least carries exactly size bytes of ciphertext.
+func (b *backup) encryptedChunk(w http.ResponseWriter, r *http.Request, wr *writer, id client.ID, size int64, blob datablob.Blob, body []byte) {
+	if blob.Kind == datablob.Encrypted && int64(len(blob.Payload)) != size {
+		b.fail(w, r, fmt.Errorf("%w: chunk %s: %d bytes of ciphertext, not size %d", apierr.ErrInvalid, id, len(blob.Payload), size))
+		return
+	}
+	up := client.Upload{ID: id, Algorithm: chunkbridgev1.DigestAlgorithm_DIGEST_ALGORITHM_SHA256, Encoding: chunkbridgev1.Encoding_ENCODING_DATABLOB,
+		Data: body, Encrypted: true, Size: size}
+	b.store(w, r, wr, up, uint64(size))
+}
+
+// store uploads a chunk of wr's archive and makes it known to appends.
+func (b *backup) store(w http.ResponseWriter, r *http.Request, wr *writer, up client.Upload, size uint64) {
+	b.mu.Lock()
+	err := wr.take(modeOf(up.Encrypted))
+	b.mu.Unlock()
+	if err != nil {
+		b.fail(w, r, fmt.Errorf("chunk %s: %w", up.ID, err))
+		return
+	}
 	if err := b.put(r.Context(), up); err != nil {
-		b.fail(w, r, fmt.Errorf("chunk %s: %w", id, err))
+		b.fail(w, r, fmt.Errorf("chunk %s: %w", up.ID, err))
 		return
 	}
 	b.mu.Lock()
 	if len(b.known) < session.OrDefault(b.srv.MaxChunks, defaultMaxChunks) {
-		b.known[id] = uint64(size)
+		b.known[knownKey{up.ID, up.Encrypted}] = size
 	}
 	b.mu.Unlock()
 	reply(w, nil)
@@ -478,10 +548,20 @@ func (b *backup) appendEntries(w http.ResponseWriter, r *http.Request) {
 			b.fail(w, r, fmt.Errorf("%w: digest %q", apierr.ErrInvalid, hexd))
 			return
 		}
-		size, ok := b.known[id]
+		size, ok := b.known[knownKey{id, wr.mode == modeEncrypted}]
+		if !ok && wr.mode == modeUnset {
+			// An archive's first append of known chunks sets its mode.
+			size, ok = b.known[knownKey{id, true}]
+			if ok {
+				wr.mode = modeEncrypted
+			}
+		}
 		if !ok {
-			b.fail(w, r, fmt.Errorf("%w: no such chunk %s: upload it first (neither uploaded nor in the previous snapshot in this session)", apierr.ErrInvalid, id))
+			b.fail(w, r, fmt.Errorf("%w: no such chunk %s: upload it first (neither uploaded nor in the previous snapshot in this session, as a chunk of this archive's crypt mode)", apierr.ErrInvalid, id))
 			return
+		}
+		if wr.mode == modeUnset {
+			wr.mode = modePlain
 		}
 		off := offsets[i]
 		if wr.fixed {
@@ -575,6 +655,7 @@ func (b *backup) close(w http.ResponseWriter, r *http.Request) {
 	}
 	b.mu.Lock()
 	b.written++
+	b.archives[wr.name] = wr.mode == modeEncrypted
 	b.mu.Unlock()
 	reply(w, nil)
 }
@@ -582,7 +663,8 @@ func (b *backup) close(w http.ResponseWriter, r *http.Request) {
 // publish writes a closed index through the catalog, which checks every
 // chunk is stored.
 func (b *backup) publish(ctx context.Context, wr *writer) error {
-	create := client.SnapshotCreate{Type: b.snap.typ, BackupID: b.snap.id, Time: b.snap.time, Name: wr.name[:len(wr.name)-5], Fixed: wr.fixed}
+	create := client.SnapshotCreate{Type: b.snap.typ, BackupID: b.snap.id, Time: b.snap.time, Name: wr.name[:len(wr.name)-5], Fixed: wr.fixed,
+		Encrypted: wr.mode == modeEncrypted}
 	if wr.fixed {
 		create.ChunkSize, create.FileSize = fixedChunkSize, int64(wr.size)
 		if wr.size == 0 {
@@ -669,6 +751,10 @@ func (b *backup) blob(w http.ResponseWriter, r *http.Request) {
 		}
 		b.mu.Lock()
 		b.manifest = body
+		b.modes = map[string]pbsmanifest.CryptMode{}
+		for _, f := range m.Files {
+			b.modes[f.Filename] = f.CryptMode
+		}
 		b.mu.Unlock()
 		reply(w, nil)
 		return
@@ -681,6 +767,45 @@ func (b *backup) blob(w http.ResponseWriter, r *http.Request) {
 	b.written++
 	b.mu.Unlock()
 	reply(w, nil)
+}
+
+// modesAgree checks that the manifest gives each index of this session
+// the crypt mode its chunks came in: a restore decides from it whether to
+// decrypt. Called with mu held.
+func (b *backup) modesAgree() error {
+	for name, encrypted := range b.archives {
+		mode, listed := b.modes[name]
+		if listed && (mode == pbsmanifest.CryptEncrypt) != encrypted {
+			return fmt.Errorf("the manifest gives %s crypt-mode %s, but its chunks were uploaded %s", name, mode, map[bool]string{true: "encrypted", false: "plain"}[encrypted])
+		}
+	}
+	return nil
+}
+
+// isEncrypted reports whether the index file name of snap holds
+// encrypted chunks, as the catalog's listing says.
+func (s *Server) isEncrypted(ctx context.Context, snap snapshot, name string) (bool, error) {
+	snaps, err := s.Catalog.ListSnapshots(ctx, snap.typ, snap.id)
+	if err != nil {
+		return false, fmt.Errorf("listing the backup group: %w", err)
+	}
+	for _, sn := range snaps {
+		if sn.GetTime().AsTime().Equal(snap.time) {
+			return fileEncrypted(sn, name), nil
+		}
+	}
+	return false, fmt.Errorf("%w: snapshot %s", apierr.ErrNotFound, snap.dir())
+}
+
+// fileEncrypted reports whether the snapshot's index file name holds
+// encrypted chunks.
+func fileEncrypted(sn *chunkbridgev1.Snapshot, name string) bool {
+	for _, f := range sn.GetFiles() {
+		if f.GetName() == name {
+			return f.GetEncrypted()
+		}
+	}
+	return false
 }
 
 // finish publishes the manifest, which makes the snapshot visible.
@@ -696,6 +821,8 @@ func (b *backup) finish(w http.ResponseWriter, r *http.Request) {
 		err = errors.New("nothing was written")
 	case b.manifest == nil:
 		err = errors.New("no manifest (index.json.blob) was uploaded")
+	default:
+		err = b.modesAgree()
 	}
 	manifest := b.manifest
 	if err == nil {

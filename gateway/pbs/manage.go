@@ -89,7 +89,11 @@ func files(sn *chunkbridgev1.Snapshot) ([]fileInfo, int64) {
 	var out []fileInfo
 	var total int64
 	for _, f := range sn.GetFiles() {
-		out = append(out, fileInfo{f.GetName(), f.GetContentSize(), "none"})
+		mode := "none"
+		if f.GetEncrypted() {
+			mode = "encrypt"
+		}
+		out = append(out, fileInfo{f.GetName(), f.GetContentSize(), mode})
 		total += f.GetContentSize()
 	}
 	for _, b := range sn.GetBlobs() {

@@ -34,6 +34,7 @@ import (
 	"github.com/chunkbridge/chunkbridge/services/catalog"
 	"github.com/chunkbridge/chunkbridge/services/chunk"
 	"github.com/chunkbridge/chunkbridge/services/servicetest"
+	"github.com/chunkbridge/chunkbridge/storage"
 	"github.com/chunkbridge/chunkbridge/storage/fs"
 )
 
@@ -48,8 +49,9 @@ func selfSigned(t testing.TB) tls.Certificate {
 }
 
 type harness struct {
-	addr string
-	svcs *servicetest.Services
+	addr  string
+	svcs  *servicetest.Services
+	store storage.Store
 }
 
 func newHarness(t testing.TB) *harness { return newHarnessWith(t) }
@@ -75,7 +77,7 @@ func newHarnessWith(t testing.TB, configure ...func(*pbs.Server)) *harness {
 		defer cancel()
 		srv.Shutdown(ctx)
 	})
-	return &harness{addr: ln.Addr().String(), svcs: svcs}
+	return &harness{addr: ln.Addr().String(), svcs: svcs, store: st}
 }
 
 func (h *harness) open(t testing.TB, path, proto string, q url.Values) (*pbstest.Session, error) {

@@ -31,7 +31,9 @@ type reader struct {
 	// converted, so one at a time per connection.
 	files sync.Mutex
 
-	mu         sync.Mutex
+	mu sync.Mutex
+	// registered holds the chunks of the files downloaded, and whether
+	// each is encrypted (which chunk space it is read from).
 	registered map[client.ID]bool
 }
 
@@ -67,6 +69,10 @@ func (rd *reader) download(w http.ResponseWriter, r *http.Request) {
 	rd.files.Lock()
 	defer rd.files.Unlock()
 	data, chunks, err := rd.srv.readFile(r.Context(), rd.snap.dir(), name)
+	var encrypted bool
+	if err == nil && len(chunks) > 0 {
+		encrypted, err = rd.srv.isEncrypted(r.Context(), rd.snap, name)
+	}
 	if err != nil {
 		rd.fail(w, r, err)
 		return
@@ -78,7 +84,7 @@ func (rd *reader) download(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	for id := range chunks {
-		rd.registered[id] = true
+		rd.registered[id] = encrypted
 	}
 	rd.mu.Unlock()
 	w.Header().Set("Content-Type", "application/octet-stream")
@@ -100,7 +106,7 @@ func (rd *reader) chunk(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rd.mu.Lock()
-	ok := rd.registered[id]
+	encrypted, ok := rd.registered[id]
 	rd.mu.Unlock()
 	if !ok {
 		rd.fail(w, r, fmt.Errorf("%w: chunk %s is in no file downloaded in this session", apierr.ErrNotFound, id))
@@ -116,7 +122,7 @@ func (rd *reader) chunk(w http.ResponseWriter, r *http.Request) {
 	}
 	held := int64(most)
 	defer func() { rd.held.Release(held) }()
-	dl := rd.srv.Chunks.Download(r.Context(), []client.ID{id}, client.DownloadOptions{})
+	dl := rd.srv.Chunks.Download(r.Context(), []client.ID{id}, client.DownloadOptions{Encrypted: encrypted})
 	defer dl.Close()
 	c, err := dl.Next()
 	if err == nil {
@@ -128,6 +134,8 @@ func (rd *reader) chunk(w http.ResponseWriter, r *http.Request) {
 	}
 	var blob []byte
 	switch c.Encoding {
+	case chunkbridgev1.Encoding_ENCODING_DATABLOB:
+		blob = c.Data // an encrypted chunk, as the client sent it
 	case chunkbridgev1.Encoding_ENCODING_ZSTD:
 		blob, err = datablob.EncodeZstd(c.Data)
 	case chunkbridgev1.Encoding_ENCODING_RAW:
