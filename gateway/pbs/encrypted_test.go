@@ -5,7 +5,6 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -75,8 +74,7 @@ func newArchive(t testing.TB, name string, encrypted bool, chunks [][]byte) *arc
 // write uploads the archive's chunks (those not in known), appends them
 // and closes it; it returns the close's status and the csum.
 func (a *archive) write(s *pbstest.Session, known map[[32]byte]bool) (int, [32]byte) {
-	var wid int
-	json.Unmarshal(s.OK("POST", "/dynamic_index", map[string]any{"archive-name": a.name}), &struct{ Data *int }{&wid})
+	wid := dynamicWriter(s, a.name)
 	var digests []string
 	var offsets []uint64
 	var off uint64
@@ -135,10 +133,7 @@ func TestEncryptedBackupRestore(t *testing.T) {
 	enc.blobs[4] = enc.blobs[0]
 	enc.sizes[4] = enc.sizes[0]
 
-	s, err := h.open(t, "/api2/json/backup", pbs.BackupProtocol, snapQuery(epoch))
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := h.backup(t, epoch)
 	for _, a := range []*archive{enc, plain} {
 		if st, _ := a.write(s, map[[32]byte]bool{}); st != http.StatusOK {
 			t.Fatalf("close %s: %d", a.name, st)
@@ -204,10 +199,7 @@ func TestEncryptedBackupRestore(t *testing.T) {
 
 	// An incremental backup appends the previous encrypted chunks unsent;
 	// a plain archive cannot append them.
-	s2, err := h.open(t, "/api2/json/backup", pbs.BackupProtocol, snapQuery(epoch+60))
-	if err != nil {
-		t.Fatal(err)
-	}
+	s2 := h.backup(t, epoch+60)
 	s2.OK("GET", "/previous?archive-name=root.pxar.didx", nil)
 	before := h.svcs.Chunks.Counters().Written
 	known := map[[32]byte]bool{}
@@ -217,8 +209,7 @@ func TestEncryptedBackupRestore(t *testing.T) {
 	if st, _ := enc.write(s2, known); st != http.StatusOK {
 		t.Fatalf("incremental close: %d", st)
 	}
-	var wid int
-	json.Unmarshal(s2.OK("POST", "/dynamic_index", map[string]any{"archive-name": "other.pxar.didx"}), &struct{ Data *int }{&wid})
+	wid := dynamicWriter(s2, "other.pxar.didx")
 	pc := makeChunks(3, 1, 1000)[0]
 	pd := sha256.Sum256(pc)
 	pb := chunkBlob(t, pc, false)
@@ -255,12 +246,8 @@ func TestEncryptedBackupRestore(t *testing.T) {
 func TestEncryptedBackupRefusals(t *testing.T) {
 	h := newHarness(t)
 	epoch := time.Now().Add(-time.Hour).Unix()
-	s, err := h.open(t, "/api2/json/backup", pbs.BackupProtocol, snapQuery(epoch))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wid int
-	json.Unmarshal(s.OK("POST", "/dynamic_index", map[string]any{"archive-name": "root.pxar.didx"}), &struct{ Data *int }{&wid})
+	s := h.backup(t, epoch)
+	wid := dynamicWriter(s, "root.pxar.didx")
 	c := makeChunks(4, 1, 4096)[0]
 	d, b := sealedChunk(t, c, 0)
 	bad := slices.Clone(b)

@@ -84,6 +84,23 @@ func (h *harness) open(t testing.TB, path, proto string, q url.Values) (*pbstest
 	return pbstest.Open(t, h.addr, path, proto, "", q)
 }
 
+// backup opens a backup session of host/web1 at epoch.
+func (h *harness) backup(t testing.TB, epoch int64) *pbstest.Session {
+	t.Helper()
+	s, err := h.open(t, "/api2/json/backup", pbs.BackupProtocol, snapQuery(epoch))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// dynamicWriter opens a dynamic index writer and returns its wid.
+func dynamicWriter(s *pbstest.Session, archive string) int {
+	var wid int
+	json.Unmarshal(s.OK("POST", "/dynamic_index", map[string]any{"archive-name": archive}), &struct{ Data *int }{&wid})
+	return wid
+}
+
 func snapQuery(epoch int64) url.Values {
 	return url.Values{"store": {"default"}, "backup-type": {"host"}, "backup-id": {"web1"}, "backup-time": {fmt.Sprint(epoch)}}
 }
@@ -200,12 +217,8 @@ func TestBackupIncrementalRestore(t *testing.T) {
 func TestRefusedBackups(t *testing.T) {
 	h := newHarness(t)
 	epoch := time.Now().Add(-time.Hour).Unix()
-	s, err := h.open(t, "/api2/json/backup", pbs.BackupProtocol, snapQuery(epoch))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wid int
-	json.Unmarshal(s.OK("POST", "/dynamic_index", map[string]any{"archive-name": "a.didx"}), &struct{ Data *int }{&wid})
+	s := h.backup(t, epoch)
+	wid := dynamicWriter(s, "a.didx")
 	c := bytes.Repeat([]byte("x"), 1000)
 	sum := sha256.Sum256(c)
 	d := hex.EncodeToString(sum[:])
