@@ -25,6 +25,7 @@ import (
 type storeCounts struct {
 	at                              time.Time
 	chunks, stored, logical, noSize int64
+	encChunks, encStored            int64
 	catalog                         catalog.Summary
 	stale                           bool // chunks were deleted since
 	// Per tenant: its files, the stored bytes its uploads added, and
@@ -149,22 +150,34 @@ func (s *Server) count(ctx context.Context) (*storeCounts, error) {
 	if err != nil {
 		return nil, fmt.Errorf("count chunks: %w", err)
 	}
-	c := &domainCount{tenants: map[string]int64{}}
+	// The encrypted spaces are counted apart, then added in.
+	c, enc := &domainCount{tenants: map[string]int64{}}, &domainCount{tenants: map[string]int64{}}
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(s.cfg.Workers)
 	for _, sp := range domains {
+		dc := c
+		if sp.encrypted {
+			dc = enc
+		}
 		for _, prefix := range s.prefixes.keys {
-			g.Go(func() error { return s.countPrefix(sp.ctx(gctx), sp.domain, sp.st, prefix, c) })
+			g.Go(func() error { return s.countPrefix(sp.ctx(gctx), sp.domain, sp.st, prefix, dc) })
 		}
 	}
 	if err := g.Wait(); err != nil {
 		return nil, fmt.Errorf("count chunks: %w", err)
+	}
+	c.chunks.Add(enc.chunks.Load())
+	c.stored.Add(enc.stored.Load())
+	c.logical.Add(enc.logical.Load())
+	for t, n := range enc.tenants {
+		c.tenants[t] += n
 	}
 	sum, per, err := s.catalog.Summary(ctx)
 	if err != nil {
 		return nil, err
 	}
 	return &storeCounts{at: time.Now(), chunks: c.chunks.Load(), stored: c.stored.Load(), logical: c.logical.Load(), noSize: c.noSize.Load(),
+		encChunks: enc.chunks.Load(), encStored: enc.stored.Load(),
 		catalog: sum, tenantFiles: per, tenantStored: c.tenants, tenantDomain: bindings}, nil
 }
 
@@ -249,23 +262,25 @@ func (s *Server) GetStats(ctx context.Context, _ *chunkbridgev1.GetStatsRequest)
 	}
 	up := s.chunks.Counters()
 	return &chunkbridgev1.GetStatsResponse{
-		ChunkCount:         c.chunks,
-		StoredBytes:        c.stored,
-		ChunksWritten:      up.Written,
-		ChunksDeduplicated: up.Deduplicated,
-		BytesReceived:      up.BytesReceived,
-		CountedAt:          c.at.Unix(),
-		LogicalBytes:       c.logical,
-		ReferencedBytes:    c.catalog.ContentBytes,
-		DedupRatio:         c.dedupRatio(),
-		CompressionRatio:   c.compressionRatio(),
-		CasyncIndexes:      c.catalog.CasyncIndexes,
-		Snapshots:          c.catalog.Snapshots,
-		SnapshotFiles:      c.catalog.SnapshotFiles,
-		BackupGroups:       c.catalog.BackupGroups,
-		ChunksWithoutSize:  c.noSize,
-		StaleReason:        staleReason,
-		Tenants:            s.tenantUsage(c),
+		ChunkCount:           c.chunks,
+		StoredBytes:          c.stored,
+		EncryptedChunks:      c.encChunks,
+		EncryptedStoredBytes: c.encStored,
+		ChunksWritten:        up.Written,
+		ChunksDeduplicated:   up.Deduplicated,
+		BytesReceived:        up.BytesReceived,
+		CountedAt:            c.at.Unix(),
+		LogicalBytes:         c.logical,
+		ReferencedBytes:      c.catalog.ContentBytes,
+		DedupRatio:           c.dedupRatio(),
+		CompressionRatio:     c.compressionRatio(),
+		CasyncIndexes:        c.catalog.CasyncIndexes,
+		Snapshots:            c.catalog.Snapshots,
+		SnapshotFiles:        c.catalog.SnapshotFiles,
+		BackupGroups:         c.catalog.BackupGroups,
+		ChunksWithoutSize:    c.noSize,
+		StaleReason:          staleReason,
+		Tenants:              s.tenantUsage(c),
 	}, nil
 }
 

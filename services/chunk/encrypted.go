@@ -72,6 +72,16 @@ func (s *Service) putEncrypted(ctx context.Context, d *domain, u Upload) (create
 	return created, nil
 }
 
+// checkStored is checkEncrypted for an object read back: whatever is
+// wrong with it, it is corrupt (it was checked when it was stored).
+func checkStored(id ID, stored []byte) error {
+	err := checkEncrypted(id, stored)
+	if err != nil && !errors.Is(err, apierr.ErrDigestMismatch) {
+		return fmt.Errorf("chunk %s: %w: the stored object is not an encrypted DataBlob", id, apierr.ErrDigestMismatch)
+	}
+	return err
+}
+
 // checkEncrypted checks an encrypted chunk's DataBlob: one of the
 // encrypted kinds, whole, with its CRC right. A failure is a digest
 // mismatch, as for a plain chunk whose data does not hash to its id.

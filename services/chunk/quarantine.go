@@ -167,7 +167,7 @@ func (s *Service) Quarantine(ctx context.Context, id ID, reason string) (string,
 // intact reports whether stored decodes and hashes to id.
 func (s *Service) intact(id ID, meta storage.Metadata, stored []byte) bool {
 	if meta[metaEncrypted] == "true" {
-		return checkEncrypted(id, stored) == nil
+		return checkStored(id, stored) == nil
 	}
 	data, err := s.codec.decode(chunkbridgev1.Encoding_ENCODING_ZSTD, stored)
 	if err != nil {

@@ -355,7 +355,7 @@ func (s *Service) Get(ctx context.Context, id ID, raw bool) (Chunk, error) {
 		// Served as stored whatever raw asks: only the client can decrypt.
 		// The CRC is the one check the server can make.
 		c.Encoding = chunkbridgev1.Encoding_ENCODING_DATABLOB
-		if err := checkEncrypted(id, stored); err != nil {
+		if err := checkStored(id, stored); err != nil {
 			return Chunk{}, corrupt(err)
 		}
 		return c, nil

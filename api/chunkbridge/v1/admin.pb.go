@@ -164,9 +164,13 @@ type GetStatsResponse struct {
 	// now, and this says why.
 	StaleReason string `protobuf:"bytes,16,opt,name=stale_reason,json=staleReason,proto3" json:"stale_reason,omitempty"`
 	// Each tenant's usage, from the same count, by tenant name.
-	Tenants       []*TenantUsage `protobuf:"bytes,17,rep,name=tenants,proto3" json:"tenants,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Tenants []*TenantUsage `protobuf:"bytes,17,rep,name=tenants,proto3" json:"tenants,omitempty"`
+	// Of chunk_count and stored_bytes, the encrypted chunks (PBS
+	// crypt-mode encrypt, stored as the client sent them; docs/pbs.md).
+	EncryptedChunks      int64 `protobuf:"varint,18,opt,name=encrypted_chunks,json=encryptedChunks,proto3" json:"encrypted_chunks,omitempty"`
+	EncryptedStoredBytes int64 `protobuf:"varint,19,opt,name=encrypted_stored_bytes,json=encryptedStoredBytes,proto3" json:"encrypted_stored_bytes,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *GetStatsResponse) Reset() {
@@ -316,6 +320,20 @@ func (x *GetStatsResponse) GetTenants() []*TenantUsage {
 		return x.Tenants
 	}
 	return nil
+}
+
+func (x *GetStatsResponse) GetEncryptedChunks() int64 {
+	if x != nil {
+		return x.EncryptedChunks
+	}
+	return 0
+}
+
+func (x *GetStatsResponse) GetEncryptedStoredBytes() int64 {
+	if x != nil {
+		return x.EncryptedStoredBytes
+	}
+	return 0
 }
 
 // TenantUsage is what one tenant uses of the store (docs/tenants.md).
@@ -1746,7 +1764,7 @@ var File_chunkbridge_v1_admin_proto protoreflect.FileDescriptor
 const file_chunkbridge_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"\x1achunkbridge/v1/admin.proto\x12\x0echunkbridge.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x11\n" +
-	"\x0fGetStatsRequest\"\xad\x05\n" +
+	"\x0fGetStatsRequest\"\x8e\x06\n" +
 	"\x10GetStatsResponse\x12\x1f\n" +
 	"\vchunk_count\x18\x01 \x01(\x03R\n" +
 	"chunkCount\x12!\n" +
@@ -1768,7 +1786,9 @@ const file_chunkbridge_v1_admin_proto_rawDesc = "" +
 	"\rbackup_groups\x18\x0e \x01(\x03R\fbackupGroups\x12.\n" +
 	"\x13chunks_without_size\x18\x0f \x01(\x03R\x11chunksWithoutSize\x12!\n" +
 	"\fstale_reason\x18\x10 \x01(\tR\vstaleReason\x125\n" +
-	"\atenants\x18\x11 \x03(\v2\x1b.chunkbridge.v1.TenantUsageR\atenants\"\xbc\x02\n" +
+	"\atenants\x18\x11 \x03(\v2\x1b.chunkbridge.v1.TenantUsageR\atenants\x12)\n" +
+	"\x10encrypted_chunks\x18\x12 \x01(\x03R\x0fencryptedChunks\x124\n" +
+	"\x16encrypted_stored_bytes\x18\x13 \x01(\x03R\x14encryptedStoredBytes\"\xbc\x02\n" +
 	"\vTenantUsage\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12!\n" +
 	"\fdedup_domain\x18\x02 \x01(\tR\vdedupDomain\x12#\n" +
