@@ -444,6 +444,10 @@ func adminStats(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			age, counted.UTC().Format(time.RFC3339), s.StaleReason)
 	}
 	fmt.Fprintf(stdout, "chunks            %d\n", s.ChunkCount)
+	if s.EncryptedChunks > 0 {
+		// Only when there are: most stores have none.
+		fmt.Fprintf(stdout, "  encrypted       %d (%s, PBS crypt-mode encrypt)\n", s.EncryptedChunks, pmxclient.FormatSize(s.EncryptedStoredBytes))
+	}
 	fmt.Fprintf(stdout, "stored bytes      %s (compressed)\n", pmxclient.FormatSize(s.StoredBytes))
 	fmt.Fprintf(stdout, "logical bytes     %s (uncompressed; compression ratio %.2f)\n", pmxclient.FormatSize(s.LogicalBytes), s.CompressionRatio)
 	fmt.Fprintf(stdout, "referenced bytes  %s (what the indexes describe; dedup ratio %.2f)\n", pmxclient.FormatSize(s.ReferencedBytes), s.DedupRatio)

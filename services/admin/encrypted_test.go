@@ -54,7 +54,8 @@ func (e *env) existsEncrypted(t testing.TB, id chunk.ID) bool {
 // GC keeps the encrypted chunks an encrypted snapshot file references and
 // deletes the unreferenced ones; verify reads each back (its CRC), finds a
 // corrupted one and a missing one, and never takes a plain chunk of the
-// same id for an encrypted one. casync cannot read the file as an index.
+// same id for an encrypted one. casync cannot read the file as an index;
+// the statistics count encrypted chunks, in the totals and apart.
 func TestEncryptedChunksGCAndVerify(t *testing.T) {
 	for _, st := range stores {
 		t.Run(st.name, func(t *testing.T) {
@@ -96,6 +97,11 @@ func TestEncryptedChunksGCAndVerify(t *testing.T) {
 				if !e.existsEncrypted(t, b.id) || e.exists(t, b.id) {
 					t.Fatalf("encrypted chunk %s: not kept, or found in the plain space", b.id)
 				}
+			}
+
+			stats, err := e.adm.GetStats(t.Context(), &chunkbridgev1.GetStatsRequest{})
+			if err != nil || stats.EncryptedChunks != int64(len(kept)) || stats.ChunkCount != int64(len(kept)+len(plain)) || stats.EncryptedStoredBytes <= 0 {
+				t.Fatalf("stats: %v %v", stats, err)
 			}
 
 			clean, _ := e.verify(t, &chunkbridgev1.VerifyRequest{})
