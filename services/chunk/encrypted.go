@@ -9,7 +9,6 @@ import (
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
 	"github.com/chunkbridge/chunkbridge/auth"
-	"github.com/chunkbridge/chunkbridge/format"
 	"github.com/chunkbridge/chunkbridge/format/datablob"
 	"github.com/chunkbridge/chunkbridge/services/apierr"
 	"github.com/chunkbridge/chunkbridge/storage"
@@ -18,6 +17,9 @@ import (
 // metaEncrypted marks an object of the encrypted space, for a reader of
 // the store that sees the object alone (a quarantined copy, say).
 const metaEncrypted = "encrypted"
+
+// maxEncrypted bounds an encrypted chunk's DataBlob.
+const maxEncrypted = datablob.MaxEncodedChunkSize
 
 // putEncrypted stores an encrypted chunk in d, the encrypted space: the
 // DataBlob as the client sent it, once its CRC is checked. Its id is the
@@ -32,8 +34,10 @@ func (s *Service) putEncrypted(ctx context.Context, d *domain, u Upload) (create
 	if err := checkEncrypted(u.ID, u.Data); err != nil {
 		return false, err
 	}
-	if u.Size < 1 || u.Size > format.MaxChunk {
-		return false, fmt.Errorf("chunk %s: %w: declared size %d: want 1 to %d", u.ID, apierr.ErrInvalid, u.Size, format.MaxChunk)
+	// PBS's own limit, not format.MaxChunk: only the PBS reader serves
+	// these chunks.
+	if u.Size < 1 || u.Size > datablob.MaxChunkSize {
+		return false, fmt.Errorf("chunk %s: %w: declared size %d: want 1 to %d", u.ID, apierr.ErrInvalid, u.Size, datablob.MaxChunkSize)
 	}
 	k := pkey{d.num, u.ID}
 	s.received.Add(u.Size)

@@ -98,3 +98,16 @@ func TestEncryptedChunkRefusals(t *testing.T) {
 		t.Errorf("%d objects stored by refused uploads", n)
 	}
 }
+
+// A whole 16 MiB PBS chunk, encrypted, is larger than MaxSize with its
+// header, and still accepted: PBS's limit, not casync's.
+func TestEncryptedChunkOfPBSMaximum(t *testing.T) {
+	f := newFixture(t, chunk.Config{})
+	data := make([]byte, datablob.MaxChunkSize)
+	id := idOf(sha256Alg, []byte("keyed digest"))
+	blob := encryptedBlob(t, datablob.Encrypted, data)
+	ack := f.upload(t, &chunkbridgev1.UploadChunksRequest{Id: id, Algorithm: sha256Alg, Encoding: blobEnc, Data: blob, Encrypted: true, Size: int64(len(data))})[0]
+	if ack.GetCode() != 0 {
+		t.Fatalf("a %d-byte encrypted chunk: %v", len(blob), ack.GetMessage())
+	}
+}

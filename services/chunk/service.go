@@ -137,8 +137,12 @@ func (s *Service) Put(ctx context.Context, u Upload) (created bool, err error) {
 		return false, err
 	}
 	defer func() { s.metrics.observeUpload(created, err) }()
-	if len(u.Data) > MaxSize {
-		return false, fmt.Errorf("chunk %s: %w: payload of %d bytes exceeds %d", u.ID, apierr.ErrInvalid, len(u.Data), MaxSize)
+	limit := MaxSize
+	if IsEncrypted(ctx) {
+		limit = maxEncrypted // a whole chunk's ciphertext and its header
+	}
+	if len(u.Data) > limit {
+		return false, fmt.Errorf("chunk %s: %w: payload of %d bytes exceeds %d", u.ID, apierr.ErrInvalid, len(u.Data), limit)
 	}
 	if err := checkAlgorithm(u.Algorithm); err != nil {
 		return false, fmt.Errorf("chunk %s: %w", u.ID, err)
