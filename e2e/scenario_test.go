@@ -22,10 +22,10 @@ import (
 )
 
 // system is the whole deployment on one machine: MinIO, the chunk service
-// and the three gateways, each its own container.
+// and the four gateways, each its own container.
 type system struct {
 	minio, chunk, casync, pmx, pbs, rest *service
-	casyncAddr, pmxAddr, pbsAddr    string
+	casyncAddr, pmxAddr, pbsAddr         string
 	// The dev overlay's tokens: its read and append principals', and the
 	// admin token the pods share.
 	readToken, appendToken, adminToken string
