@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -14,7 +13,6 @@ import (
 
 	chunkclient "github.com/chunkbridge/chunkbridge/client"
 	"github.com/chunkbridge/chunkbridge/format/datablob"
-	"github.com/chunkbridge/chunkbridge/format/pbsidx"
 	"github.com/chunkbridge/chunkbridge/format/pmxproto"
 	"github.com/chunkbridge/chunkbridge/gateway/pbs"
 	"github.com/chunkbridge/chunkbridge/gateway/pmx"
@@ -36,20 +34,8 @@ func TestFixedImageDedupsAcrossPBSAndPMXBCKUP(t *testing.T) {
 	}
 	var wid int
 	json.Unmarshal(s.OK("POST", "/fixed_index", map[string]any{"archive-name": "disk.img.fidx", "size": len(img)}), &struct{ Data *int }{&wid})
-	csum := pbsidx.NewCsum()
-	var digests []string
-	var offsets []int
-	for off := 0; off < len(img); off += 4 << 20 {
-		c := img[off:min(off+4<<20, len(img))]
-		sum := sha256.Sum256(c)
-		b := chunkBlob(t, c, true)
-		s.OK("POST", fmt.Sprintf("/fixed_chunk?wid=%d&digest=%x&size=%d&encoded-size=%d", wid, sum, len(c), len(b)), b)
-		digests = append(digests, hex.EncodeToString(sum[:]))
-		offsets = append(offsets, off)
-		csum.AddDigest(sum)
-	}
+	digests, offsets, sum := uploadFixed(t, s, wid, img, true)
 	s.OK("PUT", "/fixed_index", map[string]any{"wid": wid, "digest-list": digests, "offset-list": offsets})
-	sum := csum.Sum()
 	s.OK("POST", "/fixed_close", map[string]any{"wid": wid, "chunk-count": len(digests), "size": len(img), "csum": hex.EncodeToString(sum[:])})
 	mb, _ := datablob.EncodeRaw([]byte(fmt.Sprintf(`{"backup-type":"host","backup-id":"web1","backup-time":%d,"files":[],"unprotected":{},"signature":null}`, epoch)))
 	s.OK("POST", fmt.Sprintf("/blob?file-name=index.json.blob&encoded-size=%d", len(mb)), mb)

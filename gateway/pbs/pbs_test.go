@@ -263,6 +263,25 @@ func TestRefusedBackups(t *testing.T) {
 	}
 }
 
+// uploadFixed uploads img in 4 MiB chunks to the fixed writer wid and
+// returns their digests, start offsets and the index csum.
+func uploadFixed(t *testing.T, s *pbstest.Session, wid int, img []byte, compress bool) ([]string, []int, [32]byte) {
+	t.Helper()
+	csum := pbsidx.NewCsum()
+	var digests []string
+	var offsets []int
+	for off := 0; off < len(img); off += 4 << 20 {
+		c := img[off:min(off+4<<20, len(img))]
+		sum := sha256.Sum256(c)
+		b := chunkBlob(t, c, compress)
+		s.OK("POST", fmt.Sprintf("/fixed_chunk?wid=%d&digest=%x&size=%d&encoded-size=%d", wid, sum, len(c), len(b)), b)
+		digests = append(digests, hex.EncodeToString(sum[:]))
+		offsets = append(offsets, off)
+		csum.AddDigest(sum)
+	}
+	return digests, offsets, csum.Sum()
+}
+
 // A fixed index (an image in 4 MiB slots, the last one shorter) backed up
 // and read back.
 func TestFixedBackupRestore(t *testing.T) {
@@ -276,22 +295,10 @@ func TestFixedBackupRestore(t *testing.T) {
 	}
 	var wid int
 	json.Unmarshal(s.OK("POST", "/fixed_index", map[string]any{"archive-name": "disk.img.fidx", "size": len(img)}), &struct{ Data *int }{&wid})
-	csum := pbsidx.NewCsum()
-	var digests []string
-	var offsets []int
-	for off := 0; off < len(img); off += 4 << 20 {
-		c := img[off:min(off+4<<20, len(img))]
-		sum := sha256.Sum256(c)
-		b := chunkBlob(t, c, false)
-		s.OK("POST", fmt.Sprintf("/fixed_chunk?wid=%d&digest=%x&size=%d&encoded-size=%d", wid, sum, len(c), len(b)), b)
-		digests = append(digests, hex.EncodeToString(sum[:]))
-		offsets = append(offsets, off)
-		csum.AddDigest(sum)
-	}
+	digests, offsets, sum := uploadFixed(t, s, wid, img, false)
 	// Appended out of order: the slots say where each goes.
 	s.OK("PUT", "/fixed_index", map[string]any{"wid": wid, "digest-list": digests[1:], "offset-list": offsets[1:]})
 	s.OK("PUT", "/fixed_index", map[string]any{"wid": wid, "digest-list": digests[:1], "offset-list": offsets[:1]})
-	sum := csum.Sum()
 	s.OK("POST", "/fixed_close", map[string]any{"wid": wid, "chunk-count": 3, "size": len(img), "csum": hex.EncodeToString(sum[:])})
 	mb, _ := datablob.EncodeRaw([]byte(fmt.Sprintf(`{"backup-type":"host","backup-id":"web1","backup-time":%d,"files":[],"unprotected":{},"signature":null}`, epoch)))
 	s.OK("POST", fmt.Sprintf("/blob?file-name=index.json.blob&encoded-size=%d", len(mb)), mb)
