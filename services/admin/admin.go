@@ -152,18 +152,15 @@ func New(cfg Config) (*Server, error) {
 }
 
 // domains returns the chunk spaces, plain and encrypted, of every dedup
-// domain a tenant is bound to, the default domain's first (see
-// chunk.Bindings).
-func (s *Server) domains(ctx context.Context) ([]space, error) {
-	names, err := s.domainNames(ctx)
-	if err != nil {
-		return nil, err
-	}
+// domain a tenant is bound to (bindings, from chunk.Bindings), in domain
+// name order.
+func (s *Server) domains(bindings map[string]string) []space {
+	names := domainNames(bindings)
 	out := make([]space, 0, 2*len(names))
 	for _, d := range names {
 		out = append(out, space{d, false, s.chunks.DomainStore(d)}, space{d, true, s.chunks.EncryptedStore(d)})
 	}
-	return out, nil
+	return out
 }
 
 // space is one chunk space: a domain's plain or its encrypted one (see
@@ -183,13 +180,9 @@ func (sp space) ctx(ctx context.Context) context.Context {
 	return ctx
 }
 
-// domainNames is the distinct dedup domains tenants are bound to, sorted,
-// the default domain included.
-func (s *Server) domainNames(ctx context.Context) ([]string, error) {
-	b, err := chunk.Bindings(ctx, s.store)
-	if err != nil {
-		return nil, err
-	}
+// domainNames is the distinct dedup domains of bindings, sorted (the
+// default domain is always among them: chunk.Bindings adds it).
+func domainNames(b map[string]string) []string {
 	seen := map[string]bool{}
 	var names []string
 	for _, d := range b {
@@ -199,7 +192,7 @@ func (s *Server) domainNames(ctx context.Context) ([]string, error) {
 		}
 	}
 	slices.Sort(names)
-	return names, nil
+	return names
 }
 
 // prefixes divides the chunk id space into listing prefixes that GC,

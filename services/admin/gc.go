@@ -200,10 +200,11 @@ type candidate struct {
 // tenant's domain: a credentials file that moved a tenant can then never
 // cost it its chunks, only leave some garbage (docs/tenants.md).
 func (s *Server) sweep(ctx context.Context, run *gcguard.Run, refs *refSet, p *gcProgress) error {
-	domains, err := s.domains(ctx)
+	bindings, err := chunk.Bindings(ctx, s.store)
 	if err != nil {
 		return fmt.Errorf("sweep: %w", err)
 	}
+	domains := s.domains(bindings)
 	p.prefixesTotal.Store(int32(len(domains) * len(s.prefixes.keys)))
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(s.cfg.Workers)

@@ -146,10 +146,7 @@ func (s *Server) count(ctx context.Context) (*storeCounts, error) {
 	if err != nil {
 		return nil, fmt.Errorf("count chunks: %w", err)
 	}
-	domains, err := s.domains(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("count chunks: %w", err)
-	}
+	domains := s.domains(bindings)
 	// The encrypted spaces are counted apart, then added in.
 	c, enc := &domainCount{tenants: map[string]int64{}}, &domainCount{tenants: map[string]int64{}}
 	g, gctx := errgroup.WithContext(ctx)

@@ -232,10 +232,7 @@ func (v *verifyRun) run(ctx context.Context) (*chunkbridgev1.VerifyReport, error
 	if err != nil {
 		return nil, fmt.Errorf("verify: %w", err)
 	}
-	names, err := v.s.domainNames(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("verify: %w", err)
-	}
+	names := domainNames(bindings)
 	if v.resumeDomain != "" && !slices.Contains(names, v.resumeDomain) {
 		return nil, fmt.Errorf("%w: resume domain %q: no tenant is bound to it (domains: %s)", apierr.ErrInvalid, v.resumeDomain, strings.Join(names, ", "))
 	}
