@@ -1,14 +1,12 @@
 package chunk
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"strconv"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
-	"github.com/chunkbridge/chunkbridge/auth"
 	"github.com/chunkbridge/chunkbridge/format/datablob"
 	"github.com/chunkbridge/chunkbridge/services/apierr"
 	"github.com/chunkbridge/chunkbridge/storage"
@@ -39,41 +37,8 @@ func (s *Service) putEncrypted(ctx context.Context, d *domain, u Upload) (create
 	if u.Size < 1 || u.Size > datablob.MaxChunkSize {
 		return false, fmt.Errorf("chunk %s: %w: declared size %d: want 1 to %d", u.ID, apierr.ErrInvalid, u.Size, datablob.MaxChunkSize)
 	}
-	k := pkey{d.num, u.ID}
-	s.received.Add(u.Size)
-	s.metrics.bytesReceived.Add(float64(u.Size))
-	if s.presence.has(k) {
-		s.uploaded(ctx, u.ID)
-		s.deduplicated.Add(1)
-		return false, nil
-	}
-	tenant := auth.FromContext(ctx).Tenant
-	if err := errors.Join(s.quota.LogicalFull(tenant), s.quota.CheckStored(ctx, tenant)); err != nil {
-		gen := s.presence.generation()
-		if _, serr := d.store.Stat(ctx, u.ID.Key()); serr != nil {
-			return false, fmt.Errorf("chunk %s: %w", u.ID, err)
-		}
-		s.presence.add(k, u.Size, gen)
-		s.uploaded(ctx, u.ID)
-		s.deduplicated.Add(1)
-		return false, nil
-	}
-	meta := storage.Metadata{metaAlgorithm: algorithmName(u.Algorithm), metaSize: strconv.FormatInt(u.Size, 10), MetaTenant: tenant, metaEncrypted: "true"}
-	gen := s.presence.generation()
-	created, err = d.store.PutIfAbsent(ctx, u.ID.Key(), bytes.NewReader(u.Data), int64(len(u.Data)), meta)
-	if err != nil {
-		return false, fmt.Errorf("encrypted chunk %s: %w", u.ID, err)
-	}
-	s.presence.add(k, u.Size, gen)
-	s.uploaded(ctx, u.ID)
-	if created {
-		s.quota.AddStored(tenant, int64(len(u.Data)))
-		s.written.Add(1)
-		s.metrics.bytesStored.Add(float64(len(u.Data)))
-	} else {
-		s.deduplicated.Add(1)
-	}
-	return created, nil
+	meta := storage.Metadata{metaAlgorithm: algorithmName(u.Algorithm), metaSize: strconv.FormatInt(u.Size, 10), metaEncrypted: "true"}
+	return s.keep(ctx, d, u, u.Size, func() []byte { return u.Data }, meta)
 }
 
 // checkStored is checkEncrypted for an object read back: whatever is

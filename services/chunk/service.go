@@ -151,7 +151,6 @@ func (s *Service) Put(ctx context.Context, u Upload) (created bool, err error) {
 	if err != nil {
 		return false, err
 	}
-	k := pkey{d.num, u.ID}
 	if err := s.acquire(ctx); err != nil {
 		return false, err
 	}
@@ -173,16 +172,26 @@ func (s *Service) Put(ctx context.Context, u Upload) (created bool, err error) {
 		return false, fmt.Errorf("chunk %s: %w: the data (%d bytes) hashes to %s with %s",
 			u.ID, apierr.ErrDigestMismatch, len(data), sum, algorithmName(u.Algorithm))
 	}
-	s.received.Add(int64(len(data)))
-	s.metrics.bytesReceived.Add(float64(len(data)))
+	return s.keep(ctx, d, u, int64(len(data)), func() []byte {
+		if u.Encoding == chunkbridgev1.Encoding_ENCODING_ZSTD {
+			return u.Data // an incoming zstd frame is kept as sent, once verified
+		}
+		return s.codec.compress(data)
+	}, storage.Metadata{metaAlgorithm: algorithmName(u.Algorithm), metaSize: strconv.Itoa(len(data))})
+}
+
+// keep stores a checked upload of size bytes in d unless it is there
+// already: the part of Put after its checks, plain or encrypted. stored
+// makes the object's bytes, only once they are needed; meta gets the
+// uploader's tenant.
+func (s *Service) keep(ctx context.Context, d *domain, u Upload, size int64, stored func() []byte, meta storage.Metadata) (bool, error) {
+	k := pkey{d.num, u.ID}
+	s.received.Add(size)
+	s.metrics.bytesReceived.Add(float64(size))
 	if s.presence.has(k) {
 		s.uploaded(ctx, u.ID)
 		s.deduplicated.Add(1)
 		return false, nil
-	}
-	stored := u.Data // an incoming zstd frame is kept as sent, once verified
-	if u.Encoding != chunkbridgev1.Encoding_ENCODING_ZSTD {
-		stored = s.codec.compress(data)
 	}
 	tenant := auth.FromContext(ctx).Tenant
 	if err := errors.Join(s.quota.LogicalFull(tenant), s.quota.CheckStored(ctx, tenant)); err != nil {
@@ -192,23 +201,24 @@ func (s *Service) Put(ctx context.Context, u Upload) (created bool, err error) {
 		if _, serr := d.store.Stat(ctx, u.ID.Key()); serr != nil {
 			return false, fmt.Errorf("chunk %s: %w", u.ID, err)
 		}
-		s.presence.add(k, int64(len(data)), gen)
+		s.presence.add(k, size, gen)
 		s.uploaded(ctx, u.ID)
 		s.deduplicated.Add(1)
 		return false, nil
 	}
-	meta := storage.Metadata{metaAlgorithm: algorithmName(u.Algorithm), metaSize: strconv.Itoa(len(data)), MetaTenant: tenant}
+	obj := stored()
+	meta[MetaTenant] = tenant
 	gen := s.presence.generation()
-	created, err = d.store.PutIfAbsent(ctx, u.ID.Key(), bytes.NewReader(stored), int64(len(stored)), meta)
+	created, err := d.store.PutIfAbsent(ctx, u.ID.Key(), bytes.NewReader(obj), int64(len(obj)), meta)
 	if err != nil {
 		return false, fmt.Errorf("chunk %s: %w", u.ID, err)
 	}
-	s.presence.add(k, int64(len(data)), gen)
+	s.presence.add(k, size, gen)
 	s.uploaded(ctx, u.ID)
 	if created {
-		s.quota.AddStored(tenant, int64(len(stored)))
+		s.quota.AddStored(tenant, int64(len(obj)))
 		s.written.Add(1)
-		s.metrics.bytesStored.Add(float64(len(stored)))
+		s.metrics.bytesStored.Add(float64(len(obj)))
 	} else {
 		s.deduplicated.Add(1)
 	}
