@@ -237,13 +237,22 @@ func (sv *serving) references(ctx context.Context, tenant string, id ID) (bool, 
 		refs := sv.refs
 		sv.mu.Unlock()
 		start := time.Now()
+		// Files repeat ids (every snapshot of a disk, chunks within a
+		// file): the set is compacted whenever it doubles, so its memory
+		// follows the distinct ids, not the references a tenant can pile up.
 		var ps []uint64
+		distinct := 0
 		err := refs(ctx, tenant, func(id ID) error {
 			ps = append(ps, binary.BigEndian.Uint64(id[:8]))
+			if len(ps) >= 2*distinct+1<<16 {
+				slices.Sort(ps)
+				ps = slices.Compact(ps)
+				distinct = len(ps)
+			}
 			return nil
 		})
 		slices.Sort(ps)
-		ps = slices.Compact(ps)
+		ps = slices.Clip(slices.Compact(ps))
 		sv.mu.Lock()
 		b.err = err
 		close(b.done)
