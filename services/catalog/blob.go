@@ -1,10 +1,10 @@
 package catalog
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"time"
 
@@ -14,6 +14,7 @@ import (
 	"github.com/chunkbridge/chunkbridge/auth"
 	"github.com/chunkbridge/chunkbridge/format/datablob"
 	"github.com/chunkbridge/chunkbridge/services/apierr"
+	"github.com/chunkbridge/chunkbridge/services/chunk"
 	"github.com/chunkbridge/chunkbridge/storage"
 )
 
@@ -62,23 +63,32 @@ func (s *Server) PutSnapshotBlob(stream grpc.ClientStreamingServer[chunkbridgev1
 		return apierr.Status(err)
 	}
 	path := dir + "/" + first.GetName()
-	var buf bytes.Buffer
-	for msg := first; ; {
-		if buf.Len()+len(msg.GetData()) > maxBlob {
-			return apierr.Status(fmt.Errorf("%w: blob file %s: larger than %d bytes (128 MiB of data and its DataBlob header); store less in one blob", apierr.ErrInvalid, path, maxBlob))
-		}
-		buf.Write(msg.GetData())
-		msg, err = stream.Recv()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return err
-		}
+	// A tenant over a quota stores no blob either (blobs are not counted
+	// in its usage: docs/tenants.md).
+	tenant := auth.FromContext(ctx).Tenant
+	if err := errors.Join(s.cfg.Quota.LogicalFull(tenant), s.cfg.Quota.CheckStored(ctx, tenant)); err != nil {
+		return apierr.Status(fmt.Errorf("blob file %s: %w", path, err))
 	}
-	size := int64(buf.Len())
-	meta := storage.Metadata{metaCreated: time.Now().UTC().Format(time.RFC3339Nano)}
-	created, err := s.view(ctx).PutIfAbsent(ctx, snapshotPrefix+path, &buf, size, meta)
+	// Spooled to disk, as indexes are: many concurrent 128 MiB blobs must
+	// not be held in memory.
+	f, err := os.CreateTemp(s.cfg.SpoolDir, "blob-*")
+	if err != nil {
+		return apierr.Status(fmt.Errorf("blob file %s: spool: %w", path, err))
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	size, err := spool(f, first.GetData(), func() ([]byte, error) {
+		msg, err := stream.Recv()
+		return msg.GetData(), err
+	}, maxBlob, "blob file "+path+" (128 MiB of data and its DataBlob header at most)")
+	if err != nil {
+		return apierr.Status(fmt.Errorf("put snapshot blob: %w", err))
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return apierr.Status(fmt.Errorf("blob file %s: %w", path, err))
+	}
+	meta := storage.Metadata{metaCreated: time.Now().UTC().Format(time.RFC3339Nano), chunk.MetaTenant: tenant}
+	created, err := s.view(ctx).PutIfAbsent(ctx, snapshotPrefix+path, io.LimitReader(f, size), size, meta)
 	if err == nil && !created {
 		err = apierr.ErrExists
 	}

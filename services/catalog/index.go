@@ -59,7 +59,10 @@ func (s *Server) PutIndex(stream grpc.ClientStreamingServer[chunkbridgev1.PutInd
 	}
 	defer os.Remove(f.Name())
 	defer f.Close()
-	size, err := s.spool(stream, first, f)
+	size, err := spool(f, first.GetData(), func() ([]byte, error) {
+		msg, err := stream.Recv()
+		return msg.GetData(), err
+	}, s.cfg.MaxIndexSize, "index")
 	if err != nil {
 		return apierr.Status(fmt.Errorf("put index %s: %w", name, err))
 	}
@@ -70,19 +73,21 @@ func (s *Server) PutIndex(stream grpc.ClientStreamingServer[chunkbridgev1.PutInd
 	return stream.SendAndClose(&chunkbridgev1.PutIndexResponse{Index: info})
 }
 
-// spool copies the stream's data into f, refusing more than MaxIndexSize.
-func (s *Server) spool(stream grpc.ClientStreamingServer[chunkbridgev1.PutIndexRequest, chunkbridgev1.PutIndexResponse], first *chunkbridgev1.PutIndexRequest, f *os.File) (int64, error) {
+// spool copies a client stream's data (first, then what next returns
+// until io.EOF) into f, refusing more than limit bytes of what: a large
+// upload is never held in memory.
+func spool(f *os.File, first []byte, next func() ([]byte, error), limit int64, what string) (int64, error) {
 	var size int64
-	for msg := first; ; {
-		size += int64(len(msg.GetData()))
-		if size > s.cfg.MaxIndexSize {
-			return 0, fmt.Errorf("%w: index larger than %d bytes", apierr.ErrInvalid, s.cfg.MaxIndexSize)
+	for data := first; ; {
+		size += int64(len(data))
+		if size > limit {
+			return 0, fmt.Errorf("%w: %s larger than %d bytes", apierr.ErrInvalid, what, limit)
 		}
-		if _, err := f.Write(msg.GetData()); err != nil {
+		if _, err := f.Write(data); err != nil {
 			return 0, fmt.Errorf("spool: %w", err)
 		}
 		var err error
-		msg, err = stream.Recv()
+		data, err = next()
 		if err == io.EOF {
 			return size, nil
 		}
