@@ -4,9 +4,14 @@ import (
 	"bufio"
 	"crypto/tls"
 	"fmt"
+	"io"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/chunkbridge/chunkbridge/format/datablob"
+	"github.com/chunkbridge/chunkbridge/gateway/pbs/pbstest"
 )
 
 // A management request is passed on with its body unread: a client that
@@ -31,4 +36,35 @@ func TestManagementBodyNotBuffered(t *testing.T) {
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("status %d, want 200", resp.StatusCode)
 	}
+}
+
+// finish waits for every blob and index under way: the manifest it
+// publishes never names a file whose upload was not yet answered.
+func TestFinishWaitsForUploads(t *testing.T) {
+	h := newHarness(t)
+	s := h.backup(t, 1700000000)
+	a := pbstest.Blob(t, []byte("a"), nil)
+	s.OK("POST", fmt.Sprintf("/blob?file-name=a.blob&encoded-size=%d", len(a)), a)
+	manifest := `{"backup-type":"host","backup-id":"web1","backup-time":1700000000,"files":[],"unprotected":{},"signature":null}`
+	mb, _ := datablob.EncodeRaw([]byte(manifest))
+	s.OK("POST", fmt.Sprintf("/blob?file-name=index.json.blob&encoded-size=%d", len(mb)), mb)
+
+	b := pbstest.Blob(t, []byte("b"), nil)
+	pr, pw := io.Pipe()
+	done := make(chan int)
+	go func() {
+		st, _ := s.Call("POST", fmt.Sprintf("/blob?file-name=b.blob&encoded-size=%d", len(b)), pr)
+		done <- st
+	}()
+	pw.Write(b[:1])
+	time.Sleep(500 * time.Millisecond) // the blob's handler runs
+	if st, out := s.Call("POST", "/finish", nil); st != http.StatusBadRequest || !strings.Contains(string(out), "being stored") {
+		t.Fatalf("finish with a blob under way: %d %s", st, out)
+	}
+	pw.Write(b[1:])
+	pw.Close()
+	if st := <-done; st != http.StatusOK {
+		t.Fatalf("blob: %d", st)
+	}
+	s.OK("POST", "/finish", nil)
 }
