@@ -468,8 +468,14 @@ func (b *backup) encryptedChunk(w http.ResponseWriter, r *http.Request, wr *writ
 
 // store uploads a chunk of wr's archive and makes it known to appends.
 func (b *backup) store(w http.ResponseWriter, r *http.Request, wr *writer, up client.Upload, size uint64) {
+	key := knownKey{up.ID, up.Encrypted}
 	b.mu.Lock()
 	err := wr.take(modeOf(up.Encrypted))
+	if _, dup := b.known[key]; err == nil && !dup && len(b.known) >= session.OrDefault(b.srv.MaxChunks, defaultMaxChunks) {
+		// Refused before it is stored: an OK here would promise an
+		// append that then finds no such chunk.
+		err = fmt.Errorf("%w: this session knows too many chunks", apierr.ErrExhausted)
+	}
 	b.mu.Unlock()
 	if err != nil {
 		b.fail(w, r, fmt.Errorf("chunk %s: %w", up.ID, err))
@@ -480,9 +486,7 @@ func (b *backup) store(w http.ResponseWriter, r *http.Request, wr *writer, up cl
 		return
 	}
 	b.mu.Lock()
-	if len(b.known) < session.OrDefault(b.srv.MaxChunks, defaultMaxChunks) {
-		b.known[knownKey{up.ID, up.Encrypted}] = size
-	}
+	b.known[key] = size // concurrent uploads may pass the cap by at most the streams open
 	b.mu.Unlock()
 	reply(w, nil)
 }

@@ -2,6 +2,7 @@ package pbs_test
 
 import (
 	"bufio"
+	"crypto/sha256"
 	"crypto/tls"
 	"fmt"
 	"io"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/chunkbridge/chunkbridge/format/datablob"
+	"github.com/chunkbridge/chunkbridge/gateway/pbs"
 	"github.com/chunkbridge/chunkbridge/gateway/pbs/pbstest"
 )
 
@@ -67,4 +69,24 @@ func TestFinishWaitsForUploads(t *testing.T) {
 		t.Fatalf("blob: %d", st)
 	}
 	s.OK("POST", "/finish", nil)
+}
+
+// A chunk the session could not remember is refused, not answered OK and
+// then missing from the append that names it.
+func TestKnownChunksCap(t *testing.T) {
+	h := newHarnessWith(t, func(s *pbs.Server) { s.MaxChunks = 1 })
+	s := h.backup(t, 1700000000)
+	wid := dynamicWriter(s, "root.pxar.didx")
+	for i, data := range makeChunks(7, 2, 1000) {
+		sum := sha256.Sum256(data)
+		blob := pbstest.Blob(t, data, nil)
+		st, out := s.Call("POST", fmt.Sprintf("/dynamic_chunk?wid=%d&digest=%x&size=%d&encoded-size=%d", wid, sum, len(data), len(blob)), blob)
+		want := http.StatusOK
+		if i == 1 {
+			want = http.StatusServiceUnavailable
+		}
+		if st != want {
+			t.Fatalf("chunk %d: %d %s, want %d", i, st, out, want)
+		}
+	}
 }
