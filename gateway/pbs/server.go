@@ -59,8 +59,8 @@ type Server struct {
 	// MaxConns caps the connections served at once (default 1024).
 	MaxConns int
 	// IdleTimeout closes an HTTP/2 connection without streams (default
-	// 10m); HandshakeTimeout bounds the TLS handshake and the upgrade
-	// request (default 30s).
+	// 10m); HandshakeTimeout bounds the TLS handshake, the upgrade
+	// request and the reading of a management request (default 30s).
 	IdleTimeout, HandshakeTimeout time.Duration
 	// UploadBytes bounds the chunk and blob bodies a connection holds at
 	// once, read and not yet stored (default 64 MiB): HTTP/2 windows let a
@@ -111,9 +111,13 @@ func (s *Server) init() {
 		s.mgmt = &http.Server{
 			Handler:           s.managementHandler(),
 			ReadHeaderTimeout: session.OrDefault(s.HandshakeTimeout, 30*time.Second),
-			IdleTimeout:       time.Minute,
-			MaxHeaderBytes:    64 << 10,
-			ErrorLog:          slog.NewLogLogger(s.log().Handler(), slog.LevelDebug),
+			// A management request's body is at most a few MiB of
+			// parameters: a client trickling it is dropped.
+			ReadTimeout:    session.OrDefault(s.HandshakeTimeout, 30*time.Second),
+			WriteTimeout:   5 * time.Minute,
+			IdleTimeout:    time.Minute,
+			MaxHeaderBytes: 64 << 10,
+			ErrorLog:       slog.NewLogLogger(s.log().Handler(), slog.LevelDebug),
 		}
 		go s.mgmt.Serve(s.mln)
 	})

@@ -90,3 +90,21 @@ func TestKnownChunksCap(t *testing.T) {
 		}
 	}
 }
+
+// A management request whose body trickles in is dropped once
+// HandshakeTimeout has passed, not held for as long as the client likes.
+func TestManagementSlowBody(t *testing.T) {
+	h := newHarnessWith(t, func(s *pbs.Server) { s.HandshakeTimeout = time.Second })
+	c, err := tls.Dial("tcp", h.addr, &tls.Config{InsecureSkipVerify: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(c, "POST /api2/json/access/ticket HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+	start := time.Now()
+	io.Copy(io.Discard, c) // the server answers or closes
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("the connection was held %v", d)
+	}
+}
