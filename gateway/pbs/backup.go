@@ -52,11 +52,14 @@ type backup struct {
 	// files serialises previous: an index is read whole and converted.
 	files sync.Mutex
 
-	mu       sync.Mutex
-	known    map[knownKey]uint64 // chunks usable in appends, and their sizes
-	writers  map[int]*writer
-	nextWID  int
-	written  int // files closed and blobs stored
+	mu      sync.Mutex
+	known   map[knownKey]uint64 // chunks usable in appends, and their sizes
+	writers map[int]*writer
+	nextWID int
+	written int // files closed and blobs stored
+	// storing counts closes and blob uploads under way: finish waits for
+	// none, so the manifest never names a file not yet stored.
+	storing  int
 	manifest []byte
 	// modes is the crypt mode of each manifest file (manifestModes), and
 	// archives whether each index closed in this session is encrypted:
@@ -465,8 +468,14 @@ func (b *backup) encryptedChunk(w http.ResponseWriter, r *http.Request, wr *writ
 
 // store uploads a chunk of wr's archive and makes it known to appends.
 func (b *backup) store(w http.ResponseWriter, r *http.Request, wr *writer, up client.Upload, size uint64) {
+	key := knownKey{up.ID, up.Encrypted}
 	b.mu.Lock()
 	err := wr.take(modeOf(up.Encrypted))
+	if _, dup := b.known[key]; err == nil && !dup && len(b.known) >= session.OrDefault(b.srv.MaxChunks, defaultMaxChunks) {
+		// Refused before it is stored: an OK here would promise an
+		// append that then finds no such chunk.
+		err = fmt.Errorf("%w: this session knows too many chunks", apierr.ErrExhausted)
+	}
 	b.mu.Unlock()
 	if err != nil {
 		b.fail(w, r, fmt.Errorf("chunk %s: %w", up.ID, err))
@@ -477,9 +486,7 @@ func (b *backup) store(w http.ResponseWriter, r *http.Request, wr *writer, up cl
 		return
 	}
 	b.mu.Lock()
-	if len(b.known) < session.OrDefault(b.srv.MaxChunks, defaultMaxChunks) {
-		b.known[knownKey{up.ID, up.Encrypted}] = size
-	}
+	b.known[key] = size // concurrent uploads may pass the cap by at most the streams open
 	b.mu.Unlock()
 	reply(w, nil)
 }
@@ -620,7 +627,9 @@ func (b *backup) close(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	delete(b.writers, int(wid)) // a failed close ends the writer: nothing is published
+	b.storing++
 	b.mu.Unlock()
+	defer b.stored()
 	var sum [32]byte
 	if wr.fixed {
 		if wr.count != wr.slots {
@@ -716,6 +725,11 @@ func (b *backup) blob(w http.ResponseWriter, r *http.Request) {
 		b.fail(w, r, fmt.Errorf("%w: file-name %q: want NAME.blob", apierr.ErrInvalid, name))
 		return
 	}
+	if err := b.startStoring(); err != nil {
+		b.fail(w, r, err)
+		return
+	}
+	defer b.stored()
 	enc, _ := strconv.ParseInt(q.Get("encoded-size"), 10, 64)
 	limit := int64(datablob.MaxEncodedSize)
 	if name == manifestName {
@@ -769,6 +783,25 @@ func (b *backup) blob(w http.ResponseWriter, r *http.Request) {
 	reply(w, nil)
 }
 
+// startStoring counts a blob upload under way, or refuses one after
+// finish.
+func (b *backup) startStoring() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.finished {
+		return fmt.Errorf("%w: the backup is finished", apierr.ErrInvalid)
+	}
+	b.storing++
+	return nil
+}
+
+// stored ends what startStoring or close counted.
+func (b *backup) stored() {
+	b.mu.Lock()
+	b.storing--
+	b.mu.Unlock()
+}
+
 // modesAgree checks that the manifest gives each index of this session
 // the crypt mode its chunks came in: a restore decides from it whether to
 // decrypt. Called with mu held.
@@ -817,6 +850,8 @@ func (b *backup) finish(w http.ResponseWriter, r *http.Request) {
 		err = errors.New("the backup is finished already")
 	case len(b.writers) > 0:
 		err = fmt.Errorf("%d index writers are still open; close them first", len(b.writers))
+	case b.storing > 0:
+		err = fmt.Errorf("%d files are still being stored; finish once their uploads are answered", b.storing)
 	case b.written == 0:
 		err = errors.New("nothing was written")
 	case b.manifest == nil:
@@ -834,6 +869,9 @@ func (b *backup) finish(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := b.srv.Catalog.PutSnapshotBlob(r.Context(), b.snap.typ, b.snap.id, b.snap.time, manifestName, manifest); err != nil {
+		b.mu.Lock()
+		b.finished = false // nothing was published: finish may be tried again
+		b.mu.Unlock()
 		b.fail(w, r, fmt.Errorf("finish: %w", err))
 		return
 	}

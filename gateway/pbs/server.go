@@ -7,6 +7,7 @@ package pbs
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
@@ -17,6 +18,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -57,8 +59,8 @@ type Server struct {
 	// MaxConns caps the connections served at once (default 1024).
 	MaxConns int
 	// IdleTimeout closes an HTTP/2 connection without streams (default
-	// 10m); HandshakeTimeout bounds the TLS handshake and the upgrade
-	// request (default 30s).
+	// 10m); HandshakeTimeout bounds the TLS handshake, the upgrade
+	// request and the reading of a management request (default 30s).
 	IdleTimeout, HandshakeTimeout time.Duration
 	// UploadBytes bounds the chunk and blob bodies a connection holds at
 	// once, read and not yet stored (default 64 MiB): HTTP/2 windows let a
@@ -109,9 +111,13 @@ func (s *Server) init() {
 		s.mgmt = &http.Server{
 			Handler:           s.managementHandler(),
 			ReadHeaderTimeout: session.OrDefault(s.HandshakeTimeout, 30*time.Second),
-			IdleTimeout:       time.Minute,
-			MaxHeaderBytes:    64 << 10,
-			ErrorLog:          slog.NewLogLogger(s.log().Handler(), slog.LevelDebug),
+			// A management request's body is at most a few MiB of
+			// parameters: a client trickling it is dropped.
+			ReadTimeout:    session.OrDefault(s.HandshakeTimeout, 30*time.Second),
+			WriteTimeout:   5 * time.Minute,
+			IdleTimeout:    time.Minute,
+			MaxHeaderBytes: 64 << 10,
+			ErrorLog:       slog.NewLogLogger(s.log().Handler(), slog.LevelDebug),
 		}
 		go s.mgmt.Serve(s.mln)
 	})
@@ -202,16 +208,28 @@ func (s *Server) serveConn(nc net.Conn) {
 	}
 	br := bufio.NewReaderSize(nc, 16<<10)
 	// The Go client sends no Host header, which net/http's server refuses:
-	// the first request is read here, and only non-upgrade requests go on
-	// to the management server.
-	req, err := http.ReadRequest(br)
+	// the first request's header is read here, and only non-upgrade
+	// requests go on to the management server, the header as it came (a
+	// Host added if it has none) and its body unread.
+	head, err := peekHeader(br)
 	if err != nil {
 		s.log().Info("reading the first request", "remote", remote, "err", err)
 		return
 	}
+	req, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(head)))
+	if err != nil {
+		s.log().Info("reading the first request", "remote", remote, "err", err)
+		return
+	}
+	head = bytes.Clone(head)
+	br.Discard(len(head))
 	nc.SetDeadline(time.Time{})
 	if req.Header.Get("Upgrade") == "" {
-		c := &replayConn{Conn: nc, r: br, first: req, closed: make(chan struct{})}
+		if req.Host == "" {
+			line, rest, _ := bytes.Cut(head, []byte("\n"))
+			head = slices.Concat(line, []byte("\nHost: localhost\r\n"), rest) // the Go client sends none
+		}
+		c := &replayConn{Conn: nc, r: io.MultiReader(bytes.NewReader(head), br), closed: make(chan struct{})}
 		select {
 		case s.mln.conns <- c:
 			<-c.closed
@@ -220,6 +238,30 @@ func (s *Server) serveConn(nc net.Conn) {
 		return
 	}
 	s.upgrade(nc, br, req, remote)
+}
+
+// peekHeader returns the bytes of the first request's header, through its
+// empty line, leaving them in br: at most br's size, and never any of the
+// body, which a client may make as long as it likes.
+func peekHeader(br *bufio.Reader) ([]byte, error) {
+	for n := 1; ; n = br.Buffered() + 1 {
+		if n > br.Size() {
+			return nil, fmt.Errorf("request header longer than %d bytes", br.Size())
+		}
+		buf, err := br.Peek(n)
+		if err != nil {
+			return nil, err
+		}
+		buf, _ = br.Peek(br.Buffered())
+		// The header ends at its first empty line (net/http takes a
+		// bare LF for a CRLF).
+		if i := bytes.Index(buf, []byte("\n\r\n")); i >= 0 && !bytes.Contains(buf[:i+1], []byte("\n\n")) {
+			return buf[:i+3], nil
+		}
+		if i := bytes.Index(buf, []byte("\n\n")); i >= 0 {
+			return buf[:i+2], nil
+		}
+	}
 }
 
 // fail answers an upgrade request with a plain HTTP error.
@@ -325,28 +367,16 @@ type bufferedConn struct {
 
 func (c *bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 
-// replayConn hands the management server a connection whose first request
-// was read already: it is written back in front of the rest.
+// replayConn hands the management server a connection whose first
+// request's header was read already: it is read again in front of the rest.
 type replayConn struct {
 	net.Conn
 	r      io.Reader
-	first  *http.Request
-	once   sync.Once
 	cOnce  sync.Once
 	closed chan struct{}
 }
 
-func (c *replayConn) Read(p []byte) (int, error) {
-	c.once.Do(func() {
-		var b strings.Builder
-		if c.first.Host == "" {
-			c.first.Host = "localhost" // the Go client sends none
-		}
-		c.first.Write(&b)
-		c.r = io.MultiReader(strings.NewReader(b.String()), c.r)
-	})
-	return c.r.Read(p)
-}
+func (c *replayConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 
 func (c *replayConn) Close() error {
 	err := c.Conn.Close()

@@ -65,7 +65,8 @@ func Open(t testing.TB, addr, path, proto, authorization string, q url.Values) (
 	return &Session{t: t, cc: cc}, nil
 }
 
-// Call sends one request; a body that is not []byte goes as JSON. It is
+// Call sends one request; a body that is not []byte or an io.Reader goes
+// as JSON. It is
 // safe from any goroutine.
 func (s *Session) Call(method, path string, body any) (int, []byte) {
 	var rd io.Reader
@@ -74,6 +75,8 @@ func (s *Session) Call(method, path string, body any) (int, []byte) {
 	case nil:
 	case []byte:
 		rd = bytes.NewReader(b)
+	case io.Reader:
+		rd = b
 	default:
 		j, _ := json.Marshal(b)
 		rd, ct = bytes.NewReader(j), "application/json"
