@@ -792,8 +792,15 @@ func (b *backup) startStoring() error {
 		return fmt.Errorf("%w: the backup is finished", apierr.ErrInvalid)
 	}
 	b.storing++
+	if startedStoring != nil {
+		startedStoring()
+	}
 	return nil
 }
+
+// startedStoring, set by tests, is called once startStoring counted an
+// upload.
+var startedStoring func()
 
 // stored ends what startStoring or close counted.
 func (b *backup) stored() {

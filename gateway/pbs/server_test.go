@@ -52,6 +52,8 @@ func TestFinishWaitsForUploads(t *testing.T) {
 	s.OK("POST", fmt.Sprintf("/blob?file-name=index.json.blob&encoded-size=%d", len(mb)), mb)
 
 	b := pbstest.Blob(t, []byte("b"), nil)
+	storing := make(chan struct{}, 1)
+	pbs.OnStartedStoring(t, func() { storing <- struct{}{} })
 	pr, pw := io.Pipe()
 	done := make(chan int)
 	go func() {
@@ -59,7 +61,7 @@ func TestFinishWaitsForUploads(t *testing.T) {
 		done <- st
 	}()
 	pw.Write(b[:1])
-	time.Sleep(500 * time.Millisecond) // the blob's handler runs
+	<-storing // the blob's handler counted it
 	if st, out := s.Call("POST", "/finish", nil); st != http.StatusBadRequest || !strings.Contains(string(out), "being stored") {
 		t.Fatalf("finish with a blob under way: %d %s", st, out)
 	}
