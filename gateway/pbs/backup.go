@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
 	"github.com/chunkbridge/chunkbridge/auth"
@@ -154,6 +155,14 @@ func (s *Server) newBackup(ctx context.Context, p auth.Principal, snap snapshot,
 }
 
 func (b *backup) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	// Every request's body (a chunk, a blob, JSON parameters, a
+	// speedtest) is read within BodyTimeout: a client that trickles one,
+	// or stops and answers pings, holds neither the stream nor its share
+	// of the upload budget for longer.
+	if err := http.NewResponseController(w).SetReadDeadline(time.Now().Add(session.OrDefault(b.srv.BodyTimeout, 2*time.Minute))); err != nil {
+		b.fail(w, r, fmt.Errorf("bound the request's reading: %w", err))
+		return
+	}
 	r.URL.Path = cleanPath(r.URL.Path)
 	r = r.WithContext(auth.NewContext(r.Context(), b.p))
 	b.mux.ServeHTTP(w, r)

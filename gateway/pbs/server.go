@@ -66,6 +66,9 @@ type Server struct {
 	// once, read and not yet stored (default 64 MiB): HTTP/2 windows let a
 	// client send 32 MiB per stream, this caps the sum over its streams.
 	UploadBytes int64
+	// BodyTimeout bounds the reading of one backup request's body
+	// (default 2 minutes: a 16 MiB chunk at 140 KB/s).
+	BodyTimeout time.Duration
 	// DownloadBytes bounds the chunk bytes a reader connection holds for
 	// its client, fetched and not yet written (default 64 MiB): each chunk
 	// request takes the largest chunk's size before the fetch and gives

@@ -110,3 +110,38 @@ func TestManagementSlowBody(t *testing.T) {
 		t.Fatalf("the connection was held %v", d)
 	}
 }
+
+// A chunk body that stops in the middle (the client still answering
+// pings) fails once BodyTimeout has passed, and gives back its share of
+// the upload budget: the next upload of the whole budget's size succeeds.
+func TestStalledBodyIsCut(t *testing.T) {
+	data := makeChunks(9, 1, 1<<20)[0]
+	h := newHarnessWith(t, func(s *pbs.Server) {
+		s.BodyTimeout = time.Second
+		s.UploadBytes = int64(len(data)) + 1024 // one chunk at a time
+	})
+	s := h.backup(t, 1700000000)
+	wid := dynamicWriter(s, "root.pxar.didx")
+	sum := sha256.Sum256(data)
+	blob := pbstest.Blob(t, data, nil)
+	path := fmt.Sprintf("/dynamic_chunk?wid=%d&digest=%x&size=%d&encoded-size=%d", wid, sum, len(data), len(blob))
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	done := make(chan int, 1)
+	go func() {
+		st, _ := s.Call("POST", path, pr)
+		done <- st
+	}()
+	pw.Write(blob[:len(blob)/2])
+	select {
+	case st := <-done:
+		if st < 400 {
+			t.Fatalf("a stalled body was answered %d", st)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("a stalled body held its stream for 30 s, BodyTimeout is 1 s")
+	}
+	if st, out := s.Call("POST", path, blob); st != http.StatusOK {
+		t.Fatalf("the next chunk after the cut: %d %s; want the budget given back", st, out)
+	}
+}
