@@ -60,7 +60,9 @@ type backup struct {
 	written int // files closed and blobs stored
 	// storing counts closes and blob uploads under way: finish waits for
 	// none, so the manifest never names a file not yet stored.
-	storing  int
+	storing int
+	// entries counts the chunk entries of the open writers (MaxEntries).
+	entries  int
 	manifest []byte
 	// modes is the crypt mode of each manifest file (manifestModes), and
 	// archives whether each index closed in this session is encrypted:
@@ -591,6 +593,10 @@ func (b *backup) appendEntries(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 			if _, dup := wr.digests[slot]; !dup {
+				if err := b.hold(); err != nil {
+					b.fail(w, r, err)
+					return
+				}
 				wr.count++
 			}
 			wr.digests[slot] = id
@@ -604,12 +610,27 @@ func (b *backup) appendEntries(w http.ResponseWriter, r *http.Request) {
 			b.fail(w, r, fmt.Errorf("%w: more than %d chunks in one index", apierr.ErrInvalid, pbsindex.DefaultMaxEntries))
 			return
 		}
+		if err := b.hold(); err != nil {
+			b.fail(w, r, err)
+			return
+		}
 		wr.entries = append(wr.entries, client.SnapshotEntry{Offset: int64(off), ID: id})
 		wr.size += size
 		wr.count++
 		wr.csum.AddEntry(wr.size, pbsidx.Digest(id))
 	}
 	reply(w, nil)
+}
+
+// hold counts one more entry held in the session's open indexes, or
+// refuses it past MaxEntries; b.mu is held.
+func (b *backup) hold() error {
+	limit := session.OrDefault(b.srv.MaxEntries, pbsindex.DefaultMaxEntries)
+	if b.entries >= limit {
+		return fmt.Errorf("%w: this session's open indexes hold %d chunk entries, the most one session may: close some before appending more", apierr.ErrExhausted, limit)
+	}
+	b.entries++
+	return nil
 }
 
 // close checks an index against the client's count, size and checksum,
@@ -636,6 +657,7 @@ func (b *backup) close(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	delete(b.writers, int(wid)) // a failed close ends the writer: nothing is published
+	b.entries -= int(wr.count)
 	b.storing++
 	b.mu.Unlock()
 	defer b.stored()

@@ -66,6 +66,10 @@ type Server struct {
 	// once, read and not yet stored (default 64 MiB): HTTP/2 windows let a
 	// client send 32 MiB per stream, this caps the sum over its streams.
 	UploadBytes int64
+	// MaxEntries bounds the chunk entries a backup session holds in its
+	// open indexes together (default 16 Mi, 64 TiB at 4 MiB chunks, about
+	// 700 MiB): without it 16 open writers could hold 16 Mi entries each.
+	MaxEntries int
 	// BodyTimeout bounds the reading of one backup request's body
 	// (default 2 minutes: a 16 MiB chunk at 140 KB/s).
 	BodyTimeout time.Duration

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"crypto/sha256"
 	"crypto/tls"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"net/http"
@@ -143,5 +144,26 @@ func TestStalledBodyIsCut(t *testing.T) {
 	}
 	if st, out := s.Call("POST", path, blob); st != http.StatusOK {
 		t.Fatalf("the next chunk after the cut: %d %s; want the budget given back", st, out)
+	}
+}
+
+// A session's open indexes hold at most MaxEntries chunk entries
+// together, across writers.
+func TestSessionEntriesCap(t *testing.T) {
+	h := newHarnessWith(t, func(s *pbs.Server) { s.MaxEntries = 3 })
+	s := h.backup(t, 1700000000)
+	chunks := makeChunks(11, 4, 1000)
+	wa, wb := dynamicWriter(s, "a.pxar.didx"), dynamicWriter(s, "b.pxar.didx")
+	var digests []string
+	for _, c := range chunks {
+		sum := sha256.Sum256(c)
+		blob := pbstest.Blob(t, c, nil)
+		s.OK("POST", fmt.Sprintf("/dynamic_chunk?wid=%d&digest=%x&size=%d&encoded-size=%d", wa, sum, len(c), len(blob)), blob)
+		digests = append(digests, hex.EncodeToString(sum[:]))
+	}
+	s.OK("PUT", "/dynamic_index", map[string]any{"wid": wa, "digest-list": digests[:2], "offset-list": []int{0, 1000}})
+	s.OK("PUT", "/dynamic_index", map[string]any{"wid": wb, "digest-list": digests[2:3], "offset-list": []int{0}})
+	if st, out := s.Call("PUT", "/dynamic_index", map[string]any{"wid": wb, "digest-list": digests[3:4], "offset-list": []int{1000}}); st < 400 || !strings.Contains(string(out), "chunk entries") {
+		t.Fatalf("a fourth entry across two writers with MaxEntries 3: %d %s", st, out)
 	}
 }
