@@ -155,9 +155,11 @@ func TestFinalFrameAfterQueueThenHalfClose(t *testing.T) {
 	// A worker's error ends the session and wakes the blocked main loop.
 	s.Go(func(ctx context.Context) error { return failure })
 	runErr := make(chan error, 1)
+	mainDone := make(chan struct{})
 	go func() {
 		runErr <- s.Run(func(ctx context.Context) error {
 			_, err := io.Copy(io.Discard, s.Reader()) // blocked until the end
+			close(mainDone)
 			return err
 		})
 	}()
@@ -168,7 +170,10 @@ func TestFinalFrameAfterQueueThenHalfClose(t *testing.T) {
 	if g := string(got); g != "one,two,ABORT" {
 		t.Fatalf("peer read %q, want the queued frames then the final one", g)
 	}
-	// The peer, still sending, is drained until it closes.
+	// The peer, still sending, is drained until it closes. It writes once
+	// the main loop has seen the end: bytes that reached the main loop's
+	// pending Read first would be the main loop's, not the drain's.
+	<-mainDone
 	peer.Write(bytes.Repeat([]byte("z"), 1000))
 	peer.Close()
 	if err := <-runErr; !errors.Is(err, failure) {
