@@ -9,6 +9,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -330,10 +331,13 @@ func TestBackupRefusesBadID(t *testing.T) {
 	}
 }
 
-// blockingReader returns some data, then blocks until closed.
+// blockingReader returns some data, then blocks until release is closed;
+// blocked is closed when it first blocks: the backup is under way.
 type blockingReader struct {
 	n       int
 	release chan struct{}
+	blocked chan struct{}
+	once    sync.Once
 }
 
 func (r *blockingReader) Read(b []byte) (int, error) {
@@ -342,6 +346,7 @@ func (r *blockingReader) Read(b []byte) (int, error) {
 		r.n -= n
 		return n, nil
 	}
+	r.once.Do(func() { close(r.blocked) })
 	<-r.release
 	return 0, io.EOF
 }
@@ -350,14 +355,14 @@ func TestBackupCancelled(t *testing.T) {
 	p := pmxtest.NewPeer(t)
 	c := p.Dial(t)
 	ctx, cancel := context.WithCancel(ctxT(t))
-	in := &blockingReader{n: 1 << 20, release: make(chan struct{})}
+	in := &blockingReader{n: 1 << 20, release: make(chan struct{}), blocked: make(chan struct{})}
 	defer close(in.release)
 	done := make(chan error, 1)
 	go func() {
 		_, err := pmxclient.Backup(ctx, c, pmxclient.BackupOptions{Type: pmxproto.BackupHost, ID: "h", Name: "f", Input: in, Size: -1, Time: snapTime})
 		done <- err
 	}()
-	time.Sleep(100 * time.Millisecond)
+	<-in.blocked // the backup has read its input and waits for more
 	cancel()
 	select {
 	case err := <-done:

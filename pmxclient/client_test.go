@@ -157,11 +157,13 @@ func TestDialTimesOutWithoutHello(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
+	silent := make(chan struct{}) // the server accepts and never says HELLO
+	defer close(silent)
 	go func() {
 		c, err := ln.Accept()
 		if err == nil {
 			defer c.Close()
-			time.Sleep(2 * time.Second)
+			<-silent
 		}
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)

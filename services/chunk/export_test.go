@@ -7,3 +7,7 @@ import "context"
 func (s *Service) PollRemovals(ctx context.Context, last string) string {
 	return s.pollRemovals(ctx, last)
 }
+
+// OnWaitRebuild sets the hook run when a read starts waiting for another
+// read's rebuild of a tenant's references; nil removes it.
+func OnWaitRebuild(f func()) { testHookWaitRebuild = f }

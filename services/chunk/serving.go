@@ -200,6 +200,10 @@ func (sv *serving) bindingsChanged() {
 	sv.mu.Unlock()
 }
 
+// testHookWaitRebuild, if set, runs when a call starts waiting for another
+// call's rebuild of a tenant's references.
+var testHookWaitRebuild func()
+
 // references reports whether tenant references or added id, rebuilding
 // its set once when it is older than refsMinAge.
 func (sv *serving) references(ctx context.Context, tenant string, id ID) (bool, error) {
@@ -222,6 +226,9 @@ func (sv *serving) references(ctx context.Context, tenant string, id ID) (bool, 
 		}
 		if b := tr.building; b != nil {
 			sv.mu.Unlock()
+			if testHookWaitRebuild != nil {
+				testHookWaitRebuild()
+			}
 			select {
 			case <-b.done:
 				// A failed rebuild proves nothing: try again, as this

@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"errors"
 	"testing"
-	"time"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
 	"github.com/chunkbridge/chunkbridge/auth"
@@ -50,12 +49,20 @@ func TestServingWaiterOfFailedRebuild(t *testing.T) {
 		firstErr <- err
 	}()
 	<-began // the first read rebuilds
+	waiting := make(chan struct{}, 1)
+	chunk.OnWaitRebuild(func() {
+		select {
+		case waiting <- struct{}{}:
+		default:
+		}
+	})
+	defer chunk.OnWaitRebuild(nil)
 	second := make(chan error, 1)
 	go func() {
 		_, err := svc.Get(devCtx, id, true)
 		second <- err
 	}()
-	time.Sleep(50 * time.Millisecond) // the second waits for that rebuild
+	<-waiting // the second waits for that rebuild
 	close(release)
 	if err := <-firstErr; err == nil || errors.Is(err, apierr.ErrNotFound) {
 		t.Fatalf("the read whose rebuild failed: %v; want the failure", err)
