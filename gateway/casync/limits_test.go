@@ -506,7 +506,15 @@ func TestTinyThenHugeChunksOverdrawOnce(t *testing.T) {
 			c.send(&caproto.Hello{Features: caproto.PullChunks}, &caproto.Request{IDs: tiny})
 			pulls = append(pulls, c)
 		}
-		time.Sleep(200 * time.Millisecond) // the tiny chunks arrive first
+		for _, c := range pulls { // the tiny chunks arrive first
+			c.conn.SetReadDeadline(time.Now().Add(time.Minute))
+			if _, ok := c.next().(*caproto.Hello); !ok {
+				t.Fatal("no HELLO first")
+			}
+			if m, ok := c.next().(*caproto.Chunk); !ok || m.ID != tiny[0] {
+				t.Fatalf("the tiny chunk: got %v", m)
+			}
+		}
 		for _, c := range pulls {
 			c.send(&caproto.Request{IDs: ids}) // and never read
 		}
