@@ -251,6 +251,9 @@ func (b *backup) previous(w http.ResponseWriter, r *http.Request) {
 	b.files.Lock()
 	defer b.files.Unlock()
 	data, chunks, err := b.srv.readFile(r.Context(), dir, name)
+	if err == nil {
+		err = b.srv.allStored(r.Context(), chunks, encrypted, dir+"/"+name)
+	}
 	if err != nil {
 		b.fail(w, r, err)
 		return
@@ -267,6 +270,50 @@ func (b *backup) previous(w http.ResponseWriter, r *http.Request) {
 	b.mu.Unlock()
 	w.Header().Set("Content-Type", "application/octet-stream")
 	w.Write(data)
+}
+
+// findBatch bounds the ids of one existence check of allStored.
+const findBatch = 8192
+
+// allStored refuses a previous index whose chunks are not all in the
+// store (verify quarantined one, or it was deleted). Clients take their
+// known chunks from the index served, not from the server, and append
+// them unsent: knowing a gone chunk would fail the backup at close, and
+// leaving it out of the index would corrupt clients that reuse the
+// previous index by offset. Refused, the client backs the archive up
+// whole and the upload heals the store, as upstream refuses the previous
+// snapshot of a failed verify.
+func (s *Server) allStored(ctx context.Context, chunks map[client.ID]uint64, encrypted bool, file string) error {
+	find := s.Chunks.FindMissing
+	if encrypted {
+		find = s.Chunks.FindMissingEncrypted
+	}
+	ids := make([]client.ID, 0, min(len(chunks), findBatch))
+	gone := 0
+	check := func() error {
+		if len(ids) == 0 {
+			return nil
+		}
+		missing, err := find(ctx, ids)
+		gone += len(missing)
+		ids = ids[:0]
+		return err
+	}
+	for id := range chunks {
+		ids = append(ids, id)
+		if len(ids) == findBatch {
+			if err := check(); err != nil {
+				return fmt.Errorf("checking the chunks of %s: %w", file, err)
+			}
+		}
+	}
+	if err := check(); err != nil {
+		return fmt.Errorf("checking the chunks of %s: %w", file, err)
+	}
+	if gone > 0 {
+		return fmt.Errorf("%w: %d of the %d chunks of the previous %s are gone from the store (quarantined by verify, or deleted): back this archive up whole, which stores them again", apierr.ErrNotFound, gone, len(chunks), file)
+	}
+	return nil
 }
 
 // readFile reads a snapshot file for a client: a blob as stored, an index
