@@ -313,7 +313,7 @@ func serve(ctx context.Context, mode string, args []string, stdout, stderr io.Wr
 	}
 
 	if p.pbs && f.pbsListen != "" {
-		stop, err := f.servePBS(g, log, acc, chunks, cat, &listening)
+		stop, err := f.servePBS(g, log, acc, chunks, cat, chunkbridgev1.NewAdminServiceClient(conn), &listening)
 		if err != nil {
 			return err
 		}

@@ -25,6 +25,7 @@ import (
 
 	"golang.org/x/net/http2"
 
+	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
 	"github.com/chunkbridge/chunkbridge/auth"
 	"github.com/chunkbridge/chunkbridge/client"
 	"github.com/chunkbridge/chunkbridge/gateway/session"
@@ -83,6 +84,16 @@ type Server struct {
 	// from its previous snapshot, or registered by downloads; default 4 Mi,
 	// about 200 MiB of map).
 	MaxOpenWriters, MaxChunks int
+	// Stats counts the store for the datastore status (the AdminService's
+	// GetStats, called with the gateway's own admin credential); its
+	// answer is reused for StatusTTL (default 1 minute). Nil: the status
+	// answers 503.
+	Stats     func(ctx context.Context) (*chunkbridgev1.GetStatsResponse, error)
+	StatusTTL time.Duration
+
+	statsMu sync.Mutex
+	stats   *chunkbridgev1.GetStatsResponse
+	statsAt time.Time
 
 	once sync.Once
 	tcp  tcpserver.Server
