@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 
 	"golang.org/x/sync/errgroup"
 
@@ -26,13 +27,25 @@ func (f *serveFlags) servePBS(g *errgroup.Group, log *slog.Logger, acc *access, 
 	if err != nil {
 		return nil, fmt.Errorf("--pbs-tls-cert/--pbs-tls-key: %w", err)
 	}
+	var ticketKey []byte
+	if f.pbsTicketKeyFile != "" {
+		// The file's bytes as they are: every replica mounts the same
+		// Secret, and trimming random bytes could shorten the key.
+		ticketKey, err = os.ReadFile(f.pbsTicketKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("--pbs-ticket-key-file: %w; give a file of at least %d random bytes", err, pbs.MinTicketKey)
+		}
+		if len(ticketKey) < pbs.MinTicketKey {
+			return nil, usagef("--pbs-ticket-key-file %s: %d bytes, want at least %d random ones (e.g. head -c 32 /dev/urandom > FILE)", f.pbsTicketKeyFile, len(ticketKey), pbs.MinTicketKey)
+		}
+	}
 	ln, err := net.Listen("tcp", f.pbsListen)
 	if err != nil {
 		return nil, fmt.Errorf("--pbs-listen %s: %w", f.pbsListen, err)
 	}
 	plog := log.With("gateway", "pbs")
 	srv := &pbs.Server{
-		Chunks: chunks, Catalog: cat, Log: plog, MaxConns: f.maxConnsOr(1024),
+		Chunks: chunks, Catalog: cat, Log: plog, MaxConns: f.maxConnsOr(1024), TicketKey: ticketKey,
 		// PBS clients do the HTTP/1.1 upgrade themselves: no ALPN h2.
 		TLS: &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12, NextProtos: []string{"http/1.1"}},
 	}

@@ -91,6 +91,15 @@ type Server struct {
 	Stats     func(ctx context.Context) (*chunkbridgev1.GetStatsResponse, error)
 	StatusTTL time.Duration
 
+	// TicketKey signs tickets and their CSRF tokens (at least
+	// MinTicketKey bytes): gateways given one key accept each other's
+	// tickets, before and after a restart. Nil: a key made at start, so a
+	// ticket works only at the process that issued it.
+	TicketKey []byte
+
+	keyOnce sync.Once
+	key     []byte
+
 	statsMu sync.Mutex
 	stats   *chunkbridgev1.GetStatsResponse
 	statsAt time.Time
@@ -121,6 +130,7 @@ func (s *Server) log() *slog.Logger {
 
 func (s *Server) init() {
 	s.once.Do(func() {
+		s.ticketKey() // logs now when tickets are per process
 		s.tcp.Handle = s.serveConn
 		s.tcp.MaxConns = session.OrDefault(s.MaxConns, defaultMaxConns)
 		s.tcp.Log = s.Log
@@ -145,6 +155,9 @@ func (s *Server) init() {
 func (s *Server) Serve(ln net.Listener) error {
 	if s.TLS == nil {
 		return errors.New("pbs gateway: TLS is required (PBS clients speak nothing else): give a certificate and key")
+	}
+	if n := len(s.TicketKey); n > 0 && n < MinTicketKey {
+		return fmt.Errorf("pbs gateway: the ticket key has %d bytes, want at least %d random ones", n, MinTicketKey)
 	}
 	s.init()
 	return s.tcp.Serve(ln)
