@@ -152,3 +152,44 @@ func TestReuseCsum(t *testing.T) {
 		t.Fatalf("snapshots after the refusals: %v, %v", snaps, err)
 	}
 }
+
+// A reused index's entries count against MaxEntries as appended ones: the
+// copy holds no more than a session may.
+func TestReuseCsumCountsEntries(t *testing.T) {
+	h := newHarnessWith(t, func(s *pbs.Server) { s.MaxEntries = 4 })
+	t1 := time.Now().Add(-time.Hour).Unix()
+	img := make([]byte, 3*4<<20+100) // 4 slots
+	rand.Read(img)
+	open := func(epoch int64) *pbstest.Session {
+		s, err := h.open(t, "/api2/json/backup", pbs.BackupProtocol, pbstest.Query("default", "vm", "100", epoch))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	s := open(t1)
+	var wid int
+	json.Unmarshal(s.OK("POST", "/fixed_index", map[string]any{"archive-name": "drive-scsi0.img.fidx", "size": len(img)}), &struct{ Data *int }{&wid})
+	digests, offsets, sum := uploadFixed(t, s, wid, img, false)
+	s.OK("PUT", "/fixed_index", map[string]any{"wid": wid, "digest-list": digests, "offset-list": offsets})
+	s.OK("POST", "/fixed_close", map[string]any{"wid": wid, "chunk-count": 4, "size": len(img), "csum": hex.EncodeToString(sum[:])})
+	finishImage(t, s, t1)
+
+	// One entry held by another open index: the copy's 4 do not fit.
+	s = open(t1 + 60)
+	dw := dynamicWriter(s, "other.didx")
+	c := []byte("one chunk")
+	d := sha256.Sum256(c)
+	b := chunkBlob(t, c, false)
+	s.OK("POST", fmt.Sprintf("/dynamic_chunk?wid=%d&digest=%x&size=%d&encoded-size=%d", dw, d, len(c), len(b)), b)
+	s.OK("PUT", "/dynamic_index", map[string]any{"wid": dw, "digest-list": []string{hex.EncodeToString(d[:])}, "offset-list": []int{0}})
+	if st, out := s.Call("POST", "/fixed_index", map[string]any{"archive-name": "drive-scsi0.img.fidx", "size": len(img), "reuse-csum": hex.EncodeToString(sum[:])}); st != http.StatusServiceUnavailable || !strings.Contains(string(out), "reusing") {
+		t.Fatalf("a copy past MaxEntries: %d %s", st, out)
+	}
+	// Once the other index is closed, the copy fits.
+	dsum := pbsidx.NewCsum()
+	dsum.AddEntry(uint64(len(c)), d)
+	ds := dsum.Sum()
+	s.OK("POST", "/dynamic_close", map[string]any{"wid": dw, "chunk-count": 1, "size": len(c), "csum": hex.EncodeToString(ds[:])})
+	s.OK("POST", "/fixed_index", map[string]any{"archive-name": "drive-scsi0.img.fidx", "size": len(img), "reuse-csum": hex.EncodeToString(sum[:])})
+}
