@@ -122,7 +122,8 @@ of the chunk service at --chunk-service, on --pbs-listen with
 --pbs-tls-cert/--pbs-tls-key; it logs the certificate's fingerprint at
 start. Clients authenticate with API tokens (user@realm!tokenname:secret,
 a principal of --credentials-file); the datastore is the principal's tenant
-(docs/pbs.md).
+(docs/pbs.md). Give every replica the same --pbs-ticket-key-file, so that
+login tickets work at each and survive restarts.
 `,
 	"casync-remote": `Usage: chunkbridge casync-remote [--chunk-service ADDR] [--principal NAME] [--OPT=…] pull|push BASE ARCHIVE INDEX STORE
        (or the same as one string, or in SSH_ORIGINAL_COMMAND)

@@ -34,6 +34,8 @@ func TestPBSGateway(t *testing.T) {
 	os.WriteFile(creds, []byte(fmt.Sprintf(`
 tenants:
   - name: acme
+    quota:
+      stored_bytes: 1GiB
 principals:
   - name: 'backup@pbs!host1'
     tenant: acme
@@ -45,6 +47,9 @@ principals:
     token_sha256: %s
 `, backupHash, readHash)), 0o600)
 	pbsFlags := []string{"--pbs-listen", "127.0.0.1:0", "--pbs-tls-cert", cert, "--pbs-tls-key", key, "--credentials-file", creds}
+	// The datastore status reads the store's count: the quota's first
+	// count, before the backup, must not be reused for it.
+	fresh := []string{"--stats-ttl", "1ms"}
 
 	run := func(t *testing.T, gw *process, store string) {
 		if !gw.waitLog(`"fingerprint":"`) {
@@ -118,6 +123,22 @@ principals:
 		if st := withTicket("GET", "/api2/json/admin/datastore/acme/groups", ""); st != 200 {
 			t.Fatalf("groups with a ticket: %d", st)
 		}
+		// The datastore status Proxmox VE polls: the tenant's stored bytes
+		// against its stored-bytes quota.
+		req, _ := http.NewRequest("GET", "https://"+gw.pbs+"/api2/json/admin/datastore/acme/status", nil)
+		req.AddCookie(&http.Cookie{Name: "PBSAuthCookie", Value: login.Data.Ticket})
+		resp, err = hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var status struct {
+			Data struct{ Total, Used, Avail int64 }
+		}
+		json.NewDecoder(resp.Body).Decode(&status)
+		resp.Body.Close()
+		if d := status.Data; resp.StatusCode != 200 || d.Total != 1<<30 || d.Used < 5*100<<10 || d.Used > 1<<20 || d.Avail != d.Total-d.Used {
+			t.Fatalf("datastore status: %d %+v", resp.StatusCode, d)
+		}
 		del := fmt.Sprintf("/api2/json/admin/datastore/acme/snapshots?backup-type=host&backup-id=web1&backup-time=%d", epoch)
 		if st := withTicket("DELETE", del, ""); st != http.StatusUnauthorized {
 			t.Fatalf("a delete without the CSRF token: %d", st)
@@ -138,17 +159,17 @@ principals:
 	}
 	t.Run("serve all", func(t *testing.T) {
 		store := t.TempDir()
-		run(t, start(t, nil, append([]string{"serve", "all", "--store", store}, pbsFlags...)...), store)
+		run(t, start(t, nil, append(append([]string{"serve", "all", "--store", store}, fresh...), pbsFlags...)...), store)
 	})
 	t.Run("serve all on MinIO", func(t *testing.T) {
 		srv := miniotest.Shared(t)
-		run(t, start(t, minioEnv(srv), append([]string{"serve", "all", "--store", "s3://" + miniotest.NewBucketName()}, pbsFlags...)...), "")
+		run(t, start(t, minioEnv(srv), append(append([]string{"serve", "all", "--store", "s3://" + miniotest.NewBucketName()}, fresh...), pbsFlags...)...), "")
 	})
 	t.Run("separate gateway", func(t *testing.T) {
 		tokenFile := filepath.Join(t.TempDir(), "token")
 		os.WriteFile(tokenFile, []byte("gateway-token-of-the-pbs-test\n"), 0o600)
 		store := t.TempDir()
-		svc := start(t, nil, "serve", "chunk", "--store", store, "--auth-token-file", tokenFile, "--credentials-file", creds)
+		svc := start(t, nil, append([]string{"serve", "chunk", "--store", store, "--auth-token-file", tokenFile, "--credentials-file", creds}, fresh...)...)
 		run(t, start(t, nil, append([]string{"serve", "pbs-gateway", "--chunk-service", svc.grpc, "--auth-token-file", tokenFile}, pbsFlags...)...), store)
 	})
 }

@@ -66,6 +66,7 @@ type serveFlags struct {
 	pmxTLSClientCA         string
 	pbsListen              string
 	pbsTLSCert, pbsTLSKey  string
+	pbsTicketKeyFile       string
 	chunkService           string
 	maxConcurrentChunks    int
 	streamWindow           int
@@ -125,6 +126,7 @@ func (f *serveFlags) register(fs *flag.FlagSet, p parts) {
 		fs.StringVar(&f.pbsListen, "pbs-listen", def, "address of the Proxmox Backup Server gateway (HTTPS and HTTP/2; empty: off); needs --pbs-tls-cert and --pbs-tls-key")
 		fs.StringVar(&f.pbsTLSCert, "pbs-tls-cert", "", "PEM certificate of the PBS gateway; its SHA-256 fingerprint is logged at start for clients that pin it")
 		fs.StringVar(&f.pbsTLSKey, "pbs-tls-key", "", "PEM private key for --pbs-tls-cert")
+		fs.StringVar(&f.pbsTicketKeyFile, "pbs-ticket-key-file", "", "file of at least 32 random bytes that signs PBS login tickets: give every replica the same one, and tickets work at each and survive restarts (default: a key made at start, so tickets are per process)")
 	}
 	if p.casync || p.pmx {
 		fs.IntVar(&f.maxConns, "max-connections", 4096, "connections each raw-protocol gateway (casync, PMXBCKUP) serves at once; beyond it a client is refused with a reason")
@@ -313,7 +315,7 @@ func serve(ctx context.Context, mode string, args []string, stdout, stderr io.Wr
 	}
 
 	if p.pbs && f.pbsListen != "" {
-		stop, err := f.servePBS(g, log, acc, chunks, cat, &listening)
+		stop, err := f.servePBS(g, log, acc, chunks, cat, chunkbridgev1.NewAdminServiceClient(conn), &listening)
 		if err != nil {
 			return err
 		}

@@ -68,7 +68,7 @@ var boolFlags = map[string]bool{"s3-insecure": true, "allow-anonymous": true}
 // never baked into the image, and never by subPath, which a changed Secret
 // does not reach (the credentials file is re-read while serving).
 var fileFlags = map[string]bool{
-	"credentials-file": true, "auth-token-file": true, "tls-key": true, "pmx-tls-key": true, "pbs-tls-key": true,
+	"credentials-file": true, "auth-token-file": true, "tls-key": true, "pmx-tls-key": true, "pbs-tls-key": true, "pbs-ticket-key-file": true,
 	"tls-cert": false, "tls-client-ca": false, "pmx-tls-cert": false, "pmx-tls-client-ca": false, "pbs-tls-cert": false,
 }
 
@@ -694,6 +694,12 @@ func (c *checker) checkAccess(w *workload, where string, ctr *corev1.Container, 
 		if msg := c.mountedFile(w, ctr, p, secretOnly); msg != "" {
 			c.errorf("%s: --%s=%s %s", where, f, p, msg)
 		}
+	}
+	if mode == "pbs-gateway" && flags["pbs-ticket-key-file"] == "" {
+		// Without it each pod signs tickets with its own key: a client that
+		// logged in at one replica is refused at the next, and at every pod
+		// after a rollout.
+		c.errorf("%s: no --pbs-ticket-key-file: PBS login tickets would work only at the replica that issued them; mount a shared key from a Secret", where)
 	}
 	if mode == "pmx-gateway" && !anonymous && !c.pol.pmxTLSFromOverlay && (c.pol.requireAuth || flags["credentials-file"] != "" || flags["auth-token-file"] != "") {
 		// With a credential, the PMXBCKUP gateway refuses every client

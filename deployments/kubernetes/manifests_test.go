@@ -34,7 +34,7 @@ var renderings = map[string]struct {
 }{
 	"base": {
 		pol:     policy{pmxTLSFromOverlay: true},
-		secrets: []string{"chunkbridge-admin-token", "chunkbridge-credentials", "chunkbridge-pbs-tls", "chunkbridge-s3"},
+		secrets: []string{"chunkbridge-admin-token", "chunkbridge-credentials", "chunkbridge-pbs-ticket-key", "chunkbridge-pbs-tls", "chunkbridge-s3"},
 	},
 	"overlays/dev": {
 		// Dev generates its Secrets, with public values, except PMXBCKUP's
@@ -44,7 +44,7 @@ var renderings = map[string]struct {
 	},
 	"overlays/production": {
 		pol:     policy{imageTag: regexp.MustCompile(`^v\d+\.\d+\.\d+$`), requireAuth: true},
-		secrets: []string{"chunkbridge-admin-token", "chunkbridge-credentials", "chunkbridge-pbs-tls", "chunkbridge-pmx-tls", "chunkbridge-s3"},
+		secrets: []string{"chunkbridge-admin-token", "chunkbridge-credentials", "chunkbridge-pbs-ticket-key", "chunkbridge-pbs-tls", "chunkbridge-pmx-tls", "chunkbridge-s3"},
 	},
 }
 
@@ -511,6 +511,20 @@ func TestCheckerCatchesAccessViolations(t *testing.T) {
 			}
 			return objs
 		}, "--pmx-tls-key=/etc/chunkbridge/pmx-tls/tls.key is on volume pmx-tls, which is not a Secret"},
+		{"PBS tickets per replica", func(objs []runtime.Object) []runtime.Object {
+			dropArg(container(t, objs, "pbs-gateway"), "--pbs-ticket-key-file")
+			return objs
+		}, "Deployment/pbs-gateway container pbs-gateway: no --pbs-ticket-key-file: PBS login tickets would work only at the replica that issued them"},
+		{"PBS ticket key from a ConfigMap", func(objs []runtime.Object) []runtime.Object {
+			d := deployment(t, objs, "pbs-gateway")
+			for i, v := range d.Spec.Template.Spec.Volumes {
+				if v.Name == "pbs-ticket-key" {
+					d.Spec.Template.Spec.Volumes[i].VolumeSource = corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
+						LocalObjectReference: corev1.LocalObjectReference{Name: "chunkbridge-s3-config"}, Items: v.Secret.Items}}
+				}
+			}
+			return objs
+		}, "--pbs-ticket-key-file=/etc/chunkbridge/pbs-ticket-key/key is on volume pbs-ticket-key, which is not a Secret"},
 		{"verify without the admin token", func(objs []runtime.Object) []runtime.Object {
 			dropArg(container(t, objs, "verify"), "--auth-token-file")
 			return objs

@@ -89,6 +89,12 @@ type writer struct {
 	digests map[uint64]client.ID // fixed: by slot
 	entries []client.SnapshotEntry
 	csum    *pbsidx.Csum // dynamic: as entries arrive
+	// reused: a fixed writer that started as a copy of the previous
+	// snapshot's index (reuse-csum). Its close counts the appends of this
+	// session, as upstream does: appended and appendedBytes.
+	reused        bool
+	appended      uint64
+	appendedBytes uint64
 	// mode is set by the first chunk uploaded or appended: an archive is
 	// all plain or all encrypted (crypt-mode encrypt), never mixed.
 	mode archiveMode
@@ -251,6 +257,9 @@ func (b *backup) previous(w http.ResponseWriter, r *http.Request) {
 	b.files.Lock()
 	defer b.files.Unlock()
 	data, chunks, err := b.srv.readFile(r.Context(), dir, name)
+	if err == nil {
+		err = b.srv.allStored(r.Context(), chunks, encrypted, dir+"/"+name)
+	}
 	if err != nil {
 		b.fail(w, r, err)
 		return
@@ -267,6 +276,50 @@ func (b *backup) previous(w http.ResponseWriter, r *http.Request) {
 	b.mu.Unlock()
 	w.Header().Set("Content-Type", "application/octet-stream")
 	w.Write(data)
+}
+
+// findBatch bounds the ids of one existence check of allStored.
+const findBatch = 8192
+
+// allStored refuses a previous index whose chunks are not all in the
+// store (verify quarantined one, or it was deleted). Clients take their
+// known chunks from the index served, not from the server, and append
+// them unsent: knowing a gone chunk would fail the backup at close, and
+// leaving it out of the index would corrupt clients that reuse the
+// previous index by offset. Refused, the client backs the archive up
+// whole and the upload heals the store, as upstream refuses the previous
+// snapshot of a failed verify.
+func (s *Server) allStored(ctx context.Context, chunks map[client.ID]uint64, encrypted bool, file string) error {
+	find := s.Chunks.FindMissing
+	if encrypted {
+		find = s.Chunks.FindMissingEncrypted
+	}
+	ids := make([]client.ID, 0, min(len(chunks), findBatch))
+	gone := 0
+	check := func() error {
+		if len(ids) == 0 {
+			return nil
+		}
+		missing, err := find(ctx, ids)
+		gone += len(missing)
+		ids = ids[:0]
+		return err
+	}
+	for id := range chunks {
+		ids = append(ids, id)
+		if len(ids) == findBatch {
+			if err := check(); err != nil {
+				return fmt.Errorf("checking the chunks of %s: %w", file, err)
+			}
+		}
+	}
+	if err := check(); err != nil {
+		return fmt.Errorf("checking the chunks of %s: %w", file, err)
+	}
+	if gone > 0 {
+		return fmt.Errorf("%w: %d of the %d chunks of the previous %s are gone from the store (quarantined by verify, or deleted): back this archive up whole, which stores them again", apierr.ErrNotFound, gone, len(chunks), file)
+	}
+	return nil
 }
 
 // readFile reads a snapshot file for a client: a blob as stored, an index
@@ -345,10 +398,6 @@ func (b *backup) create(w http.ResponseWriter, r *http.Request) {
 	}
 	wr := &writer{name: name, fixed: fixed}
 	if fixed {
-		if _, ok := ps.str("reuse-csum"); ok {
-			b.fail(w, r, fmt.Errorf("%w: reuse-csum (incremental fixed index) is not supported yet; back up the whole image", apierr.ErrInvalid))
-			return
-		}
 		size, err := ps.int("size")
 		if err != nil || size < 0 {
 			b.fail(w, r, fmt.Errorf("%w: fixed_index size: %v", apierr.ErrInvalid, err))
@@ -361,6 +410,12 @@ func (b *backup) create(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		wr.digests = map[uint64]client.ID{}
+		if csum, ok := ps.str("reuse-csum"); ok {
+			if err := b.reuse(r.Context(), wr, csum); err != nil {
+				b.fail(w, r, err)
+				return
+			}
+		}
 	} else {
 		wr.csum = pbsidx.NewCsum()
 	}
@@ -380,9 +435,73 @@ func (b *backup) create(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	if wr.reused {
+		// The copy's entries count against MaxEntries as appended ones.
+		if limit := session.OrDefault(b.srv.MaxEntries, pbsindex.DefaultMaxEntries); b.entries+int(wr.count) > limit {
+			b.fail(w, r, fmt.Errorf("%w: reusing %s's %d chunk entries would pass the %d this session's open indexes may hold: close some first", apierr.ErrExhausted, name, wr.count, limit))
+			return
+		}
+		b.entries += int(wr.count)
+	}
 	b.nextWID++
 	b.writers[b.nextWID] = wr
 	reply(w, b.nextWID)
+}
+
+// reuse starts the fixed writer wr as a copy of the previous snapshot's
+// index of the same archive (reuse-csum: Proxmox VE's dirty-bitmap
+// backups then send only the changed chunks). As upstream, that index must
+// exist and sum to csum; here it must also have the same size, and all its
+// chunks must still be stored (a copy naming a quarantined chunk would only
+// fail at close). wr is not shared yet: the session's entry count is taken
+// by create.
+func (b *backup) reuse(ctx context.Context, wr *writer, csum string) error {
+	refuse := func(format string, args ...any) error {
+		return fmt.Errorf("%w: cannot reuse the previous index of %s: %s; back up the whole image (without reuse-csum)", apierr.ErrInvalid, wr.name, fmt.Sprintf(format, args...))
+	}
+	sn, err := b.previousSnapshot(ctx)
+	if errors.Is(err, apierr.ErrNotFound) {
+		return refuse("no previous backup of %s/%s", b.snap.typ, b.snap.id)
+	}
+	if err != nil {
+		return fmt.Errorf("reuse-csum: finding the previous backup: %w", err)
+	}
+	dir := snapshot{typ: sn.GetType(), id: sn.GetBackupId(), time: sn.GetTime().AsTime()}.dir()
+	b.files.Lock()
+	defer b.files.Unlock()
+	raw, err := b.srv.Catalog.GetSnapshotFile(ctx, dir+"/"+wr.name, maxIndexFile)
+	if errors.Is(err, apierr.ErrNotFound) {
+		return refuse("the previous backup %s has no such archive", dir)
+	}
+	if err != nil {
+		return fmt.Errorf("reuse-csum: reading %s/%s: %w", dir, wr.name, err)
+	}
+	f, err := pbsindex.ParseFixed(raw)
+	if err != nil {
+		return fmt.Errorf("%w: stored index %s/%s: %v", apierr.ErrDataLoss, dir, wr.name, err)
+	}
+	raw = nil
+	c := pbsidx.NewCsum()
+	for _, d := range f.Digests {
+		c.AddDigest(pbsidx.Digest(d))
+	}
+	if sum := c.Sum(); !strings.EqualFold(csum, hex.EncodeToString(sum[:])) {
+		return refuse("reuse-csum %q does not match the previous backup's %x", csum, sum)
+	}
+	if f.Size != wr.size || f.ChunkSize != fixedChunkSize {
+		return refuse("it is a %d-byte image in %d-byte chunks, not %d bytes in %d", f.Size, f.ChunkSize, wr.size, fixedChunkSize)
+	}
+	encrypted := fileEncrypted(sn, wr.name)
+	chunks := make(map[client.ID]uint64, len(f.Digests))
+	for slot, d := range f.Digests {
+		wr.digests[uint64(slot)] = client.ID(d)
+		chunks[client.ID(d)] = 0
+	}
+	if err := b.srv.allStored(ctx, chunks, encrypted, dir+"/"+wr.name); err != nil {
+		return fmt.Errorf("reuse-csum: %w", err)
+	}
+	wr.count, wr.reused, wr.mode = uint64(len(f.Digests)), true, modeOf(encrypted)
+	return nil
 }
 
 // readBody reads a DataBlob body of exactly n bytes within the session's
@@ -600,6 +719,8 @@ func (b *backup) appendEntries(w http.ResponseWriter, r *http.Request) {
 				wr.count++
 			}
 			wr.digests[slot] = id
+			wr.appended++
+			wr.appendedBytes += size
 			continue
 		}
 		if off != wr.size {
@@ -677,10 +798,17 @@ func (b *backup) close(w http.ResponseWriter, r *http.Request) {
 	} else {
 		sum = wr.csum.Sum()
 	}
+	wantCount, sizeOK := wr.count, uint64(size) == wr.size
+	if wr.reused {
+		// As upstream, an incremental writer's chunk-count counts this
+		// session's appends; proxmox-backup-qemu sends the bytes it
+		// appended as size (upstream checks none), others the image size.
+		wantCount, sizeOK = wr.appended, sizeOK || uint64(size) == wr.appendedBytes
+	}
 	switch {
-	case uint64(count) != wr.count:
-		err = fmt.Errorf("chunk-count %d, but %d chunks were appended", count, wr.count)
-	case uint64(size) != wr.size:
+	case uint64(count) != wantCount:
+		err = fmt.Errorf("chunk-count %d, but %d chunks were appended", count, wantCount)
+	case !sizeOK:
 		err = fmt.Errorf("size %d, but the chunks appended make %d bytes", size, wr.size)
 	case !strings.EqualFold(csum, hex.EncodeToString(sum[:])):
 		err = fmt.Errorf("csum %q, but the chunks appended sum to %x", csum, sum)

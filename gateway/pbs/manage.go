@@ -30,6 +30,7 @@ func (s *Server) managementHandler() http.Handler {
 	m.HandleFunc("GET /api2/json/admin/datastore/{store}/snapshots", s.listSnapshots)
 	m.HandleFunc("DELETE /api2/json/admin/datastore/{store}/snapshots", s.deleteSnapshot)
 	m.HandleFunc("POST /api2/json/admin/datastore/{store}/prune", s.prune)
+	m.HandleFunc("GET /api2/json/admin/datastore/{store}/status", s.datastoreStatus)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		r.URL.Path = cleanPath(r.URL.Path)
 		if r.Method == http.MethodPost && r.URL.Path == "/api2/json/access/ticket" {

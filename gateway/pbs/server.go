@@ -25,6 +25,7 @@ import (
 
 	"golang.org/x/net/http2"
 
+	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
 	"github.com/chunkbridge/chunkbridge/auth"
 	"github.com/chunkbridge/chunkbridge/client"
 	"github.com/chunkbridge/chunkbridge/gateway/session"
@@ -83,6 +84,25 @@ type Server struct {
 	// from its previous snapshot, or registered by downloads; default 4 Mi,
 	// about 200 MiB of map).
 	MaxOpenWriters, MaxChunks int
+	// Stats counts the store for the datastore status (the AdminService's
+	// GetStats, called with the gateway's own admin credential); its
+	// answer is reused for StatusTTL (default 1 minute). Nil: the status
+	// answers 503.
+	Stats     func(ctx context.Context) (*chunkbridgev1.GetStatsResponse, error)
+	StatusTTL time.Duration
+
+	// TicketKey signs tickets and their CSRF tokens (at least
+	// MinTicketKey bytes): gateways given one key accept each other's
+	// tickets, before and after a restart. Nil: a key made at start, so a
+	// ticket works only at the process that issued it.
+	TicketKey []byte
+
+	keyOnce sync.Once
+	key     []byte
+
+	statsMu sync.Mutex
+	stats   *chunkbridgev1.GetStatsResponse
+	statsAt time.Time
 
 	once sync.Once
 	tcp  tcpserver.Server
@@ -110,6 +130,7 @@ func (s *Server) log() *slog.Logger {
 
 func (s *Server) init() {
 	s.once.Do(func() {
+		s.ticketKey() // logs now when tickets are per process
 		s.tcp.Handle = s.serveConn
 		s.tcp.MaxConns = session.OrDefault(s.MaxConns, defaultMaxConns)
 		s.tcp.Log = s.Log
@@ -134,6 +155,9 @@ func (s *Server) init() {
 func (s *Server) Serve(ln net.Listener) error {
 	if s.TLS == nil {
 		return errors.New("pbs gateway: TLS is required (PBS clients speak nothing else): give a certificate and key")
+	}
+	if n := len(s.TicketKey); n > 0 && n < MinTicketKey {
+		return fmt.Errorf("pbs gateway: the ticket key has %d bytes, want at least %d random ones", n, MinTicketKey)
 	}
 	s.init()
 	return s.tcp.Serve(ln)

@@ -19,33 +19,46 @@ import (
 // user name and password gets a ticket for the PBSAuthCookie cookie and a
 // CSRF token for its mutating calls, as PBS hands them out. Here the user
 // name is a principal's name and the password its token, so a ticket is
-// only another way to send the token. Tickets are signed with a key made
-// at start: they last ticketTTL, and not across restarts or replicas
-// (clients log in again).
+// only another way to send the token. Tickets last ticketTTL. They are
+// signed with Server.TicketKey: replicas given one key accept each
+// other's tickets, also after a restart. Without it, with a key made at
+// start: then a ticket works only at the process that issued it, until it
+// stops (clients log in again).
 
 const ticketTTL = 2 * time.Hour
 
-// ticketKey signs this process's tickets.
-var ticketKey = func() []byte {
-	k := make([]byte, 32)
-	rand.Read(k)
-	return k
-}()
+// MinTicketKey is the shortest Server.TicketKey accepted, in bytes.
+const MinTicketKey = 32
 
-func sign(parts ...string) string {
-	m := hmac.New(sha256.New, ticketKey)
+// ticketKey is the key tickets are signed with: TicketKey, or one made at
+// start (logged once, since tickets then fail at other replicas).
+func (s *Server) ticketKey() []byte {
+	s.keyOnce.Do(func() {
+		s.key = s.TicketKey
+		if len(s.key) >= MinTicketKey {
+			return
+		}
+		s.key = make([]byte, 32)
+		rand.Read(s.key)
+		s.log().Info("PBS tickets are signed with a key made at start: a ticket works only at this process and until it stops; give a shared key (--pbs-ticket-key-file) for replicas and restarts")
+	})
+	return s.key
+}
+
+func (s *Server) sign(parts ...string) string {
+	m := hmac.New(sha256.New, s.ticketKey())
 	m.Write([]byte(strings.Join(parts, "\x00")))
 	return base64.RawStdEncoding.EncodeToString(m.Sum(nil))
 }
 
 // newTicket returns a ticket and a CSRF token for name.
-func newTicket(name string, now time.Time) (ticket, csrf string) {
+func (s *Server) newTicket(name string, now time.Time) (ticket, csrf string) {
 	t := strings.ToUpper(strconv.FormatInt(now.Unix(), 16))
-	return "PBS:" + name + ":" + t + "::" + sign("ticket", name, t), t + ":" + sign("csrf", name, t)
+	return "PBS:" + name + ":" + t + "::" + s.sign("ticket", name, t), t + ":" + s.sign("csrf", name, t)
 }
 
 // checkTicket returns the principal name a ticket was made for.
-func checkTicket(ticket string, now time.Time) (string, error) {
+func (s *Server) checkTicket(ticket string, now time.Time) (string, error) {
 	rest, ok := strings.CutPrefix(ticket, "PBS:")
 	body, mac, ok2 := strings.Cut(rest, "::")
 	i := strings.LastIndexByte(body, ':')
@@ -53,8 +66,8 @@ func checkTicket(ticket string, now time.Time) (string, error) {
 		return "", errors.New("malformed ticket: log in again")
 	}
 	name, t := body[:i], body[i+1:]
-	if !hmac.Equal([]byte(mac), []byte(sign("ticket", name, t))) {
-		return "", errors.New("invalid ticket (signed by another server, or before a restart): log in again")
+	if !hmac.Equal([]byte(mac), []byte(s.sign("ticket", name, t))) {
+		return "", errors.New("invalid ticket (signed with another key: by another server, or before a restart without a shared key): log in again")
 	}
 	if err := fresh(t, now); err != nil {
 		return "", err
@@ -71,9 +84,9 @@ func fresh(t string, now time.Time) error {
 }
 
 // checkCSRF checks a CSRFPreventionToken against the ticket's name.
-func checkCSRF(token, name string, now time.Time) error {
+func (s *Server) checkCSRF(token, name string, now time.Time) error {
 	t, mac, ok := strings.Cut(token, ":")
-	if !ok || !hmac.Equal([]byte(mac), []byte(sign("csrf", name, t))) {
+	if !ok || !hmac.Equal([]byte(mac), []byte(s.sign("csrf", name, t))) {
 		return errors.New("a call made with a ticket needs its CSRFPreventionToken header")
 	}
 	return fresh(t, now)
@@ -97,7 +110,7 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	ticket, csrf := newTicket(p.Name, time.Now())
+	ticket, csrf := s.newTicket(p.Name, time.Now())
 	reply(w, map[string]string{"username": p.Name, "ticket": ticket, "CSRFPreventionToken": csrf})
 }
 
@@ -112,9 +125,9 @@ func (s *Server) authenticateRequest(r *http.Request, mutating bool) (auth.Princ
 		return s.authenticate("")
 	}
 	now := time.Now()
-	name, err := checkTicket(c.Value, now)
+	name, err := s.checkTicket(c.Value, now)
 	if err == nil && mutating {
-		err = checkCSRF(r.Header.Get("CSRFPreventionToken"), name, now)
+		err = s.checkCSRF(r.Header.Get("CSRFPreventionToken"), name, now)
 	}
 	if err != nil {
 		return auth.Principal{}, err
