@@ -314,6 +314,10 @@ func (s *Server) createNamespace(w http.ResponseWriter, r *http.Request) {
 		err = nsOK(ns)
 	}
 	if err == nil {
+		// The catalog checks it too; refused here first, before anything.
+		err = auth.Check(r.Context(), auth.Append, "snapshots")
+	}
+	if err == nil {
 		err = s.Catalog.CreateNamespace(r.Context(), ns)
 	}
 	if err != nil {
@@ -335,6 +339,9 @@ func (s *Server) deleteNamespace(w http.ResponseWriter, r *http.Request) {
 		err = nsOK(ns)
 	}
 	del, _ := ps.str("delete-groups")
+	if err == nil {
+		err = auth.Check(r.Context(), auth.Replace, "snapshots")
+	}
 	if err == nil {
 		err = s.Catalog.DeleteNamespace(r.Context(), ns, del == "true" || del == "1")
 	}

@@ -122,3 +122,42 @@ func TestPruneNamespacesApart(t *testing.T) {
 		t.Fatalf("prune of a missing namespace = %v", err)
 	}
 }
+
+// TestNamespacesPerTenant: a tenant's namespaces are inside its own view:
+// another tenant neither lists them nor writes into them, and GC keeps
+// each tenant's namespaced snapshots' chunks.
+func TestNamespacesPerTenant(t *testing.T) {
+	for _, st := range stores {
+		t.Run(st.name, func(t *testing.T) {
+			e := newEnv(t, st.open(t), admin.Config{})
+			ctx := t.Context()
+			bs := makeBlobs(16, 3, 512, sha256Alg)
+			e.uploadAs(t, acmeWriter, bs)
+			if _, err := e.catalog.CreateNamespace(as(ctx, acmeWriter), &chunkbridgev1.CreateNamespaceRequest{Namespace: "a"}); err != nil {
+				t.Fatal(err)
+			}
+			create := &chunkbridgev1.WriteSnapshotFileRequest_Create{Namespace: "a", Type: "host", BackupId: "x", Time: timestamppb.New(day(24)), Name: "root.pxar"}
+			if err := e.writeSnapshotFile(as(ctx, acmeWriter), create, bs); err != nil {
+				t.Fatal(err)
+			}
+			if resp, err := e.catalog.ListNamespaces(as(ctx, globex), &chunkbridgev1.ListNamespacesRequest{}); err != nil || !slices.Equal(resp.GetNamespaces(), []string{""}) {
+				t.Fatalf("globex lists namespaces %v, %v", resp.GetNamespaces(), err)
+			}
+			if _, err := e.catalog.ListSnapshots(as(ctx, globex), &chunkbridgev1.ListSnapshotsRequest{Namespace: "a"}); status.Code(err) != codes.NotFound {
+				t.Fatalf("globex lists acme's a: %v", err)
+			}
+			if err := e.writeSnapshotFile(as(ctx, globex), create, nil); status.Code(err) != codes.NotFound {
+				t.Fatalf("globex writes into a: %v", err)
+			}
+			if resp, err := e.catalog.ListNamespaces(as(ctx, acmeWriter), &chunkbridgev1.ListNamespacesRequest{}); err != nil || !slices.Equal(resp.GetNamespaces(), []string{"", "a"}) {
+				t.Fatalf("acme lists namespaces %v, %v", resp.GetNamespaces(), err)
+			}
+			if r := e.gc(t, 0, false); r.ChunksDeleted != 0 {
+				t.Fatalf("GC deleted %d of acme's namespaced chunks", r.ChunksDeleted)
+			}
+			for _, b := range bs {
+				e.readsBackAs(t, acmeWriter, b)
+			}
+		})
+	}
+}
