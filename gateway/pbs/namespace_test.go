@@ -2,11 +2,14 @@ package pbs_test
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"slices"
 	"strings"
@@ -14,7 +17,9 @@ import (
 	"time"
 
 	"github.com/chunkbridge/chunkbridge/auth"
+	chunkclient "github.com/chunkbridge/chunkbridge/client"
 	"github.com/chunkbridge/chunkbridge/format/pbsidx"
+	"github.com/chunkbridge/chunkbridge/gateway/casync"
 	"github.com/chunkbridge/chunkbridge/gateway/pbs"
 	"github.com/chunkbridge/chunkbridge/gateway/pbs/pbstest"
 	"github.com/chunkbridge/chunkbridge/storage"
@@ -188,6 +193,22 @@ func TestNamespaces(t *testing.T) {
 		t.Fatal("restored data from a/b differs")
 	}
 
+	// casync's HTTP store reads the namespaced file as a blob index.
+	cs := httptest.NewServer(&casync.HTTPStore{Chunks: chunkclient.NewLocal(h.svcs.Chunks, 0), Catalog: chunkclient.NewCatalogGRPC(h.svcs.Conn)})
+	defer cs.Close()
+	dir := time.Unix(t1+60, 0).UTC().Format(time.RFC3339)
+	for _, name := range []string{dir, "latest"} {
+		resp, err := http.Get(cs.URL + "/indexes/snapshots/ns/a/ns/b/host/web1/" + name + "/root.pxar.caibx")
+		if err != nil {
+			t.Fatal(err)
+		}
+		idx, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || !bytes.Contains(idx, sha256Of(second[2])) {
+			t.Fatalf("casync GET of a/b's %s index: %d (%d bytes)", name, resp.StatusCode, len(idx))
+		}
+	}
+
 	// Listings.
 	for _, tc := range []struct {
 		query string
@@ -228,6 +249,24 @@ func TestNamespaces(t *testing.T) {
 		}
 	}
 
+	// A snapshot delete names its namespace.
+	nsBackup(t, h, "a", t1, first[:1])
+	del := func(ns string) int {
+		st, _ := h.call(t, "DELETE", fmt.Sprintf("/api2/json/admin/datastore/acme/snapshots?ns=%s&backup-type=host&backup-id=web1&backup-time=%d", ns, t1), acmeWriter, "")
+		return st
+	}
+	if st := del("a/b"); st != http.StatusNotFound { // pruned already
+		t.Fatalf("delete of a pruned snapshot in a/b: %d", st)
+	}
+	if st := del("a"); st != 200 {
+		t.Fatalf("delete in a: %d", st)
+	}
+	for path, want := range map[string]int{"snapshots": 2, "snapshots?ns=a": 0, "snapshots?ns=a/b": 1} {
+		if _, body := h.call(t, "GET", "/api2/json/admin/datastore/acme/"+path, acmeWriter, ""); countOf(t, body) != want {
+			t.Fatalf("after delete in a, %s: %s", path, body)
+		}
+	}
+
 	// Another tenant cannot name acme's datastore.
 	for _, m := range []string{"GET", "POST", "DELETE"} {
 		if st, _ := h.call(t, m, "/api2/json/admin/datastore/acme/namespace?ns=a&name=z", globexWriter, ""); st != http.StatusNotFound {
@@ -252,4 +291,9 @@ func TestNamespaces(t *testing.T) {
 	if _, body := h.call(t, "GET", "/api2/json/admin/datastore/acme/snapshots", acmeWriter, ""); countOf(t, body) != 2 {
 		t.Fatalf("root snapshots after deleting a: %s", body)
 	}
+}
+
+func sha256Of(b []byte) []byte {
+	sum := sha256.Sum256(b)
+	return sum[:]
 }

@@ -185,10 +185,10 @@ func (s *Server) Prune(ctx context.Context, req *chunkbridgev1.PruneRequest) (*c
 		return nil, apierr.Status(fmt.Errorf("prune: %w", err))
 	}
 	tenants := slices.Sorted(maps.Keys(bindings))
-	// Prune of every tenant covers every namespace; otherwise the one
-	// named, and those below it if asked.
+	// Prune of everything (no tenant, no namespace) covers every
+	// namespace; otherwise the one named, and those below it if asked.
 	var depth int32
-	if req.GetAllNamespaces() || req.GetTenant() == "" {
+	if req.GetAllNamespaces() || (req.GetTenant() == "" && req.GetNamespace() == "") {
 		depth = catalog.MaxNamespaceDepth
 	}
 	if t := req.GetTenant(); t != "" {

@@ -108,7 +108,7 @@ func (s *Server) namespaceExists(ctx context.Context, ns string) error {
 	}
 	_, err := s.view(ctx).Stat(ctx, nsMarkerKey(ns))
 	if errors.Is(err, storage.ErrNotFound) {
-		return fmt.Errorf("%w: namespace %q not found; create it first (proxmox-backup-client namespace create, or chunkbridge namespaces create)", apierr.ErrNotFound, ns)
+		return fmt.Errorf("%w: namespace %q not found; create it first (proxmox-backup-client namespace create, or POST /v1/namespaces)", apierr.ErrNotFound, ns)
 	}
 	if err != nil {
 		return fmt.Errorf("namespace %q: %w", ns, err)

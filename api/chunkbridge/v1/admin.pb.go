@@ -1484,8 +1484,8 @@ type PruneRequest struct {
 	// the namespaces below it. A group is its namespace, type and backup id:
 	// the same type and id in two namespaces are two groups.
 	Namespace string `protobuf:"bytes,11,opt,name=namespace,proto3" json:"namespace,omitempty"`
-	// Every namespace below namespace too. Prune of every tenant (tenant
-	// empty) always covers every namespace.
+	// Every namespace below namespace too. A prune of everything (neither
+	// tenant nor namespace set) always covers every namespace.
 	AllNamespaces bool `protobuf:"varint,12,opt,name=all_namespaces,json=allNamespaces,proto3" json:"all_namespaces,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
