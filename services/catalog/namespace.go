@@ -23,9 +23,11 @@ import (
 // creates namespaces explicitly and refuses a backup into a missing one.
 
 const (
-	// MaxNamespaceDepth and MaxNamespaceLen are PBS's limits.
+	// MaxNamespaceDepth, MaxNamespaceLen and maxNSComponent are PBS's
+	// limits (a component is at most 32 bytes in its create API).
 	MaxNamespaceDepth = 7
 	MaxNamespaceLen   = 256
+	maxNSComponent    = 32
 	nsLevel           = "ns"
 	namespaceMarker   = ".namespace"
 )
@@ -45,8 +47,8 @@ func CheckNamespace(ns string) error {
 		return fmt.Errorf("%w: namespace %q: %d levels, at most %d", apierr.ErrInvalid, ns, len(parts), MaxNamespaceDepth)
 	}
 	for _, c := range parts {
-		if !nsComponentPattern.MatchString(c) {
-			return fmt.Errorf("%w: namespace %q: component %q: want [A-Za-z0-9_][A-Za-z0-9._-]*", apierr.ErrInvalid, ns, c)
+		if len(c) > maxNSComponent || !nsComponentPattern.MatchString(c) {
+			return fmt.Errorf("%w: namespace %q: component %q: want [A-Za-z0-9_][A-Za-z0-9._-]*, at most %d bytes", apierr.ErrInvalid, ns, c, maxNSComponent)
 		}
 	}
 	return nil

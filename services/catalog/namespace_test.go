@@ -37,12 +37,12 @@ func (f *fixture) keys(t *testing.T, prefix string) []string {
 }
 
 func TestCheckNamespace(t *testing.T) {
-	for _, ok := range []string{"", "a", "a/b", "_x.y-z", "ns", "vm/ct/host", "1/2/3/4/5/6/7", strings.Repeat("a", 256)} {
+	for _, ok := range []string{"", "a", "a/b", "_x.y-z", "ns", "vm/ct/host", "1/2/3/4/5/6/7", strings.Repeat("a", 32), strings.Repeat(strings.Repeat("a", 32)+"/", 6) + strings.Repeat("b", 32)} {
 		if err := catalog.CheckNamespace(ok); err != nil {
 			t.Errorf("CheckNamespace(%q) = %v", ok, err)
 		}
 	}
-	for _, bad := range []string{"/", "a/", "/a", "a//b", ".a", "-a", "a b", "a/../b", "1/2/3/4/5/6/7/8", strings.Repeat("a", 257), "ä"} {
+	for _, bad := range []string{"/", "a/", "/a", "a//b", ".a", "-a", "a b", "a/../b", "1/2/3/4/5/6/7/8", strings.Repeat("a", 33), "ä"} {
 		if err := catalog.CheckNamespace(bad); err == nil {
 			t.Errorf("CheckNamespace(%q) accepted", bad)
 		}

@@ -57,6 +57,7 @@ const (
 var (
 	backupIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`)
 	backupTypes     = map[string]bool{"vm": true, "ct": true, "host": true}
+	sortedTypes     = []string{"ct", "host", "vm"}
 )
 
 func checkType(t string) error {
@@ -621,16 +622,23 @@ func (s *Server) ListSnapshots(ctx context.Context, req *chunkbridgev1.ListSnaps
 			return nil, apierr.Status(err)
 		}
 	}
-	// The namespace's own snapshots are under its type directories; with
-	// a depth, those of the namespaces below it (ns/…) too.
-	prefix := snapshotPrefix + nsDir(ns)
-	if depth == 0 && typ != "" {
-		prefix += typ + "/"
-		if id != "" {
-			prefix += id + "/"
+	// The namespace's own snapshots are under its type directories, so a
+	// listing of them alone never walks the namespaces below it; with a
+	// depth, those (ns/…) are listed too.
+	base := snapshotPrefix + nsDir(ns)
+	prefixes := []string{base}
+	switch {
+	case depth == 0 && typ != "" && id != "":
+		prefixes = []string{base + typ + "/" + id + "/"}
+	case depth == 0 && typ != "":
+		prefixes = []string{base + typ + "/"}
+	case depth == 0:
+		prefixes = prefixes[:0]
+		for _, t := range sortedTypes {
+			prefixes = append(prefixes, base+t+"/")
 		}
 	}
-	snaps, err := s.snapshots(ctx, prefix, func(p snapshotPath) bool {
+	snaps, err := s.snapshots(ctx, prefixes, func(p snapshotPath) bool {
 		return within(p.ns, ns, depth) && (typ == "" || p.typ == typ) && (id == "" || p.id == id)
 	})
 	if err != nil {
@@ -641,11 +649,11 @@ func (s *Server) ListSnapshots(ctx context.Context, req *chunkbridgev1.ListSnaps
 
 // snapshots lists the files under prefix (only those of the snapshots keep
 // accepts) and describes them from their metadata, fetched in parallel.
-func (s *Server) snapshots(ctx context.Context, prefix string, keep func(snapshotPath) bool) ([]*chunkbridgev1.Snapshot, error) {
+func (s *Server) snapshots(ctx context.Context, prefixes []string, keep func(snapshotPath) bool) ([]*chunkbridgev1.Snapshot, error) {
 	var paths []snapshotPath
 	blobs := map[string][]*chunkbridgev1.SnapshotBlobInfo{}
 	var blobDirs []snapshotPath // snapshots seen through a blob, in listing order
-	err := s.view(ctx).List(ctx, prefix, func(i storage.Info) error {
+	visit := func(i storage.Info) error {
 		rel := strings.TrimPrefix(i.Key, snapshotPrefix)
 		if p, ok := parseBlobPath(rel); ok {
 			if keep(p) {
@@ -661,9 +669,11 @@ func (s *Server) snapshots(ctx context.Context, prefix string, keep func(snapsho
 			paths = append(paths, p)
 		}
 		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("list snapshots: %w", err)
+	}
+	for _, prefix := range prefixes {
+		if err := s.view(ctx).List(ctx, prefix, visit); err != nil {
+			return nil, fmt.Errorf("list snapshots: %w", err)
+		}
 	}
 	infos := make([]*chunkbridgev1.SnapshotFileInfo, len(paths))
 	g, gctx := errgroup.WithContext(ctx)
@@ -740,7 +750,7 @@ func (s *Server) GetSnapshot(ctx context.Context, req *chunkbridgev1.GetSnapshot
 	if err != nil {
 		return nil, apierr.Status(err)
 	}
-	snaps, err := s.snapshots(ctx, snapshotPrefix+dir+"/", func(snapshotPath) bool { return true })
+	snaps, err := s.snapshots(ctx, []string{snapshotPrefix + dir + "/"}, func(snapshotPath) bool { return true })
 	if err != nil {
 		return nil, apierr.Status(err)
 	}

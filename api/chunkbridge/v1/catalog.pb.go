@@ -587,7 +587,8 @@ func (*DeleteIndexResponse) Descriptor() ([]byte, []int) {
 // SnapshotFileInfo describes one file of a snapshot.
 type SnapshotFileInfo struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The store-relative path, e.g. "host/web-01/2026-11-25T10:00:00Z/root.pxar.didx".
+	// The store-relative path, e.g. "host/web-01/2026-11-25T10:00:00Z/root.pxar.didx",
+	// or "ns/a/host/web-01/…" in namespace a.
 	Path string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
 	// The file name, e.g. "root.pxar.didx".
 	Name  string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
@@ -1600,8 +1601,8 @@ func (x *PutSnapshotBlobResponse) GetSize() int64 {
 
 type GetSnapshotFileRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// A store-relative path <type>/<id>/<time>/<file>, file ending in
-	// .blob, .fidx or .didx.
+	// A store-relative path [ns/<a>/ns/<b>/…]<type>/<id>/<time>/<file>,
+	// file ending in .blob, .fidx or .didx.
 	Path          string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
