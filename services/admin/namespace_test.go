@@ -13,6 +13,8 @@ import (
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
 	"github.com/chunkbridge/chunkbridge/services/admin"
+	"github.com/chunkbridge/chunkbridge/services/gcguard"
+	"github.com/chunkbridge/chunkbridge/services/quota"
 )
 
 func (e *env) mustWriteNSSnapshot(t testing.TB, ns, id string, when time.Time, blobs []blob) {
@@ -159,5 +161,32 @@ func TestNamespacesPerTenant(t *testing.T) {
 				e.readsBackAs(t, acmeWriter, b)
 			}
 		})
+	}
+}
+
+// TestNamespacedSnapshotsCountInQuota: a namespaced snapshot's bytes are
+// the tenant's logical usage, like the root's: after a snapshot in a
+// fills the quota, another in the root is refused.
+func TestNamespacedSnapshotsCountInQuota(t *testing.T) {
+	first := makeBlobs(17, 4, 1024, sha256Alg)
+	more := makeBlobs(18, 4, 1024, sha256Alg)
+	book := quota.New(func(tenant string) (int64, int64) {
+		if tenant == "globex" {
+			return size(first) + 100, 0
+		}
+		return 0, 0
+	}, time.Hour)
+	e := newEnvQuota(t, memoryStore(t), admin.Config{}, gcguard.Config{}, book)
+	ctx := as(t.Context(), globex)
+	e.uploadAs(t, globex, first, more)
+	if _, err := e.catalog.CreateNamespace(ctx, &chunkbridgev1.CreateNamespaceRequest{Namespace: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	create := &chunkbridgev1.WriteSnapshotFileRequest_Create{Namespace: "a", Type: "host", BackupId: "x", Time: timestamppb.New(day(24)), Name: "root.pxar"}
+	if err := e.writeSnapshotFile(ctx, create, first); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.writeSnapshot(ctx, "host", "x", day(25), "root.pxar", more); status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("a root snapshot past the quota a's snapshot filled: %v", err)
 	}
 }

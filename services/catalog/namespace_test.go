@@ -102,6 +102,11 @@ func TestNamespaces(t *testing.T) {
 			t.Fatalf("digests of %s = %v, %v", w.path, got, err)
 		}
 	}
+	// Statistics and quotas count namespaced files; a group is its
+	// namespace, type and id.
+	if sum, _, err := f.server.Summary(t.Context()); err != nil || sum.SnapshotFiles != 3 || sum.Snapshots != 3 || sum.BackupGroups != 3 || sum.ContentBytes != 3*7 {
+		t.Fatalf("Summary = %+v, %v", sum, err)
+	}
 	list := func(ns, typ string, depth int32) []string {
 		t.Helper()
 		resp, err := f.catalog.ListSnapshots(t.Context(), &chunkbridgev1.ListSnapshotsRequest{Namespace: ns, Type: typ, MaxDepth: depth})
