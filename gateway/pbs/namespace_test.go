@@ -136,7 +136,7 @@ func TestNamespaces(t *testing.T) {
 	second[2] = bytes.Repeat([]byte{7}, 40<<10)
 
 	// A missing namespace: refused as PBS does, nothing stored.
-	if _, err := pbstest.Open(t, h.addr, "/api2/json/backup", pbs.BackupProtocol, acmeWriter, nsQuery("acme", "a/b", t1)); err == nil || !strings.HasPrefix(err.Error(), "404") || !strings.Contains(err.Error(), "namespace") {
+	if _, err := pbstest.Open(t, h.addr, "/api2/json/backup", pbs.BackupProtocol, acmeWriter, nsQuery("acme", "a/b", t1)); err == nil || !strings.HasPrefix(err.Error(), "404") || !strings.Contains(err.Error(), "namespace not found") {
 		t.Fatalf("backup into a missing namespace: %v", err)
 	}
 	// Bad names and depth 8: 400, for upgrades and management alike.

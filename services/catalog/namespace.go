@@ -110,7 +110,8 @@ func (s *Server) namespaceExists(ctx context.Context, ns string) error {
 	}
 	_, err := s.view(ctx).Stat(ctx, nsMarkerKey(ns))
 	if errors.Is(err, storage.ErrNotFound) {
-		return fmt.Errorf("%w: namespace %q not found; create it first (proxmox-backup-client namespace create, or POST /v1/namespaces)", apierr.ErrNotFound, ns)
+		// PBS's words: clients look for "namespace not found".
+		return fmt.Errorf("%w: namespace not found: %q; create it first (proxmox-backup-client namespace create, or POST /v1/namespaces)", apierr.ErrNotFound, ns)
 	}
 	if err != nil {
 		return fmt.Errorf("namespace %q: %w", ns, err)
