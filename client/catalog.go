@@ -336,6 +336,9 @@ type SnapshotCreate struct {
 	// Encrypted), so they are looked for in the encrypted space, and the
 	// file is never served to casync or PMXBCKUP.
 	Encrypted bool
+	// Namespace is the PBS namespace ("a/b"; "" for the root). It must
+	// exist (CreateNamespace).
+	Namespace string
 }
 
 // SnapshotEntry places one chunk: at Slot of a fixed file, or at Offset
@@ -393,7 +396,7 @@ func (c *Catalog) WriteSnapshotFile(ctx context.Context, create SnapshotCreate) 
 		msg := &chunkbridgev1.WriteSnapshotFileRequest_Create{
 			Type: create.Type, BackupId: create.BackupID, Name: create.Name,
 			Fixed: create.Fixed, ChunkSize: create.ChunkSize, FileSize: create.FileSize, Exclusive: create.Exclusive,
-			Encrypted: create.Encrypted,
+			Encrypted: create.Encrypted, Namespace: create.Namespace,
 		}
 		if !create.Time.IsZero() {
 			msg.Time = timestamppb.New(create.Time)
@@ -527,8 +530,9 @@ func (w *SnapshotWriter) Next() (SnapshotFileInfo, error) {
 func (w *SnapshotWriter) Abort() { w.cancel() }
 
 // PutSnapshotBlob stores data as the blob file name (ending in ".blob") of
-// the snapshot typ/backupID/t, once: an existing one is apierr.ErrExists.
-func (c *Catalog) PutSnapshotBlob(ctx context.Context, typ, backupID string, t time.Time, name string, data []byte) error {
+// the snapshot typ/backupID/t of namespace ns ("" for the root), once: an
+// existing one is apierr.ErrExists.
+func (c *Catalog) PutSnapshotBlob(ctx context.Context, ns, typ, backupID string, t time.Time, name string, data []byte) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	s, err := c.c.PutSnapshotBlob(ctx)
@@ -536,7 +540,7 @@ func (c *Catalog) PutSnapshotBlob(ctx context.Context, typ, backupID string, t t
 		return apierr.FromStatus(err)
 	}
 	const piece = 1 << 20
-	first := &chunkbridgev1.PutSnapshotBlobRequest{Type: typ, BackupId: backupID, Time: timestamppb.New(t), Name: name}
+	first := &chunkbridgev1.PutSnapshotBlobRequest{Namespace: ns, Type: typ, BackupId: backupID, Time: timestamppb.New(t), Name: name}
 	for off := 0; off == 0 || off < len(data); off += piece {
 		msg := first
 		if off > 0 {
@@ -576,10 +580,10 @@ func (c *Catalog) GetSnapshotFile(ctx context.Context, path string, limit int64)
 	}
 }
 
-// ListSnapshots lists the snapshots (of typ and backupID if set), newest
-// first within a backup id.
-func (c *Catalog) ListSnapshots(ctx context.Context, typ, backupID string) ([]*chunkbridgev1.Snapshot, error) {
-	resp, err := c.c.ListSnapshots(ctx, &chunkbridgev1.ListSnapshotsRequest{Type: typ, BackupId: backupID})
+// ListSnapshots lists the snapshots of namespace ns ("" for the root; of
+// typ and backupID if set), newest first within a backup id.
+func (c *Catalog) ListSnapshots(ctx context.Context, ns, typ, backupID string) ([]*chunkbridgev1.Snapshot, error) {
+	resp, err := c.c.ListSnapshots(ctx, &chunkbridgev1.ListSnapshotsRequest{Namespace: ns, Type: typ, BackupId: backupID})
 	if err != nil {
 		return nil, apierr.FromStatus(err)
 	}
@@ -587,7 +591,35 @@ func (c *Catalog) ListSnapshots(ctx context.Context, typ, backupID string) ([]*c
 }
 
 // DeleteSnapshot removes a snapshot's files; t is RFC 3339 UTC.
-func (c *Catalog) DeleteSnapshot(ctx context.Context, typ, backupID, t string) error {
-	_, err := c.c.DeleteSnapshot(ctx, &chunkbridgev1.DeleteSnapshotRequest{Type: typ, BackupId: backupID, Time: t})
+func (c *Catalog) DeleteSnapshot(ctx context.Context, ns, typ, backupID, t string) error {
+	_, err := c.c.DeleteSnapshot(ctx, &chunkbridgev1.DeleteSnapshotRequest{Namespace: ns, Type: typ, BackupId: backupID, Time: t})
+	return apierr.FromStatus(err)
+}
+
+// ListNamespaces lists parent and the namespaces below it, at most
+// maxDepth levels down (negative: all), parents first.
+func (c *Catalog) ListNamespaces(ctx context.Context, parent string, maxDepth int) ([]string, error) {
+	req := &chunkbridgev1.ListNamespacesRequest{Parent: parent}
+	if maxDepth >= 0 {
+		d := int32(maxDepth)
+		req.MaxDepth = &d
+	}
+	resp, err := c.c.ListNamespaces(ctx, req)
+	if err != nil {
+		return nil, apierr.FromStatus(err)
+	}
+	return resp.GetNamespaces(), nil
+}
+
+// CreateNamespace creates ns ("a/b") and its missing parents.
+func (c *Catalog) CreateNamespace(ctx context.Context, ns string) error {
+	_, err := c.c.CreateNamespace(ctx, &chunkbridgev1.CreateNamespaceRequest{Namespace: ns})
+	return apierr.FromStatus(err)
+}
+
+// DeleteNamespace removes ns and those below it; with deleteGroups, their
+// snapshots too (otherwise a namespace holding any is refused).
+func (c *Catalog) DeleteNamespace(ctx context.Context, ns string, deleteGroups bool) error {
+	_, err := c.c.DeleteNamespace(ctx, &chunkbridgev1.DeleteNamespaceRequest{Namespace: ns, DeleteGroups: deleteGroups})
 	return apierr.FromStatus(err)
 }

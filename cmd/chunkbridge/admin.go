@@ -353,8 +353,8 @@ func printTenants(w io.Writer, tenants []*chunkbridgev1.TenantUsage) {
 func adminPrune(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var c clientFlags
 	var last, hourly, daily, weekly, monthly, yearly int
-	var typ, id, tenant string
-	var dryRun bool
+	var typ, id, tenant, ns string
+	var dryRun, allNS bool
 	if err := parseClientFlags("prune", args, stdout, stderr, &c, func(fs *flag.FlagSet) {
 		fs.IntVar(&last, "keep-last", 0, "keep the N newest snapshots of each backup group")
 		fs.IntVar(&hourly, "keep-hourly", 0, "keep the newest snapshot of each of the last N hours that have one")
@@ -366,6 +366,8 @@ func adminPrune(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		fs.StringVar(&id, "id", "", "only this backup id (with --type)")
 		fs.StringVar(&tenant, "tenant", "", "only this tenant's snapshots (default: every tenant's, each on its own)")
 		fs.BoolVar(&dryRun, "dry-run", false, "print what would be kept and removed; remove nothing")
+		fs.StringVar(&ns, "ns", "", "only this PBS namespace, e.g. a/b (default: the root; with neither --ns nor --tenant, every namespace of every tenant)")
+		fs.BoolVar(&allNS, "all-namespaces", false, "also the namespaces below --ns")
 	}); err != nil {
 		return err
 	}
@@ -380,6 +382,7 @@ func adminPrune(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	resp, err := adm.Prune(ctx, &chunkbridgev1.PruneRequest{
 		KeepLast: int32(last), KeepHourly: int32(hourly), KeepDaily: int32(daily), KeepWeekly: int32(weekly),
 		KeepMonthly: int32(monthly), KeepYearly: int32(yearly), Type: typ, BackupId: id, DryRun: dryRun, Tenant: tenant,
+		Namespace: ns, AllNamespaces: allNS,
 	})
 	if err != nil {
 		return rpcError("prune", err)
@@ -403,6 +406,9 @@ func adminPrune(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			owner := ""
 			if d.Tenant != "" && d.Tenant != auth.DefaultTenant {
 				owner = d.Tenant + ": "
+			}
+			if d.Namespace != "" {
+				owner += "ns " + d.Namespace + ": "
 			}
 			fmt.Fprintf(stdout, "%-12s %s%s/%s/%s  %s", action, owner, d.Type, d.BackupId, d.Time.AsTime().UTC().Format(time.RFC3339), d.Reason)
 			if d.Error != "" {

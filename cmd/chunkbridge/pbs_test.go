@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -146,14 +147,54 @@ principals:
 		if st := withTicket("DELETE", del, login.Data.CSRFPreventionToken); st != http.StatusForbidden {
 			t.Fatalf("a read principal deleting: %d", st)
 		}
+		// A namespace: the append token creates it and backs up into it,
+		// the read token lists it and restores from it.
+		withToken := func(method, path, tok string) (int, string) {
+			req, _ := http.NewRequest(method, "https://"+gw.pbs+path, nil)
+			req.Header.Set("Authorization", tok)
+			resp, err := hc.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			return resp.StatusCode, string(b)
+		}
+		nsQ := pbstest.Query("acme", "host", "web1", epoch)
+		nsQ.Set("ns", "prod")
+		if _, err := pbstest.Open(t, gw.pbs, "/api2/json/backup", pbs.BackupProtocol, "PBSAPIToken=backup@pbs!host1:"+backupTok, nsQ); err == nil || !strings.HasPrefix(err.Error(), "404") {
+			t.Fatalf("a backup into a missing namespace: %v", err)
+		}
+		if st, body := withToken("POST", "/api2/json/admin/datastore/acme/namespace?name=prod", "PBSAPIToken=backup@pbs!host1:"+backupTok); st != 200 {
+			t.Fatalf("create namespace: %d %s", st, body)
+		}
+		s, err = pbstest.Open(t, gw.pbs, "/api2/json/backup", pbs.BackupProtocol, "PBSAPIToken=backup@pbs!host1:"+backupTok, nsQ)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := s.Backup("root.pxar.didx", "web1", epoch, chunks[:2], map[string]bool{}, nil); n != 2 {
+			t.Fatalf("uploaded %d chunks into prod", n)
+		}
+		if st, body := withToken("GET", "/api2/json/admin/datastore/acme/namespace", "PBSAPIToken=reader@pbs!r:"+readTok); st != 200 || body != `{"data":[{"ns":""},{"ns":"prod"}]}`+"\n" {
+			t.Fatalf("namespaces: %d %q", st, body)
+		}
+		r, err = pbstest.Open(t, gw.pbs, "/api2/json/reader", pbs.ReaderProtocol, "PBSAPIToken reader@pbs!r:"+readTok, nsQ)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(r.Restore("root.pxar.didx"), bytes.Join(chunks[:2], nil)) {
+			t.Fatal("restored data from prod differs")
+		}
 		if store == "" {
 			return
 		}
 		// The services stored it as the principal: in its tenant.
 		when := time.Unix(epoch, 0).UTC().Format(time.RFC3339)
-		for _, f := range []string{"root.pxar.didx", "index.json.blob"} {
-			if _, err := os.Stat(filepath.Join(store, "tenants/acme/snapshots/host/web1", when, f)); err != nil {
-				t.Errorf("not in the tenant's snapshot: %v", err)
+		for _, dir := range []string{"tenants/acme/snapshots/host/web1", "tenants/acme/snapshots/ns/prod/host/web1"} {
+			for _, f := range []string{"root.pxar.didx", "index.json.blob"} {
+				if _, err := os.Stat(filepath.Join(store, dir, when, f)); err != nil {
+					t.Errorf("not in the tenant's snapshot: %v", err)
+				}
 			}
 		}
 	}

@@ -36,6 +36,8 @@ func pmxList(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	rf.register(fs, "lists the snapshots (default http://127.0.0.1:"+restDefaultPort+" when no --server is set either)")
 	typ := fs.String("type", "", "only snapshots of this type: vm, ct or host")
 	id := fs.String("id", "", "only snapshots of this backup id")
+	ns := fs.String("ns", "", "the PBS namespace to list, e.g. a/b (default: the root, where PMXBCKUP backs up)")
+	maxDepth := fs.Int("max-depth", 0, "also list the namespaces up to this many levels below --ns (0 to 7)")
 	fs.StringVar(&cf.tlsCA, "tls-ca", "", "PEM file of the CA that signed the REST API's certificate, for an https:// --api (default: system roots) (profile: tls_ca)")
 	asJSON := fs.Bool("json", false, "print the snapshot list as JSON (the REST answer, protojson)")
 	registerConfigFlags(fs)
@@ -54,7 +56,7 @@ func pmxList(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
-	resp, err := listSnapshots(ctx, hc, base, bearer, *typ, *id)
+	resp, err := listSnapshotsIn(ctx, hc, base, bearer, *ns, *maxDepth, *typ, *id)
 	if err != nil {
 		return fmt.Errorf("pmx list: %w", err)
 	}
@@ -71,6 +73,9 @@ func pmxList(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			total += f.GetContentSize()
 		}
 		// No tab: the files of each snapshot align among themselves.
+		if s.GetNamespace() != "" {
+			fmt.Fprintf(tw, "ns %s: ", s.GetNamespace())
+		}
 		fmt.Fprintf(tw, "%s/%s/%s: %s, %s\n", s.GetType(), s.GetBackupId(), s.GetTime().AsTime().UTC().Format(time.RFC3339),
 			plural(len(s.GetFiles()), "file"), pmxclient.FormatSize(total))
 		for _, f := range s.GetFiles() {
@@ -144,11 +149,23 @@ func restClient(cf *pmxConnFlags) (*http.Client, error) {
 // backup id (either may be empty for all), with token as the bearer
 // credential if not empty.
 func listSnapshots(ctx context.Context, hc *http.Client, base, token, typ, id string) (*chunkbridgev1.ListSnapshotsResponse, error) {
+	return listSnapshotsIn(ctx, hc, base, token, "", 0, typ, id)
+}
+
+// listSnapshotsIn is listSnapshots in namespace ns ("" the root) and
+// those up to maxDepth levels below it.
+func listSnapshotsIn(ctx context.Context, hc *http.Client, base, token, ns string, maxDepth int, typ, id string) (*chunkbridgev1.ListSnapshotsResponse, error) {
 	u, err := url.Parse(base)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, usagef("--api %q: want http://HOST[:PORT] or https://HOST[:PORT]", base)
 	}
 	q := url.Values{}
+	if ns != "" {
+		q.Set("namespace", ns)
+	}
+	if maxDepth != 0 {
+		q.Set("maxDepth", fmt.Sprint(maxDepth))
+	}
 	if typ != "" {
 		q.Set("type", typ)
 	}

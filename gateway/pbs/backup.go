@@ -135,7 +135,7 @@ func (s *Server) newBackup(ctx context.Context, p auth.Principal, snap snapshot,
 	}
 	// A snapshot is written once: an existing one is refused before any
 	// upload (the catalog would refuse its files anyway).
-	snaps, err := s.Catalog.ListSnapshots(ctx, snap.typ, snap.id)
+	snaps, err := s.Catalog.ListSnapshots(ctx, snap.ns, snap.typ, snap.id)
 	if err != nil {
 		return nil, fmt.Errorf("listing the backup group: %w", err)
 	}
@@ -204,7 +204,7 @@ func (b *backup) end() {
 // previousSnapshot is the newest snapshot of the group before this one
 // that has a manifest.
 func (b *backup) previousSnapshot(ctx context.Context) (*chunkbridgev1.Snapshot, error) {
-	snaps, err := b.srv.Catalog.ListSnapshots(ctx, b.snap.typ, b.snap.id)
+	snaps, err := b.srv.Catalog.ListSnapshots(ctx, b.snap.ns, b.snap.typ, b.snap.id)
 	if err != nil {
 		return nil, err
 	}
@@ -252,7 +252,7 @@ func (b *backup) previous(w http.ResponseWriter, r *http.Request) {
 		b.fail(w, r, err)
 		return
 	}
-	dir := snapshot{typ: sn.GetType(), id: sn.GetBackupId(), time: sn.GetTime().AsTime()}.dir()
+	dir := snapshotOf(sn).dir()
 	encrypted := fileEncrypted(sn, name)
 	b.files.Lock()
 	defer b.files.Unlock()
@@ -466,7 +466,7 @@ func (b *backup) reuse(ctx context.Context, wr *writer, csum string) error {
 	if err != nil {
 		return fmt.Errorf("reuse-csum: finding the previous backup: %w", err)
 	}
-	dir := snapshot{typ: sn.GetType(), id: sn.GetBackupId(), time: sn.GetTime().AsTime()}.dir()
+	dir := snapshotOf(sn).dir()
 	b.files.Lock()
 	defer b.files.Unlock()
 	raw, err := b.srv.Catalog.GetSnapshotFile(ctx, dir+"/"+wr.name, maxIndexFile)
@@ -831,7 +831,7 @@ func (b *backup) close(w http.ResponseWriter, r *http.Request) {
 // publish writes a closed index through the catalog, which checks every
 // chunk is stored.
 func (b *backup) publish(ctx context.Context, wr *writer) error {
-	create := client.SnapshotCreate{Type: b.snap.typ, BackupID: b.snap.id, Time: b.snap.time, Name: wr.name[:len(wr.name)-5], Fixed: wr.fixed,
+	create := client.SnapshotCreate{Namespace: b.snap.ns, Type: b.snap.typ, BackupID: b.snap.id, Time: b.snap.time, Name: wr.name[:len(wr.name)-5], Fixed: wr.fixed,
 		Encrypted: wr.mode == modeEncrypted}
 	if wr.fixed {
 		create.ChunkSize, create.FileSize = fixedChunkSize, int64(wr.size)
@@ -932,7 +932,7 @@ func (b *backup) blob(w http.ResponseWriter, r *http.Request) {
 		reply(w, nil)
 		return
 	}
-	if err := b.srv.Catalog.PutSnapshotBlob(r.Context(), b.snap.typ, b.snap.id, b.snap.time, name, body); err != nil {
+	if err := b.srv.Catalog.PutSnapshotBlob(r.Context(), b.snap.ns, b.snap.typ, b.snap.id, b.snap.time, name, body); err != nil {
 		b.fail(w, r, fmt.Errorf("blob %s: %w", name, err))
 		return
 	}
@@ -984,7 +984,7 @@ func (b *backup) modesAgree() error {
 // isEncrypted reports whether the index file name of snap holds
 // encrypted chunks, as the catalog's listing says.
 func (s *Server) isEncrypted(ctx context.Context, snap snapshot, name string) (bool, error) {
-	snaps, err := s.Catalog.ListSnapshots(ctx, snap.typ, snap.id)
+	snaps, err := s.Catalog.ListSnapshots(ctx, snap.ns, snap.typ, snap.id)
 	if err != nil {
 		return false, fmt.Errorf("listing the backup group: %w", err)
 	}
@@ -1034,7 +1034,7 @@ func (b *backup) finish(w http.ResponseWriter, r *http.Request) {
 		b.fail(w, r, fmt.Errorf("%w: finish: %v", apierr.ErrInvalid, err))
 		return
 	}
-	if err := b.srv.Catalog.PutSnapshotBlob(r.Context(), b.snap.typ, b.snap.id, b.snap.time, manifestName, manifest); err != nil {
+	if err := b.srv.Catalog.PutSnapshotBlob(r.Context(), b.snap.ns, b.snap.typ, b.snap.id, b.snap.time, manifestName, manifest); err != nil {
 		b.mu.Lock()
 		b.finished = false // nothing was published: finish may be tried again
 		b.mu.Unlock()

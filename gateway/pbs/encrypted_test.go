@@ -187,7 +187,7 @@ func TestEncryptedBackupRestore(t *testing.T) {
 	}
 
 	// Listed as encrypted.
-	snaps, err := chunkclient.NewCatalogGRPC(h.svcs.Conn).ListSnapshots(t.Context(), "host", "web1")
+	snaps, err := chunkclient.NewCatalogGRPC(h.svcs.Conn).ListSnapshots(t.Context(), "", "host", "web1")
 	if err != nil || len(snaps) != 1 {
 		t.Fatalf("list: %v %v", snaps, err)
 	}
@@ -288,7 +288,7 @@ func TestEncryptedBackupRefusals(t *testing.T) {
 // pbsSnapshots lists the snapshots PBS clients see (those with a
 // manifest).
 func (h *harness) pbsSnapshots(t testing.TB) ([]string, error) {
-	snaps, err := chunkclient.NewCatalogGRPC(h.svcs.Conn).ListSnapshots(t.Context(), "host", "web1")
+	snaps, err := chunkclient.NewCatalogGRPC(h.svcs.Conn).ListSnapshots(t.Context(), "", "host", "web1")
 	var out []string
 	for _, sn := range snaps {
 		for _, b := range sn.GetBlobs() {

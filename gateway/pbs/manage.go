@@ -5,12 +5,15 @@ import (
 	"fmt"
 	"net/http"
 	"sort"
+	"strconv"
+	"strings"
 	"time"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
 	"github.com/chunkbridge/chunkbridge/auth"
 	"github.com/chunkbridge/chunkbridge/services/admin"
 	"github.com/chunkbridge/chunkbridge/services/apierr"
+	"github.com/chunkbridge/chunkbridge/services/catalog"
 )
 
 // The management routes over plain HTTPS (docs/pbs.md, "Management routes"): version, the
@@ -31,6 +34,9 @@ func (s *Server) managementHandler() http.Handler {
 	m.HandleFunc("DELETE /api2/json/admin/datastore/{store}/snapshots", s.deleteSnapshot)
 	m.HandleFunc("POST /api2/json/admin/datastore/{store}/prune", s.prune)
 	m.HandleFunc("GET /api2/json/admin/datastore/{store}/status", s.datastoreStatus)
+	m.HandleFunc("GET /api2/json/admin/datastore/{store}/namespace", s.listNamespaces)
+	m.HandleFunc("POST /api2/json/admin/datastore/{store}/namespace", s.createNamespace)
+	m.HandleFunc("DELETE /api2/json/admin/datastore/{store}/namespace", s.deleteNamespace)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		r.URL.Path = cleanPath(r.URL.Path)
 		if r.Method == http.MethodPost && r.URL.Path == "/api2/json/access/ticket" {
@@ -57,7 +63,7 @@ func (s *Server) visible(w http.ResponseWriter, r *http.Request) ([]*chunkbridge
 	}
 	var snaps []*chunkbridgev1.Snapshot
 	if err == nil {
-		snaps, err = s.Catalog.ListSnapshots(r.Context(), q.Get("backup-type"), q.Get("backup-id"))
+		snaps, err = s.Catalog.ListSnapshots(r.Context(), q.Get("ns"), q.Get("backup-type"), q.Get("backup-id"))
 	}
 	if err != nil {
 		s.refuse(w, r, err)
@@ -178,7 +184,7 @@ func (s *Server) deleteSnapshot(w http.ResponseWriter, r *http.Request) {
 		snap, err = parseSnapshot(q.Get("backup-type"), q.Get("backup-id"), q.Get("backup-time"))
 	}
 	if err == nil {
-		err = s.Catalog.DeleteSnapshot(r.Context(), snap.typ, snap.id, snap.time.UTC().Format("2006-01-02T15:04:05Z"))
+		err = s.Catalog.DeleteSnapshot(r.Context(), q.Get("ns"), snap.typ, snap.id, snap.time.UTC().Format("2006-01-02T15:04:05Z"))
 	}
 	if err != nil {
 		s.refuse(w, r, err)
@@ -231,6 +237,7 @@ func (s *Server) prune(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	q.Set("backup-type", typ)
 	q.Set("backup-id", id)
+	q.Set("ns", ns)
 	r.URL.RawQuery = q.Encode()
 	snaps, ok := s.visible(w, r)
 	if !ok {
@@ -244,7 +251,7 @@ func (s *Server) prune(w http.ResponseWriter, r *http.Request) {
 	out := []map[string]any{}
 	for i, sn := range snaps {
 		if !keep[i] && !dryRun {
-			err := s.Catalog.DeleteSnapshot(r.Context(), sn.GetType(), sn.GetBackupId(), times[i].UTC().Format("2006-01-02T15:04:05Z"))
+			err := s.Catalog.DeleteSnapshot(r.Context(), ns, sn.GetType(), sn.GetBackupId(), times[i].UTC().Format("2006-01-02T15:04:05Z"))
 			if err != nil && !errors.Is(err, apierr.ErrNotFound) {
 				s.refuse(w, r, fmt.Errorf("prune: deleting %s/%s/%d: %w", sn.GetType(), sn.GetBackupId(), times[i].Unix(), err))
 				return
@@ -253,4 +260,95 @@ func (s *Server) prune(w http.ResponseWriter, r *http.Request) {
 		out = append(out, map[string]any{"backup-type": sn.GetType(), "backup-id": sn.GetBackupId(), "backup-time": times[i].Unix(), "keep": keep[i], "protected": false})
 	}
 	reply(w, out)
+}
+
+// listNamespaces answers PBS's namespace list: parent (the root by
+// default) itself first, then those below it down to max-depth levels,
+// as [{"ns": "a/b"}, …].
+func (s *Server) listNamespaces(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	err := storeOK(r.PathValue("store"), auth.FromContext(r.Context()))
+	parent := q.Get("parent")
+	if err == nil {
+		err = nsOK(parent)
+	}
+	depth := -1
+	if v := q.Get("max-depth"); v != "" && err == nil {
+		n, perr := strconv.Atoi(v)
+		if perr != nil || n < 0 || n > catalog.MaxNamespaceDepth {
+			err = fmt.Errorf("%w: max-depth %q: want 0 to %d", apierr.ErrInvalid, v, catalog.MaxNamespaceDepth)
+		}
+		depth = n
+	}
+	var list []string
+	if err == nil {
+		list, err = s.Catalog.ListNamespaces(r.Context(), parent, depth)
+	}
+	if err != nil {
+		s.refuse(w, r, err)
+		return
+	}
+	out := make([]map[string]string, len(list))
+	for i, ns := range list {
+		out[i] = map[string]string{"ns": ns}
+	}
+	reply(w, out)
+}
+
+// createNamespace creates parent/name (PBS's parameters) and answers the
+// new namespace's name.
+func (s *Server) createNamespace(w http.ResponseWriter, r *http.Request) {
+	ps, err := readParams(r)
+	if err == nil {
+		err = storeOK(r.PathValue("store"), auth.FromContext(r.Context()))
+	}
+	parent, _ := ps.str("parent")
+	name, _ := ps.str("name")
+	ns := name
+	if parent != "" {
+		ns = parent + "/" + name
+	}
+	if err == nil && (name == "" || strings.Contains(name, "/")) {
+		err = fmt.Errorf("%w: name %q: want one namespace component (parent holds the rest)", apierr.ErrInvalid, name)
+	}
+	if err == nil {
+		err = nsOK(ns)
+	}
+	if err == nil {
+		// The catalog checks it too; refused here first, before anything.
+		err = auth.Check(r.Context(), auth.Append, "snapshots")
+	}
+	if err == nil {
+		err = s.Catalog.CreateNamespace(r.Context(), ns)
+	}
+	if err != nil {
+		s.refuse(w, r, err)
+		return
+	}
+	reply(w, ns)
+}
+
+// deleteNamespace removes ns; delete-groups also removes its snapshots,
+// as with PBS (otherwise a namespace holding any is refused).
+func (s *Server) deleteNamespace(w http.ResponseWriter, r *http.Request) {
+	ps, err := readParams(r)
+	if err == nil {
+		err = storeOK(r.PathValue("store"), auth.FromContext(r.Context()))
+	}
+	ns, _ := ps.str("ns")
+	if err == nil {
+		err = nsOK(ns)
+	}
+	del, _ := ps.str("delete-groups")
+	if err == nil {
+		err = auth.Check(r.Context(), auth.Replace, "snapshots")
+	}
+	if err == nil {
+		err = s.Catalog.DeleteNamespace(r.Context(), ns, del == "true" || del == "1")
+	}
+	if err != nil {
+		s.refuse(w, r, err)
+		return
+	}
+	reply(w, nil)
 }

@@ -11,18 +11,27 @@ import (
 	"strconv"
 	"time"
 
+	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
 	"github.com/chunkbridge/chunkbridge/auth"
 	"github.com/chunkbridge/chunkbridge/services/apierr"
+	"github.com/chunkbridge/chunkbridge/services/catalog"
 )
 
-// snapshot names one snapshot of the caller's tenant.
+// snapshot names one snapshot of the caller's tenant, in namespace ns
+// ("a/b"; "" is the root).
 type snapshot struct {
-	typ, id string
-	time    time.Time
+	ns, typ, id string
+	time        time.Time
 }
 
+// dir is the snapshot's path as the catalog spells it.
 func (s snapshot) dir() string {
-	return s.typ + "/" + s.id + "/" + s.time.UTC().Format(time.RFC3339)
+	return catalog.NamespaceDir(s.ns) + s.typ + "/" + s.id + "/" + s.time.UTC().Format(time.RFC3339)
+}
+
+// snapshotOf is the catalog's snapshot sn, as the gateway names it.
+func snapshotOf(sn *chunkbridgev1.Snapshot) snapshot {
+	return snapshot{ns: sn.GetNamespace(), typ: sn.GetType(), id: sn.GetBackupId(), time: sn.GetTime().AsTime()}
 }
 
 var backupIDRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$`)
@@ -37,13 +46,10 @@ func storeOK(store string, p auth.Principal) error {
 	return nil
 }
 
-// nsOK refuses namespaces: the catalog's snapshot paths have no place for
-// them yet (docs/pbs.md).
+// nsOK checks a namespace's spelling ("a/b", at most 7 levels); whether it
+// exists is the catalog's to say.
 func nsOK(ns string) error {
-	if ns != "" {
-		return fmt.Errorf("%w: namespace %q: this server has no namespaces yet; back up to the datastore's root (no --ns)", apierr.ErrInvalid, ns)
-	}
-	return nil
+	return catalog.CheckNamespace(ns)
 }
 
 // snapshotParams reads store, ns, backup-type, backup-id and backup-time.
@@ -58,6 +64,7 @@ func (s *Server) snapshotParams(q url.Values, p auth.Principal) (snapshot, int, 
 	if err != nil {
 		return snapshot{}, http.StatusBadRequest, err
 	}
+	snap.ns = q.Get("ns")
 	return snap, 0, nil
 }
 

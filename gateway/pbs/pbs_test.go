@@ -251,7 +251,7 @@ func TestRefusedBackups(t *testing.T) {
 	if st, out := s.Call("POST", "/finish", nil); st != http.StatusBadRequest {
 		t.Fatalf("finish with nothing written: %d %s", st, out)
 	}
-	snaps, err := chunkclient.NewCatalogGRPC(h.svcs.Conn).ListSnapshots(context.Background(), "", "")
+	snaps, err := chunkclient.NewCatalogGRPC(h.svcs.Conn).ListSnapshots(context.Background(), "", "", "")
 	if err != nil || len(snaps) != 0 {
 		t.Fatalf("something was published: %v, %v", snaps, err)
 	}

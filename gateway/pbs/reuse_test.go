@@ -147,7 +147,7 @@ func TestReuseCsum(t *testing.T) {
 	if st, out := s.Call("POST", "/finish", nil); st != http.StatusBadRequest {
 		t.Fatalf("finish with nothing written: %d %s", st, out)
 	}
-	snaps, err := chunkclient.NewCatalogGRPC(h.svcs.Conn).ListSnapshots(context.Background(), "vm", "100")
+	snaps, err := chunkclient.NewCatalogGRPC(h.svcs.Conn).ListSnapshots(context.Background(), "", "vm", "100")
 	if err != nil || len(snaps) != 2 {
 		t.Fatalf("snapshots after the refusals: %v, %v", snaps, err)
 	}
@@ -192,4 +192,49 @@ func TestReuseCsumCountsEntries(t *testing.T) {
 	ds := dsum.Sum()
 	s.OK("POST", "/dynamic_close", map[string]any{"wid": dw, "chunk-count": 1, "size": len(c), "csum": hex.EncodeToString(ds[:])})
 	s.OK("POST", "/fixed_index", map[string]any{"archive-name": "drive-scsi0.img.fidx", "size": len(img), "reuse-csum": hex.EncodeToString(sum[:])})
+}
+
+// reuse-csum reuses the previous index of the session's own namespace: the
+// same vm/100 in the root and in namespace a are two groups, each reused
+// only by its own next backup.
+func TestReuseCsumInNamespace(t *testing.T) {
+	h := newHarness(t)
+	if err := chunkclient.NewCatalogGRPC(h.svcs.Conn).CreateNamespace(context.Background(), "a"); err != nil {
+		t.Fatal(err)
+	}
+	t1 := time.Now().Add(-time.Hour).Unix()
+	open := func(ns string, epoch int64) *pbstest.Session {
+		t.Helper()
+		q := pbstest.Query("default", "vm", "100", epoch)
+		if ns != "" {
+			q.Set("ns", ns)
+		}
+		s, err := h.open(t, "/api2/json/backup", pbs.BackupProtocol, q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	sums := map[string][32]byte{}
+	for _, ns := range []string{"", "a"} {
+		img := make([]byte, 2*4<<20)
+		rand.Read(img)
+		s := open(ns, t1)
+		var wid int
+		json.Unmarshal(s.OK("POST", "/fixed_index", map[string]any{"archive-name": "drive-scsi0.img.fidx", "size": len(img)}), &struct{ Data *int }{&wid})
+		digests, offsets, sum := uploadFixed(t, s, wid, img, false)
+		s.OK("PUT", "/fixed_index", map[string]any{"wid": wid, "digest-list": digests, "offset-list": offsets})
+		s.OK("POST", "/fixed_close", map[string]any{"wid": wid, "chunk-count": len(digests), "size": len(img), "csum": hex.EncodeToString(sum[:])})
+		finishImage(t, s, t1)
+		sums[ns] = sum
+	}
+	s := open("a", t1+60)
+	root, own := sums[""], sums["a"]
+	if st, out := s.Call("POST", "/fixed_index", map[string]any{"archive-name": "drive-scsi0.img.fidx", "size": 2 * 4 << 20, "reuse-csum": hex.EncodeToString(root[:])}); st != http.StatusBadRequest || !strings.Contains(string(out), "does not match") {
+		t.Fatalf("reuse in namespace a of the root's csum: %d %s", st, out)
+	}
+	var wid int
+	json.Unmarshal(s.OK("POST", "/fixed_index", map[string]any{"archive-name": "drive-scsi0.img.fidx", "size": 2 * 4 << 20, "reuse-csum": hex.EncodeToString(own[:])}), &struct{ Data *int }{&wid})
+	s.OK("POST", "/fixed_close", map[string]any{"wid": wid, "chunk-count": 0, "size": 0, "csum": hex.EncodeToString(own[:])})
+	finishImage(t, s, t1+60)
 }

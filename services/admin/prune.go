@@ -9,11 +9,13 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
 	"github.com/chunkbridge/chunkbridge/auth"
 	"github.com/chunkbridge/chunkbridge/services/apierr"
+	"github.com/chunkbridge/chunkbridge/services/catalog"
 	"github.com/chunkbridge/chunkbridge/services/chunk"
 )
 
@@ -143,7 +145,10 @@ func decideGroups(p Policy, tenant string, snaps []*chunkbridgev1.Snapshot) []*c
 	var out []*chunkbridgev1.PruneDecision
 	for start := 0; start < len(snaps); {
 		end := start
-		for end < len(snaps) && snaps[end].GetType() == snaps[start].GetType() && snaps[end].GetBackupId() == snaps[start].GetBackupId() {
+		// A group is its namespace, type and id: the same type and id in
+		// two namespaces are pruned apart, as PBS does.
+		for end < len(snaps) && snaps[end].GetNamespace() == snaps[start].GetNamespace() &&
+			snaps[end].GetType() == snaps[start].GetType() && snaps[end].GetBackupId() == snaps[start].GetBackupId() {
 			end++
 		}
 		group := snaps[start:end]
@@ -153,7 +158,7 @@ func decideGroups(p Policy, tenant string, snaps []*chunkbridgev1.Snapshot) []*c
 		}
 		for i, v := range decide(p, times) {
 			out = append(out, &chunkbridgev1.PruneDecision{
-				Type: group[i].GetType(), BackupId: group[i].GetBackupId(), Time: group[i].GetTime(), Keep: v.keep, Reason: v.reason, Tenant: tenant,
+				Namespace: group[i].GetNamespace(), Type: group[i].GetType(), BackupId: group[i].GetBackupId(), Time: group[i].GetTime(), Keep: v.keep, Reason: v.reason, Tenant: tenant,
 			})
 		}
 		start = end
@@ -180,6 +185,12 @@ func (s *Server) Prune(ctx context.Context, req *chunkbridgev1.PruneRequest) (*c
 		return nil, apierr.Status(fmt.Errorf("prune: %w", err))
 	}
 	tenants := slices.Sorted(maps.Keys(bindings))
+	// Prune of everything (no tenant, no namespace) covers every
+	// namespace; otherwise the one named, and those below it if asked.
+	var depth int32
+	if req.GetAllNamespaces() || (req.GetTenant() == "" && req.GetNamespace() == "") {
+		depth = catalog.MaxNamespaceDepth
+	}
 	if t := req.GetTenant(); t != "" {
 		if _, ok := bindings[t]; !ok {
 			return nil, apierr.Status(fmt.Errorf("%w: tenant %q has stored nothing (tenants: %s)", apierr.ErrNotFound, t, strings.Join(tenants, ", ")))
@@ -194,7 +205,10 @@ func (s *Server) Prune(ctx context.Context, req *chunkbridgev1.PruneRequest) (*c
 	for _, t := range tenants {
 		tctx := auth.NewContext(ctx, auth.Principal{Name: caller.Name, Tenant: t, Role: caller.Role, Domain: bindings[t]})
 		as[t] = tctx
-		list, err := s.catalog.ListSnapshots(tctx, &chunkbridgev1.ListSnapshotsRequest{Type: req.GetType(), BackupId: req.GetBackupId()})
+		list, err := s.catalog.ListSnapshots(tctx, &chunkbridgev1.ListSnapshotsRequest{Namespace: req.GetNamespace(), MaxDepth: depth, Type: req.GetType(), BackupId: req.GetBackupId()})
+		if status.Code(err) == codes.NotFound && len(tenants) > 1 {
+			continue // this tenant has no such namespace
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -210,19 +224,19 @@ func (s *Server) Prune(ctx context.Context, req *chunkbridgev1.PruneRequest) (*c
 			continue
 		}
 		when := d.GetTime().AsTime().UTC().Format(snapshotTimeLayout)
-		_, err := s.catalog.DeleteSnapshot(as[d.Tenant], &chunkbridgev1.DeleteSnapshotRequest{Type: d.Type, BackupId: d.BackupId, Time: when})
+		_, err := s.catalog.DeleteSnapshot(as[d.Tenant], &chunkbridgev1.DeleteSnapshotRequest{Namespace: d.Namespace, Type: d.Type, BackupId: d.BackupId, Time: when})
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil, apierr.Status(ctx.Err())
 			}
 			d.Error = status.Convert(err).Message()
 			resp.Failed++
-			s.log.Warn("prune: delete snapshot failed", "tenant", d.Tenant, "type", d.Type, "backup_id", d.BackupId, "time", when, "err", d.Error)
+			s.log.Warn("prune: delete snapshot failed", "tenant", d.Tenant, "namespace", d.Namespace, "type", d.Type, "backup_id", d.BackupId, "time", when, "err", d.Error)
 			continue
 		}
 		d.Removed = true
 		s.metrics.pruneRemoved.Inc()
-		s.log.Info("prune: snapshot removed", "tenant", d.Tenant, "type", d.Type, "backup_id", d.BackupId, "time", when, "reason", d.Reason)
+		s.log.Info("prune: snapshot removed", "tenant", d.Tenant, "namespace", d.Namespace, "type", d.Type, "backup_id", d.BackupId, "time", when, "reason", d.Reason)
 	}
 	return resp, nil
 }

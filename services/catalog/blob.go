@@ -55,9 +55,12 @@ func (s *Server) PutSnapshotBlob(stream grpc.ClientStreamingServer[chunkbridgev1
 	if t.After(time.Now().Add(maxClockSkew)) {
 		return apierr.Status(fmt.Errorf("%w: snapshot time %s is in the future; check the client's clock", apierr.ErrInvalid, t.UTC().Format(time.RFC3339)))
 	}
-	dir, err := snapshotDir(first.GetType(), first.GetBackupId(), t.UTC().Format(snapshotTimeLayout))
+	dir, err := snapshotDir(first.GetNamespace(), first.GetType(), first.GetBackupId(), t.UTC().Format(snapshotTimeLayout))
 	if err == nil {
 		err = checkBlobName(first.GetName())
+	}
+	if err == nil {
+		err = s.namespaceExists(ctx, first.GetNamespace())
 	}
 	if err != nil {
 		return apierr.Status(err)
@@ -106,7 +109,7 @@ func (s *Server) GetSnapshotFile(req *chunkbridgev1.GetSnapshotFileRequest, stre
 	}
 	path := strings.TrimPrefix(req.GetPath(), "/")
 	if p, ok := parseBlobPath(path); ok {
-		path = p
+		path = p.String()
 	} else {
 		p, err := parseSnapshotPath(path, false)
 		if err != nil {
@@ -122,17 +125,18 @@ func (s *Server) GetSnapshotFile(req *chunkbridgev1.GetSnapshotFileRequest, stre
 	return sendPieces(rc, func(b []byte) error { return stream.Send(&chunkbridgev1.GetSnapshotFileResponse{Data: b}) }, "snapshot file "+path)
 }
 
-// parseBlobPath reports whether path is a valid <type>/<id>/<time>/<name>.blob.
-func parseBlobPath(path string) (string, bool) {
-	parts := strings.Split(path, "/")
-	if len(parts) != 4 {
-		return "", false
+// parseBlobPath reports whether path is a valid
+// [ns/<a>/…]<type>/<id>/<time>/<name>.blob.
+func parseBlobPath(path string) (snapshotPath, bool) {
+	ns, parts, err := splitNamespace(strings.Split(path, "/"))
+	if err != nil || len(parts) != 4 {
+		return snapshotPath{}, false
 	}
-	if _, err := snapshotDir(parts[0], parts[1], parts[2]); err != nil {
-		return "", false
+	if _, err := snapshotDir(ns, parts[0], parts[1], parts[2]); err != nil {
+		return snapshotPath{}, false
 	}
 	if checkBlobName(parts[3]) != nil {
-		return "", false
+		return snapshotPath{}, false
 	}
-	return path, true
+	return snapshotPath{ns, parts[0], parts[1], parts[2], parts[3]}, true
 }

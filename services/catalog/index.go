@@ -254,7 +254,7 @@ func sendPieces(r io.Reader, send func([]byte) error, what string) error {
 }
 
 // getSnapshotAsIndex serves a PMXBCKUP snapshot file as a casync blob
-// index: snapshots/<type>/<id>/<time>/<file>.caibx names <file>.fidx or
+// index: snapshots/[ns/<a>/…]<type>/<id>/<time>/<file>.caibx names <file>.fidx or
 // <file>.didx of that snapshot. Its chunk ids are SHA-256, so the header
 // says so, and fixed files become equal-sized entries.
 func (s *Server) getSnapshotAsIndex(name string, stream grpc.ServerStreamingServer[chunkbridgev1.GetIndexResponse]) error {

@@ -26,7 +26,7 @@ import (
 // Referrer is a published file that references chunks.
 type Referrer struct {
 	// Name is the file's key in the store: [tenants/<tenant>/]indexes/<name>
-	// for a casync index, [tenants/<tenant>/]snapshots/<type>/<id>/<time>/<file>
+	// for a casync index, [tenants/<tenant>/]snapshots/[ns/<a>/…]<type>/<id>/<time>/<file>
 	// for a snapshot file.
 	Name string
 	// Snapshot is true for a PMXBCKUP snapshot file.
@@ -59,6 +59,13 @@ func (s *Server) listReferrers(ctx context.Context, list func(context.Context, s
 		case strings.HasPrefix(rest, indexPrefix):
 		case strings.HasPrefix(rest, snapshotPrefix):
 			if _, err := parseSnapshotPath(strings.TrimPrefix(rest, snapshotPrefix), false); err != nil {
+				if strings.HasSuffix(rest, ".fidx") || strings.HasSuffix(rest, ".didx") {
+					// Perhaps a snapshot file of a layout newer than this
+					// build's: skipping it would let garbage collection
+					// sweep its chunks.
+					return fmt.Errorf("%w: %s looks like a snapshot file but this version cannot parse its path (%v): upgrade chunkbridge, or remove the file if it is not one, before running garbage collection",
+						apierr.ErrFailedPrecondition, i.Key, err)
+				}
 				return nil // not a snapshot file: no client can reach it
 			}
 			r.Snapshot = true
@@ -153,8 +160,8 @@ func (s *Server) ScanReferrerSpace(ctx context.Context, r Referrer, each func(id
 type Summary struct {
 	CasyncIndexes int64
 	SnapshotFiles int64
-	Snapshots     int64 // distinct <type>/<id>/<time>
-	BackupGroups  int64 // distinct <type>/<id>
+	Snapshots     int64 // distinct [<namespace>/]<type>/<id>/<time>
+	BackupGroups  int64 // distinct [<namespace>/]<type>/<id>
 	// ContentBytes is the sum of the sizes of the blobs, archives and
 	// backed-up files the indexes describe: the logical bytes referenced.
 	ContentBytes int64
@@ -191,7 +198,7 @@ func (s *Server) Summary(ctx context.Context) (Summary, map[string]Summary, erro
 		c.SnapshotFiles++
 		p, _ := parseSnapshotPath(strings.TrimPrefix(r.Local(), snapshotPrefix), false)
 		c.snaps[p.dir()] = struct{}{}
-		c.groups[p.typ+"/"+p.id] = struct{}{}
+		c.groups[p.group()] = struct{}{}
 	}
 	visit := func(r Referrer, meta storage.Metadata) error {
 		if meta != nil {

@@ -28,8 +28,8 @@ import (
 	"github.com/chunkbridge/chunkbridge/storage"
 )
 
-// Snapshot paths are <type>/<backup id>/<UTC time>/<file>.fidx|.didx under
-// snapshots/ in the store.
+// Snapshot paths are [ns/<a>/ns/<b>/…]<type>/<backup id>/<UTC time>/<file>.fidx|.didx
+// under snapshots/ in the store (namespace.go).
 const (
 	snapshotTimeLayout = "2006-01-02T15:04:05Z"
 	// maxChunkSize is the largest fixed chunk: DESIGN §7.5 says 16 MiB − 38
@@ -57,6 +57,7 @@ const (
 var (
 	backupIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`)
 	backupTypes     = map[string]bool{"vm": true, "ct": true, "host": true}
+	sortedTypes     = []string{"ct", "host", "vm"}
 )
 
 func checkType(t string) error {
@@ -85,23 +86,27 @@ func checkFileName(name string) error {
 	return nil
 }
 
-// snapshotPath is a parsed <type>/<id>/<time>/<file> path.
+// snapshotPath is a parsed [ns/<a>/…]<type>/<id>/<time>/<file> path.
 type snapshotPath struct {
-	typ, id, time, file string
+	ns, typ, id, time, file string
 }
 
-func (p snapshotPath) dir() string    { return p.typ + "/" + p.id + "/" + p.time }
+func (p snapshotPath) group() string  { return nsDir(p.ns) + p.typ + "/" + p.id }
+func (p snapshotPath) dir() string    { return p.group() + "/" + p.time }
 func (p snapshotPath) String() string { return p.dir() + "/" + p.file }
 func (p snapshotPath) key() string    { return snapshotPrefix + p.String() }
 
 // parseSnapshotPath checks a store-relative snapshot file path. The time
 // may be "latest" when allowLatest is set.
 func parseSnapshotPath(path string, allowLatest bool) (snapshotPath, error) {
-	parts := strings.Split(strings.TrimPrefix(path, "/"), "/")
-	if len(parts) != 4 {
-		return snapshotPath{}, fmt.Errorf("%w: snapshot path %q: want <type>/<id>/<time>/<file>", apierr.ErrInvalid, path)
+	ns, parts, err := splitNamespace(strings.Split(strings.TrimPrefix(path, "/"), "/"))
+	if err != nil {
+		return snapshotPath{}, fmt.Errorf("snapshot path %q: %w", path, err)
 	}
-	p := snapshotPath{parts[0], parts[1], parts[2], parts[3]}
+	if len(parts) != 4 {
+		return snapshotPath{}, fmt.Errorf("%w: snapshot path %q: want [ns/<namespace>/…]<type>/<id>/<time>/<file>", apierr.ErrInvalid, path)
+	}
+	p := snapshotPath{ns, parts[0], parts[1], parts[2], parts[3]}
 	if err := errors.Join(checkType(p.typ), checkBackupID(p.id), checkFileName(p.file)); err != nil {
 		return p, err
 	}
@@ -226,7 +231,12 @@ func (s *Server) newSnapshotWriter(ctx context.Context, c *chunkbridgev1.WriteSn
 	if c.GetFixed() {
 		ext = ".fidx"
 	}
-	w := &snapshotWriter{s: s, create: c, path: snapshotPath{c.GetType(), c.GetBackupId(), t.UTC().Format(snapshotTimeLayout), c.GetName() + ext}, ticket: s.guard.Ticket()}
+	// A backup into a namespace that does not exist is refused, as PBS
+	// does: namespaces are created explicitly.
+	if err := s.namespaceExists(ctx, c.GetNamespace()); err != nil {
+		return nil, err
+	}
+	w := &snapshotWriter{s: s, create: c, path: snapshotPath{c.GetNamespace(), c.GetType(), c.GetBackupId(), t.UTC().Format(snapshotTimeLayout), c.GetName() + ext}, ticket: s.guard.Ticket()}
 	now := uint64(time.Now().Unix())
 	if c.GetFixed() {
 		if c.GetChunkSize() < 1 || c.GetChunkSize() > maxChunkSize {
@@ -504,10 +514,10 @@ func (s *Server) resolve(ctx context.Context, p snapshotPath) (snapshotPath, err
 		return p, nil
 	}
 	var newest string
-	err := s.view(ctx).List(ctx, snapshotPrefix+p.typ+"/"+p.id+"/", func(i storage.Info) error {
-		parts := strings.Split(strings.TrimPrefix(i.Key, snapshotPrefix), "/")
-		if len(parts) == 4 && parts[3] == p.file && parts[2] > newest {
-			newest = parts[2]
+	err := s.view(ctx).List(ctx, snapshotPrefix+p.group()+"/", func(i storage.Info) error {
+		q, err := parseSnapshotPath(strings.TrimPrefix(i.Key, snapshotPrefix), false)
+		if err == nil && q.group() == p.group() && q.file == p.file && q.time > newest {
+			newest = q.time
 		}
 		return nil
 	})
@@ -515,7 +525,7 @@ func (s *Server) resolve(ctx context.Context, p snapshotPath) (snapshotPath, err
 		return p, fmt.Errorf("snapshot file %s: %w", p, err)
 	}
 	if newest == "" {
-		return p, fmt.Errorf("snapshot file %s: no snapshot of %s/%s has it: %w", p.file, p.typ, p.id, apierr.ErrNotFound)
+		return p, fmt.Errorf("snapshot file %s: no snapshot of %s has it: %w", p.file, p.group(), apierr.ErrNotFound)
 	}
 	p.time = newest
 	return p, nil
@@ -594,38 +604,59 @@ func (s *Server) ListSnapshots(ctx context.Context, req *chunkbridgev1.ListSnaps
 	if err := auth.Check(ctx, auth.Read, "snapshots"); err != nil {
 		return nil, apierr.Status(err)
 	}
-	prefix := snapshotPrefix
-	if req.GetType() != "" {
-		if err := checkType(req.GetType()); err != nil {
+	ns, depth := req.GetNamespace(), int(req.GetMaxDepth())
+	if depth < 0 || depth > MaxNamespaceDepth {
+		return nil, apierr.Status(fmt.Errorf("%w: max depth %d: want 0 to %d", apierr.ErrInvalid, depth, MaxNamespaceDepth))
+	}
+	if err := s.namespaceExists(ctx, ns); err != nil {
+		return nil, apierr.Status(err)
+	}
+	typ, id := req.GetType(), req.GetBackupId()
+	if typ != "" {
+		if err := checkType(typ); err != nil {
 			return nil, apierr.Status(err)
 		}
-		prefix += req.GetType() + "/"
-		if req.GetBackupId() != "" {
-			if err := checkBackupID(req.GetBackupId()); err != nil {
-				return nil, apierr.Status(err)
-			}
-			prefix += req.GetBackupId() + "/"
+	}
+	if id != "" {
+		if err := checkBackupID(id); err != nil {
+			return nil, apierr.Status(err)
 		}
 	}
-	snaps, err := s.snapshots(ctx, prefix, req.GetBackupId())
+	// The namespace's own snapshots are under its type directories, so a
+	// listing of them alone never walks the namespaces below it; with a
+	// depth, those (ns/…) are listed too.
+	base := snapshotPrefix + nsDir(ns)
+	prefixes := []string{base}
+	switch {
+	case depth == 0 && typ != "" && id != "":
+		prefixes = []string{base + typ + "/" + id + "/"}
+	case depth == 0 && typ != "":
+		prefixes = []string{base + typ + "/"}
+	case depth == 0:
+		prefixes = prefixes[:0]
+		for _, t := range sortedTypes {
+			prefixes = append(prefixes, base+t+"/")
+		}
+	}
+	snaps, err := s.snapshots(ctx, prefixes, func(p snapshotPath) bool {
+		return within(p.ns, ns, depth) && (typ == "" || p.typ == typ) && (id == "" || p.id == id)
+	})
 	if err != nil {
 		return nil, apierr.Status(err)
 	}
 	return &chunkbridgev1.ListSnapshotsResponse{Snapshots: snaps}, nil
 }
 
-// snapshots lists the files under prefix (only of backup id onlyID if set)
-// and describes them from their metadata, fetched in parallel.
-func (s *Server) snapshots(ctx context.Context, prefix, onlyID string) ([]*chunkbridgev1.Snapshot, error) {
+// snapshots lists the files under prefix (only those of the snapshots keep
+// accepts) and describes them from their metadata, fetched in parallel.
+func (s *Server) snapshots(ctx context.Context, prefixes []string, keep func(snapshotPath) bool) ([]*chunkbridgev1.Snapshot, error) {
 	var paths []snapshotPath
 	blobs := map[string][]*chunkbridgev1.SnapshotBlobInfo{}
 	var blobDirs []snapshotPath // snapshots seen through a blob, in listing order
-	err := s.view(ctx).List(ctx, prefix, func(i storage.Info) error {
+	visit := func(i storage.Info) error {
 		rel := strings.TrimPrefix(i.Key, snapshotPrefix)
-		if _, ok := parseBlobPath(rel); ok {
-			parts := strings.Split(rel, "/")
-			p := snapshotPath{parts[0], parts[1], parts[2], parts[3]}
-			if onlyID == "" || p.id == onlyID {
+		if p, ok := parseBlobPath(rel); ok {
+			if keep(p) {
 				if blobs[p.dir()] == nil {
 					blobDirs = append(blobDirs, p)
 				}
@@ -634,13 +665,15 @@ func (s *Server) snapshots(ctx context.Context, prefix, onlyID string) ([]*chunk
 			return nil
 		}
 		p, err := parseSnapshotPath(rel, false)
-		if err == nil && (onlyID == "" || p.id == onlyID) {
+		if err == nil && keep(p) {
 			paths = append(paths, p)
 		}
 		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("list snapshots: %w", err)
+	}
+	for _, prefix := range prefixes {
+		if err := s.view(ctx).List(ctx, prefix, visit); err != nil {
+			return nil, fmt.Errorf("list snapshots: %w", err)
+		}
 	}
 	infos := make([]*chunkbridgev1.SnapshotFileInfo, len(paths))
 	g, gctx := errgroup.WithContext(ctx)
@@ -669,7 +702,7 @@ func (s *Server) snapshots(ctx context.Context, prefix, onlyID string) ([]*chunk
 		}
 		snap := byDir[p.dir()]
 		if snap == nil {
-			snap = &chunkbridgev1.Snapshot{Type: p.typ, BackupId: p.id, Time: timestamppb.New(mustTime(p.time))}
+			snap = &chunkbridgev1.Snapshot{Namespace: p.ns, Type: p.typ, BackupId: p.id, Time: timestamppb.New(mustTime(p.time))}
 			byDir[p.dir()] = snap
 			out = append(out, snap)
 		}
@@ -679,7 +712,7 @@ func (s *Server) snapshots(ctx context.Context, prefix, onlyID string) ([]*chunk
 		snap := byDir[p.dir()]
 		if snap == nil {
 			// A snapshot of blobs only.
-			snap = &chunkbridgev1.Snapshot{Type: p.typ, BackupId: p.id, Time: timestamppb.New(mustTime(p.time))}
+			snap = &chunkbridgev1.Snapshot{Namespace: p.ns, Type: p.typ, BackupId: p.id, Time: timestamppb.New(mustTime(p.time))}
 			byDir[p.dir()] = snap
 			out = append(out, snap)
 		}
@@ -687,6 +720,9 @@ func (s *Server) snapshots(ctx context.Context, prefix, onlyID string) ([]*chunk
 	}
 	sort.SliceStable(out, func(i, j int) bool {
 		a, b := out[i], out[j]
+		if a.Namespace != b.Namespace {
+			return a.Namespace < b.Namespace
+		}
 		if a.Type != b.Type || a.BackupId != b.BackupId {
 			return a.Type+"/"+a.BackupId < b.Type+"/"+b.BackupId
 		}
@@ -695,14 +731,14 @@ func (s *Server) snapshots(ctx context.Context, prefix, onlyID string) ([]*chunk
 	return out, nil
 }
 
-func snapshotDir(typ, id, t string) (string, error) {
-	if err := errors.Join(checkType(typ), checkBackupID(id)); err != nil {
+func snapshotDir(ns, typ, id, t string) (string, error) {
+	if err := errors.Join(CheckNamespace(ns), checkType(typ), checkBackupID(id)); err != nil {
 		return "", err
 	}
 	if _, err := time.Parse(snapshotTimeLayout, t); err != nil {
 		return "", fmt.Errorf("%w: snapshot time %q: want RFC 3339 UTC like 2019-03-06T09:06:52Z", apierr.ErrInvalid, t)
 	}
-	return typ + "/" + id + "/" + t, nil
+	return nsDir(ns) + typ + "/" + id + "/" + t, nil
 }
 
 // GetSnapshot describes one snapshot.
@@ -710,11 +746,11 @@ func (s *Server) GetSnapshot(ctx context.Context, req *chunkbridgev1.GetSnapshot
 	if err := auth.Check(ctx, auth.Read, "snapshots"); err != nil {
 		return nil, apierr.Status(err)
 	}
-	dir, err := snapshotDir(req.GetType(), req.GetBackupId(), req.GetTime())
+	dir, err := snapshotDir(req.GetNamespace(), req.GetType(), req.GetBackupId(), req.GetTime())
 	if err != nil {
 		return nil, apierr.Status(err)
 	}
-	snaps, err := s.snapshots(ctx, snapshotPrefix+dir+"/", "")
+	snaps, err := s.snapshots(ctx, []string{snapshotPrefix + dir + "/"}, func(snapshotPath) bool { return true })
 	if err != nil {
 		return nil, apierr.Status(err)
 	}
@@ -729,7 +765,7 @@ func (s *Server) DeleteSnapshot(ctx context.Context, req *chunkbridgev1.DeleteSn
 	if err := auth.Check(ctx, auth.Replace, "snapshots"); err != nil {
 		return nil, apierr.Status(err)
 	}
-	dir, err := snapshotDir(req.GetType(), req.GetBackupId(), req.GetTime())
+	dir, err := snapshotDir(req.GetNamespace(), req.GetType(), req.GetBackupId(), req.GetTime())
 	if err != nil {
 		return nil, apierr.Status(err)
 	}

@@ -1479,7 +1479,14 @@ type PruneRequest struct {
 	DryRun bool `protobuf:"varint,9,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
 	// Only this tenant's snapshots; empty for every tenant's, each tenant's
 	// groups on their own (docs/tenants.md).
-	Tenant        string `protobuf:"bytes,10,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	Tenant string `protobuf:"bytes,10,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	// Only this namespace ("a/b"; "" is the root) and, with all_namespaces,
+	// the namespaces below it. A group is its namespace, type and backup id:
+	// the same type and id in two namespaces are two groups.
+	Namespace string `protobuf:"bytes,11,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// Every namespace below namespace too. A prune of everything (neither
+	// tenant nor namespace set) always covers every namespace.
+	AllNamespaces bool `protobuf:"varint,12,opt,name=all_namespaces,json=allNamespaces,proto3" json:"all_namespaces,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1584,6 +1591,20 @@ func (x *PruneRequest) GetTenant() string {
 	return ""
 }
 
+func (x *PruneRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *PruneRequest) GetAllNamespaces() bool {
+	if x != nil {
+		return x.AllNamespaces
+	}
+	return false
+}
+
 type PruneResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Every snapshot considered, by group, newest first.
@@ -1668,7 +1689,9 @@ type PruneDecision struct {
 	// Why the deletion failed, if it did.
 	Error string `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
 	// The tenant the snapshot belongs to.
-	Tenant        string `protobuf:"bytes,8,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	Tenant string `protobuf:"bytes,8,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	// The snapshot's namespace ("" for the root).
+	Namespace     string `protobuf:"bytes,9,opt,name=namespace,proto3" json:"namespace,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1755,6 +1778,13 @@ func (x *PruneDecision) GetError() string {
 func (x *PruneDecision) GetTenant() string {
 	if x != nil {
 		return x.Tenant
+	}
+	return ""
+}
+
+func (x *PruneDecision) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
 	}
 	return ""
 }
@@ -1898,7 +1928,7 @@ const file_chunkbridge_v1_admin_proto_rawDesc = "" +
 	"\vquarantined\x18\x13 \x01(\x03R\vquarantined\x12#\n" +
 	"\rdamaged_files\x18\x14 \x03(\tR\fdamagedFiles\x12\x1f\n" +
 	"\vlast_domain\x18\x15 \x01(\tR\n" +
-	"lastDomain\"\xb2\x02\n" +
+	"lastDomain\"\xf7\x02\n" +
 	"\fPruneRequest\x12\x1b\n" +
 	"\tkeep_last\x18\x01 \x01(\x05R\bkeepLast\x12\x1f\n" +
 	"\vkeep_hourly\x18\x02 \x01(\x05R\n" +
@@ -1914,12 +1944,14 @@ const file_chunkbridge_v1_admin_proto_rawDesc = "" +
 	"\tbackup_id\x18\b \x01(\tR\bbackupId\x12\x17\n" +
 	"\adry_run\x18\t \x01(\bR\x06dryRun\x12\x16\n" +
 	"\x06tenant\x18\n" +
-	" \x01(\tR\x06tenant\"\x92\x01\n" +
+	" \x01(\tR\x06tenant\x12\x1c\n" +
+	"\tnamespace\x18\v \x01(\tR\tnamespace\x12%\n" +
+	"\x0eall_namespaces\x18\f \x01(\bR\rallNamespaces\"\x92\x01\n" +
 	"\rPruneResponse\x12;\n" +
 	"\tdecisions\x18\x01 \x03(\v2\x1d.chunkbridge.v1.PruneDecisionR\tdecisions\x12\x12\n" +
 	"\x04kept\x18\x02 \x01(\x05R\x04kept\x12\x18\n" +
 	"\aremoved\x18\x03 \x01(\x05R\aremoved\x12\x16\n" +
-	"\x06failed\x18\x04 \x01(\x05R\x06failed\"\xe4\x01\n" +
+	"\x06failed\x18\x04 \x01(\x05R\x06failed\"\x82\x02\n" +
 	"\rPruneDecision\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x1b\n" +
 	"\tbackup_id\x18\x02 \x01(\tR\bbackupId\x12.\n" +
@@ -1928,7 +1960,8 @@ const file_chunkbridge_v1_admin_proto_rawDesc = "" +
 	"\x06reason\x18\x05 \x01(\tR\x06reason\x12\x18\n" +
 	"\aremoved\x18\x06 \x01(\bR\aremoved\x12\x14\n" +
 	"\x05error\x18\a \x01(\tR\x05error\x12\x16\n" +
-	"\x06tenant\x18\b \x01(\tR\x06tenant2\x8c\x03\n" +
+	"\x06tenant\x18\b \x01(\tR\x06tenant\x12\x1c\n" +
+	"\tnamespace\x18\t \x01(\tR\tnamespace2\x8c\x03\n" +
 	"\fAdminService\x12M\n" +
 	"\bGetStats\x12\x1f.chunkbridge.v1.GetStatsRequest\x1a .chunkbridge.v1.GetStatsResponse\x12D\n" +
 	"\x05RunGC\x12\x1c.chunkbridge.v1.RunGCRequest\x1a\x1d.chunkbridge.v1.RunGCResponse\x12V\n" +

@@ -587,7 +587,8 @@ func (*DeleteIndexResponse) Descriptor() ([]byte, []int) {
 // SnapshotFileInfo describes one file of a snapshot.
 type SnapshotFileInfo struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The store-relative path, e.g. "host/web-01/2026-11-25T10:00:00Z/root.pxar.didx".
+	// The store-relative path, e.g. "host/web-01/2026-11-25T10:00:00Z/root.pxar.didx",
+	// or "ns/a/host/web-01/…" in namespace a.
 	Path string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
 	// The file name, e.g. "root.pxar.didx".
 	Name  string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
@@ -700,7 +701,9 @@ type Snapshot struct {
 	Time     *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=time,proto3" json:"time,omitempty"`
 	Files    []*SnapshotFileInfo    `protobuf:"bytes,4,rep,name=files,proto3" json:"files,omitempty"`
 	// The snapshot's blob files (PBS), e.g. index.json.blob.
-	Blobs         []*SnapshotBlobInfo `protobuf:"bytes,5,rep,name=blobs,proto3" json:"blobs,omitempty"`
+	Blobs []*SnapshotBlobInfo `protobuf:"bytes,5,rep,name=blobs,proto3" json:"blobs,omitempty"`
+	// The namespace, e.g. "a/b"; "" for the root.
+	Namespace     string `protobuf:"bytes,6,opt,name=namespace,proto3" json:"namespace,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -768,6 +771,13 @@ func (x *Snapshot) GetBlobs() []*SnapshotBlobInfo {
 		return x.Blobs
 	}
 	return nil
+}
+
+func (x *Snapshot) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
 }
 
 // SnapshotBlobInfo describes one blob file of a snapshot.
@@ -1116,7 +1126,12 @@ type ListSnapshotsRequest struct {
 	// Only this type ("vm", "ct", "host"), if set.
 	Type string `protobuf:"bytes,1,opt,name=type,proto3" json:"type,omitempty"`
 	// Only this backup id, if set.
-	BackupId      string `protobuf:"bytes,2,opt,name=backup_id,json=backupId,proto3" json:"backup_id,omitempty"`
+	BackupId string `protobuf:"bytes,2,opt,name=backup_id,json=backupId,proto3" json:"backup_id,omitempty"`
+	// The namespace, e.g. "a/b"; "" for the root.
+	Namespace string `protobuf:"bytes,3,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// Also the snapshots of the namespaces up to this many levels below
+	// it; 0 (the default) for the namespace's own only.
+	MaxDepth      int32 `protobuf:"varint,4,opt,name=max_depth,json=maxDepth,proto3" json:"max_depth,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1163,6 +1178,20 @@ func (x *ListSnapshotsRequest) GetBackupId() string {
 		return x.BackupId
 	}
 	return ""
+}
+
+func (x *ListSnapshotsRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *ListSnapshotsRequest) GetMaxDepth() int32 {
+	if x != nil {
+		return x.MaxDepth
+	}
+	return 0
 }
 
 type ListSnapshotsResponse struct {
@@ -1214,7 +1243,9 @@ type GetSnapshotRequest struct {
 	Type     string                 `protobuf:"bytes,1,opt,name=type,proto3" json:"type,omitempty"`
 	BackupId string                 `protobuf:"bytes,2,opt,name=backup_id,json=backupId,proto3" json:"backup_id,omitempty"`
 	// RFC 3339 UTC, e.g. 2019-03-06T09:06:52Z.
-	Time          string `protobuf:"bytes,3,opt,name=time,proto3" json:"time,omitempty"`
+	Time string `protobuf:"bytes,3,opt,name=time,proto3" json:"time,omitempty"`
+	// The namespace, e.g. "a/b"; "" for the root.
+	Namespace     string `protobuf:"bytes,4,opt,name=namespace,proto3" json:"namespace,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1270,6 +1301,13 @@ func (x *GetSnapshotRequest) GetTime() string {
 	return ""
 }
 
+func (x *GetSnapshotRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
 type GetSnapshotResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Snapshot      *Snapshot              `protobuf:"bytes,1,opt,name=snapshot,proto3" json:"snapshot,omitempty"`
@@ -1315,10 +1353,12 @@ func (x *GetSnapshotResponse) GetSnapshot() *Snapshot {
 }
 
 type DeleteSnapshotRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Type          string                 `protobuf:"bytes,1,opt,name=type,proto3" json:"type,omitempty"`
-	BackupId      string                 `protobuf:"bytes,2,opt,name=backup_id,json=backupId,proto3" json:"backup_id,omitempty"`
-	Time          string                 `protobuf:"bytes,3,opt,name=time,proto3" json:"time,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Type     string                 `protobuf:"bytes,1,opt,name=type,proto3" json:"type,omitempty"`
+	BackupId string                 `protobuf:"bytes,2,opt,name=backup_id,json=backupId,proto3" json:"backup_id,omitempty"`
+	Time     string                 `protobuf:"bytes,3,opt,name=time,proto3" json:"time,omitempty"`
+	// The namespace, e.g. "a/b"; "" for the root.
+	Namespace     string `protobuf:"bytes,4,opt,name=namespace,proto3" json:"namespace,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1374,6 +1414,13 @@ func (x *DeleteSnapshotRequest) GetTime() string {
 	return ""
 }
 
+func (x *DeleteSnapshotRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
 type DeleteSnapshotResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1420,7 +1467,9 @@ type PutSnapshotBlobRequest struct {
 	// The file name, ending in ".blob"; no "/".
 	Name string `protobuf:"bytes,4,opt,name=name,proto3" json:"name,omitempty"`
 	// The next bytes of the blob.
-	Data          []byte `protobuf:"bytes,5,opt,name=data,proto3" json:"data,omitempty"`
+	Data []byte `protobuf:"bytes,5,opt,name=data,proto3" json:"data,omitempty"`
+	// The namespace, e.g. "a/b"; "" for the root. It must exist.
+	Namespace     string `protobuf:"bytes,6,opt,name=namespace,proto3" json:"namespace,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1490,6 +1539,13 @@ func (x *PutSnapshotBlobRequest) GetData() []byte {
 	return nil
 }
 
+func (x *PutSnapshotBlobRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
 type PutSnapshotBlobResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The store-relative path.
@@ -1545,8 +1601,8 @@ func (x *PutSnapshotBlobResponse) GetSize() int64 {
 
 type GetSnapshotFileRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// A store-relative path <type>/<id>/<time>/<file>, file ending in
-	// .blob, .fidx or .didx.
+	// A store-relative path [ns/<a>/ns/<b>/…]<type>/<id>/<time>/<file>,
+	// file ending in .blob, .fidx or .didx.
 	Path          string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1633,6 +1689,280 @@ func (x *GetSnapshotFileResponse) GetData() []byte {
 	return nil
 }
 
+type ListNamespacesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Where to start, e.g. "a"; "" for the root.
+	Parent string `protobuf:"bytes,1,opt,name=parent,proto3" json:"parent,omitempty"`
+	// How many levels below parent to list: 0 lists parent alone; unset
+	// lists every level (at most 7).
+	MaxDepth      *int32 `protobuf:"varint,2,opt,name=max_depth,json=maxDepth,proto3,oneof" json:"max_depth,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListNamespacesRequest) Reset() {
+	*x = ListNamespacesRequest{}
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListNamespacesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListNamespacesRequest) ProtoMessage() {}
+
+func (x *ListNamespacesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListNamespacesRequest.ProtoReflect.Descriptor instead.
+func (*ListNamespacesRequest) Descriptor() ([]byte, []int) {
+	return file_chunkbridge_v1_catalog_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *ListNamespacesRequest) GetParent() string {
+	if x != nil {
+		return x.Parent
+	}
+	return ""
+}
+
+func (x *ListNamespacesRequest) GetMaxDepth() int32 {
+	if x != nil && x.MaxDepth != nil {
+		return *x.MaxDepth
+	}
+	return 0
+}
+
+type ListNamespacesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// parent first, then the namespaces below it in name order, e.g. "",
+	// "a", "a/b".
+	Namespaces    []string `protobuf:"bytes,1,rep,name=namespaces,proto3" json:"namespaces,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListNamespacesResponse) Reset() {
+	*x = ListNamespacesResponse{}
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListNamespacesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListNamespacesResponse) ProtoMessage() {}
+
+func (x *ListNamespacesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListNamespacesResponse.ProtoReflect.Descriptor instead.
+func (*ListNamespacesResponse) Descriptor() ([]byte, []int) {
+	return file_chunkbridge_v1_catalog_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *ListNamespacesResponse) GetNamespaces() []string {
+	if x != nil {
+		return x.Namespaces
+	}
+	return nil
+}
+
+type CreateNamespaceRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The namespace, e.g. "a/b": at most 7 levels of
+	// [A-Za-z0-9_][A-Za-z0-9._-]*, 256 bytes in all.
+	Namespace     string `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateNamespaceRequest) Reset() {
+	*x = CreateNamespaceRequest{}
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateNamespaceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateNamespaceRequest) ProtoMessage() {}
+
+func (x *CreateNamespaceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateNamespaceRequest.ProtoReflect.Descriptor instead.
+func (*CreateNamespaceRequest) Descriptor() ([]byte, []int) {
+	return file_chunkbridge_v1_catalog_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *CreateNamespaceRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+type CreateNamespaceResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateNamespaceResponse) Reset() {
+	*x = CreateNamespaceResponse{}
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateNamespaceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateNamespaceResponse) ProtoMessage() {}
+
+func (x *CreateNamespaceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateNamespaceResponse.ProtoReflect.Descriptor instead.
+func (*CreateNamespaceResponse) Descriptor() ([]byte, []int) {
+	return file_chunkbridge_v1_catalog_proto_rawDescGZIP(), []int{31}
+}
+
+type DeleteNamespaceRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The namespace, e.g. "a/b"; the root cannot be deleted.
+	Namespace string `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// Also delete its snapshots and those of the namespaces below it (PBS's
+	// delete-groups); their chunks stay until garbage collection.
+	DeleteGroups  bool `protobuf:"varint,2,opt,name=delete_groups,json=deleteGroups,proto3" json:"delete_groups,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteNamespaceRequest) Reset() {
+	*x = DeleteNamespaceRequest{}
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteNamespaceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteNamespaceRequest) ProtoMessage() {}
+
+func (x *DeleteNamespaceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteNamespaceRequest.ProtoReflect.Descriptor instead.
+func (*DeleteNamespaceRequest) Descriptor() ([]byte, []int) {
+	return file_chunkbridge_v1_catalog_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *DeleteNamespaceRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *DeleteNamespaceRequest) GetDeleteGroups() bool {
+	if x != nil {
+		return x.DeleteGroups
+	}
+	return false
+}
+
+type DeleteNamespaceResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteNamespaceResponse) Reset() {
+	*x = DeleteNamespaceResponse{}
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteNamespaceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteNamespaceResponse) ProtoMessage() {}
+
+func (x *DeleteNamespaceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteNamespaceResponse.ProtoReflect.Descriptor instead.
+func (*DeleteNamespaceResponse) Descriptor() ([]byte, []int) {
+	return file_chunkbridge_v1_catalog_proto_rawDescGZIP(), []int{33}
+}
+
 // Create opens the file; it must come first, once.
 type WriteSnapshotFileRequest_Create struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1656,14 +1986,16 @@ type WriteSnapshotFileRequest_Create struct {
 	// The file's chunks are encrypted (a PBS archive with crypt-mode
 	// encrypt): entries are checked in the encrypted chunk space, and the
 	// file is never served to casync.
-	Encrypted     bool `protobuf:"varint,9,opt,name=encrypted,proto3" json:"encrypted,omitempty"`
+	Encrypted bool `protobuf:"varint,9,opt,name=encrypted,proto3" json:"encrypted,omitempty"`
+	// The namespace, e.g. "a/b"; "" for the root. It must exist.
+	Namespace     string `protobuf:"bytes,10,opt,name=namespace,proto3" json:"namespace,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *WriteSnapshotFileRequest_Create) Reset() {
 	*x = WriteSnapshotFileRequest_Create{}
-	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[28]
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1675,7 +2007,7 @@ func (x *WriteSnapshotFileRequest_Create) String() string {
 func (*WriteSnapshotFileRequest_Create) ProtoMessage() {}
 
 func (x *WriteSnapshotFileRequest_Create) ProtoReflect() protoreflect.Message {
-	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[28]
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1754,6 +2086,13 @@ func (x *WriteSnapshotFileRequest_Create) GetEncrypted() bool {
 	return false
 }
 
+func (x *WriteSnapshotFileRequest_Create) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
 // Entry places one chunk.
 type WriteSnapshotFileRequest_Entry struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1769,7 +2108,7 @@ type WriteSnapshotFileRequest_Entry struct {
 
 func (x *WriteSnapshotFileRequest_Entry) Reset() {
 	*x = WriteSnapshotFileRequest_Entry{}
-	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[29]
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1781,7 +2120,7 @@ func (x *WriteSnapshotFileRequest_Entry) String() string {
 func (*WriteSnapshotFileRequest_Entry) ProtoMessage() {}
 
 func (x *WriteSnapshotFileRequest_Entry) ProtoReflect() protoreflect.Message {
-	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[29]
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1827,7 +2166,7 @@ type WriteSnapshotFileRequest_Entries struct {
 
 func (x *WriteSnapshotFileRequest_Entries) Reset() {
 	*x = WriteSnapshotFileRequest_Entries{}
-	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[30]
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1839,7 +2178,7 @@ func (x *WriteSnapshotFileRequest_Entries) String() string {
 func (*WriteSnapshotFileRequest_Entries) ProtoMessage() {}
 
 func (x *WriteSnapshotFileRequest_Entries) ProtoReflect() protoreflect.Message {
-	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[30]
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1871,7 +2210,7 @@ type WriteSnapshotFileRequest_Commit struct {
 
 func (x *WriteSnapshotFileRequest_Commit) Reset() {
 	*x = WriteSnapshotFileRequest_Commit{}
-	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[31]
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1883,7 +2222,7 @@ func (x *WriteSnapshotFileRequest_Commit) String() string {
 func (*WriteSnapshotFileRequest_Commit) ProtoMessage() {}
 
 func (x *WriteSnapshotFileRequest_Commit) ProtoReflect() protoreflect.Message {
-	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[31]
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1910,7 +2249,7 @@ type WriteSnapshotFileResponse_Created struct {
 
 func (x *WriteSnapshotFileResponse_Created) Reset() {
 	*x = WriteSnapshotFileResponse_Created{}
-	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[32]
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1922,7 +2261,7 @@ func (x *WriteSnapshotFileResponse_Created) String() string {
 func (*WriteSnapshotFileResponse_Created) ProtoMessage() {}
 
 func (x *WriteSnapshotFileResponse_Created) ProtoReflect() protoreflect.Message {
-	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[32]
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1966,7 +2305,7 @@ type WriteSnapshotFileResponse_EntryRefused struct {
 
 func (x *WriteSnapshotFileResponse_EntryRefused) Reset() {
 	*x = WriteSnapshotFileResponse_EntryRefused{}
-	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[33]
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1978,7 +2317,7 @@ func (x *WriteSnapshotFileResponse_EntryRefused) String() string {
 func (*WriteSnapshotFileResponse_EntryRefused) ProtoMessage() {}
 
 func (x *WriteSnapshotFileResponse_EntryRefused) ProtoReflect() protoreflect.Message {
-	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[33]
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2024,7 +2363,7 @@ type WriteSnapshotFileResponse_Committed struct {
 
 func (x *WriteSnapshotFileResponse_Committed) Reset() {
 	*x = WriteSnapshotFileResponse_Committed{}
-	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[34]
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2036,7 +2375,7 @@ func (x *WriteSnapshotFileResponse_Committed) String() string {
 func (*WriteSnapshotFileResponse_Committed) ProtoMessage() {}
 
 func (x *WriteSnapshotFileResponse_Committed) ProtoReflect() protoreflect.Message {
-	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[34]
+	mi := &file_chunkbridge_v1_catalog_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2106,20 +2445,21 @@ const file_chunkbridge_v1_catalog_proto_rawDesc = "" +
 	"\n" +
 	"chunk_size\x18\x06 \x01(\x03R\tchunkSize\x12\x12\n" +
 	"\x04size\x18\a \x01(\x03R\x04size\x12\x1c\n" +
-	"\tencrypted\x18\b \x01(\bR\tencrypted\"\xdb\x01\n" +
+	"\tencrypted\x18\b \x01(\bR\tencrypted\"\xf9\x01\n" +
 	"\bSnapshot\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x1b\n" +
 	"\tbackup_id\x18\x02 \x01(\tR\bbackupId\x12.\n" +
 	"\x04time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x126\n" +
 	"\x05files\x18\x04 \x03(\v2 .chunkbridge.v1.SnapshotFileInfoR\x05files\x126\n" +
-	"\x05blobs\x18\x05 \x03(\v2 .chunkbridge.v1.SnapshotBlobInfoR\x05blobs\":\n" +
+	"\x05blobs\x18\x05 \x03(\v2 .chunkbridge.v1.SnapshotBlobInfoR\x05blobs\x12\x1c\n" +
+	"\tnamespace\x18\x06 \x01(\tR\tnamespace\":\n" +
 	"\x10SnapshotBlobInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
-	"\x04size\x18\x02 \x01(\x03R\x04size\"\xc0\x05\n" +
+	"\x04size\x18\x02 \x01(\x03R\x04size\"\xde\x05\n" +
 	"\x18WriteSnapshotFileRequest\x12I\n" +
 	"\x06create\x18\x01 \x01(\v2/.chunkbridge.v1.WriteSnapshotFileRequest.CreateH\x00R\x06create\x12L\n" +
 	"\aentries\x18\x02 \x01(\v20.chunkbridge.v1.WriteSnapshotFileRequest.EntriesH\x00R\aentries\x12I\n" +
-	"\x06commit\x18\x03 \x01(\v2/.chunkbridge.v1.WriteSnapshotFileRequest.CommitH\x00R\x06commit\x1a\x8b\x02\n" +
+	"\x06commit\x18\x03 \x01(\v2/.chunkbridge.v1.WriteSnapshotFileRequest.CommitH\x00R\x06commit\x1a\xa9\x02\n" +
 	"\x06Create\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x1b\n" +
 	"\tbackup_id\x18\x02 \x01(\tR\bbackupId\x12.\n" +
@@ -2130,7 +2470,9 @@ const file_chunkbridge_v1_catalog_proto_rawDesc = "" +
 	"chunk_size\x18\x06 \x01(\x03R\tchunkSize\x12\x1b\n" +
 	"\tfile_size\x18\a \x01(\x03R\bfileSize\x12\x1c\n" +
 	"\texclusive\x18\b \x01(\bR\texclusive\x12\x1c\n" +
-	"\tencrypted\x18\t \x01(\bR\tencrypted\x1aK\n" +
+	"\tencrypted\x18\t \x01(\bR\tencrypted\x12\x1c\n" +
+	"\tnamespace\x18\n" +
+	" \x01(\tR\tnamespace\x1aK\n" +
 	"\x05Entry\x12\x12\n" +
 	"\x04slot\x18\x01 \x01(\x03R\x04slot\x12\x16\n" +
 	"\x06offset\x18\x02 \x01(\x03R\x06offset\x12\x16\n" +
@@ -2156,36 +2498,57 @@ const file_chunkbridge_v1_catalog_proto_rawDesc = "" +
 	"\x1aReadSnapshotDigestsRequest\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\"7\n" +
 	"\x1bReadSnapshotDigestsResponse\x12\x18\n" +
-	"\adigests\x18\x01 \x03(\tR\adigests\"G\n" +
+	"\adigests\x18\x01 \x03(\tR\adigests\"\x82\x01\n" +
 	"\x14ListSnapshotsRequest\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x1b\n" +
-	"\tbackup_id\x18\x02 \x01(\tR\bbackupId\"O\n" +
+	"\tbackup_id\x18\x02 \x01(\tR\bbackupId\x12\x1c\n" +
+	"\tnamespace\x18\x03 \x01(\tR\tnamespace\x12\x1b\n" +
+	"\tmax_depth\x18\x04 \x01(\x05R\bmaxDepth\"O\n" +
 	"\x15ListSnapshotsResponse\x126\n" +
-	"\tsnapshots\x18\x01 \x03(\v2\x18.chunkbridge.v1.SnapshotR\tsnapshots\"Y\n" +
+	"\tsnapshots\x18\x01 \x03(\v2\x18.chunkbridge.v1.SnapshotR\tsnapshots\"w\n" +
 	"\x12GetSnapshotRequest\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x1b\n" +
 	"\tbackup_id\x18\x02 \x01(\tR\bbackupId\x12\x12\n" +
-	"\x04time\x18\x03 \x01(\tR\x04time\"K\n" +
+	"\x04time\x18\x03 \x01(\tR\x04time\x12\x1c\n" +
+	"\tnamespace\x18\x04 \x01(\tR\tnamespace\"K\n" +
 	"\x13GetSnapshotResponse\x124\n" +
-	"\bsnapshot\x18\x01 \x01(\v2\x18.chunkbridge.v1.SnapshotR\bsnapshot\"\\\n" +
+	"\bsnapshot\x18\x01 \x01(\v2\x18.chunkbridge.v1.SnapshotR\bsnapshot\"z\n" +
 	"\x15DeleteSnapshotRequest\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x1b\n" +
 	"\tbackup_id\x18\x02 \x01(\tR\bbackupId\x12\x12\n" +
-	"\x04time\x18\x03 \x01(\tR\x04time\"\x18\n" +
-	"\x16DeleteSnapshotResponse\"\xa1\x01\n" +
+	"\x04time\x18\x03 \x01(\tR\x04time\x12\x1c\n" +
+	"\tnamespace\x18\x04 \x01(\tR\tnamespace\"\x18\n" +
+	"\x16DeleteSnapshotResponse\"\xbf\x01\n" +
 	"\x16PutSnapshotBlobRequest\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x1b\n" +
 	"\tbackup_id\x18\x02 \x01(\tR\bbackupId\x12.\n" +
 	"\x04time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x12\n" +
 	"\x04name\x18\x04 \x01(\tR\x04name\x12\x12\n" +
-	"\x04data\x18\x05 \x01(\fR\x04data\"A\n" +
+	"\x04data\x18\x05 \x01(\fR\x04data\x12\x1c\n" +
+	"\tnamespace\x18\x06 \x01(\tR\tnamespace\"A\n" +
 	"\x17PutSnapshotBlobResponse\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x12\n" +
 	"\x04size\x18\x02 \x01(\x03R\x04size\",\n" +
 	"\x16GetSnapshotFileRequest\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\"-\n" +
 	"\x17GetSnapshotFileResponse\x12\x12\n" +
-	"\x04data\x18\x01 \x01(\fR\x04data2\xf7\b\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\"_\n" +
+	"\x15ListNamespacesRequest\x12\x16\n" +
+	"\x06parent\x18\x01 \x01(\tR\x06parent\x12 \n" +
+	"\tmax_depth\x18\x02 \x01(\x05H\x00R\bmaxDepth\x88\x01\x01B\f\n" +
+	"\n" +
+	"_max_depth\"8\n" +
+	"\x16ListNamespacesResponse\x12\x1e\n" +
+	"\n" +
+	"namespaces\x18\x01 \x03(\tR\n" +
+	"namespaces\"6\n" +
+	"\x16CreateNamespaceRequest\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\"\x19\n" +
+	"\x17CreateNamespaceResponse\"[\n" +
+	"\x16DeleteNamespaceRequest\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12#\n" +
+	"\rdelete_groups\x18\x02 \x01(\bR\fdeleteGroups\"\x19\n" +
+	"\x17DeleteNamespaceResponse2\xa0\v\n" +
 	"\x0eCatalogService\x12O\n" +
 	"\bPutIndex\x12\x1f.chunkbridge.v1.PutIndexRequest\x1a .chunkbridge.v1.PutIndexResponse(\x01\x12O\n" +
 	"\bGetIndex\x12\x1f.chunkbridge.v1.GetIndexRequest\x1a .chunkbridge.v1.GetIndexResponse0\x01\x12P\n" +
@@ -2198,7 +2561,10 @@ const file_chunkbridge_v1_catalog_proto_rawDesc = "" +
 	"\vGetSnapshot\x12\".chunkbridge.v1.GetSnapshotRequest\x1a#.chunkbridge.v1.GetSnapshotResponse\x12_\n" +
 	"\x0eDeleteSnapshot\x12%.chunkbridge.v1.DeleteSnapshotRequest\x1a&.chunkbridge.v1.DeleteSnapshotResponse\x12d\n" +
 	"\x0fPutSnapshotBlob\x12&.chunkbridge.v1.PutSnapshotBlobRequest\x1a'.chunkbridge.v1.PutSnapshotBlobResponse(\x01\x12d\n" +
-	"\x0fGetSnapshotFile\x12&.chunkbridge.v1.GetSnapshotFileRequest\x1a'.chunkbridge.v1.GetSnapshotFileResponse0\x01BEZCgithub.com/chunkbridge/chunkbridge/api/chunkbridge/v1;chunkbridgev1b\x06proto3"
+	"\x0fGetSnapshotFile\x12&.chunkbridge.v1.GetSnapshotFileRequest\x1a'.chunkbridge.v1.GetSnapshotFileResponse0\x01\x12_\n" +
+	"\x0eListNamespaces\x12%.chunkbridge.v1.ListNamespacesRequest\x1a&.chunkbridge.v1.ListNamespacesResponse\x12b\n" +
+	"\x0fCreateNamespace\x12&.chunkbridge.v1.CreateNamespaceRequest\x1a'.chunkbridge.v1.CreateNamespaceResponse\x12b\n" +
+	"\x0fDeleteNamespace\x12&.chunkbridge.v1.DeleteNamespaceRequest\x1a'.chunkbridge.v1.DeleteNamespaceResponseBEZCgithub.com/chunkbridge/chunkbridge/api/chunkbridge/v1;chunkbridgev1b\x06proto3"
 
 var (
 	file_chunkbridge_v1_catalog_proto_rawDescOnce sync.Once
@@ -2212,7 +2578,7 @@ func file_chunkbridge_v1_catalog_proto_rawDescGZIP() []byte {
 	return file_chunkbridge_v1_catalog_proto_rawDescData
 }
 
-var file_chunkbridge_v1_catalog_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
+var file_chunkbridge_v1_catalog_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
 var file_chunkbridge_v1_catalog_proto_goTypes = []any{
 	(*IndexInfo)(nil),                              // 0: chunkbridge.v1.IndexInfo
 	(*PutIndexRequest)(nil),                        // 1: chunkbridge.v1.PutIndexRequest
@@ -2242,37 +2608,43 @@ var file_chunkbridge_v1_catalog_proto_goTypes = []any{
 	(*PutSnapshotBlobResponse)(nil),                // 25: chunkbridge.v1.PutSnapshotBlobResponse
 	(*GetSnapshotFileRequest)(nil),                 // 26: chunkbridge.v1.GetSnapshotFileRequest
 	(*GetSnapshotFileResponse)(nil),                // 27: chunkbridge.v1.GetSnapshotFileResponse
-	(*WriteSnapshotFileRequest_Create)(nil),        // 28: chunkbridge.v1.WriteSnapshotFileRequest.Create
-	(*WriteSnapshotFileRequest_Entry)(nil),         // 29: chunkbridge.v1.WriteSnapshotFileRequest.Entry
-	(*WriteSnapshotFileRequest_Entries)(nil),       // 30: chunkbridge.v1.WriteSnapshotFileRequest.Entries
-	(*WriteSnapshotFileRequest_Commit)(nil),        // 31: chunkbridge.v1.WriteSnapshotFileRequest.Commit
-	(*WriteSnapshotFileResponse_Created)(nil),      // 32: chunkbridge.v1.WriteSnapshotFileResponse.Created
-	(*WriteSnapshotFileResponse_EntryRefused)(nil), // 33: chunkbridge.v1.WriteSnapshotFileResponse.EntryRefused
-	(*WriteSnapshotFileResponse_Committed)(nil),    // 34: chunkbridge.v1.WriteSnapshotFileResponse.Committed
-	(DigestAlgorithm)(0),                           // 35: chunkbridge.v1.DigestAlgorithm
-	(*timestamppb.Timestamp)(nil),                  // 36: google.protobuf.Timestamp
+	(*ListNamespacesRequest)(nil),                  // 28: chunkbridge.v1.ListNamespacesRequest
+	(*ListNamespacesResponse)(nil),                 // 29: chunkbridge.v1.ListNamespacesResponse
+	(*CreateNamespaceRequest)(nil),                 // 30: chunkbridge.v1.CreateNamespaceRequest
+	(*CreateNamespaceResponse)(nil),                // 31: chunkbridge.v1.CreateNamespaceResponse
+	(*DeleteNamespaceRequest)(nil),                 // 32: chunkbridge.v1.DeleteNamespaceRequest
+	(*DeleteNamespaceResponse)(nil),                // 33: chunkbridge.v1.DeleteNamespaceResponse
+	(*WriteSnapshotFileRequest_Create)(nil),        // 34: chunkbridge.v1.WriteSnapshotFileRequest.Create
+	(*WriteSnapshotFileRequest_Entry)(nil),         // 35: chunkbridge.v1.WriteSnapshotFileRequest.Entry
+	(*WriteSnapshotFileRequest_Entries)(nil),       // 36: chunkbridge.v1.WriteSnapshotFileRequest.Entries
+	(*WriteSnapshotFileRequest_Commit)(nil),        // 37: chunkbridge.v1.WriteSnapshotFileRequest.Commit
+	(*WriteSnapshotFileResponse_Created)(nil),      // 38: chunkbridge.v1.WriteSnapshotFileResponse.Created
+	(*WriteSnapshotFileResponse_EntryRefused)(nil), // 39: chunkbridge.v1.WriteSnapshotFileResponse.EntryRefused
+	(*WriteSnapshotFileResponse_Committed)(nil),    // 40: chunkbridge.v1.WriteSnapshotFileResponse.Committed
+	(DigestAlgorithm)(0),                           // 41: chunkbridge.v1.DigestAlgorithm
+	(*timestamppb.Timestamp)(nil),                  // 42: google.protobuf.Timestamp
 }
 var file_chunkbridge_v1_catalog_proto_depIdxs = []int32{
-	35, // 0: chunkbridge.v1.IndexInfo.algorithm:type_name -> chunkbridge.v1.DigestAlgorithm
-	36, // 1: chunkbridge.v1.IndexInfo.created:type_name -> google.protobuf.Timestamp
+	41, // 0: chunkbridge.v1.IndexInfo.algorithm:type_name -> chunkbridge.v1.DigestAlgorithm
+	42, // 1: chunkbridge.v1.IndexInfo.created:type_name -> google.protobuf.Timestamp
 	0,  // 2: chunkbridge.v1.PutIndexResponse.index:type_name -> chunkbridge.v1.IndexInfo
 	0,  // 3: chunkbridge.v1.StatIndexResponse.index:type_name -> chunkbridge.v1.IndexInfo
 	0,  // 4: chunkbridge.v1.ListIndexesResponse.indexes:type_name -> chunkbridge.v1.IndexInfo
-	36, // 5: chunkbridge.v1.Snapshot.time:type_name -> google.protobuf.Timestamp
+	42, // 5: chunkbridge.v1.Snapshot.time:type_name -> google.protobuf.Timestamp
 	11, // 6: chunkbridge.v1.Snapshot.files:type_name -> chunkbridge.v1.SnapshotFileInfo
 	13, // 7: chunkbridge.v1.Snapshot.blobs:type_name -> chunkbridge.v1.SnapshotBlobInfo
-	28, // 8: chunkbridge.v1.WriteSnapshotFileRequest.create:type_name -> chunkbridge.v1.WriteSnapshotFileRequest.Create
-	30, // 9: chunkbridge.v1.WriteSnapshotFileRequest.entries:type_name -> chunkbridge.v1.WriteSnapshotFileRequest.Entries
-	31, // 10: chunkbridge.v1.WriteSnapshotFileRequest.commit:type_name -> chunkbridge.v1.WriteSnapshotFileRequest.Commit
-	32, // 11: chunkbridge.v1.WriteSnapshotFileResponse.created:type_name -> chunkbridge.v1.WriteSnapshotFileResponse.Created
-	33, // 12: chunkbridge.v1.WriteSnapshotFileResponse.refused:type_name -> chunkbridge.v1.WriteSnapshotFileResponse.EntryRefused
-	34, // 13: chunkbridge.v1.WriteSnapshotFileResponse.committed:type_name -> chunkbridge.v1.WriteSnapshotFileResponse.Committed
+	34, // 8: chunkbridge.v1.WriteSnapshotFileRequest.create:type_name -> chunkbridge.v1.WriteSnapshotFileRequest.Create
+	36, // 9: chunkbridge.v1.WriteSnapshotFileRequest.entries:type_name -> chunkbridge.v1.WriteSnapshotFileRequest.Entries
+	37, // 10: chunkbridge.v1.WriteSnapshotFileRequest.commit:type_name -> chunkbridge.v1.WriteSnapshotFileRequest.Commit
+	38, // 11: chunkbridge.v1.WriteSnapshotFileResponse.created:type_name -> chunkbridge.v1.WriteSnapshotFileResponse.Created
+	39, // 12: chunkbridge.v1.WriteSnapshotFileResponse.refused:type_name -> chunkbridge.v1.WriteSnapshotFileResponse.EntryRefused
+	40, // 13: chunkbridge.v1.WriteSnapshotFileResponse.committed:type_name -> chunkbridge.v1.WriteSnapshotFileResponse.Committed
 	12, // 14: chunkbridge.v1.ListSnapshotsResponse.snapshots:type_name -> chunkbridge.v1.Snapshot
 	12, // 15: chunkbridge.v1.GetSnapshotResponse.snapshot:type_name -> chunkbridge.v1.Snapshot
-	36, // 16: chunkbridge.v1.PutSnapshotBlobRequest.time:type_name -> google.protobuf.Timestamp
-	36, // 17: chunkbridge.v1.WriteSnapshotFileRequest.Create.time:type_name -> google.protobuf.Timestamp
-	29, // 18: chunkbridge.v1.WriteSnapshotFileRequest.Entries.entries:type_name -> chunkbridge.v1.WriteSnapshotFileRequest.Entry
-	36, // 19: chunkbridge.v1.WriteSnapshotFileResponse.Created.time:type_name -> google.protobuf.Timestamp
+	42, // 16: chunkbridge.v1.PutSnapshotBlobRequest.time:type_name -> google.protobuf.Timestamp
+	42, // 17: chunkbridge.v1.WriteSnapshotFileRequest.Create.time:type_name -> google.protobuf.Timestamp
+	35, // 18: chunkbridge.v1.WriteSnapshotFileRequest.Entries.entries:type_name -> chunkbridge.v1.WriteSnapshotFileRequest.Entry
+	42, // 19: chunkbridge.v1.WriteSnapshotFileResponse.Created.time:type_name -> google.protobuf.Timestamp
 	11, // 20: chunkbridge.v1.WriteSnapshotFileResponse.Committed.file:type_name -> chunkbridge.v1.SnapshotFileInfo
 	1,  // 21: chunkbridge.v1.CatalogService.PutIndex:input_type -> chunkbridge.v1.PutIndexRequest
 	3,  // 22: chunkbridge.v1.CatalogService.GetIndex:input_type -> chunkbridge.v1.GetIndexRequest
@@ -2286,20 +2658,26 @@ var file_chunkbridge_v1_catalog_proto_depIdxs = []int32{
 	22, // 30: chunkbridge.v1.CatalogService.DeleteSnapshot:input_type -> chunkbridge.v1.DeleteSnapshotRequest
 	24, // 31: chunkbridge.v1.CatalogService.PutSnapshotBlob:input_type -> chunkbridge.v1.PutSnapshotBlobRequest
 	26, // 32: chunkbridge.v1.CatalogService.GetSnapshotFile:input_type -> chunkbridge.v1.GetSnapshotFileRequest
-	2,  // 33: chunkbridge.v1.CatalogService.PutIndex:output_type -> chunkbridge.v1.PutIndexResponse
-	4,  // 34: chunkbridge.v1.CatalogService.GetIndex:output_type -> chunkbridge.v1.GetIndexResponse
-	6,  // 35: chunkbridge.v1.CatalogService.StatIndex:output_type -> chunkbridge.v1.StatIndexResponse
-	8,  // 36: chunkbridge.v1.CatalogService.ListIndexes:output_type -> chunkbridge.v1.ListIndexesResponse
-	10, // 37: chunkbridge.v1.CatalogService.DeleteIndex:output_type -> chunkbridge.v1.DeleteIndexResponse
-	15, // 38: chunkbridge.v1.CatalogService.WriteSnapshotFile:output_type -> chunkbridge.v1.WriteSnapshotFileResponse
-	17, // 39: chunkbridge.v1.CatalogService.ReadSnapshotDigests:output_type -> chunkbridge.v1.ReadSnapshotDigestsResponse
-	19, // 40: chunkbridge.v1.CatalogService.ListSnapshots:output_type -> chunkbridge.v1.ListSnapshotsResponse
-	21, // 41: chunkbridge.v1.CatalogService.GetSnapshot:output_type -> chunkbridge.v1.GetSnapshotResponse
-	23, // 42: chunkbridge.v1.CatalogService.DeleteSnapshot:output_type -> chunkbridge.v1.DeleteSnapshotResponse
-	25, // 43: chunkbridge.v1.CatalogService.PutSnapshotBlob:output_type -> chunkbridge.v1.PutSnapshotBlobResponse
-	27, // 44: chunkbridge.v1.CatalogService.GetSnapshotFile:output_type -> chunkbridge.v1.GetSnapshotFileResponse
-	33, // [33:45] is the sub-list for method output_type
-	21, // [21:33] is the sub-list for method input_type
+	28, // 33: chunkbridge.v1.CatalogService.ListNamespaces:input_type -> chunkbridge.v1.ListNamespacesRequest
+	30, // 34: chunkbridge.v1.CatalogService.CreateNamespace:input_type -> chunkbridge.v1.CreateNamespaceRequest
+	32, // 35: chunkbridge.v1.CatalogService.DeleteNamespace:input_type -> chunkbridge.v1.DeleteNamespaceRequest
+	2,  // 36: chunkbridge.v1.CatalogService.PutIndex:output_type -> chunkbridge.v1.PutIndexResponse
+	4,  // 37: chunkbridge.v1.CatalogService.GetIndex:output_type -> chunkbridge.v1.GetIndexResponse
+	6,  // 38: chunkbridge.v1.CatalogService.StatIndex:output_type -> chunkbridge.v1.StatIndexResponse
+	8,  // 39: chunkbridge.v1.CatalogService.ListIndexes:output_type -> chunkbridge.v1.ListIndexesResponse
+	10, // 40: chunkbridge.v1.CatalogService.DeleteIndex:output_type -> chunkbridge.v1.DeleteIndexResponse
+	15, // 41: chunkbridge.v1.CatalogService.WriteSnapshotFile:output_type -> chunkbridge.v1.WriteSnapshotFileResponse
+	17, // 42: chunkbridge.v1.CatalogService.ReadSnapshotDigests:output_type -> chunkbridge.v1.ReadSnapshotDigestsResponse
+	19, // 43: chunkbridge.v1.CatalogService.ListSnapshots:output_type -> chunkbridge.v1.ListSnapshotsResponse
+	21, // 44: chunkbridge.v1.CatalogService.GetSnapshot:output_type -> chunkbridge.v1.GetSnapshotResponse
+	23, // 45: chunkbridge.v1.CatalogService.DeleteSnapshot:output_type -> chunkbridge.v1.DeleteSnapshotResponse
+	25, // 46: chunkbridge.v1.CatalogService.PutSnapshotBlob:output_type -> chunkbridge.v1.PutSnapshotBlobResponse
+	27, // 47: chunkbridge.v1.CatalogService.GetSnapshotFile:output_type -> chunkbridge.v1.GetSnapshotFileResponse
+	29, // 48: chunkbridge.v1.CatalogService.ListNamespaces:output_type -> chunkbridge.v1.ListNamespacesResponse
+	31, // 49: chunkbridge.v1.CatalogService.CreateNamespace:output_type -> chunkbridge.v1.CreateNamespaceResponse
+	33, // 50: chunkbridge.v1.CatalogService.DeleteNamespace:output_type -> chunkbridge.v1.DeleteNamespaceResponse
+	36, // [36:51] is the sub-list for method output_type
+	21, // [21:36] is the sub-list for method input_type
 	21, // [21:21] is the sub-list for extension type_name
 	21, // [21:21] is the sub-list for extension extendee
 	0,  // [0:21] is the sub-list for field type_name
@@ -2321,13 +2699,14 @@ func file_chunkbridge_v1_catalog_proto_init() {
 		(*WriteSnapshotFileResponse_Refused)(nil),
 		(*WriteSnapshotFileResponse_Committed_)(nil),
 	}
+	file_chunkbridge_v1_catalog_proto_msgTypes[28].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chunkbridge_v1_catalog_proto_rawDesc), len(file_chunkbridge_v1_catalog_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   35,
+			NumMessages:   41,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

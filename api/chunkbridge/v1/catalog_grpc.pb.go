@@ -31,6 +31,9 @@ const (
 	CatalogService_DeleteSnapshot_FullMethodName      = "/chunkbridge.v1.CatalogService/DeleteSnapshot"
 	CatalogService_PutSnapshotBlob_FullMethodName     = "/chunkbridge.v1.CatalogService/PutSnapshotBlob"
 	CatalogService_GetSnapshotFile_FullMethodName     = "/chunkbridge.v1.CatalogService/GetSnapshotFile"
+	CatalogService_ListNamespaces_FullMethodName      = "/chunkbridge.v1.CatalogService/ListNamespaces"
+	CatalogService_CreateNamespace_FullMethodName     = "/chunkbridge.v1.CatalogService/CreateNamespace"
+	CatalogService_DeleteNamespace_FullMethodName     = "/chunkbridge.v1.CatalogService/DeleteNamespace"
 )
 
 // CatalogServiceClient is the client API for CatalogService service.
@@ -80,6 +83,16 @@ type CatalogServiceClient interface {
 	// GetSnapshotFile streams one file of a snapshot as stored: a blob, or
 	// an index file in the catalog's format.
 	GetSnapshotFile(ctx context.Context, in *GetSnapshotFileRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[GetSnapshotFileResponse], error)
+	// ListNamespaces lists a namespace and the namespaces below it, parents
+	// before children (docs/pbs.md, "Namespaces"). The root is "".
+	ListNamespaces(ctx context.Context, in *ListNamespacesRequest, opts ...grpc.CallOption) (*ListNamespacesResponse, error)
+	// CreateNamespace creates a namespace and any missing parent; an
+	// existing one is ALREADY_EXISTS. Needs append.
+	CreateNamespace(ctx context.Context, in *CreateNamespaceRequest, opts ...grpc.CallOption) (*CreateNamespaceResponse, error)
+	// DeleteNamespace removes a namespace and the namespaces below it. One
+	// that holds snapshots is refused (FAILED_PRECONDITION) unless
+	// delete_groups is set. Needs write.
+	DeleteNamespace(ctx context.Context, in *DeleteNamespaceRequest, opts ...grpc.CallOption) (*DeleteNamespaceResponse, error)
 }
 
 type catalogServiceClient struct {
@@ -246,6 +259,36 @@ func (c *catalogServiceClient) GetSnapshotFile(ctx context.Context, in *GetSnaps
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type CatalogService_GetSnapshotFileClient = grpc.ServerStreamingClient[GetSnapshotFileResponse]
 
+func (c *catalogServiceClient) ListNamespaces(ctx context.Context, in *ListNamespacesRequest, opts ...grpc.CallOption) (*ListNamespacesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListNamespacesResponse)
+	err := c.cc.Invoke(ctx, CatalogService_ListNamespaces_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *catalogServiceClient) CreateNamespace(ctx context.Context, in *CreateNamespaceRequest, opts ...grpc.CallOption) (*CreateNamespaceResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CreateNamespaceResponse)
+	err := c.cc.Invoke(ctx, CatalogService_CreateNamespace_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *catalogServiceClient) DeleteNamespace(ctx context.Context, in *DeleteNamespaceRequest, opts ...grpc.CallOption) (*DeleteNamespaceResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteNamespaceResponse)
+	err := c.cc.Invoke(ctx, CatalogService_DeleteNamespace_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // CatalogServiceServer is the server API for CatalogService service.
 // All implementations must embed UnimplementedCatalogServiceServer
 // for forward compatibility.
@@ -293,6 +336,16 @@ type CatalogServiceServer interface {
 	// GetSnapshotFile streams one file of a snapshot as stored: a blob, or
 	// an index file in the catalog's format.
 	GetSnapshotFile(*GetSnapshotFileRequest, grpc.ServerStreamingServer[GetSnapshotFileResponse]) error
+	// ListNamespaces lists a namespace and the namespaces below it, parents
+	// before children (docs/pbs.md, "Namespaces"). The root is "".
+	ListNamespaces(context.Context, *ListNamespacesRequest) (*ListNamespacesResponse, error)
+	// CreateNamespace creates a namespace and any missing parent; an
+	// existing one is ALREADY_EXISTS. Needs append.
+	CreateNamespace(context.Context, *CreateNamespaceRequest) (*CreateNamespaceResponse, error)
+	// DeleteNamespace removes a namespace and the namespaces below it. One
+	// that holds snapshots is refused (FAILED_PRECONDITION) unless
+	// delete_groups is set. Needs write.
+	DeleteNamespace(context.Context, *DeleteNamespaceRequest) (*DeleteNamespaceResponse, error)
 	mustEmbedUnimplementedCatalogServiceServer()
 }
 
@@ -338,6 +391,15 @@ func (UnimplementedCatalogServiceServer) PutSnapshotBlob(grpc.ClientStreamingSer
 }
 func (UnimplementedCatalogServiceServer) GetSnapshotFile(*GetSnapshotFileRequest, grpc.ServerStreamingServer[GetSnapshotFileResponse]) error {
 	return status.Error(codes.Unimplemented, "method GetSnapshotFile not implemented")
+}
+func (UnimplementedCatalogServiceServer) ListNamespaces(context.Context, *ListNamespacesRequest) (*ListNamespacesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListNamespaces not implemented")
+}
+func (UnimplementedCatalogServiceServer) CreateNamespace(context.Context, *CreateNamespaceRequest) (*CreateNamespaceResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateNamespace not implemented")
+}
+func (UnimplementedCatalogServiceServer) DeleteNamespace(context.Context, *DeleteNamespaceRequest) (*DeleteNamespaceResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteNamespace not implemented")
 }
 func (UnimplementedCatalogServiceServer) mustEmbedUnimplementedCatalogServiceServer() {}
 func (UnimplementedCatalogServiceServer) testEmbeddedByValue()                        {}
@@ -522,6 +584,60 @@ func _CatalogService_GetSnapshotFile_Handler(srv interface{}, stream grpc.Server
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type CatalogService_GetSnapshotFileServer = grpc.ServerStreamingServer[GetSnapshotFileResponse]
 
+func _CatalogService_ListNamespaces_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListNamespacesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CatalogServiceServer).ListNamespaces(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CatalogService_ListNamespaces_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CatalogServiceServer).ListNamespaces(ctx, req.(*ListNamespacesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _CatalogService_CreateNamespace_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateNamespaceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CatalogServiceServer).CreateNamespace(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CatalogService_CreateNamespace_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CatalogServiceServer).CreateNamespace(ctx, req.(*CreateNamespaceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _CatalogService_DeleteNamespace_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteNamespaceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CatalogServiceServer).DeleteNamespace(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CatalogService_DeleteNamespace_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CatalogServiceServer).DeleteNamespace(ctx, req.(*DeleteNamespaceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // CatalogService_ServiceDesc is the grpc.ServiceDesc for CatalogService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -552,6 +668,18 @@ var CatalogService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteSnapshot",
 			Handler:    _CatalogService_DeleteSnapshot_Handler,
+		},
+		{
+			MethodName: "ListNamespaces",
+			Handler:    _CatalogService_ListNamespaces_Handler,
+		},
+		{
+			MethodName: "CreateNamespace",
+			Handler:    _CatalogService_CreateNamespace_Handler,
+		},
+		{
+			MethodName: "DeleteNamespace",
+			Handler:    _CatalogService_DeleteNamespace_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
