@@ -3,7 +3,6 @@ package client
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"sync"
 	"sync/atomic"
@@ -70,6 +69,9 @@ type readResult struct {
 
 var errReadsUnsupported = errors.New("the chunk service has no ReadChunks")
 
+// maxReadAttempts is how many streams one read tries.
+const maxReadAttempts = 3
+
 // read returns the stored bytes of id; the error may be a status or a
 // typed error, or errReadsUnsupported.
 func (m *muxReads) read(ctx context.Context, id ID) ([]byte, error) {
@@ -80,7 +82,10 @@ func (m *muxReads) read(ctx context.Context, id ID) ([]byte, error) {
 	if d, ok := ctx.Deadline(); ok {
 		req.TimeoutMs = max(1, time.Until(d).Milliseconds())
 	}
-	for {
+	// A stream found over, or retired between taking it and sending on
+	// it, is left for the next one; a stream refused as it opens (a bad
+	// credential) fails the read instead of opening another at once.
+	for attempt := 1; ; attempt++ {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
@@ -91,12 +96,17 @@ func (m *muxReads) read(ctx context.Context, id ID) ([]byte, error) {
 		ch, ok := rs.register(req.Tag)
 		if !ok {
 			m.retire(rs)
+			if attempt >= maxReadAttempts {
+				return nil, rs.failure()
+			}
 			continue
 		}
 		sent, err := rs.send(req)
 		if !sent {
-			// The stream was retired between the two: take the next.
 			rs.drop(req.Tag)
+			if attempt >= maxReadAttempts {
+				return nil, errors.New("read chunk: every read stream was retired while the read was being sent")
+			}
 			continue
 		}
 		if err != nil && !errors.Is(err, io.EOF) {
@@ -200,6 +210,16 @@ func (rs *readStream) drop(tag uint64) {
 	rs.mu.Unlock()
 }
 
+// failure is why rs is over.
+func (rs *readStream) failure() error {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	if rs.err == nil {
+		return errors.New("read chunk: the read stream was retired")
+	}
+	return rs.err
+}
+
 // load is how many reads wait on rs, and whether it is over.
 func (rs *readStream) load() (int, bool) {
 	rs.mu.Lock()
@@ -253,7 +273,7 @@ func (rs *readStream) receive(m *muxReads) {
 func (rs *readStream) fail(err error) {
 	rs.mu.Lock()
 	if rs.err == nil {
-		rs.err = fmt.Errorf("read chunk: %w", err)
+		rs.err = err
 	}
 	waiting := rs.waiting
 	rs.waiting = nil

@@ -8,6 +8,7 @@ import (
 	"net"
 	"sync"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -208,6 +209,31 @@ func TestOpenStoredWithoutReadChunks(t *testing.T) {
 	}
 	if _, _, err := c.OpenStored(t.Context(), chunkOf2(9)); !errors.Is(err, apierr.ErrNotFound) {
 		t.Fatalf("OpenStored of an absent chunk: %v, want ErrNotFound", err)
+	}
+}
+
+// refusedReads is a chunk service whose ReadChunks refuses the caller.
+type refusedReads struct{ *chunk.Server }
+
+func (refusedReads) ReadChunks(grpc.BidiStreamingServer[chunkbridgev1.ReadChunksRequest, chunkbridgev1.ReadChunksResponse]) error {
+	return status.Error(codes.Unauthenticated, "unauthenticated")
+}
+
+// A read stream refused as it opens fails the read with the refusal, at
+// once: it does not open stream after stream until the read's context ends.
+func TestOpenStoredStreamRefused(t *testing.T) {
+	svc, err := chunk.New(memory.New(), chunk.Config{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := client.NewGRPC(authedServer(t, svc, refusedReads{chunk.NewServer(svc, 0)}))
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	for range 3 {
+		_, _, err := c.OpenStored(ctx, chunkOf2(10))
+		if status.Code(err) != codes.Unauthenticated && apierr.Code(err) != codes.Unauthenticated {
+			t.Fatalf("OpenStored on a refused stream: %v, want Unauthenticated", err)
+		}
 	}
 }
 
