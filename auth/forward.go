@@ -22,7 +22,13 @@ func forward(ctx context.Context) context.Context {
 	if !ok {
 		return ctx
 	}
-	return metadata.AppendToOutgoingContext(ctx, ForwardKey, p.Name+";"+p.Tenant+";"+p.Role.String()+";"+p.DedupDomain())
+	return metadata.AppendToOutgoingContext(ctx, ForwardKey, ForwardValue(p))
+}
+
+// ForwardValue is how p is named in the ForwardKey metadata, and in the
+// principal field of a ReadChunks request.
+func ForwardValue(p Principal) string {
+	return p.Name + ";" + p.Tenant + ";" + p.Role.String() + ";" + p.DedupDomain()
 }
 
 // ForwardUnary and ForwardStream are client interceptors for connections
@@ -43,21 +49,28 @@ func Forwarded(md metadata.MD) (Principal, bool, error) {
 	if len(v) == 0 {
 		return Principal{}, false, nil
 	}
-	f := strings.Split(v[len(v)-1], ";")
+	p, err := ParseForwarded(v[len(v)-1])
+	return p, err == nil, err
+}
+
+// ParseForwarded reads a ForwardValue. The caller that sent it must be
+// checked to be an admin before it is believed.
+func ParseForwarded(v string) (Principal, error) {
+	f := strings.Split(v, ";")
 	if len(f) == 3 { // from a gateway that predates dedup domains
 		if f[1] != DefaultTenant {
 			// Its tenant's domain is unknown here: guessing would bind the
 			// tenant to the wrong chunk space for good.
-			return Principal{}, false, fmt.Errorf("%s metadata %q names no dedup domain for tenant %s: the gateway predates tenants; upgrade it", ForwardKey, v[len(v)-1], f[1])
+			return Principal{}, fmt.Errorf("%s metadata %q names no dedup domain for tenant %s: the gateway predates tenants; upgrade it", ForwardKey, v, f[1])
 		}
 		f = append(f, DefaultDomain)
 	}
 	if len(f) != 4 || !principalRE.MatchString(f[0]) || !nameRE.MatchString(f[1]) || !nameRE.MatchString(f[3]) {
-		return Principal{}, false, fmt.Errorf("malformed %s metadata %q", ForwardKey, v[len(v)-1])
+		return Principal{}, fmt.Errorf("malformed %s metadata %q", ForwardKey, v)
 	}
 	role, err := ParseRole(f[2])
 	if err != nil {
-		return Principal{}, false, fmt.Errorf("%s metadata: %w", ForwardKey, err)
+		return Principal{}, fmt.Errorf("%s metadata: %w", ForwardKey, err)
 	}
-	return Principal{Name: f[0], Tenant: f[1], Role: role, Domain: f[3]}, true, nil
+	return Principal{Name: f[0], Tenant: f[1], Role: role, Domain: f[3]}, nil
 }

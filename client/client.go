@@ -97,7 +97,8 @@ type downStream interface {
 
 // NewGRPC is a client of the chunk service behind conn.
 func NewGRPC(conn grpc.ClientConnInterface) *Chunks {
-	return &Chunks{t: grpcTransport{c: chunkbridgev1.NewChunkServiceClient(conn)}}
+	c := chunkbridgev1.NewChunkServiceClient(conn)
+	return &Chunks{t: grpcTransport{c: c, reads: &muxReads{c: c}}}
 }
 
 // NewLocal is a client of svc in this process: the same contract as
@@ -150,7 +151,9 @@ func (c *Chunks) Stat(ctx context.Context, id ID) (*chunkbridgev1.ChunkInfo, err
 // Download's per-chunk ones (apierr.ErrNotFound for a missing chunk). On
 // the local transport the reader is the store's own (for the fs store an
 // *os.File, so a copy to a socket can use sendfile) and no metadata is
-// read; over gRPC it is a one-chunk Download, in memory.
+// read; over gRPC it is one tagged request and response on a ReadChunks
+// stream that every OpenStored of this client shares (a one-chunk
+// Download where the service predates ReadChunks), in memory.
 func (c *Chunks) OpenStored(ctx context.Context, id ID) (io.ReadCloser, int64, error) {
 	rc, size, err := c.t.openStored(ctx, id)
 	if err != nil {

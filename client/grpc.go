@@ -15,6 +15,8 @@ import (
 // become hex only here, at the edge.
 type grpcTransport struct {
 	c chunkbridgev1.ChunkServiceClient
+	// reads carries openStored on ReadChunks streams.
+	reads *muxReads
 }
 
 func hexIDs(ids []ID) []string {
@@ -107,8 +109,18 @@ func (g grpcDownload) recv() (Chunk, error) {
 	}, nil
 }
 
-// openStored is a one-chunk download as stored.
+// openStored is a tagged read on a shared ReadChunks stream, or where the
+// service predates it a one-chunk download as stored.
 func (t grpcTransport) openStored(ctx context.Context, id ID) (io.ReadCloser, int64, error) {
+	if t.reads != nil {
+		data, err := t.reads.read(ctx, id)
+		if !errors.Is(err, errReadsUnsupported) {
+			if err != nil {
+				return nil, 0, err
+			}
+			return newStoredBytes(data), int64(len(data)), nil
+		}
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	s, err := t.openDownload(ctx, []ID{id}, DownloadOptions{})
@@ -128,5 +140,23 @@ func (t grpcTransport) openStored(ctx context.Context, id ID) (io.ReadCloser, in
 	if err != nil {
 		return nil, 0, err
 	}
-	return io.NopCloser(bytes.NewReader(c.Data)), int64(len(c.Data)), nil
+	return newStoredBytes(c.Data), int64(len(c.Data)), nil
 }
+
+// StoredBytes is OpenStored's reader for a chunk that came in memory (over
+// gRPC): a caller may write Bytes in one go instead of copying through a
+// buffer.
+type StoredBytes struct {
+	*bytes.Reader
+	data []byte
+}
+
+func newStoredBytes(data []byte) *StoredBytes {
+	return &StoredBytes{Reader: bytes.NewReader(data), data: data}
+}
+
+// Bytes is the whole chunk as stored.
+func (s *StoredBytes) Bytes() []byte { return s.data }
+
+// Close does nothing.
+func (s *StoredBytes) Close() error { return nil }

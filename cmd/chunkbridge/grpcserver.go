@@ -22,6 +22,14 @@ import (
 // maxMessage fits one 16 MiB chunk plus its envelope.
 const maxMessage = chunk.MaxSize + 1<<20
 
+// hopBuffer is the write and read buffer of every gRPC connection, on both
+// ends (gRPC's default is 32 KiB): a 64 KiB chunk is two flushes and two
+// reads of the loopback hop at the default, and the responses of several
+// reads in flight go out in one write at this size. gRPC lends these
+// buffers from a pool while data is moving, so an idle connection holds
+// neither.
+const hopBuffer = 256 << 10
+
 // newGRPCServer builds a server with the interceptor chain every service
 // shares: logging outermost, then metrics, then panic recovery next to the
 // handler so that a panic is logged and counted as Internal.
@@ -42,6 +50,7 @@ func newGRPCServer(log *slog.Logger, reg prometheus.Registerer, acc *access, tls
 	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(maxMessage),
 		grpc.MaxSendMsgSize(maxMessage),
+		grpc.WriteBufferSize(hopBuffer), grpc.ReadBufferSize(hopBuffer),
 		// Spread long-lived client connections over replicas behind a
 		// Kubernetes Service: after 30 minutes a connection takes no new
 		// calls. The calls still running keep it for up to 6 hours, so a

@@ -455,6 +455,7 @@ func dialChunkService(addr string, sec securityFlags, token string) (*grpc.Clien
 	opts := []grpc.DialOption{
 		grpc.WithTransportCredentials(creds),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMessage), grpc.MaxCallSendMsgSize(maxMessage)),
+		grpc.WithWriteBufferSize(hopBuffer), grpc.WithReadBufferSize(hopBuffer),
 	}
 	if token != "" {
 		opts = append(opts, grpc.WithPerRPCCredentials(bearer(token)))

@@ -84,10 +84,10 @@ const aliasMin = 16 << 10
 
 // Codec is gRPC's proto codec with two chunk-sized shortcuts:
 //
-//   - Marshal sends a DownloadChunksResponse's data as its own buffer
-//     instead of copying it into the marshalled message. gRPC's contract
-//     already forbids changing a message after SendMsg; the chunk service
-//     sends freshly read buffers it never touches again. Other messages,
+//   - Marshal sends a DownloadChunksResponse's or ReadChunksResponse's data
+//     as its own buffer instead of copying it into the marshalled message.
+//     gRPC's contract already forbids changing a message after SendMsg; the
+//     chunk service sends freshly read buffers it never touches again. Other messages,
 //     whose senders may reuse their buffers, are copied as before (the
 //     PMXBCKUP gateway may release an upload's buffer to pmxproto.Reader
 //     for the next packet as soon as SendMsg returns).
@@ -99,29 +99,45 @@ type Codec struct{}
 // Name replaces the registered "proto" codec.
 func (Codec) Name() string { return "proto" }
 
-var downloadData = (&chunkbridgev1.DownloadChunksResponse{}).ProtoReflect().Descriptor().Fields().ByName("data")
+var (
+	downloadData = (&chunkbridgev1.DownloadChunksResponse{}).ProtoReflect().Descriptor().Fields().ByName("data")
+	readData     = (&chunkbridgev1.ReadChunksResponse{}).ProtoReflect().Descriptor().Fields().ByName("data")
+)
 
 func (Codec) Marshal(v any) (mem.BufferSlice, error) {
-	if r, ok := v.(*chunkbridgev1.DownloadChunksResponse); ok && len(r.GetData()) >= aliasMin {
-		// Everything but the data, then the data field's tag and length:
-		// fields may come in any order on the wire.
-		m := r.ProtoReflect()
-		head := m.New()
-		m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-			if fd != downloadData {
-				head.Set(fd, v)
-			}
-			return true
-		})
-		b, err := proto.MarshalOptions{}.Marshal(head.Interface())
-		if err != nil {
-			return nil, err
+	switch r := v.(type) {
+	case *chunkbridgev1.DownloadChunksResponse:
+		if len(r.GetData()) >= aliasMin {
+			return marshalSent(r, downloadData, r.Data)
 		}
-		b = protowire.AppendTag(b, downloadData.Number(), protowire.BytesType)
-		b = protowire.AppendVarint(b, uint64(len(r.Data)))
-		return mem.BufferSlice{mem.SliceBuffer(b), mem.SliceBuffer(r.Data)}, nil
+	case *chunkbridgev1.ReadChunksResponse:
+		// The chunk service's ReadChunks sends freshly read buffers too.
+		if len(r.GetData()) >= aliasMin {
+			return marshalSent(r, readData, r.Data)
+		}
 	}
 	return marshal(v)
+}
+
+// marshalSent marshals everything of r but its data field, then the data
+// field's tag and length, and passes data on as its own buffer: fields may
+// come in any order on the wire.
+func marshalSent(r proto.Message, dataField protoreflect.FieldDescriptor, data []byte) (mem.BufferSlice, error) {
+	m := r.ProtoReflect()
+	head := m.New()
+	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		if fd != dataField {
+			head.Set(fd, v)
+		}
+		return true
+	})
+	b, err := proto.MarshalOptions{}.Marshal(head.Interface())
+	if err != nil {
+		return nil, err
+	}
+	b = protowire.AppendTag(b, dataField.Number(), protowire.BytesType)
+	b = protowire.AppendVarint(b, uint64(len(data)))
+	return mem.BufferSlice{mem.SliceBuffer(b), mem.SliceBuffer(data)}, nil
 }
 
 // marshal is gRPC's own proto codec marshal, on the pool.

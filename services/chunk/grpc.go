@@ -2,8 +2,11 @@ package chunk
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"sync"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -200,6 +203,93 @@ func (s *Server) download(ctx context.Context, id ID, raw bool) *chunkbridgev1.D
 	return &chunkbridgev1.DownloadChunksResponse{
 		Id: id.String(), Code: int32(codes.OK), Encoding: c.Encoding, Data: c.Data, Algorithm: c.Algorithm, Size: c.Size,
 	}
+}
+
+// ReadChunks serves tagged one-chunk reads on one stream, the stored bytes
+// of each, in the order the reads finish. At most window reads are in
+// progress or unsent: beyond that the next request is not read until a
+// response has been sent, and gRPC's flow control holds the client back.
+func (s *Server) ReadChunks(stream grpc.BidiStreamingServer[chunkbridgev1.ReadChunksRequest, chunkbridgev1.ReadChunksResponse]) error {
+	sctx := stream.Context()
+	// The stream's caller, as the listener authenticated it (none when
+	// authentication is off, where forwarded principals are ignored as
+	// the interceptor ignores the metadata).
+	caller, authed := auth.Authenticated(sctx)
+	ctx, cancel := context.WithCancel(sctx)
+	defer cancel()
+	slots := make(chan struct{}, s.window)
+	out := make(chan *chunkbridgev1.ReadChunksResponse, s.window)
+	sent := make(chan error, 1)
+	go func() {
+		var err error
+		for r := range out {
+			if err == nil {
+				if err = stream.Send(r); err != nil {
+					cancel()
+				}
+			}
+			<-slots
+		}
+		sent <- err
+	}()
+	var wg sync.WaitGroup
+	var err error
+	for {
+		var req *chunkbridgev1.ReadChunksRequest
+		if req, err = stream.Recv(); err != nil {
+			break
+		}
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+		}
+		if err = ctx.Err(); err != nil {
+			break
+		}
+		wg.Go(func() { out <- s.read(ctx, caller, authed, req) })
+	}
+	wg.Wait()
+	close(out)
+	serr := <-sent
+	switch {
+	case errors.Is(err, io.EOF):
+		return serr
+	case serr != nil:
+		return serr
+	}
+	return apierr.Status(err)
+}
+
+func (s *Server) read(ctx context.Context, caller auth.Principal, authed bool, req *chunkbridgev1.ReadChunksRequest) *chunkbridgev1.ReadChunksResponse {
+	data, err := s.readOne(ctx, caller, authed, req)
+	if err != nil {
+		return &chunkbridgev1.ReadChunksResponse{Tag: req.GetTag(), Code: int32(apierr.Code(err)), Message: err.Error()}
+	}
+	return &chunkbridgev1.ReadChunksResponse{Tag: req.GetTag(), Data: data}
+}
+
+func (s *Server) readOne(ctx context.Context, caller auth.Principal, authed bool, req *chunkbridgev1.ReadChunksRequest) ([]byte, error) {
+	id, err := ParseID(req.GetId())
+	if err != nil {
+		return nil, err
+	}
+	if v := req.GetPrincipal(); v != "" && authed {
+		// The rule of the chunkbridge-principal metadata, per read.
+		if !caller.Allows(auth.Admin) {
+			return nil, fmt.Errorf("%w: %s may not act for another principal: that needs the admin role", apierr.ErrPermission, caller.Name)
+		}
+		p, err := auth.ParseForwarded(v)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", apierr.ErrInvalid, err)
+		}
+		ctx = auth.NewContext(ctx, p)
+	}
+	if ms := req.GetTimeoutMs(); ms > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, time.Duration(ms)*time.Millisecond)
+		defer cancel()
+	}
+	return s.svc.ReadStored(ctx, id)
 }
 
 // sendInOrder sends each result as it completes, in queue order. After a

@@ -428,6 +428,26 @@ func (s *Service) OpenStored(ctx context.Context, id ID) (io.ReadCloser, int64, 
 	return rc, size, nil
 }
 
+// ReadStored is OpenStored read into memory, for a caller that sends the
+// chunk on as one message (ReadChunks): the same checks, no metadata, no
+// decoding; it holds a work slot while it fills the buffer.
+func (s *Service) ReadStored(ctx context.Context, id ID) ([]byte, error) {
+	rc, size, err := s.OpenStored(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	if err := s.acquire(ctx); err != nil {
+		return nil, err
+	}
+	defer s.release()
+	stored := make([]byte, size)
+	if _, err := io.ReadFull(rc, stored); err != nil {
+		return nil, fmt.Errorf("chunk %s: read: %w", id, readErr(err))
+	}
+	return stored, nil
+}
+
 // verify checks data against id with the recorded algorithm, or finds the
 // algorithm when none is recorded.
 func verify(id ID, c *Chunk, data []byte) error {

@@ -565,6 +565,154 @@ func (x *DownloadChunksResponse) GetSize() int64 {
 	return 0
 }
 
+type ReadChunksRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Chosen by the client, distinct among its reads in progress on the
+	// stream; echoed in the response.
+	Tag uint64 `protobuf:"varint,1,opt,name=tag,proto3" json:"tag,omitempty"`
+	// The chunk id.
+	Id string `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	// The principal the read is made for, as in the chunkbridge-principal
+	// metadata ("name;tenant;role;domain"); empty: the stream's own. Naming
+	// one needs the stream's caller to have the admin role, as the metadata
+	// does: a gateway authenticates as itself and reads for its client.
+	Principal string `protobuf:"bytes,3,opt,name=principal,proto3" json:"principal,omitempty"`
+	// How long the caller still waits for this read, in milliseconds; 0: as
+	// long as the stream lasts.
+	TimeoutMs     int64 `protobuf:"varint,4,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadChunksRequest) Reset() {
+	*x = ReadChunksRequest{}
+	mi := &file_chunkbridge_v1_chunk_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadChunksRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadChunksRequest) ProtoMessage() {}
+
+func (x *ReadChunksRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chunkbridge_v1_chunk_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadChunksRequest.ProtoReflect.Descriptor instead.
+func (*ReadChunksRequest) Descriptor() ([]byte, []int) {
+	return file_chunkbridge_v1_chunk_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *ReadChunksRequest) GetTag() uint64 {
+	if x != nil {
+		return x.Tag
+	}
+	return 0
+}
+
+func (x *ReadChunksRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ReadChunksRequest) GetPrincipal() string {
+	if x != nil {
+		return x.Principal
+	}
+	return ""
+}
+
+func (x *ReadChunksRequest) GetTimeoutMs() int64 {
+	if x != nil {
+		return x.TimeoutMs
+	}
+	return 0
+}
+
+type ReadChunksResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Tag   uint64                 `protobuf:"varint,1,opt,name=tag,proto3" json:"tag,omitempty"`
+	// A google.rpc.Code: 0 (OK), NOT_FOUND, PERMISSION_DENIED, INVALID_ARGUMENT,
+	// DATA_LOSS, UNAVAILABLE, DEADLINE_EXCEEDED.
+	Code    int32  `protobuf:"varint,2,opt,name=code,proto3" json:"code,omitempty"`
+	Message string `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
+	// The chunk as stored: a zstd frame.
+	Data          []byte `protobuf:"bytes,4,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadChunksResponse) Reset() {
+	*x = ReadChunksResponse{}
+	mi := &file_chunkbridge_v1_chunk_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadChunksResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadChunksResponse) ProtoMessage() {}
+
+func (x *ReadChunksResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chunkbridge_v1_chunk_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadChunksResponse.ProtoReflect.Descriptor instead.
+func (*ReadChunksResponse) Descriptor() ([]byte, []int) {
+	return file_chunkbridge_v1_chunk_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ReadChunksResponse) GetTag() uint64 {
+	if x != nil {
+		return x.Tag
+	}
+	return 0
+}
+
+func (x *ReadChunksResponse) GetCode() int32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *ReadChunksResponse) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *ReadChunksResponse) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
 type StatChunkRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -576,7 +724,7 @@ type StatChunkRequest struct {
 
 func (x *StatChunkRequest) Reset() {
 	*x = StatChunkRequest{}
-	mi := &file_chunkbridge_v1_chunk_proto_msgTypes[6]
+	mi := &file_chunkbridge_v1_chunk_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -588,7 +736,7 @@ func (x *StatChunkRequest) String() string {
 func (*StatChunkRequest) ProtoMessage() {}
 
 func (x *StatChunkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chunkbridge_v1_chunk_proto_msgTypes[6]
+	mi := &file_chunkbridge_v1_chunk_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -601,7 +749,7 @@ func (x *StatChunkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatChunkRequest.ProtoReflect.Descriptor instead.
 func (*StatChunkRequest) Descriptor() ([]byte, []int) {
-	return file_chunkbridge_v1_chunk_proto_rawDescGZIP(), []int{6}
+	return file_chunkbridge_v1_chunk_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *StatChunkRequest) GetId() string {
@@ -627,7 +775,7 @@ type StatChunkResponse struct {
 
 func (x *StatChunkResponse) Reset() {
 	*x = StatChunkResponse{}
-	mi := &file_chunkbridge_v1_chunk_proto_msgTypes[7]
+	mi := &file_chunkbridge_v1_chunk_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -639,7 +787,7 @@ func (x *StatChunkResponse) String() string {
 func (*StatChunkResponse) ProtoMessage() {}
 
 func (x *StatChunkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chunkbridge_v1_chunk_proto_msgTypes[7]
+	mi := &file_chunkbridge_v1_chunk_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -652,7 +800,7 @@ func (x *StatChunkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatChunkResponse.ProtoReflect.Descriptor instead.
 func (*StatChunkResponse) Descriptor() ([]byte, []int) {
-	return file_chunkbridge_v1_chunk_proto_rawDescGZIP(), []int{7}
+	return file_chunkbridge_v1_chunk_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *StatChunkResponse) GetChunk() *ChunkInfo {
@@ -680,7 +828,7 @@ type ChunkInfo struct {
 
 func (x *ChunkInfo) Reset() {
 	*x = ChunkInfo{}
-	mi := &file_chunkbridge_v1_chunk_proto_msgTypes[8]
+	mi := &file_chunkbridge_v1_chunk_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -692,7 +840,7 @@ func (x *ChunkInfo) String() string {
 func (*ChunkInfo) ProtoMessage() {}
 
 func (x *ChunkInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_chunkbridge_v1_chunk_proto_msgTypes[8]
+	mi := &file_chunkbridge_v1_chunk_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -705,7 +853,7 @@ func (x *ChunkInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChunkInfo.ProtoReflect.Descriptor instead.
 func (*ChunkInfo) Descriptor() ([]byte, []int) {
-	return file_chunkbridge_v1_chunk_proto_rawDescGZIP(), []int{8}
+	return file_chunkbridge_v1_chunk_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ChunkInfo) GetId() string {
@@ -776,7 +924,18 @@ const file_chunkbridge_v1_chunk_proto_rawDesc = "" +
 	"\bencoding\x18\x04 \x01(\x0e2\x18.chunkbridge.v1.EncodingR\bencoding\x12\x12\n" +
 	"\x04data\x18\x05 \x01(\fR\x04data\x12=\n" +
 	"\talgorithm\x18\x06 \x01(\x0e2\x1f.chunkbridge.v1.DigestAlgorithmR\talgorithm\x12\x12\n" +
-	"\x04size\x18\a \x01(\x03R\x04size\"@\n" +
+	"\x04size\x18\a \x01(\x03R\x04size\"r\n" +
+	"\x11ReadChunksRequest\x12\x10\n" +
+	"\x03tag\x18\x01 \x01(\x04R\x03tag\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\x12\x1c\n" +
+	"\tprincipal\x18\x03 \x01(\tR\tprincipal\x12\x1d\n" +
+	"\n" +
+	"timeout_ms\x18\x04 \x01(\x03R\ttimeoutMs\"h\n" +
+	"\x12ReadChunksResponse\x12\x10\n" +
+	"\x03tag\x18\x01 \x01(\x04R\x03tag\x12\x12\n" +
+	"\x04code\x18\x02 \x01(\x05R\x04code\x12\x18\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\x12\x12\n" +
+	"\x04data\x18\x04 \x01(\fR\x04data\"@\n" +
 	"\x10StatChunkRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1c\n" +
 	"\tencrypted\x18\x02 \x01(\bR\tencrypted\"D\n" +
@@ -799,12 +958,14 @@ const file_chunkbridge_v1_chunk_proto_rawDesc = "" +
 	"\rENCODING_ZSTD\x10\x02\x12\x0f\n" +
 	"\vENCODING_XZ\x10\x03\x12\x11\n" +
 	"\rENCODING_GZIP\x10\x04\x12\x15\n" +
-	"\x11ENCODING_DATABLOB\x10\x052\x8c\x03\n" +
+	"\x11ENCODING_DATABLOB\x10\x052\xe5\x03\n" +
 	"\fChunkService\x12h\n" +
 	"\x11FindMissingChunks\x12(.chunkbridge.v1.FindMissingChunksRequest\x1a).chunkbridge.v1.FindMissingChunksResponse\x12]\n" +
 	"\fUploadChunks\x12#.chunkbridge.v1.UploadChunksRequest\x1a$.chunkbridge.v1.UploadChunksResponse(\x010\x01\x12a\n" +
 	"\x0eDownloadChunks\x12%.chunkbridge.v1.DownloadChunksRequest\x1a&.chunkbridge.v1.DownloadChunksResponse0\x01\x12P\n" +
-	"\tStatChunk\x12 .chunkbridge.v1.StatChunkRequest\x1a!.chunkbridge.v1.StatChunkResponseBEZCgithub.com/chunkbridge/chunkbridge/api/chunkbridge/v1;chunkbridgev1b\x06proto3"
+	"\tStatChunk\x12 .chunkbridge.v1.StatChunkRequest\x1a!.chunkbridge.v1.StatChunkResponse\x12W\n" +
+	"\n" +
+	"ReadChunks\x12!.chunkbridge.v1.ReadChunksRequest\x1a\".chunkbridge.v1.ReadChunksResponse(\x010\x01BEZCgithub.com/chunkbridge/chunkbridge/api/chunkbridge/v1;chunkbridgev1b\x06proto3"
 
 var (
 	file_chunkbridge_v1_chunk_proto_rawDescOnce sync.Once
@@ -819,7 +980,7 @@ func file_chunkbridge_v1_chunk_proto_rawDescGZIP() []byte {
 }
 
 var file_chunkbridge_v1_chunk_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_chunkbridge_v1_chunk_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_chunkbridge_v1_chunk_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_chunkbridge_v1_chunk_proto_goTypes = []any{
 	(DigestAlgorithm)(0),              // 0: chunkbridge.v1.DigestAlgorithm
 	(Encoding)(0),                     // 1: chunkbridge.v1.Encoding
@@ -829,9 +990,11 @@ var file_chunkbridge_v1_chunk_proto_goTypes = []any{
 	(*UploadChunksResponse)(nil),      // 5: chunkbridge.v1.UploadChunksResponse
 	(*DownloadChunksRequest)(nil),     // 6: chunkbridge.v1.DownloadChunksRequest
 	(*DownloadChunksResponse)(nil),    // 7: chunkbridge.v1.DownloadChunksResponse
-	(*StatChunkRequest)(nil),          // 8: chunkbridge.v1.StatChunkRequest
-	(*StatChunkResponse)(nil),         // 9: chunkbridge.v1.StatChunkResponse
-	(*ChunkInfo)(nil),                 // 10: chunkbridge.v1.ChunkInfo
+	(*ReadChunksRequest)(nil),         // 8: chunkbridge.v1.ReadChunksRequest
+	(*ReadChunksResponse)(nil),        // 9: chunkbridge.v1.ReadChunksResponse
+	(*StatChunkRequest)(nil),          // 10: chunkbridge.v1.StatChunkRequest
+	(*StatChunkResponse)(nil),         // 11: chunkbridge.v1.StatChunkResponse
+	(*ChunkInfo)(nil),                 // 12: chunkbridge.v1.ChunkInfo
 }
 var file_chunkbridge_v1_chunk_proto_depIdxs = []int32{
 	0,  // 0: chunkbridge.v1.UploadChunksRequest.algorithm:type_name -> chunkbridge.v1.DigestAlgorithm
@@ -839,18 +1002,20 @@ var file_chunkbridge_v1_chunk_proto_depIdxs = []int32{
 	1,  // 2: chunkbridge.v1.DownloadChunksRequest.encoding:type_name -> chunkbridge.v1.Encoding
 	1,  // 3: chunkbridge.v1.DownloadChunksResponse.encoding:type_name -> chunkbridge.v1.Encoding
 	0,  // 4: chunkbridge.v1.DownloadChunksResponse.algorithm:type_name -> chunkbridge.v1.DigestAlgorithm
-	10, // 5: chunkbridge.v1.StatChunkResponse.chunk:type_name -> chunkbridge.v1.ChunkInfo
+	12, // 5: chunkbridge.v1.StatChunkResponse.chunk:type_name -> chunkbridge.v1.ChunkInfo
 	0,  // 6: chunkbridge.v1.ChunkInfo.algorithm:type_name -> chunkbridge.v1.DigestAlgorithm
 	2,  // 7: chunkbridge.v1.ChunkService.FindMissingChunks:input_type -> chunkbridge.v1.FindMissingChunksRequest
 	4,  // 8: chunkbridge.v1.ChunkService.UploadChunks:input_type -> chunkbridge.v1.UploadChunksRequest
 	6,  // 9: chunkbridge.v1.ChunkService.DownloadChunks:input_type -> chunkbridge.v1.DownloadChunksRequest
-	8,  // 10: chunkbridge.v1.ChunkService.StatChunk:input_type -> chunkbridge.v1.StatChunkRequest
-	3,  // 11: chunkbridge.v1.ChunkService.FindMissingChunks:output_type -> chunkbridge.v1.FindMissingChunksResponse
-	5,  // 12: chunkbridge.v1.ChunkService.UploadChunks:output_type -> chunkbridge.v1.UploadChunksResponse
-	7,  // 13: chunkbridge.v1.ChunkService.DownloadChunks:output_type -> chunkbridge.v1.DownloadChunksResponse
-	9,  // 14: chunkbridge.v1.ChunkService.StatChunk:output_type -> chunkbridge.v1.StatChunkResponse
-	11, // [11:15] is the sub-list for method output_type
-	7,  // [7:11] is the sub-list for method input_type
+	10, // 10: chunkbridge.v1.ChunkService.StatChunk:input_type -> chunkbridge.v1.StatChunkRequest
+	8,  // 11: chunkbridge.v1.ChunkService.ReadChunks:input_type -> chunkbridge.v1.ReadChunksRequest
+	3,  // 12: chunkbridge.v1.ChunkService.FindMissingChunks:output_type -> chunkbridge.v1.FindMissingChunksResponse
+	5,  // 13: chunkbridge.v1.ChunkService.UploadChunks:output_type -> chunkbridge.v1.UploadChunksResponse
+	7,  // 14: chunkbridge.v1.ChunkService.DownloadChunks:output_type -> chunkbridge.v1.DownloadChunksResponse
+	11, // 15: chunkbridge.v1.ChunkService.StatChunk:output_type -> chunkbridge.v1.StatChunkResponse
+	9,  // 16: chunkbridge.v1.ChunkService.ReadChunks:output_type -> chunkbridge.v1.ReadChunksResponse
+	12, // [12:17] is the sub-list for method output_type
+	7,  // [7:12] is the sub-list for method input_type
 	7,  // [7:7] is the sub-list for extension type_name
 	7,  // [7:7] is the sub-list for extension extendee
 	0,  // [0:7] is the sub-list for field type_name
@@ -867,7 +1032,7 @@ func file_chunkbridge_v1_chunk_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chunkbridge_v1_chunk_proto_rawDesc), len(file_chunkbridge_v1_chunk_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   9,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -23,6 +23,7 @@ const (
 	ChunkService_UploadChunks_FullMethodName      = "/chunkbridge.v1.ChunkService/UploadChunks"
 	ChunkService_DownloadChunks_FullMethodName    = "/chunkbridge.v1.ChunkService/DownloadChunks"
 	ChunkService_StatChunk_FullMethodName         = "/chunkbridge.v1.ChunkService/StatChunk"
+	ChunkService_ReadChunks_FullMethodName        = "/chunkbridge.v1.ChunkService/ReadChunks"
 )
 
 // ChunkServiceClient is the client API for ChunkService service.
@@ -45,6 +46,17 @@ type ChunkServiceClient interface {
 	DownloadChunks(ctx context.Context, in *DownloadChunksRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[DownloadChunksResponse], error)
 	// StatChunk describes one stored chunk, or fails with NOT_FOUND.
 	StatChunk(ctx context.Context, in *StatChunkRequest, opts ...grpc.CallOption) (*StatChunkResponse, error)
+	// ReadChunks serves many one-chunk reads on one long-lived stream, for a
+	// gateway that passes chunks on as stored (casync's HTTP store): where a
+	// DownloadChunks call per chunk costs a stream (its headers, interceptors
+	// and flow-control state), here a read is one message each way. Each
+	// request carries a tag the client chose, its response the same tag; the
+	// responses come as the reads finish, in any order. The chunk comes as
+	// stored (a zstd frame, neither decoded nor re-verified, no metadata);
+	// the encrypted space is not served here. At most the server's window of
+	// reads are in progress or unsent on one stream; beyond it the server
+	// reads no further requests until one is sent.
+	ReadChunks(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ReadChunksRequest, ReadChunksResponse], error)
 }
 
 type chunkServiceClient struct {
@@ -107,6 +119,19 @@ func (c *chunkServiceClient) StatChunk(ctx context.Context, in *StatChunkRequest
 	return out, nil
 }
 
+func (c *chunkServiceClient) ReadChunks(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ReadChunksRequest, ReadChunksResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &ChunkService_ServiceDesc.Streams[2], ChunkService_ReadChunks_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ReadChunksRequest, ReadChunksResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ChunkService_ReadChunksClient = grpc.BidiStreamingClient[ReadChunksRequest, ReadChunksResponse]
+
 // ChunkServiceServer is the server API for ChunkService service.
 // All implementations must embed UnimplementedChunkServiceServer
 // for forward compatibility.
@@ -127,6 +152,17 @@ type ChunkServiceServer interface {
 	DownloadChunks(*DownloadChunksRequest, grpc.ServerStreamingServer[DownloadChunksResponse]) error
 	// StatChunk describes one stored chunk, or fails with NOT_FOUND.
 	StatChunk(context.Context, *StatChunkRequest) (*StatChunkResponse, error)
+	// ReadChunks serves many one-chunk reads on one long-lived stream, for a
+	// gateway that passes chunks on as stored (casync's HTTP store): where a
+	// DownloadChunks call per chunk costs a stream (its headers, interceptors
+	// and flow-control state), here a read is one message each way. Each
+	// request carries a tag the client chose, its response the same tag; the
+	// responses come as the reads finish, in any order. The chunk comes as
+	// stored (a zstd frame, neither decoded nor re-verified, no metadata);
+	// the encrypted space is not served here. At most the server's window of
+	// reads are in progress or unsent on one stream; beyond it the server
+	// reads no further requests until one is sent.
+	ReadChunks(grpc.BidiStreamingServer[ReadChunksRequest, ReadChunksResponse]) error
 	mustEmbedUnimplementedChunkServiceServer()
 }
 
@@ -148,6 +184,9 @@ func (UnimplementedChunkServiceServer) DownloadChunks(*DownloadChunksRequest, gr
 }
 func (UnimplementedChunkServiceServer) StatChunk(context.Context, *StatChunkRequest) (*StatChunkResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method StatChunk not implemented")
+}
+func (UnimplementedChunkServiceServer) ReadChunks(grpc.BidiStreamingServer[ReadChunksRequest, ReadChunksResponse]) error {
+	return status.Error(codes.Unimplemented, "method ReadChunks not implemented")
 }
 func (UnimplementedChunkServiceServer) mustEmbedUnimplementedChunkServiceServer() {}
 func (UnimplementedChunkServiceServer) testEmbeddedByValue()                      {}
@@ -224,6 +263,13 @@ func _ChunkService_StatChunk_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ChunkService_ReadChunks_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(ChunkServiceServer).ReadChunks(&grpc.GenericServerStream[ReadChunksRequest, ReadChunksResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ChunkService_ReadChunksServer = grpc.BidiStreamingServer[ReadChunksRequest, ReadChunksResponse]
+
 // ChunkService_ServiceDesc is the grpc.ServiceDesc for ChunkService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -251,6 +297,12 @@ var ChunkService_ServiceDesc = grpc.ServiceDesc{
 			StreamName:    "DownloadChunks",
 			Handler:       _ChunkService_DownloadChunks_Handler,
 			ServerStreams: true,
+		},
+		{
+			StreamName:    "ReadChunks",
+			Handler:       _ChunkService_ReadChunks_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
 		},
 	},
 	Metadata: "chunkbridge/v1/chunk.proto",
