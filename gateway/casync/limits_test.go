@@ -396,10 +396,12 @@ func TestStalledPullsShareOneBudget(t *testing.T) {
 		})
 		ids, stored := storeBigChunks(t, h.chunks, 24, bigChunk)
 		baseHeap := heap()
+		var stalledConns []*client
 		for range stalledClients {
 			c := h.dial(t, "pull", "-", "-", "-", "/default.castr")
 			c.conn.(interface{ SetReadBuffer(int) error }).SetReadBuffer(4 << 10)
 			c.send(&caproto.Hello{Features: caproto.PullChunks}, &caproto.Request{IDs: ids})
+			stalledConns = append(stalledConns, c)
 		}
 		for deadline := time.Now().Add(30 * time.Second); shared.InUse() < sharedBytes-readAhead; {
 			if time.Now().After(deadline) {
@@ -444,27 +446,44 @@ func TestStalledPullsShareOneBudget(t *testing.T) {
 		// A stalled session is cut while a request waits for the budget and
 		// its write is in progress. One that had not reached its write
 		// when the reader waited (a loaded machine) keeps its bytes until
-		// the next waiter: another reader applies the pressure again.
+		// the next waiter: another reader applies the pressure again. A
+		// reader that no longer has to wait (the survivors leave it room)
+		// cuts nobody, by design: what they hold stands in no one's way,
+		// and their write timeout ends them.
 		var events []ended
 		readers := 1
-		for round := 0; ; round++ {
-			events = append(events, waitUpTo(served, stalledClients+readers-len(events), 15*time.Second)...)
-			if len(events) == stalledClients+readers {
-				break
+		for round := 0; len(events) < stalledClients+readers && round < 4; round++ {
+			wait := 15 * time.Second // the first cuts, on a loaded machine
+			if round > 0 {
+				wait = 5 * time.Second // a stall timeout is 1 s
 			}
-			if round == 4 {
-				t.Fatalf("sessions ended: %d of %d after %d readers", len(events), stalledClients+readers, readers)
+			events = append(events, waitUpTo(served, stalledClients+readers-len(events), wait)...)
+			if len(events) < stalledClients+readers {
+				readAll()
+				readers++
 			}
-			readAll()
-			readers++
 		}
+		cut := 0
 		for _, e := range events {
 			if e.err == nil {
 				continue // a reading client
 			}
+			cut++
 			if !strings.Contains(e.err.Error(), "read nothing") {
 				t.Errorf("a stalled pull ended with %v, want the stall timeout", e.err)
 			}
+		}
+		survivors := stalledClients - cut
+		t.Logf("%d readers cut %d of %d stalled pulls; %d survivors hold %d of %d bytes", readers, cut, stalledClients, survivors, shared.InUse(), sharedBytes)
+		if cut < stalledClients/2 {
+			t.Fatalf("only %d of %d stalled pulls were cut while %d readers waited for the budget", cut, stalledClients, readers)
+		}
+		// The survivors end when their peers go.
+		for _, c := range stalledConns {
+			c.conn.Close()
+		}
+		if got := waitUpTo(served, survivors, 30*time.Second); len(got) != survivors {
+			t.Fatalf("%d of %d surviving stalled pulls ended after their peers closed", len(got), survivors)
 		}
 		for deadline := time.Now().Add(10 * time.Second); shared.InUse() != 0; {
 			if time.Now().After(deadline) {
