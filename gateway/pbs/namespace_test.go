@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"crypto/tls"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -18,7 +17,6 @@ import (
 
 	"github.com/chunkbridge/chunkbridge/auth"
 	chunkclient "github.com/chunkbridge/chunkbridge/client"
-	"github.com/chunkbridge/chunkbridge/format/pbsidx"
 	"github.com/chunkbridge/chunkbridge/gateway/casync"
 	"github.com/chunkbridge/chunkbridge/gateway/pbs"
 	"github.com/chunkbridge/chunkbridge/gateway/pbs/pbstest"
@@ -80,17 +78,7 @@ func nsBackup(t *testing.T, h *harness, ns string, epoch int64, chunks [][]byte)
 	if err != nil {
 		t.Fatal(err)
 	}
-	known := map[string]bool{}
-	if st, idx := s.Call("GET", "/previous?archive-name=root.pxar.didx", nil); st == http.StatusOK {
-		d, err := pbsidx.ParseDynamic(idx, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, e := range d.Entries {
-			known[hex.EncodeToString(e.Digest[:])] = true
-		}
-	}
-	return s.Backup("root.pxar.didx", "web1", epoch, chunks, known, zstdFrame)
+	return incremental(t, s, epoch, chunks)
 }
 
 func namespacesOf(t *testing.T, body string) []string {

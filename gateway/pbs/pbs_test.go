@@ -132,6 +132,13 @@ func backupRun(t *testing.T, h *harness, epoch int64, chunks [][]byte) int {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return incremental(t, s, epoch, chunks)
+}
+
+// incremental backs chunks up as root.pxar.didx of web1 in session s,
+// with the previous snapshot's chunks known; it returns the uploads made.
+func incremental(t *testing.T, s *pbstest.Session, epoch int64, chunks [][]byte) int {
+	t.Helper()
 	known := map[string]bool{}
 	if st, idx := s.Call("GET", "/previous?archive-name=root.pxar.didx", nil); st == http.StatusOK {
 		d, err := pbsidx.ParseDynamic(idx, 0)
