@@ -408,7 +408,8 @@ func TestTokensAndRoles(t *testing.T) {
 // DataBlobs, as clients send data zstd does not shrink) through the
 // gateway on the fs store, four uploads in flight, then restores it
 // through the reader, four downloads in flight. BENCH_PBS_MIB sets the
-// size (default 256).
+// size (default 256). cmd/chunkbridge's BenchmarkPMX measures the same
+// against the PMXBCKUP gateway in one run.
 func BenchmarkPBS(b *testing.B) {
 	size := 256
 	if s := os.Getenv("BENCH_PBS_MIB"); s != "" {
@@ -416,7 +417,6 @@ func BenchmarkPBS(b *testing.B) {
 	}
 	img := make([]byte, size<<20)
 	rand.Read(img)
-	const cs = 4 << 20
 	for i := range b.N {
 		h := newHarness(b)
 		epoch := time.Now().Add(-time.Hour).Unix() + int64(i)
@@ -425,48 +425,9 @@ func BenchmarkPBS(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		var wid int
-		json.Unmarshal(s.OK("POST", "/fixed_index", map[string]any{"archive-name": "disk.img.fidx", "size": len(img)}), &struct{ Data *int }{&wid})
-		n := len(img) / cs
-		digests := make([]string, n)
-		offsets := make([]int, n)
-		csum := pbsidx.NewCsum()
-		work := make(chan int)
-		done := make(chan struct{})
-		for range 4 {
-			go func() {
-				for k := range work {
-					c := img[k*cs : (k+1)*cs]
-					sum := sha256.Sum256(c)
-					blob, _ := datablob.EncodeRaw(c)
-					// Not s.ok: Fatal belongs to the benchmark's goroutine.
-					if st, out := s.Call("POST", fmt.Sprintf("/fixed_chunk?wid=%d&digest=%x&size=%d&encoded-size=%d", wid, sum, len(c), len(blob)), blob); st != http.StatusOK {
-						panic(fmt.Sprintf("upload: %d %s", st, out))
-					}
-					digests[k], offsets[k] = hex.EncodeToString(sum[:]), k*cs
-				}
-				done <- struct{}{}
-			}()
+		if err := s.BackupFixed("disk.img.fidx", "host", "web1", epoch, bytes.NewReader(img), int64(len(img)), 4); err != nil {
+			b.Fatal(err)
 		}
-		for k := range n {
-			work <- k
-		}
-		close(work)
-		for range 4 {
-			<-done
-		}
-		for _, d := range digests {
-			raw, _ := hex.DecodeString(d)
-			csum.AddDigest(pbsidx.Digest(raw))
-		}
-		for off := 0; off < n; off += 128 {
-			s.OK("PUT", "/fixed_index", map[string]any{"wid": wid, "digest-list": digests[off:min(off+128, n)], "offset-list": offsets[off:min(off+128, n)]})
-		}
-		sum := csum.Sum()
-		s.OK("POST", "/fixed_close", map[string]any{"wid": wid, "chunk-count": n, "size": len(img), "csum": hex.EncodeToString(sum[:])})
-		mb, _ := datablob.EncodeRaw([]byte(fmt.Sprintf(`{"backup-type":"host","backup-id":"web1","backup-time":%d,"files":[],"unprotected":{},"signature":null}`, epoch)))
-		s.OK("POST", fmt.Sprintf("/blob?file-name=index.json.blob&encoded-size=%d", len(mb)), mb)
-		s.OK("POST", "/finish", nil)
 		backup := time.Since(start)
 
 		start = time.Now()
@@ -474,35 +435,9 @@ func BenchmarkPBS(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		f, err := pbsidx.ParseFixed(r.OK("GET", "/download?file-name=disk.img.fidx", nil), 0)
-		if err != nil {
+		out := make(bufferAt, len(img))
+		if _, err := r.RestoreFixed("disk.img.fidx", out, 4); err != nil {
 			b.Fatal(err)
-		}
-		out := make([]byte, len(img))
-		work = make(chan int)
-		for range 4 {
-			go func() {
-				for k := range work {
-					_, body := r.Call("GET", "/chunk?digest="+hex.EncodeToString(f.Digests[k][:]), nil)
-					blob, err := datablob.ParseChunk(body)
-					if err == nil {
-						var plain []byte
-						plain, err = blob.Decode(datablob.MaxChunkSize)
-						copy(out[k*cs:], plain)
-					}
-					if err != nil {
-						panic(err)
-					}
-				}
-				done <- struct{}{}
-			}()
-		}
-		for k := range f.Digests {
-			work <- k
-		}
-		close(work)
-		for range 4 {
-			<-done
 		}
 		restore := time.Since(start)
 		if !bytes.Equal(out, img) {
@@ -511,4 +446,14 @@ func BenchmarkPBS(b *testing.B) {
 		b.ReportMetric(float64(len(img))/1e6/backup.Seconds(), "backup-MB/s")
 		b.ReportMetric(float64(len(img))/1e6/restore.Seconds(), "restore-MB/s")
 	}
+}
+
+// bufferAt is a fixed-size io.WriterAt in memory.
+type bufferAt []byte
+
+func (b bufferAt) WriteAt(p []byte, off int64) (int, error) {
+	if off < 0 || off+int64(len(p)) > int64(len(b)) {
+		return 0, io.ErrShortWrite
+	}
+	return copy(b[off:], p), nil
 }
