@@ -7,8 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -302,7 +302,8 @@ func TestOpenStored(t *testing.T) {
 }
 
 // In the process that runs the service on a directory store, OpenStored
-// hands out the file itself, so that net/http can send it with sendfile.
+// hands out the file itself (the store's *fs.File, a syscall.Conn), so
+// that net/http can send it with sendfile.
 func TestOpenStoredLocalFileIsTheFile(t *testing.T) {
 	st, err := fs.Open(t.TempDir())
 	if err != nil {
@@ -317,8 +318,11 @@ func TestOpenStoredLocalFileIsTheFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer rc.Close()
-	if _, ok := rc.(*os.File); !ok {
-		t.Fatalf("OpenStored on the local transport over an fs store gave a %T, want the *os.File", rc)
+	if _, ok := rc.(*fs.File); !ok {
+		t.Fatalf("OpenStored on the local transport over an fs store gave a %T, want the store's *fs.File", rc)
+	}
+	if _, ok := rc.(syscall.Conn); !ok {
+		t.Fatalf("OpenStored's %T is no syscall.Conn: net's sendfile would not take it", rc)
 	}
 }
 
