@@ -8,6 +8,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
 	"github.com/chunkbridge/chunkbridge/services/catalog"
@@ -211,5 +212,29 @@ func TestReferrersRefuseUnknownSnapshotFiles(t *testing.T) {
 	err = f.server.ListReferrers(t.Context(), func(catalog.Referrer) error { return nil })
 	if err == nil || !strings.Contains(err.Error(), "snapshots/newlayout/a/host/h/2026-11-24T10:00:00Z/root.pxar.didx") || !strings.Contains(err.Error(), "upgrade") {
 		t.Fatalf("ListReferrers with an unknown snapshot file = %v", err)
+	}
+}
+
+// TestSnapshotWriterRefusesUnparsablePaths: a client may not commit a
+// snapshot file whose path the catalog cannot parse back (a 255-byte name
+// plus ".didx", a time before year 0): ListReferrers refuses such a file,
+// so one append-role client of any tenant would stop garbage collection
+// of the whole store.
+func TestSnapshotWriterRefusesUnparsablePaths(t *testing.T) {
+	for name, c := range map[string]*Create{
+		"long name":     {Type: "host", BackupId: "h", Time: at("2026-11-24T10:00:00Z"), Name: strings.Repeat("n", 255)},
+		"negative year": {Type: "host", BackupId: "h", Time: &timestamppb.Timestamp{Seconds: -70000000000}, Name: "root.pxar"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			f := newFixture(t, catalog.Config{})
+			d1 := f.storeChunk(t, []byte("one"))
+			res := f.write(t, c, []*Entry{{Offset: 0, Digest: d1}}, true)
+			if status.Code(res.err) != codes.InvalidArgument {
+				t.Errorf("write = %v, want InvalidArgument", res.err)
+			}
+			if err := f.server.ListReferrers(t.Context(), func(catalog.Referrer) error { return nil }); err != nil {
+				t.Fatalf("ListReferrers after the write = %v: garbage collection is blocked", err)
+			}
+		})
 	}
 }

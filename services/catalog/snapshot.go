@@ -237,6 +237,12 @@ func (s *Server) newSnapshotWriter(ctx context.Context, c *chunkbridgev1.WriteSn
 		return nil, err
 	}
 	w := &snapshotWriter{s: s, create: c, path: snapshotPath{c.GetNamespace(), c.GetType(), c.GetBackupId(), t.UTC().Format(snapshotTimeLayout), c.GetName() + ext}, ticket: s.guard.Ticket()}
+	// The path must parse back (the name with its extension fits 255
+	// bytes, the year four digits): listings would skip the file, and
+	// garbage collection refuses to run past it, for every tenant.
+	if _, err := parseSnapshotPath(w.path.String(), false); err != nil {
+		return nil, err
+	}
 	now := uint64(time.Now().Unix())
 	if c.GetFixed() {
 		if c.GetChunkSize() < 1 || c.GetChunkSize() > maxChunkSize {
