@@ -401,27 +401,43 @@ func (s *Service) Get(ctx context.Context, id ID, raw bool) (Chunk, error) {
 // checked against the largest valid chunk before anything is read; the
 // caller reads at most that many bytes and closes the reader.
 func (s *Service) OpenStored(ctx context.Context, id ID) (io.ReadCloser, int64, error) {
-	if err := auth.Check(ctx, auth.Read, "chunks"); err != nil {
+	d, err := s.storedDomain(ctx, id)
+	if err != nil {
 		return nil, 0, err
+	}
+	return s.openStored(ctx, d, id, func() {})
+}
+
+// storedDomain makes OpenStored's checks and returns the domain to read.
+func (s *Service) storedDomain(ctx context.Context, id ID) (*domain, error) {
+	if err := auth.Check(ctx, auth.Read, "chunks"); err != nil {
+		return nil, err
 	}
 	d, err := s.domains.of(ctx, false)
 	if err != nil {
-		return nil, 0, err
+		return nil, err
 	}
 	if d.encrypted {
 		// casync's HTTP store is its only caller: it must never get an
 		// encrypted chunk in place of a zstd frame.
-		return nil, 0, fmt.Errorf("chunk %s: %w: encrypted chunks are served by Get, as DataBlobs, not as casync chunks", id, apierr.ErrInvalid)
+		return nil, fmt.Errorf("chunk %s: %w: encrypted chunks are served by Get, as DataBlobs, not as casync chunks", id, apierr.ErrInvalid)
 	}
 	if err := s.mayRead(ctx, d, id); err != nil {
-		return nil, 0, err
+		return nil, err
 	}
+	return d, nil
+}
+
+// openStored opens id in d, checked by storedDomain. release gives back
+// the caller's work slot, if it holds one, before a quarantine.
+func (s *Service) openStored(ctx context.Context, d *domain, id ID, release func()) (io.ReadCloser, int64, error) {
 	rc, size, err := storage.Open(ctx, d.store, id.Key())
 	if err != nil {
 		return nil, 0, storeErr(id, err)
 	}
 	if err := checkStoredSize(id, size); err != nil {
 		rc.Close()
+		release()
 		return nil, 0, s.corrupt(ctx, id, err)
 	}
 	s.metrics.bytesServed.Add(float64(size))
@@ -432,15 +448,21 @@ func (s *Service) OpenStored(ctx context.Context, id ID) (io.ReadCloser, int64, 
 // chunk on as one message (ReadChunks): the same checks, no metadata, no
 // decoding; it holds a work slot while it fills the buffer.
 func (s *Service) ReadStored(ctx context.Context, id ID) ([]byte, error) {
-	rc, size, err := s.OpenStored(ctx, id)
+	d, err := s.storedDomain(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	// The slot first, as Get: a read waiting for one holds no object open.
+	if err := s.acquire(ctx); err != nil {
+		return nil, err
+	}
+	release := sync.OnceFunc(s.release)
+	defer release()
+	rc, size, err := s.openStored(ctx, d, id, release)
 	if err != nil {
 		return nil, err
 	}
 	defer rc.Close()
-	if err := s.acquire(ctx); err != nil {
-		return nil, err
-	}
-	defer s.release()
 	stored := make([]byte, size)
 	if _, err := io.ReadFull(rc, stored); err != nil {
 		return nil, fmt.Errorf("chunk %s: read: %w", id, readErr(err))
