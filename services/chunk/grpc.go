@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"sync"
 	"time"
 
@@ -284,7 +285,9 @@ func (s *Server) readOne(ctx context.Context, caller auth.Principal, authed bool
 		}
 		ctx = auth.NewContext(ctx, p)
 	}
-	if ms := req.GetTimeoutMs(); ms > 0 {
+	// One too long for a Duration (292 years) would wrap into the past:
+	// no deadline then, as for 0.
+	if ms := req.GetTimeoutMs(); ms > 0 && ms <= math.MaxInt64/int64(time.Millisecond) {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, time.Duration(ms)*time.Millisecond)
 		defer cancel()

@@ -5,11 +5,13 @@ import (
 	"context"
 	"crypto/sha256"
 	"io"
+	"math"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
+	"github.com/chunkbridge/chunkbridge/auth"
 	"github.com/chunkbridge/chunkbridge/storage"
 	"github.com/chunkbridge/chunkbridge/storage/memory"
 )
@@ -72,5 +74,27 @@ func TestReadStoredOpensAfterItsWorkSlot(t *testing.T) {
 	}
 	if n := store.open.Load(); n != 0 {
 		t.Fatalf("%d objects left open after the read", n)
+	}
+}
+
+// A ReadChunks read's timeout_ms is the client's: one too large for a
+// time.Duration (here math.MaxInt64) is no deadline, not one that wraps
+// into the past and fails the read at once.
+func TestReadChunksHugeTimeout(t *testing.T) {
+	svc, err := New(memory.New(), Config{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := bytes.Repeat([]byte("another stored chunk "), 100)
+	id := ID(sha256.Sum256(data))
+	if _, err := svc.Put(t.Context(), Upload{ID: id, Algorithm: chunkbridgev1.DigestAlgorithm_DIGEST_ALGORITHM_SHA256, Encoding: chunkbridgev1.Encoding_ENCODING_RAW, Data: data}); err != nil {
+		t.Fatal(err)
+	}
+	srv := NewServer(svc, 0)
+	for _, ms := range []int64{math.MaxInt64, math.MaxInt64 / 1000, 60000} {
+		resp := srv.read(t.Context(), auth.Principal{}, false, &chunkbridgev1.ReadChunksRequest{Tag: 1, Id: id.String(), TimeoutMs: ms})
+		if resp.GetCode() != 0 || len(resp.GetData()) == 0 {
+			t.Errorf("timeout_ms %d: code %d, %q", ms, resp.GetCode(), resp.GetMessage())
+		}
 	}
 }
