@@ -7,6 +7,7 @@ import (
 	"context"
 	"net"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -65,4 +66,27 @@ func Start(t testing.TB, store storage.Store, chunkCfg chunk.Config, catalogCfg 
 	}
 	t.Cleanup(func() { conn.Close() })
 	return &Services{Chunks: svc, Catalog: cat, Conn: conn}
+}
+
+// Server is a gateway's server: it serves a listener until shut down.
+type Server interface {
+	Serve(net.Listener) error
+	Shutdown(context.Context) error
+}
+
+// Serve runs srv on a loopback port until the test ends, and returns the
+// address.
+func Serve(t testing.TB, srv Server) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+	})
+	return ln.Addr().String()
 }
