@@ -20,19 +20,8 @@ import (
 // tenant acme ("ops"); hop is the token file's admin (tenant default).
 func tenantServer(t *testing.T) (p *process, store string, tok map[string]string, hop string) {
 	t.Helper()
-	dir := t.TempDir()
-	tok = map[string]string{}
-	var b strings.Builder
-	b.WriteString("tenants:\n  - name: acme\n    quota:\n      stored_bytes: 1GiB\nprincipals:\n")
-	for _, p := range []struct{ name, tenant, role string }{{"acme-w", "acme", "write"}, {"ops", "acme", "admin"}} {
-		token, hash := auth.NewToken()
-		tok[p.name] = token
-		fmt.Fprintf(&b, "  - name: %s\n    tenant: %s\n    role: %s\n    token_sha256: %s\n", p.name, p.tenant, p.role, hash)
-	}
-	creds := filepath.Join(dir, "credentials.yaml")
-	os.WriteFile(creds, []byte(b.String()), 0o600)
-	hop = filepath.Join(dir, "hop")
-	os.WriteFile(hop, []byte("hop-token-of-the-review-test\n"), 0o600)
+	creds, hop, tok := writeTenantCredentials(t, t.TempDir(), "tenants:\n  - name: acme\n    quota:\n      stored_bytes: 1GiB\nprincipals:\n",
+		[]tenantPrincipal{{"acme-w", "acme", "write"}, {"ops", "acme", "admin"}}, "hop-token-of-the-review-test")
 	tok["hop"] = "hop-token-of-the-review-test"
 	store = t.TempDir()
 	p = start(t, nil, "serve", "all", "--store", store, "--credentials-file", creds, "--auth-token-file", hop)
@@ -102,4 +91,32 @@ func chunkFiles(t *testing.T, root string) []string {
 		return nil
 	})
 	return out
+}
+
+// tenantPrincipal is one token principal of writeTenantCredentials.
+type tenantPrincipal struct{ name, tenant, role string }
+
+// writeTenantCredentials writes dir/credentials.yaml with head (its
+// tenants: section and the principals: line) and one token principal per
+// ps, and dir/hop holding hopToken; it returns both paths and each
+// principal's token by name.
+func writeTenantCredentials(t *testing.T, dir, head string, ps []tenantPrincipal, hopToken string) (creds, hop string, tok map[string]string) {
+	t.Helper()
+	tok = map[string]string{}
+	var b strings.Builder
+	b.WriteString(head)
+	for _, p := range ps {
+		token, hash := auth.NewToken()
+		tok[p.name] = token
+		fmt.Fprintf(&b, "  - name: %s\n    tenant: %s\n    role: %s\n    token_sha256: %s\n", p.name, p.tenant, p.role, hash)
+	}
+	creds = filepath.Join(dir, "credentials.yaml")
+	hop = filepath.Join(dir, "hop")
+	if err := os.WriteFile(creds, []byte(b.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(hop, []byte(hopToken+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return creds, hop, tok
 }
