@@ -170,7 +170,13 @@ func pmxRestoreSnapshot(ctx context.Context, cf *pmxConnFlags, rf *restFlags, sn
 	}
 	outs := make([]string, len(files))
 	for i, f := range files {
-		outs[i] = filepath.Join(dir, strings.TrimSuffix(strings.TrimSuffix(f.GetName(), ".didx"), ".fidx"))
+		// The name comes from the server: one that is not a plain file
+		// name (../x.didx, a/b.didx) would write outside dir.
+		base := strings.TrimSuffix(strings.TrimSuffix(f.GetName(), ".didx"), ".fidx")
+		if !filepath.IsLocal(base) || base == "." || strings.ContainsAny(base, `/\`) {
+			return fmt.Errorf("pmx restore: the REST API lists a file %q in %s, which is not a plain file name: nothing restored", f.GetName(), snap)
+		}
+		outs[i] = filepath.Join(dir, base)
 		if !force {
 			if st, err := os.Stat(outs[i]); err == nil && st.Mode().IsRegular() {
 				return fmt.Errorf("pmx restore: %s exists; add --force to replace it", outs[i])
