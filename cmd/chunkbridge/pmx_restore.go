@@ -141,7 +141,7 @@ func pmxRestoreSnapshot(ctx context.Context, cf *pmxConnFlags, rf *restFlags, sn
 		return err
 	}
 	parts := strings.Split(snap, "/")
-	resp, err := listSnapshots(ctx, hc, base, bearer, parts[0], parts[1])
+	resp, err := listSnapshots(ctx, hc, base, bearer, "", 0, parts[0], parts[1])
 	if err != nil {
 		return fmt.Errorf("pmx restore: listing the files of %s: %w", snap, err)
 	}
