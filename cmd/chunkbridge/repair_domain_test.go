@@ -12,7 +12,6 @@ import (
 	"github.com/klauspost/compress/zstd"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
-	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
 	"github.com/chunkbridge/chunkbridge/auth"
 )
 
@@ -29,32 +28,6 @@ func tenantServer(t *testing.T) (p *process, store string, tok map[string]string
 	return p, store, tok, hop
 }
 
-func reviewUpload(t *testing.T, p *process, token string, data []byte) {
-	t.Helper()
-	id := sha256.Sum256(data)
-	stream, err := chunkbridgev1.NewChunkServiceClient(dialAs(t, p.grpc, token)).UploadChunks(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	stream.Send(&chunkbridgev1.UploadChunksRequest{Id: fmt.Sprintf("%x", id), Algorithm: chunkbridgev1.DigestAlgorithm_DIGEST_ALGORITHM_SHA256, Encoding: chunkbridgev1.Encoding_ENCODING_RAW, Data: data})
-	stream.CloseSend()
-	if resp, err := stream.Recv(); err != nil || resp.GetCode() != 0 {
-		t.Fatalf("upload: %v %v", resp, err)
-	}
-}
-
-func reviewPutIndex(t *testing.T, p *process, token, name string, index []byte) {
-	t.Helper()
-	stream, err := chunkbridgev1.NewCatalogServiceClient(dialAs(t, p.grpc, token)).PutIndex(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	stream.Send(&chunkbridgev1.PutIndexRequest{Name: name, Data: index})
-	if _, err := stream.CloseAndRecv(); err != nil {
-		t.Fatalf("PutIndex %s: %v", name, err)
-	}
-}
-
 // verify --repair-from uploads a damaged chunk into the domain that lacks
 // it, whatever the tenant of the admin running it: the default domain's
 // chunk goes back to the default domain, not into the admin's own.
@@ -62,8 +35,12 @@ func TestRepairIntoDefaultDomainAsTenantAdmin(t *testing.T) {
 	p, store, tok, _ := tenantServer(t)
 	data := bytes.Repeat([]byte("repair review chunk "), 100)
 	id := sha256.Sum256(data)
-	reviewUpload(t, p, tok["hop"], data) // the default tenant's
-	reviewPutIndex(t, p, tok["hop"], "default.caibx", smallIndex(t, data))
+	if err := uploadAs(t, p, tok["hop"], data); err != nil { // the default tenant's
+		t.Fatalf("upload: %v", err)
+	}
+	if err := putIndexAs(t, p, tok["hop"], "default.caibx", smallIndex(t, data)); err != nil {
+		t.Fatalf("PutIndex default.caibx: %v", err)
+	}
 	key := fmt.Sprintf("chunks/%x/%x.cacnk", id[:2], id)
 	if err := os.Remove(filepath.Join(store, key)); err != nil {
 		t.Fatal(err)
