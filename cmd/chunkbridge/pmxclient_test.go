@@ -392,3 +392,23 @@ func TestPMXRestoreSnapshotRefusesPathNames(t *testing.T) {
 		}
 	}
 }
+
+// x.didx and x.fidx of one snapshot would both be restored as DIR/x: a
+// whole-snapshot restore refuses, before writing, rather than let one
+// replace the other.
+func TestPMXRestoreSnapshotRefusesTwoFilesOfOneName(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, `{"snapshots":[{"type":"host","backupId":"web-01","time":"2026-11-25T10:00:00Z","files":[
+			{"path":"host/web-01/2026-11-25T10:00:00Z/x.didx","name":"x.didx","contentSize":"1","chunkCount":"1"},
+			{"path":"host/web-01/2026-11-25T10:00:00Z/x.fidx","name":"x.fidx","fixed":true,"contentSize":"1","chunkCount":"1"}]}]}`)
+	}))
+	defer srv.Close()
+	dir := filepath.Join(t.TempDir(), "out")
+	_, _, err := pmxRun(t, "restore", "--server", "127.0.0.1:1", "--api", srv.URL, "--force", "host/web-01/2026-11-25T10:00:00Z", dir)
+	if err == nil || !strings.Contains(err.Error(), "would both be") {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Fatalf("the directory was made: %v", err)
+	}
+}
