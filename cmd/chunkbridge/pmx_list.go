@@ -56,7 +56,7 @@ func pmxList(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
-	resp, err := listSnapshotsIn(ctx, hc, base, bearer, *ns, *maxDepth, *typ, *id)
+	resp, err := listSnapshots(ctx, hc, base, bearer, *ns, *maxDepth, *typ, *id)
 	if err != nil {
 		return fmt.Errorf("pmx list: %w", err)
 	}
@@ -146,15 +146,10 @@ func restClient(cf *pmxConnFlags) (*http.Client, error) {
 }
 
 // listSnapshots asks base's REST API for the snapshots of a type and
-// backup id (either may be empty for all), with token as the bearer
+// backup id (either may be empty for all) in namespace ns ("" the root)
+// and those up to maxDepth levels below it, with token as the bearer
 // credential if not empty.
-func listSnapshots(ctx context.Context, hc *http.Client, base, token, typ, id string) (*chunkbridgev1.ListSnapshotsResponse, error) {
-	return listSnapshotsIn(ctx, hc, base, token, "", 0, typ, id)
-}
-
-// listSnapshotsIn is listSnapshots in namespace ns ("" the root) and
-// those up to maxDepth levels below it.
-func listSnapshotsIn(ctx context.Context, hc *http.Client, base, token, ns string, maxDepth int, typ, id string) (*chunkbridgev1.ListSnapshotsResponse, error) {
+func listSnapshots(ctx context.Context, hc *http.Client, base, token, ns string, maxDepth int, typ, id string) (*chunkbridgev1.ListSnapshotsResponse, error) {
 	u, err := url.Parse(base)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, usagef("--api %q: want http://HOST[:PORT] or https://HOST[:PORT]", base)

@@ -141,7 +141,7 @@ func pmxRestoreSnapshot(ctx context.Context, cf *pmxConnFlags, rf *restFlags, sn
 		return err
 	}
 	parts := strings.Split(snap, "/")
-	resp, err := listSnapshots(ctx, hc, base, bearer, parts[0], parts[1])
+	resp, err := listSnapshots(ctx, hc, base, bearer, "", 0, parts[0], parts[1])
 	if err != nil {
 		return fmt.Errorf("pmx restore: listing the files of %s: %w", snap, err)
 	}
@@ -169,8 +169,20 @@ func pmxRestoreSnapshot(ctx context.Context, cf *pmxConnFlags, rf *restFlags, sn
 		return fmt.Errorf("pmx restore: %s is not a directory; a whole snapshot is restored into one (or restore one file with --name FILE)", dir)
 	}
 	outs := make([]string, len(files))
+	seen := map[string]string{}
 	for i, f := range files {
-		outs[i] = filepath.Join(dir, strings.TrimSuffix(strings.TrimSuffix(f.GetName(), ".didx"), ".fidx"))
+		// The name comes from the server: one that is not a plain file
+		// name (../x.didx, a/b.didx) would write outside dir.
+		base := strings.TrimSuffix(strings.TrimSuffix(f.GetName(), ".didx"), ".fidx")
+		if !filepath.IsLocal(base) || base == "." || strings.ContainsAny(base, `/\`) {
+			return fmt.Errorf("pmx restore: the REST API lists a file %q in %s, which is not a plain file name: nothing restored", f.GetName(), snap)
+		}
+		if other, ok := seen[base]; ok {
+			// x.didx and x.fidx would both be DIR/x: one would replace the other.
+			return fmt.Errorf("pmx restore: %s has both %s and %s, which would both be %s: restore each with --name FILE into a file of its own", snap, other, f.GetName(), filepath.Join(dir, base))
+		}
+		seen[base] = f.GetName()
+		outs[i] = filepath.Join(dir, base)
 		if !force {
 			if st, err := os.Stat(outs[i]); err == nil && st.Mode().IsRegular() {
 				return fmt.Errorf("pmx restore: %s exists; add --force to replace it", outs[i])

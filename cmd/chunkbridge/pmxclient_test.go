@@ -368,3 +368,47 @@ func TestPMXBackupSeveralInputs(t *testing.T) {
 		t.Fatalf("--fixed of two inputs: %v\n%s", err, stdout)
 	}
 }
+
+// A whole-snapshot restore takes its file names from the REST API: one
+// that is not a plain file name (a server's bug, or a hostile one) is
+// refused before anything is written, never joined into a path outside
+// the directory.
+func TestPMXRestoreSnapshotRefusesPathNames(t *testing.T) {
+	for _, name := range []string{"../escaped.didx", "a/b.didx", "..didx", ".didx", "/abs.didx"} {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			fmt.Fprintf(w, `{"snapshots":[{"type":"host","backupId":"web-01","time":"2026-11-25T10:00:00Z","files":[
+				{"path":"host/web-01/2026-11-25T10:00:00Z/root.pxar.didx","name":"root.pxar.didx","contentSize":"1","chunkCount":"1"},
+				{"path":"host/web-01/2026-11-25T10:00:00Z/x.didx","name":%q,"contentSize":"1","chunkCount":"1"}]}]}`, name)
+		}))
+		parent := t.TempDir()
+		dir := filepath.Join(parent, "out")
+		_, _, err := pmxRun(t, "restore", "--server", "127.0.0.1:1", "--api", srv.URL, "host/web-01/2026-11-25T10:00:00Z", dir)
+		srv.Close()
+		if err == nil || !strings.Contains(err.Error(), "not a plain file name") {
+			t.Fatalf("%q: %v", name, err)
+		}
+		if ents, _ := os.ReadDir(parent); len(ents) != 0 {
+			t.Fatalf("%q: %d entries written beside the directory", name, len(ents))
+		}
+	}
+}
+
+// x.didx and x.fidx of one snapshot would both be restored as DIR/x: a
+// whole-snapshot restore refuses, before writing, rather than let one
+// replace the other.
+func TestPMXRestoreSnapshotRefusesTwoFilesOfOneName(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, `{"snapshots":[{"type":"host","backupId":"web-01","time":"2026-11-25T10:00:00Z","files":[
+			{"path":"host/web-01/2026-11-25T10:00:00Z/x.didx","name":"x.didx","contentSize":"1","chunkCount":"1"},
+			{"path":"host/web-01/2026-11-25T10:00:00Z/x.fidx","name":"x.fidx","fixed":true,"contentSize":"1","chunkCount":"1"}]}]}`)
+	}))
+	defer srv.Close()
+	dir := filepath.Join(t.TempDir(), "out")
+	_, _, err := pmxRun(t, "restore", "--server", "127.0.0.1:1", "--api", srv.URL, "--force", "host/web-01/2026-11-25T10:00:00Z", dir)
+	if err == nil || !strings.Contains(err.Error(), "would both be") {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Fatalf("the directory was made: %v", err)
+	}
+}

@@ -12,7 +12,6 @@ import (
 	"github.com/klauspost/compress/zstd"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
-	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
 	"github.com/chunkbridge/chunkbridge/auth"
 )
 
@@ -20,50 +19,13 @@ import (
 // tenant acme ("ops"); hop is the token file's admin (tenant default).
 func tenantServer(t *testing.T) (p *process, store string, tok map[string]string, hop string) {
 	t.Helper()
-	dir := t.TempDir()
-	tok = map[string]string{}
-	var b strings.Builder
-	b.WriteString("tenants:\n  - name: acme\n    quota:\n      stored_bytes: 1GiB\nprincipals:\n")
-	for _, p := range []struct{ name, tenant, role string }{{"acme-w", "acme", "write"}, {"ops", "acme", "admin"}} {
-		token, hash := auth.NewToken()
-		tok[p.name] = token
-		fmt.Fprintf(&b, "  - name: %s\n    tenant: %s\n    role: %s\n    token_sha256: %s\n", p.name, p.tenant, p.role, hash)
-	}
-	creds := filepath.Join(dir, "credentials.yaml")
-	os.WriteFile(creds, []byte(b.String()), 0o600)
-	hop = filepath.Join(dir, "hop")
-	os.WriteFile(hop, []byte("hop-token-of-the-review-test\n"), 0o600)
+	creds, hop, tok := writeTenantCredentials(t, t.TempDir(), "tenants:\n  - name: acme\n    quota:\n      stored_bytes: 1GiB\nprincipals:\n",
+		[]tenantPrincipal{{"acme-w", "acme", "write"}, {"ops", "acme", "admin"}}, "hop-token-of-the-review-test")
 	tok["hop"] = "hop-token-of-the-review-test"
 	store = t.TempDir()
 	p = start(t, nil, "serve", "all", "--store", store, "--credentials-file", creds, "--auth-token-file", hop)
 	waitHealth(t, p.conn(t), healthpb.HealthCheckResponse_SERVING)
 	return p, store, tok, hop
-}
-
-func reviewUpload(t *testing.T, p *process, token string, data []byte) {
-	t.Helper()
-	id := sha256.Sum256(data)
-	stream, err := chunkbridgev1.NewChunkServiceClient(dialAs(t, p.grpc, token)).UploadChunks(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	stream.Send(&chunkbridgev1.UploadChunksRequest{Id: fmt.Sprintf("%x", id), Algorithm: chunkbridgev1.DigestAlgorithm_DIGEST_ALGORITHM_SHA256, Encoding: chunkbridgev1.Encoding_ENCODING_RAW, Data: data})
-	stream.CloseSend()
-	if resp, err := stream.Recv(); err != nil || resp.GetCode() != 0 {
-		t.Fatalf("upload: %v %v", resp, err)
-	}
-}
-
-func reviewPutIndex(t *testing.T, p *process, token, name string, index []byte) {
-	t.Helper()
-	stream, err := chunkbridgev1.NewCatalogServiceClient(dialAs(t, p.grpc, token)).PutIndex(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	stream.Send(&chunkbridgev1.PutIndexRequest{Name: name, Data: index})
-	if _, err := stream.CloseAndRecv(); err != nil {
-		t.Fatalf("PutIndex %s: %v", name, err)
-	}
 }
 
 // verify --repair-from uploads a damaged chunk into the domain that lacks
@@ -73,8 +35,12 @@ func TestRepairIntoDefaultDomainAsTenantAdmin(t *testing.T) {
 	p, store, tok, _ := tenantServer(t)
 	data := bytes.Repeat([]byte("repair review chunk "), 100)
 	id := sha256.Sum256(data)
-	reviewUpload(t, p, tok["hop"], data) // the default tenant's
-	reviewPutIndex(t, p, tok["hop"], "default.caibx", smallIndex(t, data))
+	if err := uploadAs(t, p, tok["hop"], data); err != nil { // the default tenant's
+		t.Fatalf("upload: %v", err)
+	}
+	if err := putIndexAs(t, p, tok["hop"], "default.caibx", smallIndex(t, data)); err != nil {
+		t.Fatalf("PutIndex default.caibx: %v", err)
+	}
 	key := fmt.Sprintf("chunks/%x/%x.cacnk", id[:2], id)
 	if err := os.Remove(filepath.Join(store, key)); err != nil {
 		t.Fatal(err)
@@ -102,4 +68,32 @@ func chunkFiles(t *testing.T, root string) []string {
 		return nil
 	})
 	return out
+}
+
+// tenantPrincipal is one token principal of writeTenantCredentials.
+type tenantPrincipal struct{ name, tenant, role string }
+
+// writeTenantCredentials writes dir/credentials.yaml with head (its
+// tenants: section and the principals: line) and one token principal per
+// ps, and dir/hop holding hopToken; it returns both paths and each
+// principal's token by name.
+func writeTenantCredentials(t *testing.T, dir, head string, ps []tenantPrincipal, hopToken string) (creds, hop string, tok map[string]string) {
+	t.Helper()
+	tok = map[string]string{}
+	var b strings.Builder
+	b.WriteString(head)
+	for _, p := range ps {
+		token, hash := auth.NewToken()
+		tok[p.name] = token
+		fmt.Fprintf(&b, "  - name: %s\n    tenant: %s\n    role: %s\n    token_sha256: %s\n", p.name, p.tenant, p.role, hash)
+	}
+	creds = filepath.Join(dir, "credentials.yaml")
+	hop = filepath.Join(dir, "hop")
+	if err := os.WriteFile(creds, []byte(b.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(hop, []byte(hopToken+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return creds, hop, tok
 }

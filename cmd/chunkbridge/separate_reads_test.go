@@ -6,16 +6,11 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
-	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 
 	"github.com/klauspost/compress/zstd"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-
-	"github.com/chunkbridge/chunkbridge/auth"
 )
 
 // The casync HTTP store of a separate REST gateway reads chunks on the
@@ -24,20 +19,8 @@ import (
 // (acme's chunk is acme's, not globex's), and many GETs at once each get
 // their own chunk.
 func TestSeparateCasyncHTTPReadsActForTheCaller(t *testing.T) {
-	dir := t.TempDir()
-	tok := map[string]string{}
-	var b strings.Builder
-	b.WriteString("tenants:\n  - name: acme\n  - name: globex\n")
-	b.WriteString("principals:\n")
-	for _, p := range []struct{ name, tenant, role string }{{"acme-w", "acme", "write"}, {"acme-r", "acme", "read"}, {"globex-w", "globex", "write"}} {
-		token, hash := auth.NewToken()
-		tok[p.name] = token
-		fmt.Fprintf(&b, "  - name: %s\n    tenant: %s\n    role: %s\n    token_sha256: %s\n", p.name, p.tenant, p.role, hash)
-	}
-	creds := filepath.Join(dir, "credentials.yaml")
-	os.WriteFile(creds, []byte(b.String()), 0o600)
-	hop := filepath.Join(dir, "hop")
-	os.WriteFile(hop, []byte("hop-token-of-the-separate-reads-test\n"), 0o600)
+	creds, hop, tok := writeTenantCredentials(t, t.TempDir(), "tenants:\n  - name: acme\n  - name: globex\nprincipals:\n",
+		[]tenantPrincipal{{"acme-w", "acme", "write"}, {"acme-r", "acme", "read"}, {"globex-w", "globex", "write"}}, "hop-token-of-the-separate-reads-test")
 	chunkSvc := start(t, nil, "serve", "chunk", "--store", t.TempDir(), "--credentials-file", creds, "--auth-token-file", hop)
 	waitHealth(t, chunkSvc.conn(t), healthpb.HealthCheckResponse_SERVING)
 	gw := start(t, nil, "serve", "rest-gateway", "--chunk-service", chunkSvc.grpc, "--credentials-file", creds, "--auth-token-file", hop)

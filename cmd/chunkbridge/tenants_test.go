@@ -18,7 +18,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
-	"github.com/chunkbridge/chunkbridge/auth"
 	"github.com/chunkbridge/chunkbridge/format/caindex"
 	"github.com/chunkbridge/chunkbridge/internal/testpki"
 )
@@ -30,20 +29,8 @@ import (
 // RESOURCE_EXHAUSTED, HTTP 507, casync ABORT with EDQUOT's text), nothing
 // is published and its earlier file is unchanged.
 func TestTenantsAcrossListeners(t *testing.T) {
-	dir := t.TempDir()
-	tok := map[string]string{}
-	var b strings.Builder
-	b.WriteString("tenants:\n  - name: acme\n  - name: globex\n  - name: tiny\n    quota:\n      logical_bytes: 1M\n")
-	b.WriteString("principals:\n")
-	for _, p := range []struct{ name, tenant, role string }{{"acme-w", "acme", "write"}, {"globex-w", "globex", "write"}, {"tiny-w", "tiny", "write"}, {"ops", "", "admin"}} {
-		token, hash := auth.NewToken()
-		tok[p.name] = token
-		fmt.Fprintf(&b, "  - name: %s\n    tenant: %s\n    role: %s\n    token_sha256: %s\n", p.name, p.tenant, p.role, hash)
-	}
-	creds := filepath.Join(dir, "credentials.yaml")
-	os.WriteFile(creds, []byte(b.String()), 0o600)
-	hop := filepath.Join(dir, "hop")
-	os.WriteFile(hop, []byte("hop-token-of-the-tenants-test\n"), 0o600)
+	creds, hop, tok := writeTenantCredentials(t, t.TempDir(), "tenants:\n  - name: acme\n  - name: globex\n  - name: tiny\n    quota:\n      logical_bytes: 1M\nprincipals:\n",
+		[]tenantPrincipal{{"acme-w", "acme", "write"}, {"globex-w", "globex", "write"}, {"tiny-w", "tiny", "write"}, {"ops", "", "admin"}}, "hop-token-of-the-tenants-test")
 	store := t.TempDir()
 	p := start(t, nil, "serve", "all", "--store", store, "--credentials-file", creds, "--auth-token-file", hop)
 	waitHealth(t, p.conn(t), healthpb.HealthCheckResponse_SERVING)
