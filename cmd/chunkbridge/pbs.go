@@ -45,7 +45,7 @@ func (f *serveFlags) servePBS(g *errgroup.Group, log *slog.Logger, acc *access, 
 	}
 	plog := log.With("gateway", "pbs")
 	srv := &pbs.Server{
-		Chunks: chunks, Catalog: cat, Log: plog, MaxConns: f.maxConnsOr(1024), TicketKey: ticketKey,
+		Chunks: chunks, Catalog: cat, Log: plog, MaxConns: f.maxConns, IdleTimeout: f.sessionIdle, TicketKey: ticketKey,
 		// PBS clients do the HTTP/1.1 upgrade themselves: no ALPN h2.
 		TLS: &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12, NextProtos: []string{"http/1.1"}},
 	}
@@ -67,12 +67,4 @@ func (f *serveFlags) servePBS(g *errgroup.Group, log *slog.Logger, acc *access, 
 		return nil
 	})
 	return func(ctx context.Context) { srv.Shutdown(ctx) }, nil
-}
-
-// maxConnsOr is --max-connections when the mode has it, else def.
-func (f *serveFlags) maxConnsOr(def int) int {
-	if f.maxConns > 0 {
-		return f.maxConns
-	}
-	return def
 }

@@ -128,9 +128,11 @@ func (f *serveFlags) register(fs *flag.FlagSet, p parts) {
 		fs.StringVar(&f.pbsTLSKey, "pbs-tls-key", "", "PEM private key for --pbs-tls-cert")
 		fs.StringVar(&f.pbsTicketKeyFile, "pbs-ticket-key-file", "", "file of at least 32 random bytes that signs PBS login tickets: give every replica the same one, and tickets work at each and survive restarts (default: a key made at start, so tickets are per process)")
 	}
+	if p.casync || p.pmx || p.pbs {
+		fs.IntVar(&f.maxConns, "max-connections", 4096, "connections each gateway (casync, PMXBCKUP, PBS) serves at once; beyond it a client is refused with a reason")
+		fs.DurationVar(&f.sessionIdle, "session-idle-timeout", 10*time.Minute, "a casync, PMXBCKUP or PBS connection with no traffic either way for this long is closed")
+	}
 	if p.casync || p.pmx {
-		fs.IntVar(&f.maxConns, "max-connections", 4096, "connections each raw-protocol gateway (casync, PMXBCKUP) serves at once; beyond it a client is refused with a reason")
-		fs.DurationVar(&f.sessionIdle, "session-idle-timeout", 10*time.Minute, "a casync or PMXBCKUP connection with no traffic either way for this long is closed")
 		fs.DurationVar(&f.sessionWrite, "session-write-timeout", time.Minute, "a casync or PMXBCKUP client that reads nothing for this long while a reply waits is disconnected")
 		fs.Int64Var(&f.gatewayBuffer, "gateway-buffer-bytes", 64<<20, "chunk data the raw-protocol gateways (casync, PMXBCKUP) buffer for their clients, all connections together; while others wait for it, a client that reads nothing is disconnected after 5s")
 	}
