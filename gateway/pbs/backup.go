@@ -835,9 +835,6 @@ func (b *backup) publish(ctx context.Context, wr *writer) error {
 		Encrypted: wr.mode == modeEncrypted}
 	if wr.fixed {
 		create.ChunkSize, create.FileSize = fixedChunkSize, int64(wr.size)
-		if wr.size == 0 {
-			create.ChunkSize = fixedChunkSize
-		}
 	}
 	sw, err := b.srv.Catalog.WriteSnapshotFile(ctx, create)
 	if err != nil {
