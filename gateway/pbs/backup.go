@@ -135,14 +135,10 @@ func (s *Server) newBackup(ctx context.Context, p auth.Principal, snap snapshot,
 	}
 	// A snapshot is written once: an existing one is refused before any
 	// upload (the catalog would refuse its files anyway).
-	snaps, err := s.Catalog.ListSnapshots(ctx, snap.ns, snap.typ, snap.id)
-	if err != nil {
-		return nil, fmt.Errorf("listing the backup group: %w", err)
-	}
-	for _, sn := range snaps {
-		if sn.GetTime().AsTime().Equal(snap.time) {
-			return nil, fmt.Errorf("%w: snapshot %s exists already; back up under a new time", apierr.ErrExists, snap.dir())
-		}
+	if sn, err := s.findSnapshot(ctx, snap); err != nil {
+		return nil, err
+	} else if sn != nil {
+		return nil, fmt.Errorf("%w: snapshot %s exists already; back up under a new time", apierr.ErrExists, snap.dir())
 	}
 	m := http.NewServeMux()
 	m.HandleFunc("GET /previous", b.previous)
@@ -978,19 +974,32 @@ func (b *backup) modesAgree() error {
 	return nil
 }
 
-// isEncrypted reports whether the index file name of snap holds
-// encrypted chunks, as the catalog's listing says.
-func (s *Server) isEncrypted(ctx context.Context, snap snapshot, name string) (bool, error) {
+// findSnapshot is snap as the catalog's listing of its group has it, or
+// nil if the group has no such snapshot.
+func (s *Server) findSnapshot(ctx context.Context, snap snapshot) (*chunkbridgev1.Snapshot, error) {
 	snaps, err := s.Catalog.ListSnapshots(ctx, snap.ns, snap.typ, snap.id)
 	if err != nil {
-		return false, fmt.Errorf("listing the backup group: %w", err)
+		return nil, fmt.Errorf("listing the backup group: %w", err)
 	}
 	for _, sn := range snaps {
 		if sn.GetTime().AsTime().Equal(snap.time) {
-			return fileEncrypted(sn, name), nil
+			return sn, nil
 		}
 	}
-	return false, fmt.Errorf("%w: snapshot %s", apierr.ErrNotFound, snap.dir())
+	return nil, nil
+}
+
+// isEncrypted reports whether the index file name of snap holds
+// encrypted chunks, as the catalog's listing says.
+func (s *Server) isEncrypted(ctx context.Context, snap snapshot, name string) (bool, error) {
+	sn, err := s.findSnapshot(ctx, snap)
+	if err == nil && sn == nil {
+		err = fmt.Errorf("%w: snapshot %s", apierr.ErrNotFound, snap.dir())
+	}
+	if err != nil {
+		return false, err
+	}
+	return fileEncrypted(sn, name), nil
 }
 
 // fileEncrypted reports whether the snapshot's index file name holds
