@@ -159,17 +159,24 @@ func (s *Server) newBackup(ctx context.Context, p auth.Principal, snap snapshot,
 }
 
 func (b *backup) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	// Every request's body (a chunk, a blob, JSON parameters, a
-	// speedtest) is read within BodyTimeout: a client that trickles one,
-	// or stops and answers pings, holds neither the stream nor its share
-	// of the upload budget for longer.
-	if err := http.NewResponseController(w).SetReadDeadline(time.Now().Add(session.OrDefault(b.srv.BodyTimeout, 2*time.Minute))); err != nil {
-		b.fail(w, r, fmt.Errorf("bound the request's reading: %w", err))
+	if err := b.srv.boundBody(w); err != nil {
+		b.fail(w, r, err)
 		return
 	}
 	r.URL.Path = cleanPath(r.URL.Path)
 	r = r.WithContext(auth.NewContext(r.Context(), b.p))
 	b.mux.ServeHTTP(w, r)
+}
+
+// boundBody makes a session request's body (a chunk, a blob, JSON
+// parameters, a speedtest) readable only within BodyTimeout: a client
+// that trickles one, or stops and answers pings, holds neither the stream
+// nor its share of the session's budgets for longer.
+func (s *Server) boundBody(w http.ResponseWriter) error {
+	if err := http.NewResponseController(w).SetReadDeadline(time.Now().Add(session.OrDefault(s.BodyTimeout, 2*time.Minute))); err != nil {
+		return fmt.Errorf("bound the request's reading: %w", err)
+	}
+	return nil
 }
 
 // fail answers a refused request, logging it.

@@ -50,6 +50,10 @@ func (s *Server) newReader(_ context.Context, p auth.Principal, snap snapshot, r
 }
 
 func (rd *reader) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if err := rd.srv.boundBody(w); err != nil {
+		rd.fail(w, r, err)
+		return
+	}
 	r.URL.Path = cleanPath(r.URL.Path)
 	rd.mux.ServeHTTP(w, r.WithContext(auth.NewContext(r.Context(), rd.p)))
 }

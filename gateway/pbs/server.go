@@ -71,7 +71,7 @@ type Server struct {
 	// open indexes together (default 16 Mi, 64 TiB at 4 MiB chunks, about
 	// 700 MiB): without it 16 open writers could hold 16 Mi entries each.
 	MaxEntries int
-	// BodyTimeout bounds the reading of one backup request's body
+	// BodyTimeout bounds the reading of one backup or reader request's body
 	// (default 2 minutes: a 16 MiB chunk at 140 KB/s).
 	BodyTimeout time.Duration
 	// DownloadBytes bounds the chunk bytes a reader connection holds for
