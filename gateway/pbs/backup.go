@@ -484,11 +484,7 @@ func (b *backup) reuse(ctx context.Context, wr *writer, csum string) error {
 		return fmt.Errorf("%w: stored index %s/%s: %v", apierr.ErrDataLoss, dir, wr.name, err)
 	}
 	raw = nil
-	c := pbsidx.NewCsum()
-	for _, d := range f.Digests {
-		c.AddDigest(pbsidx.Digest(d))
-	}
-	if sum := c.Sum(); !strings.EqualFold(csum, hex.EncodeToString(sum[:])) {
+	if sum := (&pbsidx.Fixed{Digests: f.Digests}).Csum(); !strings.EqualFold(csum, hex.EncodeToString(sum[:])) {
 		return refuse("reuse-csum %q does not match the previous backup's %x", csum, sum)
 	}
 	if f.Size != wr.size || f.ChunkSize != fixedChunkSize {
