@@ -45,6 +45,8 @@ type backup struct {
 	log    *slog.Logger
 	remote string
 	mux    *http.ServeMux
+	// prev is the previous snapshot (previousSnapshot), or nil.
+	prev *chunkbridgev1.Snapshot
 	// uploads bounds the chunk and blob bytes read and not yet stored.
 	uploads *session.Budget
 
@@ -134,11 +136,21 @@ func (s *Server) newBackup(ctx context.Context, p auth.Principal, snap snapshot,
 		known:   map[knownKey]uint64{}, writers: map[int]*writer{}, archives: map[string]bool{},
 	}
 	// A snapshot is written once: an existing one is refused before any
-	// upload (the catalog would refuse its files anyway).
-	if sn, err := s.findSnapshot(ctx, snap); err != nil {
-		return nil, err
-	} else if sn != nil {
-		return nil, fmt.Errorf("%w: snapshot %s exists already; back up under a new time", apierr.ErrExists, snap.dir())
+	// upload (the catalog would refuse its files anyway). The same listing
+	// gives the previous snapshot, once per session as upstream's
+	// last_backup: previous and reuse-csum do not list the group again
+	// for every archive.
+	snaps, err := s.Catalog.ListSnapshots(ctx, snap.ns, snap.typ, snap.id)
+	if err != nil {
+		return nil, fmt.Errorf("listing the backup group: %w", err)
+	}
+	for _, sn := range snaps { // newest first
+		if sn.GetTime().AsTime().Equal(snap.time) {
+			return nil, fmt.Errorf("%w: snapshot %s exists already; back up under a new time", apierr.ErrExists, snap.dir())
+		}
+		if b.prev == nil && sn.GetTime().AsTime().Before(snap.time) && hasManifest(sn) {
+			b.prev = sn
+		}
 	}
 	m := http.NewServeMux()
 	m.HandleFunc("GET /previous", b.previous)
@@ -205,18 +217,12 @@ func (b *backup) end() {
 }
 
 // previousSnapshot is the newest snapshot of the group before this one
-// that has a manifest.
-func (b *backup) previousSnapshot(ctx context.Context) (*chunkbridgev1.Snapshot, error) {
-	snaps, err := b.srv.Catalog.ListSnapshots(ctx, b.snap.ns, b.snap.typ, b.snap.id)
-	if err != nil {
-		return nil, err
+// that has a manifest, as the session's start found it.
+func (b *backup) previousSnapshot() (*chunkbridgev1.Snapshot, error) {
+	if b.prev == nil {
+		return nil, fmt.Errorf("%w: no previous snapshot of %s/%s", apierr.ErrNotFound, b.snap.typ, b.snap.id)
 	}
-	for _, sn := range snaps { // newest first
-		if sn.GetTime().AsTime().Before(b.snap.time) && hasManifest(sn) {
-			return sn, nil
-		}
-	}
-	return nil, fmt.Errorf("%w: no previous snapshot of %s/%s", apierr.ErrNotFound, b.snap.typ, b.snap.id)
+	return b.prev, nil
 }
 
 func hasManifest(sn *chunkbridgev1.Snapshot) bool {
@@ -229,7 +235,7 @@ func hasManifest(sn *chunkbridgev1.Snapshot) bool {
 }
 
 func (b *backup) previousTime(w http.ResponseWriter, r *http.Request) {
-	sn, err := b.previousSnapshot(r.Context())
+	sn, err := b.previousSnapshot()
 	if errors.Is(err, apierr.ErrNotFound) {
 		reply(w, nil)
 		return
@@ -250,7 +256,7 @@ func (b *backup) previous(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	name, _ := ps.str("archive-name")
-	sn, err := b.previousSnapshot(r.Context())
+	sn, err := b.previousSnapshot()
 	if err != nil {
 		b.fail(w, r, err)
 		return
@@ -462,7 +468,7 @@ func (b *backup) reuse(ctx context.Context, wr *writer, csum string) error {
 	refuse := func(format string, args ...any) error {
 		return fmt.Errorf("%w: cannot reuse the previous index of %s: %s; back up the whole image (without reuse-csum)", apierr.ErrInvalid, wr.name, fmt.Sprintf(format, args...))
 	}
-	sn, err := b.previousSnapshot(ctx)
+	sn, err := b.previousSnapshot()
 	if errors.Is(err, apierr.ErrNotFound) {
 		return refuse("no previous backup of %s/%s", b.snap.typ, b.snap.id)
 	}
