@@ -998,19 +998,6 @@ func (s *Server) findSnapshot(ctx context.Context, snap snapshot) (*chunkbridgev
 	return nil, nil
 }
 
-// isEncrypted reports whether the index file name of snap holds
-// encrypted chunks, as the catalog's listing says.
-func (s *Server) isEncrypted(ctx context.Context, snap snapshot, name string) (bool, error) {
-	sn, err := s.findSnapshot(ctx, snap)
-	if err == nil && sn == nil {
-		err = fmt.Errorf("%w: snapshot %s", apierr.ErrNotFound, snap.dir())
-	}
-	if err != nil {
-		return false, err
-	}
-	return fileEncrypted(sn, name), nil
-}
-
 // fileEncrypted reports whether the snapshot's index file name holds
 // encrypted chunks.
 func fileEncrypted(sn *chunkbridgev1.Snapshot, name string) bool {

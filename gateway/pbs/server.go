@@ -355,14 +355,13 @@ func (s *Server) upgrade(nc net.Conn, br *bufio.Reader, req *http.Request, remot
 	}
 	var h http.Handler
 	if reader {
-		h = s.newReader(ctx, p, snap, remote)
+		h, err = s.newReader(ctx, p, snap, remote)
 	} else {
-		b, err := s.newBackup(ctx, p, snap, remote)
-		if err != nil {
-			fail(nc, statusOf(err), err.Error())
-			return
-		}
-		h = b
+		h, err = s.newBackup(ctx, p, snap, remote)
+	}
+	if err != nil {
+		fail(nc, statusOf(err), err.Error())
+		return
 	}
 	nc.SetWriteDeadline(time.Now().Add(10 * time.Second))
 	if _, err := fmt.Fprintf(nc, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: %s\r\nConnection: upgrade\r\n\r\n", proto); err != nil {
