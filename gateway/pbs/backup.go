@@ -356,11 +356,7 @@ func (s *Server) readFile(ctx context.Context, dir, name string) ([]byte, map[cl
 		}
 		out := &pbsidx.Fixed{UUID: f.UUID, CTime: int64(f.CTime), Size: f.Size, ChunkSize: f.ChunkSize, Digests: f.Digests}
 		for i, d := range f.Digests {
-			size := f.ChunkSize
-			if i == len(f.Digests)-1 {
-				size = f.Size - uint64(i)*f.ChunkSize
-			}
-			chunks[client.ID(d)] = size
+			chunks[client.ID(d)] = slotSize(f.Size, f.ChunkSize, uint64(i))
 		}
 		data, err := pbsidx.AppendFixed(nil, out)
 		return data, chunks, err
@@ -378,6 +374,12 @@ func (s *Server) readFile(ctx context.Context, dir, name string) ([]byte, map[cl
 	}
 	data, err := pbsidx.AppendDynamic(nil, out)
 	return data, chunks, err
+}
+
+// slotSize is the size of a fixed index's chunk in slot (of a size-byte
+// image in chunkSize chunks): chunkSize, but what is left for the last.
+func slotSize(size, chunkSize, slot uint64) uint64 {
+	return min(chunkSize, size-slot*chunkSize)
 }
 
 // archiveName checks an index's archive name.
@@ -708,11 +710,7 @@ func (b *backup) appendEntries(w http.ResponseWriter, r *http.Request) {
 		off := offsets[i]
 		if wr.fixed {
 			slot := off / fixedChunkSize
-			want := uint64(fixedChunkSize)
-			if slot+1 == wr.slots {
-				want = wr.size - slot*fixedChunkSize
-			}
-			if off%fixedChunkSize != 0 || slot >= wr.slots || size != want {
+			if off%fixedChunkSize != 0 || slot >= wr.slots || size != slotSize(wr.size, fixedChunkSize, slot) {
 				b.fail(w, r, fmt.Errorf("%w: chunk %s of %d bytes at offset %d does not fit the %d-byte image's %d-byte slots", apierr.ErrInvalid, id, size, off, wr.size, fixedChunkSize))
 				return
 			}
