@@ -45,6 +45,8 @@ type backup struct {
 	log    *slog.Logger
 	remote string
 	mux    *http.ServeMux
+	// prev is the previous snapshot (previousSnapshot), or nil.
+	prev *chunkbridgev1.Snapshot
 	// uploads bounds the chunk and blob bytes read and not yet stored.
 	uploads *session.Budget
 
@@ -134,14 +136,20 @@ func (s *Server) newBackup(ctx context.Context, p auth.Principal, snap snapshot,
 		known:   map[knownKey]uint64{}, writers: map[int]*writer{}, archives: map[string]bool{},
 	}
 	// A snapshot is written once: an existing one is refused before any
-	// upload (the catalog would refuse its files anyway).
+	// upload (the catalog would refuse its files anyway). The same listing
+	// gives the previous snapshot, once per session as upstream's
+	// last_backup: previous and reuse-csum do not list the group again
+	// for every archive.
 	snaps, err := s.Catalog.ListSnapshots(ctx, snap.ns, snap.typ, snap.id)
 	if err != nil {
 		return nil, fmt.Errorf("listing the backup group: %w", err)
 	}
-	for _, sn := range snaps {
+	for _, sn := range snaps { // newest first
 		if sn.GetTime().AsTime().Equal(snap.time) {
 			return nil, fmt.Errorf("%w: snapshot %s exists already; back up under a new time", apierr.ErrExists, snap.dir())
+		}
+		if b.prev == nil && sn.GetTime().AsTime().Before(snap.time) && hasManifest(sn) {
+			b.prev = sn
 		}
 	}
 	m := http.NewServeMux()
@@ -163,17 +171,24 @@ func (s *Server) newBackup(ctx context.Context, p auth.Principal, snap snapshot,
 }
 
 func (b *backup) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	// Every request's body (a chunk, a blob, JSON parameters, a
-	// speedtest) is read within BodyTimeout: a client that trickles one,
-	// or stops and answers pings, holds neither the stream nor its share
-	// of the upload budget for longer.
-	if err := http.NewResponseController(w).SetReadDeadline(time.Now().Add(session.OrDefault(b.srv.BodyTimeout, 2*time.Minute))); err != nil {
-		b.fail(w, r, fmt.Errorf("bound the request's reading: %w", err))
+	if err := b.srv.boundBody(w); err != nil {
+		b.fail(w, r, err)
 		return
 	}
 	r.URL.Path = cleanPath(r.URL.Path)
 	r = r.WithContext(auth.NewContext(r.Context(), b.p))
 	b.mux.ServeHTTP(w, r)
+}
+
+// boundBody makes a session request's body (a chunk, a blob, JSON
+// parameters, a speedtest) readable only within BodyTimeout: a client
+// that trickles one, or stops and answers pings, holds neither the stream
+// nor its share of the session's budgets for longer.
+func (s *Server) boundBody(w http.ResponseWriter) error {
+	if err := http.NewResponseController(w).SetReadDeadline(time.Now().Add(session.OrDefault(s.BodyTimeout, 2*time.Minute))); err != nil {
+		return fmt.Errorf("bound the request's reading: %w", err)
+	}
+	return nil
 }
 
 // fail answers a refused request, logging it.
@@ -202,18 +217,12 @@ func (b *backup) end() {
 }
 
 // previousSnapshot is the newest snapshot of the group before this one
-// that has a manifest.
-func (b *backup) previousSnapshot(ctx context.Context) (*chunkbridgev1.Snapshot, error) {
-	snaps, err := b.srv.Catalog.ListSnapshots(ctx, b.snap.ns, b.snap.typ, b.snap.id)
-	if err != nil {
-		return nil, err
+// that has a manifest, as the session's start found it.
+func (b *backup) previousSnapshot() (*chunkbridgev1.Snapshot, error) {
+	if b.prev == nil {
+		return nil, fmt.Errorf("%w: no previous snapshot of %s/%s", apierr.ErrNotFound, b.snap.typ, b.snap.id)
 	}
-	for _, sn := range snaps { // newest first
-		if sn.GetTime().AsTime().Before(b.snap.time) && hasManifest(sn) {
-			return sn, nil
-		}
-	}
-	return nil, fmt.Errorf("%w: no previous snapshot of %s/%s", apierr.ErrNotFound, b.snap.typ, b.snap.id)
+	return b.prev, nil
 }
 
 func hasManifest(sn *chunkbridgev1.Snapshot) bool {
@@ -226,7 +235,7 @@ func hasManifest(sn *chunkbridgev1.Snapshot) bool {
 }
 
 func (b *backup) previousTime(w http.ResponseWriter, r *http.Request) {
-	sn, err := b.previousSnapshot(r.Context())
+	sn, err := b.previousSnapshot()
 	if errors.Is(err, apierr.ErrNotFound) {
 		reply(w, nil)
 		return
@@ -247,7 +256,7 @@ func (b *backup) previous(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	name, _ := ps.str("archive-name")
-	sn, err := b.previousSnapshot(r.Context())
+	sn, err := b.previousSnapshot()
 	if err != nil {
 		b.fail(w, r, err)
 		return
@@ -347,11 +356,7 @@ func (s *Server) readFile(ctx context.Context, dir, name string) ([]byte, map[cl
 		}
 		out := &pbsidx.Fixed{UUID: f.UUID, CTime: int64(f.CTime), Size: f.Size, ChunkSize: f.ChunkSize, Digests: f.Digests}
 		for i, d := range f.Digests {
-			size := f.ChunkSize
-			if i == len(f.Digests)-1 {
-				size = f.Size - uint64(i)*f.ChunkSize
-			}
-			chunks[client.ID(d)] = size
+			chunks[client.ID(d)] = slotSize(f.Size, f.ChunkSize, uint64(i))
 		}
 		data, err := pbsidx.AppendFixed(nil, out)
 		return data, chunks, err
@@ -369,6 +374,12 @@ func (s *Server) readFile(ctx context.Context, dir, name string) ([]byte, map[cl
 	}
 	data, err := pbsidx.AppendDynamic(nil, out)
 	return data, chunks, err
+}
+
+// slotSize is the size of a fixed index's chunk in slot (of a size-byte
+// image in chunkSize chunks): chunkSize, but what is left for the last.
+func slotSize(size, chunkSize, slot uint64) uint64 {
+	return min(chunkSize, size-slot*chunkSize)
 }
 
 // archiveName checks an index's archive name.
@@ -459,7 +470,7 @@ func (b *backup) reuse(ctx context.Context, wr *writer, csum string) error {
 	refuse := func(format string, args ...any) error {
 		return fmt.Errorf("%w: cannot reuse the previous index of %s: %s; back up the whole image (without reuse-csum)", apierr.ErrInvalid, wr.name, fmt.Sprintf(format, args...))
 	}
-	sn, err := b.previousSnapshot(ctx)
+	sn, err := b.previousSnapshot()
 	if errors.Is(err, apierr.ErrNotFound) {
 		return refuse("no previous backup of %s/%s", b.snap.typ, b.snap.id)
 	}
@@ -481,11 +492,7 @@ func (b *backup) reuse(ctx context.Context, wr *writer, csum string) error {
 		return fmt.Errorf("%w: stored index %s/%s: %v", apierr.ErrDataLoss, dir, wr.name, err)
 	}
 	raw = nil
-	c := pbsidx.NewCsum()
-	for _, d := range f.Digests {
-		c.AddDigest(pbsidx.Digest(d))
-	}
-	if sum := c.Sum(); !strings.EqualFold(csum, hex.EncodeToString(sum[:])) {
+	if sum := (&pbsidx.Fixed{Digests: f.Digests}).Csum(); !strings.EqualFold(csum, hex.EncodeToString(sum[:])) {
 		return refuse("reuse-csum %q does not match the previous backup's %x", csum, sum)
 	}
 	if f.Size != wr.size || f.ChunkSize != fixedChunkSize {
@@ -703,11 +710,7 @@ func (b *backup) appendEntries(w http.ResponseWriter, r *http.Request) {
 		off := offsets[i]
 		if wr.fixed {
 			slot := off / fixedChunkSize
-			want := uint64(fixedChunkSize)
-			if slot+1 == wr.slots {
-				want = wr.size - slot*fixedChunkSize
-			}
-			if off%fixedChunkSize != 0 || slot >= wr.slots || size != want {
+			if off%fixedChunkSize != 0 || slot >= wr.slots || size != slotSize(wr.size, fixedChunkSize, slot) {
 				b.fail(w, r, fmt.Errorf("%w: chunk %s of %d bytes at offset %d does not fit the %d-byte image's %d-byte slots", apierr.ErrInvalid, id, size, off, wr.size, fixedChunkSize))
 				return
 			}
@@ -835,9 +838,6 @@ func (b *backup) publish(ctx context.Context, wr *writer) error {
 		Encrypted: wr.mode == modeEncrypted}
 	if wr.fixed {
 		create.ChunkSize, create.FileSize = fixedChunkSize, int64(wr.size)
-		if wr.size == 0 {
-			create.ChunkSize = fixedChunkSize
-		}
 	}
 	sw, err := b.srv.Catalog.WriteSnapshotFile(ctx, create)
 	if err != nil {
@@ -981,19 +981,19 @@ func (b *backup) modesAgree() error {
 	return nil
 }
 
-// isEncrypted reports whether the index file name of snap holds
-// encrypted chunks, as the catalog's listing says.
-func (s *Server) isEncrypted(ctx context.Context, snap snapshot, name string) (bool, error) {
+// findSnapshot is snap as the catalog's listing of its group has it, or
+// nil if the group has no such snapshot.
+func (s *Server) findSnapshot(ctx context.Context, snap snapshot) (*chunkbridgev1.Snapshot, error) {
 	snaps, err := s.Catalog.ListSnapshots(ctx, snap.ns, snap.typ, snap.id)
 	if err != nil {
-		return false, fmt.Errorf("listing the backup group: %w", err)
+		return nil, fmt.Errorf("listing the backup group: %w", err)
 	}
 	for _, sn := range snaps {
 		if sn.GetTime().AsTime().Equal(snap.time) {
-			return fileEncrypted(sn, name), nil
+			return sn, nil
 		}
 	}
-	return false, fmt.Errorf("%w: snapshot %s", apierr.ErrNotFound, snap.dir())
+	return nil, nil
 }
 
 // fileEncrypted reports whether the snapshot's index file name holds

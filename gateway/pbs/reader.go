@@ -21,6 +21,7 @@ type reader struct {
 	srv    *Server
 	p      auth.Principal
 	snap   snapshot
+	sn     *chunkbridgev1.Snapshot // snap as the session's start found it
 	log    *slog.Logger
 	remote string
 	mux    *http.ServeMux
@@ -37,8 +38,17 @@ type reader struct {
 	registered map[client.ID]bool
 }
 
-func (s *Server) newReader(_ context.Context, p auth.Principal, snap snapshot, remote string) http.Handler {
-	rd := &reader{srv: s, p: p, snap: snap, remote: remote, registered: map[client.ID]bool{},
+func (s *Server) newReader(ctx context.Context, p auth.Principal, snap snapshot, remote string) (*reader, error) {
+	// The snapshot is looked up once: download takes each index's crypt
+	// mode from it, without listing the group again per file.
+	sn, err := s.findSnapshot(ctx, snap)
+	if err == nil && sn == nil {
+		err = fmt.Errorf("%w: snapshot %s", apierr.ErrNotFound, snap.dir())
+	}
+	if err != nil {
+		return nil, err
+	}
+	rd := &reader{srv: s, p: p, snap: snap, sn: sn, remote: remote, registered: map[client.ID]bool{},
 		held: session.NewBudget(session.OrDefault(s.DownloadBytes, defaultDLBytes)),
 		log:  s.log().With("remote", remote, "principal", p.Name, "snapshot", snap.dir())}
 	m := http.NewServeMux()
@@ -46,10 +56,14 @@ func (s *Server) newReader(_ context.Context, p auth.Principal, snap snapshot, r
 	m.HandleFunc("GET /chunk", rd.chunk)
 	m.HandleFunc("GET /speedtest", func(w http.ResponseWriter, r *http.Request) { reply(w, nil) })
 	rd.mux = m
-	return rd
+	return rd, nil
 }
 
 func (rd *reader) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if err := rd.srv.boundBody(w); err != nil {
+		rd.fail(w, r, err)
+		return
+	}
 	r.URL.Path = cleanPath(r.URL.Path)
 	rd.mux.ServeHTTP(w, r.WithContext(auth.NewContext(r.Context(), rd.p)))
 }
@@ -69,10 +83,7 @@ func (rd *reader) download(w http.ResponseWriter, r *http.Request) {
 	rd.files.Lock()
 	defer rd.files.Unlock()
 	data, chunks, err := rd.srv.readFile(r.Context(), rd.snap.dir(), name)
-	var encrypted bool
-	if err == nil && len(chunks) > 0 {
-		encrypted, err = rd.srv.isEncrypted(r.Context(), rd.snap, name)
-	}
+	encrypted := fileEncrypted(rd.sn, name)
 	if err != nil {
 		rd.fail(w, r, err)
 		return

@@ -71,7 +71,7 @@ type Server struct {
 	// open indexes together (default 16 Mi, 64 TiB at 4 MiB chunks, about
 	// 700 MiB): without it 16 open writers could hold 16 Mi entries each.
 	MaxEntries int
-	// BodyTimeout bounds the reading of one backup request's body
+	// BodyTimeout bounds the reading of one backup or reader request's body
 	// (default 2 minutes: a 16 MiB chunk at 140 KB/s).
 	BodyTimeout time.Duration
 	// DownloadBytes bounds the chunk bytes a reader connection holds for
@@ -355,14 +355,13 @@ func (s *Server) upgrade(nc net.Conn, br *bufio.Reader, req *http.Request, remot
 	}
 	var h http.Handler
 	if reader {
-		h = s.newReader(ctx, p, snap, remote)
+		h, err = s.newReader(ctx, p, snap, remote)
 	} else {
-		b, err := s.newBackup(ctx, p, snap, remote)
-		if err != nil {
-			fail(nc, statusOf(err), err.Error())
-			return
-		}
-		h = b
+		h, err = s.newBackup(ctx, p, snap, remote)
+	}
+	if err != nil {
+		fail(nc, statusOf(err), err.Error())
+		return
 	}
 	nc.SetWriteDeadline(time.Now().Add(10 * time.Second))
 	if _, err := fmt.Fprintf(nc, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: %s\r\nConnection: upgrade\r\n\r\n", proto); err != nil {
