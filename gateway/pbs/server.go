@@ -100,9 +100,10 @@ type Server struct {
 	keyOnce sync.Once
 	key     []byte
 
-	statsMu sync.Mutex
-	stats   *chunkbridgev1.GetStatsResponse
-	statsAt time.Time
+	statsMu    sync.Mutex
+	stats      *chunkbridgev1.GetStatsResponse
+	statsAt    time.Time
+	statsCount *statsCount // the count under way, if any
 
 	once sync.Once
 	tcp  tcpserver.Server

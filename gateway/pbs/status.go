@@ -60,19 +60,50 @@ func (s *Server) storeStats(ctx context.Context) (*chunkbridgev1.GetStatsRespons
 		return nil, fmt.Errorf("%w: this gateway has no statistics source (Server.Stats)", apierr.ErrUnavailable)
 	}
 	s.statsMu.Lock()
-	defer s.statsMu.Unlock()
 	if s.stats != nil && time.Since(s.statsAt) < session.OrDefault(s.StatusTTL, time.Minute) {
-		return s.stats, nil
+		st := s.stats
+		s.statsMu.Unlock()
+		return st, nil
 	}
-	// Without the caller's principal, so that it is not forwarded; ended
-	// with the request.
-	cctx, cancel := context.WithTimeout(context.Background(), statusTimeout)
-	defer cancel()
-	defer context.AfterFunc(ctx, cancel)()
-	st, err := s.Stats(cctx)
-	if err != nil {
-		return nil, fmt.Errorf("counting the store: %w", err)
+	// One count at a time, on its own deadline: callers wait for it as
+	// long as they care to, and one that goes away neither cancels it for
+	// the others nor holds them behind a lock.
+	c := s.statsCount
+	if c == nil {
+		c = &statsCount{done: make(chan struct{})}
+		s.statsCount = c
+		go s.count(c)
 	}
-	s.stats, s.statsAt = st, time.Now()
-	return st, nil
+	s.statsMu.Unlock()
+	select {
+	case <-c.done:
+		if c.err != nil {
+			return nil, fmt.Errorf("counting the store: %w", c.err)
+		}
+		return c.st, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// statsCount is one count of the store for the datastore status.
+type statsCount struct {
+	done chan struct{}
+	st   *chunkbridgev1.GetStatsResponse
+	err  error
+}
+
+// count runs c (without a caller's principal, so that none is
+// forwarded) and keeps a good answer for StatusTTL.
+func (s *Server) count(c *statsCount) {
+	ctx, cancel := context.WithTimeout(context.Background(), statusTimeout)
+	c.st, c.err = s.Stats(ctx)
+	cancel()
+	s.statsMu.Lock()
+	if c.err == nil {
+		s.stats, s.statsAt = c.st, time.Now()
+	}
+	s.statsCount = nil
+	s.statsMu.Unlock()
+	close(c.done)
 }
