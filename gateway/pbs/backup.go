@@ -165,7 +165,7 @@ func (s *Server) newBackup(ctx context.Context, p auth.Principal, snap snapshot,
 	m.HandleFunc("POST /fixed_close", b.close)
 	m.HandleFunc("POST /blob", b.blob)
 	m.HandleFunc("POST /finish", b.finish)
-	m.HandleFunc("GET /speedtest", func(w http.ResponseWriter, r *http.Request) { io.Copy(io.Discard, r.Body); reply(w, nil) })
+	m.HandleFunc("GET /speedtest", b.speedtest)
 	b.mux = m
 	return b, nil
 }
@@ -529,11 +529,26 @@ func (b *backup) readBody(r *http.Request, n, limit int64) (data []byte, release
 		release()
 		return nil, nil, fmt.Errorf("%w: reading %d bytes of body: %v", apierr.ErrInvalid, n, err)
 	}
-	if m, _ := r.Body.Read(make([]byte, 1)); m > 0 {
+	var one [1]byte
+	if m, _ := io.ReadFull(r.Body, one[:]); m > 0 {
 		release()
 		return nil, nil, fmt.Errorf("%w: the body is longer than encoded-size %d", apierr.ErrInvalid, n)
 	}
 	return data, release, nil
+}
+
+// speedtest reads and drops a body of at most one encoded chunk (what
+// proxmox-backup-client benchmark sends per request).
+func (b *backup) speedtest(w http.ResponseWriter, r *http.Request) {
+	n, err := io.Copy(io.Discard, io.LimitReader(r.Body, datablob.MaxEncodedChunkSize+1))
+	if err == nil && n > datablob.MaxEncodedChunkSize {
+		err = fmt.Errorf("%w: a speedtest body is at most %d bytes", apierr.ErrInvalid, datablob.MaxEncodedChunkSize)
+	}
+	if err != nil {
+		b.fail(w, r, err)
+		return
+	}
+	reply(w, nil)
 }
 
 // chunk stores one uploaded chunk.

@@ -457,3 +457,17 @@ func (b bufferAt) WriteAt(p []byte, off int64) (int, error) {
 	}
 	return copy(b[off:], p), nil
 }
+
+// speedtest drops a body of up to one encoded chunk, and refuses a longer
+// one instead of reading it for as long as BodyTimeout allows.
+func TestSpeedtestBodyIsBounded(t *testing.T) {
+	h := newHarness(t)
+	s, err := h.open(t, "/api2/json/backup", pbs.BackupProtocol, snapQuery(time.Now().Add(-time.Hour).Unix()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.OK("GET", "/speedtest", make([]byte, 4<<20))
+	if st, out := s.Call("GET", "/speedtest", make([]byte, datablob.MaxEncodedChunkSize+1)); st != http.StatusBadRequest {
+		t.Fatalf("an oversized speedtest body: %d %s", st, out)
+	}
+}
