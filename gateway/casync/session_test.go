@@ -2,7 +2,6 @@ package casync_test
 
 import (
 	"bytes"
-	"context"
 	"crypto/sha256"
 	"errors"
 	"io"
@@ -80,17 +79,8 @@ func newHarnessOn(t *testing.T, tr transport, configure func(*casync.Server)) *h
 	if configure != nil {
 		configure(srv)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-	})
-	return &harness{addr: ln.Addr().String(), srv: srv, chunks: h.Chunks, catalog: svcs.CatalogClient()}
+	addr := servicetest.Serve(t, srv)
+	return &harness{addr: addr, srv: srv, chunks: h.Chunks, catalog: svcs.CatalogClient()}
 }
 
 // client is a caprotocol peer in the test.

@@ -15,7 +15,6 @@ import (
 	"fmt"
 	"io"
 	"math/big"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -67,17 +66,8 @@ func newHarnessWith(t testing.TB, configure ...func(*pbs.Server)) *harness {
 	for _, f := range configure {
 		f(srv)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-	})
-	return &harness{addr: ln.Addr().String(), svcs: svcs, store: st}
+	addr := servicetest.Serve(t, srv)
+	return &harness{addr: addr, svcs: svcs, store: st}
 }
 
 func (h *harness) open(t testing.TB, path, proto string, q url.Values) (*pbstest.Session, error) {

@@ -2,7 +2,6 @@ package pmx_test
 
 import (
 	"bytes"
-	"context"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
@@ -62,17 +61,8 @@ func newHarnessOn(t *testing.T, tr transport, configure ...func(*pmx.Server)) *h
 	for _, f := range configure {
 		f(srv)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-	})
-	return &harness{addr: ln.Addr().String(), catalog: svcs.CatalogClient(), srv: srv}
+	addr := servicetest.Serve(t, srv)
+	return &harness{addr: addr, catalog: svcs.CatalogClient(), srv: srv}
 }
 
 type client struct {
