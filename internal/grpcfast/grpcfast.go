@@ -107,23 +107,24 @@ var (
 func (Codec) Marshal(v any) (mem.BufferSlice, error) {
 	switch r := v.(type) {
 	case *chunkbridgev1.DownloadChunksResponse:
-		if len(r.GetData()) >= aliasMin {
-			return marshalSent(r, downloadData, r.Data)
-		}
+		return marshalSent(r, downloadData)
 	case *chunkbridgev1.ReadChunksResponse:
 		// The chunk service's ReadChunks sends freshly read buffers too.
-		if len(r.GetData()) >= aliasMin {
-			return marshalSent(r, readData, r.Data)
-		}
+		return marshalSent(r, readData)
 	}
 	return marshal(v)
 }
 
 // marshalSent marshals everything of r but its data field, then the data
-// field's tag and length, and passes data on as its own buffer: fields may
-// come in any order on the wire.
-func marshalSent(r proto.Message, dataField protoreflect.FieldDescriptor, data []byte) (mem.BufferSlice, error) {
+// field's tag and length, and passes the data on as its own buffer: fields
+// may come in any order on the wire. Data shorter than aliasMin is copied
+// as any message's.
+func marshalSent(r proto.Message, dataField protoreflect.FieldDescriptor) (mem.BufferSlice, error) {
 	m := r.ProtoReflect()
+	data := m.Get(dataField).Bytes()
+	if len(data) < aliasMin {
+		return marshal(r)
+	}
 	head := m.New()
 	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
 		if fd != dataField {

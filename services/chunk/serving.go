@@ -44,6 +44,10 @@ type serving struct {
 	tenants map[string]*tenantRefs
 	shared  map[string]bool   // domain → more than one tenant is bound to it
 	bound   map[string]string // the bindings read: tenant → domain
+	// absent holds the tenants whose binding a read of the bindings
+	// lacked: their domain counts as shared until the next read, which
+	// their reads do not hasten (each would list and read every binding).
+	absent  map[string]bool
 	readAt  time.Time
 	loading chan struct{}
 }
@@ -139,7 +143,8 @@ func (s *Service) mayRead(ctx context.Context, d *domain, id ID) error {
 // sharedDomain reports whether more than one tenant is bound to domain,
 // from the bindings in the store: read again after sharingTTL, when this
 // process bound a tenant, and when the bindings read lack tenant's own
-// (still lacking it, the domain counts as shared).
+// (still lacking it, the domain counts as shared for it until the next
+// read: its reads do not each read every binding again).
 // A tenant that joins the domain on another replica is seen within
 // sharingTTL.
 func (s *Service) sharedDomain(ctx context.Context, tenant, domain string) (bool, error) {
@@ -150,8 +155,9 @@ func (s *Service) sharedDomain(ctx context.Context, tenant, domain string) (bool
 			sv.mu.Unlock()
 			return false, nil
 		}
-		if _, known := sv.bound[tenant]; known && !sv.readAt.IsZero() && time.Since(sv.readAt) < sharingTTL {
-			shared := sv.shared[domain]
+		_, known := sv.bound[tenant]
+		if (known || sv.absent[tenant]) && !sv.readAt.IsZero() && time.Since(sv.readAt) < sharingTTL {
+			shared := !known || sv.shared[domain]
 			sv.mu.Unlock()
 			return shared, nil
 		}
@@ -183,8 +189,20 @@ func (s *Service) sharedDomain(ctx context.Context, tenant, domain string) (bool
 			sv.shared[d] = n > 1
 		}
 		sv.bound, sv.readAt = b, time.Now()
+		_, known = b[tenant]
+		if sv.absent == nil {
+			sv.absent = map[string]bool{}
+		}
+		for t := range sv.absent {
+			if _, ok := b[t]; ok {
+				delete(sv.absent, t)
+			}
+		}
+		if !known {
+			sv.absent[tenant] = true
+		}
 		sv.mu.Unlock()
-		if _, known := b[tenant]; !known {
+		if !known {
 			// No binding in the store, yet this process routes the tenant
 			// to domain (its binding was deleted since): fail closed, the
 			// tenant reads what it references or uploaded.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"sync/atomic"
 	"testing"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
@@ -69,5 +70,58 @@ func TestServingWaiterOfFailedRebuild(t *testing.T) {
 	}
 	if err := <-second; errors.Is(err, apierr.ErrNotFound) {
 		t.Fatalf("a read that waited for a failed rebuild: %v; want the chunk or a failure, never \"not stored\"", err)
+	}
+}
+
+// listCounter counts the listings of the tenant bindings.
+type listCounter struct {
+	storage.Store
+	lists atomic.Int64
+}
+
+func (l *listCounter) List(ctx context.Context, prefix string, fn func(storage.Info) error) error {
+	if prefix == chunk.BindingPrefix {
+		l.lists.Add(1)
+	}
+	return l.Store.List(ctx, prefix, fn)
+}
+
+// A tenant whose binding is gone from the store (deleted by hand) reads
+// only what it references, as in a shared domain; but its reads do not
+// each list and read every tenant's binding again: one read of them per
+// sharingTTL, as for any tenant.
+func TestServingAbsentBindingReadOnce(t *testing.T) {
+	st := &listCounter{Store: memory.New()}
+	svc, err := chunk.New(st, chunk.Config{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev := auth.Principal{Name: "d", Tenant: "acme-dev", Role: auth.RoleWrite, Domain: "acme"}
+	data := []byte("a chunk acme-dev uploaded")
+	id := chunk.ID(sha256.Sum256(data))
+	devCtx := auth.NewContext(t.Context(), dev)
+	if _, err := svc.Put(devCtx, chunk.Upload{ID: id, Algorithm: chunkbridgev1.DigestAlgorithm_DIGEST_ALGORITHM_SHA256, Encoding: chunkbridgev1.Encoding_ENCODING_RAW, Data: data}); err != nil {
+		t.Fatal(err)
+	}
+	svc.SetReferences(func(context.Context, string, func(chunk.ID) error) error { return nil })
+	if err := st.Delete(t.Context(), chunk.BindingPrefix+"acme-dev"); err != nil {
+		t.Fatal(err)
+	}
+	acme := auth.Principal{Name: "a", Tenant: "acme", Role: auth.RoleWrite, Domain: "acme"}
+	otherData := []byte("acme's chunk, not acme-dev's")
+	other := chunk.ID(sha256.Sum256(otherData))
+	if _, err := svc.Put(auth.NewContext(t.Context(), acme), chunk.Upload{ID: other, Algorithm: chunkbridgev1.DigestAlgorithm_DIGEST_ALGORITHM_SHA256, Encoding: chunkbridgev1.Encoding_ENCODING_RAW, Data: otherData}); err != nil {
+		t.Fatal(err)
+	}
+	for range 5 {
+		if _, err := svc.Get(devCtx, id, true); err != nil {
+			t.Fatalf("acme-dev reading its upload: %v", err)
+		}
+		if _, err := svc.Get(devCtx, other, true); !errors.Is(err, apierr.ErrNotFound) {
+			t.Fatalf("acme-dev reading a chunk it neither references nor uploaded: %v; want not found", err)
+		}
+	}
+	if n := st.lists.Load(); n != 1 {
+		t.Fatalf("the bindings were listed %d times for 10 reads; want 1", n)
 	}
 }
