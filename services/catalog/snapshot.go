@@ -702,27 +702,25 @@ func (s *Server) snapshots(ctx context.Context, prefixes []string, keep func(sna
 	}
 	byDir := map[string]*chunkbridgev1.Snapshot{}
 	var out []*chunkbridgev1.Snapshot
-	for i, p := range paths {
-		if infos[i] == nil {
-			continue
-		}
+	// snapshot is p's snapshot in out, added when first seen (a snapshot
+	// of blobs only is first seen through its blobs).
+	snapshot := func(p snapshotPath) *chunkbridgev1.Snapshot {
 		snap := byDir[p.dir()]
 		if snap == nil {
 			snap = &chunkbridgev1.Snapshot{Namespace: p.ns, Type: p.typ, BackupId: p.id, Time: timestamppb.New(mustTime(p.time))}
 			byDir[p.dir()] = snap
 			out = append(out, snap)
 		}
-		snap.Files = append(snap.Files, infos[i])
+		return snap
+	}
+	for i, p := range paths {
+		if infos[i] != nil {
+			snap := snapshot(p)
+			snap.Files = append(snap.Files, infos[i])
+		}
 	}
 	for _, p := range blobDirs {
-		snap := byDir[p.dir()]
-		if snap == nil {
-			// A snapshot of blobs only.
-			snap = &chunkbridgev1.Snapshot{Namespace: p.ns, Type: p.typ, BackupId: p.id, Time: timestamppb.New(mustTime(p.time))}
-			byDir[p.dir()] = snap
-			out = append(out, snap)
-		}
-		snap.Blobs = blobs[p.dir()]
+		snapshot(p).Blobs = blobs[p.dir()]
 	}
 	sort.SliceStable(out, func(i, j int) bool {
 		a, b := out[i], out[j]
