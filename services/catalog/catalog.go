@@ -139,10 +139,7 @@ func (s *Server) contentBytes(ctx context.Context) (int64, error) {
 		sum += n
 		mu.Unlock()
 	}
-	list := view.List
-	if ml, ok := view.(storage.MetadataLister); ok {
-		list = ml.ListWithMetadata
-	}
+	list := metadataList(view)
 	visit := func(i storage.Info) error {
 		if i.Metadata != nil {
 			add(i.Metadata)
@@ -174,6 +171,16 @@ func (s *Server) contentBytes(ctx context.Context) (int64, error) {
 		err = werr
 	}
 	return sum, err
+}
+
+// metadataList is st's listing with each object's metadata where the
+// store can give it at no extra request (storage.MetadataLister); where
+// Info.Metadata is nil, the caller stats the object.
+func metadataList(st storage.Store) func(context.Context, string, func(storage.Info) error) error {
+	if ml, ok := st.(storage.MetadataLister); ok {
+		return ml.ListWithMetadata
+	}
+	return st.List
 }
 
 // Guard is the guard the catalog's commits register with; garbage

@@ -654,9 +654,11 @@ func (s *Server) ListSnapshots(ctx context.Context, req *chunkbridgev1.ListSnaps
 }
 
 // snapshots lists the files under prefix (only those of the snapshots keep
-// accepts) and describes them from their metadata, fetched in parallel.
+// accepts) and describes them from their metadata: the listing's where
+// the store gives it (metadataList), else fetched in parallel.
 func (s *Server) snapshots(ctx context.Context, prefixes []string, keep func(snapshotPath) bool) ([]*chunkbridgev1.Snapshot, error) {
 	var paths []snapshotPath
+	var listed []storage.Info // paths[i]'s listing entry
 	blobs := map[string][]*chunkbridgev1.SnapshotBlobInfo{}
 	var blobDirs []snapshotPath // snapshots seen through a blob, in listing order
 	visit := func(i storage.Info) error {
@@ -673,11 +675,13 @@ func (s *Server) snapshots(ctx context.Context, prefixes []string, keep func(sna
 		p, err := parseSnapshotPath(rel, false)
 		if err == nil && keep(p) {
 			paths = append(paths, p)
+			listed = append(listed, i)
 		}
 		return nil
 	}
+	list := metadataList(s.view(ctx))
 	for _, prefix := range prefixes {
-		if err := s.view(ctx).List(ctx, prefix, visit); err != nil {
+		if err := list(ctx, prefix, visit); err != nil {
 			return nil, fmt.Errorf("list snapshots: %w", err)
 		}
 	}
@@ -685,6 +689,10 @@ func (s *Server) snapshots(ctx context.Context, prefixes []string, keep func(sna
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(32)
 	for i, p := range paths {
+		if listed[i].Metadata != nil {
+			infos[i] = fileInfo(p, listed[i]) // the listing carried it
+			continue
+		}
 		g.Go(func() error {
 			st, err := s.view(gctx).Stat(gctx, p.key())
 			if errors.Is(err, storage.ErrNotFound) {
@@ -702,27 +710,25 @@ func (s *Server) snapshots(ctx context.Context, prefixes []string, keep func(sna
 	}
 	byDir := map[string]*chunkbridgev1.Snapshot{}
 	var out []*chunkbridgev1.Snapshot
-	for i, p := range paths {
-		if infos[i] == nil {
-			continue
-		}
+	// snapshot is p's snapshot in out, added when first seen (a snapshot
+	// of blobs only is first seen through its blobs).
+	snapshot := func(p snapshotPath) *chunkbridgev1.Snapshot {
 		snap := byDir[p.dir()]
 		if snap == nil {
 			snap = &chunkbridgev1.Snapshot{Namespace: p.ns, Type: p.typ, BackupId: p.id, Time: timestamppb.New(mustTime(p.time))}
 			byDir[p.dir()] = snap
 			out = append(out, snap)
 		}
-		snap.Files = append(snap.Files, infos[i])
+		return snap
+	}
+	for i, p := range paths {
+		if infos[i] != nil {
+			snap := snapshot(p)
+			snap.Files = append(snap.Files, infos[i])
+		}
 	}
 	for _, p := range blobDirs {
-		snap := byDir[p.dir()]
-		if snap == nil {
-			// A snapshot of blobs only.
-			snap = &chunkbridgev1.Snapshot{Namespace: p.ns, Type: p.typ, BackupId: p.id, Time: timestamppb.New(mustTime(p.time))}
-			byDir[p.dir()] = snap
-			out = append(out, snap)
-		}
-		snap.Blobs = blobs[p.dir()]
+		snapshot(p).Blobs = blobs[p.dir()]
 	}
 	sort.SliceStable(out, func(i, j int) bool {
 		a, b := out[i], out[j]

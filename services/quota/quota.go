@@ -227,12 +227,11 @@ func (b *Book) refreshStored(ctx context.Context) error {
 		return nil
 	}
 	first := s.at.IsZero()
-	wait := s.counting
-	if wait == nil {
+	if s.counting == nil {
 		s.counting = make(chan struct{})
 		go b.countStored()
 	}
-	wait = s.counting
+	wait := s.counting
 	b.mu.Unlock()
 	if !first {
 		return nil
