@@ -207,20 +207,26 @@ func (s *Server) DeleteNamespace(ctx context.Context, req *chunkbridgev1.DeleteN
 		return nil, apierr.Status(err)
 	}
 	var markers, files []string
+	// Without delete-groups the first file found refuses the delete: the
+	// listing stops there rather than gathering the namespace's files.
+	errNotEmpty := errors.New("not empty")
 	err := s.view(ctx).List(ctx, snapshotPrefix+nsDir(ns), func(i storage.Info) error {
 		if strings.HasSuffix(i.Key, "/"+namespaceMarker) {
 			markers = append(markers, i.Key)
-		} else {
-			files = append(files, i.Key)
+			return nil
+		}
+		files = append(files, i.Key)
+		if !req.GetDeleteGroups() {
+			return errNotEmpty
 		}
 		return nil
 	})
+	if errors.Is(err, errNotEmpty) {
+		return nil, apierr.Status(fmt.Errorf("%w: namespace %q is not empty (it or a namespace below it holds snapshot files, e.g. %s): delete its snapshots first, or ask for delete-groups",
+			apierr.ErrFailedPrecondition, ns, strings.TrimPrefix(files[0], snapshotPrefix)))
+	}
 	if err != nil {
 		return nil, apierr.Status(fmt.Errorf("delete namespace %q: %w", ns, err))
-	}
-	if len(files) > 0 && !req.GetDeleteGroups() {
-		return nil, apierr.Status(fmt.Errorf("%w: namespace %q is not empty (%d snapshot files in it or below it, e.g. %s): delete its snapshots first, or ask for delete-groups",
-			apierr.ErrFailedPrecondition, ns, len(files), strings.TrimPrefix(files[0], snapshotPrefix)))
 	}
 	// Manifests first, as DeleteSnapshot does.
 	sort.SliceStable(files, func(i, j int) bool {
