@@ -22,6 +22,7 @@ import (
 
 	"github.com/chunkbridge/chunkbridge/auth"
 	"github.com/chunkbridge/chunkbridge/gateway/casync"
+	"github.com/chunkbridge/chunkbridge/gateway/rest"
 	"github.com/chunkbridge/chunkbridge/services/apierr"
 )
 
@@ -369,6 +370,24 @@ func (a *access) requireHTTP(next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// admitDoor is requireHTTP's decision for the chunk reads rest.Door
+// answers itself: the same credential check, and false (net/http then
+// answers, with the refusal and its audit line) wherever requireHTTP
+// would refuse.
+func (a *access) admitDoor(ctx context.Context, cred rest.DoorCredentials) (context.Context, bool) {
+	if a.reg == nil {
+		if cred.Origin != "" || (cred.SecFetchSite != "" && cred.SecFetchSite != "none") {
+			return nil, false
+		}
+		return ctx, true
+	}
+	p, err := a.token(cred.Authorization)
+	if err != nil {
+		return nil, false
+	}
+	return auth.NewContext(ctx, p), true
 }
 
 // grpcPrincipal authenticates a call: a verified TLS client certificate,

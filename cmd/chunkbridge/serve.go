@@ -338,6 +338,13 @@ func serve(ctx context.Context, mode string, args []string, stdout, stderr io.Wr
 	// client is cut as fast as any other.
 	httpSrv := rest.NewServer(acc.requireHTTP(handler), f.http)
 	httpSrv.TLSConfig = tlsConfig
+	if p.rest && tlsConfig == nil {
+		// Chunk reads of the casync store are answered ahead of net/http
+		// (sendfile needs plain TCP); everything else goes on to httpSrv.
+		door := &rest.Door{Prefix: "/casync/chunks/", Chunks: chunks, Admit: acc.admitDoor, Limits: f.http, Log: log}
+		httpLis = door.Listen(httpLis)
+		shutdown = append([]func(context.Context){func(ctx context.Context) { door.Shutdown(ctx) }}, shutdown...)
+	}
 	g.Go(func() error {
 		serveHTTP := httpSrv.Serve
 		if tlsConfig != nil {

@@ -60,9 +60,9 @@ func (h *HTTPStore) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// chunkID checks "<4 hex>/<64 hex>.cacnk": the path is the HTTP wire's
+// ChunkID checks "<4 hex>/<64 hex>.cacnk": the path is the HTTP wire's
 // form of the id.
-func chunkID(rest string) (client.ID, error) {
+func ChunkID(rest string) (client.ID, error) {
 	dir, file, ok := strings.Cut(rest, "/")
 	idHex, isChunk := strings.CutSuffix(file, ".cacnk")
 	if !ok || !isChunk || len(idHex) != 64 || len(dir) != 4 || !strings.HasPrefix(idHex, dir) {
@@ -76,7 +76,7 @@ func chunkID(rest string) (client.ID, error) {
 }
 
 func (h *HTTPStore) chunk(w http.ResponseWriter, r *http.Request, rest string) {
-	id, err := chunkID(rest)
+	id, err := ChunkID(rest)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusNotFound)
 		return

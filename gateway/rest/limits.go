@@ -225,14 +225,16 @@ func (w *guardedWriter) timedOut(err error) {
 // maxPiece bounds the bytes one write deadline covers (see piece).
 const maxPiece = 256 << 10
 
+func (w *guardedWriter) piece() int64 { return w.l.piece() }
+
 // piece is how many bytes one write deadline covers: at most maxPiece,
 // and no more than MinRate moves in WriteTimeout, so that a deadline is
 // never more than about twice WriteTimeout away and a client that takes
 // nothing is cut after about that, whatever the size of the response.
-func (w *guardedWriter) piece() int64 {
+func (l *Limits) piece() int64 {
 	n := int64(maxPiece)
-	if w.l.MinRate > 0 {
-		if byRate := int64(float64(w.l.MinRate) * w.l.WriteTimeout.Seconds()); byRate < n {
+	if l.MinRate > 0 {
+		if byRate := int64(float64(l.MinRate) * l.WriteTimeout.Seconds()); byRate < n {
 			n = max(byRate, 1)
 		}
 	}

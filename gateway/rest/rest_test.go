@@ -428,6 +428,20 @@ func TestRESTSlowReaderIsCut(t *testing.T) {
 			return startOn(t, l, st, true)
 		})
 	})
+	// The same through the door, which answers these reads ahead of
+	// net/http.
+	t.Run("door-grpc-memory", func(t *testing.T) {
+		testSlowReaderIsCut(t, l, time.Minute, func(l rest.Limits) *harness { return startDoor(t, l, memory.New(), false, false).harness() })
+	})
+	t.Run("door-local-fs", func(t *testing.T) {
+		testSlowReaderIsCut(t, l, time.Minute, func(l rest.Limits) *harness {
+			st, err := fs.Open(t.TempDir())
+			if err != nil {
+				t.Fatal(err)
+			}
+			return startDoor(t, l, st, true, false).harness()
+		})
+	})
 }
 
 // A client that reads nothing is cut after about WriteTimeout, not after
@@ -445,6 +459,20 @@ func TestRESTStalledReaderIsCutAtWriteTimeout(t *testing.T) {
 				t.Fatal(err)
 			}
 			return startOn(t, l, st, true)
+		})
+	})
+	// The same through the door, which answers these reads ahead of
+	// net/http.
+	t.Run("door-grpc-memory", func(t *testing.T) {
+		testSlowReaderIsCut(t, l, 10*time.Second, func(l rest.Limits) *harness { return startDoor(t, l, memory.New(), false, false).harness() })
+	})
+	t.Run("door-local-fs", func(t *testing.T) {
+		testSlowReaderIsCut(t, l, 10*time.Second, func(l rest.Limits) *harness {
+			st, err := fs.Open(t.TempDir())
+			if err != nil {
+				t.Fatal(err)
+			}
+			return startDoor(t, l, st, true, false).harness()
 		})
 	})
 }
