@@ -409,6 +409,9 @@ func printCasyncTable() {
 		{"HTTP GET ×8: separate processes / nginx", "HTTPChunks/get/separate", "HTTPChunks/get/nginx", "", false},
 		{"HTTP PUT ×8: serve all / plain file server", "HTTPChunks/put/all", "HTTPChunks/put/plain", "", false},
 		{"HTTP PUT ×8: separate processes / plain file server", "HTTPChunks/put/separate", "HTTPChunks/put/plain", "", false},
+		{"HTTP PUT ×8: durable floor (fsync, rename, dir fsync) / plain file server", "HTTPChunks/put/durable", "HTTPChunks/put/plain", "", false},
+		{"HTTP PUT ×8: serve all / durable floor", "HTTPChunks/put/all", "HTTPChunks/put/durable", "", false},
+		{"HTTP PUT ×8: separate processes / durable floor", "HTTPChunks/put/separate", "HTTPChunks/put/durable", "", false},
 		{"make: gateway-tcp / local store", "make/gateway-tcp", "make/local", "", false},
 		{"extract: gateway-tcp / local store", "extract/gateway-tcp", "extract/local", "", false},
 	} {

@@ -135,19 +135,36 @@ func httpPut(client *http.Client, base string) func(c httpChunk) error {
 }
 
 // plainPutServer is the PUT baseline: an HTTP server that writes each body
-// to its file as it comes, with no verification and no fsync.
-func plainPutServer(dir string) http.Handler {
+// to its file as it comes, with no verification and no fsync. With
+// durable, it is the floor of a server that acknowledges only what is
+// durable: each body goes to a temporary file that is fsynced, renamed to
+// its name, and the directory fsynced (no verification, no group commit),
+// the least any such server does on this file system.
+func plainPutServer(dir string, durable bool) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		path := filepath.Join(dir, filepath.FromSlash(strings.TrimPrefix(r.URL.Path, "/")))
 		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 			http.Error(w, err.Error(), 500)
 			return
 		}
-		f, err := os.Create(path)
+		name := path
+		if durable {
+			name += ".tmp"
+		}
+		f, err := os.Create(name)
 		if err == nil {
 			_, err = io.Copy(f, r.Body)
+			if err == nil && durable {
+				err = f.Sync()
+			}
 			if cerr := f.Close(); err == nil {
 				err = cerr
+			}
+		}
+		if err == nil && durable {
+			err = os.Rename(name, path)
+			if err == nil {
+				err = syncDir(filepath.Dir(path))
 			}
 		}
 		if err != nil {
@@ -156,6 +173,15 @@ func plainPutServer(dir string) http.Handler {
 		}
 		w.WriteHeader(http.StatusCreated)
 	})
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
 
 // BenchmarkHTTPChunks measures the casync HTTP store with 8 requests in
@@ -167,6 +193,9 @@ func plainPutServer(dir string) http.Handler {
 //     from `serve rest-gateway` in front of a separate `serve chunk`;
 //   - put/plain: PUT of new chunks to a Go HTTP server that only writes
 //     files (no verification, no fsync);
+//   - put/durable: the same server acknowledging each chunk only once it
+//     is durable (fsync, rename, directory fsync), the floor of any
+//     server that promises durability here;
 //   - put/all, put/separate: PUT of the same new chunks to chunkbridge,
 //     which verifies each and acknowledges only once it is durable.
 //
@@ -247,15 +276,18 @@ func BenchmarkHTTPChunks(b *testing.B) {
 		return store
 	}
 
-	b.Run("put/plain", func(b *testing.B) {
-		timed(b, func(b *testing.B) (func(httpChunk) error, []int) {
-			srv := &http.Server{Handler: plainPutServer(b.TempDir())}
-			l := listenLoopback(b)
-			go srv.Serve(l)
-			b.Cleanup(func() { srv.Close() })
-			return httpPut(client, "http://"+l.Addr().String()+"/"), nil // in the test process: no CPU figure
+	for _, durable := range []bool{false, true} {
+		name := map[bool]string{false: "put/plain", true: "put/durable"}[durable]
+		b.Run(name, func(b *testing.B) {
+			timed(b, func(b *testing.B) (func(httpChunk) error, []int) {
+				srv := &http.Server{Handler: plainPutServer(b.TempDir(), durable)}
+				l := listenLoopback(b)
+				go srv.Serve(l)
+				b.Cleanup(func() { srv.Close() })
+				return httpPut(client, "http://"+l.Addr().String()+"/"), nil // in the test process: no CPU figure
+			})
 		})
-	})
+	}
 	for _, v := range builds {
 		b.Run("put/all"+v.suffix, func(b *testing.B) {
 			timed(b, func(b *testing.B) (func(httpChunk) error, []int) {
