@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/chunkbridge/chunkbridge/client"
 	"github.com/chunkbridge/chunkbridge/gateway/casync"
 )
@@ -305,7 +307,9 @@ func (d *Door) answer(c *doorConn, req doorRequest) (ok, keep bool) {
 	if b, isBytes := body.(*client.StoredBytes); isBytes {
 		// In memory (over gRPC): headers and chunk in one writev.
 		err = w.writev(head, b.Bytes())
-	} else if _, err = w.write(head); err == nil {
+	} else if size == 0 {
+		_, err = w.write(head)
+	} else if err = w.writeMore(head); err == nil {
 		err = w.readFrom(body, size)
 	}
 	var ne net.Error
@@ -384,6 +388,37 @@ func (w *deadlineWriter) write(p []byte) (int, error) {
 		}
 	}
 	return total, nil
+}
+
+// writeMore writes the headers of a body that follows by sendfile with
+// MSG_MORE: the kernel holds them for the body's first segment instead
+// of sending them alone (what TCP_CORK does, without the system call to
+// uncork: sendfile's last page goes without the flag).
+func (w *deadlineWriter) writeMore(p []byte) error {
+	rc, err := w.conn.SyscallConn()
+	if err != nil {
+		_, err = w.write(p)
+		return err
+	}
+	w.extend(int64(len(p)))
+	var werr error
+	err = rc.Write(func(fd uintptr) bool {
+		n, err := unix.SendmsgN(int(fd), p, nil, nil, unix.MSG_MORE)
+		switch {
+		case err == unix.EAGAIN:
+			return false // wait until writable
+		case err != nil:
+			werr = err
+			return true
+		}
+		w.n += int64(n)
+		p = p[n:]
+		return len(p) == 0
+	})
+	if err == nil {
+		err = werr
+	}
+	return err
 }
 
 func (w *deadlineWriter) writev(head, body []byte) error {
