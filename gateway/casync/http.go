@@ -94,7 +94,8 @@ func (h *HTTPStore) chunk(w http.ResponseWriter, r *http.Request, rest string) {
 		// As stored: a .cacnk is the zstd frame, never decoded on the way
 		// and not verified here (casync and desync check every chunk they
 		// fetch). Streamed from the store's reader, at most its checked
-		// size; from a file, net/http sends it with sendfile.
+		// size; from a file, net/http sends it with sendfile. On plain TCP
+		// most GETs never get here: rest.Door answers them first.
 		rc, size, err := h.Chunks.OpenStored(r.Context(), id)
 		if err != nil {
 			h.fail(w, err)
