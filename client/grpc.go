@@ -113,12 +113,12 @@ func (g grpcDownload) recv() (Chunk, error) {
 // service predates it a one-chunk download as stored.
 func (t grpcTransport) openStored(ctx context.Context, id ID) (io.ReadCloser, int64, error) {
 	if t.reads != nil {
-		data, err := t.reads.read(ctx, id)
+		data, free, err := t.reads.read(ctx, id)
 		if !errors.Is(err, errReadsUnsupported) {
 			if err != nil {
 				return nil, 0, err
 			}
-			return newStoredBytes(data), int64(len(data)), nil
+			return newStoredBytes(data, free), int64(len(data)), nil
 		}
 	}
 	ctx, cancel := context.WithCancel(ctx)
@@ -140,23 +140,33 @@ func (t grpcTransport) openStored(ctx context.Context, id ID) (io.ReadCloser, in
 	if err != nil {
 		return nil, 0, err
 	}
-	return newStoredBytes(c.Data), int64(len(c.Data)), nil
+	return newStoredBytes(c.Data, nil), int64(len(c.Data)), nil
 }
 
 // StoredBytes is OpenStored's reader for a chunk that came in memory (over
 // gRPC): a caller may write Bytes in one go instead of copying through a
-// buffer.
+// buffer. The bytes may sit in a pooled buffer that Close gives back, so
+// neither they nor the reader may be used after Close.
 type StoredBytes struct {
 	*bytes.Reader
 	data []byte
+	free func()
 }
 
-func newStoredBytes(data []byte) *StoredBytes {
-	return &StoredBytes{Reader: bytes.NewReader(data), data: data}
+func newStoredBytes(data []byte, free func()) *StoredBytes {
+	return &StoredBytes{Reader: bytes.NewReader(data), data: data, free: free}
 }
 
-// Bytes is the whole chunk as stored.
+// Bytes is the whole chunk as stored, until Close.
 func (s *StoredBytes) Bytes() []byte { return s.data }
 
-// Close does nothing.
-func (s *StoredBytes) Close() error { return nil }
+// Close gives the bytes' buffer back; they must not be used after.
+func (s *StoredBytes) Close() error {
+	if s.free != nil {
+		s.free()
+		s.free = nil
+	}
+	s.data = nil
+	s.Reader.Reset(nil)
+	return nil
+}

@@ -14,6 +14,7 @@ import (
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
 	"github.com/chunkbridge/chunkbridge/auth"
+	"github.com/chunkbridge/chunkbridge/internal/grpcfast"
 	"github.com/chunkbridge/chunkbridge/services/apierr"
 )
 
@@ -63,7 +64,7 @@ type readStream struct {
 }
 
 type readResult struct {
-	resp *chunkbridgev1.ReadChunksResponse
+	resp *grpcfast.Received
 	err  error
 }
 
@@ -72,9 +73,10 @@ var errReadsUnsupported = errors.New("the chunk service has no ReadChunks")
 // maxReadAttempts is how many streams one read tries.
 const maxReadAttempts = 3
 
-// read returns the stored bytes of id; the error may be a status or a
-// typed error, or errReadsUnsupported.
-func (m *muxReads) read(ctx context.Context, id ID) ([]byte, error) {
+// read returns the stored bytes of id and what frees them (their buffer
+// goes back to the pool: nothing may touch them after); the error may be a
+// status or a typed error, or errReadsUnsupported.
+func (m *muxReads) read(ctx context.Context, id ID) ([]byte, func(), error) {
 	req := &chunkbridgev1.ReadChunksRequest{Tag: m.tag.Add(1), Id: id.String()}
 	if p, ok := auth.Authenticated(ctx); ok {
 		req.Principal = auth.ForwardValue(p)
@@ -87,17 +89,17 @@ func (m *muxReads) read(ctx context.Context, id ID) ([]byte, error) {
 	// credential) fails the read instead of opening another at once.
 	for attempt := 1; ; attempt++ {
 		if err := ctx.Err(); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		rs, err := m.stream()
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		ch, ok := rs.register(req.Tag)
 		if !ok {
 			m.retire(rs)
 			if attempt >= maxReadAttempts {
-				return nil, rs.failure()
+				return nil, nil, rs.failure()
 			}
 			continue
 		}
@@ -105,7 +107,7 @@ func (m *muxReads) read(ctx context.Context, id ID) ([]byte, error) {
 		if !sent {
 			rs.drop(req.Tag)
 			if attempt >= maxReadAttempts {
-				return nil, errors.New("read chunk: every read stream was retired while the read was being sent")
+				return nil, nil, errors.New("read chunk: every read stream was retired while the read was being sent")
 			}
 			continue
 		}
@@ -115,15 +117,16 @@ func (m *muxReads) read(ctx context.Context, id ID) ([]byte, error) {
 		select {
 		case r := <-ch:
 			if r.err != nil {
-				return nil, r.err
+				return nil, nil, r.err
 			}
-			if c := r.resp.GetCode(); c != int32(codes.OK) {
-				return nil, apierr.FromCode(c, r.resp.GetMessage())
+			if c := r.resp.Resp.GetCode(); c != int32(codes.OK) {
+				r.resp.Free()
+				return nil, nil, apierr.FromCode(c, r.resp.Resp.GetMessage())
 			}
-			return r.resp.GetData(), nil
+			return r.resp.Resp.GetData(), r.resp.Free, nil
 		case <-ctx.Done():
-			rs.drop(req.Tag) // its response, if it comes, is dropped
-			return nil, ctx.Err()
+			rs.drop(req.Tag) // its response, if it comes, is dropped (and freed, or collected)
+			return nil, nil, ctx.Err()
 		}
 	}
 }
@@ -251,7 +254,15 @@ func (rs *readStream) closeSend() {
 // receive hands each response to its read until the stream ends.
 func (rs *readStream) receive(m *muxReads) {
 	for {
-		resp, err := rs.s.Recv()
+		// Into a pooled buffer where the codec can, freed by the reader
+		// once its caller is done with the bytes (StoredBytes.Close).
+		resp := new(grpcfast.Received)
+		var err error
+		if grpcfast.Installed() {
+			err = rs.s.RecvMsg(resp)
+		} else {
+			resp.Resp, err = rs.s.Recv()
+		}
 		if err != nil {
 			if errors.Is(err, io.EOF) {
 				err = errors.New("the chunk service ended the read stream")
@@ -259,12 +270,15 @@ func (rs *readStream) receive(m *muxReads) {
 			rs.fail(m.check(err))
 			return
 		}
+		tag := resp.Resp.GetTag()
 		rs.mu.Lock()
-		ch, ok := rs.waiting[resp.GetTag()]
-		delete(rs.waiting, resp.GetTag())
+		ch, ok := rs.waiting[tag]
+		delete(rs.waiting, tag)
 		rs.mu.Unlock()
 		if ok {
 			ch <- readResult{resp: resp}
+		} else {
+			resp.Free()
 		}
 	}
 }

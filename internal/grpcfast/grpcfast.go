@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"math/bits"
 	"sync"
+	"sync/atomic"
 
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/experimental"
@@ -33,7 +34,14 @@ import (
 func Install() {
 	experimental.SetDefaultBufferPool(Pool)
 	encoding.RegisterCodecV2(Codec{})
+	installed.Store(true)
 }
+
+var installed atomic.Bool
+
+// Installed reports whether Install ran: only then does RecvMsg take a
+// *Received.
+func Installed() bool { return installed.Load() }
 
 // Pool is a buffer pool with a tier for every power of two from 256 bytes
 // to 32 MiB, so a buffer is never more than twice its request, and does not
@@ -164,7 +172,42 @@ func marshal(v any) (mem.BufferSlice, error) {
 	return mem.BufferSlice{mem.NewBuffer(buf, Pool)}, nil
 }
 
+// Received is a ReadChunksResponse received into a pooled buffer: pass it
+// to a stream's RecvMsg, use Resp (its data points into the buffer), then
+// Free it, after which the data must not be touched. One never freed is
+// left to the garbage collector, as any buffer.
+type Received struct {
+	Resp *chunkbridgev1.ReadChunksResponse
+	buf  mem.Buffer
+}
+
+// Free gives the buffer behind Resp's data back to the pool.
+func (r *Received) Free() {
+	if r.buf != nil {
+		r.buf.Free()
+		r.buf = nil
+	}
+}
+
 func (Codec) Unmarshal(data mem.BufferSlice, v any) error {
+	if r, ok := v.(*Received); ok {
+		if r.Resp == nil {
+			r.Resp = new(chunkbridgev1.ReadChunksResponse)
+		}
+		if data.Len() < aliasMin {
+			return Codec{}.Unmarshal(data, r.Resp)
+		}
+		// Gathered into a pooled buffer (or, from a single frame, that
+		// frame's buffer with one more reference), which Resp's data
+		// points into until Free.
+		buf := data.MaterializeToBuffer(Pool)
+		if err := unmarshalAliased(buf.ReadOnlyData(), r.Resp, readData); err != nil {
+			buf.Free()
+			return err
+		}
+		r.buf = buf
+		return nil
+	}
 	m, ok := v.(proto.Message)
 	if !ok {
 		return fmt.Errorf("proto: failed to unmarshal, message is %T, want proto.Message", v)
