@@ -150,7 +150,7 @@ func TestOpenStoredActsForTheCaller(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn := authedServer(t, svc, chunk.NewServer(svc, 0))
+	conn := authedServer(t, svc, chunk.NewServer(svc, chunk.ServerConfig{}))
 	acme := auth.NewContext(t.Context(), auth.Principal{Name: "a", Tenant: "acme", Role: auth.RoleRead, Domain: "acme"})
 	globex := auth.NewContext(t.Context(), auth.Principal{Name: "g", Tenant: "globex", Role: auth.RoleWrite, Domain: "globex"})
 	data, id := chunkOf(7, 30000)
@@ -207,7 +207,7 @@ func TestOpenStoredWithoutReadChunks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := client.NewGRPC(authedServer(t, svc, noReads{chunk.NewServer(svc, 0)}))
+	c := client.NewGRPC(authedServer(t, svc, noReads{chunk.NewServer(svc, chunk.ServerConfig{})}))
 	data, id := chunkOf(8, 30000)
 	upload(t, c, client.UploadOptions{}, raw(data, id))
 	for range 3 {
@@ -236,7 +236,7 @@ func TestOpenStoredStreamRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := client.NewGRPC(authedServer(t, svc, refusedReads{chunk.NewServer(svc, 0)}))
+	c := client.NewGRPC(authedServer(t, svc, refusedReads{chunk.NewServer(svc, chunk.ServerConfig{})}))
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
 	for range 3 {

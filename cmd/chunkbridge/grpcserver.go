@@ -32,8 +32,9 @@ const hopBuffer = 256 << 10
 
 // newGRPCServer builds a server with the interceptor chain every service
 // shares: logging outermost, then metrics, then panic recovery next to the
-// handler so that a panic is logged and counted as Internal.
-func newGRPCServer(log *slog.Logger, reg prometheus.Registerer, acc *access, tlsConfig *tls.Config) (*grpc.Server, *grpcprom.ServerMetrics) {
+// handler so that a panic is logged and counted as Internal. maxStreams
+// bounds the calls open at once on one connection.
+func newGRPCServer(log *slog.Logger, reg prometheus.Registerer, acc *access, tlsConfig *tls.Config, maxStreams uint32) (*grpc.Server, *grpcprom.ServerMetrics) {
 	metrics := grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram())
 	reg.MustRegister(metrics)
 	panics := prometheus.NewCounter(prometheus.CounterOpts{
@@ -51,6 +52,10 @@ func newGRPCServer(log *slog.Logger, reg prometheus.Registerer, acc *access, tls
 		grpc.MaxRecvMsgSize(maxMessage),
 		grpc.MaxSendMsgSize(maxMessage),
 		grpc.WriteBufferSize(hopBuffer), grpc.ReadBufferSize(hopBuffer),
+		// Each stream costs goroutines and buffers whatever its chunks
+		// take of --stream-memory-bytes: one connection may not open
+		// without end.
+		grpc.MaxConcurrentStreams(maxStreams),
 		// Spread long-lived client connections over replicas behind a
 		// Kubernetes Service: after 30 minutes a connection takes no new
 		// calls. The calls still running keep it for up to 6 hours, so a

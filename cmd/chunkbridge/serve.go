@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"time"
@@ -70,6 +71,9 @@ type serveFlags struct {
 	chunkService           string
 	maxConcurrentChunks    int
 	streamWindow           int
+	streamMemory           int64
+	streamStall            time.Duration
+	grpcMaxStreams         uint
 	presenceCache          int
 	spoolDir               string
 	healthInterval         time.Duration
@@ -93,6 +97,9 @@ func (f *serveFlags) register(fs *flag.FlagSet, p parts) {
 		fs.StringVar(&f.grpcListen, "grpc-listen", "127.0.0.1:9090", "address of the gRPC services (chunk, catalog, admin, health, reflection)")
 		fs.IntVar(&f.maxConcurrentChunks, "max-concurrent-chunks", 0, "chunks verified, compressed or stored at once across the process; bounds memory to about 48 MiB each (default 4 × CPUs)")
 		fs.IntVar(&f.streamWindow, "stream-window", 16, "chunks in flight per upload or download stream")
+		fs.Int64Var(&f.streamMemory, "stream-memory-bytes", 256<<20, "chunk data the chunk service's upload, download and read streams hold at once, all together; while others wait for it, a stream whose client reads nothing for --stream-stall-timeout is ended")
+		fs.DurationVar(&f.streamStall, "stream-stall-timeout", 5*time.Second, "how long a download or read stream may wait for its client to read while others wait for --stream-memory-bytes")
+		fs.UintVar(&f.grpcMaxStreams, "grpc-max-streams", 1024, "calls each gRPC connection may have open at once; more wait for one to end")
 		fs.IntVar(&f.presenceCache, "presence-cache", 1<<18, "ids of stored chunks remembered to answer existence checks without storage (about 100 bytes each; 0 disables)")
 		fs.StringVar(&f.spoolDir, "spool-dir", "", "where arriving indexes are validated before publication (default: the system temporary directory)")
 		fs.DurationVar(&f.healthInterval, "health-interval", 2*time.Second, "how often storage reachability is probed for health")
@@ -391,6 +398,14 @@ type services struct {
 // startServices opens the store and builds the gRPC server with the chunk,
 // catalog, admin, health and reflection services.
 func startServices(ctx context.Context, f serveFlags, log *slog.Logger, reg *prometheus.Registry, acc *access, tlsConfig *tls.Config) (*services, error) {
+	switch {
+	case f.streamMemory <= 0:
+		return nil, usagef("--stream-memory-bytes %d: must be positive", f.streamMemory)
+	case f.streamStall <= 0:
+		return nil, usagef("--stream-stall-timeout %v: must be positive", f.streamStall)
+	case f.grpcMaxStreams == 0 || f.grpcMaxStreams > math.MaxUint32:
+		return nil, usagef("--grpc-max-streams %d: must be from 1 to %d", f.grpcMaxStreams, uint32(math.MaxUint32))
+	}
 	store, err := openStore(ctx, f.storeFlags)
 	if err != nil {
 		return nil, err
@@ -411,8 +426,8 @@ func startServices(ctx context.Context, f serveFlags, log *slog.Logger, reg *pro
 		store.Close()
 		return nil, err
 	}
-	srv, grpcMetrics := newGRPCServer(log, reg, acc, tlsConfig)
-	chunkbridgev1.RegisterChunkServiceServer(srv, chunk.NewServer(chunks, f.streamWindow))
+	srv, grpcMetrics := newGRPCServer(log, reg, acc, tlsConfig, uint32(f.grpcMaxStreams))
+	chunkbridgev1.RegisterChunkServiceServer(srv, chunk.NewServer(chunks, chunk.ServerConfig{Window: f.streamWindow, StreamMemory: f.streamMemory, StallTimeout: f.streamStall}))
 	chunkbridgev1.RegisterCatalogServiceServer(srv, cat)
 	var monitor *readiness.Monitor // set below; stats label their figures stale while it says unreachable
 	ready := func() bool { return monitor == nil || monitor.Ready() }

@@ -286,7 +286,7 @@ func (s *Session) Hold(ctx context.Context, n int64) error {
 	if b == nil || n <= 0 {
 		return nil
 	}
-	n = b.clamp(n)
+	n = b.Clamp(n)
 	if !b.TryAcquire(n) {
 		actx, stop := s.join(ctx)
 		err := b.Acquire(actx, n)
@@ -309,7 +309,7 @@ func (s *Session) HoldNow(n int64) error {
 	if b == nil || n <= 0 {
 		return nil
 	}
-	n = b.clamp(n)
+	n = b.Clamp(n)
 	b.Overdraw(n)
 	return s.addHeld(n)
 }
@@ -322,7 +322,7 @@ func (s *Session) addHeld(n int64) error {
 		return s.endedError()
 	}
 	if s.held == 0 {
-		s.cfg.Shared.setHolder(s, true)
+		s.cfg.Shared.SetHolder(s, true)
 	}
 	s.held += n
 	s.heldMu.Unlock()
@@ -339,7 +339,7 @@ func (s *Session) Unhold(n int64) {
 	n = min(n, s.held) // after the end, nothing is held
 	s.held -= n
 	if s.held == 0 && n > 0 {
-		b.setHolder(s, false)
+		b.SetHolder(s, false)
 	}
 	s.heldMu.Unlock()
 	if n > 0 {
@@ -361,16 +361,16 @@ func (s *Session) releaseHeld() {
 	s.held = 0
 	s.heldMu.Unlock()
 	if b := s.cfg.Shared; b != nil {
-		b.setHolder(s, false)
+		b.SetHolder(s, false)
 		if n > 0 {
 			b.Release(n)
 		}
 	}
 }
 
-// squeeze cuts a write in progress to StallTimeout: the shared budget has
-// a waiter and this session holds part of it.
-func (s *Session) squeeze() {
+// Squeeze cuts a write in progress to StallTimeout: the shared budget has
+// a waiter and this session holds part of it (budget.Holder).
+func (s *Session) Squeeze() {
 	if !s.writing.Load() || s.ctx.Err() != nil {
 		return
 	}
@@ -384,7 +384,7 @@ func (s *Session) squeeze() {
 
 // writeTimeout is the deadline of the next write.
 func (s *Session) writeTimeout() time.Duration {
-	if b := s.cfg.Shared; b != nil && s.cfg.StallTimeout < s.cfg.WriteTimeout && s.Held() > 0 && b.pressed() {
+	if b := s.cfg.Shared; b != nil && s.cfg.StallTimeout < s.cfg.WriteTimeout && s.Held() > 0 && b.Pressed() {
 		s.squeezed.Store(true)
 		return s.cfg.StallTimeout
 	}

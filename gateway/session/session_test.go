@@ -183,24 +183,3 @@ func TestFinalFrameAfterQueueThenHalfClose(t *testing.T) {
 		t.Fatalf("drained %d bytes, want 1000", n)
 	}
 }
-
-func TestBudgetClampsAndCounts(t *testing.T) {
-	b := NewBudget(100)
-	if !b.TryAcquire(60) || b.TryAcquire(50) || b.InUse() != 60 {
-		t.Fatalf("in use %d after 60 of 100", b.InUse())
-	}
-	b.Release(60)
-	// Larger than the budget: takes all of it rather than never.
-	if err := b.Acquire(t.Context(), 1000); err != nil || b.InUse() != 100 {
-		t.Fatalf("Acquire(1000) = %v, in use %d", err, b.InUse())
-	}
-	ctx, cancel := context.WithCancel(t.Context())
-	cancel()
-	if err := b.Acquire(ctx, 1); !errors.Is(err, context.Canceled) {
-		t.Fatalf("Acquire on a full budget with an ended context = %v", err)
-	}
-	b.Release(1000)
-	if b.InUse() != 0 {
-		t.Fatalf("in use %d after release", b.InUse())
-	}
-}

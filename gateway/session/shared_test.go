@@ -3,7 +3,6 @@ package session
 import (
 	"bytes"
 	"context"
-	"errors"
 	"io"
 	"net"
 	"strings"
@@ -11,43 +10,6 @@ import (
 	"testing"
 	"time"
 )
-
-// The shared budget serves waiters in order, lets a bounded overdraw
-// through, and gives a cancelled waiter's place to the next.
-func TestBudgetFIFOOverdrawAndCancel(t *testing.T) {
-	b := NewBudget(10)
-	if !b.TryAcquire(8) {
-		t.Fatal("8 of 10 not free")
-	}
-	ctx, cancel := context.WithCancel(t.Context())
-	big := make(chan error, 1)
-	go func() { big <- b.Acquire(ctx, 5) }()
-	for !b.pressed() {
-		time.Sleep(time.Millisecond)
-	}
-	if b.TryAcquire(1) {
-		t.Fatal("TryAcquire jumped the queue")
-	}
-	small := make(chan error, 1)
-	go func() { small <- b.Acquire(t.Context(), 2) }()
-	cancel() // the big one gives up: the small one fits behind it
-	if err := <-big; !errors.Is(err, context.Canceled) {
-		t.Fatalf("cancelled Acquire = %v", err)
-	}
-	if err := <-small; err != nil {
-		t.Fatal(err)
-	}
-	b.Overdraw(3)
-	if got := b.InUse(); got != 13 {
-		t.Fatalf("InUse = %d after an overdraw, want 13", got)
-	}
-	b.Release(3)
-	b.Release(2)
-	b.Release(8)
-	if got := b.InUse(); got != 0 {
-		t.Fatalf("InUse = %d after releasing everything", got)
-	}
-}
 
 // Two sessions share one budget: what one holds the other waits for; the
 // writer gives a frame's bytes back once written, and a session that ends

@@ -145,7 +145,7 @@ func benchStores() []benchStore {
 func grpcClient(b *testing.B, svc *chunk.Service) chunkbridgev1.ChunkServiceClient {
 	lis := bufconn.Listen(4 << 20)
 	srv := grpc.NewServer(grpc.MaxRecvMsgSize(chunk.MaxSize+(1<<20)), grpc.MaxSendMsgSize(chunk.MaxSize+(1<<20)))
-	chunkbridgev1.RegisterChunkServiceServer(srv, chunk.NewServer(svc, 0))
+	chunkbridgev1.RegisterChunkServiceServer(srv, chunk.NewServer(svc, chunk.ServerConfig{}))
 	go srv.Serve(lis)
 	b.Cleanup(srv.Stop)
 	conn, err := grpc.NewClient("passthrough:///bench",

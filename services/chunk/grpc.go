@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -14,6 +15,7 @@ import (
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
 	"github.com/chunkbridge/chunkbridge/auth"
+	"github.com/chunkbridge/chunkbridge/internal/budget"
 	"github.com/chunkbridge/chunkbridge/services/apierr"
 )
 
@@ -24,15 +26,44 @@ type Server struct {
 	// window is how many chunks of one stream are in flight at once: uploads
 	// being verified and stored, or downloads read ahead.
 	window int
+	// budget bounds the chunk bytes every stream holds: received and not
+	// yet stored, or read and not yet sent. A client that stops reading
+	// would otherwise pin window chunks per stream, on as many streams as
+	// it opens.
+	budget *budget.Budget
+	stall  time.Duration
+	// senders are the streams' sending goroutines, which may outlive
+	// their handler by a blocked send (see watch.wait).
+	senders sync.WaitGroup
+	// onStall, if set, learns of each stream the watch ends (tests).
+	onStall func(stream string)
 }
 
-// NewServer returns the gRPC ChunkService over svc. window bounds the
-// chunks in flight per stream (default 8).
-func NewServer(svc *Service, window int) *Server {
-	if window <= 0 {
-		window = 8
+// ServerConfig tunes a Server. Zero values take the defaults.
+type ServerConfig struct {
+	// Window bounds the chunks in flight per stream (default 8).
+	Window int
+	// StreamMemory bounds the chunk bytes all streams hold at once
+	// (default 256 MiB).
+	StreamMemory int64
+	// StallTimeout: a download or read stream whose send has waited this
+	// long for its client while another stream waits for StreamMemory is
+	// ended with ResourceExhausted (default 5s).
+	StallTimeout time.Duration
+}
+
+// NewServer returns the gRPC ChunkService over svc.
+func NewServer(svc *Service, cfg ServerConfig) *Server {
+	if cfg.Window <= 0 {
+		cfg.Window = 8
 	}
-	return &Server{svc: svc, window: window}
+	if cfg.StreamMemory <= 0 {
+		cfg.StreamMemory = 256 << 20
+	}
+	if cfg.StallTimeout <= 0 {
+		cfg.StallTimeout = 5 * time.Second
+	}
+	return &Server{svc: svc, window: cfg.Window, budget: budget.New(cfg.StreamMemory), stall: cfg.StallTimeout}
 }
 
 func parseIDs(ids []string) ([]ID, error) {
@@ -88,8 +119,9 @@ func (s *Server) StatChunk(ctx context.Context, req *chunkbridgev1.StatChunkRequ
 
 // UploadChunks verifies and stores chunks as they arrive, up to window at a
 // time, and acknowledges each in request order. Receiving stops while the
-// window is full, so a fast client is held back by flow control rather
-// than by the server's memory.
+// window is full or the stream budget has no room for the chunk just
+// received (held until it is stored), so a fast client is held back by
+// flow control rather than by the server's memory.
 func (s *Server) UploadChunks(stream grpc.BidiStreamingServer[chunkbridgev1.UploadChunksRequest, chunkbridgev1.UploadChunksResponse]) error {
 	ctx := stream.Context()
 	// Refused as a whole, before any data is read: a read-only client
@@ -99,7 +131,10 @@ func (s *Server) UploadChunks(stream grpc.BidiStreamingServer[chunkbridgev1.Uplo
 	}
 	pending := make(chan chan *chunkbridgev1.UploadChunksResponse, s.window-1)
 	sent := make(chan error, 1)
-	go func() { sent <- sendInOrder(pending, stream.Send) }()
+	go func() { sent <- sendInOrder(pending, stream.Send, nil) }()
+	// An acknowledgement holds no chunk: uploads charge the budget until
+	// stored, and their stream is no holder for the watch to end.
+	var held atomic.Int64
 
 	var recvErr error
 	for {
@@ -117,10 +152,19 @@ func (s *Server) UploadChunks(stream grpc.BidiStreamingServer[chunkbridgev1.Uplo
 		case <-ctx.Done():
 			recvErr = ctx.Err()
 		}
+		c := &charge{b: s.budget, held: &held}
+		if recvErr == nil {
+			recvErr = c.reserve(ctx, int64(len(req.GetData())))
+		}
 		if recvErr != nil {
+			// Pending or not, nobody else fills it.
+			result <- &chunkbridgev1.UploadChunksResponse{Id: req.GetId(), Code: int32(apierr.Code(recvErr)), Message: recvErr.Error()}
 			break
 		}
-		go func() { result <- s.upload(ctx, req) }()
+		go func() {
+			defer c.release()
+			result <- s.upload(ctx, req)
+		}()
 	}
 	close(pending)
 	if err := <-sent; err != nil {
@@ -146,7 +190,8 @@ func (s *Server) upload(ctx context.Context, req *chunkbridgev1.UploadChunksRequ
 
 // DownloadChunks reads up to window chunks ahead of the one being sent, so
 // a slow object store is paid once per window, not once per chunk, and
-// sends them in request order.
+// sends them in request order. Each read holds its share of the stream
+// budget until its response is sent (see watch).
 func (s *Server) DownloadChunks(req *chunkbridgev1.DownloadChunksRequest, stream grpc.ServerStreamingServer[chunkbridgev1.DownloadChunksResponse]) error {
 	ids, err := parseIDs(req.GetIds())
 	if err != nil {
@@ -164,30 +209,42 @@ func (s *Server) DownloadChunks(req *chunkbridgev1.DownloadChunksRequest, stream
 	default:
 		return apierr.Status(fmt.Errorf("%w: download encoding %s: want ZSTD (as stored) or RAW", apierr.ErrInvalid, req.GetEncoding()))
 	}
-	if len(ids) == 1 {
-		// One chunk (an HTTP GET, for one): nothing to read ahead, so no
-		// goroutine and queue per call.
-		if err := stream.Send(s.download(sctx, ids[0], raw)); err != nil {
-			return err
-		}
-		return apierr.Status(stream.Context().Err())
-	}
+	w := s.watch(sctx, "DownloadChunks")
+	defer w.done()
 	ctx, cancel := context.WithCancel(sctx)
 	defer cancel()
-	pending := make(chan chan *chunkbridgev1.DownloadChunksResponse, s.window-1)
+	type result struct {
+		resp   *chunkbridgev1.DownloadChunksResponse
+		charge *charge
+	}
+	pending := make(chan chan *result, s.window-1)
 	go func() {
 		defer close(pending)
 		for _, id := range ids {
-			result := make(chan *chunkbridgev1.DownloadChunksResponse, 1)
+			r := make(chan *result, 1)
 			select {
-			case pending <- result:
+			case pending <- r:
 			case <-ctx.Done():
 				return
 			}
-			go func() { result <- s.download(ctx, id, raw) }()
+			// Shares are taken in request order, as large as a chunk can
+			// be until it is opened: the chunk to be sent next always has
+			// its share, so streams cannot all wait for each other's.
+			c := w.charge()
+			if err := c.reserve(ctx, maxStored); err != nil {
+				r <- &result{resp: failed(id, err)}
+				return
+			}
+			go func() { r <- &result{s.download(ctx, id, raw, c), c} }()
 		}
 	}()
-	if err := sendInOrder(pending, stream.Send); err != nil {
+	sent := make(chan error, 1)
+	s.senders.Go(func() {
+		sent <- sendInOrder(pending, func(r *result) error {
+			return w.sendOne(func() error { return stream.Send(r.resp) })
+		}, func(r *result) { r.charge.release() })
+	})
+	if _, err := w.wait(sent); err != nil {
 		return err
 	}
 	if err := ctx.Err(); err != nil {
@@ -196,63 +253,89 @@ func (s *Server) DownloadChunks(req *chunkbridgev1.DownloadChunksRequest, stream
 	return nil
 }
 
-func (s *Server) download(ctx context.Context, id ID, raw bool) *chunkbridgev1.DownloadChunksResponse {
-	c, err := s.svc.Get(ctx, id, raw)
+func (s *Server) download(ctx context.Context, id ID, raw bool, c *charge) *chunkbridgev1.DownloadChunksResponse {
+	ch, err := s.svc.get(ctx, id, raw, c)
 	if err != nil {
-		return &chunkbridgev1.DownloadChunksResponse{Id: id.String(), Code: int32(apierr.Code(err)), Message: err.Error()}
+		return failed(id, err)
 	}
 	return &chunkbridgev1.DownloadChunksResponse{
-		Id: id.String(), Code: int32(codes.OK), Encoding: c.Encoding, Data: c.Data, Algorithm: c.Algorithm, Size: c.Size,
+		Id: id.String(), Code: int32(codes.OK), Encoding: ch.Encoding, Data: ch.Data, Algorithm: ch.Algorithm, Size: ch.Size,
 	}
+}
+
+func failed(id ID, err error) *chunkbridgev1.DownloadChunksResponse {
+	return &chunkbridgev1.DownloadChunksResponse{Id: id.String(), Code: int32(apierr.Code(err)), Message: err.Error()}
 }
 
 // ReadChunks serves tagged one-chunk reads on one stream, the stored bytes
 // of each, in the order the reads finish. At most window reads are in
 // progress or unsent: beyond that the next request is not read until a
 // response has been sent, and gRPC's flow control holds the client back.
+// Each read holds its share of the stream budget until its response is
+// sent (see watch).
 func (s *Server) ReadChunks(stream grpc.BidiStreamingServer[chunkbridgev1.ReadChunksRequest, chunkbridgev1.ReadChunksResponse]) error {
 	sctx := stream.Context()
 	// The stream's caller, as the listener authenticated it (none when
 	// authentication is off, where forwarded principals are ignored as
 	// the interceptor ignores the metadata).
 	caller, authed := auth.Authenticated(sctx)
+	w := s.watch(sctx, "ReadChunks")
+	defer w.done()
 	ctx, cancel := context.WithCancel(sctx)
 	defer cancel()
+	type result struct {
+		resp   *chunkbridgev1.ReadChunksResponse
+		charge *charge
+	}
 	slots := make(chan struct{}, s.window)
-	out := make(chan *chunkbridgev1.ReadChunksResponse, s.window)
+	out := make(chan result, s.window)
 	sent := make(chan error, 1)
-	go func() {
+	s.senders.Go(func() {
 		var err error
 		for r := range out {
 			if err == nil {
-				if err = stream.Send(r); err != nil {
+				if err = w.sendOne(func() error { return stream.Send(r.resp) }); err != nil {
 					cancel()
 				}
 			}
+			r.charge.release()
 			<-slots
 		}
 		sent <- err
+	})
+	received := make(chan error, 1)
+	go func() {
+		var wg sync.WaitGroup
+		var err error
+		for {
+			var req *chunkbridgev1.ReadChunksRequest
+			if req, err = stream.Recv(); err != nil {
+				break
+			}
+			select {
+			case slots <- struct{}{}:
+			case <-ctx.Done():
+			}
+			if err = ctx.Err(); err != nil {
+				break
+			}
+			wg.Go(func() {
+				c := w.charge()
+				out <- result{s.read(ctx, caller, authed, req, c), c}
+			})
+		}
+		wg.Wait()
+		close(out)
+		received <- err
 	}()
-	var wg sync.WaitGroup
-	var err error
-	for {
-		var req *chunkbridgev1.ReadChunksRequest
-		if req, err = stream.Recv(); err != nil {
-			break
-		}
-		select {
-		case slots <- struct{}{}:
-		case <-ctx.Done():
-		}
-		if err = ctx.Err(); err != nil {
-			break
-		}
-		wg.Go(func() { out <- s.read(ctx, caller, authed, req) })
+	stalled, err := w.wait(received)
+	if stalled {
+		return err
 	}
-	wg.Wait()
-	close(out)
-	serr := <-sent
+	stalled, serr := w.wait(sent)
 	switch {
+	case stalled:
+		return serr
 	case errors.Is(err, io.EOF):
 		return serr
 	case serr != nil:
@@ -261,15 +344,15 @@ func (s *Server) ReadChunks(stream grpc.BidiStreamingServer[chunkbridgev1.ReadCh
 	return apierr.Status(err)
 }
 
-func (s *Server) read(ctx context.Context, caller auth.Principal, authed bool, req *chunkbridgev1.ReadChunksRequest) *chunkbridgev1.ReadChunksResponse {
-	data, err := s.readOne(ctx, caller, authed, req)
+func (s *Server) read(ctx context.Context, caller auth.Principal, authed bool, req *chunkbridgev1.ReadChunksRequest, c *charge) *chunkbridgev1.ReadChunksResponse {
+	data, err := s.readOne(ctx, caller, authed, req, c)
 	if err != nil {
 		return &chunkbridgev1.ReadChunksResponse{Tag: req.GetTag(), Code: int32(apierr.Code(err)), Message: err.Error()}
 	}
 	return &chunkbridgev1.ReadChunksResponse{Tag: req.GetTag(), Data: data}
 }
 
-func (s *Server) readOne(ctx context.Context, caller auth.Principal, authed bool, req *chunkbridgev1.ReadChunksRequest) ([]byte, error) {
+func (s *Server) readOne(ctx context.Context, caller auth.Principal, authed bool, req *chunkbridgev1.ReadChunksRequest, c *charge) ([]byte, error) {
 	id, err := ParseID(req.GetId())
 	if err != nil {
 		return nil, err
@@ -292,18 +375,21 @@ func (s *Server) readOne(ctx context.Context, caller auth.Principal, authed bool
 		ctx, cancel = context.WithTimeout(ctx, time.Duration(ms)*time.Millisecond)
 		defer cancel()
 	}
-	return s.svc.ReadStored(ctx, id)
+	return s.svc.readStored(ctx, id, c)
 }
 
-// sendInOrder sends each result as it completes, in queue order. After a
-// send fails it keeps draining so that no producer blocks, and returns the
-// error.
-func sendInOrder[T any](pending <-chan chan *T, send func(*T) error) error {
+// sendInOrder sends each result as it completes, in queue order, and then
+// passes it to done (if not nil). After a send fails it keeps draining so
+// that no producer blocks, and returns the error.
+func sendInOrder[T any](pending <-chan chan *T, send func(*T) error, done func(*T)) error {
 	var err error
 	for result := range pending {
 		r := <-result
 		if err == nil {
 			err = send(r)
+		}
+		if done != nil {
+			done(r)
 		}
 	}
 	return err

@@ -90,9 +90,9 @@ func TestReadChunksHugeTimeout(t *testing.T) {
 	if _, err := svc.Put(t.Context(), Upload{ID: id, Algorithm: chunkbridgev1.DigestAlgorithm_DIGEST_ALGORITHM_SHA256, Encoding: chunkbridgev1.Encoding_ENCODING_RAW, Data: data}); err != nil {
 		t.Fatal(err)
 	}
-	srv := NewServer(svc, 0)
+	srv := NewServer(svc, ServerConfig{})
 	for _, ms := range []int64{math.MaxInt64, math.MaxInt64 / 1000, 60000} {
-		resp := srv.read(t.Context(), auth.Principal{}, false, &chunkbridgev1.ReadChunksRequest{Tag: 1, Id: id.String(), TimeoutMs: ms})
+		resp := srv.read(t.Context(), auth.Principal{}, false, &chunkbridgev1.ReadChunksRequest{Tag: 1, Id: id.String(), TimeoutMs: ms}, nil)
 		if resp.GetCode() != 0 || len(resp.GetData()) == 0 {
 			t.Errorf("timeout_ms %d: code %d, %q", ms, resp.GetCode(), resp.GetMessage())
 		}

@@ -327,6 +327,11 @@ type Chunk struct {
 // Get reads one chunk as stored (zstd), or decoded and re-verified when raw
 // is true.
 func (s *Service) Get(ctx context.Context, id ID, raw bool) (Chunk, error) {
+	return s.get(ctx, id, raw, nil)
+}
+
+// get is Get charging the chunk's buffers to c.
+func (s *Service) get(ctx context.Context, id ID, raw bool, c *charge) (Chunk, error) {
 	if err := auth.Check(ctx, auth.Read, "chunks"); err != nil {
 		return Chunk{}, err
 	}
@@ -337,6 +342,20 @@ func (s *Service) Get(ctx context.Context, id ID, raw bool) (Chunk, error) {
 	if err := s.mayRead(ctx, d, id); err != nil {
 		return Chunk{}, err
 	}
+	for {
+		ch, err := s.getIn(ctx, d, id, raw, c)
+		if !errors.Is(err, errNoRoom) {
+			return ch, err
+		}
+		if err := c.wait(ctx); err != nil {
+			return Chunk{}, err
+		}
+	}
+}
+
+// getIn is one attempt of get: errNoRoom when c had no room for the chunk
+// once its size was known.
+func (s *Service) getIn(ctx context.Context, d *domain, id ID, raw bool, c *charge) (Chunk, error) {
 	if err := s.acquire(ctx); err != nil {
 		return Chunk{}, err
 	}
@@ -358,24 +377,31 @@ func (s *Service) Get(ctx context.Context, id ID, raw bool) (Chunk, error) {
 	if err := checkStoredSize(id, info.Size); err != nil {
 		return Chunk{}, corrupt(err)
 	}
+	need := info.Size
+	if raw {
+		need = max(need, MaxSize) // what it decodes to is known only then
+	}
+	if err := c.hold(need); err != nil {
+		return Chunk{}, err
+	}
 	stored := make([]byte, info.Size)
 	if _, err := io.ReadFull(rc, stored); err != nil {
 		return Chunk{}, fmt.Errorf("chunk %s: read: %w", id, readErr(err))
 	}
-	c := Chunk{ID: id, Algorithm: parseAlgorithm(info.Metadata[metaAlgorithm]), Encoding: chunkbridgev1.Encoding_ENCODING_ZSTD, Data: stored}
-	c.Size, _ = strconv.ParseInt(info.Metadata[metaSize], 10, 64)
+	ch := Chunk{ID: id, Algorithm: parseAlgorithm(info.Metadata[metaAlgorithm]), Encoding: chunkbridgev1.Encoding_ENCODING_ZSTD, Data: stored}
+	ch.Size, _ = strconv.ParseInt(info.Metadata[metaSize], 10, 64)
 	s.metrics.bytesServed.Add(float64(len(stored)))
 	if d.encrypted {
 		// Served as stored whatever raw asks: only the client can decrypt.
 		// The CRC is the one check the server can make.
-		c.Encoding = chunkbridgev1.Encoding_ENCODING_DATABLOB
+		ch.Encoding = chunkbridgev1.Encoding_ENCODING_DATABLOB
 		if err := checkStored(id, stored); err != nil {
 			return Chunk{}, corrupt(err)
 		}
-		return c, nil
+		return ch, c.hold(int64(len(stored)))
 	}
-	if !raw && c.Algorithm != chunkbridgev1.DigestAlgorithm_DIGEST_ALGORITHM_UNSPECIFIED && c.Size > 0 {
-		return c, nil
+	if !raw && ch.Algorithm != chunkbridgev1.DigestAlgorithm_DIGEST_ALGORITHM_UNSPECIFIED && ch.Size > 0 {
+		return ch, nil
 	}
 	// Raw data was asked for, or the metadata is missing (a chunk placed by
 	// casync itself): decode, and learn the algorithm by hashing.
@@ -383,13 +409,13 @@ func (s *Service) Get(ctx context.Context, id ID, raw bool) (Chunk, error) {
 	if err != nil {
 		return Chunk{}, corrupt(fmt.Errorf("chunk %s: %w: stored data does not decode: %v", id, apierr.ErrDigestMismatch, err))
 	}
-	if err := verify(id, &c, data); err != nil {
+	if err := verify(id, &ch, data); err != nil {
 		return Chunk{}, corrupt(err)
 	}
 	if raw {
-		c.Encoding, c.Data = chunkbridgev1.Encoding_ENCODING_RAW, data
+		ch.Encoding, ch.Data = chunkbridgev1.Encoding_ENCODING_RAW, data
 	}
-	return c, nil
+	return ch, c.hold(int64(len(ch.Data)))
 }
 
 // OpenStored opens one chunk as stored (a zstd frame), for a caller that
@@ -448,10 +474,27 @@ func (s *Service) openStored(ctx context.Context, d *domain, id ID, release func
 // chunk on as one message (ReadChunks): the same checks, no metadata, no
 // decoding; it holds a work slot while it fills the buffer.
 func (s *Service) ReadStored(ctx context.Context, id ID) ([]byte, error) {
+	return s.readStored(ctx, id, nil)
+}
+
+// readStored is ReadStored charging the buffer to c.
+func (s *Service) readStored(ctx context.Context, id ID, c *charge) ([]byte, error) {
 	d, err := s.storedDomain(ctx, id)
 	if err != nil {
 		return nil, err
 	}
+	for {
+		data, err := s.readStoredIn(ctx, d, id, c)
+		if !errors.Is(err, errNoRoom) {
+			return data, err
+		}
+		if err := c.wait(ctx); err != nil {
+			return nil, err
+		}
+	}
+}
+
+func (s *Service) readStoredIn(ctx context.Context, d *domain, id ID, c *charge) ([]byte, error) {
 	// The slot first, as Get: a read waiting for one holds no object open.
 	if err := s.acquire(ctx); err != nil {
 		return nil, err
@@ -463,6 +506,9 @@ func (s *Service) ReadStored(ctx context.Context, id ID) ([]byte, error) {
 		return nil, err
 	}
 	defer rc.Close()
+	if err := c.hold(size); err != nil {
+		return nil, err
+	}
 	stored := make([]byte, size)
 	if _, err := io.ReadFull(rc, stored); err != nil {
 		return nil, fmt.Errorf("chunk %s: read: %w", id, readErr(err))

@@ -52,7 +52,7 @@ func Start(t testing.TB, store storage.Store, chunkCfg chunk.Config, catalogCfg 
 		t.Fatal(err)
 	}
 	gs := grpc.NewServer(grpc.MaxRecvMsgSize(maxMessage), grpc.MaxSendMsgSize(maxMessage))
-	chunkbridgev1.RegisterChunkServiceServer(gs, chunk.NewServer(svc, 0))
+	chunkbridgev1.RegisterChunkServiceServer(gs, chunk.NewServer(svc, chunk.ServerConfig{}))
 	chunkbridgev1.RegisterCatalogServiceServer(gs, cat)
 	lis := bufconn.Listen(1 << 20)
 	go gs.Serve(lis)
