@@ -112,8 +112,35 @@ var (
 	readData     = (&chunkbridgev1.ReadChunksResponse{}).ProtoReflect().Descriptor().Fields().ByName("data")
 )
 
+// Lent is a ReadChunksResponse whose data is Buf, a buffer from Pool that
+// gRPC gives back once it has written the message. Send it with Send (a
+// stream's SendMsg); after that neither Resp's data nor Buf may be
+// touched. A Lent that is never sent leaves Buf to the garbage collector.
+type Lent struct {
+	Resp *chunkbridgev1.ReadChunksResponse
+	Buf  *[]byte // nil: Resp's data is not the pool's
+}
+
+// Send sends l on stream.
+func (l *Lent) Send(stream interface{ SendMsg(any) error }) error {
+	if l.Buf == nil || !Installed() {
+		return stream.SendMsg(l.Resp)
+	}
+	return stream.SendMsg(l)
+}
+
 func (Codec) Marshal(v any) (mem.BufferSlice, error) {
 	switch r := v.(type) {
+	case *Lent:
+		b, err := marshalSent(r.Resp, readData)
+		if err != nil || len(b) < 2 {
+			// Not sent or copied (small): the buffer is free again.
+			Pool.Put(r.Buf)
+			return b, err
+		}
+		// The data goes as the pool's buffer, back once written.
+		b[1] = mem.NewBuffer(r.Buf, Pool)
+		return b, nil
 	case *chunkbridgev1.DownloadChunksResponse:
 		return marshalSent(r, downloadData)
 	case *chunkbridgev1.ReadChunksResponse:

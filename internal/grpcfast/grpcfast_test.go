@@ -88,3 +88,35 @@ func TestPool(t *testing.T) {
 		t.Fatalf("Get(1000) cap %d", cap(*b))
 	}
 }
+
+// A Lent response goes out as the proto any decoder reads, and comes back
+// as Received (the pooled path of both ends) equal to it; the buffers
+// are the pool's and return to it when freed.
+func TestLentAndReceived(t *testing.T) {
+	for _, size := range []int{0, 100, aliasMin - 1, aliasMin, 70 << 10, 4 << 20} {
+		buf := Pool.Get(size)
+		for i := range *buf {
+			(*buf)[i] = byte(i * 7)
+		}
+		want := &chunkbridgev1.ReadChunksResponse{Tag: 9, Data: bytes.Clone(*buf)}
+		out, err := Codec{}.Marshal(&Lent{Resp: &chunkbridgev1.ReadChunksResponse{Tag: 9, Data: *buf}, Buf: buf})
+		if err != nil {
+			t.Fatal(err)
+		}
+		wire := out.Materialize()
+		plain := new(chunkbridgev1.ReadChunksResponse)
+		if err := proto.Unmarshal(wire, plain); err != nil || !proto.Equal(plain, want) {
+			t.Fatalf("%d bytes: plain decode %v, equal %v", size, err, proto.Equal(plain, want))
+		}
+		out.Free() // as gRPC does once the message is written
+		var got Received
+		if err := (Codec{}).Unmarshal(split(wire), &got); err != nil || !proto.Equal(got.Resp, want) {
+			t.Fatalf("%d bytes: Received decode %v, equal %v", size, err, proto.Equal(got.Resp, want))
+		}
+		if (got.buf != nil) != (len(wire) >= aliasMin) {
+			t.Fatalf("%d bytes: pooled %v, want pooled from a %d-byte message", size, got.buf != nil, aliasMin)
+		}
+		got.Free()
+		got.Free() // twice is harmless
+	}
+}

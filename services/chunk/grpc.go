@@ -16,6 +16,7 @@ import (
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
 	"github.com/chunkbridge/chunkbridge/auth"
 	"github.com/chunkbridge/chunkbridge/internal/budget"
+	"github.com/chunkbridge/chunkbridge/internal/grpcfast"
 	"github.com/chunkbridge/chunkbridge/services/apierr"
 )
 
@@ -284,7 +285,7 @@ func (s *Server) ReadChunks(stream grpc.BidiStreamingServer[chunkbridgev1.ReadCh
 	ctx, cancel := context.WithCancel(sctx)
 	defer cancel()
 	type result struct {
-		resp   *chunkbridgev1.ReadChunksResponse
+		resp   *grpcfast.Lent
 		charge *charge
 	}
 	slots := make(chan struct{}, s.window)
@@ -294,7 +295,7 @@ func (s *Server) ReadChunks(stream grpc.BidiStreamingServer[chunkbridgev1.ReadCh
 		var err error
 		for r := range out {
 			if err == nil {
-				if err = w.sendOne(func() error { return stream.Send(r.resp) }); err != nil {
+				if err = w.sendOne(func() error { return r.resp.Send(stream) }); err != nil {
 					cancel()
 				}
 			}
@@ -344,15 +345,17 @@ func (s *Server) ReadChunks(stream grpc.BidiStreamingServer[chunkbridgev1.ReadCh
 	return apierr.Status(err)
 }
 
-func (s *Server) read(ctx context.Context, caller auth.Principal, authed bool, req *chunkbridgev1.ReadChunksRequest, c *charge) *chunkbridgev1.ReadChunksResponse {
-	data, err := s.readOne(ctx, caller, authed, req, c)
+// read answers one read; the chunk is read into a pooled buffer that gRPC
+// gives back once it has written it (grpcfast.Lent).
+func (s *Server) read(ctx context.Context, caller auth.Principal, authed bool, req *chunkbridgev1.ReadChunksRequest, c *charge) *grpcfast.Lent {
+	buf, err := s.readOne(ctx, caller, authed, req, c)
 	if err != nil {
-		return &chunkbridgev1.ReadChunksResponse{Tag: req.GetTag(), Code: int32(apierr.Code(err)), Message: err.Error()}
+		return &grpcfast.Lent{Resp: &chunkbridgev1.ReadChunksResponse{Tag: req.GetTag(), Code: int32(apierr.Code(err)), Message: err.Error()}}
 	}
-	return &chunkbridgev1.ReadChunksResponse{Tag: req.GetTag(), Data: data}
+	return &grpcfast.Lent{Resp: &chunkbridgev1.ReadChunksResponse{Tag: req.GetTag(), Data: *buf}, Buf: buf}
 }
 
-func (s *Server) readOne(ctx context.Context, caller auth.Principal, authed bool, req *chunkbridgev1.ReadChunksRequest, c *charge) ([]byte, error) {
+func (s *Server) readOne(ctx context.Context, caller auth.Principal, authed bool, req *chunkbridgev1.ReadChunksRequest, c *charge) (*[]byte, error) {
 	id, err := ParseID(req.GetId())
 	if err != nil {
 		return nil, err
@@ -375,7 +378,7 @@ func (s *Server) readOne(ctx context.Context, caller auth.Principal, authed bool
 		ctx, cancel = context.WithTimeout(ctx, time.Duration(ms)*time.Millisecond)
 		defer cancel()
 	}
-	return s.svc.readStored(ctx, id, c)
+	return s.svc.readStored(ctx, id, c, grpcfast.Pool)
 }
 
 // sendInOrder sends each result as it completes, in queue order, and then

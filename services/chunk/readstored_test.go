@@ -93,8 +93,8 @@ func TestReadChunksHugeTimeout(t *testing.T) {
 	srv := NewServer(svc, ServerConfig{})
 	for _, ms := range []int64{math.MaxInt64, math.MaxInt64 / 1000, 60000} {
 		resp := srv.read(t.Context(), auth.Principal{}, false, &chunkbridgev1.ReadChunksRequest{Tag: 1, Id: id.String(), TimeoutMs: ms}, nil)
-		if resp.GetCode() != 0 || len(resp.GetData()) == 0 {
-			t.Errorf("timeout_ms %d: code %d, %q", ms, resp.GetCode(), resp.GetMessage())
+		if resp.Resp.GetCode() != 0 || len(resp.Resp.GetData()) == 0 {
+			t.Errorf("timeout_ms %d: code %d, %q", ms, resp.Resp.GetCode(), resp.Resp.GetMessage())
 		}
 	}
 }

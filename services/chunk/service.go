@@ -18,6 +18,7 @@ import (
 	"sync/atomic"
 
 	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc/mem"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
 	"github.com/chunkbridge/chunkbridge/auth"
@@ -474,17 +475,22 @@ func (s *Service) openStored(ctx context.Context, d *domain, id ID, release func
 // chunk on as one message (ReadChunks): the same checks, no metadata, no
 // decoding; it holds a work slot while it fills the buffer.
 func (s *Service) ReadStored(ctx context.Context, id ID) ([]byte, error) {
-	return s.readStored(ctx, id, nil)
+	b, err := s.readStored(ctx, id, nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	return *b, nil
 }
 
-// readStored is ReadStored charging the buffer to c.
-func (s *Service) readStored(ctx context.Context, id ID, c *charge) ([]byte, error) {
+// readStored is ReadStored charging the buffer to c, and taking it from
+// pool when there is one (the caller gives it back).
+func (s *Service) readStored(ctx context.Context, id ID, c *charge, pool mem.BufferPool) (*[]byte, error) {
 	d, err := s.storedDomain(ctx, id)
 	if err != nil {
 		return nil, err
 	}
 	for {
-		data, err := s.readStoredIn(ctx, d, id, c)
+		data, err := s.readStoredIn(ctx, d, id, c, pool)
 		if !errors.Is(err, errNoRoom) {
 			return data, err
 		}
@@ -494,7 +500,7 @@ func (s *Service) readStored(ctx context.Context, id ID, c *charge) ([]byte, err
 	}
 }
 
-func (s *Service) readStoredIn(ctx context.Context, d *domain, id ID, c *charge) ([]byte, error) {
+func (s *Service) readStoredIn(ctx context.Context, d *domain, id ID, c *charge, pool mem.BufferPool) (*[]byte, error) {
 	// The slot first, as Get: a read waiting for one holds no object open.
 	if err := s.acquire(ctx); err != nil {
 		return nil, err
@@ -509,8 +515,17 @@ func (s *Service) readStoredIn(ctx context.Context, d *domain, id ID, c *charge)
 	if err := c.hold(size); err != nil {
 		return nil, err
 	}
-	stored := make([]byte, size)
-	if _, err := io.ReadFull(rc, stored); err != nil {
+	var stored *[]byte
+	if pool != nil {
+		stored = pool.Get(int(size))
+	} else {
+		b := make([]byte, size)
+		stored = &b
+	}
+	if _, err := io.ReadFull(rc, *stored); err != nil {
+		if pool != nil {
+			pool.Put(stored)
+		}
 		return nil, fmt.Errorf("chunk %s: read: %w", id, readErr(err))
 	}
 	return stored, nil
