@@ -68,6 +68,7 @@ type serveFlags struct {
 	pbsListen              string
 	pbsTLSCert, pbsTLSKey  string
 	pbsTicketKeyFile       string
+	pbsFileMemory          int64
 	chunkService           string
 	maxConcurrentChunks    int
 	streamWindow           int
@@ -135,6 +136,7 @@ func (f *serveFlags) register(fs *flag.FlagSet, p parts) {
 		fs.StringVar(&f.pbsListen, "pbs-listen", def, "address of the Proxmox Backup Server gateway (HTTPS and HTTP/2; empty: off); needs --pbs-tls-cert and --pbs-tls-key")
 		fs.StringVar(&f.pbsTLSCert, "pbs-tls-cert", "", "PEM certificate of the PBS gateway; its SHA-256 fingerprint is logged at start for clients that pin it")
 		fs.StringVar(&f.pbsTLSKey, "pbs-tls-key", "", "PEM private key for --pbs-tls-cert")
+		fs.Int64Var(&f.pbsFileMemory, "pbs-file-memory-bytes", 256<<20, "whole files the PBS gateway holds in memory at once, all sessions together: previous indexes and blobs read for clients (an index with its conversion and chunk map), blobs uploaded, manifests until finish; a request waits until its share is free")
 		fs.StringVar(&f.pbsTicketKeyFile, "pbs-ticket-key-file", "", "file of at least 32 random bytes that signs PBS login tickets: give every replica the same one, and tickets work at each and survive restarts (default: a key made at start, so tickets are per process)")
 	}
 	if p.casync || p.pmx || p.pbs {
