@@ -23,6 +23,9 @@ func (f *serveFlags) servePBS(g *errgroup.Group, log *slog.Logger, acc *access, 
 	if f.pbsTLSCert == "" || f.pbsTLSKey == "" {
 		return nil, usagef("--pbs-listen %s needs --pbs-tls-cert and --pbs-tls-key: PBS clients speak TLS only", f.pbsListen)
 	}
+	if f.pbsFileMemory <= 0 {
+		return nil, usagef("--pbs-file-memory-bytes %d: must be positive", f.pbsFileMemory)
+	}
 	cert, err := tls.LoadX509KeyPair(f.pbsTLSCert, f.pbsTLSKey)
 	if err != nil {
 		return nil, fmt.Errorf("--pbs-tls-cert/--pbs-tls-key: %w", err)
@@ -46,6 +49,7 @@ func (f *serveFlags) servePBS(g *errgroup.Group, log *slog.Logger, acc *access, 
 	plog := log.With("gateway", "pbs")
 	srv := &pbs.Server{
 		Chunks: chunks, Catalog: cat, Log: plog, MaxConns: f.maxConns, IdleTimeout: f.sessionIdle, TicketKey: ticketKey,
+		FileMemory: f.pbsFileMemory,
 		// PBS clients do the HTTP/1.1 upgrade themselves: no ALPN h2.
 		TLS: &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12, NextProtos: []string{"http/1.1"}},
 	}

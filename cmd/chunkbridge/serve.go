@@ -68,6 +68,7 @@ type serveFlags struct {
 	pbsListen              string
 	pbsTLSCert, pbsTLSKey  string
 	pbsTicketKeyFile       string
+	pbsFileMemory          int64
 	chunkService           string
 	maxConcurrentChunks    int
 	streamWindow           int
@@ -76,6 +77,7 @@ type serveFlags struct {
 	grpcMaxStreams         uint
 	presenceCache          int
 	spoolDir               string
+	maxBlobSpools          int
 	healthInterval         time.Duration
 	statsTTL               time.Duration
 	shutdownTimeout        time.Duration
@@ -102,6 +104,7 @@ func (f *serveFlags) register(fs *flag.FlagSet, p parts) {
 		fs.UintVar(&f.grpcMaxStreams, "grpc-max-streams", 1024, "calls each gRPC connection may have open at once; more wait for one to end")
 		fs.IntVar(&f.presenceCache, "presence-cache", 1<<18, "ids of stored chunks remembered to answer existence checks without storage (about 100 bytes each; 0 disables)")
 		fs.StringVar(&f.spoolDir, "spool-dir", "", "where arriving indexes are validated before publication (default: the system temporary directory)")
+		fs.IntVar(&f.maxBlobSpools, "max-blob-spools", 16, "blob files (PBS blobs, PutSnapshotBlob) spooled to --spool-dir at once, each up to 128 MiB; more wait their turn")
 		fs.DurationVar(&f.healthInterval, "health-interval", 2*time.Second, "how often storage reachability is probed for health")
 		fs.DurationVar(&f.statsTTL, "stats-ttl", 10*time.Second, "how long store counts (stats, store metrics) are reused; counting lists every chunk, so raise it for large stores")
 	} else {
@@ -133,6 +136,7 @@ func (f *serveFlags) register(fs *flag.FlagSet, p parts) {
 		fs.StringVar(&f.pbsListen, "pbs-listen", def, "address of the Proxmox Backup Server gateway (HTTPS and HTTP/2; empty: off); needs --pbs-tls-cert and --pbs-tls-key")
 		fs.StringVar(&f.pbsTLSCert, "pbs-tls-cert", "", "PEM certificate of the PBS gateway; its SHA-256 fingerprint is logged at start for clients that pin it")
 		fs.StringVar(&f.pbsTLSKey, "pbs-tls-key", "", "PEM private key for --pbs-tls-cert")
+		fs.Int64Var(&f.pbsFileMemory, "pbs-file-memory-bytes", 256<<20, "whole files the PBS gateway holds in memory at once, all sessions together: previous indexes and blobs read for clients (an index with its conversion and chunk map), blobs uploaded, manifests until finish; a request waits until its share is free")
 		fs.StringVar(&f.pbsTicketKeyFile, "pbs-ticket-key-file", "", "file of at least 32 random bytes that signs PBS login tickets: give every replica the same one, and tickets work at each and survive restarts (default: a key made at start, so tickets are per process)")
 	}
 	if p.casync || p.pmx || p.pbs {
@@ -403,6 +407,8 @@ func startServices(ctx context.Context, f serveFlags, log *slog.Logger, reg *pro
 		return nil, usagef("--stream-memory-bytes %d: must be positive", f.streamMemory)
 	case f.streamStall <= 0:
 		return nil, usagef("--stream-stall-timeout %v: must be positive", f.streamStall)
+	case f.maxBlobSpools <= 0:
+		return nil, usagef("--max-blob-spools %d: must be positive", f.maxBlobSpools)
 	case f.grpcMaxStreams == 0 || f.grpcMaxStreams > math.MaxUint32:
 		return nil, usagef("--grpc-max-streams %d: must be from 1 to %d", f.grpcMaxStreams, uint32(math.MaxUint32))
 	}
@@ -421,7 +427,7 @@ func startServices(ctx context.Context, f serveFlags, log *slog.Logger, reg *pro
 		store.Close()
 		return nil, err
 	}
-	cat, err := catalog.New(store, chunks, catalog.Config{SpoolDir: f.spoolDir, Quota: quotas})
+	cat, err := catalog.New(store, chunks, catalog.Config{SpoolDir: f.spoolDir, MaxBlobSpools: f.maxBlobSpools, Quota: quotas})
 	if err != nil {
 		store.Close()
 		return nil, err

@@ -72,6 +72,9 @@ type backup struct {
 	modes    map[string]pbsmanifest.CryptMode
 	archives map[string]bool
 	finished bool
+	// manifestHeld is the manifest's share of the file budget, until
+	// finish stores it or the session ends.
+	manifestHeld *fileShare
 }
 
 // knownKey is a chunk as appends name it: a plain and an encrypted chunk
@@ -211,6 +214,8 @@ func (b *backup) end() {
 	b.putMu.Unlock()
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	b.manifestHeld.release()
+	b.manifestHeld = nil
 	if !b.finished && (b.written > 0 || len(b.writers) > 0) {
 		b.log.Warn("backup session ended without finish; no manifest was written, so PBS listings do not show the snapshot")
 	}
@@ -265,11 +270,13 @@ func (b *backup) previous(w http.ResponseWriter, r *http.Request) {
 	encrypted := fileEncrypted(sn, name)
 	b.files.Lock()
 	defer b.files.Unlock()
-	data, chunks, err := b.srv.readFile(r.Context(), dir, name)
-	if err == nil {
-		err = b.srv.allStored(r.Context(), chunks, encrypted, dir+"/"+name)
-	}
+	data, chunks, held, err := b.srv.readFile(r.Context(), sn, dir, name)
 	if err != nil {
+		b.fail(w, r, err)
+		return
+	}
+	defer held.release() // once data is written
+	if err := b.srv.allStored(r.Context(), chunks, encrypted, dir+"/"+name); err != nil {
 		b.fail(w, r, err)
 		return
 	}
@@ -331,25 +338,55 @@ func (s *Server) allStored(ctx context.Context, chunks map[client.ID]uint64, enc
 	return nil
 }
 
-// readFile reads a snapshot file for a client: a blob as stored, an index
-// converted to today's PBS format, with its chunks and their sizes.
-func (s *Server) readFile(ctx context.Context, dir, name string) ([]byte, map[client.ID]uint64, error) {
+// readFile reads the snapshot file name of sn (in dir) for a client: a
+// blob as stored, an index converted to today's PBS format, with its
+// chunks and their sizes. held is its share of the file budget, taken
+// before the read: the caller releases it once done with data and chunks.
+func (s *Server) readFile(ctx context.Context, sn *chunkbridgev1.Snapshot, dir, name string) (data []byte, chunks map[client.ID]uint64, held *fileShare, err error) {
 	if strings.Contains(name, "/") || name == "" {
-		return nil, nil, fmt.Errorf("%w: file name %q", apierr.ErrInvalid, name)
+		return nil, nil, nil, fmt.Errorf("%w: file name %q", apierr.ErrInvalid, name)
 	}
-	if strings.HasSuffix(name, ".blob") {
-		data, err := s.Catalog.GetSnapshotFile(ctx, dir+"/"+name, datablob.MaxEncodedSize)
-		return data, nil, err
+	blob, fixed := strings.HasSuffix(name, ".blob"), strings.HasSuffix(name, ".fidx")
+	if !blob && !fixed && !strings.HasSuffix(name, ".didx") {
+		return nil, nil, nil, fmt.Errorf("%w: file name %q: want a .didx, .fidx or .blob name", apierr.ErrInvalid, name)
 	}
-	if !strings.HasSuffix(name, ".didx") && !strings.HasSuffix(name, ".fidx") {
-		return nil, nil, fmt.Errorf("%w: file name %q: want a .didx, .fidx or .blob name", apierr.ErrInvalid, name)
+	cost := func(size int64) int64 {
+		if blob {
+			return size
+		}
+		return indexCost(size, fixed)
 	}
-	raw, err := s.Catalog.GetSnapshotFile(ctx, dir+"/"+name, maxIndexFile)
+	limit := int64(maxIndexFile)
+	if blob {
+		limit = datablob.MaxEncodedSize
+	}
+	// A stored file never changes, so the listing's size is exact; a
+	// file it does not list takes the largest share until it is read.
+	if size := listedSize(sn, name); size >= 0 {
+		limit = min(limit, size)
+	}
+	if held, err = s.holdFile(ctx, cost(limit)); err != nil {
+		return nil, nil, nil, fmt.Errorf("reading %s/%s: %w", dir, name, err)
+	}
+	raw, err := s.Catalog.GetSnapshotFile(ctx, dir+"/"+name, limit)
+	if err == nil {
+		held.shrink(cost(int64(len(raw))))
+		data, chunks, err = convertFile(dir, name, raw, blob, fixed)
+	}
 	if err != nil {
-		return nil, nil, err
+		held.release()
+		return nil, nil, nil, err
+	}
+	return data, chunks, held, nil
+}
+
+// convertFile converts a stored file as readFile serves it.
+func convertFile(dir, name string, raw []byte, blob, fixed bool) ([]byte, map[client.ID]uint64, error) {
+	if blob {
+		return raw, nil, nil
 	}
 	chunks := map[client.ID]uint64{}
-	if strings.HasSuffix(name, ".fidx") {
+	if fixed {
 		f, err := pbsindex.ParseFixed(raw)
 		if err != nil {
 			return nil, nil, fmt.Errorf("%w: stored index %s/%s: %v", apierr.ErrDataLoss, dir, name, err)
@@ -480,7 +517,21 @@ func (b *backup) reuse(ctx context.Context, wr *writer, csum string) error {
 	dir := snapshotOf(sn).dir()
 	b.files.Lock()
 	defer b.files.Unlock()
-	raw, err := b.srv.Catalog.GetSnapshotFile(ctx, dir+"/"+wr.name, maxIndexFile)
+	// The previous index, its digests and their maps are held until the
+	// chunks are checked; the writer's slots then count in MaxEntries.
+	limit := int64(maxIndexFile)
+	if size := listedSize(sn, wr.name); size >= 0 {
+		limit = min(limit, size)
+	}
+	held, err := b.srv.holdFile(ctx, reuseCost(limit))
+	if err != nil {
+		return fmt.Errorf("reuse-csum: reading %s/%s: %w", dir, wr.name, err)
+	}
+	defer held.release()
+	raw, err := b.srv.Catalog.GetSnapshotFile(ctx, dir+"/"+wr.name, limit)
+	if err == nil {
+		held.shrink(reuseCost(int64(len(raw))))
+	}
 	if errors.Is(err, apierr.ErrNotFound) {
 		return refuse("the previous backup %s has no such archive", dir)
 	}
@@ -909,6 +960,14 @@ func (b *backup) blob(w http.ResponseWriter, r *http.Request) {
 	if name == manifestName {
 		limit = pbsmanifest.MaxSize + datablob.HeaderSize
 	}
+	// The body is held in the file budget until it is stored (a
+	// manifest until finish stores it): sessions' blobs wait their turn.
+	held, err := b.srv.holdFile(r.Context(), min(max(enc, 0), limit))
+	if err != nil {
+		b.fail(w, r, fmt.Errorf("blob %s: %w", name, err))
+		return
+	}
+	defer func() { held.release() }()
 	body, release, err := b.readBody(r, enc, limit)
 	if err != nil {
 		b.fail(w, r, err)
@@ -939,6 +998,8 @@ func (b *backup) blob(w http.ResponseWriter, r *http.Request) {
 		}
 		b.mu.Lock()
 		b.manifest = body
+		old := b.manifestHeld
+		b.manifestHeld, held = held, old // the replaced manifest's share goes back
 		b.modes = map[string]pbsmanifest.CryptMode{}
 		for _, f := range m.Files {
 			b.modes[f.Filename] = f.CryptMode
@@ -1056,6 +1117,10 @@ func (b *backup) finish(w http.ResponseWriter, r *http.Request) {
 		b.fail(w, r, fmt.Errorf("finish: %w", err))
 		return
 	}
+	b.mu.Lock()
+	b.manifestHeld.release()
+	b.manifestHeld = nil
+	b.mu.Unlock()
 	b.log.Info("backup finished")
 	reply(w, nil)
 }

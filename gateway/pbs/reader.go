@@ -82,12 +82,13 @@ func (rd *reader) download(w http.ResponseWriter, r *http.Request) {
 	name, _ := ps.str("file-name")
 	rd.files.Lock()
 	defer rd.files.Unlock()
-	data, chunks, err := rd.srv.readFile(r.Context(), rd.snap.dir(), name)
+	data, chunks, held, err := rd.srv.readFile(r.Context(), rd.sn, rd.snap.dir(), name)
 	encrypted := fileEncrypted(rd.sn, name)
 	if err != nil {
 		rd.fail(w, r, err)
 		return
 	}
+	defer held.release() // once data is written
 	rd.mu.Lock()
 	if len(rd.registered)+len(chunks) > session.OrDefault(rd.srv.MaxChunks, defaultMaxChunks) {
 		rd.mu.Unlock()

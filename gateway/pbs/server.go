@@ -30,6 +30,7 @@ import (
 	"github.com/chunkbridge/chunkbridge/client"
 	"github.com/chunkbridge/chunkbridge/gateway/session"
 	"github.com/chunkbridge/chunkbridge/gateway/tcpserver"
+	"github.com/chunkbridge/chunkbridge/internal/budget"
 )
 
 // ErrServerClosed is returned by Serve after Shutdown.
@@ -84,6 +85,13 @@ type Server struct {
 	// from its previous snapshot, or registered by downloads; default 4 Mi,
 	// about 200 MiB of map).
 	MaxOpenWriters, MaxChunks int
+	// FileMemory bounds the whole files all sessions together hold in
+	// memory at once (default 256 MiB): previous indexes and blobs read
+	// for a client with their conversions and chunk maps, blobs uploaded,
+	// manifests kept until finish. A request waits until its share is
+	// free; a file whose share is larger than the budget waits for all
+	// of it.
+	FileMemory int64
 	// Stats counts the store for the datastore status (the AdminService's
 	// GetStats, called with the gateway's own admin credential); its
 	// answer is reused for StatusTTL (default 1 minute). Nil: the status
@@ -96,6 +104,9 @@ type Server struct {
 	// tickets, before and after a restart. Nil: a key made at start, so a
 	// ticket works only at the process that issued it.
 	TicketKey []byte
+
+	fileMemOnce sync.Once
+	fileMem     *budget.Budget
 
 	keyOnce sync.Once
 	key     []byte

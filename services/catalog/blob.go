@@ -1,6 +1,7 @@
 package catalog
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -25,6 +26,9 @@ import (
 
 // maxBlob is the largest blob file: PBS's 128 MiB and its envelope.
 const maxBlob = datablob.MaxEncodedSize
+
+// defaultBlobSpools bounds the blobs spooled at once: 2 GiB of spool disk.
+const defaultBlobSpools = 16
 
 const blobSuffix = ".blob"
 
@@ -73,7 +77,13 @@ func (s *Server) PutSnapshotBlob(stream grpc.ClientStreamingServer[chunkbridgev1
 		return apierr.Status(fmt.Errorf("blob file %s: %w", path, err))
 	}
 	// Spooled to disk, as indexes are: many concurrent 128 MiB blobs must
-	// not be held in memory.
+	// not be held in memory. Memory is one received message per call; the
+	// spools themselves are bounded in number, so that concurrent calls
+	// cannot fill the spool disk either.
+	if err := s.holdBlobSpool(ctx); err != nil {
+		return apierr.Status(fmt.Errorf("blob file %s: %w", path, err))
+	}
+	defer s.blobSpools.Release(1)
 	f, err := os.CreateTemp(s.cfg.SpoolDir, "blob-*")
 	if err != nil {
 		return apierr.Status(fmt.Errorf("blob file %s: spool: %w", path, err))
@@ -100,6 +110,35 @@ func (s *Server) PutSnapshotBlob(stream grpc.ClientStreamingServer[chunkbridgev1
 	}
 	return stream.SendAndClose(&chunkbridgev1.PutSnapshotBlobResponse{Path: path, Size: size})
 }
+
+// holdBlobSpool takes one of the blob spools, waiting its turn until ctx
+// ends.
+func (s *Server) holdBlobSpool(ctx context.Context) error {
+	if !s.blobSpools.TryAcquire(1) {
+		if blobSpoolWaits != nil {
+			blobSpoolWaits()
+		}
+		err := s.blobSpools.Acquire(ctx, 1)
+		if blobSpoolWaited != nil {
+			blobSpoolWaited(err)
+		}
+		if err != nil {
+			return fmt.Errorf("waiting for one of the %d blob spools, which other uploads hold (raise --max-blob-spools if this is common): %w", s.blobSpools.Size(), err)
+		}
+	}
+	if blobSpoolHeld != nil {
+		blobSpoolHeld()
+	}
+	return nil
+}
+
+// blobSpoolWaits, blobSpoolWaited and blobSpoolHeld, set by tests, are
+// called when a blob upload has to wait for a spool, when that wait ends,
+// and once it holds one.
+var (
+	blobSpoolWaits, blobSpoolHeld func()
+	blobSpoolWaited               func(error)
+)
 
 // GetSnapshotFile streams a blob or index file of a snapshot as stored.
 func (s *Server) GetSnapshotFile(req *chunkbridgev1.GetSnapshotFileRequest, stream grpc.ServerStreamingServer[chunkbridgev1.GetSnapshotFileResponse]) error {

@@ -17,6 +17,7 @@ import (
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
 	"github.com/chunkbridge/chunkbridge/auth"
 	"github.com/chunkbridge/chunkbridge/format"
+	"github.com/chunkbridge/chunkbridge/internal/budget"
 	"github.com/chunkbridge/chunkbridge/services/apierr"
 	"github.com/chunkbridge/chunkbridge/services/chunk"
 	"github.com/chunkbridge/chunkbridge/services/gcguard"
@@ -31,6 +32,10 @@ type Config struct {
 	// SpoolDir holds indexes while they arrive and are validated (default
 	// the system temporary directory). Nothing there outlives a call.
 	SpoolDir string
+	// MaxBlobSpools bounds the blob files (PutSnapshotBlob) spooled at
+	// once, each up to 128 MiB of SpoolDir (default 16); more wait their
+	// turn.
+	MaxBlobSpools int
 	// Guard is where commits register the chunks they reference with
 	// garbage collection, wherever it runs (default: a new one on store
 	// that empties chunks' presence cache, which the AdminService finds
@@ -48,12 +53,17 @@ type Server struct {
 	chunks *chunk.Service
 	cfg    Config
 	guard  *gcguard.Guard
+	// blobSpools counts the blob files being spooled (Config.MaxBlobSpools).
+	blobSpools *budget.Budget
 }
 
 // New returns the catalog over store; chunks answers existence checks.
 func New(store storage.Store, chunks *chunk.Service, cfg Config) (*Server, error) {
 	if cfg.MaxIndexSize <= 0 {
 		cfg.MaxIndexSize = format.MaxIndex
+	}
+	if cfg.MaxBlobSpools <= 0 {
+		cfg.MaxBlobSpools = defaultBlobSpools
 	}
 	if cfg.SpoolDir == "" {
 		cfg.SpoolDir = os.TempDir()
@@ -64,7 +74,7 @@ func New(store storage.Store, chunks *chunk.Service, cfg Config) (*Server, error
 	if cfg.Guard == nil {
 		cfg.Guard = gcguard.New(store, gcguard.Config{OnChange: chunks.ForgetAll})
 	}
-	s := &Server{store: store, chunks: chunks, cfg: cfg, guard: cfg.Guard}
+	s := &Server{store: store, chunks: chunks, cfg: cfg, guard: cfg.Guard, blobSpools: budget.New(int64(cfg.MaxBlobSpools))}
 	chunks.SetReferences(s.tenantReferences)
 	return s, nil
 }

@@ -6,6 +6,7 @@ package pbstest
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"crypto/tls"
 	"encoding/hex"
@@ -70,6 +71,11 @@ func Open(t testing.TB, addr, path, proto, authorization string, q url.Values) (
 // as JSON. It is
 // safe from any goroutine.
 func (s *Session) Call(method, path string, body any) (int, []byte) {
+	return s.CallContext(context.Background(), method, path, body)
+}
+
+// CallContext is Call whose request is reset when ctx ends.
+func (s *Session) CallContext(ctx context.Context, method, path string, body any) (int, []byte) {
 	var rd io.Reader
 	ct := "application/octet-stream"
 	switch b := body.(type) {
@@ -82,7 +88,7 @@ func (s *Session) Call(method, path string, body any) (int, []byte) {
 		j, _ := json.Marshal(b)
 		rd, ct = bytes.NewReader(j), "application/json"
 	}
-	req, _ := http.NewRequest(method, "https://localhost"+path, rd)
+	req, _ := http.NewRequestWithContext(ctx, method, "https://localhost"+path, rd)
 	req.Header.Set("Content-Type", ct)
 	resp, err := s.cc.RoundTrip(req)
 	if err != nil {
