@@ -6,27 +6,14 @@ import (
 	"fmt"
 	"net/http"
 	"testing"
-	"time"
 
 	"github.com/chunkbridge/chunkbridge/format/datablob"
 	"github.com/chunkbridge/chunkbridge/format/pbsidx"
 	"github.com/chunkbridge/chunkbridge/format/pbsindex"
 	"github.com/chunkbridge/chunkbridge/gateway/pbs"
 	"github.com/chunkbridge/chunkbridge/gateway/pbs/pbstest"
+	"github.com/chunkbridge/chunkbridge/services/servicetest"
 )
-
-// recv fails the test if nothing arrives on c within a generous time: a
-// request that should have waited for the file budget never did.
-func recv[T any](t *testing.T, c <-chan T, what string) T {
-	t.Helper()
-	select {
-	case v := <-c:
-		return v
-	case <-time.After(30 * time.Second):
-		t.Fatalf("no %s", what)
-		panic("unreachable")
-	}
-}
 
 // Sessions reading a large previous index (backup previous, reader
 // download) share one file budget with room for one index at a time:
@@ -61,7 +48,7 @@ func TestFileBudgetServesInTurn(t *testing.T) {
 	}
 	const previous = "/previous?archive-name=root.pxar.didx"
 	call(h.backup(t, t1+60), previous)
-	recv(t, holding, "first share held")
+	servicetest.Recv(t, holding, "first share held")
 	held := fb.InUse()
 	if held <= 0 || held > fb.Size() {
 		t.Fatalf("the first previous holds %d of %d bytes", held, fb.Size())
@@ -73,10 +60,10 @@ func TestFileBudgetServesInTurn(t *testing.T) {
 		t.Fatal(err)
 	}
 	call(rd, "/download?file-name=root.pxar.didx")
-	recv(t, waiting, "wait of the reader's download")
+	servicetest.Recv(t, waiting, "wait of the reader's download")
 	for i := range 2 {
 		call(h.backup(t, t1+120+60*int64(i)), previous)
-		recv(t, waiting, "wait of another session's previous")
+		servicetest.Recv(t, waiting, "wait of another session's previous")
 	}
 
 	// One more gives up while waiting: it holds nothing.
@@ -87,12 +74,12 @@ func TestFileBudgetServesInTurn(t *testing.T) {
 		st, _ := late.CallContext(ctx, "GET", previous, nil)
 		lateDone <- st
 	}()
-	recv(t, waiting, "wait of the request to be reset")
+	servicetest.Recv(t, waiting, "wait of the request to be reset")
 	cancel()
-	if err := recv(t, waited, "end of the reset request's wait"); !errors.Is(err, context.Canceled) {
+	if err := servicetest.Recv(t, waited, "end of the reset request's wait"); !errors.Is(err, context.Canceled) {
 		t.Fatalf("the reset request's wait ended with %v, want context.Canceled", err)
 	}
-	if st := recv(t, lateDone, "answer to the reset request"); st == http.StatusOK {
+	if st := servicetest.Recv(t, lateDone, "answer to the reset request"); st == http.StatusOK {
 		t.Fatal("the reset request was answered 200")
 	}
 	if got := fb.InUse(); got != held || !fb.Pressed() {
@@ -101,7 +88,7 @@ func TestFileBudgetServesInTurn(t *testing.T) {
 
 	close(gate)
 	for range 4 {
-		r := recv(t, results, "answer")
+		r := servicetest.Recv(t, results, "answer")
 		if r.st != http.StatusOK {
 			t.Fatalf("a waiting request got %d %.300s, want it served in turn", r.st, r.out)
 		}

@@ -71,6 +71,19 @@ func startDoor(t *testing.T, l rest.Limits, store storage.Store, local, auth boo
 // harness is dh for the tests written for the plain server.
 func (dh *doorHarness) harness() *harness { return &harness{addr: dh.addr, base: dh.base} }
 
+// dial opens a connection to the door, closed with the test; its reads
+// and writes fail, not hang, after a minute.
+func (dh *doorHarness) dial(t *testing.T) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	conn, err := net.Dial("tcp", dh.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	conn.SetDeadline(time.Now().Add(time.Minute))
+	return conn, bufio.NewReader(conn)
+}
+
 // put stores a chunk of n random bytes through net/http and returns its
 // path and stored bytes.
 func (dh *doorHarness) put(t *testing.T, seed uint64, n int) (string, []byte) {
@@ -134,13 +147,7 @@ func TestDoorAnswersChunkReads(t *testing.T) {
 			dh := startDoor(t, rest.Limits{}, store, local, false)
 			path, data := dh.put(t, 1, 200<<10)
 			before := dh.netHTTP.Load()
-			conn, err := net.Dial("tcp", dh.addr)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer conn.Close()
-			conn.SetDeadline(time.Now().Add(time.Minute)) // fail, not hang
-			br := bufio.NewReader(conn)
+			conn, br := dh.dial(t)
 			get := "GET " + path + " HTTP/1.1\r\nHost: x\r\n\r\n"
 			head := "HEAD " + path + " HTTP/1.1\r\nHost: x\r\n\r\n"
 			rs := pipeline(t, conn, br, get, head, get)
@@ -196,13 +203,7 @@ func TestDoorRefusalsGoToNetHTTP(t *testing.T) {
 func TestDoorShutdownClosesIdle(t *testing.T) {
 	dh := startDoor(t, rest.Limits{}, memory.New(), false, false)
 	path, _ := dh.put(t, 3, 1000)
-	conn, err := net.Dial("tcp", dh.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(time.Minute)) // fail, not hang
-	br := bufio.NewReader(conn)
+	conn, br := dh.dial(t)
 	if rs := pipeline(t, conn, br, "GET "+path+" HTTP/1.1\r\nHost: x\r\n\r\n"); rs[0].StatusCode != http.StatusOK {
 		t.Fatal(rs[0].Status)
 	}

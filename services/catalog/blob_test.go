@@ -4,25 +4,14 @@ import (
 	"context"
 	"errors"
 	"testing"
-	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
 	"github.com/chunkbridge/chunkbridge/services/catalog"
+	"github.com/chunkbridge/chunkbridge/services/servicetest"
 )
-
-func recv[T any](t *testing.T, c <-chan T, what string) T {
-	t.Helper()
-	select {
-	case v := <-c:
-		return v
-	case <-time.After(30 * time.Second):
-		t.Fatalf("no %s", what)
-		panic("unreachable")
-	}
-}
 
 // Blob uploads beyond MaxBlobSpools wait for a spool: the second waits
 // until the first is stored, then is stored too; one whose call ends
@@ -46,15 +35,15 @@ func TestBlobSpoolsBounded(t *testing.T) {
 		return bs
 	}
 	first := start(t.Context(), "a.blob")
-	recv(t, held, "spool of the first upload")
+	servicetest.Recv(t, held, "spool of the first upload")
 	second := start(t.Context(), "b.blob")
-	recv(t, waiting, "wait of the second upload")
+	servicetest.Recv(t, waiting, "wait of the second upload")
 
 	ctx, cancel := context.WithCancel(t.Context())
 	third := start(ctx, "c.blob")
-	recv(t, waiting, "wait of the third upload")
+	servicetest.Recv(t, waiting, "wait of the third upload")
 	cancel()
-	if err := recv(t, waited, "end of the third's wait"); !errors.Is(err, context.Canceled) {
+	if err := servicetest.Recv(t, waited, "end of the third's wait"); !errors.Is(err, context.Canceled) {
 		t.Fatalf("the third's wait ended with %v, want canceled", err)
 	}
 	if _, err := third.CloseAndRecv(); status.Code(err) != codes.Canceled {
@@ -70,7 +59,7 @@ func TestBlobSpoolsBounded(t *testing.T) {
 			t.Fatalf("a waiting upload was not stored in turn: %v", err)
 		}
 	}
-	if err := recv(t, waited, "end of the second's wait"); err != nil {
+	if err := servicetest.Recv(t, waited, "end of the second's wait"); err != nil {
 		t.Fatalf("the second's wait ended with %v", err)
 	}
 	if spools.Peak() != 1 || spools.InUse() != 0 {

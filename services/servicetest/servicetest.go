@@ -90,3 +90,16 @@ func Serve(t testing.TB, srv Server) string {
 	})
 	return ln.Addr().String()
 }
+
+// Recv returns what arrives on c, failing the test if nothing does within
+// a generous time (a hook that should have fired never did).
+func Recv[T any](t testing.TB, c <-chan T, what string) T {
+	t.Helper()
+	select {
+	case v := <-c:
+		return v
+	case <-time.After(30 * time.Second):
+		t.Fatalf("no %s", what)
+		panic("unreachable")
+	}
+}
