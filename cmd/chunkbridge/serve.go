@@ -78,6 +78,7 @@ type serveFlags struct {
 	presenceCache          int
 	spoolDir               string
 	maxBlobSpools          int
+	maxIndexSpools         int
 	healthInterval         time.Duration
 	statsTTL               time.Duration
 	shutdownTimeout        time.Duration
@@ -105,6 +106,7 @@ func (f *serveFlags) register(fs *flag.FlagSet, p parts) {
 		fs.IntVar(&f.presenceCache, "presence-cache", 1<<18, "ids of stored chunks remembered to answer existence checks without storage (about 100 bytes each; 0 disables)")
 		fs.StringVar(&f.spoolDir, "spool-dir", "", "where arriving indexes are validated before publication (default: the system temporary directory)")
 		fs.IntVar(&f.maxBlobSpools, "max-blob-spools", 16, "blob files (PBS blobs, PutSnapshotBlob) spooled to --spool-dir at once, each up to 128 MiB; more wait their turn")
+		fs.IntVar(&f.maxIndexSpools, "max-index-spools", 8, "casync indexes (PUT /casync/indexes, casync push, PutIndex) spooled to --spool-dir and checked at once, each up to 1 GiB; more wait their turn")
 		fs.DurationVar(&f.healthInterval, "health-interval", 2*time.Second, "how often storage reachability is probed for health")
 		fs.DurationVar(&f.statsTTL, "stats-ttl", 10*time.Second, "how long store counts (stats, store metrics) are reused; counting lists every chunk, so raise it for large stores")
 	} else {
@@ -409,6 +411,8 @@ func startServices(ctx context.Context, f serveFlags, log *slog.Logger, reg *pro
 		return nil, usagef("--stream-stall-timeout %v: must be positive", f.streamStall)
 	case f.maxBlobSpools <= 0:
 		return nil, usagef("--max-blob-spools %d: must be positive", f.maxBlobSpools)
+	case f.maxIndexSpools <= 0:
+		return nil, usagef("--max-index-spools %d: must be positive", f.maxIndexSpools)
 	case f.grpcMaxStreams == 0 || f.grpcMaxStreams > math.MaxUint32:
 		return nil, usagef("--grpc-max-streams %d: must be from 1 to %d", f.grpcMaxStreams, uint32(math.MaxUint32))
 	}
@@ -427,7 +431,7 @@ func startServices(ctx context.Context, f serveFlags, log *slog.Logger, reg *pro
 		store.Close()
 		return nil, err
 	}
-	cat, err := catalog.New(store, chunks, catalog.Config{SpoolDir: f.spoolDir, MaxBlobSpools: f.maxBlobSpools, Quota: quotas})
+	cat, err := catalog.New(store, chunks, catalog.Config{SpoolDir: f.spoolDir, MaxBlobSpools: f.maxBlobSpools, MaxIndexSpools: f.maxIndexSpools, Quota: quotas})
 	if err != nil {
 		store.Close()
 		return nil, err

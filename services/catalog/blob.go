@@ -14,6 +14,7 @@ import (
 	chunkbridgev1 "github.com/chunkbridge/chunkbridge/api/chunkbridge/v1"
 	"github.com/chunkbridge/chunkbridge/auth"
 	"github.com/chunkbridge/chunkbridge/format/datablob"
+	"github.com/chunkbridge/chunkbridge/internal/budget"
 	"github.com/chunkbridge/chunkbridge/services/apierr"
 	"github.com/chunkbridge/chunkbridge/services/chunk"
 	"github.com/chunkbridge/chunkbridge/storage"
@@ -29,6 +30,10 @@ const maxBlob = datablob.MaxEncodedSize
 
 // defaultBlobSpools bounds the blobs spooled at once: 2 GiB of spool disk.
 const defaultBlobSpools = 16
+
+// defaultIndexSpools bounds the casync indexes spooled at once: 8 GiB of
+// spool disk at the largest index.
+const defaultIndexSpools = 8
 
 const blobSuffix = ".blob"
 
@@ -80,7 +85,7 @@ func (s *Server) PutSnapshotBlob(stream grpc.ClientStreamingServer[chunkbridgev1
 	// not be held in memory. Memory is one received message per call; the
 	// spools themselves are bounded in number, so that concurrent calls
 	// cannot fill the spool disk either.
-	if err := s.holdBlobSpool(ctx); err != nil {
+	if err := holdSpool(ctx, s.blobSpools, "blob", "--max-blob-spools"); err != nil {
 		return apierr.Status(fmt.Errorf("blob file %s: %w", path, err))
 	}
 	defer s.blobSpools.Release(1)
@@ -111,33 +116,33 @@ func (s *Server) PutSnapshotBlob(stream grpc.ClientStreamingServer[chunkbridgev1
 	return stream.SendAndClose(&chunkbridgev1.PutSnapshotBlobResponse{Path: path, Size: size})
 }
 
-// holdBlobSpool takes one of the blob spools, waiting its turn until ctx
-// ends.
-func (s *Server) holdBlobSpool(ctx context.Context) error {
-	if !s.blobSpools.TryAcquire(1) {
-		if blobSpoolWaits != nil {
-			blobSpoolWaits()
+// holdSpool takes one of spools (what a call spools: "blob", "index"),
+// waiting its turn until ctx ends; flag is the setting that sizes it.
+func holdSpool(ctx context.Context, spools *budget.Budget, what, flag string) error {
+	if !spools.TryAcquire(1) {
+		if spoolWaits != nil {
+			spoolWaits()
 		}
-		err := s.blobSpools.Acquire(ctx, 1)
-		if blobSpoolWaited != nil {
-			blobSpoolWaited(err)
+		err := spools.Acquire(ctx, 1)
+		if spoolWaited != nil {
+			spoolWaited(err)
 		}
 		if err != nil {
-			return fmt.Errorf("waiting for one of the %d blob spools, which other uploads hold (raise --max-blob-spools if this is common): %w", s.blobSpools.Size(), err)
+			return fmt.Errorf("waiting for one of the %d %s spools, which other uploads hold (raise %s if this is common): %w", spools.Size(), what, flag, err)
 		}
 	}
-	if blobSpoolHeld != nil {
-		blobSpoolHeld()
+	if spoolHeld != nil {
+		spoolHeld()
 	}
 	return nil
 }
 
-// blobSpoolWaits, blobSpoolWaited and blobSpoolHeld, set by tests, are
-// called when a blob upload has to wait for a spool, when that wait ends,
-// and once it holds one.
+// spoolWaits, spoolWaited and spoolHeld, set by tests, are called when an
+// upload has to wait for a spool, when that wait ends, and once it holds
+// one.
 var (
-	blobSpoolWaits, blobSpoolHeld func()
-	blobSpoolWaited               func(error)
+	spoolWaits, spoolHeld func()
+	spoolWaited           func(error)
 )
 
 // GetSnapshotFile streams a blob or index file of a snapshot as stored.

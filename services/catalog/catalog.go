@@ -36,6 +36,10 @@ type Config struct {
 	// once, each up to 128 MiB of SpoolDir (default 16); more wait their
 	// turn.
 	MaxBlobSpools int
+	// MaxIndexSpools bounds the casync indexes (PutIndex) spooled and
+	// checked at once, each up to MaxIndexSize of SpoolDir (default 8);
+	// more wait their turn.
+	MaxIndexSpools int
 	// Guard is where commits register the chunks they reference with
 	// garbage collection, wherever it runs (default: a new one on store
 	// that empties chunks' presence cache, which the AdminService finds
@@ -55,6 +59,8 @@ type Server struct {
 	guard  *gcguard.Guard
 	// blobSpools counts the blob files being spooled (Config.MaxBlobSpools).
 	blobSpools *budget.Budget
+	// indexSpools counts the indexes being spooled (Config.MaxIndexSpools).
+	indexSpools *budget.Budget
 }
 
 // New returns the catalog over store; chunks answers existence checks.
@@ -65,6 +71,9 @@ func New(store storage.Store, chunks *chunk.Service, cfg Config) (*Server, error
 	if cfg.MaxBlobSpools <= 0 {
 		cfg.MaxBlobSpools = defaultBlobSpools
 	}
+	if cfg.MaxIndexSpools <= 0 {
+		cfg.MaxIndexSpools = defaultIndexSpools
+	}
 	if cfg.SpoolDir == "" {
 		cfg.SpoolDir = os.TempDir()
 	}
@@ -74,7 +83,8 @@ func New(store storage.Store, chunks *chunk.Service, cfg Config) (*Server, error
 	if cfg.Guard == nil {
 		cfg.Guard = gcguard.New(store, gcguard.Config{OnChange: chunks.ForgetAll})
 	}
-	s := &Server{store: store, chunks: chunks, cfg: cfg, guard: cfg.Guard, blobSpools: budget.New(int64(cfg.MaxBlobSpools))}
+	s := &Server{store: store, chunks: chunks, cfg: cfg, guard: cfg.Guard, blobSpools: budget.New(int64(cfg.MaxBlobSpools)),
+		indexSpools: budget.New(int64(cfg.MaxIndexSpools))}
 	chunks.SetReferences(s.tenantReferences)
 	return s, nil
 }

@@ -53,6 +53,12 @@ func (s *Server) PutIndex(stream grpc.ClientStreamingServer[chunkbridgev1.PutInd
 	if err != nil {
 		return apierr.Status(err)
 	}
+	// Bounded in number, as blob spools are: concurrent uploads of 1 GiB
+	// indexes must not fill the spool disk.
+	if err := holdSpool(ctx, s.indexSpools, "index", "--max-index-spools"); err != nil {
+		return apierr.Status(fmt.Errorf("put index %s: %w", name, err))
+	}
+	defer s.indexSpools.Release(1)
 	f, err := os.CreateTemp(s.cfg.SpoolDir, "index-*")
 	if err != nil {
 		return apierr.Status(fmt.Errorf("put index %s: spool: %w", name, err))
