@@ -490,11 +490,6 @@ func dialChunkService(addr string, sec securityFlags, token string) (*grpc.Clien
 		grpc.WithTransportCredentials(creds),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMessage), grpc.MaxCallSendMsgSize(maxMessage)),
 		grpc.WithWriteBufferSize(hopBuffer), grpc.WithReadBufferSize(hopBuffer),
-		// Fixed windows, not grpc-go's estimate (which starts at 64 KiB
-		// and pings to grow): the peer is the chunk service, and chunks
-		// stream with fewer window updates (−10% CPU per GET in separate
-		// processes). Still within the 16 MiB the estimate may reach.
-		grpc.WithInitialWindowSize(4 << 20), grpc.WithInitialConnWindowSize(16 << 20),
 	}
 	if token != "" {
 		opts = append(opts, grpc.WithPerRPCCredentials(bearer(token)))
